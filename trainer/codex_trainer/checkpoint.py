@@ -1,0 +1,164 @@
+"""Checkpoints that are either complete or ignored.
+
+A checkpoint is written into a temporary directory, every file is fsynced, MANIFEST.json (sizes
+and sha256 of every file) is written last, and only then is the directory renamed to
+`step-<N>`. A reader accepts a checkpoint only if its manifest is there and every file matches
+it, so a process killed mid-write, or a torn file after a power cut, is skipped and the
+previous complete checkpoint is used instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+MANIFEST = "MANIFEST.json"
+WEIGHTS = "trainable.safetensors"
+OPTIMIZER = "optimizer.pt"
+SCHEDULER = "scheduler.pt"
+STATE = "trainer_state.json"
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    weights: dict[str, torch.Tensor]
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    state: dict[str, Any]
+
+
+def save(
+    root: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    state: dict[str, Any],
+) -> Path:
+    """Write checkpoint `step` atomically under root; return its final path."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step}"
+    tmp = root / f".step-{step}.tmp{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(weights, tmp / WEIGHTS)
+    torch.save(optimizer, tmp / OPTIMIZER)
+    torch.save(scheduler, tmp / SCHEDULER)
+    (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2))
+    files = {}
+    for f in sorted(tmp.iterdir()):
+        _fsync(f)
+        files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    manifest = {"step": step, "saved_at": time.time(), "files": files}
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    _fsync(tmp / MANIFEST)
+    _fsync(tmp)
+    if final.exists():  # a rerun reached the same step again: the new one replaces it
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    _fsync(root)
+    return final
+
+
+def complete(root: Path) -> list[tuple[int, Path]]:
+    """(step, path) of checkpoints whose manifest is present and whose file sizes match, oldest first.
+
+    Cheap: hashes are checked when a checkpoint is loaded."""
+    found = []
+    if not root.is_dir():
+        return found
+    for d in root.iterdir():
+        m = _STEP_DIR.match(d.name)
+        if m and d.is_dir() and _sizes_match(d):
+            found.append((int(m.group(1)), d))
+    return sorted(found)
+
+
+def load_latest(root: Path, log=print) -> Checkpoint | None:
+    """The newest checkpoint that verifies completely; damaged ones are reported and skipped."""
+    candidates = {d.name for d in root.iterdir()} if root.is_dir() else set()
+    good = complete(root)
+    for name in sorted(candidates - {p.name for _, p in good}):
+        if _STEP_DIR.match(name) or ".tmp" in name:
+            log(f"ignoring incomplete checkpoint {root / name}")
+    for step, path in reversed(good):
+        problem = verify(path)
+        if problem:
+            log(f"ignoring damaged checkpoint {path}: {problem}")
+            continue
+        return Checkpoint(
+            path=path,
+            step=step,
+            weights=load_file(path / WEIGHTS),
+            optimizer=torch.load(path / OPTIMIZER, weights_only=True),
+            scheduler=torch.load(path / SCHEDULER, weights_only=True),
+            state=json.loads((path / STATE).read_text()),
+        )
+    return None
+
+
+def verify(path: Path) -> str | None:
+    """None if every file matches the manifest, else what is wrong."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        return f"unreadable manifest ({e})"
+    for name, meta in manifest["files"].items():
+        f = path / name
+        if not f.is_file() or f.stat().st_size != meta["bytes"]:
+            return f"{name} is missing or truncated"
+        if _sha256(f) != meta["sha256"]:
+            return f"{name} does not match its checksum"
+    return None
+
+
+def prune(root: Path, keep_last: int) -> list[Path]:
+    """Delete all but the newest `keep_last` complete checkpoints and any leftover temp dirs."""
+    removed = []
+    for _, path in complete(root)[:-keep_last]:
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    for d in root.iterdir() if root.is_dir() else []:
+        if d.name.startswith(".step-") and ".tmp" in d.name:
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _sizes_match(path: Path) -> bool:
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        return all(
+            (path / n).is_file() and (path / n).stat().st_size == m["bytes"] for n, m in manifest["files"].items()
+        )
+    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+        return False
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,20 @@
+"""Errors a user can fix: a bad spec or bad data. The CLI prints them and exits with code 2."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2  # permanent: the operator will not retry
+EXIT_STOPPED = 143  # SIGTERM handled, checkpoint written: retry resumes
+
+
+class SpecError(Exception):
+    """An invalid spec or data. `problems` is a list of (field path, message)."""
+
+    def __init__(self, problems: list[tuple[str, str]] | str, message: str | None = None):
+        if isinstance(problems, str):
+            problems = [(problems, message or "")]
+        self.problems = problems
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        return "\n".join(f"{path}: {msg}" if path else msg for path, msg in self.problems)

@@ -1,0 +1,121 @@
+"""Build the model to train: load or create the base, then wrap it with PEFT."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+
+from .errors import SpecError
+from .sources import resolve_source
+from .spec import ModelSpec, PeftSpec
+
+
+def load_base_model(
+    spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dtype, is_main: bool
+) -> PreTrainedModel:
+    """The base model. A scratch model is created once, saved to `base_dir` and read from there on
+    every later start, so a resumed run continues from the very same base weights."""
+    if spec.source == "scratch":
+        if not (base_dir / "config.json").is_file():
+            if is_main:
+                _save_atomically(_new_scratch_model(spec, tokenizer), base_dir)
+            _barrier()
+        name, revision = str(base_dir), None
+    else:
+        name, revision = resolve_source(spec.source, field="spec.model.source")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name, revision=revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise SpecError("spec.model.source", f"cannot load a causal LM from '{spec.source}': {e}") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise SpecError(
+            "spec.tokenizer",
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
+            f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer",
+        )
+    return model
+
+
+def _new_scratch_model(spec: ModelSpec, tokenizer) -> PreTrainedModel:
+    cfg = dict(spec.config or {})
+    model_type = cfg.pop("model_type")
+    cfg.setdefault("vocab_size", len(tokenizer))
+    if cfg["vocab_size"] < len(tokenizer):
+        raise SpecError(
+            "spec.model.config.vocab_size",
+            f"is {cfg['vocab_size']} but the tokenizer has {len(tokenizer)} tokens; raise it or leave it out",
+        )
+    for key, tok_id in (
+        ("pad_token_id", tokenizer.pad_token_id),
+        ("bos_token_id", tokenizer.bos_token_id),
+        ("eos_token_id", tokenizer.eos_token_id),
+    ):
+        cfg.setdefault(key, tok_id)
+    try:
+        config = AutoConfig.for_model(model_type, **cfg)
+        return AutoModelForCausalLM.from_config(config)
+    except (ValueError, TypeError, KeyError) as e:
+        raise SpecError("spec.model.config", f"cannot build a causal LM from this config: {e}") from None
+
+
+def _save_atomically(model: PreTrainedModel, target: Path) -> None:
+    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    os.replace(tmp, target)
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def wrap_peft(model: PreTrainedModel, spec: PeftSpec, base_name: str) -> PreTrainedModel | PeftModel:
+    if spec.method == "none":
+        return model
+    config = LoraConfig(
+        r=spec.r,
+        lora_alpha=spec.alpha,
+        lora_dropout=spec.dropout,
+        target_modules=spec.target_modules,
+        modules_to_save=list(spec.modules_to_save) or None,
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_name,
+    )
+    _check_modules_to_save(model, spec.modules_to_save)
+    try:
+        return get_peft_model(model, config)
+    except ValueError as e:
+        raise SpecError("spec.peft.targetModules", f"{e}") from None
+
+
+def _check_modules_to_save(model: torch.nn.Module, names: list[str]) -> None:
+    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+    missing = [n for n in names if n not in present]
+    if missing:
+        raise SpecError(
+            "spec.peft.modulesToSave", f"no module named {', '.join(missing)} in this model"
+        )
+
+
+def trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Every trainable tensor, by name: what a checkpoint must hold to continue training."""
+    return {n: p.detach().cpu().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(model.named_parameters())
+    expected = {n for n, p in params.items() if p.requires_grad}
+    if set(tensors) != expected:
+        missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        raise RuntimeError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {extra[:3]}")
+    with torch.no_grad():
+        for n, t in tensors.items():
+            params[n].copy_(t)

@@ -1,0 +1,354 @@
+"""The training loop: one function, read top to bottom.
+
+set up → load data and model → resume from the newest complete checkpoint → for each step:
+reseed, micro-steps with gradient accumulation, clip, optimizer and schedule step, log,
+evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+import shutil
+import signal
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from transformers import get_scheduler
+from transformers.utils import logging as hf_logging
+
+from . import checkpoint
+from .console import Console
+from .data import collate, load_dataset, micro_batch_rows, micro_batches_per_epoch
+from .errors import EXIT_OK, SpecError
+from .metrics import Mlflow, MetricsFile, Prometheus, SystemStats, flatten
+from .model import load_base_model, load_trainable_state, trainable_state, wrap_peft
+from .runinfo import resume_identity, write_run_json
+from .spec import JobSpec
+from .tokenizer import load_tokenizer, tokenizer_fingerprint
+
+
+@dataclass
+class StopRequest:
+    """Set by a signal handler; the loop finishes its step, checkpoints and exits with `exit_code`."""
+
+    signum: int | None = None
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + (self.signum or 0)
+
+
+def train(
+    spec: JobSpec,
+    name: str,
+    out: Path,
+    stop: StopRequest,
+    metrics_port: int | None = None,
+    console: Console | None = None,
+) -> int:
+    t = spec.training
+    hf_logging.disable_progress_bar()  # our own progress is enough; weight-loading bars are noise in pod logs
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    accelerator = Accelerator(mixed_precision=_mixed_precision(t.precision))
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    console = console or Console(enabled=is_main)
+    console.enabled = console.enabled and is_main
+    device = accelerator.device
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out / "checkpoints"
+
+    # ---- data and model
+    tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
+    with accelerator.main_process_first():  # rank 0 tokenizes and caches; the others read the cache
+        data = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), t.seed, out / "cache")
+    console.event(
+        "data",
+        train_sequences=data.train.rows,
+        validation_sequences=data.validation.rows,
+        train_tokens=int(data.train.offsets[-1]),
+        cached=data.from_cache,
+    )
+    per_epoch = micro_batches_per_epoch(data.train.rows, t.batch_size, world)
+    if per_epoch == 0:
+        raise SpecError(
+            "spec.training.batchSize",
+            f"the training data makes {data.train.rows} sequences, fewer than batchSize × processes "
+            f"= {t.batch_size * world}; lower batchSize or maxSeqLength, or add data",
+        )
+    total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
+
+    torch.manual_seed(t.seed)
+    base_dir = out / "base-model"
+    base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and spec.peft.method == "lora" else None
+    model = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
+    base_name = str(base_dir.resolve()) if spec.model.source == "scratch" else spec.model.source
+    model = wrap_peft(model, spec.peft, base_name)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
+    optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
+    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
+
+    # ---- resume
+    identity = resume_identity(spec)
+    step, tokens_seen, eval_loss = 0, 0, None
+    found = checkpoint.load_latest(ckpt_dir, log=lambda m: console.event("warning", message=m))
+    if found is not None:
+        _check_same_job(found.state.get("identity"), identity, found.path)
+        load_trainable_state(model, found.weights)
+        optimizer.load_state_dict(found.optimizer)
+        scheduler.load_state_dict(found.scheduler)
+        step, tokens_seen = found.step, found.state["tokens_seen"]
+        eval_loss = found.state.get("eval_loss")
+        if found.state.get("world_size") != world:
+            console.event("warning", message=f"resuming on {world} processes, saved on {found.state['world_size']}")
+        console.event("resumed", step=step, checkpoint=str(found.path))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    if found is not None and accelerator.scaler is not None and found.state.get("grad_scaler"):
+        accelerator.scaler.load_state_dict(found.state["grad_scaler"])
+
+    # ---- outputs
+    if is_main:
+        write_run_json(out / "run.json", name, spec, world, str(device))
+    metrics = MetricsFile(out / "metrics.jsonl", resume_step=step) if is_main else None
+    prom = Prometheus(metrics_port if metrics_port is not None else spec.metrics.port, name) if is_main else None
+    mlflow = _start_mlflow(spec, name, out) if is_main else None
+    stats = SystemStats(use_gpu=device.type == "cuda") if is_main else None
+    if prom:
+        prom.total_steps.set(total_steps)
+        prom.step.set(step)
+    console.event(
+        "start",
+        name=name,
+        device=str(device),
+        processes=world,
+        step=step,
+        total_steps=total_steps,
+        trainable_parameters=n_trainable,
+        parameters=n_total,
+        output=str(out),
+    )
+    if step >= total_steps and (out / "final").is_dir():
+        console.event("done", message=f"already complete at step {step}; nothing to do", output=str(out))
+        _close(metrics, prom, mlflow, console)
+        return EXIT_OK
+
+    def log(row: dict) -> None:
+        if metrics:
+            metrics.write(row)
+        if mlflow:
+            mlflow.log({k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}, row["step"])
+
+    def evaluate_now() -> float | None:
+        loss = _evaluate(model, data.validation, spec, accelerator, tokenizer.pad_token_id)
+        if loss is not None:
+            log({"step": step, "eval_loss": loss, "perplexity": _perplexity(loss)})
+            if prom:
+                prom.eval_loss.set(loss)
+            console.event("eval", step=step, eval_loss=round(loss, 4), perplexity=round(_perplexity(loss), 2))
+        return loss
+
+    def save_checkpoint() -> None:
+        if is_main:
+            path = checkpoint.save(
+                ckpt_dir,
+                step,
+                trainable_state(accelerator.unwrap_model(model)),
+                optimizer.state_dict(),
+                scheduler.state_dict(),
+                {
+                    "tokens_seen": tokens_seen,
+                    "total_steps": total_steps,
+                    "epoch": epoch,
+                    "eval_loss": eval_loss,
+                    "world_size": world,
+                    "identity": identity,
+                    "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
+                },
+            )
+            checkpoint.prune(ckpt_dir, spec.checkpoint.keep_last)
+            if prom:
+                prom.checkpoint_step.set(step)
+                prom.checkpoint_time.set(time.time())
+            log({"step": step, "checkpoint": str(path)})
+            console.event("checkpoint", step=step, path=str(path))
+        accelerator.wait_for_everyone()
+
+    # ---- the loop
+    model.train()
+    ga = t.gradient_accumulation
+    epoch = step * ga / per_epoch
+    saved_at = evaluated_at = step if found is not None else -1
+    loop_start, loop_start_step = time.perf_counter(), step
+    train_loss = None
+    while step < total_steps:
+        step_start = time.perf_counter()
+        torch.manual_seed(_step_seed(t.seed, step, rank))  # dropout depends on (seed, step, rank) alone
+        loss_sum = torch.zeros((), device=device)
+        local_tokens = 0
+        for micro in range(ga):
+            rows = micro_batch_rows(data.train.rows, t.batch_size, world, rank, t.seed, step * ga + micro)
+            batch = {k: v.to(device) for k, v in collate(data.train, rows, tokenizer.pad_token_id).items()}
+            local_tokens += int(batch["attention_mask"].sum())
+            sync = micro == ga - 1
+            with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
+                loss = model(**batch).loss
+            accelerator.backward(loss / ga)
+            loss_sum += loss.detach().float()
+        if t.max_grad_norm > 0:
+            grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        epoch = step * ga / per_epoch
+
+        # all ranks agree on the mean loss, the tokens done, and whether any rank was asked to stop
+        summary = torch.tensor([loss_sum.item() / ga, local_tokens], device=device, dtype=torch.float64)
+        stop_flag = torch.tensor([stop.signum or 0], device=device)
+        if world > 1:
+            torch.distributed.all_reduce(summary)
+            torch.distributed.all_reduce(stop_flag, op=torch.distributed.ReduceOp.MAX)
+        train_loss, step_tokens = summary[0].item() / world, int(summary[1].item())
+        stop_signal = int(stop_flag.item())
+        tokens_seen += step_tokens
+        elapsed = time.perf_counter() - step_start
+        rate = (step - loop_start_step) / (time.perf_counter() - loop_start)
+        row = {
+            "step": step,
+            "epoch": round(epoch, 4),
+            "loss": train_loss,
+            "learning_rate": scheduler.get_last_lr()[0],
+            "tokens_per_second": step_tokens / elapsed,
+            "tokens_seen": tokens_seen,
+            "step_seconds": elapsed,
+            "eta_seconds": round((total_steps - step) / rate, 1),
+        }
+        if t.max_grad_norm > 0:
+            row["grad_norm"] = float(grad_norm)
+        if is_main:
+            row.update(stats.read())
+            prom.step.set(step)
+            prom.loss.set(train_loss)
+            prom.tokens_per_second.set(row["tokens_per_second"])
+            prom.rss.set(row["process_memory_mb"] * 2**20)
+            if "gpu_memory_mb" in row:
+                prom.gpu_memory.set(row["gpu_memory_mb"] * 2**20)
+        log(row)
+        console.progress(step, total_steps, loss=train_loss, tok_s=round(row["tokens_per_second"]))
+
+        if spec.eval.every_steps and step % spec.eval.every_steps == 0 and step < total_steps:
+            eval_loss, evaluated_at = evaluate_now(), step
+        if step % spec.checkpoint.every_steps == 0 or stop_signal or step == total_steps:
+            if step == total_steps and evaluated_at != step:
+                eval_loss, evaluated_at = evaluate_now(), step
+            save_checkpoint()
+            saved_at = step
+        if stop_signal:
+            console.event("stopped", step=step, signal=signal.Signals(stop_signal).name, checkpoint_step=saved_at)
+            _close(metrics, prom, mlflow, console, status="KILLED")
+            return 128 + stop_signal
+
+    # ---- the end: a run resumed at its last step still evaluates, checkpoints and writes final/
+    if evaluated_at != step:
+        eval_loss = evaluate_now()
+    if saved_at != step:
+        save_checkpoint()
+    if is_main:
+        _write_final(accelerator.unwrap_model(model), tokenizer, spec, out / "final")
+    accelerator.wait_for_everyone()
+    console.event("done", step=step, loss=train_loss, eval_loss=eval_loss, tokens_seen=tokens_seen, final=str(out / "final"))
+    _close(metrics, prom, mlflow, console)
+    return EXIT_OK
+
+
+def _evaluate(model, split, spec: JobSpec, accelerator: Accelerator, pad_id: int) -> float | None:
+    """Token-weighted loss over the validation split, shared out across ranks."""
+    if split.rows == 0:
+        return None
+    bs = spec.eval.batch_size or spec.training.batch_size
+    rows = np.arange(accelerator.process_index, split.rows, accelerator.num_processes)
+    n_batches = math.ceil(len(rows) / bs)
+    if spec.eval.max_batches:
+        n_batches = min(n_batches, spec.eval.max_batches)
+    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    model.eval()
+    with torch.no_grad():
+        for b in range(n_batches):
+            batch = {k: v.to(accelerator.device) for k, v in collate(split, rows[b * bs : (b + 1) * bs], pad_id).items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            if n == 0:
+                continue
+            with accelerator.autocast():
+                loss = model(**batch).loss
+            totals += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=accelerator.device)
+    model.train()
+    if accelerator.num_processes > 1:
+        torch.distributed.all_reduce(totals)
+    return float(totals[0] / totals[1]) if totals[1] > 0 else None
+
+
+def _write_final(model, tokenizer, spec: JobSpec, final: Path) -> None:
+    """final/: the adapter (or the full model when peft.method is none) and tokenizer; final/merged with peft.merge."""
+    tmp = final.with_name(f"final.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if spec.peft.method == "lora" and spec.peft.merge:
+        merged = model.merge_and_unload()
+        merged.save_pretrained(tmp / "merged")
+        tokenizer.save_pretrained(tmp / "merged")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _check_same_job(saved: dict | None, current: dict, path: Path) -> None:
+    if saved is None or saved == current:
+        return
+    changed = sorted(k for k in current if saved.get(k) != current.get(k))
+    raise SpecError(
+        f"spec.{changed[0]}" if changed else "spec",
+        f"differs from the run that wrote {path} (changed: {', '.join(changed)}); resuming would mix two "
+        "trainings. Use a new --output-dir, or restore the earlier settings to continue",
+    )
+
+
+def _mixed_precision(precision: str) -> str:
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
+    if precision == "fp16" and not cuda:
+        raise SpecError("spec.training.precision", "fp16 needs a GPU; use fp32 or bf16 on a CPU")
+    return {"fp32": "no"}.get(precision, precision)
+
+
+def _step_seed(seed: int, step: int, rank: int) -> int:
+    return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
+
+
+def _perplexity(loss: float) -> float:
+    return math.exp(min(loss, 50.0))
+
+
+def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
+    cfg = spec.tracking.mlflow
+    if not cfg.enabled:
+        return None
+    uri = cfg.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
+    return Mlflow(uri, cfg.experiment, name, out / "mlflow_run_id", flatten(spec.model_dump(mode="json", by_alias=True)))
+
+
+def _close(metrics, prom, mlflow, console: Console, status: str = "FINISHED") -> None:
+    if metrics:
+        metrics.close()
+    if prom:
+        prom.close()
+    if mlflow:
+        mlflow.close(status)
+    console.close()
