@@ -1,0 +1,198 @@
+"""codex-train run, end to end on the shipped tiny example: what a user sees and what lands on disk."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+# Shorter than the example's 300 steps, same model and data; checkpoints every 5 steps.
+SHORT = ["--set", "training.maxSteps=30", "--set", "checkpoint.everySteps=5", "--set", "eval.everySteps=10",
+         "--set", "tracking.mlflow.enabled=false", "--set", "checkpoint.keepLast=10"]
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def adapter(out) -> dict[str, torch.Tensor]:
+    return load_file(out / "final" / "adapter_model.safetensors")
+
+
+def assert_same_weights(a: dict, b: dict, tol: float = 1e-6) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst <= tol, f"largest weight difference {worst:.3g} > {tol}"
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """The reference: 30 steps without interruption."""
+    out = tmp_path_factory.mktemp("straight")
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def test_the_example_trains_and_the_loss_falls(tmp_path):
+    out = tmp_path / "run"
+    r = run_cli("run", str(TINY), "--output-dir", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = metrics(out)
+    train = [row for row in rows if "loss" in row]
+    evals = [row for row in rows if "eval_loss" in row]
+    assert len(train) == 300 and train[-1]["step"] == 300
+    assert all({"step", "loss", "learning_rate", "tokens_per_second"} <= row.keys() for row in train)
+    first = sum(r["loss"] for r in train[:10]) / 10
+    last = sum(r["loss"] for r in train[-10:]) / 10
+    assert last < first / 3, (first, last)
+    assert evals[-1]["step"] == 300 and evals[-1]["eval_loss"] < evals[0]["eval_loss"]
+
+    # the result: adapter + tokenizer in final/, the two newest checkpoints, run.json, an MLflow run
+    assert (out / "final" / "adapter_model.safetensors").is_file()
+    assert (out / "final" / "tokenizer.json").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-250", "step-300"]
+    info = json.loads((out / "run.json").read_text())
+    assert info["spec"]["training"]["maxSteps"] == 300 and len(info["spec_sha256"]) == 64
+    assert info["packages"]["torch"] and info["seed"] == 42
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    run = client.get_run((out / "mlflow_run_id").read_text())
+    assert run.data.params["training.maxSteps"] == "300"
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 300
+
+    # stdout is JSON lines when not on a terminal, ending with the summary
+    last_line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert last_line["event"] == "done" and last_line["step"] == 300
+
+
+def test_the_trained_adapter_loads_with_peft_and_generates(tmp_path):
+    from peft import AutoPeftModelForCausalLM
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "run"
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT, "--set", "peft.merge=true")
+    assert r.returncode == 0, r.stderr[-3000:]
+    model = AutoPeftModelForCausalLM.from_pretrained(out / "final")
+    tok = AutoTokenizer.from_pretrained(out / "final")
+    ids = tok("def ", return_tensors="pt")["input_ids"]
+    generated = model.generate(ids, max_new_tokens=8, do_sample=False)
+    assert generated.shape[1] == ids.shape[1] + 8
+    assert (out / "final" / "merged" / "model.safetensors").is_file()
+
+
+def test_sigterm_checkpoints_exits_143_and_a_rerun_resumes_exactly(tmp_path, straight):
+    out = tmp_path / "run"
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out),
+         "--metrics-port", str(port), *SHORT],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    step = _wait_for_metric(port, "codex_trainer_step", at_least=12, proc=proc)
+    proc.send_signal(15)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    stopped = json.loads([line for line in stdout.splitlines() if '"stopped"' in line][-1])
+    assert step <= stopped["step"] < 30 and stopped["checkpoint_step"] == stopped["step"]
+    assert (out / "checkpoints" / f"step-{stopped['step']}" / "MANIFEST.json").is_file()
+
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f'"resumed", "step": {stopped["step"]}' in r.stdout
+    assert_same_weights(adapter(out), adapter(straight))
+    steps = [row["step"] for row in metrics(out) if "loss" in row]
+    assert steps == list(range(1, 31))  # one line per step: no gap, no repeat
+    losses = {row["step"]: row["loss"] for row in metrics(out) if "loss" in row}
+    reference = {row["step"]: row["loss"] for row in metrics(straight) if "loss" in row}
+    assert all(abs(losses[s] - reference[s]) < 1e-6 for s in reference)
+
+
+def test_kill_9_then_rerun_resumes_from_the_last_complete_checkpoint(tmp_path, straight):
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *SHORT],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    _wait_for(lambda: (out / "checkpoints" / "step-15").is_dir(), proc)
+    proc.kill()
+    proc.wait()
+    # leftovers a kill or a torn write could leave, newer than anything complete: all must be ignored
+    ck = out / "checkpoints"
+    (ck / ".step-31.tmp4242").mkdir()
+    (ck / ".step-31.tmp4242" / "trainable.safetensors").write_bytes(b"partial")
+    newest = max((p for p in ck.iterdir() if p.name.startswith("step-")), key=lambda p: int(p.name[5:]))
+    torn = ck / "step-99"
+    torn.mkdir()
+    for f in newest.iterdir():
+        (torn / f.name).write_bytes(f.read_bytes())
+    (torn / "trainable.safetensors").write_bytes(b"\0" * (torn / "trainable.safetensors").stat().st_size)
+
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "ignoring damaged checkpoint" in r.stdout and "step-99" in r.stdout
+    assert "ignoring incomplete checkpoint" in r.stdout
+    resumed = json.loads([line for line in r.stdout.splitlines() if '"resumed"' in line][0])
+    assert resumed["step"] == int(newest.name[5:]) >= 15
+    assert_same_weights(adapter(out), adapter(straight))
+
+
+def test_a_finished_run_is_not_trained_again(straight):
+    before = (straight / "final" / "adapter_model.safetensors").stat().st_mtime_ns
+    r = run_cli("run", str(TINY), "--output-dir", str(straight), *SHORT)
+    assert r.returncode == 0
+    assert "nothing to do" in r.stdout
+    assert (straight / "final" / "adapter_model.safetensors").stat().st_mtime_ns == before
+
+
+def test_changing_the_data_under_a_run_is_refused(straight):
+    r = run_cli("run", str(TINY), "--output-dir", str(straight), *SHORT, "--set", "data.maxSeqLength=64")
+    assert r.returncode == 2
+    assert "invalid spec.data" in r.stderr and "new --output-dir" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(cond, proc, timeout=180):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, "trainer exited early"
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _wait_for_metric(port, name, at_least, proc, timeout=180) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read()[-2000:]
+        try:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+        except OSError:
+            time.sleep(0.1)
+            continue
+        for line in body.splitlines():
+            if line.startswith(name + "{"):
+                value = float(line.rsplit(" ", 1)[1])
+                if value >= at_least:
+                    assert "codex_trainer_loss{" in body and "codex_trainer_tokens_per_second{" in body
+                    return value
+        time.sleep(0.05)
+    raise AssertionError(f"{name} never reached {at_least}")

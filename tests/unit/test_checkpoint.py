@@ -1,0 +1,107 @@
+"""A checkpoint is used only when it is complete; anything else is skipped, never loaded."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import time
+
+import pytest
+import torch
+
+from codex_trainer import checkpoint
+
+
+def save(root, step, fill=1.0, size=16):
+    return checkpoint.save(
+        root,
+        step,
+        {"w": torch.full((size,), fill)},
+        {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+        {"last_epoch": step},
+        {"tokens_seen": step * 10},
+    )
+
+
+def test_round_trip(tmp_path):
+    save(tmp_path, 5, fill=2.0)
+    ck = checkpoint.load_latest(tmp_path)
+    assert ck.step == 5 and ck.state["tokens_seen"] == 50 and ck.state["step"] == 5
+    assert torch.equal(ck.weights["w"], torch.full((16,), 2.0))
+    assert ck.scheduler == {"last_epoch": 5}
+
+
+def test_newest_complete_wins_and_leftovers_are_skipped(tmp_path):
+    save(tmp_path, 10)
+    save(tmp_path, 20, fill=3.0)
+    # what a kill leaves: a temp dir mid-write, and a step dir whose manifest never got written
+    (tmp_path / ".step-30.tmp999").mkdir()
+    (tmp_path / ".step-30.tmp999" / "trainable.safetensors").write_bytes(b"\0" * 10)
+    (tmp_path / "step-40").mkdir()
+    (tmp_path / "step-40" / "trainable.safetensors").write_bytes(b"\0" * 10)
+    seen = []
+    ck = checkpoint.load_latest(tmp_path, log=seen.append)
+    assert ck.step == 20 and ck.weights["w"][0] == 3.0
+    assert any("step-40" in m for m in seen) and any(".step-30" in m for m in seen)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete"])
+def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
+    save(tmp_path, 10, fill=1.0)
+    newest = save(tmp_path, 20, fill=2.0)
+    weights = newest / checkpoint.WEIGHTS
+    data = weights.read_bytes()
+    if damage == "truncate":
+        weights.write_bytes(data[:-8])
+    elif damage == "flip":
+        weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))
+    else:
+        weights.unlink()
+    seen = []
+    ck = checkpoint.load_latest(tmp_path, log=seen.append)
+    assert ck.step == 10 and ck.weights["w"][0] == 1.0
+    assert seen and "step-20" in seen[-1]
+
+
+def test_prune_keeps_the_newest_and_removes_temp_dirs(tmp_path):
+    for s in (1, 2, 3, 4):
+        save(tmp_path, s)
+    (tmp_path / ".step-5.tmp1").mkdir()
+    checkpoint.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-3", "step-4"]
+
+
+def test_nothing_to_resume_from(tmp_path):
+    assert checkpoint.load_latest(tmp_path / "absent") is None
+    assert checkpoint.load_latest(tmp_path) is None
+
+
+def test_kill_9_during_writes_never_yields_a_loadable_partial_checkpoint(tmp_path):
+    """A child writes large checkpoints in a loop; we SIGKILL it at random moments, many times.
+    Whatever it leaves, every checkpoint a reader accepts must load and hold what was written."""
+    rng = random.Random(0)
+    step = 0
+    for _ in range(8):
+        step += 100
+        pid = os.fork()
+        if pid == 0:  # child: write checkpoints until killed
+            s = step
+            while True:
+                s += 1
+                save(tmp_path, s, fill=float(s), size=2_000_000)
+        time.sleep(rng.uniform(0.05, 0.6))
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        for s, path in checkpoint.complete(tmp_path):
+            assert checkpoint.verify(path) is None
+            manifest = json.loads((path / checkpoint.MANIFEST).read_text())
+            assert manifest["step"] == s
+        ck = checkpoint.load_latest(tmp_path, log=lambda _m: None)
+        if ck is not None:
+            assert torch.equal(ck.weights["w"], torch.full((2_000_000,), float(ck.step)))
+        step = max([step, *[s for s, _ in checkpoint.complete(tmp_path)]])
+    leftovers = [p for p in tmp_path.iterdir() if p.name.startswith(".step-")]
+    checkpoint.prune(tmp_path, keep_last=1)
+    assert leftovers and not any(p.exists() for p in leftovers)

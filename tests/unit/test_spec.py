@@ -1,0 +1,123 @@
+"""The job spec: what a user's YAML turns into, and the messages for what is wrong with it."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import yaml
+
+from codex_trainer.errors import SpecError
+from codex_trainer.manifest import apply_overrides, load_manifest, parse_manifest
+from conftest import EXAMPLES, TINY
+
+
+def manifest(**spec) -> dict:
+    base = {"model": {"source": "scratch", "config": {"model_type": "llama"}}, "data": {"train": "d.jsonl"}}
+    return {
+        "apiVersion": "codex.ml/v1alpha1",
+        "kind": "CodexTrainingJob",
+        "metadata": {"name": "t"},
+        "spec": {**base, **spec},
+    }
+
+
+def problems(raw: dict) -> dict[str, str]:
+    with pytest.raises(SpecError) as e:
+        parse_manifest(raw)
+    return dict(e.value.problems)
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_example_is_a_valid_manifest(path):
+    m = load_manifest(path)
+    assert m.kind == "CodexTrainingJob"
+
+
+def test_defaults_are_filled_in():
+    spec = parse_manifest(manifest()).spec
+    assert spec.peft.method == "lora" and spec.peft.r == 8
+    assert spec.training.max_steps is None and spec.training.epochs is None
+    assert spec.data.packing is True and spec.data.text_field == "text"
+    assert spec.tokenizer_source == "bytes"  # a scratch model needs no download
+    assert spec.num_nodes == 1 and spec.run_policy.backoff_limit == 3
+
+
+def test_tokenizer_defaults_to_the_models_own():
+    raw = manifest(model={"source": "hf://Qwen/Qwen2.5-0.5B@main"})
+    assert parse_manifest(raw).spec.tokenizer_source == "hf://Qwen/Qwen2.5-0.5B@main"
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ({"training": {"learningRate": -1}}, "spec.training.learningRate", "greater than 0"),
+        ({"training": {"maxSteps": "twenty"}}, "spec.training.maxSteps", "valid integer"),
+        ({"data": {"train": "d.jsonl", "maxSeqLength": 0}}, "spec.data.maxSeqLength", "greater than 0"),
+        ({"peft": {"r": 0}}, "spec.peft.r", "greater than 0"),
+        ({"peft": {"method": "qlora"}}, "spec.peft.method", "'lora' or 'none'"),
+        ({"training": {"batchSze": 4}}, "spec.training.batchSze", "did you mean 'batchSize'"),
+        ({"data": {"train": "d.jsonl", "validationFraction": 1.5}}, "spec.data.validationFraction", "less than 1"),
+        ({"model": {"source": "scratch"}}, "spec.model", "needs model.config"),
+        ({"model": {"source": "hf://"}}, "spec.model.source", "hf://org/name"),
+        ({"training": {"precision": "fp8"}}, "spec.training.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
+    ],
+)
+def test_bad_fields_are_named_with_a_reason(spec, field, words):
+    found = problems(manifest(**spec))
+    assert field in found, found
+    assert words in found[field]
+
+
+def test_every_problem_is_reported_at_once():
+    found = problems(manifest(training={"learningRate": 0, "batchSize": -2}, peft={"r": 0}))
+    assert {"spec.training.learningRate", "spec.training.batchSize", "spec.peft.r"} <= set(found)
+
+
+def test_missing_required_fields_and_wrong_kind():
+    raw = manifest()
+    del raw["spec"]["data"]
+    raw["kind"] = "TrainingJob"
+    found = problems(raw)
+    assert found["spec.data"] == "required field is missing"
+    assert "kind" in found
+
+
+def test_set_overrides_use_camel_case_paths_and_yaml_values():
+    raw = apply_overrides(
+        manifest(), ["training.maxSteps=20", "checkpoint.everySteps=5", "peft.targetModules=[q_proj, v_proj]"]
+    )
+    spec = parse_manifest(raw).spec
+    assert spec.training.max_steps == 20
+    assert spec.checkpoint.every_steps == 5
+    assert spec.peft.target_modules == ["q_proj", "v_proj"]
+
+
+def test_a_bad_override_is_refused():
+    with pytest.raises(SpecError, match="PATH=VALUE"):
+        apply_overrides(manifest(), ["training.maxSteps"])
+
+
+def test_an_unreadable_file_is_a_spec_error(tmp_path):
+    bad = tmp_path / "job.yaml"
+    bad.write_text("spec: [unclosed")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_manifest(bad)
+    with pytest.raises(SpecError, match="file not found"):
+        load_manifest(tmp_path / "nope.yaml")
+
+
+def test_spec_models_import_without_torch():
+    """The operator image has no torch: the spec must not need it."""
+    import subprocess
+
+    code = "import sys; import codex_trainer.spec, codex_trainer.manifest; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_round_trip_through_yaml_keeps_camel_case():
+    spec = load_manifest(TINY).spec
+    dumped = yaml.safe_dump(spec.model_dump(mode="json", by_alias=True))
+    assert "maxSeqLength" in dumped and "max_seq_length" not in dumped
+    again = parse_manifest({**manifest(), "spec": yaml.safe_load(dumped)}).spec
+    assert again == spec
