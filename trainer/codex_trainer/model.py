@@ -89,19 +89,23 @@ def wrap_peft(model: PreTrainedModel, spec: PeftSpec, base_name: str) -> PreTrai
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_name,
     )
-    _check_modules_to_save(model, spec.modules_to_save)
+    if isinstance(spec.target_modules, list):
+        _check_names(model, spec.target_modules, "spec.peft.targetModules")
+    _check_names(model, spec.modules_to_save, "spec.peft.modulesToSave")
     try:
         return get_peft_model(model, config)
     except ValueError as e:
         raise SpecError("spec.peft.targetModules", f"{e}") from None
 
 
-def _check_modules_to_save(model: torch.nn.Module, names: list[str]) -> None:
-    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules()}
+def _check_names(model: torch.nn.Module, names: list[str], field: str) -> None:
+    present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
     missing = [n for n in names if n not in present]
     if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
         raise SpecError(
-            "spec.peft.modulesToSave", f"no module named {', '.join(missing)} in this model"
+            field,
+            f"no module named {', '.join(missing)} in this model; its linear layers are {', '.join(linear)}",
         )
 
 

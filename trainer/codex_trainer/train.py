@@ -56,7 +56,8 @@ def train(
     t = spec.training
     hf_logging.disable_progress_bar()  # our own progress is enough; weight-loading bars are noise in pod logs
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    accelerator = Accelerator(mixed_precision=_mixed_precision(t.precision))
+    # cpu=True when there is no GPU: that is what makes accelerate set up gloo for several CPU processes
+    accelerator = Accelerator(mixed_precision=_mixed_precision(t.precision), cpu=not torch.cuda.is_available())
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     console = console or Console(enabled=is_main)
     console.enabled = console.enabled and is_main

@@ -1,0 +1,66 @@
+"""Bad input: exit code 2 and one clear line naming the field and the fix, never a traceback."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codex_trainer.cli import main
+from conftest import TINY, run_cli
+
+
+@pytest.fixture
+def data_files(tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    other = tmp_path / "other.jsonl"
+    other.write_text("".join(json.dumps({"content": f"row {i}"}) + "\n" for i in range(50)))
+    return {"empty": str(empty), "other": str(other), "missing": str(tmp_path / "missing.jsonl")}
+
+
+CASES = {
+    "unknown field": (["training.learningRat=0.1"], "spec.training.learningRat", "did you mean 'learningRate'"),
+    "negative learning rate": (["training.learningRate=-0.001"], "spec.training.learningRate", "greater than 0"),
+    "missing data file": (["data.train={missing}"], "spec.data.train", "not found"),
+    "empty data file": (["data.train={empty}"], "spec.data.train", "empty"),
+    "wrong textField": (["data.train={other}"], "spec.data.textField", "fields there: content"),
+    "maxSeqLength 0": (["data.maxSeqLength=0"], "spec.data.maxSeqLength", "greater than 0"),
+    "peft.r 0": (["peft.r=0"], "spec.peft.r", "greater than 0"),
+    "maxSteps not a number": (["training.maxSteps=lots"], "spec.training.maxSteps", "valid integer"),
+    "fp16 on a CPU": (["training.precision=fp16"], "spec.training.precision", "needs a GPU"),
+    "batch larger than the data": (["training.batchSize=100000"], "spec.training.batchSize", "lower batchSize"),
+    "unknown target module": (["peft.targetModules=[nope_proj]"], "spec.peft.targetModules", "nope_proj"),
+    "unknown module to save": (["peft.modulesToSave=[wte]"], "spec.peft.modulesToSave", "wte"),
+    "tokenizer path absent": (["tokenizer=/no/such/tokenizer"], "spec.tokenizer", "neither hf://"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_bad_input_exits_2_naming_the_field(case, data_files, tmp_path, capsys, in_root):
+    overrides, field, words = CASES[case]
+    args = ["run", str(TINY), "--output-dir", str(tmp_path / "out"), "--set", "tracking.mlflow.enabled=false"]
+    for o in overrides:
+        args += ["--set", o.format(**data_files)]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"invalid {field}:" in err, err
+    assert words in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_the_real_process_exits_2_with_one_line(tmp_path):
+    r = run_cli("run", str(TINY), "--output-dir", str(tmp_path), "--set", "peft.r=0", "--set", "training.seed=-1")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines == [
+        "codex-train: invalid spec.peft.r: Input should be greater than 0 (got 0)",
+        "codex-train: invalid spec.training.seed: Input should be greater than or equal to 0 (got -1)",
+    ]
+
+
+def test_validate_prints_the_resolved_spec(capsys):
+    assert main(["validate", str(TINY), "--set", "training.maxSteps=7"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["training"]["maxSteps"] == 7 and spec["training"]["scheduler"] == "cosine"
