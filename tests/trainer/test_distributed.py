@@ -15,8 +15,18 @@ from conftest import ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
-COMMON = ["--set", "training.maxSteps=20", "--set", "peft.dropout=0", "--set", "tracking.mlflow.enabled=false",
-          "--set", "checkpoint.everySteps=10", "--set", "eval.everySteps=10"]
+COMMON = [
+    "--set",
+    "training.maxSteps=20",
+    "--set",
+    "peft.dropout=0",
+    "--set",
+    "tracking.mlflow.enabled=false",
+    "--set",
+    "checkpoint.everySteps=10",
+    "--set",
+    "eval.everySteps=10",
+]
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
@@ -25,10 +35,30 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         port = s.getsockname()[1]
     two = tmp_path / "two"
     r = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
-         "--master-port", str(port), "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(two),
-         *COMMON, "--set", "training.batchSize=4"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc-per-node",
+            "2",
+            "--master-addr",
+            "127.0.0.1",
+            "--master-port",
+            str(port),
+            "-m",
+            "codex_trainer.cli",
+            "run",
+            str(TINY),
+            "--output-dir",
+            str(two),
+            *COMMON,
+            "--set",
+            "training.batchSize=4",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     one = tmp_path / "one"
@@ -47,5 +77,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
     assert worst < 1e-5, worst
     evals_two = [row["eval_loss"] for row in rows if "eval_loss" in row]
-    evals_one = [json.loads(x)["eval_loss"] for x in (one / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x]
+    evals_one = [
+        json.loads(x)["eval_loss"] for x in (one / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x
+    ]
     assert evals_two == pytest.approx(evals_one, abs=1e-5)

@@ -18,8 +18,18 @@ from conftest import ROOT, TINY, run_cli
 pytestmark = pytest.mark.slow
 
 # Shorter than the example's 300 steps, same model and data; checkpoints every 5 steps.
-SHORT = ["--set", "training.maxSteps=30", "--set", "checkpoint.everySteps=5", "--set", "eval.everySteps=10",
-         "--set", "tracking.mlflow.enabled=false", "--set", "checkpoint.keepLast=10"]
+SHORT = [
+    "--set",
+    "training.maxSteps=30",
+    "--set",
+    "checkpoint.everySteps=5",
+    "--set",
+    "eval.everySteps=10",
+    "--set",
+    "tracking.mlflow.enabled=false",
+    "--set",
+    "checkpoint.keepLast=10",
+]
 
 
 def metrics(out) -> list[dict]:
@@ -98,9 +108,22 @@ def test_sigterm_checkpoints_exits_143_and_a_rerun_resumes_exactly(tmp_path, str
     out = tmp_path / "run"
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out),
-         "--metrics-port", str(port), *SHORT],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "codex_trainer.cli",
+            "run",
+            str(TINY),
+            "--output-dir",
+            str(out),
+            "--metrics-port",
+            str(port),
+            *SHORT,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     step = _wait_for_metric(port, "codex_trainer_step", at_least=12, proc=proc)
     proc.send_signal(15)
@@ -125,7 +148,9 @@ def test_kill_9_then_rerun_resumes_from_the_last_complete_checkpoint(tmp_path, s
     out = tmp_path / "run"
     proc = subprocess.Popen(
         [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *SHORT],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     _wait_for(lambda: (out / "checkpoints" / "step-15").is_dir(), proc)
     proc.kill()
@@ -196,3 +221,49 @@ def _wait_for_metric(port, name, at_least, proc, timeout=180) -> float:
                     return value
         time.sleep(0.05)
     raise AssertionError(f"{name} never reached {at_least}")
+
+
+def test_a_local_model_directory_is_fine_tuned_in_full(tmp_path, in_root):
+    """model.source as a local path, its own tokenizer, peft.method none: final/ is a whole model."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from codex_trainer.cli import main
+    from codex_trainer.tokenizer import byte_tokenizer
+
+    local = tmp_path / "my-model"
+    tok = byte_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        eos_token_id=tok.eos_token_id,
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(local)
+    tok.save_pretrained(local)
+    out = tmp_path / "out"
+    code = main(
+        [
+            "run",
+            str(TINY),
+            "--output-dir",
+            str(out),
+            "--set",
+            f"model={{source: {local}}}",
+            "--set",
+            "tokenizer=null",
+            "--set",
+            "peft={method: none}",
+            "--set",
+            "training.maxSteps=6",
+            "--set",
+            "tracking.mlflow.enabled=false",
+        ]
+    )
+    assert code == 0
+    trained = AutoModelForCausalLM.from_pretrained(out / "final")
+    before = AutoModelForCausalLM.from_pretrained(local)
+    assert not torch.equal(trained.model.embed_tokens.weight, before.model.embed_tokens.weight)
+    assert not (out / "base-model").exists()  # only a scratch model needs its base kept

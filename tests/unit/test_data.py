@@ -57,7 +57,7 @@ def test_file_problems_name_the_field_and_the_fix(tmp_path, jsonl):
     for files, field, path, words in cases:
         with pytest.raises(SpecError) as e:
             read_texts(files, field, "spec.data.train")
-        (got_path, msg), = e.value.problems
+        ((got_path, msg),) = e.value.problems
         assert got_path == path and words in msg, (got_path, msg)
 
 

@@ -15,9 +15,7 @@ from .sources import resolve_source
 from .spec import ModelSpec, PeftSpec
 
 
-def load_base_model(
-    spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dtype, is_main: bool
-) -> PreTrainedModel:
+def load_base_model(spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dtype, is_main: bool) -> PreTrainedModel:
     """The base model. A scratch model is created once, saved to `base_dir` and read from there on
     every later start, so a resumed run continues from the very same base weights."""
     if spec.source == "scratch":

@@ -17,7 +17,5 @@ def resolve_source(source: str, field: str) -> tuple[str, str | None]:
         return m.group("repo"), m.group("rev")
     path = Path(source).expanduser()
     if not path.exists():
-        raise SpecError(
-            field, f"'{source}' is neither hf://org/name[@revision] nor an existing local directory"
-        )
+        raise SpecError(field, f"'{source}' is neither hf://org/name[@revision] nor an existing local directory")
     return str(path), None

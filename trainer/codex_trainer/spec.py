@@ -150,9 +150,7 @@ class TrainingSpec(_Model):
 
 
 class EvalSpec(_Model):
-    every_steps: int | None = Field(
-        default=None, gt=0, description="Evaluate every N steps (and always at the end)."
-    )
+    every_steps: int | None = Field(default=None, gt=0, description="Evaluate every N steps (and always at the end).")
     batch_size: int | None = Field(default=None, gt=0, description="Eval batch size (default training.batchSize).")
     max_batches: int | None = Field(default=None, gt=0, description="Cap on eval batches per evaluation.")
 
@@ -193,9 +191,7 @@ class StorageSpec(_Model):
 
 
 class RunPolicySpec(_Model):
-    backoff_limit: int = Field(
-        default=3, ge=0, description="Retries after a crash (pod disruptions do not count)."
-    )
+    backoff_limit: int = Field(default=3, ge=0, description="Retries after a crash (pod disruptions do not count).")
     active_deadline_seconds: int | None = Field(default=None, gt=0, description="Fail the job after this long.")
     suspend: bool = Field(default=False, description="Create the job suspended (for Kueue and other queues).")
     queue_name: str | None = Field(default=None, description="Kueue LocalQueue to submit to.")
@@ -219,10 +215,14 @@ class JobSpec(_Model):
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics endpoint.")
     image: str = Field(default="codex-trainer:latest", description="Trainer container image (cluster only).")
     num_nodes: int = Field(default=1, ge=1, description="Pods (nodes) to train on (cluster only).")
-    processes_per_node: int = Field(default=1, ge=1, description="Processes per pod, e.g. GPUs per node (cluster only).")
+    processes_per_node: int = Field(
+        default=1, ge=1, description="Processes per pod, e.g. GPUs per node (cluster only)."
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-pod resources (cluster only).")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Checkpoint volume (cluster only).")
-    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec, description="Retries and deadlines (cluster only).")
+    run_policy: RunPolicySpec = Field(
+        default_factory=RunPolicySpec, description="Retries and deadlines (cluster only)."
+    )
 
     @property
     def tokenizer_source(self) -> str:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import math
 import os
-import warnings
 import shutil
 import signal
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +27,7 @@ from . import checkpoint
 from .console import Console
 from .data import collate, load_dataset, micro_batch_rows, micro_batches_per_epoch
 from .errors import EXIT_OK, SpecError
-from .metrics import Mlflow, MetricsFile, Prometheus, SystemStats, flatten
+from .metrics import MetricsFile, Mlflow, Prometheus, SystemStats, flatten
 from .model import load_base_model, load_trainable_state, trainable_state, wrap_peft
 from .runinfo import resume_identity, write_run_json
 from .spec import JobSpec
@@ -264,7 +264,9 @@ def train(
     if is_main:
         _write_final(accelerator.unwrap_model(model), tokenizer, spec, out / "final")
     accelerator.wait_for_everyone()
-    console.event("done", step=step, loss=train_loss, eval_loss=eval_loss, tokens_seen=tokens_seen, final=str(out / "final"))
+    console.event(
+        "done", step=step, loss=train_loss, eval_loss=eval_loss, tokens_seen=tokens_seen, final=str(out / "final")
+    )
     _close(metrics, prom, mlflow, console)
     return EXIT_OK
 
@@ -282,7 +284,9 @@ def _evaluate(model, split, spec: JobSpec, accelerator: Accelerator, pad_id: int
     model.eval()
     with torch.no_grad():
         for b in range(n_batches):
-            batch = {k: v.to(accelerator.device) for k, v in collate(split, rows[b * bs : (b + 1) * bs], pad_id).items()}
+            batch = {
+                k: v.to(accelerator.device) for k, v in collate(split, rows[b * bs : (b + 1) * bs], pad_id).items()
+            }
             n = int((batch["labels"][:, 1:] != -100).sum())
             if n == 0:
                 continue
@@ -342,7 +346,9 @@ def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
     if not cfg.enabled:
         return None
     uri = cfg.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    return Mlflow(uri, cfg.experiment, name, out / "mlflow_run_id", flatten(spec.model_dump(mode="json", by_alias=True)))
+    return Mlflow(
+        uri, cfg.experiment, name, out / "mlflow_run_id", flatten(spec.model_dump(mode="json", by_alias=True))
+    )
 
 
 def _close(metrics, prom, mlflow, console: Console, status: str = "FINISHED") -> None:
