@@ -16,7 +16,7 @@ from pydantic.alias_generators import to_camel
 API_VERSION = "codex.ml/v1alpha1"
 KIND = "CodexTrainingJob"
 
-_HF_SOURCE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?)(@(?P<rev>[\w.\-/]+))?$")
+_HF_SOURCE = re.compile(r"^hf://[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
 
 
 class _Model(BaseModel):
@@ -63,12 +63,6 @@ class ModelSpec(_Model):
         elif self.config is not None:
             raise ValueError("model.config is only used with source 'scratch'; remove it or set source: scratch")
         return self
-
-    @property
-    def hf_repo(self) -> tuple[str, str | None] | None:
-        """(repo id, revision) for an hf:// source, else None."""
-        m = _HF_SOURCE.match(self.source)
-        return (m.group("repo"), m.group("rev")) if m else None
 
 
 class DataSpec(_Model):
