@@ -87,7 +87,10 @@ def train(
 
     torch.manual_seed(t.seed)
     base_dir = out / "base-model"
-    base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and spec.peft.method == "lora" else None
+    # with LoRA under bf16 the frozen base can be held in bf16 (half the memory); modules trained in
+    # full (modulesToSave, or peft.method none) keep fp32 master weights
+    frozen_base = spec.peft.method == "lora" and not spec.peft.modules_to_save
+    base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and frozen_base else None
     model = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
     base_name = str(base_dir.resolve()) if spec.model.source == "scratch" else spec.model.source
     model = wrap_peft(model, spec.peft, base_name)
@@ -171,6 +174,8 @@ def train(
                     "world_size": world,
                     "identity": identity,
                     "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
+                    # no RNG state to restore: the loop reseeds every step from (seed, step, rank)
+                    "rng": "reseeded each step from (seed, step, rank)",
                 },
             )
             checkpoint.prune(ckpt_dir, spec.checkpoint.keep_last)
