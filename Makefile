@@ -13,7 +13,7 @@ lint:
 	$(PYTHON) -m ruff format --check .
 
 unit:               ## the fast tests only
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTHON) -m pytest -m "not slow and not cluster"
 
 bench:              ## throughput against the Hugging Face Trainer (see benchmarks/README.md)
 	$(PYTHON) benchmarks/trainer_throughput.py --steps 100
@@ -24,3 +24,29 @@ example:            ## the main job on this machine
 
 sample-data:        ## regenerate the shipped sample data (deterministic)
 	$(PYTHON) configs/data/make_sample.py
+
+# ---- the local Kubernetes cluster (tests/cluster) and the end-to-end suite
+
+KIND_VERSION ?= v0.33.0
+KIND ?= $(shell go env GOPATH)/bin/kind
+
+.PHONY: cluster-up cluster-down cluster-status e2e e2e-kind
+
+cluster-up:         ## build (cached) and start etcd, the control plane and a node; prints the KUBECONFIG
+	$(PYTHON) tests/cluster/cluster.py up
+
+cluster-down:       ## stop it and remove everything it made
+	$(PYTHON) tests/cluster/cluster.py down
+
+cluster-status:
+	$(PYTHON) tests/cluster/cluster.py status
+
+e2e:                ## the integration/e2e suite on the local cluster
+	$(PYTHON) -m pytest tests/integration
+
+e2e-kind:           ## the same suite on a kind cluster (needs Docker and a registry for kind's node image)
+	GOFLAGS= go install sigs.k8s.io/kind@$(KIND_VERSION)
+	$(KIND) create cluster --name codex-e2e --kubeconfig .cluster/kind.kubeconfig --wait 120s
+	CODEX_KUBECONFIG=$(CURDIR)/.cluster/kind.kubeconfig CODEX_KIND_CLUSTER=codex-e2e PATH=$(dir $(KIND)):$$PATH \
+		$(PYTHON) -m pytest tests/integration; status=$$?; \
+		$(KIND) delete cluster --name codex-e2e; exit $$status

@@ -136,6 +136,7 @@ def test_sigterm_checkpoints_exits_143_and_a_rerun_resumes_exactly(tmp_path, str
     r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
     assert r.returncode == 0, r.stderr[-2000:]
     assert f'"resumed", "step": {stopped["step"]}' in r.stdout
+    assert '"cached": true' in r.stdout  # the rerun did not tokenize again
     assert_same_weights(adapter(out), adapter(straight))
     steps = [row["step"] for row in metrics(out) if "loss" in row]
     assert steps == list(range(1, 31))  # one line per step: no gap, no repeat

@@ -1,0 +1,201 @@
+"""Proof that the test cluster is a real one: each test exercises a piece of Kubernetes that a
+mock of the API would fake, on the API server, the controllers and a node that runs containers."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+
+pytestmark = pytest.mark.cluster
+
+CRD = """
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata: {name: widgets.test.codex.ml}
+spec:
+  group: test.codex.ml
+  names: {kind: Widget, plural: widgets, singular: widget}
+  scope: Namespaced
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+              mode: {type: string, enum: [fast, slow]}
+            x-kubernetes-validations:
+            - rule: "self.mode != 'fast' || self.size <= 10"
+              message: "a fast widget has size 10 at most"
+"""
+
+
+def pod(name: str, image: str, command: list[str], **extra) -> str:
+    spec = {
+        "restartPolicy": "Never",
+        "terminationGracePeriodSeconds": 1,
+        "automountServiceAccountToken": False,
+        "containers": [{"name": "main", "image": image, "imagePullPolicy": "Never", "command": command}],
+        **extra,
+    }
+    return json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+
+
+def phase(cluster, ns: str, name: str) -> str:
+    return cluster.kubectl("get", "pod", name, "-n", ns, "-o", "jsonpath={.status.phase}").stdout
+
+
+def run_to_completion(cluster, ns: str, manifest: str, name: str, timeout: float = 120) -> str:
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=manifest)
+    final = wait_for(lambda: phase(cluster, ns, name) in ("Succeeded", "Failed") and phase(cluster, ns, name),
+                     f"pod {name} to finish", timeout)  # fmt: skip
+    logs = cluster.kubectl("logs", "-n", ns, name).stdout
+    assert final == "Succeeded", (final, logs, cluster.kubectl("describe", "pod", "-n", ns, name).stdout)
+    return logs
+
+
+def test_a_crd_becomes_established_and_its_schema_refuses_bad_objects(cluster, namespace):
+    cluster.kubectl("apply", "-f", "-", input=CRD)
+    cluster.kubectl("wait", "--for=condition=Established", "crd/widgets.test.codex.ml", "--timeout=60s")
+    good = '{"apiVersion":"test.codex.ml/v1","kind":"Widget","metadata":{"name":"ok"},"spec":{"size":3}}'
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=good)
+
+    too_small = good.replace('"size":3', '"size":0').replace('"ok"', '"small"')
+    r = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=too_small, check=False)
+    assert r.returncode != 0 and "spec.size" in r.stderr and "greater than or equal to 1" in r.stderr
+
+    cel = good.replace('"size":3', '"size":30,"mode":"fast"').replace('"ok"', '"fast"')
+    r = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=cel, check=False)
+    assert r.returncode != 0 and "a fast widget has size 10 at most" in r.stderr
+
+    r = cluster.kubectl("apply", "--dry-run=server", "-n", namespace, "-f", "-", input=good.replace("ok", "dry"))
+    assert "(server dry run)" in r.stdout
+    assert cluster.kubectl("get", "widget", "dry", "-n", namespace, check=False).returncode != 0
+
+
+def test_a_pod_from_a_locally_built_image_runs_and_its_logs_are_readable(cluster, namespace, base_image):
+    logs = run_to_completion(
+        cluster, namespace, pod("hello", base_image, ["sh", "-c", "echo hello from $(cat /etc/debian_version)"]),
+        "hello",
+    )  # fmt: skip
+    assert logs.startswith("hello from 12.")
+
+
+def test_a_job_completes(cluster, namespace, base_image):
+    job = {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": "count"},
+        "spec": {
+            "completions": 2,
+            "completionMode": "Indexed",
+            "backoffLimit": 0,
+            "template": json.loads(pod("x", base_image, ["sh", "-c", "echo index $JOB_COMPLETION_INDEX"])),
+        },
+    }
+    del job["spec"]["template"]["metadata"]["name"]
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/count", "--timeout=120s")
+    status = json.loads(cluster.kubectl("get", "job", "count", "-n", namespace, "-o", "json").stdout)["status"]
+    assert status["succeeded"] == 2
+
+
+def test_a_pvc_binds_and_data_written_by_one_pod_is_read_by_the_next(cluster, namespace, base_image):
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pvc))
+    wait_for(
+        lambda: (
+            cluster.kubectl("get", "pvc", "data", "-n", namespace, "-o", "jsonpath={.status.phase}").stdout == "Bound"
+        ),
+        "the PVC to bind",
+    )
+    volume = {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}
+    mount = [{"name": "d", "mountPath": "/data"}]
+
+    def with_mount(manifest: str) -> str:
+        obj = json.loads(manifest)
+        obj["spec"]["containers"][0]["volumeMounts"] = mount
+        return json.dumps(obj)
+
+    writer = with_mount(pod("writer", base_image, ["sh", "-c", "echo step-42 > /data/ckpt"], **volume))
+    run_to_completion(cluster, namespace, writer, "writer")
+    reader = with_mount(pod("reader", base_image, ["cat", "/data/ckpt"], **volume))
+    logs = run_to_completion(cluster, namespace, reader, "reader")
+    assert logs.strip() == "step-42"
+
+
+def test_a_restricted_namespace_refuses_a_privileged_pod(cluster, namespace, base_image):
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    privileged = json.loads(pod("root", base_image, ["true"]))
+    privileged["spec"]["containers"][0]["securityContext"] = {"privileged": True}
+    r = cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(privileged), check=False)
+    assert r.returncode != 0
+    assert 'violates PodSecurity "restricted:latest"' in r.stderr and "privileged" in r.stderr
+
+
+def test_deleting_an_owner_garbage_collects_its_dependents(cluster, namespace):
+    cluster.kubectl("create", "configmap", "owner", "-n", namespace)
+    uid = cluster.kubectl("get", "configmap", "owner", "-n", namespace, "-o", "jsonpath={.metadata.uid}").stdout
+    dependent = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": "dependent",
+            "ownerReferences": [{"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": uid}],
+        },
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(dependent))
+    cluster.kubectl("delete", "configmap", "owner", "-n", namespace)
+    wait_for(
+        lambda: cluster.kubectl("get", "configmap", "dependent", "-n", namespace, check=False).returncode != 0,
+        "the garbage collector to delete the dependent",
+        60,
+    )
+
+
+@pytest.fixture(scope="session")
+def tools_image(cluster, base_image) -> str:
+    """The base image plus our multi-call binary, so a pod can run kubectl with in-cluster config."""
+    tag = "codex.local/k8s-tools:1"
+    binary = getattr(cluster, "bin", None)
+    if binary is None:
+        pytest.skip("the tools image carries the local cluster's binary; on another cluster it is not built")
+    with tempfile.TemporaryDirectory() as ctx:
+        (Path(ctx) / "k8s").write_bytes(Path(binary).read_bytes())
+        (Path(ctx) / "k8s").chmod(0o755)
+        (Path(ctx) / "Dockerfile").write_text(f"FROM {base_image}\nCOPY k8s /usr/local/bin/k8s\n")
+        subprocess.run(["docker", "build", "-q", "-t", tag, ctx], check=True, capture_output=True,
+                       env={"DOCKER_BUILDKIT": "0", "PATH": "/usr/bin:/bin:/usr/sbin:/sbin"})  # fmt: skip
+    cluster.load_image(tag)
+    return tag
+
+
+def test_a_pod_lists_pods_through_the_kubernetes_service_with_its_service_account(cluster, namespace, tools_image):
+    cluster.kubectl("create", "role", "pod-reader", "--verb=list", "--resource=pods", "-n", namespace)
+    cluster.kubectl("create", "rolebinding", "pod-reader", "--role=pod-reader",
+                    f"--serviceaccount={namespace}:default", "-n", namespace)  # fmt: skip
+    script = "echo host=$KUBERNETES_SERVICE_HOST; k8s kubectl get pods -o name"
+    manifest = json.loads(pod("lister", tools_image, ["sh", "-c", script]))
+    manifest["spec"]["automountServiceAccountToken"] = True
+    logs = run_to_completion(cluster, namespace, json.dumps(manifest), "lister").split()
+    # in-cluster config talks to KUBERNETES_SERVICE_HOST: the ClusterIP that kube-proxy forwards
+    cluster_ip = cluster.kubectl("get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert logs[0] == f"host={cluster_ip}"
+    assert "pod/lister" in logs[1:]
