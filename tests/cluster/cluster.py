@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = Path(__file__).resolve().parent / "k8s"
 NODE = "codex-node"
 BRIDGE, NODE_IP, POD_CIDR = "codex0", "10.244.0.1", "10.244.0.0/24"
-SERVICE_CIDR, DNS_IP = "10.96.0.0/24", "10.96.0.10"
+SERVICE_CIDR, API_SERVICE_IP, DNS_IP = "10.96.0.0/24", "10.96.0.1", "10.96.0.10"
 ETCD_PORT, API_PORT = 23790, 6443
 PAUSE = "codex.local/pause:1"
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
@@ -80,7 +80,8 @@ class Cluster:
         )
         tmp = self.bin.with_suffix(".tmp")
         started = time.monotonic()
-        subprocess.run(["go", "build", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "."], cwd=SRC, check=True)
+        build = ["go", "build", "-buildvcs=false", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "."]
+        subprocess.run(build, cwd=SRC, check=True)
         os.replace(tmp, self.bin)
         stamp_file.write_text(stamp)
         print(f"built {self.bin} ({v}) in {time.monotonic() - started:.0f} s", file=sys.stderr)
@@ -95,7 +96,7 @@ class Cluster:
         for d in ("logs", "pids", "etcd", "kubelet", "cni/net.d", "containerd", "volumes"):
             (self.state / d).mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.pki.create([NODE_IP], NODE)
+        self.pki.create([NODE_IP, API_SERVICE_IP], NODE)
         self.pki.kubeconfig("admin", self.server, self.kubeconfig)
         for who in ("controller-manager", "scheduler", "kubelet", "kube-proxy"):
             self.pki.kubeconfig(who, self.server, self.state / f"{who}.kubeconfig")
@@ -169,6 +170,8 @@ class Cluster:
                 found.append(f"mount {mountpoint}")
         if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
             found.append(f"link {BRIDGE}")
+        rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout.splitlines()
+        found += [f"iptables chain {r[1:].split()[0]}" for r in rules if r.startswith((":KUBE-", ":CNI-"))]
         for port in (ETCD_PORT, ETCD_PORT + 1, ETCD_PORT + 2, 10248, 10249, 10256, 10257, 10259):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
@@ -216,6 +219,7 @@ class Cluster:
                 "--client-ca-file", str(p("ca", "crt")),
                 "--kubelet-client-certificate", str(p("apiserver-kubelet-client", "crt")),
                 "--kubelet-client-key", str(p("apiserver-kubelet-client", "key")),
+                "--kubelet-preferred-address-types", "InternalIP",  # the node's name is in no DNS
                 "--service-account-issuer", "https://kubernetes.default.svc.cluster.local",
                 "--service-account-key-file", str(p("service-account", "pub")),
                 "--service-account-signing-key-file", str(p("service-account", "key")),
@@ -291,6 +295,9 @@ state = "{self.run_dir / "containerd-state"}"
   address = "{self.containerd_socket}"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "{PAUSE}"
+  # this machine's root lacks CAP_SYS_RESOURCE: the kubelet's negative OOM scores (-998 for the
+  # sandbox) cannot be set, so containerd raises them to its own, as it does for rootless setups
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -344,6 +351,7 @@ state = "{self.run_dir / "containerd-state"}"
             subprocess.run(["umount", str(ns)], capture_output=True)
             ns.unlink(missing_ok=True)
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+        _remove_iptables_chains(("KUBE-", "CNI-"))
 
     # ------------------------------------------------------------------ processes
 
@@ -435,6 +443,22 @@ state = "{self.run_dir / "containerd-state"}"
                     raise RuntimeError(f"{name} died while waiting for {what}; see {self.state}/logs/{name}.log")
             time.sleep(0.5)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.state}/logs")
+
+
+def _remove_iptables_chains(prefixes: tuple[str, ...]) -> None:
+    """Delete the rules that jump to chains with these prefixes, then the chains (the kubelet's
+    canary and firewall chains stay behind after `kube-proxy --cleanup`)."""
+    for table in ("filter", "nat", "mangle"):
+        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout.splitlines()
+        chains = [r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(prefixes)]
+        for rule in rules:
+            parts = rule.split()
+            if parts[0] == "-A" and not parts[1].startswith(prefixes) and any(c in parts for c in chains):
+                subprocess.run(["iptables", "-t", table, "-D", *parts[1:]], capture_output=True)
+        for chain in chains:
+            subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True)
+        for chain in chains:
+            subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True)
 
 
 _STORAGE_CLASS = """

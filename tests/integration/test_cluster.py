@@ -102,10 +102,9 @@ def test_a_job_completes(cluster, namespace, base_image):
             "completions": 2,
             "completionMode": "Indexed",
             "backoffLimit": 0,
-            "template": json.loads(pod("x", base_image, ["sh", "-c", "echo index $JOB_COMPLETION_INDEX"])),
+            "template": {"spec": json.loads(pod("x", base_image, ["sh", "-c", "echo $JOB_COMPLETION_INDEX"]))["spec"]},
         },
     }
-    del job["spec"]["template"]["metadata"]["name"]
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(job))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Complete", "job/count", "--timeout=120s")
     status = json.loads(cluster.kubectl("get", "job", "count", "-n", namespace, "-o", "json").stdout)["status"]
