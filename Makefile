@@ -1,6 +1,12 @@
 PYTHON ?= python3
 
-.PHONY: install test lint unit bench example sample-data
+.PHONY: deps install test lint unit bench example sample-data
+
+deps:               ## Debian packages for the test cluster's node and images (root)
+	DEBIAN_FRONTEND=noninteractive apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		containerd runc containernetworking-plugins iptables conntrack iproute2 \
+		docker.io debootstrap gcc libc6-dev >/dev/null
 
 install:            ## the trainer, the operator's dependencies and the test tools
 	$(PYTHON) -m pip install -e '.[trainer,operator,dev]'
