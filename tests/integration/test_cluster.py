@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import wait_for
+from support import wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from codex_trainer.cli import main
-from conftest import TINY, run_cli
+from support import TINY, run_cli
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, run_cli
+from support import ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 

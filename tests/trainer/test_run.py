@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, run_cli
+from support import ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 

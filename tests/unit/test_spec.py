@@ -9,7 +9,7 @@ import yaml
 
 from codex_trainer.errors import SpecError
 from codex_trainer.manifest import apply_overrides, load_manifest, parse_manifest
-from conftest import EXAMPLES, TINY
+from support import EXAMPLES, TINY
 
 
 def manifest(**spec) -> dict:

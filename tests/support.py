@@ -1,0 +1,36 @@
+"""Helpers shared by the test suites (imported as `support`)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "configs" / "examples"
+TINY = EXAMPLES / "tiny-cpu.yaml"
+
+
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `codex-train ARGS` from the repository root, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "codex_trainer.cli", *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def wait_for(cond, what: str, timeout: float = 90):
+    """Poll `cond` until it returns something true; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
