@@ -27,6 +27,7 @@ import torch
 
 from codex_trainer.data import read_texts
 from codex_trainer.manifest import load_manifest
+from codex_trainer.model import wrap_peft
 from codex_trainer.train import StopRequest, train
 
 # A ~0.5B-parameter Qwen2-shaped model, built from config (no download), for GPU runs.
@@ -66,7 +67,6 @@ def run_codex(manifest, packing: bool, steps: int, seq: int, out: Path) -> dict:
 
 
 def run_hf_trainer(manifest, steps: int, seq: int, out: Path) -> dict:
-    from peft import LoraConfig, get_peft_model
     from transformers import (
         AutoModelForCausalLM,
         DataCollatorForLanguageModeling,
@@ -85,18 +85,7 @@ def run_hf_trainer(manifest, steps: int, seq: int, out: Path) -> dict:
 
     torch.manual_seed(spec.training.seed)
     base = AutoModelForCausalLM.from_pretrained(out.parent / "codex-packing" / "base-model")
-    p = spec.peft
-    model = get_peft_model(
-        base,
-        LoraConfig(
-            r=p.r,
-            lora_alpha=p.alpha,
-            lora_dropout=p.dropout,
-            target_modules=p.target_modules,
-            modules_to_save=list(p.modules_to_save) or None,
-            task_type="CAUSAL_LM",
-        ),
-    )
+    model = wrap_peft(base, spec.peft, base_name="")  # the same LoraConfig -> get_peft_model as ours
     collator = DataCollatorForLanguageModeling(tok, mlm=False)
     counted = {"tokens": 0}
 
