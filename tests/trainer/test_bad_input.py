@@ -64,3 +64,13 @@ def test_validate_prints_the_resolved_spec(capsys):
     assert main(["validate", str(TINY), "--set", "training.maxSteps=7"]) == 0
     spec = json.loads(capsys.readouterr().out)
     assert spec["training"]["maxSteps"] == 7 and spec["training"]["scheduler"] == "cosine"
+
+
+def test_a_hub_model_that_cannot_be_fetched_is_retryable_not_a_spec_error(tmp_path):
+    """Offline (HF_HUB_OFFLINE, so nothing leaves the machine): exit 1 and one line, so the operator
+    retries rather than failing the job for good."""
+    overrides = ["--set", "model={source: hf://codex-test/absent}", "--set", "tokenizer=bytes"]
+    r = run_cli("run", str(TINY), "--output-dir", str(tmp_path), *overrides, env={"HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 1, r.stderr
+    assert "could not fetch a causal LM 'hf://codex-test/absent' from the Hub (retryable)" in r.stderr
+    assert "Traceback" not in r.stderr

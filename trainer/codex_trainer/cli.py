@@ -3,8 +3,9 @@
     codex-train run FILE [--output-dir DIR] [--set PATH=VALUE ...] [--metrics-port N]
     codex-train validate FILE [--set PATH=VALUE ...]
 
-Exit codes: 0 success; 2 invalid spec or data (permanent); 128+signal after a graceful stop
-(143 for SIGTERM, 130 for Ctrl-C) with a checkpoint written; anything else is a crash (retryable).
+Exit codes: 0 success; 2 invalid spec or data (permanent: the operator does not retry); 128+signal
+after a graceful stop with a checkpoint written (143 for SIGTERM, 130 for Ctrl-C); 1 when the Hub
+could not be reached, and anything else is a crash: both are retried from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .errors import EXIT_USER_ERROR, SpecError
+from .errors import EXIT_RETRYABLE, EXIT_USER_ERROR, SpecError, TransientError
 from .manifest import load_manifest
 
 
@@ -31,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
         for path, msg in e.problems:
             print(f"codex-train: invalid {path}: {msg}" if path else f"codex-train: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except TransientError as e:
+        print(f"codex-train: {e}", file=sys.stderr)
+        return EXIT_RETRYABLE
 
 
 def _run(manifest, args) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 EXIT_OK = 0
+EXIT_RETRYABLE = 1  # e.g. the Hub could not be reached: a retry may succeed
 EXIT_USER_ERROR = 2  # permanent: the operator will not retry
 EXIT_STOPPED = 143  # SIGTERM handled, checkpoint written: retry resumes
 
@@ -18,3 +19,7 @@ class SpecError(Exception):
 
     def render(self) -> str:
         return "\n".join(f"{path}: {msg}" if path else msg for path, msg in self.problems)
+
+
+class TransientError(Exception):
+    """Something outside the spec failed (the network, say): worth a retry, not a traceback."""

@@ -11,7 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .errors import SpecError
-from .sources import resolve_source
+from .sources import load_failure, resolve_source
 from .spec import ModelSpec, PeftSpec
 
 
@@ -31,7 +31,7 @@ def load_base_model(spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dty
             name, revision=revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
         )
     except (OSError, ValueError) as e:
-        raise SpecError("spec.model.source", f"cannot load a causal LM from '{spec.source}': {e}") from None
+        raise load_failure(e, spec.source, "spec.model.source", "a causal LM") from None
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         raise SpecError(
             "spec.tokenizer",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from .errors import SpecError
+from .errors import SpecError, TransientError
 
 _HF = re.compile(r"^hf://(?P<repo>[^@]+)(@(?P<rev>.+))?$")
 
@@ -19,3 +19,25 @@ def resolve_source(source: str, field: str) -> tuple[str, str | None]:
     if not path.exists():
         raise SpecError(field, f"'{source}' is neither hf://org/name[@revision] nor an existing local directory")
     return str(path), None
+
+
+def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
+    """The error to raise when from_pretrained fails: a SpecError when the source itself is wrong
+    (no such repository, revision or files, a gated repository, a local directory without a
+    model), a TransientError when the Hub could not be reached, so the run is retried."""
+    from huggingface_hub import errors as hub
+
+    permanent = (
+        hub.RepositoryNotFoundError,
+        hub.RevisionNotFoundError,
+        hub.GatedRepoError,
+        hub.RemoteEntryNotFoundError,  # not EntryNotFoundError: the local-cache miss offline is one too
+        hub.HFValidationError,
+    )
+    chain, c = [], e
+    while c is not None and len(chain) < 10:
+        chain.append(c)
+        c = c.__cause__ or c.__context__
+    if not _HF.match(source) or any(isinstance(c, permanent) for c in chain):
+        return SpecError(field, f"cannot load {what} from '{source}': {str(e).splitlines()[0]}")
+    return TransientError(f"could not fetch {what} '{source}' from the Hub (retryable): {str(e).splitlines()[0]}")

@@ -8,7 +8,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
 from .errors import SpecError
-from .sources import resolve_source
+from .sources import load_failure, resolve_source
 
 BYTES = "bytes"
 
@@ -34,7 +34,7 @@ def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTo
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
-        raise SpecError("spec.tokenizer", f"cannot load tokenizer from '{source}': {e}") from None
+        raise load_failure(e, source, "spec.tokenizer", "a tokenizer") from None
     if tok.eos_token is None:
         raise SpecError("spec.tokenizer", f"tokenizer '{source}' has no EOS token, which packing needs")
     if tok.pad_token is None:
