@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from images import Images  # noqa: E402
 from pki import Pki  # noqa: E402
+from procs import running  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = Path(__file__).resolve().parent / "k8s"
@@ -373,14 +374,7 @@ state = "{self.run_dir / "containerd-state"}"
 
     def _alive(self, name: str) -> bool:
         pid = self._pid(name)
-        if pid is None:
-            return False
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        stat = Path(f"/proc/{pid}/stat")
-        return stat.exists() and stat.read_text().split()[2] != "Z"
+        return pid is not None and running(pid)
 
     def _stop(self, name: str, grace: float = 15) -> None:
         pid = self._pid(name)

@@ -3,6 +3,7 @@ both imported into Docker (started here when not running) and loaded into the no
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -10,6 +11,8 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+
+from procs import running
 
 HERE = Path(__file__).resolve().parent
 BASE = "codex.local/debian:bookworm"
@@ -48,13 +51,11 @@ class Images:
         if not self.pid_file.is_file():
             return
         pid = int(self.pid_file.read_text())
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 15)
-            for _ in range(200):
-                os.kill(pid, 0)
-                time.sleep(0.1)
-        except ProcessLookupError:
-            pass
+        deadline = time.monotonic() + 20
+        while running(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ images
