@@ -33,19 +33,22 @@ from procs import running  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = Path(__file__).resolve().parent / "k8s"
+DNS_SRC = Path(__file__).resolve().parent / "coredns"
 NODE = "codex-node"
 BRIDGE, NODE_IP, POD_CIDR = "codex0", "10.244.0.1", "10.244.0.0/24"
 SERVICE_CIDR, API_SERVICE_IP, DNS_IP = "10.96.0.0/24", "10.96.0.1", "10.96.0.10"
 ETCD_PORT, API_PORT = 23790, 6443
 PAUSE = "codex.local/pause:1"
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
-              "kube-proxy"]  # fmt: skip
+              "kube-proxy", "coredns"]  # fmt: skip
+DNS_HEALTH, DNS_READY = 18080, 18181
 
 
 class Cluster:
     def __init__(self, state: Path | None = None):
         self.state = Path(state or os.environ.get("CODEX_CLUSTER_DIR", REPO / ".cluster")).resolve()
         self.bin = self.state / "bin" / "k8s"
+        self.coredns = self.state / "bin" / "coredns"
         self.run_dir = Path("/run") / f"codex-cluster-{hashlib.sha256(str(self.state).encode()).hexdigest()[:8]}"
         self.pki = Pki(self.state / "pki")
         self.kubeconfig = self.state / "kubeconfig"
@@ -59,33 +62,15 @@ class Cluster:
         return (SRC / "VERSION").read_text().split()[0]
 
     def build(self) -> Path:
-        """Build the multi-call binary unless the one there was built from the same sources."""
-        stamp = hashlib.sha256(b"".join((SRC / f).read_bytes() for f in ("go.mod", "go.sum", "main.go"))).hexdigest()
-        stamp_file = self.bin.with_suffix(".stamp")
-        if self.bin.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
-            return self.bin
-        self.bin.parent.mkdir(parents=True, exist_ok=True)
+        """Build the multi-call binary and CoreDNS, each unless built already from the same sources."""
         v = self.version
         major, minor = v[1:].split(".")[:2]
         pkg = "k8s.io/component-base/version"
-        ldflags = " ".join(
-            [
-                "-s -w",
-                f"-X {pkg}.gitVersion={v}",
-                f"-X {pkg}.gitMajor={major}",
-                f"-X {pkg}.gitMinor={minor}",
-                f"-X {pkg}.gitTreeState=clean",
-                f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
-                f"-X k8s.io/client-go/pkg/version.gitVersion={v}",
-            ]
-        )
-        tmp = self.bin.with_suffix(".tmp")
-        started = time.monotonic()
-        build = ["go", "build", "-buildvcs=false", "-trimpath", "-ldflags", ldflags, "-o", str(tmp), "."]
-        subprocess.run(build, cwd=SRC, check=True)
-        os.replace(tmp, self.bin)
-        stamp_file.write_text(stamp)
-        print(f"built {self.bin} ({v}) in {time.monotonic() - started:.0f} s", file=sys.stderr)
+        stamp_version = [f"-X {pkg}.gitVersion={v}", f"-X {pkg}.gitMajor={major}", f"-X {pkg}.gitMinor={minor}",
+                         f"-X {pkg}.gitTreeState=clean", f"-X {pkg}.buildDate=1970-01-01T00:00:00Z",
+                         f"-X k8s.io/client-go/pkg/version.gitVersion={v}"]  # fmt: skip
+        _go_build(SRC, self.bin, stamp_version)
+        _go_build(DNS_SRC, self.coredns, [])
         return self.bin
 
     # ------------------------------------------------------------------ up
@@ -116,6 +101,7 @@ class Cluster:
         self._start("kube-proxy", self._proxy_args())
         self._wait(self._node_ready, f"node {NODE} Ready", 120)
         self.kubectl("apply", "-f", "-", input=_STORAGE_CLASS)
+        self._dns_up()
         self._wait(
             lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
             "the default ServiceAccount",
@@ -147,6 +133,7 @@ class Cluster:
         for f in self.state.glob("*.kubeconfig"):
             f.unlink()
         self.kubeconfig.unlink(missing_ok=True)
+        (self.state / "Corefile").unlink(missing_ok=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutil.rmtree("/tmp/hostpath_pv", ignore_errors=True)
         left = self.leftovers()
@@ -173,7 +160,7 @@ class Cluster:
             found.append(f"link {BRIDGE}")
         rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout.splitlines()
         found += [f"iptables chain {r[1:].split()[0]}" for r in rules if r.startswith((":KUBE-", ":CNI-"))]
-        for port in (ETCD_PORT, ETCD_PORT + 1, ETCD_PORT + 2, 10248, 10249, 10256, 10257, 10259):
+        for port in (ETCD_PORT, ETCD_PORT + 1, ETCD_PORT + 2, 10248, 10249, 10256, 10257, 10259, DNS_HEALTH, DNS_READY):
             with socket.socket() as s:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     found.append(f"port 127.0.0.1:{port}")
@@ -333,6 +320,36 @@ state = "{self.run_dir / "containerd-state"}"
         }
         (self.state / "cni" / "net.d" / "10-codex.conflist").write_text(json.dumps(cni, indent=2))
 
+    def _dns_up(self) -> None:
+        """CoreDNS as a process on the node's address, behind the kube-dns Service the kubelet
+        gives pods as their resolver: Service and pod names, headless ones included, resolve."""
+        corefile = self.state / "Corefile"
+        corefile.write_text(
+            f""".:53 {{
+    bind {NODE_IP}
+    errors
+    health 127.0.0.1:{DNS_HEALTH}
+    ready 127.0.0.1:{DNS_READY}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {self.kubeconfig} codex
+        pods insecure
+    }}
+    cache 5
+}}
+"""
+        )
+        self._start("coredns", [str(self.coredns), "-conf", str(corefile)], raw=True)
+        self.kubectl("apply", "-f", "-", input=_KUBE_DNS)
+
+        def ready() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{DNS_READY}/ready", timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        self._wait(ready, "CoreDNS ready", 60)
+
     # ------------------------------------------------------------------ network
 
     def _network_up(self) -> None:
@@ -454,6 +471,50 @@ def _remove_iptables_chains(prefixes: tuple[str, ...]) -> None:
         for chain in chains:
             subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True)
 
+
+def _go_build(src: Path, out: Path, ldflags: list[str]) -> None:
+    stamp = hashlib.sha256(b"".join((src / f).read_bytes() for f in ("go.mod", "go.sum", "main.go"))).hexdigest()
+    stamp_file = out.with_suffix(".stamp")
+    if out.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    started = time.monotonic()
+    flags = " ".join(["-s -w", *ldflags])
+    subprocess.run(["go", "build", "-buildvcs=false", "-trimpath", "-ldflags", flags, "-o", str(tmp), "."],
+                   cwd=src, check=True)  # fmt: skip
+    os.replace(tmp, out)
+    stamp_file.write_text(stamp)
+    print(f"built {out} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+
+_KUBE_DNS = f"""
+apiVersion: v1
+kind: Service
+metadata:
+  name: kube-dns
+  namespace: kube-system
+  labels: {{k8s-app: kube-dns}}
+spec:
+  clusterIP: {DNS_IP}
+  ports:
+  - {{name: dns, port: 53, protocol: UDP}}
+  - {{name: dns-tcp, port: 53, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: kube-dns-node
+  namespace: kube-system
+  labels: {{kubernetes.io/service-name: kube-dns, endpointslice.kubernetes.io/managed-by: codex-test-cluster}}
+addressType: IPv4
+endpoints:
+- addresses: ["{NODE_IP}"]
+  conditions: {{ready: true}}
+ports:
+- {{name: dns, port: 53, protocol: UDP}}
+- {{name: dns-tcp, port: 53, protocol: TCP}}
+"""
 
 _STORAGE_CLASS = """
 apiVersion: storage.k8s.io/v1

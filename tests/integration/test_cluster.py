@@ -198,3 +198,27 @@ def test_a_pod_lists_pods_through_the_kubernetes_service_with_its_service_accoun
     cluster_ip = cluster.kubectl("get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}").stdout
     assert logs[0] == f"host={cluster_ip}"
     assert "pod/lister" in logs[1:]
+
+
+def test_service_and_headless_pod_names_resolve_through_cluster_dns(cluster, namespace, base_image):
+    """What a multi-node trainer needs for rendezvous: <pod>.<headless service> resolves to the pod."""
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "workers"},
+        "spec": {"clusterIP": "None", "selector": {"app": "w"}, "ports": [{"port": 29500}]},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(service))
+    worker = json.loads(pod("w-0", base_image, ["sleep", "600"], hostname="w-0", subdomain="workers"))
+    worker["metadata"]["labels"] = {"app": "w"}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(worker))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "pod/w-0", "--timeout=90s")
+    worker_ip = cluster.kubectl("get", "pod", "w-0", "-n", namespace, "-o", "jsonpath={.status.podIP}").stdout
+
+    names = f"w-0.workers.{namespace}.svc.cluster.local kubernetes.default.svc.cluster.local"
+    script = f"for n in {names}; do getent hosts $n || echo unresolved $n; done"
+    logs = run_to_completion(cluster, namespace, pod("lookup", base_image, ["sh", "-c", script]), "lookup")
+    resolved = {line.split()[1]: line.split()[0] for line in logs.splitlines()}
+    assert resolved[f"w-0.workers.{namespace}.svc.cluster.local"] == worker_ip, logs
+    api_ip = cluster.kubectl("get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}").stdout
+    assert resolved["kubernetes.default.svc.cluster.local"] == api_ip, logs
