@@ -25,12 +25,12 @@ def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subpro
     )
 
 
-def wait_for(cond, what: str, timeout: float = 90):
+def wait_for(cond, what: str, timeout: float = 90, interval: float = 0.5):
     """Poll `cond` until it returns something true; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = cond()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from support import ROOT, TINY, run_cli
+from support import ROOT, TINY, run_cli, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -153,7 +153,9 @@ def test_kill_9_then_rerun_resumes_from_the_last_complete_checkpoint(tmp_path, s
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    _wait_for(lambda: (out / "checkpoints" / "step-15").is_dir(), proc)
+    wait_for(
+        lambda: _running(proc) and (out / "checkpoints" / "step-15").is_dir(), "checkpoint step-15", 180, interval=0.05
+    )
     proc.kill()
     proc.wait()
     # leftovers a kill or a torn write could leave, newer than anything complete: all must be ignored
@@ -197,12 +199,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _wait_for(cond, proc, timeout=180):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert proc.poll() is None, "trainer exited early"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
+def _running(proc) -> bool:
+    assert proc.poll() is None, "trainer exited early"
+    return True
 
 
 def _wait_for_metric(port, name, at_least, proc, timeout=180) -> float:

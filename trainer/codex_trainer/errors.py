@@ -5,7 +5,6 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_RETRYABLE = 1  # e.g. the Hub could not be reached: a retry may succeed
 EXIT_USER_ERROR = 2  # permanent: the operator will not retry
-EXIT_STOPPED = 143  # SIGTERM handled, checkpoint written: retry resumes
 
 
 class SpecError(Exception):

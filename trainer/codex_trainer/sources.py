@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .errors import SpecError, TransientError
-
-_HF = re.compile(r"^hf://(?P<repo>[^@]+)(@(?P<rev>.+))?$")
+from .spec import HF_SOURCE
 
 
 def resolve_source(source: str, field: str) -> tuple[str, str | None]:
     """Return (name_or_path, revision). A local path must exist."""
-    m = _HF.match(source)
+    m = HF_SOURCE.match(source)
     if m:
         return m.group("repo"), m.group("rev")
     path = Path(source).expanduser()
@@ -38,6 +36,6 @@ def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
     while c is not None and len(chain) < 10:
         chain.append(c)
         c = c.__cause__ or c.__context__
-    if not _HF.match(source) or any(isinstance(c, permanent) for c in chain):
+    if not HF_SOURCE.match(source) or any(isinstance(c, permanent) for c in chain):
         return SpecError(field, f"cannot load {what} from '{source}': {str(e).splitlines()[0]}")
     return TransientError(f"could not fetch {what} '{source}' from the Hub (retryable): {str(e).splitlines()[0]}")

@@ -16,7 +16,8 @@ from pydantic.alias_generators import to_camel
 API_VERSION = "codex.ml/v1alpha1"
 KIND = "CodexTrainingJob"
 
-_HF_SOURCE = re.compile(r"^hf://[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?(@[\w.\-/]+)?$")
+# hf://org/name[@revision]: the one pattern for validating and for parsing (codex_trainer.sources)
+HF_SOURCE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?)(@(?P<rev>[\w.\-/]+))?$")
 
 
 class _Model(BaseModel):
@@ -46,7 +47,7 @@ class ModelSpec(_Model):
     @field_validator("source")
     @classmethod
     def _source_form(cls, v: str) -> str:
-        if v.startswith("hf://") and not _HF_SOURCE.match(v):
+        if v.startswith("hf://") and not HF_SOURCE.match(v):
             raise ValueError(f"'{v}' is not of the form hf://org/name or hf://org/name@revision")
         if not v.strip():
             raise ValueError("must not be empty: use hf://org/name, a local path, or scratch")
