@@ -1,0 +1,48 @@
+"""Names shared by the CRD, the operator and the trainer pods: one place, so they cannot drift."""
+
+from __future__ import annotations
+
+GROUP = "codex.ml"
+VERSION = "v1alpha1"
+KIND = "CodexTrainingJob"
+PLURAL = "codextrainingjobs"
+SINGULAR = "codextrainingjob"
+SHORT_NAMES = ["ctj"]
+CATEGORIES = ["codex"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+# The longest job name that leaves room for every child's name: pods are
+# "<job>-a<attempt>-<index>-<5 random>" and the pod hostname "<job>-a<attempt>-<index>" must stay a
+# 63-character DNS label with room for 3-digit attempts and indexes.
+MAX_NAME_LENGTH = 40
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # a DNS-1035 label: the headless Service is named after it
+
+LABEL_JOB = f"{GROUP}/job-name"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
+LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+
+CONTAINER = "trainer"
+CONFIG_MOUNT = "/etc/codex"
+CONFIG_FILE = "job.yaml"
+OUTPUT_DIR = "/checkpoints"
+DATA_DIR = "/data"  # where data.existingClaim is mounted, read-only
+METRICS_PORT = 9400  # rank 0's Prometheus endpoint, unless spec.metrics.port says otherwise
+MASTER_PORT = 29500
+TERMINATION_LOG = "/dev/termination-log"
+DEFAULT_IMAGE = "codex.local/codex-trainer:dev"
+
+
+def pvc_name(job: str) -> str:
+    return f"{job}-checkpoints"
+
+
+def config_name(job: str) -> str:
+    return f"{job}-config"
+
+
+def service_name(job: str) -> str:
+    return f"{job}-workers"
+
+
+def attempt_name(job: str, attempt: int) -> str:
+    return f"{job}-a{attempt}"
