@@ -22,9 +22,9 @@ def data_files(tmp_path):
 CASES = {
     "unknown field": (["training.learningRat=0.1"], "spec.training.learningRat", "did you mean 'learningRate'"),
     "negative learning rate": (["training.learningRate=-0.001"], "spec.training.learningRate", "greater than 0"),
-    "missing data file": (["data.train={missing}"], "spec.data.train", "not found"),
-    "empty data file": (["data.train={empty}"], "spec.data.train", "empty"),
-    "wrong textField": (["data.train={other}"], "spec.data.textField", "fields there: content"),
+    "missing data file": (["data.train=[{missing}]"], "spec.data.train", "not found"),
+    "empty data file": (["data.train=[{empty}]"], "spec.data.train", "empty"),
+    "wrong textField": (["data.train=[{other}]"], "spec.data.textField", "fields there: content"),
     "maxSeqLength 0": (["data.maxSeqLength=0"], "spec.data.maxSeqLength", "greater than 0"),
     "peft.r 0": (["peft.r=0"], "spec.peft.r", "greater than 0"),
     "maxSteps not a number": (["training.maxSteps=lots"], "spec.training.maxSteps", "valid integer"),

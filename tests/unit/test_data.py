@@ -114,7 +114,7 @@ def test_two_ranks_see_the_rows_one_process_would():
 def test_tokenized_data_is_cached_and_the_cache_follows_the_data(tmp_path, jsonl):
     tok = byte_tokenizer()
     fp = tokenizer_fingerprint(tok)
-    spec = DataSpec(train=str(jsonl), max_seq_length=16, validation_fraction=0.1)
+    spec = DataSpec(train=[str(jsonl)], max_seq_length=16, validation_fraction=0.1)
     first = load_dataset(spec, tok, fp, seed=0, cache_dir=tmp_path / "cache")
     again = load_dataset(spec, tok, fp, seed=0, cache_dir=tmp_path / "cache")
     assert not first.from_cache and again.from_cache
@@ -131,7 +131,7 @@ def test_tokenized_data_is_cached_and_the_cache_follows_the_data(tmp_path, jsonl
 def test_too_little_data_for_one_sequence_names_max_seq_length(tmp_path):
     path = tmp_path / "short.jsonl"
     path.write_text(json.dumps({"text": "hi"}) + "\n")
-    spec = DataSpec(train=str(path), max_seq_length=512, validation_fraction=0)
+    spec = DataSpec(train=[str(path)], max_seq_length=512, validation_fraction=0)
     tok = byte_tokenizer()
     with pytest.raises(SpecError) as e:
         load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, None)

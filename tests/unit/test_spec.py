@@ -13,7 +13,7 @@ from support import EXAMPLES, TINY
 
 
 def manifest(**spec) -> dict:
-    base = {"model": {"source": "scratch", "config": {"model_type": "llama"}}, "data": {"train": "d.jsonl"}}
+    base = {"model": {"source": "scratch", "config": {"model_type": "llama"}}, "data": {"train": ["d.jsonl"]}}
     return {
         "apiVersion": "codex.ml/v1alpha1",
         "kind": "CodexTrainingJob",
@@ -53,20 +53,87 @@ def test_tokenizer_defaults_to_the_models_own():
     [
         ({"training": {"learningRate": -1}}, "spec.training.learningRate", "greater than 0"),
         ({"training": {"maxSteps": "twenty"}}, "spec.training.maxSteps", "valid integer"),
-        ({"data": {"train": "d.jsonl", "maxSeqLength": 0}}, "spec.data.maxSeqLength", "greater than 0"),
+        ({"data": {"train": ["d.jsonl"], "maxSeqLength": 0}}, "spec.data.maxSeqLength", "greater than 0"),
         ({"peft": {"r": 0}}, "spec.peft.r", "greater than 0"),
         ({"peft": {"method": "qlora"}}, "spec.peft.method", "'lora' or 'none'"),
         ({"training": {"batchSze": 4}}, "spec.training.batchSze", "did you mean 'batchSize'"),
-        ({"data": {"train": "d.jsonl", "validationFraction": 1.5}}, "spec.data.validationFraction", "less than 1"),
+        ({"data": {"train": ["d.jsonl"], "validationFraction": 1.5}}, "spec.data.validationFraction", "less than 1"),
         ({"model": {"source": "scratch"}}, "spec.model", "needs model.config"),
         ({"model": {"source": "hf://"}}, "spec.model.source", "hf://org/name"),
         ({"training": {"precision": "fp8"}}, "spec.training.precision", "'auto', 'fp32', 'bf16' or 'fp16'"),
+        ({"data": {"train": "d.jsonl"}}, "spec.data.train", "valid list"),
+        ({"data": {"train": []}}, "spec.data.train", "at least 1 item"),
+        ({"peft": {"targetModules": "all-linear"}}, "spec.peft.targetModules", "valid list"),
+        ({"peft": {"targetModules": ["all-linear", "q_proj"]}}, "spec.peft.targetModules", "only item"),
+        ({"resources": {"limits": {"memory": "4 GB"}}}, "spec.resources.limits.memory", "quantity"),
+        ({"storage": {"size": "-1Gi"}}, "spec.storage.size", "quantity"),
+        ({"resources": {"gpus": -1}}, "spec.resources.gpus", "greater than or equal to 0"),
+        ({"runPolicy": {"ttlSecondsAfterFinished": -5}}, "spec.runPolicy.ttlSecondsAfterFinished", "greater than"),
+        ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "'Always', 'IfNotPresent' or 'Never'"),
+        ({"tolerations": [{"operator": "Maybe"}]}, "spec.tolerations.0.operator", "'Exists' or 'Equal'"),
+        ({"env": [{"value": "x"}]}, "spec.env.0.name", "required field is missing"),
+        ({"tokenizer": "hf://a b"}, "spec.tokenizer", "hf://org/name"),
+        ({"model": {"source": "hf://Qwen/Qwen2.5-0.5B", "config": {"model_type": "qwen2"}}}, "spec.model", "only used"),
     ],
 )
 def test_bad_fields_are_named_with_a_reason(spec, field, words):
     found = problems(manifest(**spec))
     assert field in found, found
     assert words in found[field]
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [("x" * 41, "at most 40 characters"), ("1job", "start with a lowercase letter"), ("Job", "lowercase")],
+)
+def test_job_names_leave_room_for_child_names(name, words):
+    raw = manifest()
+    raw["metadata"]["name"] = name
+    assert words in problems(raw)["metadata.name"]
+
+
+def test_all_linear_becomes_the_peft_string_and_names_stay_a_list():
+    spec = parse_manifest(manifest()).spec
+    assert spec.peft.target_modules == ["all-linear"] and spec.peft.peft_target_modules == "all-linear"
+    spec = parse_manifest(manifest(peft={"targetModules": ["q_proj"]})).spec
+    assert spec.peft.peft_target_modules == ["q_proj"]
+
+
+@pytest.mark.parametrize("q", ["1", "500m", "4Gi", "1.5G", "0.5", "1e3", "+2", ".5Mi"])
+def test_kubernetes_quantities_are_accepted(q):
+    spec = parse_manifest(manifest(resources={"requests": {"cpu": q}}, storage={"size": q})).spec
+    assert spec.resources.requests["cpu"] == q and spec.storage.size == q
+
+
+def test_cluster_only_fields_parse_into_typed_values():
+    spec = parse_manifest(
+        manifest(
+            nodeSelector={"gpu": "h100"},
+            tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+            affinity={"nodeAffinity": {}},
+            priorityClassName="high",
+            imagePullSecrets=[{"name": "regcred"}],
+            imagePullPolicy="Never",
+            env=[{"name": "A", "value": "1"}, {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}],
+            envFrom=[{"secretRef": {"name": "s"}}],
+            resources={"gpus": 2},
+            storage={"retain": True},
+            runPolicy={"ttlSecondsAfterFinished": 0},
+            data={"train": ["/data/a.jsonl"], "existingClaim": "corpus"},
+        )
+    ).spec
+    assert spec.image is None and spec.resources.gpus == 2 and spec.storage.retain is True
+    assert spec.tolerations[0].operator == "Exists" and spec.image_pull_secrets[0].name == "regcred"
+    assert spec.env[1].value_from == {"secretKeyRef": {"name": "s", "key": "k"}}
+    assert spec.run_policy.ttl_seconds_after_finished == 0 and spec.data.existing_claim == "corpus"
+
+
+def test_unknown_fields_at_the_top_and_in_metadata_are_refused():
+    raw = manifest()
+    raw["specs"] = {}
+    raw["metadata"]["lables"] = {}
+    found = problems(raw)
+    assert "specs" in found and "did you mean 'labels'" in found["metadata.lables"]
 
 
 def test_every_problem_is_reported_at_once():

@@ -82,12 +82,12 @@ def wrap_peft(model: PreTrainedModel, spec: PeftSpec, base_name: str) -> PreTrai
         r=spec.r,
         lora_alpha=spec.alpha,
         lora_dropout=spec.dropout,
-        target_modules=spec.target_modules,
+        target_modules=spec.peft_target_modules,  # PEFT takes all-linear as a string
         modules_to_save=list(spec.modules_to_save) or None,
         task_type="CAUSAL_LM",
         base_model_name_or_path=base_name,
     )
-    if isinstance(spec.target_modules, list):
+    if isinstance(spec.peft_target_modules, list):
         _check_names(model, spec.target_modules, "spec.peft.targetModules")
     _check_names(model, spec.modules_to_save, "spec.peft.modulesToSave")
     try:

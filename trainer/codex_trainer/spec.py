@@ -2,22 +2,64 @@
 
 Importable without torch. Field names are snake_case in Python and camelCase in YAML; unknown
 fields are refused so a typo is an error instead of a silently ignored setting. Descriptions are
-written for `kubectl explain`.
+written for `kubectl explain`. Every field has one type, and every check here is also in the
+generated CRD (`codex_operator.crd`: the structural schema, or a CEL rule beside it), so the API
+server and `codex-train validate` accept and refuse the same manifests.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "codex.ml/v1alpha1"
 KIND = "CodexTrainingJob"
 
-# hf://org/name[@revision]: the one pattern for validating and for parsing (codex_trainer.sources)
-HF_SOURCE = re.compile(r"^hf://(?P<repo>[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?)(@(?P<rev>[\w.\-/]+))?$")
+# The job name: kept in step with codex_operator.names (asserted by tests/unit/test_crd.py); copied
+# here because the trainer must not import the operator package.
+NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+MAX_NAME_LENGTH = 40
+
+# hf://org/name[@revision]: the one pattern for validating and for parsing (codex_trainer.sources),
+# and for the CRD's CEL rule (RE2): so no backslashes and no Unicode classes.
+HF_PATTERN = r"^hf://(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?)(@(?P<rev>[A-Za-z0-9_./-]+))?$"
+HF_SOURCE = re.compile(HF_PATTERN)
+HF_FORM_MESSAGE = "must be of the form hf://org/name or hf://org/name@revision"
+
+# A Kubernetes resource quantity (resource.ParseQuantity), without a sign: negative sizes make no sense.
+QUANTITY_PATTERN = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+QUANTITY = re.compile(QUANTITY_PATTERN)
+QUANTITY_MESSAGE = "must be a Kubernetes quantity such as 500m, 2, 4Gi or 1.5G"
+
+ALL_LINEAR = "all-linear"
+ALL_LINEAR_MESSAGE = "'all-linear' must be the only item when given; otherwise list module names"
+
+# Bounds on lists and strings: they keep the API server's CEL cost estimate within its limits.
+MAX_LIST = 256
+MAX_PATH = 4096
+MAX_NAME = 253
+MAX_QUANTITY = 64
+MAX_RESOURCES = 32
+
+
+def _quantity(v: str) -> str:
+    if not QUANTITY.match(v):
+        raise ValueError(QUANTITY_MESSAGE)
+    return v
+
+
+Quantity = Annotated[str, Field(max_length=MAX_QUANTITY), AfterValidator(_quantity)]
+DataPath = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
+Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
+
+
+def _hf_form(v: str) -> str:
+    if v.startswith("hf://") and not HF_SOURCE.match(v):
+        raise ValueError(HF_FORM_MESSAGE)
+    return v
 
 
 class _Model(BaseModel):
@@ -31,14 +73,16 @@ class _Model(BaseModel):
 
 class ModelSpec(_Model):
     source: str = Field(
+        min_length=1,
+        max_length=MAX_PATH,
         description="Where the base model comes from: 'hf://org/name[@revision]' (Hugging Face Hub), "
         "a local directory holding a saved model, or 'scratch' to build a new randomly "
-        "initialised model from model.config.",
+        "initialised model from model.config. Immutable.",
     )
     config: dict[str, Any] | None = Field(
         default=None,
         description="A transformers model config (as in config.json, with 'model_type'), used "
-        "when source is 'scratch'.",
+        "only when source is 'scratch'.",
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow model code from the Hub repository to run (off by default)."
@@ -47,16 +91,12 @@ class ModelSpec(_Model):
     @field_validator("source")
     @classmethod
     def _source_form(cls, v: str) -> str:
-        if v.startswith("hf://") and not HF_SOURCE.match(v):
-            raise ValueError(f"'{v}' is not of the form hf://org/name or hf://org/name@revision")
-        if not v.strip():
-            raise ValueError("must not be empty: use hf://org/name, a local path, or scratch")
-        return v
+        return _hf_form(v)
 
     @model_validator(mode="after")
     def _scratch_needs_config(self) -> ModelSpec:
         if self.source == "scratch":
-            if not self.config or "model_type" not in self.config:
+            if not self.config or not isinstance(self.config.get("model_type"), str):
                 raise ValueError(
                     "source 'scratch' needs model.config with a 'model_type' "
                     "(e.g. {model_type: llama, hidden_size: 64, ...})"
@@ -67,16 +107,29 @@ class ModelSpec(_Model):
 
 
 class DataSpec(_Model):
-    train: str | list[str] = Field(
-        description="Training data: a file path or a list of them (.jsonl, .json, .txt, .parquet). "
-        "In .txt files each non-empty line is one example.",
+    train: list[DataPath] = Field(
+        min_length=1,
+        max_length=MAX_LIST,
+        description="Training data files, at least one (.jsonl, .json, .txt, .parquet). In .txt files "
+        "each non-empty line is one example. On a cluster the paths are read inside the trainer pod: "
+        "with data.existingClaim they start with /data/.",
     )
-    validation: str | list[str] | None = Field(
-        default=None,
-        description="Optional validation files. When absent, validationFraction of the training "
+    validation: list[DataPath] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Validation data files. When empty, validationFraction of the training "
         "examples is held out (a fixed split for a given seed).",
     )
-    text_field: str = Field(default="text", description="The field holding the text in .jsonl/.parquet rows.")
+    existing_claim: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME,
+        description="Cluster only: an existing PersistentVolumeClaim holding the data, mounted read-only "
+        "at /data in every trainer pod; data paths then start with /data/ (e.g. /data/train.jsonl).",
+    )
+    text_field: str = Field(
+        default="text", min_length=1, description="The field holding the text in .jsonl/.json/.parquet rows."
+    )
     validation_fraction: float = Field(
         default=0.05, ge=0.0, lt=1.0, description="Share of training examples held out for evaluation, in [0, 1)."
     )
@@ -89,20 +142,11 @@ class DataSpec(_Model):
 
     @property
     def train_files(self) -> list[str]:
-        return [self.train] if isinstance(self.train, str) else list(self.train)
+        return list(self.train)
 
     @property
     def validation_files(self) -> list[str]:
-        if self.validation is None:
-            return []
-        return [self.validation] if isinstance(self.validation, str) else list(self.validation)
-
-    @field_validator("train")
-    @classmethod
-    def _train_not_empty(cls, v: str | list[str]) -> str | list[str]:
-        if not v:
-            raise ValueError("give at least one training file")
-        return v
+        return list(self.validation)
 
 
 class PeftSpec(_Model):
@@ -112,16 +156,32 @@ class PeftSpec(_Model):
     r: int = Field(default=8, gt=0, le=4096, description="LoRA rank.")
     alpha: float = Field(default=16.0, gt=0, description="LoRA scaling numerator (scale = alpha / r).")
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input, in [0, 1).")
-    target_modules: list[str] | Literal["all-linear"] = Field(
-        default="all-linear",
-        description="Module names to adapt (e.g. [q_proj, v_proj]) or 'all-linear'.",
+    target_modules: list[Name] = Field(
+        default_factory=lambda: [ALL_LINEAR],
+        min_length=1,
+        max_length=MAX_LIST,
+        description="Names of the modules to adapt (e.g. [q_proj, v_proj]), or [all-linear] for every "
+        "linear layer except the output head. 'all-linear' must be the only item when given.",
     )
-    modules_to_save: list[str] = Field(
+    modules_to_save: list[Name] = Field(
         default_factory=list,
+        max_length=MAX_LIST,
         description="Modules trained in full beside the adapters and saved with them "
         "(e.g. [embed_tokens, lm_head] for a new vocabulary or a model trained from scratch).",
     )
     merge: bool = Field(default=False, description="Also write a merged full model to final/merged.")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _all_linear_alone(cls, v: list[str]) -> list[str]:
+        if ALL_LINEAR in v and len(v) > 1:
+            raise ValueError(ALL_LINEAR_MESSAGE)
+        return v
+
+    @property
+    def peft_target_modules(self) -> str | list[str]:
+        """target_modules as PEFT takes it: the string 'all-linear', or the list of names."""
+        return ALL_LINEAR if self.target_modules == [ALL_LINEAR] else list(self.target_modules)
 
 
 class TrainingSpec(_Model):
@@ -161,7 +221,7 @@ class MlflowSpec(_Model):
         default=None,
         description="MLflow tracking URI. Default: a local store under the output directory (no server).",
     )
-    experiment: str = Field(default="codex", description="MLflow experiment name.")
+    experiment: str = Field(default="codex", min_length=1, description="MLflow experiment name.")
 
 
 class TrackingSpec(_Model):
@@ -174,41 +234,116 @@ class MetricsSpec(_Model):
     )
 
 
+# ---------------------------------------------------------------- cluster only (ignored by the local trainer)
+
+
 class ResourcesSpec(_Model):
-    requests: dict[str, str] = Field(default_factory=dict, description="Container resource requests per pod.")
-    limits: dict[str, str] = Field(default_factory=dict, description="Container resource limits per pod.")
+    requests: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=MAX_RESOURCES,
+        description="Container resource requests per pod, as in a Pod (e.g. {cpu: '8', memory: 32Gi}).",
+    )
+    limits: dict[str, Quantity] = Field(
+        default_factory=dict,
+        max_length=MAX_RESOURCES,
+        description="Container resource limits per pod, as in a Pod (e.g. {memory: 48Gi}).",
+    )
+    gpus: int = Field(
+        default=0,
+        ge=0,
+        description="NVIDIA GPUs per pod: becomes the nvidia.com/gpu limit (and request). Usually equal "
+        "to processesPerNode.",
+    )
 
 
 class StorageSpec(_Model):
-    size: str = Field(default="10Gi", description="Size of the checkpoint volume.")
-    storage_class_name: str | None = Field(default=None, description="StorageClass of the checkpoint volume.")
-    existing_claim: str | None = Field(default=None, description="Use this PVC instead of creating one.")
+    size: Quantity = Field(default="10Gi", description="Size of the checkpoint volume (a quantity, e.g. 20Gi).")
+    storage_class_name: str | None = Field(
+        default=None, min_length=1, description="StorageClass of the checkpoint volume (default: the cluster's)."
+    )
+    existing_claim: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME,
+        description="Keep checkpoints on this existing PersistentVolumeClaim instead of creating one.",
+    )
+    retain: bool = Field(
+        default=False,
+        description="Keep the checkpoint volume when the job is deleted (by default it is deleted with the job).",
+    )
 
 
 class RunPolicySpec(_Model):
     backoff_limit: int = Field(default=3, ge=0, description="Retries after a crash (pod disruptions do not count).")
     active_deadline_seconds: int | None = Field(default=None, gt=0, description="Fail the job after this long.")
     suspend: bool = Field(default=False, description="Create the job suspended (for Kueue and other queues).")
-    queue_name: str | None = Field(default=None, description="Kueue LocalQueue to submit to.")
+    queue_name: str | None = Field(default=None, min_length=1, description="Kueue LocalQueue to submit to.")
+    ttl_seconds_after_finished: int | None = Field(
+        default=None,
+        ge=0,
+        description="Delete the job this many seconds after it succeeds or fails (kept when unset).",
+    )
+
+
+class Toleration(_Model):
+    key: str | None = Field(default=None, description="The taint key this toleration matches; empty matches all keys.")
+    operator: Literal["Exists", "Equal"] = Field(
+        default="Equal", description="'Equal' matches the taint's value; 'Exists' matches any value."
+    )
+    value: str | None = Field(default=None, description="The taint value to match (with operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="The taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None, description="With effect NoExecute: how long the pod stays bound after the taint appears."
+    )
+
+
+class LocalObjectReference(_Model):
+    name: Name = Field(description="The name of the Secret in the job's namespace.")
+
+
+class EnvVar(_Model):
+    name: Name = Field(description="Name of the environment variable.")
+    value: str | None = Field(default=None, description="Its value.")
+    value_from: dict[str, Any] | None = Field(
+        default=None,
+        description="A source for the value, as in a Pod (secretKeyRef, configMapKeyRef, fieldRef, "
+        "resourceFieldRef); checked by the API server when the pod is created.",
+    )
 
 
 class JobSpec(_Model):
     """What a CodexTrainingJob asks for."""
 
-    model: ModelSpec = Field(description="The base model.")
+    model: ModelSpec = Field(description="The base model. Immutable once the job is created.")
     tokenizer: str | None = Field(
         default=None,
+        min_length=1,
+        max_length=MAX_PATH,
         description="Tokenizer source: 'hf://org/name[@rev]', a local path, or 'bytes' (built-in "
-        "byte-level, no download). Default: the model's own; 'bytes' for a scratch model.",
+        "byte-level, no download). Default: the model's own; 'bytes' for a scratch model. Immutable.",
     )
-    data: DataSpec = Field(description="Training and validation data.")
-    peft: PeftSpec = Field(default_factory=PeftSpec, description="Parameter-efficient fine-tuning.")
+    data: DataSpec = Field(description="Training and validation data. Immutable once the job is created.")
+    peft: PeftSpec = Field(
+        default_factory=PeftSpec, description="Parameter-efficient fine-tuning. Immutable once the job is created."
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Optimisation settings.")
     eval: EvalSpec = Field(default_factory=EvalSpec, description="Evaluation settings.")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint settings.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics endpoint.")
-    image: str = Field(default="codex-trainer:latest", description="Trainer container image (cluster only).")
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Trainer container image (cluster only). Default: the operator's trainer image.",
+    )
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(
+        default=None, description="When the node pulls the image (cluster only). Default: IfNotPresent."
+    )
+    image_pull_secrets: list[LocalObjectReference] = Field(
+        default_factory=list, description="Secrets for pulling the image from a private registry (cluster only)."
+    )
     num_nodes: int = Field(default=1, ge=1, description="Pods (nodes) to train on (cluster only).")
     processes_per_node: int = Field(
         default=1, ge=1, description="Processes per pod, e.g. GPUs per node (cluster only)."
@@ -216,7 +351,28 @@ class JobSpec(_Model):
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-pod resources (cluster only).")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Checkpoint volume (cluster only).")
     run_policy: RunPolicySpec = Field(
-        default_factory=RunPolicySpec, description="Retries and deadlines (cluster only)."
+        default_factory=RunPolicySpec, description="Retries, deadlines and queueing (cluster only)."
+    )
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels the trainer pods must match (cluster only)."
+    )
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="Taints the trainer pods tolerate, as in a Pod (cluster only)."
+    )
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="Pod affinity rules, as in a Pod's spec.affinity (cluster only; checked by the API "
+        "server when the pod is created).",
+    )
+    priority_class_name: str | None = Field(
+        default=None, min_length=1, description="PriorityClass of the trainer pods (cluster only)."
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list, description="Extra environment variables for the trainer container (cluster only)."
+    )
+    env_from: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Sources of environment variables (configMapRef, secretRef), as in a Pod (cluster only).",
     )
 
     @property
@@ -225,17 +381,57 @@ class JobSpec(_Model):
             return self.tokenizer
         return "bytes" if self.model.source == "scratch" else self.model.source
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer_form(cls, v: str | None) -> str | None:
+        return v if v is None else _hf_form(v)
+
+
+NAME_MESSAGE = (
+    f"must be at most {MAX_NAME_LENGTH} characters, start with a lowercase letter, and contain only "
+    "lowercase letters, digits and '-' (ending in a letter or digit): the operator names the job's pods, "
+    "Service and volume after it, and those names must stay valid DNS labels"
+)
+
 
 class Metadata(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    """The fields of a Kubernetes ObjectMeta; anything else is refused, as the API server does."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(
+        min_length=1,
+        description=f"The job's name: a DNS-1035 label of at most {MAX_NAME_LENGTH} characters.",
+    )
+    namespace: str | None = None
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+    generate_name: str | None = Field(default=None, alias="generateName")
+    uid: str | None = None
+    resource_version: str | None = Field(default=None, alias="resourceVersion")
+    generation: int | None = None
+    creation_timestamp: Any = Field(default=None, alias="creationTimestamp")
+    deletion_timestamp: Any = Field(default=None, alias="deletionTimestamp")
+    deletion_grace_period_seconds: int | None = Field(default=None, alias="deletionGracePeriodSeconds")
+    owner_references: list[dict[str, Any]] | None = Field(default=None, alias="ownerReferences")
+    finalizers: list[str] | None = None
+    managed_fields: list[dict[str, Any]] | None = Field(default=None, alias="managedFields")
+    self_link: str | None = Field(default=None, alias="selfLink")
+
+    @field_validator("name")
+    @classmethod
+    def _name_form(cls, v: str) -> str:
+        if len(v) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, v):
+            too_long = f"; this one has {len(v)}" if len(v) > MAX_NAME_LENGTH else ""
+            raise ValueError(NAME_MESSAGE + too_long)
+        return v
 
 
 class Manifest(BaseModel):
     """A whole CodexTrainingJob manifest, as `kubectl apply` takes it."""
 
-    model_config = ConfigDict(extra="allow", populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
     api_version: Literal["codex.ml/v1alpha1"] = Field(alias="apiVersion")
     kind: Literal["CodexTrainingJob"]
     metadata: Metadata
     spec: JobSpec
+    status: dict[str, Any] | None = Field(default=None, description="Written by the operator.")
