@@ -1,0 +1,283 @@
+"""Pure builders of a CodexTrainingJob's children: (job, settings) in, Kubernetes manifests (dicts) out.
+
+No API calls here. The handlers send what these return; the unit tests read it. Every child carries
+an ownerReference to the job (the API server's garbage collector deletes it with the job), except the
+checkpoint volume when `storage.retain` asks to keep it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import yaml
+
+from codex_trainer.spec import JobSpec
+
+from . import names
+
+
+@dataclass(frozen=True)
+class Job:
+    """What the builders need to know of a CodexTrainingJob: its identity and its validated spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    spec: JobSpec
+    generation: int = 1
+
+    @property
+    def world_size(self) -> int:
+        return self.spec.num_nodes * self.spec.processes_per_node
+
+    @property
+    def metrics_port(self) -> int:
+        return self.spec.metrics.port or names.METRICS_PORT
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Operator-wide choices (command-line flags)."""
+
+    default_image: str = names.DEFAULT_IMAGE
+
+
+def owner_reference(job: Job) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{names.GROUP}/{names.VERSION}",
+        "kind": names.KIND,
+        "name": job.name,
+        "uid": job.uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(job: Job, name: str, owned: bool = True, **labels: str) -> dict[str, Any]:
+    meta: dict[str, Any] = {
+        "name": name,
+        "namespace": job.namespace,
+        "labels": {names.LABEL_JOB: job.name, **labels},
+    }
+    if owned:
+        meta["ownerReferences"] = [owner_reference(job)]
+    return meta
+
+
+def checkpoint_claim(job: Job) -> dict[str, Any] | None:
+    """The checkpoint volume, or None when the job names an existing claim."""
+    storage = job.spec.storage
+    if storage.existing_claim:
+        return None
+    # every pod mounts the volume (rank 0 writes, the others read it to resume): pods of several nodes
+    # need a class that offers ReadWriteMany
+    mode = "ReadWriteMany" if job.spec.num_nodes > 1 else "ReadWriteOnce"
+    spec: dict[str, Any] = {"accessModes": [mode], "resources": {"requests": {"storage": storage.size}}}
+    if storage.storage_class_name:
+        spec["storageClassName"] = storage.storage_class_name
+    return {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": _metadata(job, names.pvc_name(job.name), owned=not storage.retain),
+        "spec": spec,
+    }
+
+
+def claim_name(job: Job) -> str:
+    return job.spec.storage.existing_claim or names.pvc_name(job.name)
+
+
+def job_file(job: Job) -> str:
+    """The resolved job file the trainer runs: the same manifest, every default filled in."""
+    manifest = {
+        "apiVersion": f"{names.GROUP}/{names.VERSION}",
+        "kind": names.KIND,
+        "metadata": {"name": job.name, "namespace": job.namespace},
+        "spec": job.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+    }
+    return yaml.safe_dump(manifest, sort_keys=False)
+
+
+def config_map(job: Job) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _metadata(job, names.config_name(job.name)),
+        "data": {names.CONFIG_FILE: job_file(job)},
+    }
+
+
+def headless_service(job: Job) -> dict[str, Any]:
+    """Gives each trainer pod a DNS name (<pod hostname>.<service>) for the rendezvous."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job, names.service_name(job.name)),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {names.LABEL_JOB: job.name},
+            "publishNotReadyAddresses": True,  # ranks must find rank 0 before anything is "ready"
+            "ports": [{"name": "rendezvous", "port": names.MASTER_PORT}],
+        },
+    }
+
+
+def trainer_command(job: Job) -> list[str]:
+    return [
+        "codex-train",
+        "launch",
+        f"{names.CONFIG_MOUNT}/{names.CONFIG_FILE}",
+        "--output-dir",
+        names.OUTPUT_DIR,
+        "--metrics-port",
+        str(job.metrics_port),
+    ]
+
+
+def rendezvous_env(job: Job, attempt: int) -> list[dict[str, Any]]:
+    rank0 = f"{names.attempt_name(job.name, attempt)}-0.{names.service_name(job.name)}"
+    return [
+        {"name": "NNODES", "value": str(job.spec.num_nodes)},
+        {"name": "NPROC_PER_NODE", "value": str(job.spec.processes_per_node)},
+        {
+            "name": "NODE_RANK",
+            "valueFrom": {
+                "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+            },
+        },
+        {"name": "MASTER_ADDR", "value": rank0},
+        {"name": "MASTER_PORT", "value": str(names.MASTER_PORT)},
+        {"name": "CODEX_TERMINATION_LOG", "value": names.TERMINATION_LOG},
+        {"name": "CODEX_ATTEMPT", "value": str(attempt)},
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+
+
+def _resources(job: Job) -> dict[str, Any]:
+    r = job.spec.resources
+    out: dict[str, Any] = {}
+    if r.requests:
+        out["requests"] = dict(r.requests)
+    limits = dict(r.limits)
+    if r.gpus:
+        limits["nvidia.com/gpu"] = str(r.gpus)
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+RESTRICTED_CONTAINER = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
+    s = job.spec
+    volumes: list[dict[str, Any]] = [
+        {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim_name(job)}},
+        {"name": "config", "configMap": {"name": names.config_name(job.name)}},
+        {"name": "shm", "emptyDir": {"medium": "Memory"}},  # torch's DataLoader and NCCL use /dev/shm
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "checkpoints", "mountPath": names.OUTPUT_DIR},
+        {"name": "config", "mountPath": names.CONFIG_MOUNT, "readOnly": True},
+        {"name": "shm", "mountPath": "/dev/shm"},
+    ]
+    if s.data.existing_claim:
+        volumes.append(
+            {"name": "data", "persistentVolumeClaim": {"claimName": s.data.existing_claim, "readOnly": True}}
+        )
+        mounts.append({"name": "data", "mountPath": names.DATA_DIR, "readOnly": True})
+    container: dict[str, Any] = {
+        "name": names.CONTAINER,
+        "image": s.image or settings.default_image,
+        "imagePullPolicy": s.image_pull_policy or "IfNotPresent",
+        "command": trainer_command(job),
+        "env": rendezvous_env(job, attempt)
+        + [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in s.env],
+        "ports": [{"name": "metrics", "containerPort": job.metrics_port}],
+        "volumeMounts": mounts,
+        "securityContext": dict(RESTRICTED_CONTAINER),
+        "terminationMessagePath": names.TERMINATION_LOG,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if s.env_from:
+        container["envFrom"] = [dict(e) for e in s.env_from]
+    resources = _resources(job)
+    if resources:
+        container["resources"] = resources
+    pod: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": names.service_name(job.name),
+        "automountServiceAccountToken": False,  # trainer pods hold no API rights
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "fsGroup": 1000,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "terminationGracePeriodSeconds": 120,  # SIGTERM: finish the step, checkpoint, exit 143
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if s.node_selector:
+        pod["nodeSelector"] = dict(s.node_selector)
+    if s.tolerations:
+        pod["tolerations"] = [t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in s.tolerations]
+    if s.affinity:
+        pod["affinity"] = dict(s.affinity)
+    if s.priority_class_name:
+        pod["priorityClassName"] = s.priority_class_name
+    if s.image_pull_secrets:
+        pod["imagePullSecrets"] = [{"name": p.name} for p in s.image_pull_secrets]
+    return {
+        "metadata": {"labels": {names.LABEL_JOB: job.name, names.LABEL_ATTEMPT: str(attempt)}},
+        "spec": pod,
+    }
+
+
+# The trainer's exit-code contract, in the Job's own terms: exit 2 (the user must fix the spec or the
+# data) fails the attempt at once; so does a disruption (eviction, preemption, node loss), which the
+# operator then retries without counting it. Everything else fails the attempt through backoffLimit 0.
+POD_FAILURE_POLICY = {
+    "rules": [
+        {"action": "FailJob", "onExitCodes": {"containerName": names.CONTAINER, "operator": "In", "values": [2]}},
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]
+}
+
+
+def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int | None = None) -> dict[str, Any]:
+    """Attempt N of the training: an indexed Job with one pod per node; any failed pod fails the whole
+    group (backoffLimit 0), and the operator decides whether attempt N+1 resumes from the volume."""
+    s = job.spec
+    rp = s.run_policy
+    labels = {names.LABEL_ATTEMPT: str(attempt)}
+    if rp.queue_name:
+        labels[names.LABEL_QUEUE] = rp.queue_name
+    spec: dict[str, Any] = {
+        "completionMode": "Indexed",
+        "completions": s.num_nodes,
+        "parallelism": s.num_nodes,
+        "backoffLimit": 0,
+        "podFailurePolicy": POD_FAILURE_POLICY,
+        "podReplacementPolicy": "Failed",  # no second pod of a rank while the first still terminates
+        # Kueue admits a queued Job by unsuspending it: create it suspended and leave `suspend` to Kueue
+        "suspend": bool(rp.suspend or rp.queue_name),
+        "template": pod_template(job, attempt, settings),
+    }
+    if deadline_left is not None:
+        spec["activeDeadlineSeconds"] = max(1, deadline_left)
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": _metadata(job, names.attempt_name(job.name, attempt), **labels),
+        "spec": spec,
+    }

@@ -1,0 +1,308 @@
+"""kopf handlers: observe, call the pure builders and the status function, apply, patch status.
+
+One level-triggered `reconcile` per CodexTrainingJob, run on each event of the job and of its attempt
+Jobs, and again after an operator restart (kopf lists every object at start). It derives everything
+from what exists (attempt numbers from the Jobs, restarts from their count), so running it twice, or
+after a SIGKILL halfway, creates nothing twice: children have fixed names and "already exists" means
+adopt. A timer per job reads rank 0's progress while it runs and deletes finished jobs after their TTL.
+
+kopf persistence: these are event handlers and timers only, which keep no handler progress and no
+diff-base, so kopf writes nothing to the objects (no annotations, no status.kopf, no finalizers).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import aiohttp
+import kopf
+from prometheus_client.parser import text_string_to_metric_families
+
+from codex_trainer.errors import SpecError
+from codex_trainer.manifest import parse_manifest
+
+from . import builders, metrics, names
+from .builders import Job, Settings
+from .kube import Kube
+from .status import (
+    TERMINAL,
+    attempt_from_job,
+    deadline_left,
+    plan,
+    pod_failure,
+    progress_changed,
+    progress_from_metrics,
+    set_condition,
+)
+
+log = logging.getLogger("codex_operator")
+
+# status keys the reconcile owns; progress and checkpoint belong to the progress timer (merge patches
+# of disjoint keys cannot undo each other)
+OWNED = ("phase", "message", "conditions", "attempt", "restarts", "startTime", "completionTime", "observedGeneration")
+
+
+@dataclass
+class Options:
+    settings: Settings = field(default_factory=Settings)
+    progress_interval: float = 10.0
+    progress_via: str = "auto"  # auto | pod-ip | proxy
+
+
+@dataclass
+class Operator:
+    options: Options
+    kube: Kube | None = None
+    http: aiohttp.ClientSession | None = None
+    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
+    dirty: set[tuple[str, str]] = field(default_factory=set)  # reconciles that failed: the timer retries
+
+    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    @property
+    def in_cluster(self) -> bool:
+        if self.options.progress_via != "auto":
+            return self.options.progress_via == "pod-ip"
+        return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+    # ---------------------------------------------------------------- reconcile
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        key = (namespace, name)
+        async with self.lock(key):
+            try:
+                with metrics.reconcile_timer():
+                    await self._reconcile(namespace, name)
+                self.dirty.discard(key)
+            except Exception:
+                self.dirty.add(key)
+                log.exception("reconcile of %s/%s failed; retrying on the next tick", namespace, name)
+
+    async def _reconcile(self, namespace: str, name: str) -> None:
+        assert self.kube is not None
+        body = await self.kube.get_job(namespace, name)  # fresh: another handler may just have written status
+        if body is None:
+            metrics.set_phase(namespace, name, None)
+            return
+        status = body.get("status") or {}
+        if status.get("phase") in TERMINAL:
+            metrics.set_phase(namespace, name, status["phase"])
+            return
+        now = datetime.now(UTC)
+        job = _job_or_problem(body)
+        if isinstance(job, str):
+            await self._finish_invalid(body, job, now)
+            return
+        if not _children_current(status, job.generation):
+            await self.ensure_children(job)
+        attempts = [attempt_from_job(j) for j in await self.kube.list_jobs(namespace, name)]
+        latest = max(attempts, key=lambda a: a.number, default=None)
+        failed_pod = None
+        if latest is not None and latest.outcome == "Failed":
+            failed_pod = await self._failed_pod(namespace, latest.name)
+        p = plan(job, status, attempts, now, failed_pod)
+        if p.create_attempt is not None:
+            left = deadline_left(job, p.status, now)
+            manifest = builders.attempt_job(job, p.create_attempt, self.options.settings, left)
+            if await self.kube.create(manifest):
+                metrics.ATTEMPTS.inc()
+                if p.create_attempt > 1:
+                    metrics.RESTARTS.labels(_condition_reason(p.status, "Restarting")).inc()
+        if p.set_suspend is not None and latest is not None:
+            await self.kube.set_suspend(namespace, latest.name, p.set_suspend)
+        patch = {k: p.status[k] for k in OWNED if k in p.status and p.status.get(k) != status.get(k)}
+        if "progress" in p.status and p.status["progress"] != status.get("progress"):
+            patch["progress"] = p.status["progress"]  # the final step on success
+        if patch:
+            await self.kube.patch_status(namespace, name, patch)
+        for kind, reason, message in p.events:
+            kopf.event(body, type=kind, reason=reason, message=message)
+        metrics.set_phase(namespace, name, p.status.get("phase"))
+
+    async def ensure_children(self, job: Job) -> None:
+        """The volume, the job file and the rendezvous Service: create, or adopt what exists."""
+        assert self.kube is not None
+        claim = builders.checkpoint_claim(job)
+        if claim is not None:
+            await self.kube.create(claim)
+        cm = builders.config_map(job)
+        if not await self.kube.create(cm):
+            current = await self.kube.get_config_map(job.namespace, cm["metadata"]["name"])
+            if current is not None and current.get("data") != cm["data"]:
+                # a changed spec (maxSteps raised, say) applies from the next attempt on
+                await self.kube.patch_config_map(job.namespace, cm["metadata"]["name"], cm["data"])
+        await self.kube.create(builders.headless_service(job))
+
+    async def _failed_pod(self, namespace: str, attempt: str):
+        assert self.kube is not None
+        pods = await self.kube.list_pods(namespace, f"batch.kubernetes.io/job-name={attempt}")
+        ended = [f for f in (pod_failure(p) for p in pods) if f is not None and f.exit_code != 0]
+        # the rank that failed first is the one to blame; exit 2 (the user's to fix) wins over the others
+        ended.sort(key=lambda f: (f.exit_code != 2, f.exit_code is None))
+        return ended[0] if ended else None
+
+    async def _finish_invalid(self, body: dict[str, Any], problem: str, now: datetime) -> None:
+        assert self.kube is not None
+        meta = body["metadata"]
+        conditions = set_condition(
+            (body.get("status") or {}).get("conditions") or [], "Failed", "InvalidJob", problem, now, meta["generation"]
+        )
+        await self.kube.patch_status(
+            meta["namespace"],
+            meta["name"],
+            {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": _ts(now)},
+        )
+        kopf.event(body, type="Warning", reason="InvalidJob", message=problem)
+        metrics.set_phase(meta["namespace"], meta["name"], "Failed")
+
+    # ---------------------------------------------------------------- the timer: progress, TTL, retries
+
+    async def tick(self, body: dict[str, Any]) -> None:
+        meta, status = body["metadata"], body.get("status") or {}
+        key = (meta["namespace"], meta["name"])
+        phase = status.get("phase")
+        if key in self.dirty:
+            await self.reconcile(*key)
+        elif phase == "Running":
+            await self.read_progress(body)
+        elif phase in TERMINAL:
+            await self._expire(body)
+
+    async def read_progress(self, body: dict[str, Any]) -> None:
+        assert self.kube is not None
+        meta, status = body["metadata"], body.get("status") or {}
+        ns, name = meta["namespace"], meta["name"]
+        attempt = names.attempt_name(name, status.get("attempt") or 1)
+        port = ((body.get("spec") or {}).get("metrics") or {}).get("port") or names.METRICS_PORT
+        try:
+            pods = await self.kube.list_pods(
+                ns, f"batch.kubernetes.io/job-name={attempt},batch.kubernetes.io/job-completion-index=0"
+            )
+            pod = next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
+            if pod is None:
+                return
+            if self.in_cluster:
+                text = await self._get_text(f"http://{pod['status']['podIP']}:{port}/metrics")
+            else:
+                text = await self.kube.pod_metrics_via_proxy(ns, pod["metadata"]["name"], port)
+        except Exception as e:  # a trainer still loading its model has no endpoint yet: not an error worth a trace
+            metrics.PROGRESS_ERRORS.inc()
+            log.debug("progress of %s/%s not readable yet: %s", ns, name, e)
+            return
+        progress, checkpoint = progress_from_metrics(_samples(text), datetime.now(UTC), status.get("progress"))
+        if not progress.get("totalSteps"):
+            return  # the endpoint is up but training has not started
+        patch: dict[str, Any] = {}
+        if progress_changed(status.get("progress"), progress):
+            patch["progress"] = progress
+        if checkpoint and checkpoint.get("step") != (status.get("checkpoint") or {}).get("step"):
+            patch["checkpoint"] = checkpoint
+        if patch:
+            async with self.lock((ns, name)):
+                await self.kube.patch_status(ns, name, patch)
+
+    async def _get_text(self, url: str) -> str:
+        if self.http is None:
+            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
+        async with self.http.get(url) as resp:
+            resp.raise_for_status()
+            return await resp.text()
+
+    async def _expire(self, body: dict[str, Any]) -> None:
+        ttl = ((body.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
+        done = (body.get("status") or {}).get("completionTime")
+        if ttl is None or not done:
+            return
+        finished = datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        if (datetime.now(UTC) - finished).total_seconds() >= ttl:
+            assert self.kube is not None
+            meta = body["metadata"]
+            log.info("deleting %s/%s: ttlSecondsAfterFinished (%d s) passed", meta["namespace"], meta["name"], ttl)
+            await self.kube.delete_job(meta["namespace"], meta["name"])
+
+
+def _job_or_problem(body: dict[str, Any]) -> Job | str:
+    """The typed job, or one line on what the trainer would refuse (the API server let it through)."""
+    meta = body["metadata"]
+    raw = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": meta["name"]}}
+    try:
+        manifest = parse_manifest({**raw, "spec": body.get("spec") or {}})
+    except SpecError as e:
+        return "invalid job: " + "; ".join(f"{p}: {m}" if p else m for p, m in e.problems)
+    return Job(meta["name"], meta["namespace"], meta["uid"], manifest.spec, meta.get("generation", 1))
+
+
+def _children_current(status: dict[str, Any], generation: int) -> bool:
+    created = any(c.get("type") == "Created" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return created and status.get("observedGeneration") == generation
+
+
+def _condition_reason(status: dict[str, Any], ctype: str) -> str:
+    return next((c.get("reason", "") for c in status.get("conditions") or [] if c.get("type") == ctype), "")
+
+
+def _samples(text: str) -> dict[str, float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[s.name] = s.value
+    return out
+
+
+def _ts(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------- registration
+
+
+def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
+    """Register the handlers with kopf (the interval comes from the command line, so not at import)."""
+    crd = dict(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=names.GROUP)
+        settings.posting.level = logging.WARNING  # Events are ours (kopf.event); log lines are not Events
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+        op.kube = await Kube.connect()
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if op.http is not None:
+            await op.http.close()
+        if op.kube is not None:
+            await op.kube.close()
+
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+    @kopf.on.event(**crd)
+    async def job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        meta = body["metadata"]
+        if event.get("type") == "DELETED":
+            metrics.set_phase(meta["namespace"], meta["name"], None)
+            op.locks.pop((meta["namespace"], meta["name"]), None)
+            op.dirty.discard((meta["namespace"], meta["name"]))
+            return
+        await op.reconcile(meta["namespace"], meta["name"])
+
+    @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
+    async def attempt_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        if event.get("type") == "DELETED":
+            return
+        owner = body["metadata"]["labels"][names.LABEL_JOB]
+        await op.reconcile(body["metadata"]["namespace"], owner)
+
+    @kopf.timer(**crd, interval=op.options.progress_interval, sharp=False)
+    async def timer(body: kopf.Body, **_: Any) -> None:
+        await op.tick(dict(body))

@@ -1,0 +1,66 @@
+"""The operator's own Prometheus metrics: jobs by phase, attempts, restarts, reconcile time, API calls."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from .status import PHASES
+
+registry: CollectorRegistry = REGISTRY
+
+JOBS = Gauge("codex_operator_jobs", "CodexTrainingJobs seen by this operator, by phase", ["phase"])
+ATTEMPTS = Counter("codex_operator_attempts_total", "Attempt Jobs created")
+RESTARTS = Counter("codex_operator_restarts_total", "Attempts started after a failed one, by reason", ["reason"])
+RECONCILE = Histogram(
+    "codex_operator_reconcile_seconds",
+    "Time to reconcile one CodexTrainingJob",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+API_CALLS = Counter("codex_operator_api_calls_total", "Calls to the Kubernetes API", ["verb", "kind", "outcome"])
+API_ERRORS = Counter("codex_operator_api_errors_total", "Failed calls to the Kubernetes API", ["verb", "kind"])
+PROGRESS_ERRORS = Counter("codex_operator_progress_errors_total", "Failed reads of a trainer's progress")
+
+_phases: dict[tuple[str, str], str] = {}
+
+
+def set_phase(namespace: str, name: str, phase: str | None) -> None:
+    """Record a job's phase (None: the job is gone) and refresh the jobs-by-phase gauge."""
+    key = (namespace, name)
+    if phase is None:
+        _phases.pop(key, None)
+    else:
+        _phases[key] = phase
+    for p in PHASES:
+        JOBS.labels(p).set(sum(1 for v in _phases.values() if v == p))
+
+
+@contextlib.contextmanager
+def api_call(verb: str, kind: str) -> Iterator[None]:
+    try:
+        yield
+    except Exception as e:
+        status = getattr(e, "status", None)
+        if status in (404, 409):  # "not there" and "already exists" are answers, not failures
+            API_CALLS.labels(verb, kind, str(status)).inc()
+        else:
+            API_CALLS.labels(verb, kind, "error").inc()
+            API_ERRORS.labels(verb, kind).inc()
+        raise
+    API_CALLS.labels(verb, kind, "ok").inc()
+
+
+@contextlib.contextmanager
+def reconcile_timer() -> Iterator[None]:
+    started = time.perf_counter()
+    try:
+        yield
+    finally:
+        RECONCILE.observe(time.perf_counter() - started)
+
+
+def serve(port: int) -> None:
+    start_http_server(port, registry=registry)

@@ -1,0 +1,336 @@
+"""From what the cluster shows to what the user sees: a pure function of (job, status, attempts, now).
+
+`plan()` reads the attempt Jobs of a CodexTrainingJob (and, for a failed attempt, what its pod said)
+and returns the status to write, the Events to post and what to do next (start attempt N+1, suspend
+or resume the current one). It never calls the API: the handlers do what it says.
+
+The trainer's exit-code contract decides a failed attempt:
+  exit 2 (bad spec or data)            -> Failed at once, with the trainer's own line
+  DisruptionTarget (eviction, preemption, node loss) -> a new attempt, not counted
+  deadline reached                     -> Failed
+  anything else (crash, OOM, exit 1, a deleted pod) -> a new attempt, counted against backoffLimit
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from . import names
+from .builders import Job
+
+PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
+TERMINAL = ("Succeeded", "Failed")
+FailureKind = Literal["user-error", "disruption", "deadline", "crash"]
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt Job as the status function needs it."""
+
+    number: int
+    name: str
+    suspended: bool = False
+    ready: int = 0
+    active: int = 0
+    outcome: Literal["Complete", "Failed"] | None = None
+    reason: str = ""  # the Job's Failed condition reason: PodFailurePolicy, BackoffLimitExceeded, DeadlineExceeded
+    message: str = ""
+
+    @property
+    def failure(self) -> FailureKind | None:
+        if self.outcome != "Failed":
+            return None
+        if self.reason == "DeadlineExceeded":
+            return "deadline"
+        if self.reason == "PodFailurePolicy":
+            # the Job controller names the rule that matched: exit code 2 (rule 0) or DisruptionTarget (rule 1)
+            if "DisruptionTarget" in self.message:
+                return "disruption"
+            if re.search(r"exit code 2\b", self.message):
+                return "user-error"
+        return "crash"
+
+
+@dataclass(frozen=True)
+class PodFailure:
+    """What the failed pod of an attempt said: its exit code, termination message, and why it stopped."""
+
+    pod: str
+    exit_code: int | None = None
+    reason: str = ""  # OOMKilled, Error, Evicted...
+    message: str = ""
+
+
+@dataclass
+class Plan:
+    status: dict[str, Any]
+    create_attempt: int | None = None
+    set_suspend: bool | None = None
+    events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
+
+
+def attempt_from_job(obj: dict[str, Any]) -> Attempt:
+    """Read an attempt Job (as the API returns it) into an Attempt."""
+    meta, spec, st = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
+    outcome, reason, message = None, "", ""
+    for c in st.get("conditions") or []:
+        if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
+            outcome, reason, message = c["type"], c.get("reason", ""), c.get("message", "")
+    return Attempt(
+        number=int(meta.get("labels", {}).get(names.LABEL_ATTEMPT, "0")),
+        name=meta.get("name", ""),
+        suspended=bool(spec.get("suspend")),
+        ready=int(st.get("ready") or 0),
+        active=int(st.get("active") or 0),
+        outcome=outcome,
+        reason=reason,
+        message=message,
+    )
+
+
+def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
+    """The trainer container's end, from a failed pod (None when it has not terminated)."""
+    st = pod.get("status") or {}
+    for cs in st.get("containerStatuses") or []:
+        if cs.get("name") != names.CONTAINER:
+            continue
+        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
+        if term:
+            return PodFailure(
+                pod=pod["metadata"]["name"],
+                exit_code=term.get("exitCode"),
+                reason=term.get("reason", "") or "",
+                message=(term.get("message") or "").strip(),
+            )
+    if st.get("phase") == "Failed":
+        return PodFailure(pod=pod["metadata"]["name"], reason=st.get("reason", ""), message=st.get("message", ""))
+    return None
+
+
+def _ts(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _parse_ts(s: str | None) -> datetime | None:
+    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if s else None
+
+
+def deadline_left(job: Job, status: dict[str, Any], now: datetime) -> int | None:
+    """Seconds left of runPolicy.activeDeadlineSeconds, counted from the job's start (None: no deadline)."""
+    limit = job.spec.run_policy.active_deadline_seconds
+    if limit is None:
+        return None
+    start = _parse_ts(status.get("startTime")) or now
+    return int(limit - (now - start).total_seconds())
+
+
+def failure_line(attempt: Attempt, pod: PodFailure | None) -> str:
+    """One line on why an attempt failed, the trainer's own words first."""
+    if pod is not None:
+        what = f"exited {pod.exit_code}" if pod.exit_code is not None else "failed"
+        if pod.reason == "OOMKilled":
+            what = f"was killed for using more memory than its limit ({what})"
+        tail = pod.message.strip().splitlines()[-1] if pod.message.strip() else ""
+        return f"trainer {what}" + (f": {tail}" if tail else "")
+    return attempt.message or attempt.reason or "the attempt failed"
+
+
+def plan(
+    job: Job,
+    status: dict[str, Any] | None,
+    attempts: list[Attempt],
+    now: datetime,
+    failed_pod: PodFailure | None = None,
+) -> Plan:
+    """Decide the job's status and next action from its attempts (sorted or not)."""
+    old = status or {}
+    new = copy.deepcopy(old)
+    p = Plan(status=new)
+    phase_before = old.get("phase")
+    if phase_before in TERMINAL:
+        return p  # final: nothing the cluster does later changes a finished job
+    rp = job.spec.run_policy
+    attempts = sorted(attempts, key=lambda a: a.number)
+    latest = attempts[-1] if attempts else None
+    new["attempt"] = latest.number if latest else 0
+    new["restarts"] = max(0, len(attempts) - 1)
+
+    left = deadline_left(job, old, now)
+    phase, reason, message = "Pending", "Created", "waiting for the trainer pods to start"
+    if latest is None:
+        if left is not None and left <= 0:
+            phase, reason, message = "Failed", "DeadlineExceeded", "activeDeadlineSeconds passed before it started"
+        else:
+            p.create_attempt = 1
+            new.setdefault("startTime", _ts(now))
+            p.events.append(("Normal", "Created", f"created attempt 1 ({names.attempt_name(job.name, 1)})"))
+            if rp.suspend and not rp.queue_name:
+                phase, reason, message = "Suspended", "Suspended", "created suspended (runPolicy.suspend)"
+            elif rp.queue_name:
+                message = f"queued in {rp.queue_name}; waiting for admission"
+    elif latest.outcome == "Complete":
+        phase, reason, message = "Succeeded", "Succeeded", f"training finished in {len(attempts)} attempt(s)"
+        new["completionTime"] = _ts(now)
+        prog = new.get("progress") or {}
+        if prog.get("totalSteps"):
+            new["progress"] = _with_step(prog, prog["totalSteps"])
+    elif latest.outcome == "Failed":
+        kind = latest.failure
+        line = failure_line(latest, failed_pod)
+        counted = sum(1 for a in attempts if a.failure == "crash")
+        if kind == "user-error":
+            phase, reason, message = "Failed", "InvalidJob", line
+        elif kind == "deadline" or (left is not None and left <= 0):
+            phase, reason, message = "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
+        elif kind == "crash" and counted > rp.backoff_limit:
+            phase, reason = "Failed", "BackoffLimitExceeded"
+            message = f"{line} (attempt {latest.number}; runPolicy.backoffLimit {rp.backoff_limit} reached)"
+        else:
+            nxt = latest.number + 1
+            p.create_attempt = nxt
+            new["attempt"] = nxt
+            new["restarts"] = len(attempts)
+            why = "disrupted (not counted against backoffLimit)" if kind == "disruption" else "failed"
+            phase, reason = "Restarting", "Disrupted" if kind == "disruption" else "Retrying"
+            ckpt = (new.get("checkpoint") or {}).get("step")
+            resume = f"; attempt {nxt} resumes from checkpoint step {ckpt}" if ckpt else f"; starting attempt {nxt}"
+            message = f"attempt {latest.number} {why}: {line}{resume}"
+        if phase == "Failed":
+            new["completionTime"] = _ts(now)
+    else:
+        if not rp.queue_name and latest.suspended != rp.suspend:
+            p.set_suspend = rp.suspend
+        suspended = latest.suspended if rp.queue_name else rp.suspend
+        if suspended:
+            phase, reason = "Suspended", "Suspended"
+            message = "waiting for admission by the queue" if rp.queue_name else "suspended (runPolicy.suspend)"
+        elif latest.ready >= job.spec.num_nodes:
+            phase, reason, message = "Running", "Running", f"attempt {latest.number}: {latest.ready} pod(s) running"
+        elif latest.number > 1:
+            cond = next((c for c in old.get("conditions") or [] if c.get("type") == "Restarting"), {})
+            phase, reason = "Restarting", cond.get("reason", "Retrying")
+            message = cond.get("message") or f"starting attempt {latest.number}"
+        else:
+            phase, reason, message = "Pending", "Created", "waiting for the trainer pods to start"
+
+    new["phase"] = phase
+    new["message"] = message
+    new["observedGeneration"] = job.generation
+    if phase != phase_before:
+        new["conditions"] = set_condition(old.get("conditions") or [], phase, reason, message, now, job.generation)
+        if not (phase_before is None and phase == "Pending"):  # the Created event has said it
+            p.events.append(_event(phase, reason, message, latest, old))
+    return p
+
+
+def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
+    if phase == "Running" and latest is not None and latest.number > 1:
+        ckpt = (old.get("checkpoint") or {}).get("step")
+        where = f"resumed from checkpoint step {ckpt}" if ckpt else "resumed"
+        return "Normal", "Resumed", f"attempt {latest.number} running: {where}"
+    warning = phase in ("Failed", "Restarting")
+    return ("Warning" if warning else "Normal"), reason, message
+
+
+CONDITION_TYPES = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
+
+
+def set_condition(
+    conditions: list[dict[str, Any]], phase: str, reason: str, message: str, now: datetime, generation: int
+) -> list[dict[str, Any]]:
+    """metav1.Condition entries: the phase's own condition True, the other phase conditions False."""
+    out = [dict(c) for c in conditions]
+    by_type = {c["type"]: c for c in out}
+    wanted = {t: t == phase for t in CONDITION_TYPES}
+    wanted["Created"] = True
+    for ctype, on in wanted.items():
+        cur = by_type.get(ctype)
+        status = "True" if on else "False"
+        if cur is None:
+            if not on:
+                continue  # no need to say False for something that never happened
+            cur = {"type": ctype}
+            out.append(cur)
+        elif cur.get("status") == status and not on:
+            continue
+        if cur.get("status") != status:
+            cur["lastTransitionTime"] = _ts(now)
+        cur["status"] = status
+        cur["observedGeneration"] = generation
+        if on and ctype == phase:
+            cur["reason"], cur["message"] = reason, message[:32768]
+        else:
+            cur.setdefault("reason", reason if ctype == "Created" else "PhaseChanged")
+            cur.setdefault("message", "")
+    return out
+
+
+# ---------------------------------------------------------------- progress from rank 0's metrics
+
+
+def progress_from_metrics(
+    samples: dict[str, float], now: datetime, previous: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Turn rank 0's Prometheus gauges into status.progress and status.checkpoint; the ETA comes from
+    the pace since the previous reading."""
+    step = int(samples.get("codex_trainer_step", 0))
+    total = int(samples.get("codex_trainer_total_steps", 0))
+    prog: dict[str, Any] = {"step": step, "totalSteps": total}
+    if "codex_trainer_loss" in samples:
+        prog["loss"] = _round(samples["codex_trainer_loss"])
+    if samples.get("codex_trainer_eval_loss"):
+        prog["evalLoss"] = _round(samples["codex_trainer_eval_loss"])
+    tps = samples.get("codex_trainer_tokens_per_second")
+    if tps:
+        prog["tokensPerSecond"] = round(tps)
+    prog = _with_step(prog, step)
+    before, when = (previous or {}).get("step"), _parse_ts((previous or {}).get("updatedAt"))
+    if before is not None and when is not None and before < step < total:
+        pace = (now - when).total_seconds() / (step - before)
+        prog["eta"] = _duration((total - step) * pace)
+    elif previous and previous.get("eta") and step == before:
+        prog["eta"] = previous["eta"]
+    prog["updatedAt"] = _ts(now)
+    ckpt = None
+    if samples.get("codex_trainer_last_checkpoint_step"):
+        ckpt = {
+            "step": int(samples["codex_trainer_last_checkpoint_step"]),
+            "path": f"{names.OUTPUT_DIR}/checkpoints/step-{int(samples['codex_trainer_last_checkpoint_step'])}",
+        }
+        if samples.get("codex_trainer_last_checkpoint_timestamp_seconds"):
+            ckpt["savedAt"] = _ts(
+                datetime.fromtimestamp(samples["codex_trainer_last_checkpoint_timestamp_seconds"], UTC)
+            )
+    return prog, ckpt
+
+
+def _with_step(prog: dict[str, Any], step: int) -> dict[str, Any]:
+    total = prog.get("totalSteps") or 0
+    out = dict(prog, step=step)
+    if total:
+        pct = min(100, int(100 * step / total))
+        out.update(percent=pct, percentText=f"{pct}%", stepText=f"{step}/{total}")
+        if step >= total:
+            out.pop("eta", None)
+    return out
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, sec = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
+
+
+def progress_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether a progress write says anything new (updatedAt alone is not news)."""
+    strip = lambda d: {k: v for k, v in (d or {}).items() if k != "updatedAt"}  # noqa: E731
+    return strip(old) != strip(new)

@@ -1,0 +1,203 @@
+"""The operator's pure builders: what a CodexTrainingJob becomes on the cluster, without a cluster."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from codex_operator import builders, names
+from codex_operator.builders import Job, Settings
+from codex_trainer.manifest import apply_overrides, parse_manifest
+from support import TINY
+
+
+def make_job(*overrides: str, name: str = "tiny-cpu") -> Job:
+    raw = yaml.safe_load(TINY.read_text())
+    raw["metadata"]["name"] = name
+    manifest = parse_manifest(apply_overrides(raw, list(overrides)))
+    return Job(name=name, namespace="team-a", uid="uid-1", spec=manifest.spec, generation=3)
+
+
+def env_of(pod_spec: dict) -> dict:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in pod_spec["containers"][0]["env"]}
+
+
+def test_every_child_is_owned_by_the_job_and_labelled_with_it():
+    job = make_job()
+    children = [
+        builders.checkpoint_claim(job),
+        builders.config_map(job),
+        builders.headless_service(job),
+        builders.attempt_job(job, 1, Settings()),
+    ]
+    for child in children:
+        meta = child["metadata"]
+        assert meta["namespace"] == "team-a"
+        assert meta["labels"][names.LABEL_JOB] == "tiny-cpu"
+        (ref,) = meta["ownerReferences"]
+        assert ref == {
+            "apiVersion": "codex.ml/v1alpha1",
+            "kind": "CodexTrainingJob",
+            "name": "tiny-cpu",
+            "uid": "uid-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    assert [c["metadata"]["name"] for c in children] == [
+        "tiny-cpu-checkpoints",
+        "tiny-cpu-config",
+        "tiny-cpu-workers",
+        "tiny-cpu-a1",
+    ]
+
+
+def test_the_volume_is_kept_after_deletion_when_storage_retain_says_so():
+    assert "ownerReferences" not in builders.checkpoint_claim(make_job("storage.retain=true"))["metadata"]
+    assert builders.checkpoint_claim(make_job("storage.existingClaim=shared")) is None
+    job = make_job("storage.existingClaim=shared")
+    pod = builders.attempt_job(job, 1, Settings())["spec"]["template"]["spec"]
+    assert {"name": "checkpoints", "persistentVolumeClaim": {"claimName": "shared"}} in pod["volumes"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "size", "mode", "cls"),
+    [
+        ((), "1Gi", "ReadWriteOnce", None),
+        (("storage.size=20Gi", "storage.storageClassName=fast"), "20Gi", "ReadWriteOnce", "fast"),
+        (("numNodes=2",), "1Gi", "ReadWriteMany", None),
+    ],
+)
+def test_checkpoint_volume_size_class_and_access_mode(overrides, size, mode, cls):
+    spec = builders.checkpoint_claim(make_job(*overrides))["spec"]
+    assert spec["resources"]["requests"]["storage"] == size
+    assert spec["accessModes"] == [mode]
+    assert spec.get("storageClassName") == cls
+
+
+def test_the_config_map_holds_the_resolved_job_file_the_trainer_accepts():
+    job = make_job("training.maxSteps=7")
+    text = builders.config_map(job)["data"][names.CONFIG_FILE]
+    again = parse_manifest(yaml.safe_load(text))
+    assert again.metadata.name == "tiny-cpu"
+    assert again.spec == job.spec
+    assert again.spec.training.max_steps == 7
+
+
+def test_single_node_pod_runs_the_launcher_with_one_process():
+    job = make_job()
+    attempt = builders.attempt_job(job, 1, Settings(default_image="img:1"))
+    spec = attempt["spec"]
+    assert spec["completionMode"] == "Indexed"
+    assert spec["completions"] == spec["parallelism"] == 1
+    assert spec["backoffLimit"] == 0 and spec["suspend"] is False
+    pod = spec["template"]["spec"]
+    c = pod["containers"][0]
+    assert c["name"] == "trainer" and c["image"] == "img:1"
+    assert c["command"] == [
+        "codex-train",
+        "launch",
+        "/etc/codex/job.yaml",
+        "--output-dir",
+        "/checkpoints",
+        "--metrics-port",
+        "9400",
+    ]
+    env = env_of(pod)
+    assert env["NNODES"] == "1" and env["NPROC_PER_NODE"] == "1"
+    assert env["MASTER_ADDR"] == "tiny-cpu-a1-0.tiny-cpu-workers"
+    assert pod["restartPolicy"] == "Never" and pod["subdomain"] == "tiny-cpu-workers"
+    assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/checkpoints", "/etc/codex"}
+
+
+def test_multi_node_env_gives_each_pod_its_rank_from_the_completion_index():
+    job = make_job("numNodes=3", "processesPerNode=2")
+    attempt = builders.attempt_job(job, 4, Settings())
+    assert attempt["metadata"]["name"] == "tiny-cpu-a4"
+    spec = attempt["spec"]
+    assert spec["completions"] == spec["parallelism"] == 3
+    env = env_of(spec["template"]["spec"])
+    assert env["NNODES"] == "3" and env["NPROC_PER_NODE"] == "2"
+    assert env["NODE_RANK"] == {
+        "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+    }
+    assert env["MASTER_ADDR"] == "tiny-cpu-a4-0.tiny-cpu-workers" and env["MASTER_PORT"] == "29500"
+    assert spec["template"]["metadata"]["labels"][names.LABEL_ATTEMPT] == "4"
+
+
+def test_exit_code_2_and_disruptions_fail_the_attempt_at_once():
+    rules = builders.attempt_job(make_job(), 1, Settings())["spec"]["podFailurePolicy"]["rules"]
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2]},
+    }
+    assert rules[1]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+
+
+def test_trainer_pods_meet_the_restricted_pod_security_standard():
+    pod = builders.attempt_job(make_job(), 1, Settings())["spec"]["template"]["spec"]
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    sc = pod["containers"][0]["securityContext"]
+    assert sc == {
+        "runAsNonRoot": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert not any("hostPath" in v for v in pod["volumes"])
+
+
+def test_pass_through_fields_land_on_the_pod():
+    job = make_job(
+        "nodeSelector={pool: a100}",
+        "tolerations=[{key: gpu, operator: Exists, effect: NoSchedule}]",
+        "affinity={nodeAffinity: {}}",
+        "priorityClassName=high",
+        "imagePullSecrets=[{name: regcred}]",
+        "imagePullPolicy=Always",
+        "image=registry.example/trainer:2",
+        "env=[{name: HF_TOKEN, valueFrom: {secretKeyRef: {name: hub, key: token}}}]",
+        "envFrom=[{secretRef: {name: mlflow}}]",
+        "resources.gpus=2",
+        "data.existingClaim=corpus",
+    )
+    pod = builders.attempt_job(job, 1, Settings())["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["nodeSelector"] == {"pool": "a100"}
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod["affinity"] == {"nodeAffinity": {}}
+    assert pod["priorityClassName"] == "high"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert c["image"] == "registry.example/trainer:2" and c["imagePullPolicy"] == "Always"
+    assert env_of(pod)["HF_TOKEN"] == {"secretKeyRef": {"name": "hub", "key": "token"}}
+    assert c["envFrom"] == [{"secretRef": {"name": "mlflow"}}]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert c["resources"]["requests"] == {"cpu": "2", "memory": "2Gi"}
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "data", "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True}} in pod["volumes"]
+
+
+def test_kueue_jobs_are_created_suspended_with_the_queue_label():
+    job = make_job("runPolicy.queueName=team-queue")
+    attempt = builders.attempt_job(job, 1, Settings())
+    assert attempt["spec"]["suspend"] is True
+    assert attempt["metadata"]["labels"][names.LABEL_QUEUE] == "team-queue"
+    assert builders.attempt_job(make_job("runPolicy.suspend=true"), 1, Settings())["spec"]["suspend"] is True
+
+
+def test_the_deadline_left_becomes_the_attempts_deadline():
+    job = make_job("runPolicy.activeDeadlineSeconds=600")
+    assert builders.attempt_job(job, 2, Settings(), deadline_left=250)["spec"]["activeDeadlineSeconds"] == 250
+    assert builders.attempt_job(job, 2, Settings(), deadline_left=-5)["spec"]["activeDeadlineSeconds"] == 1
+    assert "activeDeadlineSeconds" not in builders.attempt_job(make_job(), 1, Settings())["spec"]
+
+
+def test_names_stay_within_kubernetes_limits_for_the_longest_job_name():
+    name = "j" * names.MAX_NAME_LENGTH
+    job = make_job(name=name)
+    attempt = builders.attempt_job(job, 999, Settings())
+    pod_hostname = f"{attempt['metadata']['name']}-999"  # the highest index of a 1000-node job
+    assert len(pod_hostname) <= 63 and len(pod_hostname + "-abcde") <= 63
+    assert len(builders.headless_service(job)["metadata"]["name"]) <= 63
+    assert len(builders.checkpoint_claim(job)["metadata"]["name"]) <= 253

@@ -1,0 +1,204 @@
+"""The status function: every phase transition, each exit-code class, disruption vs crash, suspend,
+deadline — from Job and pod objects shaped as the API server returns them."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from test_operator_builders import make_job
+
+from codex_operator.status import (
+    Attempt,
+    PodFailure,
+    attempt_from_job,
+    plan,
+    pod_failure,
+    progress_changed,
+    progress_from_metrics,
+)
+
+NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+
+def job_obj(n: int, *, cond: tuple[str, str, str] | None = None, ready: int = 0, suspend: bool = False) -> dict:
+    status: dict = {"ready": ready, "active": ready}
+    if cond:
+        ctype, reason, message = cond
+        status["conditions"] = [{"type": ctype, "status": "True", "reason": reason, "message": message}]
+    return {
+        "metadata": {"name": f"tiny-cpu-a{n}", "labels": {"codex.ml/attempt": str(n)}},
+        "spec": {"suspend": suspend},
+        "status": status,
+    }
+
+
+EXIT2 = (
+    "Failed",
+    "PodFailurePolicy",
+    "Container trainer for pod ns/p failed with exit code 2 matching FailJob rule at index 0",
+)
+DISRUPTED = ("Failed", "PodFailurePolicy", "Pod ns/p has condition DisruptionTarget matching FailJob rule at index 1")
+CRASH = ("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+DEADLINE = ("Failed", "DeadlineExceeded", "Job was active longer than specified deadline")
+COMPLETE = ("Complete", "CompletionsReached", "Reached expected number of succeeded pods")
+
+
+def attempts(*objs: dict) -> list[Attempt]:
+    return [attempt_from_job(o) for o in objs]
+
+
+def test_a_new_job_creates_attempt_one_and_is_pending():
+    p = plan(make_job(), None, [], NOW)
+    assert p.create_attempt == 1
+    assert p.status["phase"] == "Pending" and p.status["restarts"] == 0
+    assert p.status["startTime"] == "2026-11-28T12:00:00Z"
+    assert [e[1] for e in p.events] == ["Created"]
+    (cond,) = p.status["conditions"]
+    assert cond["type"] == "Created" and cond["status"] == "True" and cond["observedGeneration"] == 3
+
+
+@pytest.mark.parametrize(
+    ("ready", "number", "phase"),
+    [(0, 1, "Pending"), (1, 1, "Running"), (0, 2, "Restarting"), (1, 2, "Running")],
+)
+def test_a_live_attempt_is_pending_running_or_restarting(ready, number, phase):
+    p = plan(make_job(), {"phase": "Pending"}, attempts(job_obj(number, ready=ready)), NOW)
+    assert p.status["phase"] == phase
+    assert p.create_attempt is None
+
+
+def test_a_multi_node_job_runs_only_when_every_pod_does():
+    job = make_job("numNodes=2")
+    assert plan(job, {}, attempts(job_obj(1, ready=1)), NOW).status["phase"] == "Pending"
+    assert plan(job, {}, attempts(job_obj(1, ready=2)), NOW).status["phase"] == "Running"
+
+
+def test_running_posts_one_event_and_sets_the_condition():
+    p = plan(make_job(), {"phase": "Pending"}, attempts(job_obj(1, ready=1)), NOW)
+    assert p.events == [("Normal", "Running", "attempt 1: 1 pod(s) running")]
+    running = next(c for c in p.status["conditions"] if c["type"] == "Running")
+    assert running["status"] == "True" and running["lastTransitionTime"] == "2026-11-28T12:00:00Z"
+    again = plan(make_job(), p.status, attempts(job_obj(1, ready=1)), NOW + timedelta(seconds=5))
+    assert again.events == [] and again.status == p.status  # nothing changed: nothing to write
+
+
+def test_success_is_final_and_fills_the_progress():
+    status = {"phase": "Running", "progress": {"step": 290, "totalSteps": 300, "loss": 0.5}}
+    p = plan(make_job(), status, attempts(job_obj(1, cond=COMPLETE)), NOW)
+    assert p.status["phase"] == "Succeeded" and p.status["completionTime"]
+    assert p.status["progress"]["step"] == 300 and p.status["progress"]["percentText"] == "100%"
+    later = plan(make_job(), p.status, attempts(job_obj(1, cond=CRASH)), NOW)
+    assert later.status == p.status and later.create_attempt is None
+
+
+def test_exit_2_fails_at_once_with_the_trainers_message():
+    pod = PodFailure("p", exit_code=2, message="codex-train: invalid spec.data.train: file not found")
+    p = plan(make_job(), {"phase": "Running"}, attempts(job_obj(1, cond=EXIT2)), NOW, pod)
+    assert p.status["phase"] == "Failed" and p.create_attempt is None
+    assert p.status["message"] == "trainer exited 2: codex-train: invalid spec.data.train: file not found"
+    assert p.events[-1][:2] == ("Warning", "InvalidJob")
+
+
+def test_a_crash_is_retried_from_the_checkpoint_and_counted():
+    status = {"phase": "Running", "checkpoint": {"step": 150}}
+    pod = PodFailure("p", exit_code=1, message="RuntimeError: boom")
+    p = plan(make_job(), status, attempts(job_obj(1, cond=CRASH)), NOW, pod)
+    assert p.create_attempt == 2
+    assert p.status["phase"] == "Restarting" and p.status["restarts"] == 1 and p.status["attempt"] == 2
+    assert "resumes from checkpoint step 150" in p.status["message"]
+    assert "exited 1: RuntimeError: boom" in p.status["message"]
+    assert p.events[-1][:2] == ("Warning", "Retrying")
+
+
+def test_an_oom_kill_says_so():
+    pod = PodFailure("p", exit_code=137, reason="OOMKilled")
+    p = plan(make_job(), {"phase": "Running"}, attempts(job_obj(1, cond=CRASH)), NOW, pod)
+    assert "more memory than its limit" in p.status["message"] and p.create_attempt == 2
+
+
+def test_crashes_stop_after_the_backoff_limit_but_disruptions_do_not_count():
+    job = make_job("runPolicy.backoffLimit=1")
+    two_crashes = attempts(job_obj(1, cond=CRASH), job_obj(2, cond=CRASH))
+    p = plan(job, {"phase": "Running"}, two_crashes, NOW)
+    assert p.status["phase"] == "Failed" and p.create_attempt is None
+    assert "backoffLimit 1 reached" in p.status["message"]
+
+    disrupted = attempts(job_obj(1, cond=CRASH), job_obj(2, cond=DISRUPTED), job_obj(3, cond=DISRUPTED))
+    p = plan(job, {"phase": "Running"}, disrupted, NOW)
+    assert p.create_attempt == 4 and p.status["restarts"] == 3
+    assert "not counted against backoffLimit" in p.status["message"]
+    assert p.events[-1][1] == "Disrupted"
+
+
+def test_a_deadline_fails_the_job():
+    p = plan(make_job(), {"phase": "Running"}, attempts(job_obj(1, cond=DEADLINE)), NOW)
+    assert p.status["phase"] == "Failed" and "activeDeadlineSeconds" in p.status["message"]
+    job = make_job("runPolicy.activeDeadlineSeconds=60")
+    started = {"phase": "Running", "startTime": "2026-11-28T11:58:00Z"}
+    p = plan(job, started, attempts(job_obj(1, cond=CRASH)), NOW)  # no time left for a retry
+    assert p.status["phase"] == "Failed" and p.create_attempt is None
+
+
+def test_suspend_and_resume_follow_run_policy():
+    job = make_job("runPolicy.suspend=true")
+    p = plan(job, {"phase": "Running"}, attempts(job_obj(1, ready=1)), NOW)
+    assert p.set_suspend is True and p.status["phase"] == "Suspended"
+    p = plan(make_job(), {"phase": "Suspended"}, attempts(job_obj(1, suspend=True)), NOW)
+    assert p.set_suspend is False and p.status["phase"] == "Pending"
+    new = plan(job, None, [], NOW)
+    assert new.status["phase"] == "Suspended" and new.create_attempt == 1
+
+
+def test_a_queued_job_waits_for_kueue_and_is_never_unsuspended_by_us():
+    job = make_job("runPolicy.queueName=q")
+    p = plan(job, {"phase": "Pending"}, attempts(job_obj(1, suspend=True)), NOW)
+    assert p.set_suspend is None and p.status["phase"] == "Suspended"
+    assert "admission" in p.status["message"]
+    p = plan(job, {"phase": "Suspended"}, attempts(job_obj(1, ready=1)), NOW)
+    assert p.set_suspend is None and p.status["phase"] == "Running"
+
+
+def test_resumed_event_names_the_checkpoint():
+    status = {"phase": "Restarting", "checkpoint": {"step": 150}}
+    p = plan(make_job(), status, attempts(job_obj(1, cond=CRASH), job_obj(2, ready=1)), NOW)
+    assert p.status["phase"] == "Running"
+    assert p.events == [("Normal", "Resumed", "attempt 2 running: resumed from checkpoint step 150")]
+
+
+def test_pod_failure_reads_the_trainer_containers_end():
+    pod = {
+        "metadata": {"name": "tiny-cpu-a1-0-x"},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {"terminated": {"exitCode": 2, "reason": "Error", "message": "invalid spec.x: bad\n"}},
+                }
+            ],
+        },
+    }
+    assert pod_failure(pod) == PodFailure("tiny-cpu-a1-0-x", 2, "Error", "invalid spec.x: bad")
+    running = {"metadata": {"name": "p"}, "status": {"phase": "Running", "containerStatuses": []}}
+    assert pod_failure(running) is None
+
+
+def test_progress_from_rank_zero_metrics():
+    samples = {
+        "codex_trainer_step": 126,
+        "codex_trainer_total_steps": 300,
+        "codex_trainer_loss": 0.912345,
+        "codex_trainer_eval_loss": 1.1399,
+        "codex_trainer_tokens_per_second": 20123.4,
+        "codex_trainer_last_checkpoint_step": 100,
+        "codex_trainer_last_checkpoint_timestamp_seconds": NOW.timestamp() - 30,
+    }
+    previous = {"step": 100, "totalSteps": 300, "updatedAt": "2026-11-28T11:59:34Z"}
+    prog, ckpt = progress_from_metrics(samples, NOW, previous)
+    assert prog["percentText"] == "42%" and prog["stepText"] == "126/300" and prog["percent"] == 42
+    assert prog["loss"] == 0.9123 and prog["evalLoss"] == 1.14 and prog["tokensPerSecond"] == 20123
+    assert prog["eta"] == "2m54s"  # 26 steps in 26 s: 174 steps left
+    assert ckpt == {"step": 100, "path": "/checkpoints/checkpoints/step-100", "savedAt": "2026-11-28T11:59:30Z"}
+    assert not progress_changed(prog, dict(prog, updatedAt="later"))
+    assert progress_changed(prog, dict(prog, step=127))
