@@ -56,3 +56,10 @@ e2e-kind:           ## the same suite on a kind cluster (needs Docker and a regi
 	CODEX_KUBECONFIG=$(CURDIR)/.cluster/kind.kubeconfig CODEX_KIND_CLUSTER=codex-e2e PATH=$(dir $(KIND)):$$PATH \
 		$(PYTHON) -m pytest tests/integration; status=$$?; \
 		$(KIND) delete cluster --name codex-e2e; exit $$status
+
+# ---- the CRD, generated from the spec models (codex_trainer/spec.py)
+
+.PHONY: crds
+
+crds:               ## regenerate crds/codextrainingjobs.codex.ml.yaml from the spec models
+	$(PYTHON) -m codex_operator.crd

@@ -40,9 +40,19 @@ ALL_LINEAR_MESSAGE = "'all-linear' must be the only item when given; otherwise l
 # Bounds on lists and strings: they keep the API server's CEL cost estimate within its limits.
 MAX_LIST = 256
 MAX_PATH = 4096
+MAX_SOURCE = 1024
 MAX_NAME = 253
 MAX_QUANTITY = 64
 MAX_RESOURCES = 32
+
+
+def cel(rule: str, message: str) -> dict[str, Any]:
+    """A CEL rule for the CRD (x-kubernetes-validations), written beside the Python check it mirrors."""
+    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
+
+
+QUANTITY_RULE = "isQuantity(self) && !self.startsWith('-')"
+HF_RULE = cel(f"!self.startsWith('hf://') || self.matches('{HF_PATTERN}')", HF_FORM_MESSAGE)
 
 
 def _quantity(v: str) -> str:
@@ -51,7 +61,11 @@ def _quantity(v: str) -> str:
     return v
 
 
-Quantity = Annotated[str, Field(max_length=MAX_QUANTITY), AfterValidator(_quantity)]
+Quantity = Annotated[
+    str,
+    Field(max_length=MAX_QUANTITY, json_schema_extra=cel(QUANTITY_RULE, QUANTITY_MESSAGE)),
+    AfterValidator(_quantity),
+]
 DataPath = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 
@@ -72,9 +86,26 @@ class _Model(BaseModel):
 
 
 class ModelSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.source != 'scratch' || has(self.config)",
+                    "message": "source 'scratch' needs model.config with a 'model_type' "
+                    "(e.g. {model_type: llama, hidden_size: 64, ...})",
+                },
+                {
+                    "rule": "self.source == 'scratch' || !has(self.config)",
+                    "message": "model.config is only used with source 'scratch'; remove it or set source: scratch",
+                },
+            ]
+        }
+    )
+
     source: str = Field(
         min_length=1,
-        max_length=MAX_PATH,
+        max_length=MAX_SOURCE,
+        json_schema_extra=HF_RULE,
         description="Where the base model comes from: 'hf://org/name[@revision]' (Hugging Face Hub), "
         "a local directory holding a saved model, or 'scratch' to build a new randomly "
         "initialised model from model.config. Immutable.",
@@ -83,6 +114,11 @@ class ModelSpec(_Model):
         default=None,
         description="A transformers model config (as in config.json, with 'model_type'), used "
         "only when source is 'scratch'.",
+        # free-form, but the API server checks model_type as the trainer does
+        json_schema_extra={
+            "properties": {"model_type": {"type": "string", "description": "The transformers model type, e.g. llama."}},
+            "required": ["model_type"],
+        },
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow model code from the Hub repository to run (off by default)."
@@ -160,6 +196,7 @@ class PeftSpec(_Model):
         default_factory=lambda: [ALL_LINEAR],
         min_length=1,
         max_length=MAX_LIST,
+        json_schema_extra=cel(f"self.size() == 1 || !('{ALL_LINEAR}' in self)", ALL_LINEAR_MESSAGE),
         description="Names of the modules to adapt (e.g. [q_proj, v_proj]), or [all-linear] for every "
         "linear layer except the output head. 'all-linear' must be the only item when given.",
     )
@@ -236,6 +273,9 @@ class MetricsSpec(_Model):
 
 # ---------------------------------------------------------------- cluster only (ignored by the local trainer)
 
+TOLERATION_NO_KEY = "a toleration without a key must use operator Exists (it then tolerates every taint)"
+TOLERATION_EXISTS_VALUE = "a toleration with operator Exists matches any value: remove value"
+
 
 class ResourcesSpec(_Model):
     requests: dict[str, Quantity] = Field(
@@ -286,6 +326,15 @@ class RunPolicySpec(_Model):
 
 
 class Toleration(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.key) || self.operator == 'Exists'", "message": TOLERATION_NO_KEY},
+                {"rule": "self.operator != 'Exists' || !has(self.value)", "message": TOLERATION_EXISTS_VALUE},
+            ]
+        }
+    )
+
     key: str | None = Field(default=None, description="The taint key this toleration matches; empty matches all keys.")
     operator: Literal["Exists", "Equal"] = Field(
         default="Equal", description="'Equal' matches the taint's value; 'Exists' matches any value."
@@ -297,6 +346,14 @@ class Toleration(_Model):
     toleration_seconds: int | None = Field(
         default=None, description="With effect NoExecute: how long the pod stays bound after the taint appears."
     )
+
+    @model_validator(mode="after")
+    def _as_a_pod_would(self) -> Toleration:
+        if self.key is None and self.operator != "Exists":
+            raise ValueError(TOLERATION_NO_KEY)
+        if self.operator == "Exists" and self.value is not None:
+            raise ValueError(TOLERATION_EXISTS_VALUE)
+        return self
 
 
 class LocalObjectReference(_Model):
@@ -320,7 +377,8 @@ class JobSpec(_Model):
     tokenizer: str | None = Field(
         default=None,
         min_length=1,
-        max_length=MAX_PATH,
+        max_length=MAX_SOURCE,
+        json_schema_extra=HF_RULE,
         description="Tokenizer source: 'hf://org/name[@rev]', a local path, or 'bytes' (built-in "
         "byte-level, no download). Default: the model's own; 'bytes' for a scratch model. Immutable.",
     )

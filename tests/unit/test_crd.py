@@ -1,0 +1,198 @@
+"""The CRD is generated from the spec models: the committed file must match, and what the API server
+shows users (kubectl explain, get -o yaml, printer columns) must be complete."""
+
+from __future__ import annotations
+
+import copy
+import re
+
+import pytest
+import yaml
+
+from codex_operator import crd, names
+from codex_trainer import spec as S
+from support import EXAMPLES
+
+
+@pytest.fixture(scope="module")
+def generated() -> dict:
+    return crd.crd()
+
+
+def schema_of(generated: dict) -> dict:
+    return generated["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+def walk(node: dict, path: str = "spec"):
+    """Every (path, schema) below node, through properties, items and map values."""
+    yield path, node
+    for name, child in node.get("properties", {}).items():
+        yield from walk(child, f"{path}.{name}")
+    if "items" in node:
+        yield from walk(node["items"], f"{path}[]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from walk(node["additionalProperties"], f"{path}{{}}")
+
+
+def at(root: dict, path: str) -> dict:
+    node = root
+    for part in path.split("."):
+        node = node["properties"][part]
+    return node
+
+
+def test_committed_crd_is_what_the_models_generate():
+    committed = crd.OUTPUT.read_text() if crd.OUTPUT.is_file() else ""
+    assert committed == crd.render(), f"{crd.OUTPUT.name} is out of date with codex_trainer/spec.py: run `make crds`"
+
+
+def test_the_check_flag_reports_drift(tmp_path, capsys):
+    stale = tmp_path / "crd.yaml"
+    stale.write_text("# old\n")
+    assert crd.main(["--check", "--output", str(stale)]) == 1
+    assert "make crds" in capsys.readouterr().err
+    assert crd.main(["--output", str(stale)]) == 0
+    assert crd.main(["--check", "--output", str(stale)]) == 0
+
+
+def test_names_come_from_the_shared_module(generated):
+    s = generated["spec"]
+    assert generated["metadata"]["name"] == names.CRD_NAME
+    assert (s["group"], s["scope"], s["versions"][0]["name"]) == (names.GROUP, "Namespaced", names.VERSION)
+    assert s["names"]["kind"] == names.KIND and s["names"]["plural"] == names.PLURAL
+    assert s["names"]["shortNames"] == names.SHORT_NAMES and s["names"]["categories"] == names.CATEGORIES
+    assert s["versions"][0]["subresources"] == {"status": {}}
+    assert (S.NAME_PATTERN, S.MAX_NAME_LENGTH) == (names.NAME_PATTERN, names.MAX_NAME_LENGTH)
+
+
+def test_printer_columns(generated):
+    cols = {c["name"]: (c["type"], c["jsonPath"]) for c in generated["spec"]["versions"][0]["additionalPrinterColumns"]}
+    assert cols == {
+        "Phase": ("string", ".status.phase"),
+        "Progress": ("string", ".status.progress.percentText"),
+        "Step": ("string", ".status.progress.stepText"),
+        "Loss": ("number", ".status.progress.loss"),
+        "Eval": ("number", ".status.progress.evalLoss"),
+        "Restarts": ("integer", ".status.restarts"),
+        "Age": ("date", ".metadata.creationTimestamp"),
+    }
+
+
+def test_every_spec_field_has_a_description_for_kubectl_explain(generated):
+    spec = schema_of(generated)["properties"]["spec"]
+    missing = [path for path, node in walk(spec) if not path.endswith(("[]", "{}")) and not node.get("description")]
+    assert not missing, f"fields without a description: {missing}"
+
+
+def test_the_schema_is_structural(generated):
+    """No $ref, no unions, no nulls, no `additionalProperties: false`; every node has a type."""
+    text = yaml.safe_dump(generated)
+    assert "$ref" not in text and "anyOf" not in text and "null" not in text and "title" not in text
+    for path, node in walk(schema_of(generated)["properties"]["spec"]):
+        assert "type" in node, path
+        assert node.get("additionalProperties", {}) is not False, path
+        if "exclusiveMinimum" in node or "exclusiveMaximum" in node:
+            assert node["type"] == "number", path
+            assert node.get("exclusiveMinimum", True) is True and node.get("exclusiveMaximum", True) is True
+
+
+def test_users_see_the_shape_they_write(generated):
+    spec = schema_of(generated)["properties"]["spec"]
+    assert spec["required"] == ["model", "data"]
+    assert at(spec, "data.train")["type"] == "array" and at(spec, "data.train")["minItems"] == 1
+    assert at(spec, "peft.targetModules")["default"] == ["all-linear"]
+    assert at(spec, "peft.method")["enum"] == ["lora", "none"]
+    assert at(spec, "training.batchSize") | {"description": ""} == {
+        "type": "integer",
+        "description": "",
+        "minimum": 1,
+        "default": 8,
+    }
+    assert at(spec, "training.learningRate")["exclusiveMinimum"] is True
+    assert at(spec, "data.validationFraction")["exclusiveMaximum"] is True
+    assert at(spec, "imagePullPolicy")["enum"] == ["Always", "IfNotPresent", "Never"]
+    assert "default" not in at(spec, "image")  # absent means the operator's image
+    assert at(spec, "tolerations")["items"]["properties"]["operator"]["enum"] == ["Exists", "Equal"]
+    assert at(spec, "affinity")["x-kubernetes-preserve-unknown-fields"] is True
+    assert at(spec, "env")["items"]["required"] == ["name"]
+    config = at(spec, "model.config")
+    assert config["x-kubernetes-preserve-unknown-fields"] is True and config["required"] == ["model_type"]
+    status = schema_of(generated)["properties"]["status"]
+    assert status == status | {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+
+
+def test_nested_sections_default_to_empty_so_the_server_fills_their_defaults(generated):
+    spec = schema_of(generated)["properties"]["spec"]
+    for section in ("peft", "training", "eval", "checkpoint", "tracking", "metrics", "resources", "storage"):
+        assert at(spec, section)["default"] == {}, section
+    assert at(spec, "storage.size")["default"] == "10Gi"
+    assert at(spec, "runPolicy.backoffLimit")["default"] == 3
+
+
+def apply_defaults(schema: dict, value):
+    """What the API server's structural defaulting does to an object."""
+    if isinstance(value, dict) and "properties" in schema:
+        for name, sub in schema["properties"].items():
+            if name not in value and "default" in sub:
+                value[name] = copy.deepcopy(sub["default"])
+            if name in value:
+                value[name] = apply_defaults(sub, value[name])
+    elif isinstance(value, list) and "items" in schema:
+        value = [apply_defaults(schema["items"], v) for v in value]
+    return value
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_the_servers_defaults_are_the_trainers_defaults(generated, path):
+    """The spec the API server stores (its defaults filled in) is the spec the trainer resolves."""
+    raw = yaml.safe_load(path.read_text())["spec"]
+    stored = apply_defaults(schema_of(generated)["properties"]["spec"], copy.deepcopy(raw))
+    local = S.JobSpec.model_validate(raw).model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert S.JobSpec.model_validate(stored).model_dump(mode="json", by_alias=True, exclude_none=True) == local
+    assert without_empties(stored) == without_empties(local)
+
+
+def without_empties(value):
+    """Empty lists and maps are left out of the CRD's defaults: absent means the same."""
+    if isinstance(value, dict):
+        return {k: without_empties(v) for k, v in value.items() if v not in ({}, [])}
+    if isinstance(value, list):
+        return [without_empties(v) for v in value]
+    return value
+
+
+def cel_rules(node: dict) -> list[str]:
+    return [v["rule"] for v in node.get("x-kubernetes-validations", [])]
+
+
+def test_cel_rules_for_what_the_structure_cannot_say(generated):
+    root = schema_of(generated)
+    spec = root["properties"]["spec"]
+    assert any("scratch" in r and "has(self.config)" in r for r in cel_rules(at(spec, "model")))
+    hf = [r for r in cel_rules(at(spec, "model.source")) if "matches" in r]
+    assert hf and S.HF_PATTERN in hf[0] and hf == [r for r in cel_rules(at(spec, "tokenizer")) if "matches" in r]
+    assert any("all-linear" in r for r in cel_rules(at(spec, "peft.targetModules")))
+    for quantity in (at(spec, "storage.size"), at(spec, "resources.requests")["additionalProperties"]):
+        assert any("isQuantity(self)" in r for r in cel_rules(quantity))
+    assert f"self.metadata.name.size() <= {names.MAX_NAME_LENGTH}" in cel_rules(root)
+    for field in ("model", "data", "peft"):
+        assert "self == oldSelf" in cel_rules(at(spec, field)), field
+    assert any("oldSelf.tokenizer" in r for r in cel_rules(spec))
+
+
+def test_cel_iterations_and_matches_are_bounded(generated):
+    """The API server refuses a CRD whose CEL cost it cannot bound: lists and strings a rule reads need limits."""
+    for path, node in walk(schema_of(generated)["properties"]["spec"]):
+        rules = " ".join(cel_rules(node))
+        if node["type"] == "array" and rules:
+            assert "maxItems" in node and "maxLength" in node["items"], path
+        if node["type"] == "string" and re.search(r"matches|isQuantity", rules):
+            assert "maxLength" in node, path
+        values = node.get("additionalProperties")
+        if node["type"] == "object" and isinstance(values, dict) and cel_rules(values):
+            assert "maxProperties" in node, path
+
+
+def test_the_hf_pattern_is_re2_safe_for_cel():
+    """CEL `matches` uses RE2 inside a single-quoted CEL string: no backslashes, no quotes, no lookaround."""
+    assert "\\" not in S.HF_PATTERN and "'" not in S.HF_PATTERN and "(?=" not in S.HF_PATTERN
