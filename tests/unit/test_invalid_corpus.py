@@ -4,26 +4,15 @@ API server refuses the very same files with the same words."""
 
 from __future__ import annotations
 
-import re
-from pathlib import Path
+import sys
 
 import pytest
 
 from codex_trainer.cli import main
 from support import ROOT, run_cli
 
-CORPUS = ROOT / "tests" / "invalid"
-FILES = sorted(CORPUS.glob("*.yaml"))
-
-
-def expectations(path: Path, server: bool = False) -> list[str]:
-    """The `# expect:` texts of a corpus file (`# expect-server:` instead for the API server, if any)."""
-    found: dict[str, list[str]] = {"expect": [], "expect-server": []}
-    for line in path.read_text().splitlines():
-        m = re.match(r"#\s*(expect|expect-server):\s*(.+?)\s*$", line)
-        if m:
-            found[m.group(1)].append(m.group(2))
-    return (found["expect-server"] or found["expect"]) if server else found["expect"]
+sys.path.insert(0, str(ROOT / "tests" / "invalid"))
+from corpus import CORPUS, FILES, expectations  # noqa: E402
 
 
 def test_the_corpus_is_large_and_each_file_says_what_to_expect():

@@ -1,0 +1,118 @@
+"""The API server, with the generated CRD, refuses exactly what `codex-train validate` refuses: each
+manifest in tests/invalid is refused by `kubectl apply --dry-run=server` with the same words, the
+examples pass, and the fields a job's checkpoints depend on cannot change after it is created."""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from support import EXAMPLES, ROOT, TINY
+
+sys.path.insert(0, str(ROOT / "tests" / "invalid"))
+from corpus import FILES, expectations  # noqa: E402
+
+from codex_trainer.manifest import load_manifest  # noqa: E402
+
+pytestmark = pytest.mark.cluster
+
+CRD_FILE = ROOT / "crds" / "codextrainingjobs.codex.ml.yaml"
+
+
+@pytest.fixture(scope="module")
+def applied_crd(cluster):
+    """The generated CRD, applied and Established (the API server also checks its CEL cost here)."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/codextrainingjobs.codex.ml", "--timeout=60s")
+    return CRD_FILE
+
+
+@pytest.fixture(scope="module")
+def ns(cluster, applied_crd):
+    name = f"corpus-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def dry_run(cluster, ns: str, path: Path, *extra: str):
+    return cluster.kubectl("apply", "--dry-run=server", "-n", ns, "-f", str(path), *extra, check=False)
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.stem)
+def test_the_api_server_refuses_it_with_the_same_words(cluster, ns, path):
+    r = dry_run(cluster, ns, path)
+    assert r.returncode != 0, f"{path.name} was accepted:\n{r.stdout}"
+    for text in expectations(path, server=True):
+        assert text in r.stderr, f"{path.name}: expected {text!r} in:\n{r.stderr}"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_the_examples_pass_and_the_server_fills_in_the_trainers_defaults(cluster, ns, path):
+    r = dry_run(cluster, ns, path, "-o", "json")
+    assert r.returncode == 0, r.stderr
+    stored = json.loads(r.stdout)["spec"]
+    local = load_manifest(path).spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+    assert without_empties(stored) == without_empties(local)
+
+
+def test_unknown_fields_are_pruned_silently_when_validation_is_off(cluster, ns):
+    """Why the README says to keep kubectl's default (strict) field validation."""
+    path = ROOT / "tests" / "invalid" / "unknown-field-nested.yaml"
+    r = dry_run(cluster, ns, path, "--validate=false", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert "batchSze" not in json.loads(r.stdout)["spec"]["training"]
+
+
+def test_kubectl_explain_shows_the_descriptions(cluster, applied_crd):
+    def explain(path: str) -> str:
+        return " ".join(cluster.kubectl("explain", path).stdout.split())  # kubectl wraps lines
+
+    assert "mounted read-only at /data in every trainer pod" in explain("codextrainingjob.spec.data.existingClaim")
+    assert "'all-linear' must be the only item" in explain("ctj.spec.peft.targetModules")
+
+
+def without_empties(value):
+    """Empty lists and maps are left out of the CRD's defaults: absent means the same."""
+    if isinstance(value, dict):
+        return {k: without_empties(v) for k, v in value.items() if v not in ({}, [])}
+    if isinstance(value, list):
+        return [without_empties(v) for v in value]
+    return value
+
+
+def apply(cluster, ns: str, manifest: dict, *extra: str):
+    return cluster.kubectl("apply", "-n", ns, "-f", "-", *extra, input=yaml.safe_dump(manifest), check=False)
+
+
+def test_what_the_checkpoints_depend_on_cannot_change(cluster, ns):
+    job = yaml.safe_load(TINY.read_text())
+    job["metadata"]["name"] = "immutable"
+    job["spec"]["runPolicy"] = {"suspend": True}  # an operator watching this cluster starts nothing
+    r = apply(cluster, ns, job)
+    assert r.returncode == 0, r.stderr
+
+    changes = {
+        "model": lambda s: s["model"]["config"].update(hidden_size=128),  # inside the free-form config
+        "data": lambda s: s["data"].update(maxSeqLength=64),
+        "peft": lambda s: s["peft"].update(r=4),
+        "tokenizer": lambda s: s.update(tokenizer="hf://Qwen/Qwen2.5-0.5B"),
+    }
+    for field, change in changes.items():
+        changed = copy.deepcopy(job)
+        change(changed["spec"])
+        r = apply(cluster, ns, changed, "--dry-run=server")
+        assert r.returncode != 0, f"spec.{field} could be changed"
+        assert f"spec.{field} is immutable: create a new job" in r.stderr, r.stderr
+
+    longer = copy.deepcopy(job)
+    longer["spec"]["training"]["maxSteps"] = 600  # training on is fine: it resumes from the checkpoints
+    r = apply(cluster, ns, longer, "--dry-run=server")
+    assert r.returncode == 0, r.stderr
+    cluster.kubectl("delete", "-n", ns, "ctj", "immutable", "--wait=false", check=False)
