@@ -7,7 +7,8 @@
 Components: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubelet and kube-proxy
 from one binary built from the Go module proxy (tests/cluster/k8s); containerd, runc and the CNI
 bridge from Debian. Everything listens on loopback or on the cluster's own bridge (10.244.0.1),
-runs as a process this harness starts, and is stopped by `down`.
+runs as a process this harness starts, and is stopped by `down`. The default StorageClass is served
+by tests/cluster/provisioner.py: world-writable host-path volumes under the state directory.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from images import Images  # noqa: E402
 from pki import Pki  # noqa: E402
 from procs import running  # noqa: E402
+from provisioner import NAME as PROVISIONER  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = Path(__file__).resolve().parent / "k8s"
@@ -40,7 +42,7 @@ SERVICE_CIDR, API_SERVICE_IP, DNS_IP = "10.96.0.0/24", "10.96.0.1", "10.96.0.10"
 ETCD_PORT, API_PORT = 23790, 6443
 PAUSE = "codex.local/pause:1"
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
-              "kube-proxy", "coredns"]  # fmt: skip
+              "kube-proxy", "coredns", "provisioner"]  # fmt: skip
 DNS_HEALTH, DNS_READY = 18080, 18181
 
 
@@ -100,7 +102,11 @@ class Cluster:
         self._start("kubelet", self._kubelet_args())
         self._start("kube-proxy", self._proxy_args())
         self._wait(self._node_ready, f"node {NODE} Ready", 120)
+        old = self.kubectl("get", "storageclass", "standard", "-o", "jsonpath={.provisioner}", check=False).stdout
+        if old and old != PROVISIONER:  # a class's provisioner cannot be changed, only the class replaced
+            self.kubectl("delete", "storageclass", "standard")
         self.kubectl("apply", "-f", "-", input=_STORAGE_CLASS)
+        self._start("provisioner", self._provisioner_args(), raw=True)
         self._dns_up()
         self._wait(
             lambda: self.kubectl("get", "serviceaccount", "default", check=False).returncode == 0,
@@ -135,13 +141,14 @@ class Cluster:
         self.kubeconfig.unlink(missing_ok=True)
         (self.state / "Corefile").unlink(missing_ok=True)
         shutil.rmtree(self.run_dir, ignore_errors=True)
-        shutil.rmtree("/tmp/hostpath_pv", ignore_errors=True)
         left = self.leftovers()
         if left:
             raise RuntimeError("cluster down left behind: " + "; ".join(left))
 
     def leftovers(self) -> list[str]:
-        """Processes, mounts, links and ports of this cluster that are still there."""
+        """Processes, mounts, links and ports of this cluster that are still there. Every process the
+        harness starts names the state directory or the containerd socket on its command line (the
+        provisioner its kubeconfig and volumes directory), so the scan of /proc finds them all."""
         found = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -226,13 +233,18 @@ class Cluster:
                 "--root-ca-file", str(p("ca", "crt")), "--use-service-account-credentials",
                 "--cluster-signing-cert-file", str(p("ca", "crt")), "--cluster-signing-key-file", str(p("ca", "key")),
                 "--service-cluster-ip-range", SERVICE_CIDR,
-                "--enable-hostpath-provisioner", "--v=1"]  # fmt: skip
+                "--v=1"]  # fmt: skip
 
     def _scheduler_args(self) -> list[str]:
         kc = str(self.state / "scheduler.kubeconfig")
         return ["kube-scheduler", "--kubeconfig", kc, "--authentication-kubeconfig", kc,
                 "--authorization-kubeconfig", kc, "--bind-address", "127.0.0.1", "--leader-elect=false",
                 "--v=1"]  # fmt: skip
+
+    def _provisioner_args(self) -> list[str]:
+        return [sys.executable, "-u", str(Path(__file__).resolve().parent / "provisioner.py"),
+                "--kubectl", str(self.bin), "--kubeconfig", str(self.kubeconfig),
+                "--volumes", str(self.state / "volumes"), "--name", PROVISIONER]  # fmt: skip
 
     def _kubelet_args(self) -> list[str]:
         return ["kubelet", "--config", str(self.state / "kubelet" / "config.yaml"),
@@ -516,13 +528,13 @@ ports:
 - {{name: dns-tcp, port: 53, protocol: TCP}}
 """
 
-_STORAGE_CLASS = """
+_STORAGE_CLASS = f"""
 apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
   name: standard
-  annotations: {storageclass.kubernetes.io/is-default-class: "true"}
-provisioner: kubernetes.io/host-path
+  annotations: {{storageclass.kubernetes.io/is-default-class: "true"}}
+provisioner: {PROVISIONER}
 reclaimPolicy: Delete
 volumeBindingMode: Immediate
 """
