@@ -111,33 +111,81 @@ def test_a_job_completes(cluster, namespace, base_image):
     assert status["succeeded"] == 2
 
 
-def test_a_pvc_binds_and_data_written_by_one_pod_is_read_by_the_next(cluster, namespace, base_image):
+def bound_claim(cluster, ns: str, name: str, size: str = "16Mi") -> dict:
+    """Create a claim of the default StorageClass; return its PersistentVolume once bound."""
     pvc = {
         "apiVersion": "v1",
         "kind": "PersistentVolumeClaim",
-        "metadata": {"name": "data"},
-        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "16Mi"}}},
+        "metadata": {"name": name},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
     }
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pvc))
+    cluster.kubectl("apply", "-n", ns, "-f", "-", input=json.dumps(pvc))
     wait_for(
-        lambda: (
-            cluster.kubectl("get", "pvc", "data", "-n", namespace, "-o", "jsonpath={.status.phase}").stdout == "Bound"
-        ),
-        "the PVC to bind",
+        lambda: cluster.kubectl("get", "pvc", name, "-n", ns, "-o", "jsonpath={.status.phase}").stdout == "Bound",
+        f"the PVC {name} to bind",
     )
-    volume = {"volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data"}}]}
-    mount = [{"name": "d", "mountPath": "/data"}]
+    volume = cluster.kubectl("get", "pvc", name, "-n", ns, "-o", "jsonpath={.spec.volumeName}").stdout
+    return json.loads(cluster.kubectl("get", "pv", volume, "-o", "json").stdout)
 
-    def with_mount(manifest: str) -> str:
-        obj = json.loads(manifest)
-        obj["spec"]["containers"][0]["volumeMounts"] = mount
-        return json.dumps(obj)
 
-    writer = with_mount(pod("writer", base_image, ["sh", "-c", "echo step-42 > /data/ckpt"], **volume))
+def with_claim(manifest: str, claim: str) -> str:
+    obj = json.loads(manifest)
+    obj["spec"]["volumes"] = [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]
+    obj["spec"]["containers"][0]["volumeMounts"] = [{"name": "d", "mountPath": "/data"}]
+    return json.dumps(obj)
+
+
+def restricted(manifest: str, uid: int = 1000) -> str:
+    """The securityContext the `restricted` Pod Security level demands, as trainer pods have it."""
+    obj = json.loads(manifest)
+    obj["spec"]["securityContext"] = {"runAsNonRoot": True, "runAsUser": uid, "runAsGroup": uid,
+                                      "seccompProfile": {"type": "RuntimeDefault"}}  # fmt: skip
+    obj["spec"]["containers"][0]["securityContext"] = {"allowPrivilegeEscalation": False,
+                                                       "capabilities": {"drop": ["ALL"]}}  # fmt: skip
+    return json.dumps(obj)
+
+
+def test_a_pvc_binds_and_data_written_by_one_pod_is_read_by_the_next(cluster, namespace, base_image):
+    pv = bound_claim(cluster, namespace, "data")
+    assert pv["spec"]["capacity"]["storage"] == "16Mi" and pv["spec"]["accessModes"] == ["ReadWriteOnce"]
+    writer = with_claim(pod("writer", base_image, ["sh", "-c", "echo step-42 > /data/ckpt"]), "data")
     run_to_completion(cluster, namespace, writer, "writer")
-    reader = with_mount(pod("reader", base_image, ["cat", "/data/ckpt"], **volume))
+    reader = with_claim(pod("reader", base_image, ["cat", "/data/ckpt"]), "data")
     logs = run_to_completion(cluster, namespace, reader, "reader")
     assert logs.strip() == "step-42"
+
+
+def test_a_non_root_pod_in_a_restricted_namespace_writes_to_a_fresh_pvc(cluster, namespace, base_image):
+    """Trainer pods run as uid 1000 under `restricted`, with no fsGroup for host-path volumes:
+    the volume itself must let them write their checkpoints."""
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    bound_claim(cluster, namespace, "ckpt")
+    script = "id -u; echo step-7 > /data/ckpt && mkdir /data/checkpoint-7 && echo ok > /data/checkpoint-7/done"
+    writer = restricted(with_claim(pod("writer", base_image, ["sh", "-c", script]), "ckpt"))
+    assert run_to_completion(cluster, namespace, writer, "writer").split() == ["1000"]
+    script = "stat -c '%u %n' /data/ckpt /data/checkpoint-7/done; cat /data/ckpt /data/checkpoint-7/done"
+    reader = restricted(with_claim(pod("reader", base_image, ["sh", "-c", script]), "ckpt"))
+    logs = run_to_completion(cluster, namespace, reader, "reader").splitlines()
+    assert logs == ["1000 /data/ckpt", "1000 /data/checkpoint-7/done", "step-7", "ok"]
+
+
+def test_deleting_a_pvc_deletes_its_volume_and_the_volume_s_directory(cluster, namespace, base_image):
+    pv = bound_claim(cluster, namespace, "scratch")
+    name = pv["metadata"]["name"]
+    directory = Path(pv["spec"]["hostPath"]["path"]) if "hostPath" in pv["spec"] else None
+    local = getattr(cluster, "bin", None) is not None  # on another cluster the volume is not on this machine
+    if local:
+        assert directory == cluster.state / "volumes" / name and directory.is_dir()
+        assert directory.stat().st_mode & 0o777 == 0o777
+    writer = with_claim(pod("writer", base_image, ["sh", "-c", "echo x > /data/x"]), "scratch")
+    run_to_completion(cluster, namespace, writer, "writer")
+    if local:
+        assert (directory / "x").read_text() == "x\n"
+    cluster.kubectl("delete", "pod", "writer", "-n", namespace)  # a pod that uses a claim keeps it
+    cluster.kubectl("delete", "pvc", "scratch", "-n", namespace, "--wait=false")
+    wait_for(lambda: cluster.kubectl("get", "pv", name, check=False).returncode != 0, f"the volume {name} to go", 60)
+    if local:
+        assert not directory.exists()
 
 
 def test_a_restricted_namespace_refuses_a_privileged_pod(cluster, namespace, base_image):
