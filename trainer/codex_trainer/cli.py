@@ -1,11 +1,13 @@
 """codex-train: run a CodexTrainingJob file on this machine.
 
     codex-train run FILE [--output-dir DIR] [--set PATH=VALUE ...] [--metrics-port N]
+    codex-train launch FILE --output-dir DIR [--set PATH=VALUE ...] [--metrics-port N]   # a pod's entry point
     codex-train validate FILE [--set PATH=VALUE ...]
 
 Exit codes: 0 success; 2 invalid spec or data (permanent: the operator does not retry); 128+signal
 after a graceful stop with a checkpoint written (143 for SIGTERM, 130 for Ctrl-C); 1 when the Hub
 could not be reached, and anything else is a crash: both are retried from the last checkpoint.
+With CODEX_TERMINATION_LOG naming a file, the message of a non-zero exit is written there too.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import signal
 import sys
 from pathlib import Path
 
-from .errors import EXIT_RETRYABLE, EXIT_USER_ERROR, SpecError, TransientError
+from .errors import EXIT_RETRYABLE, EXIT_USER_ERROR, SpecError, TransientError, write_termination_message
 from .manifest import load_manifest
 
 
@@ -27,17 +29,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate":
             print(json.dumps(manifest.spec.model_dump(mode="json", by_alias=True), indent=2))
             return 0
-        return _run(manifest, args)
+        if args.command == "launch":
+            from .launch import launch
+
+            return launch(manifest, args)
+        return run_in_process(manifest, args)
     except SpecError as e:
-        for path, msg in e.problems:
-            print(f"codex-train: invalid {path}: {msg}" if path else f"codex-train: {msg}", file=sys.stderr)
+        lines = [f"invalid {path}: {msg}" if path else msg for path, msg in e.problems]
+        for line in lines:
+            print(f"codex-train: {line}", file=sys.stderr)
+        write_termination_message("\n".join(lines))
         return EXIT_USER_ERROR
     except TransientError as e:
         print(f"codex-train: {e}", file=sys.stderr)
+        write_termination_message(str(e))
         return EXIT_RETRYABLE
+    except Exception as e:  # a crash: the traceback goes to stderr as before, one line to the operator
+        write_termination_message(f"crashed: {type(e).__name__}: {e}".splitlines()[0])
+        raise
 
 
-def _run(manifest, args) -> int:
+def run_in_process(manifest, args) -> int:
+    """Train in this process (`codex-train run`, and `launch` with one process in all)."""
     from .train import StopRequest, train  # torch is imported only when training
 
     stop = StopRequest()
@@ -57,15 +70,30 @@ def _run(manifest, args) -> int:
     signal.signal(signal.SIGINT, on_signal)
     name = manifest.metadata.name
     out = Path(args.output_dir) if args.output_dir else Path("runs") / name
-    return train(manifest.spec, name, out, stop, metrics_port=args.metrics_port)
+    code = train(manifest.spec, name, out, stop, metrics_port=args.metrics_port)
+    if code > 128:
+        write_termination_message(_stopped_message(code - 128, out / "checkpoints"))
+    return code
+
+
+def _stopped_message(signum: int, checkpoints: Path) -> str:
+    """ "stopped by SIGTERM after checkpoint at step N": the newest complete checkpoint on disk."""
+    name = signal.Signals(signum).name
+    steps = [int(d.name.removeprefix("step-")) for d in checkpoints.glob("step-*") if (d / "MANIFEST.json").is_file()]
+    return f"stopped by {name} after checkpoint at step {max(steps)}" if steps else f"stopped by {name}"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codex-train", description="Fine-tune a causal LM from a CodexTrainingJob file.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train (resuming from the newest complete checkpoint, if any)")
+    launch = sub.add_parser(
+        "launch",
+        help="a pod's entry point: check the job, then train on NNODES x NPROC_PER_NODE processes "
+        "(rendezvous from NNODES, NPROC_PER_NODE, NODE_RANK, MASTER_ADDR, MASTER_PORT)",
+    )
     validate = sub.add_parser("validate", help="check the file and print the resolved spec")
-    for s in (run, validate):
+    for s in (run, launch, validate):
         s.add_argument("file", help="a CodexTrainingJob manifest (YAML)")
         s.add_argument(
             "--set",
@@ -75,7 +103,9 @@ def _parser() -> argparse.ArgumentParser:
             help="override a spec field, e.g. --set training.maxSteps=20 (repeatable)",
         )
     run.add_argument("--output-dir", help="where checkpoints, metrics and the result go (default runs/<name>)")
-    run.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    launch.add_argument("--output-dir", required=True, help="where checkpoints, metrics and the result go")
+    for s in (run, launch):
+        s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (rank 0)")
     return p
 
 

@@ -1,6 +1,12 @@
-"""Errors a user can fix: a bad spec or bad data. The CLI prints them and exits with code 2."""
+"""Errors a user can fix: a bad spec or bad data. The CLI prints them and exits with code 2.
+
+Also the exit message a pod leaves for the operator (its termination message)."""
 
 from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
 
 EXIT_OK = 0
 EXIT_RETRYABLE = 1  # e.g. the Hub could not be reached: a retry may succeed
@@ -22,3 +28,36 @@ class SpecError(Exception):
 
 class TransientError(Exception):
     """Something outside the spec failed (the network, say): worth a retry, not a traceback."""
+
+
+# ---- the termination message: what the operator shows in the job's status.message
+
+TERMINATION_LOG_ENV = "CODEX_TERMINATION_LOG"  # a file (the pod's terminationMessagePath) for the exit message
+WORKER_MESSAGES_ENV = "CODEX_WORKER_MESSAGES"  # set by `codex-train launch` for its workers: a directory
+MAX_MESSAGE_BYTES = 4096  # what Kubernetes keeps of a termination message
+
+
+def write_termination_message(text: str) -> None:
+    """Write the exit message where whoever started us reads it; never fails the exit itself.
+
+    A worker of `codex-train launch` writes `<dir>/rank-<RANK>` for the launcher to pick up; a
+    process on its own writes the file named by CODEX_TERMINATION_LOG, if any."""
+    worker_dir = os.environ.get(WORKER_MESSAGES_ENV)
+    if worker_dir:
+        target = Path(worker_dir) / f"rank-{os.environ.get('RANK', '0')}"
+    elif os.environ.get(TERMINATION_LOG_ENV):
+        target = Path(os.environ[TERMINATION_LOG_ENV])
+    else:
+        return
+    data = text.strip().encode()[:MAX_MESSAGE_BYTES]
+    with contextlib.suppress(OSError):
+        target.write_bytes(data + b"\n")
+
+
+def read_worker_messages(directory: Path) -> dict[int, str]:
+    """rank -> the message that worker wrote (see write_termination_message)."""
+    found = {}
+    for f in directory.glob("rank-*"):
+        with contextlib.suppress(OSError, ValueError):
+            found[int(f.name.removeprefix("rank-"))] = f.read_text().strip()
+    return found

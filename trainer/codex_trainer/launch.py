@@ -1,0 +1,225 @@
+"""`codex-train launch`: the entry point of a trainer pod.
+
+    codex-train launch FILE --output-dir DIR [--metrics-port N] [--set PATH=VALUE ...]
+
+The rendezvous comes from the environment (the operator sets it from the indexed Job and its headless
+Service): NNODES, NPROC_PER_NODE, NODE_RANK, MASTER_ADDR, MASTER_PORT (defaults 1, 1, 0, localhost,
+29500). The job file and its data files are checked first, so a bad job exits 2 with its message
+before any worker starts. One process in all: the training runs here, exactly as `codex-train run`.
+Several: node ranks above 0 wait until MASTER_ADDR resolves (pods of an indexed Job get DNS names only
+once running), then torch.distributed.run starts this node's workers (static rendezvous), each running
+`codex-train run`, and their outcome is mapped onto the exit-code contract, which torchrun alone
+loses (it exits 1 whatever the workers returned):
+
+    any worker exited 2              -> 2 (the worker's message is passed on)
+    SIGTERM/SIGINT to the launcher   -> forwarded; 128+signal once the workers have checkpointed and stopped
+    every worker stopped by a signal -> 128+signal
+    any other failure                -> 1 (retried from the last checkpoint)
+    all workers succeeded            -> 0
+
+CODEX_SHUTDOWN_TIMEOUT (seconds, default 60) bounds how long stopping workers may take before they
+are killed; CODEX_DNS_TIMEOUT (default 300) bounds the wait for MASTER_ADDR.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import (
+    EXIT_OK,
+    EXIT_RETRYABLE,
+    EXIT_USER_ERROR,
+    WORKER_MESSAGES_ENV,
+    SpecError,
+    TransientError,
+    read_worker_messages,
+    write_termination_message,
+)
+
+
+@dataclass(frozen=True)
+class Rendezvous:
+    nnodes: int = 1
+    nproc_per_node: int = 1
+    node_rank: int = 0
+    master_addr: str = "localhost"
+    master_port: int = 29500
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    @classmethod
+    def from_env(cls, env=os.environ) -> Rendezvous:
+        def number(name: str, default: int, low: int) -> int:
+            raw = env.get(name, "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                raise SpecError(f"env {name}", f"must be an integer (got {raw!r})") from None
+            if value < low:
+                raise SpecError(f"env {name}", f"must be at least {low} (got {value})")
+            return value
+
+        r = cls(
+            nnodes=number("NNODES", 1, 1),
+            nproc_per_node=number("NPROC_PER_NODE", 1, 1),
+            node_rank=number("NODE_RANK", 0, 0),
+            master_addr=env.get("MASTER_ADDR", "").strip() or "localhost",
+            master_port=number("MASTER_PORT", 29500, 1),
+        )
+        if r.node_rank >= r.nnodes:
+            raise SpecError("env NODE_RANK", f"must be below NNODES={r.nnodes} (got {r.node_rank})")
+        return r
+
+
+def check_data_files(spec) -> None:
+    """Every data file exists and is a readable file: SpecError naming each one that is not."""
+    problems = []
+    files = [("spec.data.train", name) for name in spec.data.train_files]
+    files += [("spec.data.validation", name) for name in spec.data.validation_files]
+    for field, name in files:
+        path = Path(name)
+        if not path.exists():
+            problems.append((field, f"file '{name}' not found (relative paths are read from {Path.cwd()})"))
+        elif not path.is_file():
+            problems.append((field, f"'{name}' is not a file"))
+        elif not os.access(path, os.R_OK):
+            problems.append((field, f"'{name}' is not readable by uid {os.getuid()}"))
+    if problems:
+        raise SpecError(problems)
+
+
+def outcome(exit_codes: dict[int, int], signum: int | None = None) -> int:
+    """The launcher's exit code from its workers' (rank -> exit code; negative: killed by that signal)."""
+    if signum:
+        return 128 + signum
+    codes = list(exit_codes.values())
+    if any(c == EXIT_USER_ERROR for c in codes):
+        return EXIT_USER_ERROR
+    failed = [c for c in codes if c != EXIT_OK]
+    if not failed:
+        return EXIT_OK
+    if all(c > 128 for c in failed):  # every failed worker stopped gracefully on a signal
+        return max(failed)
+    return EXIT_RETRYABLE
+
+
+def launch(manifest, args) -> int:
+    """Run the validated job on this node's share of the world; returns the exit code."""
+    from .cli import run_in_process
+
+    check_data_files(manifest.spec)
+    rdzv = Rendezvous.from_env()
+    if rdzv.world_size == 1:
+        return run_in_process(manifest, args)
+
+    # until torch's agent installs its handlers: a signal ends the launch at once (nothing to save yet)
+    def early_stop(signum, _frame):
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, early_stop)
+    signal.signal(signal.SIGINT, early_stop)
+    if rdzv.node_rank > 0:
+        wait_for_dns(rdzv.master_addr, float(os.environ.get("CODEX_DNS_TIMEOUT", "300")))
+    return _launch_workers(rdzv, args)
+
+
+def wait_for_dns(host: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.getaddrinfo(host, None)
+            return
+        except socket.gaierror:
+            if time.monotonic() > deadline:
+                raise TransientError(f"MASTER_ADDR {host} did not resolve within {timeout:.0f} s") from None
+            time.sleep(1)
+
+
+def _launch_workers(rdzv: Rendezvous, args) -> int:
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.launcher.api import elastic_launch
+    from torch.distributed.run import config_from_args, parse_args
+
+    worker_args = ["run", str(args.file), "--output-dir", str(args.output_dir)]
+    if args.metrics_port is not None:
+        worker_args += ["--metrics-port", str(args.metrics_port)]
+    for item in args.set:
+        worker_args += ["--set", item]
+    torchrun_args = parse_args(
+        [
+            f"--nnodes={rdzv.nnodes}",
+            f"--node-rank={rdzv.node_rank}",
+            f"--nproc-per-node={rdzv.nproc_per_node}",
+            f"--master-addr={rdzv.master_addr}",
+            f"--master-port={rdzv.master_port}",
+            "--rdzv-backend=static",
+            "--max-restarts=0",  # the operator restarts the whole group from the last checkpoint
+            "--module",
+            "codex_trainer.cli",
+            *worker_args,
+        ]
+    )
+    config, cmd, cmd_args = config_from_args(torchrun_args)
+    config.shutdown_timeout = int(os.environ.get("CODEX_SHUTDOWN_TIMEOUT", "60"))
+
+    with tempfile.TemporaryDirectory(prefix="codex-launch-") as messages:
+        os.environ[WORKER_MESSAGES_ENV] = messages  # each worker writes its message there, not to the pod's log
+        codes: dict[int, int] = {}
+        signum = None
+        try:
+            results = elastic_launch(config, cmd)(*cmd_args)
+            codes = {rank: 0 for rank in results}
+        except ChildFailedError as e:
+            codes = {rank: failure.exitcode for rank, failure in e.failures.items()}
+        except SignalException as e:
+            signum = int(e.sigval)
+        finally:
+            os.environ.pop(WORKER_MESSAGES_ENV, None)
+        code = outcome(codes, signum)
+        worker_messages = read_worker_messages(Path(messages))
+    report(code, codes, worker_messages, signum)
+    return code
+
+
+def report(code: int, codes: dict[int, int], worker_messages: dict[int, str], signum: int | None) -> None:
+    """One line on stderr for the launch as a whole; the pod's termination message."""
+    if code == EXIT_OK:
+        return
+    if code == EXIT_USER_ERROR:
+        ranks = [r for r, c in sorted(codes.items()) if c == EXIT_USER_ERROR]
+        lines = _unique(worker_messages.get(r, "") for r in ranks) or [f"worker rank {ranks[0]} exited 2"]
+        summary = f"worker rank {ranks[0]} found an invalid spec or data (exit 2)"
+    elif code > 128:
+        name = signal.Signals(code - 128).name
+        lines = [worker_messages.get(0) or worker_messages.get(min(worker_messages, default=0)) or f"stopped by {name}"]
+        summary = f"stopped by {name}" + (" (forwarded to the workers)" if signum else "")
+    else:
+        lines = []
+        for r, c in sorted(codes.items()):
+            if c != EXIT_OK:
+                why = f"killed by {signal.Signals(-c).name}" if c < 0 else f"exited {c}"
+                lines.append(f"worker rank {r} {why}" + (f": {worker_messages[r]}" if worker_messages.get(r) else ""))
+        summary = "; ".join(lines) or "the workers failed"
+    print(f"codex-train launch: {summary}", file=sys.stderr, flush=True)
+    write_termination_message("\n".join(lines))
+
+
+def _unique(items) -> list[str]:
+    seen: list[str] = []
+    for item in items:
+        for line in item.splitlines():
+            if line and line not in seen:
+                seen.append(line)
+    return seen
