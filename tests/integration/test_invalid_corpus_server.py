@@ -18,7 +18,8 @@ from support import EXAMPLES, ROOT, TINY
 sys.path.insert(0, str(ROOT / "tests" / "invalid"))
 from corpus import FILES, expectations  # noqa: E402
 
-from codex_trainer.manifest import load_manifest  # noqa: E402
+from codex_trainer.errors import SpecError  # noqa: E402
+from codex_trainer.manifest import load_manifest, parse_manifest  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
@@ -78,6 +79,50 @@ def test_kubectl_explain_shows_the_descriptions(cluster, applied_crd):
     assert "'all-linear' must be the only item" in explain("ctj.spec.peft.targetModules")
 
 
+QUANTITIES = ["1", "500m", "4Gi", "1.5G", "0.5", "1e3", "1E3", "+2", ".5Mi", "2.", "0", "100Ki", "1n", "3u", "12k"]
+NOT_QUANTITIES = ["-1", "1.5.5", "Gi", ".", "1gi", "1 Gi", "1e", "0x10", "1Gib", "", "1K", "4GB", "1e3Gi", " 1"]
+SOURCES = [
+    "hf://Qwen/Qwen2.5-0.5B@main",
+    "hf://gpt2",
+    "hf://org/name@refs/pr/1",
+    "hf://a_b.c-d/x.y",
+    "./models/m",
+    "scratch",
+]
+NOT_SOURCES = ["hf://", "hf://org/", "hf://-x/y", "hf://org/na me", "hf://a/b/c", "hf://org/name@", "hf://ünï/x",
+               "hf://org/name\n", "hf://org/name@re v"]  # fmt: skip
+
+
+def locally_valid(manifest: dict) -> bool:
+    try:
+        parse_manifest(manifest)
+    except SpecError:
+        return False
+    return True
+
+
+@pytest.mark.parametrize(
+    ("where", "value"),
+    [("storage.size", q) for q in QUANTITIES + NOT_QUANTITIES]
+    + [("model.source", s) for s in SOURCES + NOT_SOURCES]
+    + [("metadata.name", n) for n in ["a", "a-1", "x" * 40, "x" * 41, "1a", "a-", "a.b", "A", "a\n"]],
+    ids=repr,
+)
+def test_the_api_server_and_the_trainer_agree(cluster, ns, where, value):
+    """The same verdict on each value, from both sides: a regex here, a CEL rule (isQuantity, matches) there."""
+    job = yaml.safe_load(TINY.read_text())
+    if where == "storage.size":
+        job["spec"]["storage"]["size"] = value
+    elif where == "model.source":
+        job["spec"]["model"] = {"source": value}  # (no config: only scratch takes one)
+        if value == "scratch":
+            job["spec"]["model"]["config"] = {"model_type": "llama"}
+    else:
+        job["metadata"]["name"] = value
+    server_ok = apply(cluster, ns, job, "--dry-run=server").returncode == 0
+    assert server_ok == locally_valid(job), f"{where}={value!r}: API server {server_ok}, trainer {not server_ok}"
+
+
 def without_empties(value):
     """Empty lists and maps are left out of the CRD's defaults: absent means the same."""
     if isinstance(value, dict):
@@ -88,7 +133,8 @@ def without_empties(value):
 
 
 def apply(cluster, ns: str, manifest: dict, *extra: str):
-    return cluster.kubectl("apply", "-n", ns, "-f", "-", *extra, input=yaml.safe_dump(manifest), check=False)
+    # JSON, not YAML: PyYAML writes the string 1e3 unquoted and kubectl's YAML 1.2 reads it as a number
+    return cluster.kubectl("apply", "-n", ns, "-f", "-", *extra, input=json.dumps(manifest), check=False)
 
 
 def test_what_the_checkpoints_depend_on_cannot_change(cluster, ns):

@@ -193,6 +193,7 @@ def test_cel_iterations_and_matches_are_bounded(generated):
             assert "maxProperties" in node, path
 
 
-def test_the_hf_pattern_is_re2_safe_for_cel():
+@pytest.mark.parametrize("pattern", [S.HF_PATTERN, S.QUANTITY_PATTERN, S.NAME_PATTERN])
+def test_patterns_are_re2_safe_for_cel(pattern):
     """CEL `matches` uses RE2 inside a single-quoted CEL string: no backslashes, no quotes, no lookaround."""
-    assert "\\" not in S.HF_PATTERN and "'" not in S.HF_PATTERN and "(?=" not in S.HF_PATTERN
+    assert "\\" not in pattern and "'" not in pattern and "(?=" not in pattern

@@ -67,6 +67,8 @@ def test_tokenizer_defaults_to_the_models_own():
         ({"peft": {"targetModules": ["all-linear", "q_proj"]}}, "spec.peft.targetModules", "only item"),
         ({"resources": {"limits": {"memory": "4 GB"}}}, "spec.resources.limits.memory", "quantity"),
         ({"storage": {"size": "-1Gi"}}, "spec.storage.size", "quantity"),
+        ({"storage": {"size": "Gi"}}, "spec.storage.size", "quantity"),
+        ({"model": {"source": "hf://org/name\n"}}, "spec.model.source", "hf://org/name"),
         ({"resources": {"gpus": -1}}, "spec.resources.gpus", "greater than or equal to 0"),
         ({"runPolicy": {"ttlSecondsAfterFinished": -5}}, "spec.runPolicy.ttlSecondsAfterFinished", "greater than"),
         ({"imagePullPolicy": "Sometimes"}, "spec.imagePullPolicy", "'Always', 'IfNotPresent' or 'Never'"),

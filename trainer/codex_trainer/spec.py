@@ -29,8 +29,12 @@ HF_PATTERN = r"^hf://(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?)(@(?
 HF_SOURCE = re.compile(HF_PATTERN)
 HF_FORM_MESSAGE = "must be of the form hf://org/name or hf://org/name@revision"
 
-# A Kubernetes resource quantity (resource.ParseQuantity), without a sign: negative sizes make no sense.
-QUANTITY_PATTERN = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
+# All three patterns are used with fullmatch: Python's `$` also matches before a final newline, RE2's does not.
+
+# A Kubernetes resource quantity, without a sign (negative sizes make no sense). The API server's
+# isQuantity() alone is more lenient than its documented grammar ("Gi" and "." parse as 0), so the
+# CEL rule applies this pattern too; written without backslashes to sit in a CEL string.
+QUANTITY_PATTERN = r"^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][-+]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
 QUANTITY = re.compile(QUANTITY_PATTERN)
 QUANTITY_MESSAGE = "must be a Kubernetes quantity such as 500m, 2, 4Gi or 1.5G"
 
@@ -51,12 +55,12 @@ def cel(rule: str, message: str) -> dict[str, Any]:
     return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
 
 
-QUANTITY_RULE = "isQuantity(self) && !self.startsWith('-')"
+QUANTITY_RULE = f"isQuantity(self) && self.matches('{QUANTITY_PATTERN}')"
 HF_RULE = cel(f"!self.startsWith('hf://') || self.matches('{HF_PATTERN}')", HF_FORM_MESSAGE)
 
 
 def _quantity(v: str) -> str:
-    if not QUANTITY.match(v):
+    if not QUANTITY.fullmatch(v):
         raise ValueError(QUANTITY_MESSAGE)
     return v
 
@@ -71,7 +75,7 @@ Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
 
 
 def _hf_form(v: str) -> str:
-    if v.startswith("hf://") and not HF_SOURCE.match(v):
+    if v.startswith("hf://") and not HF_SOURCE.fullmatch(v):
         raise ValueError(HF_FORM_MESSAGE)
     return v
 
@@ -478,7 +482,7 @@ class Metadata(BaseModel):
     @field_validator("name")
     @classmethod
     def _name_form(cls, v: str) -> str:
-        if len(v) > MAX_NAME_LENGTH or not re.match(NAME_PATTERN, v):
+        if len(v) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, v):
             too_long = f"; this one has {len(v)}" if len(v) > MAX_NAME_LENGTH else ""
             raise ValueError(NAME_MESSAGE + too_long)
         return v
