@@ -63,6 +63,8 @@ def test_names_come_from_the_shared_module(generated):
     assert s["names"]["shortNames"] == names.SHORT_NAMES and s["names"]["categories"] == names.CATEGORIES
     assert s["versions"][0]["subresources"] == {"status": {}}
     assert (S.NAME_PATTERN, S.MAX_NAME_LENGTH) == (names.NAME_PATTERN, names.MAX_NAME_LENGTH)
+    spec = schema_of(generated)["properties"]["spec"]
+    assert f"at {names.DATA_DIR} in every trainer pod" in at(spec, "data.existingClaim")["description"]
 
 
 def test_printer_columns(generated):
