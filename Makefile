@@ -63,3 +63,10 @@ e2e-kind:           ## the same suite on a kind cluster (needs Docker and a regi
 
 crds:               ## regenerate crds/codextrainingjobs.codex.ml.yaml from the spec models
 	$(PYTHON) -m codex_operator.crd
+
+# ---- the trainer image (Dockerfile.trainer), built without a registry
+
+.PHONY: trainer-image
+
+trainer-image:      ## download the wheelhouse (once per set of pins), build codex.local/codex-trainer:dev, load it into the test cluster if up
+	$(PYTHON) tests/cluster/trainer_image.py

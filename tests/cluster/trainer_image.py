@@ -1,0 +1,245 @@
+"""The trainer image (Dockerfile.trainer) without a registry: wheelhouse, build, load.
+
+    python3 tests/cluster/trainer_image.py            # what `make trainer-image` runs
+    python3 tests/cluster/trainer_image.py --no-load  # build only, even when the cluster is up
+
+1. The wheelhouse `.whl/trainer-<key>/`: every wheel the `[trainer]` pins of pyproject.toml need,
+   for CPython 3.11 on manylinux x86_64 (Debian bookworm's python3), downloaded on the host with
+   `pip download` (containers here reach no package index). The key is a hash of the pins, so it is
+   downloaded again only when they change.
+2. The build context `.whl/context/`: only what the image needs (the wheelhouse hard-linked, the
+   sources copied), so the 3 GB of wheels never pass through the repository's own context.
+3. The image, labelled with a hash of everything it is built from: rebuilt only when that changed.
+4. The node's containerd gets the image only when it lacks this very image (compared by image ID).
+
+`ensure_trainer_image(cluster)` does 1-4 for a pytest session fixture; it costs a few `docker` and
+`ctr` calls when nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO / "operator"))
+
+from images import Images  # noqa: E402
+
+from codex_operator.names import DEFAULT_IMAGE  # noqa: E402
+
+DOCKERFILE = REPO / "Dockerfile.trainer"
+WHL = REPO / ".whl"
+CONTEXT = WHL / "context"
+SOURCES = ["pyproject.toml", "README.md", "trainer", "operator", "configs"]  # what the image copies in
+HASH_LABEL = "ml.codex.source-hash"
+# pip runs the install inside the build; setuptools builds the project's wheel (torch needs it too)
+TOOLS = ["pip==26.3", "setuptools==84.2.1"]
+PYTHON_VERSION, ABI = "3.11", "cp311"
+PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, 37)]  # glibc 2.36
+
+
+# ---------------------------------------------------------------------- the wheelhouse
+
+
+def pins() -> list[str]:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["trainer"]]
+
+
+def wheelhouse_key() -> str:
+    text = json.dumps([pins(), TOOLS, PYTHON_VERSION, ABI, PLATFORMS])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure_wheelhouse(log=print) -> Path:
+    """`.whl/trainer-<key>/` with requirements.txt and every wheel it needs; older ones are removed."""
+    key = wheelhouse_key()
+    dest = WHL / f"trainer-{key}"
+    if (dest / ".complete").is_file():
+        return dest
+    partial = WHL / f"trainer-{key}.part"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    (partial / "requirements.txt").write_text("\n".join([*pins(), TOOLS[1]]) + "\n")
+    previous = [d for d in WHL.glob("trainer-*") if d.is_dir() and (d / ".complete").is_file()]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(partial), "--only-binary=:all:",
+           "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", ABI,
+           *(a for p in PLATFORMS for a in ("--platform", p)),
+           *(a for d in previous for a in ("--find-links", str(d))),  # reuse what an older wheelhouse has
+           "-r", str(partial / "requirements.txt"), TOOLS[0]]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}  # only PyPI and our own wheelhouses
+    log(f"downloading the trainer wheelhouse into {dest.relative_to(REPO)} ...")
+    start = time.monotonic()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"pip download failed:\n{r.stderr[-3000:]}")
+    (partial / ".complete").write_text(key + "\n")
+    partial.rename(dest)
+    for d in previous:
+        shutil.rmtree(d, ignore_errors=True)
+    size = sum(f.stat().st_size for f in dest.iterdir())
+    took = time.monotonic() - start
+    log(f"wheelhouse: {len(list(dest.glob('*.whl')))} wheels, {size / 2**30:.1f} GiB in {took:.0f} s")
+    return dest
+
+
+# ---------------------------------------------------------------------- the image
+
+
+def _source_files() -> list[Path]:
+    files = [DOCKERFILE]
+    for name in SOURCES:
+        p = REPO / name
+        if p.is_file():
+            files.append(p)
+        else:
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not _ignored(f))
+    return files
+
+
+def _ignored(path: Path) -> bool:
+    return "__pycache__" in path.parts or path.suffix in (".pyc", ".pyo") or path.name.endswith(".egg-info")
+
+
+def source_hash() -> str:
+    """A hash of everything the image is built from: the Dockerfile, the pins and the sources."""
+    h = hashlib.sha256(wheelhouse_key().encode())
+    for f in _source_files():
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def stage_context(wheels: Path) -> Path:
+    """`.whl/context/`: wheels/ (hard links) and the sources, nothing else."""
+    shutil.rmtree(CONTEXT, ignore_errors=True)
+    (CONTEXT / "wheels").mkdir(parents=True)
+    for f in wheels.iterdir():
+        if f.name.endswith(".whl") or f.name == "requirements.txt":
+            try:
+                os.link(f, CONTEXT / "wheels" / f.name)
+            except OSError:
+                shutil.copy2(f, CONTEXT / "wheels" / f.name)
+    for name in SOURCES:
+        src = REPO / name
+        if src.is_file():
+            shutil.copy2(src, CONTEXT / name)
+        else:
+            shutil.copytree(src, CONTEXT / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    return CONTEXT
+
+
+def image_label(images: Images, tag: str) -> str | None:
+    r = images.docker("image", "inspect", "-f", f'{{{{ index .Config.Labels "{HASH_LABEL}" }}}}', tag, check=False)
+    if r.returncode != 0:
+        return None
+    return r.stdout.decode().strip() or None
+
+
+def build(images: Images, tag: str = DEFAULT_IMAGE, force: bool = False, log=print) -> bool:
+    """Build the image unless one with the same source hash is there. True when it built."""
+    images.ensure_base()
+    wheels = ensure_wheelhouse(log)
+    want = source_hash()
+    if not force and image_label(images, tag) == want:
+        return False
+    ctx = stage_context(wheels)
+    cmd = ["docker", "build", "-f", str(DOCKERFILE), "-t", tag, "--label", f"{HASH_LABEL}={want}",
+           "--build-arg", f"CODEX_GIT_SHA={_git_sha()}", str(ctx)]  # fmt: skip
+    log(f"building {tag} (source hash {want}) ...")
+    start = time.monotonic()
+    r = subprocess.run(cmd, env={**os.environ, "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"docker build of {tag} failed:\n{(r.stdout + r.stderr)[-4000:]}")
+    log(f"built {tag} in {time.monotonic() - start:.0f} s; {image_size(images, tag) / 2**30:.2f} GiB")
+    shutil.rmtree(CONTEXT, ignore_errors=True)
+    return True
+
+
+def image_size(images: Images, tag: str) -> int:
+    return int(images.docker("image", "inspect", "-f", "{{.Size}}", tag).stdout.decode().strip())
+
+
+def _git_sha() -> str:
+    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        return "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "Dockerfile.trainer", *SOURCES], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return r.stdout.strip() + ("-dirty" if dirty else "")
+
+
+# ---------------------------------------------------------------------- the node
+
+
+def node_has(cluster, tag: str) -> bool:
+    """Whether the local cluster's containerd holds `tag` as the very image Docker has (same image ID)."""
+    ctr = ["ctr", "--address", cluster.containerd_socket, "--namespace", "k8s.io"]
+    image_id = cluster.images.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.decode().strip()
+    listed = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True).stdout.splitlines()
+    for line in listed[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] in (tag, f"docker.io/library/{tag}"):
+            manifest = subprocess.run([*ctr, "content", "get", fields[2]], capture_output=True, text=True)
+            if manifest.returncode == 0:
+                with_config = json.loads(manifest.stdout).get("config", {})
+                return with_config.get("digest") == image_id
+    return False
+
+
+def load(cluster, tag: str = DEFAULT_IMAGE, log=print) -> bool:
+    """Put the image on the node unless it is there already. True when it loaded."""
+    if not hasattr(cluster, "containerd_socket"):  # another cluster (kind): its loader skips what the node has
+        cluster.load_image(tag)
+        return True
+    if node_has(cluster, tag):
+        return False
+    start = time.monotonic()
+    # streamed: `docker save` of a multi-GiB image does not go through this process's memory
+    ctr = f"ctr --address {cluster.containerd_socket} --namespace k8s.io images import -"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", f"docker save {tag} | {ctr}"], capture_output=True, text=True)
+    if r.returncode != 0 or not node_has(cluster, tag):
+        raise RuntimeError(f"loading {tag} into the node failed: {r.stderr.strip()[-2000:]}")
+    log(f"loaded {tag} into the node in {time.monotonic() - start:.0f} s")
+    return True
+
+
+def ensure_trainer_image(cluster, tag: str = DEFAULT_IMAGE) -> str:
+    """The trainer image built from the current sources and present on the cluster's node."""
+    build(cluster.images, tag)
+    load(cluster, tag)
+    return tag
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description="Build the trainer image and load it into the local test cluster.")
+    p.add_argument("--tag", default=DEFAULT_IMAGE)
+    p.add_argument("--force", action="store_true", help="build even when the source hash is unchanged")
+    p.add_argument("--no-load", action="store_true", help="do not load it into the test cluster")
+    args = p.parse_args()
+    from cluster import Cluster
+
+    cluster = Cluster()
+    if not build(cluster.images, args.tag, force=args.force):
+        print(f"{args.tag} is up to date (source hash {source_hash()})")
+    if args.no_load:
+        return
+    if cluster.is_up():
+        if not load(cluster, args.tag):
+            print(f"the node already has {args.tag}")
+    else:
+        print("the test cluster is not up: not loaded (make cluster-up, then run this again to load it)")
+
+
+if __name__ == "__main__":
+    main()
