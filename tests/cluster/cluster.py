@@ -14,6 +14,7 @@ by tests/cluster/provisioner.py: world-writable host-path volumes under the stat
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -77,7 +78,20 @@ class Cluster:
 
     # ------------------------------------------------------------------ up
 
+    @contextlib.contextmanager
+    def _locked(self):
+        """One `up` or `down` at a time on a state directory, across processes: test sessions run
+        side by side, and an `up` that starts while a `down` removes pid files leaves orphans."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        with open(self.state / "lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
     def up(self) -> None:
+        with self._locked():
+            self._up()
+
+    def _up(self) -> None:
         if self.is_up():
             return
         self.build()
@@ -121,6 +135,10 @@ class Cluster:
 
     def down(self) -> None:
         """Stop every process, then remove what they left: containers, mounts, links, rules, state."""
+        with self._locked():
+            self._down()
+
+    def _down(self) -> None:
         for name in ("kube-proxy", "kubelet"):  # first, or the kubelet restarts what we remove
             self._stop(name)
         if self._alive("containerd"):
