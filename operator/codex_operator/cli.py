@@ -31,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handler run is noise at scale
+    logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)  # its debug level prints every response body
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     options = handlers.Options(

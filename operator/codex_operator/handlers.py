@@ -38,6 +38,7 @@ from .status import (
     progress_changed,
     progress_from_metrics,
     set_condition,
+    waiting_reason,
 )
 
 log = logging.getLogger("codex_operator")
@@ -86,6 +87,7 @@ class Operator:
 
     async def _reconcile(self, namespace: str, name: str) -> None:
         assert self.kube is not None
+        log.debug("reconcile %s/%s", namespace, name)
         body = await self.kube.get_job(namespace, name)  # fresh: another handler may just have written status
         if body is None:
             metrics.set_phase(namespace, name, None)
@@ -167,10 +169,13 @@ class Operator:
         meta, status = body["metadata"], body.get("status") or {}
         key = (meta["namespace"], meta["name"])
         phase = status.get("phase")
+        log.debug("tick %s/%s %s", *key, phase)
         if key in self.dirty:
             await self.reconcile(*key)
         elif phase == "Running":
             await self.read_progress(body)
+        elif phase in ("Pending", "Restarting"):
+            await self.explain_wait(body)
         elif phase in TERMINAL:
             await self._expire(body)
 
@@ -206,6 +211,20 @@ class Operator:
         if patch:
             async with self.lock((ns, name)):
                 await self.kube.patch_status(ns, name, patch)
+
+    async def explain_wait(self, body: dict[str, Any]) -> None:
+        """Say in status.message why the pods are not running yet (an image that cannot be pulled, say)."""
+        assert self.kube is not None
+        meta, status = body["metadata"], body.get("status") or {}
+        ns, name = meta["namespace"], meta["name"]
+        attempt = names.attempt_name(name, status.get("attempt") or 1)
+        why = waiting_reason(await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}"))
+        if why is None:
+            return
+        message = f"attempt {status.get('attempt') or 1} waiting: {why}"
+        if message != status.get("message"):
+            async with self.lock((ns, name)):
+                await self.kube.patch_status(ns, name, {"message": message})
 
     async def _get_text(self, url: str) -> str:
         if self.http is None:
@@ -283,8 +302,9 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
             await op.kube.close()
 
     @kopf.on.login(registry=registry)
-    def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # the same client library as the operator's own calls: in-cluster ServiceAccount, else kubeconfig
+        return await kopf.login_via_async_client(**kwargs)
 
     @kopf.on.event(**crd)
     async def job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:

@@ -111,6 +111,25 @@ def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
     return None
 
 
+# waiting reasons that are only the normal way to start
+_STARTING = {"ContainerCreating", "PodInitializing"}
+
+
+def waiting_reason(pods: list[dict[str, Any]]) -> str | None:
+    """Why a trainer pod has not started, in the words the user needs (None: it is just starting)."""
+    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
+        st = pod.get("status") or {}
+        for c in st.get("conditions") or []:
+            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
+                return f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message', '')}".strip()
+        for cs in st.get("containerStatuses") or []:
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") and waiting["reason"] not in _STARTING:
+                msg = (waiting.get("message") or "").strip()
+                return f"pod {pod['metadata']['name']}: {waiting['reason']}" + (f": {msg}" if msg else "")
+    return None
+
+
 def _ts(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -263,9 +282,11 @@ def set_condition(
         cur["observedGeneration"] = generation
         if on and ctype == phase:
             cur["reason"], cur["message"] = reason, message[:32768]
-        else:
-            cur.setdefault("reason", reason if ctype == "Created" else "PhaseChanged")
-            cur.setdefault("message", "")
+        elif ctype == "Created":
+            cur.setdefault("reason", "Created")
+            cur.setdefault("message", "the volume, the job file, the Service and the first attempt were created")
+        elif not on:
+            cur["reason"], cur["message"] = "PhaseChanged", f"the job is {phase} now"
     return out
 
 

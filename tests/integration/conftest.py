@@ -67,3 +67,85 @@ def namespace(cluster):
     cluster.kubectl("create", "namespace", name)
     yield name
     cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+# ---------------------------------------------------------------- the operator's suite
+
+ROOT = Path(__file__).resolve().parents[2]
+CRD_FILE = ROOT / "crds" / "codextrainingjobs.codex.ml.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(cluster):
+    """The generated CodexTrainingJob CRD, applied and Established."""
+    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    cluster.kubectl("wait", "--for=condition=Established", "crd/codextrainingjobs.codex.ml", "--timeout=60s")
+    return CRD_FILE
+
+
+@pytest.fixture(scope="session")
+def trainer_image(cluster) -> str:
+    """The real trainer image from Dockerfile.trainer, built (when its sources changed) and on the node."""
+    from trainer_image import ensure_trainer_image
+
+    return ensure_trainer_image(cluster)
+
+
+class OperatorProcess:
+    """`codex-operator run` as a user starts it from a laptop: outside the cluster, through $KUBECONFIG."""
+
+    def __init__(self, kubeconfig: Path, image: str, log: Path):
+        self.kubeconfig, self.image, self.log = kubeconfig, image, log
+        self.metrics_port = _free_port()
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        out = self.log.open("a")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "codex_operator.cli", "run", "--progress-interval", "2",
+             "--metrics-port", str(self.metrics_port), "--default-image", self.image, "--progress-via", "proxy"],
+            env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        from support import wait_for
+
+        wait_for(lambda: self.metrics() is not None, "the operator's /metrics", 60)
+
+    def metrics(self) -> str | None:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=2) as r:
+                return r.read().decode()
+        except OSError:
+            return None
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup of any kind, as when a node dies under it."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, crd, trainer_image, tmp_path_factory):
+    op = OperatorProcess(Path(cluster.kubeconfig), trainer_image, tmp_path_factory.mktemp("operator") / "operator.log")
+    op.start()
+    yield op
+    op.stop()
+    print(f"operator log: {op.log}")

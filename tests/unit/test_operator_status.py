@@ -16,6 +16,7 @@ from codex_operator.status import (
     pod_failure,
     progress_changed,
     progress_from_metrics,
+    waiting_reason,
 )
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -202,3 +203,20 @@ def test_progress_from_rank_zero_metrics():
     assert ckpt == {"step": 100, "path": "/checkpoints/checkpoints/step-100", "savedAt": "2026-11-28T11:59:30Z"}
     assert not progress_changed(prog, dict(prog, updatedAt="later"))
     assert progress_changed(prog, dict(prog, step=127))
+
+
+def test_a_pod_that_cannot_start_says_why():
+    def pod(name, **status):
+        return {"metadata": {"name": name}, "status": status}
+
+    creating = pod("a", containerStatuses=[{"name": "trainer", "state": {"waiting": {"reason": "ContainerCreating"}}}])
+    assert waiting_reason([creating]) is None
+    pull = pod(
+        "b", containerStatuses=[{"state": {"waiting": {"reason": "ErrImageNeverPull", "message": "img absent"}}}]
+    )
+    assert waiting_reason([creating, pull]) == "pod b: ErrImageNeverPull: img absent"
+    unschedulable = pod(
+        "c",
+        conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes"}],
+    )
+    assert waiting_reason([unschedulable]) == "pod c cannot be scheduled: 0/1 nodes"

@@ -1,0 +1,312 @@
+"""The operator on the real cluster with the real trainer image: `kubectl apply` a CodexTrainingJob and
+watch what a user would watch — `kubectl get ctj`, its status and Events, the files on its volume."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import yaml
+
+from codex_trainer.manifest import apply_overrides
+from support import TINY, wait_for
+
+pytestmark = pytest.mark.cluster
+
+# a short run of the example: a few seconds of training on 2 cores, checkpoints often
+SHORT = (
+    "training.maxSteps=40",
+    "checkpoint.everySteps=10",
+    "eval.everySteps=20",
+    "resources={requests: {cpu: 500m, memory: 1Gi}, limits: {memory: 3Gi}}",
+)
+
+
+def manifest(name: str, *overrides: str) -> str:
+    raw = yaml.safe_load(TINY.read_text())
+    raw["metadata"]["name"] = name
+    return json.dumps(apply_overrides(raw, list(overrides)))
+
+
+class Jobs:
+    """kubectl for CodexTrainingJobs in one namespace."""
+
+    def __init__(self, cluster, namespace: str):
+        self.cluster, self.ns = cluster, namespace
+
+    def kubectl(self, *args: str, **kw):
+        return self.cluster.kubectl(*args, "-n", self.ns, **kw)
+
+    def apply(self, text: str) -> None:
+        self.kubectl("apply", "-f", "-", input=text)
+
+    def get(self, name: str) -> dict:
+        return json.loads(self.kubectl("get", "ctj", name, "-o", "json").stdout)
+
+    def status(self, name: str) -> dict:
+        return self.get(name).get("status") or {}
+
+    def wait_phase(self, name: str, *phases: str, timeout: float = 300) -> dict:
+        def reached():
+            st = self.status(name)
+            if st.get("phase") in ("Failed", "Succeeded") and st["phase"] not in phases:
+                raise AssertionError(f"{name} ended {st['phase']}: {st.get('message')}\n{self.debug(name)}")
+            return st if st.get("phase") in phases else None
+
+        return wait_for(reached, f"{name} to be {'/'.join(phases)}", timeout, interval=1)
+
+    def children(self, kind: str, name: str) -> list[dict]:
+        out = self.kubectl("get", kind, "-l", f"codex.ml/job-name={name}", "-o", "json").stdout
+        return json.loads(out)["items"]
+
+    def events(self, name: str) -> list[dict]:
+        out = self.kubectl("get", "events", "--field-selector", f"involvedObject.name={name}", "-o", "json").stdout
+        return sorted(json.loads(out)["items"], key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    def logs(self, job: str) -> str:
+        return self.kubectl("logs", f"job/{job}", check=False).stdout
+
+    def debug(self, name: str) -> str:
+        return "\n".join(
+            self.kubectl(*args, check=False).stdout + self.kubectl(*args, check=False).stderr
+            for args in (("get", "ctj,jobs,pods,pvc", "-o", "wide"), ("describe", "pods"))
+        )
+
+    def on_volume(self, name: str, image: str, script: str) -> str:
+        """Run a shell script in a pod that mounts the job's checkpoint volume at /checkpoints."""
+        pod = f"look-{name}-{int(time.time() * 1000) % 100000}"
+        spec = {
+            "restartPolicy": "Never",
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+            "containers": [
+                {
+                    "name": "look",
+                    "image": image,
+                    "imagePullPolicy": "IfNotPresent",
+                    "command": ["sh", "-c", script],
+                    "volumeMounts": [{"name": "v", "mountPath": "/checkpoints"}],
+                    "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+                }
+            ],
+            "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": f"{name}-checkpoints"}}],
+        }
+        self.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod}, "spec": spec}))
+        phase = wait_for(
+            lambda: (
+                self.kubectl("get", "pod", pod, "-o", "jsonpath={.status.phase}").stdout in ("Succeeded", "Failed")
+                and self.kubectl("get", "pod", pod, "-o", "jsonpath={.status.phase}").stdout
+            ),
+            f"pod {pod}",
+            120,
+        )
+        logs = self.kubectl("logs", pod).stdout
+        assert phase == "Succeeded", logs
+        return logs
+
+
+@pytest.fixture
+def jobs(cluster, namespace):
+    return Jobs(cluster, namespace)
+
+
+@pytest.fixture
+def restricted(cluster, namespace):
+    cluster.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    return namespace
+
+
+def test_the_example_trains_to_succeeded_in_a_restricted_namespace(operator, jobs, restricted, trainer_image):
+    jobs.apply(TINY.read_text())  # the very file a user runs with `codex-train run`
+
+    # children, each owned by the job
+    uid = wait_for(lambda: jobs.get("tiny-cpu")["metadata"]["uid"], "the job")
+    for kind, name in [("pvc", "tiny-cpu-checkpoints"), ("configmap", "tiny-cpu-config"),
+                       ("service", "tiny-cpu-workers"), ("job", "tiny-cpu-a1")]:  # fmt: skip
+        (child,) = wait_for(lambda k=kind: jobs.children(k, "tiny-cpu"), f"the {kind}")
+        assert child["metadata"]["name"] == name
+        assert child["metadata"]["ownerReferences"][0]["uid"] == uid
+
+    # progress moves while it runs, and `kubectl get ctj` shows it
+    running = jobs.wait_phase("tiny-cpu", "Running", timeout=240)
+    assert running["attempt"] == 1 and running["restarts"] == 0
+    first = wait_for(lambda: (jobs.status("tiny-cpu").get("progress") or {}).get("step"), "a first progress reading")
+    later = wait_for(
+        lambda: (
+            (jobs.status("tiny-cpu").get("progress") or {}).get("step", 0) > first
+            and jobs.status("tiny-cpu")["progress"]
+        ),
+        "progress to move",
+        120,
+    )
+    assert later["totalSteps"] == 300 and later["stepText"] == f"{later['step']}/300" and later["loss"] > 0
+    row = jobs.kubectl("get", "ctj", "tiny-cpu", "--no-headers").stdout.split()
+    assert row[0] == "tiny-cpu" and row[1] in ("Running", "Succeeded") and row[2].endswith("%") and "/300" in row[3]
+
+    done = jobs.wait_phase("tiny-cpu", "Succeeded", timeout=600)
+    assert done["progress"]["step"] == 300 and done["progress"]["percentText"] == "100%"
+    assert done["restarts"] == 0 and done["completionTime"]
+    assert done["checkpoint"]["step"] >= 250
+    assert {c["type"]: c["status"] for c in done["conditions"]} >= {"Created": "True", "Succeeded": "True"}
+    header = jobs.kubectl("get", "ctj").stdout.splitlines()[0].split()
+    assert header == ["NAME", "PHASE", "PROGRESS", "STEP", "LOSS", "EVAL", "RESTARTS", "AGE"]
+    reasons = [e["reason"] for e in jobs.events("tiny-cpu")]
+    assert {"Created", "Running", "Succeeded"} <= set(reasons), reasons
+
+    # the adapter is on the volume, and the loss went down
+    listing = jobs.on_volume(
+        "tiny-cpu",
+        trainer_image,
+        "ls /checkpoints/final; tail -n 1 /checkpoints/metrics.jsonl; head -n 1 /checkpoints/metrics.jsonl",
+    )
+    assert "adapter_model.safetensors" in listing and "adapter_config.json" in listing
+    rows = [json.loads(line) for line in listing.splitlines() if line.startswith("{")]
+    assert rows
+
+
+def test_a_deleted_trainer_pod_resumes_from_its_checkpoint(operator, jobs, trainer_image):
+    jobs.apply(manifest("resume", *SHORT, "training.maxSteps=120"))
+    wait_for(lambda: (jobs.status("resume").get("checkpoint") or {}).get("step", 0) >= 20, "a checkpoint", 300)
+    saved = jobs.status("resume")["checkpoint"]["step"]
+    jobs.kubectl("delete", "pod", "-l", "batch.kubernetes.io/job-name=resume-a1", "--wait=false")
+
+    restarting = jobs.wait_phase("resume", "Restarting", "Running", "Succeeded", timeout=120)
+    done = jobs.wait_phase("resume", "Succeeded", timeout=600)
+    assert done["restarts"] == 1 and done["attempt"] == 2, restarting
+    assert [j["metadata"]["name"] for j in jobs.children("job", "resume")] == ["resume-a1", "resume-a2"]
+    resumed = [json.loads(line) for line in jobs.logs("resume-a2").splitlines() if '"resumed"' in line]
+    assert resumed and resumed[0]["step"] >= saved > 0, jobs.logs("resume-a2")[-2000:]
+    reasons = [e["reason"] for e in jobs.events("resume")]
+    assert "Retrying" in reasons and "Resumed" in reasons, reasons
+
+
+def test_a_missing_data_file_fails_at_once_with_the_trainers_message_and_is_deleted_after_its_ttl(operator, jobs):
+    jobs.apply(
+        manifest("nodata", *SHORT, "data.train=[configs/data/missing.jsonl]", "runPolicy.ttlSecondsAfterFinished=5")
+    )
+    failed = jobs.wait_phase("nodata", "Failed", timeout=240)
+    assert "configs/data/missing.jsonl" in failed["message"] and "data.train" in failed["message"], failed
+    assert "Traceback" not in failed["message"]
+    assert failed["restarts"] == 0 and len(jobs.children("job", "nodata")) == 1
+    assert any(e["reason"] == "InvalidJob" and e["type"] == "Warning" for e in jobs.events("nodata"))
+    # ttlSecondsAfterFinished: the job and, through its ownerReferences, its children go
+    wait_for(lambda: jobs.kubectl("get", "ctj", "nodata", check=False).returncode != 0, "TTL deletion", 60)
+    wait_for(lambda: not jobs.children("configmap", "nodata") and not jobs.children("job", "nodata"), "GC", 60)
+
+
+def test_the_operator_killed_mid_job_creates_no_duplicates_and_the_status_converges(operator, jobs):
+    jobs.apply(manifest("crashy-op", *SHORT, "training.maxSteps=80"))
+    jobs.wait_phase("crashy-op", "Running", timeout=240)
+    operator.kill()
+    jobs.kubectl("delete", "pod", "-l", "batch.kubernetes.io/job-name=crashy-op-a1", "--wait=false")
+    time.sleep(3)  # the attempt fails while no operator is watching
+    operator.start()
+    done = jobs.wait_phase("crashy-op", "Succeeded", timeout=600)
+    for kind in ("pvc", "configmap", "service"):
+        assert len(jobs.children(kind, "crashy-op")) == 1, kind
+    assert [j["metadata"]["name"] for j in jobs.children("job", "crashy-op")] == ["crashy-op-a1", "crashy-op-a2"]
+    assert done["restarts"] == 1
+
+
+def test_suspend_holds_the_pods_and_resume_runs_them(operator, jobs):
+    jobs.apply(manifest("paused", *SHORT, "runPolicy.suspend=true"))
+    st = jobs.wait_phase("paused", "Suspended", timeout=60)
+    assert st["attempt"] == 1
+    wait_for(lambda: jobs.children("job", "paused"), "the attempt Job")
+    assert jobs.kubectl("get", "pods", "-l", "codex.ml/job-name=paused", "-o", "name").stdout == ""
+    jobs.kubectl("patch", "ctj", "paused", "--type", "merge", "-p", '{"spec": {"runPolicy": {"suspend": false}}}')
+    jobs.wait_phase("paused", "Running", "Succeeded", timeout=240)
+    jobs.kubectl("patch", "ctj", "paused", "--type", "merge", "-p", '{"spec": {"runPolicy": {"suspend": true}}}')
+    jobs.wait_phase("paused", "Suspended", "Succeeded", timeout=120)
+
+
+def test_a_deadline_fails_the_job(operator, jobs):
+    jobs.apply(manifest("late", *SHORT, "training.maxSteps=100000", "runPolicy.activeDeadlineSeconds=25"))
+    failed = jobs.wait_phase("late", "Failed", timeout=180)
+    assert "activeDeadlineSeconds" in failed["message"]
+    assert failed["restarts"] == 0
+
+
+def test_deleting_the_job_removes_its_children_but_a_retained_volume_stays(operator, jobs):
+    jobs.apply(manifest("gone", *SHORT, "runPolicy.suspend=true"))
+    jobs.apply(manifest("kept", *SHORT, "runPolicy.suspend=true", "storage.retain=true"))
+    for name in ("gone", "kept"):
+        wait_for(lambda n=name: jobs.children("job", n), f"{name}'s attempt")
+    jobs.kubectl("delete", "ctj", "gone", "kept")
+    for kind in ("job", "configmap", "service"):
+        wait_for(lambda k=kind: not jobs.children(k, "gone") and not jobs.children(k, "kept"), f"{kind}s deleted", 60)
+    wait_for(lambda: not jobs.children("pvc", "gone"), "gone's volume deleted", 60)
+    assert [p["metadata"]["name"] for p in jobs.children("pvc", "kept")] == ["kept-checkpoints"]
+
+
+def test_operator_metrics_count_jobs_by_phase_and_api_calls(operator, jobs):
+    jobs.apply(manifest("counted", *SHORT, "runPolicy.suspend=true"))
+    jobs.wait_phase("counted", "Suspended", timeout=60)
+
+    def suspended_jobs() -> float:
+        for line in (operator.metrics() or "").splitlines():
+            if line.startswith('codex_operator_jobs{phase="Suspended"}'):
+                return float(line.split()[-1])
+        return 0.0
+
+    wait_for(lambda: suspended_jobs() >= 1, "the jobs-by-phase gauge to count the suspended job")
+    text = operator.metrics() or ""
+    assert "codex_operator_reconcile_seconds_count" in text
+    assert 'codex_operator_api_calls_total{kind="Job",outcome="ok",verb="create"}' in text
+
+
+COMPARE = """
+import sys
+from safetensors.torch import load_file
+a = load_file("/a/final/adapter_model.safetensors")
+b = load_file("/b/final/adapter_model.safetensors")
+assert a.keys() == b.keys(), (sorted(a), sorted(b))
+print("max_abs_diff", max((a[k] - b[k]).abs().max().item() for k in a))
+"""
+
+
+def test_two_nodes_rendezvous_through_the_service_and_match_one_node_with_twice_the_batch(
+    operator, jobs, trainer_image
+):
+    same = ("training.maxSteps=12", "checkpoint.everySteps=6", "eval.everySteps=6", "peft.dropout=0",
+            "resources={requests: {cpu: 250m, memory: 1Gi}, limits: {memory: 3Gi}}")  # fmt: skip
+    jobs.apply(manifest("two", *same, "numNodes=2", "training.batchSize=4"))
+    jobs.apply(manifest("one", *same, "numNodes=1", "training.batchSize=8"))
+    two = jobs.wait_phase("two", "Succeeded", timeout=600)
+    jobs.wait_phase("one", "Succeeded", timeout=600)
+    assert two["restarts"] == 0
+    (attempt,) = jobs.children("job", "two")
+    assert attempt["spec"]["completions"] == 2 and attempt["status"]["succeeded"] == 2
+    assert '"world_size": 2' in jobs.on_volume("two", trainer_image, "cat /checkpoints/run.json")
+
+    pod = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+        "containers": [
+            {
+                "name": "compare",
+                "image": trainer_image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["python3", "-c", COMPARE],
+                "volumeMounts": [{"name": "a", "mountPath": "/a"}, {"name": "b", "mountPath": "/b"}],
+                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+            }
+        ],
+        "volumes": [
+            {"name": "a", "persistentVolumeClaim": {"claimName": "two-checkpoints"}},
+            {"name": "b", "persistentVolumeClaim": {"claimName": "one-checkpoints"}},
+        ],
+    }
+    jobs.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "compare"}, "spec": pod}))
+    wait_for(
+        lambda: (
+            jobs.kubectl("get", "pod", "compare", "-o", "jsonpath={.status.phase}").stdout in ("Succeeded", "Failed")
+        ),
+        "the comparison",
+        180,
+    )
+    out = jobs.kubectl("logs", "compare").stdout
+    diff = float(out.split("max_abs_diff")[-1])
+    assert diff < 1e-5, out
