@@ -236,6 +236,8 @@ def plan(
         else:
             phase, reason, message = "Pending", "Created", "waiting for the trainer pods to start"
 
+    if phase == phase_before and phase in ("Pending", "Restarting") and old.get("message"):
+        message = old["message"]  # the timer may have said why the pods wait: keep that
     new["phase"] = phase
     new["message"] = message
     new["observedGeneration"] = job.generation

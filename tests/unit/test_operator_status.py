@@ -220,3 +220,9 @@ def test_a_pod_that_cannot_start_says_why():
         conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/1 nodes"}],
     )
     assert waiting_reason([unschedulable]) == "pod c cannot be scheduled: 0/1 nodes"
+
+
+def test_a_waiting_message_set_by_the_timer_is_kept_while_the_phase_stays():
+    status = {"phase": "Pending", "message": "attempt 1 waiting: pod p: ErrImagePull"}
+    p = plan(make_job(), status, attempts(job_obj(1)), NOW)
+    assert p.status["message"] == status["message"] and p.events == []
