@@ -7,7 +7,7 @@
    for CPython 3.11 on manylinux x86_64 (Debian bookworm's python3), downloaded on the host with
    `pip download` (containers here reach no package index). The key is a hash of the pins, so it is
    downloaded again only when they change.
-2. The build context `.whl/context/`: only what the image needs (the wheelhouse hard-linked, the
+2. The build context `.whl/context-*/`: only what the image needs (the wheelhouse hard-linked, the
    sources copied), so the 3 GB of wheels never pass through the repository's own context.
 3. The image, labelled with a hash of everything it is built from: rebuilt only when that changed.
 4. The node's containerd gets the image only when it lacks this very image (compared by image ID).
@@ -25,6 +25,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -40,7 +41,6 @@ from codex_operator.names import DEFAULT_IMAGE  # noqa: E402
 
 DOCKERFILE = REPO / "Dockerfile.trainer"
 WHL = REPO / ".whl"
-CONTEXT = WHL / "context"
 SOURCES = ["pyproject.toml", "README.md", "trainer", "operator", "configs"]  # what the image copies in
 HASH_LABEL = "ml.codex.source-hash"
 # pip runs the install inside the build; setuptools builds the project's wheel (torch needs it too)
@@ -121,22 +121,22 @@ def source_hash() -> str:
 
 
 def stage_context(wheels: Path) -> Path:
-    """`.whl/context/`: wheels/ (hard links) and the sources, nothing else."""
-    shutil.rmtree(CONTEXT, ignore_errors=True)
-    (CONTEXT / "wheels").mkdir(parents=True)
+    """A new `.whl/context-*/`: wheels/ (hard links) and the sources, nothing else. The caller removes it."""
+    ctx = Path(tempfile.mkdtemp(prefix="context-", dir=WHL))
+    (ctx / "wheels").mkdir()
     for f in wheels.iterdir():
         if f.name.endswith(".whl") or f.name == "requirements.txt":
             try:
-                os.link(f, CONTEXT / "wheels" / f.name)
+                os.link(f, ctx / "wheels" / f.name)
             except OSError:
-                shutil.copy2(f, CONTEXT / "wheels" / f.name)
+                shutil.copy2(f, ctx / "wheels" / f.name)
     for name in SOURCES:
         src = REPO / name
         if src.is_file():
-            shutil.copy2(src, CONTEXT / name)
+            shutil.copy2(src, ctx / name)
         else:
-            shutil.copytree(src, CONTEXT / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
-    return CONTEXT
+            shutil.copytree(src, ctx / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+    return ctx
 
 
 def image_label(images: Images, tag: str) -> str | None:
@@ -154,6 +154,14 @@ def build(images: Images, tag: str = DEFAULT_IMAGE, force: bool = False, log=pri
     if not force and image_label(images, tag) == want:
         return False
     ctx = stage_context(wheels)
+    try:
+        _docker_build(ctx, tag, want, log)
+    finally:
+        shutil.rmtree(ctx, ignore_errors=True)
+    return True
+
+
+def _docker_build(ctx: Path, tag: str, want: str, log) -> None:
     cmd = ["docker", "build", "-f", str(DOCKERFILE), "-t", tag, "--label", f"{HASH_LABEL}={want}",
            "--build-arg", f"CODEX_GIT_SHA={_git_sha()}", str(ctx)]  # fmt: skip
     log(f"building {tag} (source hash {want}) ...")
@@ -161,9 +169,7 @@ def build(images: Images, tag: str = DEFAULT_IMAGE, force: bool = False, log=pri
     r = subprocess.run(cmd, env={**os.environ, "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True)
     if r.returncode != 0:
         raise RuntimeError(f"docker build of {tag} failed:\n{(r.stdout + r.stderr)[-4000:]}")
-    log(f"built {tag} in {time.monotonic() - start:.0f} s; {image_size(images, tag) / 2**30:.2f} GiB")
-    shutil.rmtree(CONTEXT, ignore_errors=True)
-    return True
+    log(f"built {tag} in {time.monotonic() - start:.0f} s")
 
 
 def image_size(images: Images, tag: str) -> int:
@@ -232,6 +238,7 @@ def main() -> None:
     cluster = Cluster()
     if not build(cluster.images, args.tag, force=args.force):
         print(f"{args.tag} is up to date (source hash {source_hash()})")
+    print(f"{args.tag}: {image_size(cluster.images, args.tag) / 2**30:.2f} GiB")
     if args.no_load:
         return
     if cluster.is_up():
