@@ -97,6 +97,16 @@ def test_the_real_process_exits_2_with_no_traceback(tmp_path):
     assert (tmp_path / "termination-log").read_text() == "invalid spec.peft.r: Input should be greater than 0 (got 0)\n"
 
 
+def test_a_node_whose_master_never_resolves_exits_1_retryable(tmp_path, monkeypatch, capsys, in_root):
+    log = tmp_path / "termination-log"
+    env = {"NNODES": "2", "NODE_RANK": "1", "MASTER_ADDR": "no-such-host.invalid", "CODEX_DNS_TIMEOUT": "1"}
+    for k, v in {**env, "CODEX_TERMINATION_LOG": str(log)}.items():
+        monkeypatch.setenv(k, v)
+    assert main(["launch", str(TINY), "--output-dir", str(tmp_path / "out")]) == 1
+    assert capsys.readouterr().err.strip() == "codex-train: MASTER_ADDR no-such-host.invalid did not resolve within 1 s"
+    assert log.read_text() == "MASTER_ADDR no-such-host.invalid did not resolve within 1 s\n"
+
+
 def test_launch_needs_an_output_dir(capsys):
     with pytest.raises(SystemExit) as e:
         main(["launch", str(TINY)])

@@ -118,17 +118,18 @@ def launch(manifest, args) -> int:
     """Run the validated job on this node's share of the world; returns the exit code."""
     from .cli import run_in_process
 
-    check_data_files(manifest.spec)
-    rdzv = Rendezvous.from_env()
-    if rdzv.world_size == 1:
-        return run_in_process(manifest, args)
-
-    # until torch's agent installs its handlers: a signal ends the launch at once (nothing to save yet)
+    # Until training (or torch's agent) installs its own handlers a signal ends the launch at once: there
+    # is nothing to save yet. As a container's PID 1 a signal without a handler would be ignored.
     def early_stop(signum, _frame):
+        write_termination_message(f"stopped by {signal.Signals(signum).name} before training started")
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, early_stop)
     signal.signal(signal.SIGINT, early_stop)
+    check_data_files(manifest.spec)
+    rdzv = Rendezvous.from_env()
+    if rdzv.world_size == 1:
+        return run_in_process(manifest, args)
     if rdzv.node_rank > 0:
         wait_for_dns(rdzv.master_addr, float(os.environ.get("CODEX_DNS_TIMEOUT", "300")))
     return _launch_workers(rdzv, args)
