@@ -11,9 +11,11 @@ import pytest
 
 from codex_trainer.data import (
     collate,
+    data_digest,
     load_dataset,
     micro_batch_rows,
     micro_batches_per_epoch,
+    no_validation_reason,
     pack,
     read_texts,
     split_indices,
@@ -145,3 +147,139 @@ def test_byte_tokenizer_round_trips_any_text():
     assert len(ids) == len(text.encode())
     assert tok.decode(ids) == text
     assert tok.eos_token_id is not None and tok.pad_token_id != tok.eos_token_id
+
+
+# ---------------------------------------------------------------- rows the user must fix: field, file and line
+
+BAD_ROWS = {
+    "null text": (b'{"text": "ok"}\n{"text": null}\n', "d.jsonl", "line 2: field 'text' is null, not a string"),
+    "number text": (b'{"text": 12345}\n', "d.jsonl", "line 1: field 'text' is int 12345, not a string"),
+    "boolean text": (b'{"text": "a"}\n\n{"text": false}\n', "d.jsonl", "line 3: field 'text' is bool false"),
+    "lone surrogate": (b'{"text": "a \\ud800 b"}\n', "d.jsonl", "line 1: field 'text' holds a lone surrogate"),
+    "jsonl not UTF-8": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "d.jsonl", "not UTF-8 text: byte 0xe9 at offset 28 (line 2)"),
+    "txt not UTF-8": (b"fine\n\xff\xfeoops\n", "d.txt", "not UTF-8 text: byte 0xff at offset 5 (line 2)"),
+    "json item null": (b'[{"text": "a"}, {"text": null}]', "d.json", "item 1: field 'text' is null"),
+    "not JSON": (b'{"text": "a"}\n{text}\n', "d.jsonl", "line 2 is not JSON"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ROWS), ids=list(BAD_ROWS))
+def test_a_bad_row_is_refused_naming_file_line_and_field(tmp_path, case):
+    content, name, words = BAD_ROWS[case]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(SpecError) as e:
+        read_texts([str(path)], "text", "spec.data.train")
+    ((field, msg),) = e.value.problems
+    assert field == "spec.data.train" and str(path) in msg and words in msg, msg
+
+
+def test_a_row_missing_the_text_field_gives_its_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a"}\n{"body": "b"}\n')
+    with pytest.raises(SpecError) as e:
+        read_texts([str(path)], "text", "spec.data.train")
+    ((field, msg),) = e.value.problems
+    assert field == "spec.data.textField" and "d.jsonl line 2" in msg and "fields there: body" in msg
+
+
+def test_a_parquet_column_that_is_not_strings_is_refused(tmp_path):
+    ints, nulls = tmp_path / "ints.parquet", tmp_path / "nulls.parquet"
+    pq.write_table(pa.table({"text": [1, 2, 3]}), ints)
+    pq.write_table(pa.table({"text": ["a", None]}), nulls)
+    for path, words in ((ints, "holds int64, not strings"), (nulls, "row 1: column 'text' is null")):
+        with pytest.raises(SpecError) as e:
+            read_texts([str(path)], "text", "spec.data.train")
+        assert words in e.value.problems[0][1], e.value.problems
+
+
+def test_a_directory_is_not_a_data_file(tmp_path):
+    (tmp_path / "data.jsonl").mkdir()
+    with pytest.raises(SpecError) as e:
+        read_texts([str(tmp_path / "data.jsonl")], "text", "spec.data.validation")
+    assert e.value.problems == [
+        ("spec.data.validation", f"'{tmp_path / 'data.jsonl'}' is a directory; name the data files in it")
+    ]
+
+
+def test_unicode_line_separators_inside_json_strings_stay_in_the_row(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "a\u2028b\x0cc"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert read_texts([str(path)], "text", "spec.data.train") == ["a\u2028b\x0cc"]
+
+
+# ---------------------------------------------------------------- identity, cache, splits
+
+
+def test_the_data_digest_is_the_content_not_the_path(tmp_path, jsonl, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    absolute = DataSpec(train=[str(jsonl)])
+    relative = DataSpec(train=[jsonl.name])
+    assert data_digest(absolute) == data_digest(relative)
+    assert data_digest(absolute) != data_digest(DataSpec(train=[str(jsonl)], validation=[str(jsonl)]))
+    before = data_digest(absolute)
+    jsonl.write_text(json.dumps({"text": "other rows"}) + "\n")
+    assert data_digest(absolute) != before
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip a byte", "garbage"])
+def test_a_damaged_cache_is_reported_and_rebuilt(tmp_path, jsonl, damage):
+    tok = byte_tokenizer()
+    fp = tokenizer_fingerprint(tok)
+    spec = DataSpec(train=[str(jsonl)], max_seq_length=16, validation_fraction=0.1)
+    first = load_dataset(spec, tok, fp, seed=0, cache_dir=tmp_path / "cache")
+    raw = first.cache_file.read_bytes()
+    if damage == "truncate":
+        first.cache_file.write_bytes(raw[: len(raw) // 2])
+    elif damage == "flip a byte":
+        i = raw.index(b"train_tokens") + 200  # inside the array data: the zip's CRC catches it
+        first.cache_file.write_bytes(raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1 :])
+    else:
+        first.cache_file.write_bytes(b"not a zip at all")
+    logged = []
+    again = load_dataset(spec, tok, fp, seed=0, cache_dir=tmp_path / "cache", log=logged.append)
+    assert not again.from_cache and np.array_equal(again.train.tokens, first.train.tokens)
+    assert len(logged) == 1 and "ignoring damaged tokenized cache" in logged[0], logged
+    assert load_dataset(spec, tok, fp, seed=0, cache_dir=tmp_path / "cache").from_cache  # rebuilt and good
+
+
+def test_a_full_disk_while_caching_says_so_and_leaves_no_temporary_file(tmp_path, jsonl, monkeypatch):
+    import errno
+
+    from codex_trainer import data as data_module
+    from codex_trainer.errors import DiskFullError
+
+    def no_space(file, **arrays):
+        with open(file, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(data_module.np, "savez", no_space)
+    tok = byte_tokenizer()
+    spec = DataSpec(train=[str(jsonl)], max_seq_length=16)
+    with pytest.raises(DiskFullError) as e:
+        load_dataset(spec, tok, tokenizer_fingerprint(tok), seed=0, cache_dir=tmp_path / "cache")
+    assert str(e.value).startswith(f"disk full: writing the tokenized data cache in {tmp_path / 'cache'} needed about")
+    assert "MiB free" in str(e.value)
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_a_validation_fraction_that_leaves_no_training_sequence_is_named(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": "x" * 30}) + "\n" for _ in range(10)))
+    spec = DataSpec(train=[str(path)], max_seq_length=64, validation_fraction=0.9)
+    tok = byte_tokenizer()
+    with pytest.raises(SpecError) as e:
+        load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, None)
+    ((field, msg),) = e.value.problems
+    assert field == "spec.data.validationFraction" and "holds out 9 examples" in msg, msg
+
+
+def test_an_empty_validation_split_is_explained(tmp_path, jsonl):
+    tok = byte_tokenizer()
+    spec = DataSpec(train=[str(jsonl)], max_seq_length=64, validation_fraction=0.01)
+    data = load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, None)
+    assert data.validation.rows == 0
+    assert "validationFraction 0.01 holds out 1 examples" in no_validation_reason(spec, data)
+    none = spec.model_copy(update={"validation_fraction": 0.0})
+    assert "validationFraction is 0" in no_validation_reason(none, load_dataset(none, tok, "fp", 0, None))

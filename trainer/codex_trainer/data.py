@@ -6,6 +6,7 @@ so packed blocks and variable-length examples share one representation and one c
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -14,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SpecError
+from .errors import SpecError, disk_full, is_disk_full
 from .spec import DataSpec
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 _FORMATS = {".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".parquet": "parquet"}
 
 
@@ -40,81 +41,138 @@ class Dataset:
     validation: Split
     cache_file: Path | None = None
     from_cache: bool = False
+    digest: str = ""  # data_digest(): the data files' contents
+    examples: tuple[int, int] = (0, 0)  # examples (texts) in the train and validation splits
 
 
 # ---------------------------------------------------------------- reading
 
 
 def read_texts(files: list[str], text_field: str, field: str) -> list[str]:
-    """Read every example's text from the given files; SpecError names `field` on a bad file."""
+    """Read every example's text from the given files; SpecError names `field`, the file and the line of a bad row.
+
+    Every value of `text_field` must be a string: null, numbers and booleans are refused, not trained as
+    their spelling. Empty strings are skipped."""
     texts: list[str] = []
     for name in files:
         path = Path(name)
         fmt = _FORMATS.get(path.suffix.lower())
         if fmt is None:
             raise SpecError(field, f"'{name}' has an unsupported extension; use one of {', '.join(_FORMATS)}")
-        if not path.is_file():
-            raise SpecError(field, f"file '{name}' not found (relative paths are read from {Path.cwd()})")
-        got = _READERS[fmt](path, text_field)
+        check_data_path(name, field)
+        got = _READERS[fmt](path, text_field, field)
         if not got:
             raise SpecError(field, f"'{name}' has no examples with text; it is empty")
         texts.extend(got)
     return texts
 
 
-def _missing_field(path: Path, text_field: str, fields: list[str]) -> SpecError:
+def check_data_path(name: str, field: str) -> None:
+    """The path names a readable regular file: SpecError saying what it is instead."""
+    path = Path(name)
+    if path.is_dir():
+        raise SpecError(field, f"'{name}' is a directory; name the data files in it")
+    if not path.is_file():
+        raise SpecError(field, f"file '{name}' not found (relative paths are read from {Path.cwd()})")
+    if not os.access(path, os.R_OK):
+        raise SpecError(field, f"'{name}' is not readable by uid {os.getuid()}")
+
+
+def _missing_field(path: Path, where: str, text_field: str, fields: list[str]) -> SpecError:
     return SpecError(
         "spec.data.textField",
-        f"'{text_field}' is not a field of {path.name} (fields there: {', '.join(fields) or 'none'}); "
+        f"'{text_field}' is not a field of {path.name} {where} (fields there: {', '.join(fields) or 'none'}); "
         f"set data.textField to the one holding the text",
     )
 
 
-def _read_jsonl(path: Path, text_field: str) -> list[str]:
+def _decode(path: Path, field: str) -> str:
+    """The whole file as UTF-8; a file that is not is refused with the byte offset and line of the first bad byte."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise SpecError(
+            field,
+            f"'{path}' is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}) "
+            f"{e.reason}; convert the file to UTF-8 (e.g. iconv -t UTF-8)",
+        ) from None
+
+
+def _read_jsonl(path: Path, text_field: str, field: str) -> list[str]:
     out = []
-    with path.open(encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SpecError("spec.data", f"{path.name} line {n} is not JSON: {e.msg}") from None
-            out.append(_text_of(row, path, text_field))
+    for n, line in enumerate(_lines(_decode(path, field)), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SpecError(field, f"'{path}' line {n} is not JSON: {e.msg}") from None
+        out.append(_text_of(row, path, f"line {n}", text_field, field))
     return [t for t in out if t]
 
 
-def _read_json(path: Path, text_field: str) -> list[str]:
+def _read_json(path: Path, text_field: str, field: str) -> list[str]:
     try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
+        rows = json.loads(_decode(path, field))
     except json.JSONDecodeError as e:
-        raise SpecError("spec.data", f"{path.name} is not JSON: {e.msg}") from None
+        raise SpecError(field, f"'{path}' is not JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(rows, list):
-        raise SpecError("spec.data", f"{path.name} must hold a JSON list of objects")
-    return [t for t in (_text_of(r, path, text_field) for r in rows) if t]
+        raise SpecError(field, f"'{path}' must hold a JSON list of objects")
+    return [t for t in (_text_of(r, path, f"item {i}", text_field, field) for i, r in enumerate(rows)) if t]
 
 
-def _text_of(row: object, path: Path, text_field: str) -> str:
+def _text_of(row: object, path: Path, where: str, text_field: str, field: str) -> str:
     if not isinstance(row, dict):
-        raise SpecError("spec.data", f"{path.name}: each example must be a JSON object with '{text_field}'")
+        raise SpecError(field, f"'{path}' {where}: each example must be a JSON object with '{text_field}'")
     if text_field not in row:
-        raise _missing_field(path, text_field, list(row))
-    value = row[text_field]
-    return value if isinstance(value, str) else str(value)
+        raise _missing_field(path, where, text_field, list(row))
+    return _checked_text(row[text_field], path, where, text_field, field)
 
 
-def _read_txt(path: Path, text_field: str) -> list[str]:
-    with path.open(encoding="utf-8") as f:
-        return [line.rstrip("\n") for line in f if line.strip()]
+def _checked_text(value: object, path: Path, where: str, text_field: str, field: str) -> str:
+    """A string that encodes as UTF-8; anything else (null, a number, a lone surrogate) is refused."""
+    if not isinstance(value, str):
+        got = "null" if value is None else f"{type(value).__name__} {json.dumps(value)[:40]}"
+        raise SpecError(field, f"'{path}' {where}: field '{text_field}' is {got}, not a string")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise SpecError(
+            field, f"'{path}' {where}: field '{text_field}' holds a lone surrogate (\\u{ord(value[e.start]):04x})"
+        ) from None
+    return value
 
 
-def _read_parquet(path: Path, text_field: str) -> list[str]:
+def _read_txt(path: Path, text_field: str, field: str) -> list[str]:
+    return [line for line in _lines(_decode(path, field)) if line.strip()]
+
+
+def _lines(text: str) -> list[str]:
+    """Lines as Python's text mode splits them (\\n, \\r\\n, \\r); not str.splitlines, which also splits at
+    U+2028 and other characters that may sit inside a JSON string."""
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def _read_parquet(path: Path, text_field: str, field: str) -> list[str]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as e:
+        raise SpecError(field, f"'{path}' is not a readable parquet file: {str(e).splitlines()[0]}") from None
     if text_field not in table.column_names:
-        raise _missing_field(path, text_field, table.column_names)
-    return [t for t in table.column(text_field).to_pylist() if t]
+        raise _missing_field(path, "", text_field, table.column_names)
+    column = table.column(text_field)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise SpecError(field, f"'{path}': column '{text_field}' holds {column.type}, not strings")
+    values = column.to_pylist()
+    for i, v in enumerate(values):
+        if v is None:
+            raise SpecError(field, f"'{path}' row {i}: column '{text_field}' is null, not a string")
+    return [t for t in values if t]
 
 
 _READERS = {"jsonl": _read_jsonl, "json": _read_json, "txt": _read_txt, "parquet": _read_parquet}
@@ -157,12 +215,24 @@ def truncate(docs: list[np.ndarray], length: int) -> Split:
 # ---------------------------------------------------------------- the whole pipeline, cached
 
 
-def cache_key(spec: DataSpec, seed: int, tokenizer_fp: str) -> str:
+def data_digest(spec: DataSpec) -> str:
+    """sha256 of the data files' contents, train then validation, in order: the data's identity.
+
+    A path is not part of it: the same file named relatively or absolutely, or mounted elsewhere, is the
+    same data, and a file overwritten with other rows is other data."""
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, spec.model_dump(mode="json"), seed, tokenizer_fp], sort_keys=True).encode())
-    for name in spec.train_files + spec.validation_files:
-        h.update(name.encode())
-        h.update(_file_digest(Path(name)))
+    for role, names in (("train", spec.train_files), ("validation", spec.validation_files)):
+        h.update(f"{role}:{len(names)}".encode())
+        for name in names:
+            h.update(_file_digest(Path(name)))
+    return h.hexdigest()
+
+
+def cache_key(spec: DataSpec, seed: int, tokenizer_fp: str, digest: str | None = None) -> str:
+    settings = spec.model_dump(mode="json", exclude={"train", "validation", "existing_claim"})
+    h = hashlib.sha256()
+    h.update(json.dumps([CACHE_VERSION, settings, seed, tokenizer_fp], sort_keys=True).encode())
+    h.update((digest or data_digest(spec)).encode())
     return h.hexdigest()[:20]
 
 
@@ -176,19 +246,18 @@ def _file_digest(path: Path) -> bytes:
     return h.digest()
 
 
-def load_dataset(spec: DataSpec, tokenizer, tokenizer_fp: str, seed: int, cache_dir: Path | None) -> Dataset:
-    """Read, split, tokenize and pack; reuse the cache when data, tokenizer and settings are unchanged."""
+def load_dataset(spec: DataSpec, tokenizer, tokenizer_fp: str, seed: int, cache_dir: Path | None, log=None) -> Dataset:
+    """Read, split, tokenize and pack; reuse the cache when data, tokenizer and settings are unchanged.
+
+    A cache file that does not verify (torn, truncated, altered) is reported through `log` and rebuilt."""
+    digest = data_digest(spec)
     cache_file = None
     if cache_dir is not None:
-        cache_file = cache_dir / f"tokens-{cache_key(spec, seed, tokenizer_fp)}.npz"
+        cache_file = cache_dir / f"tokens-{cache_key(spec, seed, tokenizer_fp, digest)}.npz"
         if cache_file.is_file():
-            with np.load(cache_file) as z:
-                return Dataset(
-                    Split(z["train_tokens"], z["train_offsets"]),
-                    Split(z["val_tokens"], z["val_offsets"]),
-                    cache_file,
-                    from_cache=True,
-                )
+            cached = _read_cache(cache_file, digest, log)
+            if cached is not None:
+                return cached
 
     texts = read_texts(spec.train_files, spec.text_field, "spec.data.train")
     if spec.validation_files:
@@ -201,28 +270,88 @@ def load_dataset(spec: DataSpec, tokenizer, tokenizer_fp: str, seed: int, cache_
     eos = tokenizer.eos_token_id
     shape = pack if spec.packing else truncate
     train_docs = tokenize(train_texts, tokenizer, eos)
+    val_docs = tokenize(val_texts, tokenizer, eos)
     train = shape(train_docs, spec.max_seq_length)
-    val = shape(tokenize(val_texts, tokenizer, eos), spec.max_seq_length)
+    val = shape(val_docs, spec.max_seq_length)
     if train.rows == 0:
-        n_tokens = sum(len(d) for d in train_docs)
-        raise SpecError(
-            "spec.data.maxSeqLength",
-            f"the training data makes {n_tokens} tokens, fewer than one sequence of "
-            f"{spec.max_seq_length}; lower maxSeqLength or add data",
-        )
+        raise _no_training_sequence(spec, sum(map(len, train_docs)), sum(map(len, val_docs)), len(val_texts))
 
+    examples = (len(train_texts), len(val_texts))
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(
-            tmp,
-            train_tokens=train.tokens,
-            train_offsets=train.offsets,
-            val_tokens=val.tokens,
-            val_offsets=val.offsets,
+        _write_cache(cache_file, train, val, examples)
+    return Dataset(train, val, cache_file, from_cache=False, digest=digest, examples=examples)
+
+
+def _no_training_sequence(spec: DataSpec, train_tokens: int, val_tokens: int, held_out: int) -> SpecError:
+    if not spec.validation_files and held_out and train_tokens + val_tokens >= spec.max_seq_length:
+        return SpecError(
+            "spec.data.validationFraction",
+            f"{spec.validation_fraction} holds out {held_out} examples for validation, leaving {train_tokens} "
+            f"training tokens, fewer than one sequence of maxSeqLength {spec.max_seq_length}; lower "
+            "validationFraction or add data",
         )
+    return SpecError(
+        "spec.data.maxSeqLength",
+        f"the training data makes {train_tokens} tokens, fewer than one sequence of "
+        f"{spec.max_seq_length}; lower maxSeqLength or add data",
+    )
+
+
+def no_validation_reason(spec: DataSpec, data: Dataset) -> str | None:
+    """Why the validation split is empty (so evaluation never runs), or None when it is not."""
+    if data.validation.rows > 0:
+        return None
+    if spec.validation_files:
+        return f"data.validation makes no sequence of maxSeqLength {spec.max_seq_length}"
+    if spec.validation_fraction == 0:
+        return "validationFraction is 0 and there is no data.validation"
+    return (
+        f"validationFraction {spec.validation_fraction} holds out {data.examples[1]} examples, which make no "
+        f"sequence of maxSeqLength {spec.max_seq_length}; raise validationFraction or give data.validation"
+    )
+
+
+def _read_cache(path: Path, digest: str, log) -> Dataset | None:
+    """The cached dataset if the file verifies (zip CRCs, every array present and consistent), else None."""
+    try:
+        with np.load(path) as z:
+            train = Split(z["train_tokens"], z["train_offsets"])
+            val = Split(z["val_tokens"], z["val_offsets"])
+            examples = tuple(int(x) for x in z["examples"])
+        for split in (train, val):
+            offs = split.offsets
+            if len(offs) < 1 or offs[0] != 0 or offs[-1] != len(split.tokens) or np.any(np.diff(offs) < 0):
+                raise ValueError("offsets do not match the tokens")
+    except Exception as e:  # a torn zip raises BadZipFile, EOFError, OSError, ValueError, KeyError ...
+        if log is not None:
+            log(f"ignoring damaged tokenized cache {path} ({type(e).__name__}: {str(e)[:100]}); tokenizing again")
+        with contextlib.suppress(OSError):
+            path.unlink()
+        return None
+    return Dataset(train, val, path, from_cache=True, digest=digest, examples=examples)
+
+
+def _write_cache(cache_file: Path, train: Split, val: Split, examples: tuple[int, int]) -> None:
+    tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
+    arrays = {
+        "train_tokens": train.tokens,
+        "train_offsets": train.offsets,
+        "val_tokens": val.tokens,
+        "val_offsets": val.offsets,
+        "examples": np.asarray(examples, dtype=np.int64),
+    }
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(tmp, **arrays)
         os.replace(tmp, cache_file)
-    return Dataset(train, val, cache_file, from_cache=False)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if is_disk_full(e):
+            raise disk_full(
+                "the tokenized data cache", cache_file.parent, sum(a.nbytes for a in arrays.values())
+            ) from None
+        raise
 
 
 # ---------------------------------------------------------------- batch order

@@ -5,7 +5,9 @@ Also the exit message a pod leaves for the operator (its termination message).""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 from pathlib import Path
 
 EXIT_OK = 0
@@ -28,6 +30,34 @@ class SpecError(Exception):
 
 class TransientError(Exception):
     """Something outside the spec failed (the network, say): worth a retry, not a traceback."""
+
+
+class DiskFullError(TransientError):
+    """No space left while writing. Retryable: nothing half-written is left, and the next run resumes from the
+    last complete checkpoint once there is room."""
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full(what: str, where: Path, needed: int) -> DiskFullError:
+    """The one line for a full disk: what was being written, where, how much it needed and how much is free."""
+    probe = Path(where)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    try:
+        free = f"{_mib(shutil.disk_usage(probe).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return DiskFullError(
+        f"disk full: writing {what} in {where} needed about {_mib(needed)} ({free}); "
+        "free space there or give the volume more (spec.storage.size)"
+    )
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 # ---- the termination message: what the operator shows in the job's status.message

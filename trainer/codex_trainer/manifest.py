@@ -14,26 +14,98 @@ from pydantic import BaseModel, ValidationError
 from .errors import SpecError
 from .spec import Manifest
 
+MAX_MANIFEST_BYTES = 1 << 20  # a Kubernetes object is at most about 1.5 MB; a job file is a few hundred bytes
+MAX_VALUES = 100_000  # after YAML aliases are expanded: a few dozen levels of `&a [*b, *b]` would be billions
+MAX_DEPTH = 64
+MAX_PROBLEMS = 20
+
 
 def load_manifest(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Manifest:
-    """Parse and validate a manifest file; raise SpecError naming each bad field."""
+    """Parse and validate a manifest file; raise SpecError naming each bad field.
+
+    Whatever the file holds (random bytes, another encoding, broken or deeply nested YAML, several
+    documents, alias bombs, a huge file), the answer is a SpecError with a short message, soon."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(str(path), "file not found") from None
-    except yaml.YAMLError as e:
-        raise SpecError(str(path), f"not valid YAML: {e}") from None
+    raw = parse_yaml(_read_text(path), str(path))
     if not isinstance(raw, dict):
         raise SpecError(str(path), "expected a CodexTrainingJob manifest (apiVersion, kind, metadata, spec)")
     return parse_manifest(apply_overrides(raw, overrides))
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.is_dir():
+            raise SpecError(str(path), "is a directory, not a manifest file")
+        with path.open("rb") as f:
+            data = f.read(MAX_MANIFEST_BYTES + 1)
+    except FileNotFoundError:
+        raise SpecError(str(path), "file not found") from None
+    except OSError as e:
+        raise SpecError(str(path), f"cannot be read: {e.strerror or e}") from None
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise SpecError(str(path), f"is larger than {MAX_MANIFEST_BYTES >> 20} MiB; a job file is a few hundred bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(
+            str(path), f"is not UTF-8 text (byte 0x{data[e.start]:02x} at offset {e.start}); save it as UTF-8"
+        ) from None
+
+
+def parse_yaml(text: str, source: str) -> Any:
+    """One YAML document, bounded in size and depth; SpecError with a one-line reason otherwise."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(source, f"not valid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise SpecError(source, f"is nested more than {MAX_DEPTH} levels deep") from None
+    _check_bounds(raw, source)
+    return raw
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    problem = getattr(e, "problem", None)
+    mark = getattr(e, "problem_mark", None)
+    if problem and "another document" in problem:
+        return "it holds several documents; give one CodexTrainingJob per file"
+    if problem is None:
+        return _short(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    return _short(problem) + where
+
+
+def _check_bounds(raw: Any, source: str) -> None:
+    """Walk the parsed document once, counting every value as often as aliases repeat it."""
+    count, stack = 0, [(raw, 0)]
+    while stack:
+        node, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES:
+            raise SpecError(source, f"holds more than {MAX_VALUES} values once YAML aliases are expanded")
+        if depth > MAX_DEPTH:
+            raise SpecError(source, f"is nested more than {MAX_DEPTH} levels deep")
+        if isinstance(node, dict):
+            stack.extend((v, depth + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, depth + 1) for v in node)
+
+
+def _short(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def parse_manifest(raw: dict[str, Any]) -> Manifest:
     try:
         return Manifest.model_validate(raw)
     except ValidationError as e:
-        raise SpecError([_explain(err) for err in e.errors()]) from None
+        problems = [_explain(err) for err in e.errors()]
+        if len(problems) > MAX_PROBLEMS:
+            problems = [*problems[:MAX_PROBLEMS], ("", f"... and {len(problems) - MAX_PROBLEMS} more problems")]
+        raise SpecError(problems) from None
+    except RecursionError:
+        raise SpecError("", f"the manifest is nested more than {MAX_DEPTH} levels deep") from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
@@ -52,8 +124,17 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
             if not isinstance(nxt, dict):
                 raise SpecError(".".join(parts), f"--set cannot descend into '{p}', which is not a mapping")
             node = nxt
-        node[parts[-1]] = yaml.safe_load(value) if value != "" else ""
+        node[parts[-1]] = _override_value(item, value)
     return raw
+
+
+def _override_value(item: str, value: str) -> Any:
+    if value == "":
+        return ""
+    try:
+        return parse_yaml(value, "--set")
+    except SpecError as e:
+        raise SpecError("--set", f"'{_short(item, 80)}': the value is {e.problems[0][1]}") from None
 
 
 def _explain(err: dict[str, Any]) -> tuple[str, str]:
@@ -70,7 +151,7 @@ def _explain(err: dict[str, Any]) -> tuple[str, str]:
         return path, "required field is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if got is not None and not isinstance(got, dict | list):
-        msg += f" (got {got!r})"
+        msg += f" (got {_short(repr(got), 80)})"
     return path, msg
 
 
