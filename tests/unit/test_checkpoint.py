@@ -113,3 +113,39 @@ def test_kill_9_during_writes_never_yields_a_loadable_partial_checkpoint(tmp_pat
     assert leftovers, "no kill landed mid-write: the test proved nothing"
     checkpoint.prune(tmp_path, keep_last=1)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".step-")]
+
+
+@pytest.mark.parametrize("fails_at", ["weights", "optimizer"])
+def test_a_full_disk_leaves_no_temporary_directory_and_the_last_good_checkpoint_stays(tmp_path, monkeypatch, fails_at):
+    import errno
+
+    from codex_trainer.errors import DiskFullError
+
+    save(tmp_path, 5, fill=2.0)
+
+    def no_space(*args, **kwargs):
+        path = args[1]
+        path.write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    if fails_at == "weights":
+        monkeypatch.setattr(checkpoint, "save_file", no_space)
+    else:
+        monkeypatch.setattr(checkpoint, "torch", _Torch(no_space))
+    with pytest.raises(DiskFullError) as e:
+        save(tmp_path, 10, size=1 << 18)
+    message = str(e.value)
+    assert message.startswith(f"disk full: writing checkpoint step-10 in {tmp_path} needed about 1.0 MiB (")
+    assert "MiB free" in message and "\n" not in message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-5"]  # no .step-10.tmp*
+    assert checkpoint.load_latest(tmp_path).step == 5
+
+
+class _Torch:
+    """Stands in for the torch module inside checkpoint.py: torch.save fails, everything else is torch's."""
+
+    def __init__(self, failing_save):
+        self.save = failing_save
+
+    def __getattr__(self, name):
+        return getattr(torch, name)

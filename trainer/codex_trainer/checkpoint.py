@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import disk_full, is_disk_full
+
 MANIFEST = "MANIFEST.json"
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
@@ -48,12 +50,32 @@ def save(
     scheduler: dict[str, Any],
     state: dict[str, Any],
 ) -> Path:
-    """Write checkpoint `step` atomically under root; return its final path."""
+    """Write checkpoint `step` atomically under root; return its final path.
+
+    On any failure the temporary directory is removed; a full disk raises DiskFullError saying how much
+    the checkpoint needed."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
     tmp = root / f".step-{step}.tmp{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    try:
+        tmp.mkdir()
+        _write_files(tmp, step, weights, optimizer, scheduler, state)
+        if final.exists():  # a rerun reached the same step again: the new one replaces it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        _fsync(root)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = _tensor_bytes(weights) + _tensor_bytes(optimizer)
+        # torch.save reports a full disk as a RuntimeError ("file write failed"): judge by the space left too
+        if is_disk_full(e) or (isinstance(e, Exception) and shutil.disk_usage(root).free < needed):
+            raise disk_full(f"checkpoint step-{step}", root, needed) from None
+        raise
+    return final
+
+
+def _write_files(tmp: Path, step: int, weights, optimizer, scheduler, state) -> None:
     save_file(weights, tmp / WEIGHTS)
     torch.save(optimizer, tmp / OPTIMIZER)
     torch.save(scheduler, tmp / SCHEDULER)
@@ -66,11 +88,17 @@ def save(
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
     _fsync(tmp / MANIFEST)
     _fsync(tmp)
-    if final.exists():  # a rerun reached the same step again: the new one replaces it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _fsync(root)
-    return final
+
+
+def _tensor_bytes(obj: Any) -> int:
+    """Bytes of every tensor in a (nested) state dict: about what writing it takes."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(_tensor_bytes(v) for v in obj)
+    return 0
 
 
 def complete(root: Path) -> list[tuple[int, Path]]:

@@ -18,7 +18,14 @@ import signal
 import sys
 from pathlib import Path
 
-from .errors import EXIT_RETRYABLE, EXIT_USER_ERROR, SpecError, TransientError, write_termination_message
+from .errors import (
+    EXIT_RETRYABLE,
+    EXIT_USER_ERROR,
+    SpecError,
+    TransientError,
+    is_disk_full,
+    write_termination_message,
+)
 from .manifest import load_manifest
 
 
@@ -27,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         manifest = load_manifest(args.file, args.set)
         if args.command == "validate":
+            from .check import check_job
+
+            check_job(manifest.spec, warn=lambda m: print(f"codex-train: warning: {m}", file=sys.stderr))
             print(json.dumps(manifest.spec.model_dump(mode="json", by_alias=True), indent=2))
             return 0
         if args.command == "launch":
@@ -43,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
     except TransientError as e:
         print(f"codex-train: {e}", file=sys.stderr)
         write_termination_message(str(e))
+        return EXIT_RETRYABLE
+    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last complete checkpoint stays
+        print("codex-train: stopped at once by a second Ctrl-C; the last complete checkpoint stays", file=sys.stderr)
+        return 128 + signal.SIGINT
+    except OSError as e:
+        if not is_disk_full(e):
+            raise
+        message = f"disk full: {e.strerror} writing {e.filename or 'a file'}; free space there (retryable)"
+        print(f"codex-train: {message}", file=sys.stderr)
+        write_termination_message(message)
         return EXIT_RETRYABLE
     except Exception as e:  # a crash: the traceback goes to stderr as before, one line to the operator
         write_termination_message(f"crashed: {type(e).__name__}: {e}".splitlines()[0])
@@ -92,7 +112,13 @@ def _parser() -> argparse.ArgumentParser:
         help="a pod's entry point: check the job, then train on NNODES x NPROC_PER_NODE processes "
         "(rendezvous from NNODES, NPROC_PER_NODE, NODE_RANK, MASTER_ADDR, MASTER_PORT)",
     )
-    validate = sub.add_parser("validate", help="check the file and print the resolved spec")
+    validate = sub.add_parser(
+        "validate",
+        help="check the job without training and print the resolved spec: the file and its fields, the data "
+        "files (exist, parse, a string in textField on every row), the tokenizer and model sources (resolve; "
+        "configs only, no weights), peft target modules and modules to save (exist in the model), maxSeqLength "
+        "(within the model's positions); exit 2 naming each problem",
+    )
     for s in (run, launch, validate):
         s.add_argument("file", help="a CodexTrainingJob manifest (YAML)")
         s.add_argument(

@@ -69,8 +69,11 @@ class Prometheus:
             self.server, _ = start_http_server(port, registry=self.registry)
 
     def close(self) -> None:
+        """Stop serving and free the port (safe to call twice)."""
         if self.server is not None:
             self.server.shutdown()
+            self.server.server_close()
+            self.server = None
 
 
 class SystemStats:

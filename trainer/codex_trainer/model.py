@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .errors import SpecError
 from .sources import load_failure, resolve_source
-from .spec import ModelSpec, PeftSpec
+from .spec import HF_SOURCE, ModelSpec, PeftSpec
 
 
 def load_base_model(spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dtype, is_main: bool) -> PreTrainedModel:
@@ -25,7 +26,7 @@ def load_base_model(spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dty
             _barrier()
         name, revision = str(base_dir), None
     else:
-        name, revision = resolve_source(spec.source, field="spec.model.source")
+        name, revision = resolve_source(spec.source, field="spec.model.source", what="a causal LM")
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name, revision=revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
@@ -121,3 +122,66 @@ def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor
     with torch.no_grad():
         for n, t in tensors.items():
             params[n].copy_(t)
+
+
+# ---------------------------------------------------------------- positions
+
+
+def check_positions(model: torch.nn.Module, max_seq_length: int, warn) -> None:
+    """Refuse a maxSeqLength the model cannot represent (learned absolute positions, e.g. GPT-2's
+    n_positions); warn when it can (rotary, relative) but was configured for fewer positions."""
+    config = model.config
+    limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if not isinstance(limit, int) or max_seq_length <= limit:
+        return
+    learned = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding) and _is_position_table(n)]
+    if learned:
+        raise SpecError(
+            "spec.data.maxSeqLength",
+            f"is {max_seq_length} but this model has learned position embeddings ({learned[0]}) for {limit} "
+            f"positions only; set maxSeqLength to {limit} or less",
+        )
+    warn(
+        f"data.maxSeqLength {max_seq_length} is beyond the {limit} positions this model is configured for "
+        "(max_position_embeddings); its positions extend, but it was not trained for them"
+    )
+
+
+def _is_position_table(name: str) -> bool:
+    last = name.rsplit(".", 1)[-1]
+    return last == "wpe" or "pos" in last
+
+
+# ---------------------------------------------------------------- the trained result
+
+
+def adapter_base_reference(source: str, base_dir: Path, final: Path) -> tuple[str, str | None]:
+    """What adapter_config.json names as the base model, so the adapter loads anywhere: the Hub id (and
+    revision) for hf:// models; for scratch and local models a path relative to the adapter's own
+    directory (see load_trained), which survives another working directory or mount point."""
+    m = HF_SOURCE.match(source)
+    if m:
+        return m.group("repo"), m.group("rev")
+    base = base_dir if source == "scratch" else Path(source).expanduser()
+    return os.path.relpath(base.resolve(), final.resolve()), None
+
+
+def load_trained(path: str | Path, **kwargs):
+    """(model, tokenizer) from a run's final/ directory, from any working directory.
+
+    A LoRA adapter is applied to its base model, which adapter_config.json names by Hub id or by a path
+    relative to the adapter's directory; with peft.method none final/ holds the whole model."""
+    from transformers import AutoTokenizer
+
+    final = Path(path).expanduser()
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    config_file = final / "adapter_config.json"
+    if not config_file.is_file():
+        return AutoModelForCausalLM.from_pretrained(final, **kwargs), tokenizer
+    config = json.loads(config_file.read_text())
+    base = config["base_model_name_or_path"]
+    beside = final / base
+    if not Path(base).is_absolute() and (beside / "config.json").is_file():
+        base = str(beside.resolve())
+    model = AutoModelForCausalLM.from_pretrained(base, revision=config.get("revision"), **kwargs)
+    return PeftModel.from_pretrained(model, final), tokenizer

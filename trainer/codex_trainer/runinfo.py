@@ -22,13 +22,61 @@ def spec_hash(spec: JobSpec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()
 
 
-def resume_identity(spec: JobSpec) -> dict[str, Any]:
-    """The parts of a spec a checkpoint is tied to: change them and the old checkpoints no longer apply."""
+def resume_identity(spec: JobSpec, data_digest: str) -> dict[str, Any]:
+    """The parts of a spec a checkpoint is tied to: change them and the old checkpoints no longer apply.
+
+    The data counts by its content (`data_digest`, sha256 of the files), not by the paths naming it; the
+    batch shape counts because it decides which rows each step sees."""
+    d = spec.model_dump(mode="json", by_alias=True)
+    data = {k: v for k, v in d["data"].items() if k not in ("train", "validation", "existingClaim")}
+    batch = {k: d["training"][k] for k in ("batchSize", "gradientAccumulation")}
+    return {
+        "model": d["model"],
+        "tokenizer": d["tokenizer"],
+        "data": data | {"sha256": data_digest},
+        "peft": d["peft"],
+        "seed": spec.training.seed,
+        "training": batch,
+    }
+
+
+def legacy_identity(spec: JobSpec) -> dict[str, Any]:
+    """What checkpoints written before the data was identified by content hold (data by path)."""
     d = spec.model_dump(mode="json", by_alias=True)
     return {k: d[k] for k in ("model", "tokenizer", "data", "peft")} | {"seed": spec.training.seed}
 
 
-def write_run_json(path: Path, name: str, spec: JobSpec, world_size: int, device: str) -> dict[str, Any]:
+def identity_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Dotted paths (under spec) where two identities differ, e.g. ['data.sha256', 'peft.r']."""
+    changed = []
+    for key in current:
+        a, b = saved.get(key), current[key]
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{key}.{k}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
+        elif a != b:
+            changed.append(key)
+    return changed
+
+
+def training_changes(saved: dict[str, Any] | None, spec: JobSpec) -> dict[str, dict[str, Any]]:
+    """training.* fields that differ from the run that wrote the checkpoint: {field: {was, now}}."""
+    if not saved:
+        return {}
+    now = spec.training.model_dump(mode="json", by_alias=True)
+    return {f"training.{k}": {"was": saved.get(k), "now": v} for k, v in now.items() if saved.get(k) != v}
+
+
+def write_run_json(
+    path: Path,
+    name: str,
+    spec: JobSpec,
+    world_size: int,
+    device: str,
+    resumed_from: int = 0,
+    changes: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """run.json tells what runs now; on resume, from which step, what changed, and what earlier starts ran."""
+    earlier = _earlier_starts(path)
     info = {
         "name": name,
         "spec": spec.model_dump(mode="json", by_alias=True),
@@ -37,15 +85,38 @@ def write_run_json(path: Path, name: str, spec: JobSpec, world_size: int, device
         "world_size": world_size,
         "device": device,
         "started_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "resumed_from_step": resumed_from,
+        "changed_on_resume": changes or {},
+        "earlier_starts": earlier,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "packages": {p: _version(p) for p in PACKAGES},
         "git_sha": _git_sha(),
     }
     tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(info, indent=2))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return info
+
+
+def _earlier_starts(path: Path) -> list[dict[str, Any]]:
+    """The previous run.json's start, appended to its own list of earlier starts."""
+    try:
+        prev = json.loads(path.read_text())
+        entry = {
+            "started_at": prev["started_at"],
+            "resumed_from_step": prev.get("resumed_from_step", 0),
+            "spec_sha256": prev["spec_sha256"],
+            "training": prev["spec"]["training"],
+            "world_size": prev.get("world_size"),
+        }
+        return [*prev.get("earlier_starts", []), entry]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _version(package: str) -> str | None:

@@ -7,16 +7,34 @@ from pathlib import Path
 from .errors import SpecError, TransientError
 from .spec import HF_SOURCE
 
+HUB_PROBE_TIMEOUT = 10.0  # seconds for the one look-up that tells whether the Hub answers at all
+_answered: set[tuple[str, str | None]] = set()
 
-def resolve_source(source: str, field: str) -> tuple[str, str | None]:
-    """Return (name_or_path, revision). A local path must exist."""
+
+def resolve_source(source: str, field: str, what: str = "a model") -> tuple[str, str | None]:
+    """Return (name_or_path, revision). A local path must exist; a Hub repository (and revision) is looked
+    up once, without retries, so an unreachable Hub is one line within seconds instead of a minute of
+    retry warnings from from_pretrained, and a missing repository or revision is refused at once."""
     m = HF_SOURCE.match(source)
     if m:
+        _probe_hub(m.group("repo"), m.group("rev"), source, field, what)
         return m.group("repo"), m.group("rev")
     path = Path(source).expanduser()
     if not path.exists():
         raise SpecError(field, f"'{source}' is neither hf://org/name[@revision] nor an existing local directory")
     return str(path), None
+
+
+def _probe_hub(repo: str, revision: str | None, source: str, field: str, what: str) -> None:
+    from huggingface_hub import HfApi, constants
+
+    if constants.HF_HUB_OFFLINE or (repo, revision) in _answered:
+        return  # offline, from_pretrained reads the local cache alone
+    try:
+        HfApi().model_info(repo, revision=revision, timeout=HUB_PROBE_TIMEOUT)
+    except Exception as e:  # noqa: BLE001 - load_failure sorts it into the user's problem or a retryable one
+        raise load_failure(e, source, field, what) from None
+    _answered.add((repo, revision))
 
 
 def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:

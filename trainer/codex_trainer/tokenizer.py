@@ -30,7 +30,7 @@ def byte_tokenizer() -> PreTrainedTokenizerFast:
 def load_tokenizer(source: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     if source == BYTES:
         return byte_tokenizer()
-    name, revision = resolve_source(source, field="spec.tokenizer")
+    name, revision = resolve_source(source, field="spec.tokenizer", what="a tokenizer")
     try:
         tok = AutoTokenizer.from_pretrained(name, revision=revision, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:

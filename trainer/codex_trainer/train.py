@@ -25,11 +25,19 @@ from transformers.utils import logging as hf_logging
 
 from . import checkpoint
 from .console import Console
-from .data import collate, load_dataset, micro_batch_rows, micro_batches_per_epoch
-from .errors import EXIT_OK, SpecError
+from .data import collate, load_dataset, micro_batch_rows, micro_batches_per_epoch, no_validation_reason
+from .errors import EXIT_OK, SpecError, disk_full, is_disk_full
 from .metrics import MetricsFile, Mlflow, Prometheus, SystemStats, flatten
-from .model import load_base_model, load_trainable_state, trainable_state, wrap_peft
-from .runinfo import resume_identity, write_run_json
+from .model import (
+    adapter_base_reference,
+    check_positions,
+    load_base_model,
+    load_trainable_state,
+    trainable_state,
+    wrap_peft,
+)
+from .outdir import output_lock, prepare_output_dir
+from .runinfo import identity_changes, legacy_identity, resume_identity, training_changes, write_run_json
 from .spec import JobSpec
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
@@ -53,22 +61,49 @@ def train(
     metrics_port: int | None = None,
     console: Console | None = None,
 ) -> int:
-    t = spec.training
+    """Check the output directory, take its lock and the metrics port (before loading anything), then train."""
     hf_logging.disable_progress_bar()  # our own progress is enough; weight-loading bars are noise in pod logs
     warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
     # cpu=True when there is no GPU: that is what makes accelerate set up gloo for several CPU processes
-    accelerator = Accelerator(mixed_precision=_mixed_precision(t.precision), cpu=not torch.cuda.is_available())
-    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+    precision = _mixed_precision(spec.training.precision)
+    accelerator = Accelerator(mixed_precision=precision, cpu=not torch.cuda.is_available())
+    is_main = accelerator.is_main_process
     console = console or Console(enabled=is_main)
     console.enabled = console.enabled and is_main
+    if is_main:
+        prepare_output_dir(out)
+    accelerator.wait_for_everyone()
+    with output_lock(out, enabled=is_main):
+        prom = _start_prometheus(metrics_port, spec, name) if is_main else None
+        try:
+            return _train(spec, name, out, stop, accelerator, console, prom)
+        finally:
+            if prom:
+                prom.close()
+
+
+def _start_prometheus(cli_port: int | None, spec: JobSpec, name: str) -> Prometheus:
+    port = cli_port if cli_port is not None else spec.metrics.port
+    try:
+        return Prometheus(port, name)
+    except OSError as e:
+        field = "--metrics-port" if cli_port is not None else "spec.metrics.port"
+        raise SpecError(field, f"cannot serve metrics on port {port}: {e.strerror or e}; choose another port") from None
+
+
+def _train(spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator, console: Console, prom) -> int:
+    t = spec.training
+    rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out / "checkpoints"
+
+    def warn(message: str) -> None:
+        console.event("warning", message=message)
 
     # ---- data and model
     tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
     with accelerator.main_process_first():  # rank 0 tokenizes and caches; the others read the cache
-        data = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), t.seed, out / "cache")
+        data = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), t.seed, out / "cache", warn)
     console.event(
         "data",
         train_sequences=data.train.rows,
@@ -76,13 +111,11 @@ def train(
         train_tokens=int(data.train.offsets[-1]),
         cached=data.from_cache,
     )
+    if no_validation_reason(spec.data, data):
+        warn(f"no validation sequences, so evaluation will not run: {no_validation_reason(spec.data, data)}")
     per_epoch = micro_batches_per_epoch(data.train.rows, t.batch_size, world)
     if per_epoch == 0:
-        raise SpecError(
-            "spec.training.batchSize",
-            f"the training data makes {data.train.rows} sequences, fewer than batchSize × processes "
-            f"= {t.batch_size * world}; lower batchSize or maxSeqLength, or add data",
-        )
+        raise _too_few_sequences(spec, data, world)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
 
     torch.manual_seed(t.seed)
@@ -92,22 +125,32 @@ def train(
     frozen_base = spec.peft.method == "lora" and not spec.peft.modules_to_save
     base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and frozen_base else None
     model = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
-    base_name = str(base_dir.resolve()) if spec.model.source == "scratch" else spec.model.source
-    model = wrap_peft(model, spec.peft, base_name)
+    check_positions(model, spec.data.max_seq_length, warn)
+    base_ref = adapter_base_reference(spec.model.source, base_dir, out / "final")
+    model = wrap_peft(model, spec.peft, base_ref[0])
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
 
     # ---- resume
-    identity = resume_identity(spec)
-    step, tokens_seen, eval_loss = 0, 0, None
-    found = checkpoint.load_latest(ckpt_dir, log=lambda m: console.event("warning", message=m))
+    identity = resume_identity(spec, data.digest)
+    step, tokens_seen, eval_loss, changes = 0, 0, None, {}
+    found = checkpoint.load_latest(ckpt_dir, log=warn)
     if found is not None:
-        _check_same_job(found.state.get("identity"), identity, found.path)
+        _check_same_job(found.state.get("identity"), identity, legacy_identity(spec), found.path)
         load_trainable_state(model, found.weights)
         optimizer.load_state_dict(found.optimizer)
         scheduler.load_state_dict(found.scheduler)
+        changes = _apply_training_settings(spec, optimizer, scheduler, found.state.get("training"))
+        if changes:
+            console.event(
+                "changed",
+                step=found.step,
+                message="training settings differ from the checkpoint's; "
+                "applied from this step on (recorded in run.json)",
+                changes=changes,
+            )
         step, tokens_seen = found.step, found.state["tokens_seen"]
         eval_loss = found.state.get("eval_loss")
         if found.state.get("world_size") != world:
@@ -118,10 +161,7 @@ def train(
         accelerator.scaler.load_state_dict(found.state["grad_scaler"])
 
     # ---- outputs
-    if is_main:
-        write_run_json(out / "run.json", name, spec, world, str(device))
     metrics = MetricsFile(out / "metrics.jsonl", resume_step=step) if is_main else None
-    prom = Prometheus(metrics_port if metrics_port is not None else spec.metrics.port, name) if is_main else None
     mlflow = _start_mlflow(spec, name, out) if is_main else None
     stats = SystemStats(use_gpu=device.type == "cuda") if is_main else None
     if prom:
@@ -140,8 +180,10 @@ def train(
     )
     if step >= total_steps and (out / "final").is_dir():
         console.event("done", message=f"already complete at step {step}; nothing to do", output=str(out))
-        _close(metrics, prom, mlflow, console)
+        _close(metrics, None, mlflow, console)
         return EXIT_OK
+    if is_main:
+        write_run_json(out / "run.json", name, spec, world, str(device), step, changes)
 
     def log(row: dict) -> None:
         if metrics:
@@ -150,7 +192,10 @@ def train(
             mlflow.log({k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}, row["step"])
 
     def evaluate_now() -> float | None:
-        loss = _evaluate(model, data.validation, spec, accelerator, tokenizer.pad_token_id)
+        loss, complete = _evaluate(model, data.validation, spec, accelerator, tokenizer.pad_token_id, stop)
+        if not complete:
+            console.event("warning", message=f"evaluation at step {step} stopped early by a signal; not recorded")
+            return eval_loss
         if loss is not None:
             log({"step": step, "eval_loss": loss, "perplexity": _perplexity(loss)})
             if prom:
@@ -171,8 +216,10 @@ def train(
                     "total_steps": total_steps,
                     "epoch": epoch,
                     "eval_loss": eval_loss,
+                    "evaluated_at": evaluated_at,
                     "world_size": world,
                     "identity": identity,
+                    "training": t.model_dump(mode="json", by_alias=True),
                     "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
                     # no RNG state to restore: the loop reseeds every step from (seed, step, rank)
                     "rng": "reseeded each step from (seed, step, rank)",
@@ -191,6 +238,8 @@ def train(
     ga = t.gradient_accumulation
     epoch = step * ga / per_epoch
     saved_at = evaluated_at = step if found is not None else -1
+    if found is not None:
+        evaluated_at = found.state.get("evaluated_at", step)
     loop_start, loop_start_step = time.perf_counter(), step
     train_loss = None
     while step < total_steps:
@@ -249,11 +298,13 @@ def train(
         log(row)
         console.progress(step, total_steps, loss=train_loss, tok_s=round(row["tokens_per_second"]))
 
-        if spec.eval.every_steps and step % spec.eval.every_steps == 0 and step < total_steps:
+        if spec.eval.every_steps and step % spec.eval.every_steps == 0 and step < total_steps and not stop_signal:
             eval_loss, evaluated_at = evaluate_now(), step
+            stop_signal = stop_signal or _agreed_stop(stop, world, device)
         if step % spec.checkpoint.every_steps == 0 or stop_signal or step == total_steps:
-            if step == total_steps and evaluated_at != step:
+            if step == total_steps and evaluated_at != step and not stop_signal:
                 eval_loss, evaluated_at = evaluate_now(), step
+                stop_signal = stop_signal or _agreed_stop(stop, world, device)
             save_checkpoint()
             saved_at = step
         if stop_signal:
@@ -267,7 +318,7 @@ def train(
     if saved_at != step:
         save_checkpoint()
     if is_main:
-        _write_final(accelerator.unwrap_model(model), tokenizer, spec, out / "final")
+        _write_final(accelerator.unwrap_model(model), tokenizer, spec, out / "final", base_ref)
     accelerator.wait_for_everyone()
     console.event(
         "done", step=step, loss=train_loss, eval_loss=eval_loss, tokens_seen=tokens_seen, final=str(out / "final")
@@ -276,19 +327,26 @@ def train(
     return EXIT_OK
 
 
-def _evaluate(model, split, spec: JobSpec, accelerator: Accelerator, pad_id: int) -> float | None:
-    """Token-weighted loss over the validation split, shared out across ranks."""
+def _evaluate(
+    model, split, spec: JobSpec, accelerator: Accelerator, pad_id: int, stop: StopRequest
+) -> tuple[float | None, bool]:
+    """(token-weighted loss over the validation split, shared out across ranks; whether it ran to the end).
+
+    A signal stops it at the next batch, so SIGTERM does not wait for a long evaluation."""
     if split.rows == 0:
-        return None
+        return None, True
     bs = spec.eval.batch_size or spec.training.batch_size
     rows = np.arange(accelerator.process_index, split.rows, accelerator.num_processes)
     n_batches = math.ceil(len(rows) / bs)
     if spec.eval.max_batches:
         n_batches = min(n_batches, spec.eval.max_batches)
-    totals = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss x tokens, tokens, stopped
     model.eval()
     with torch.no_grad():
         for b in range(n_batches):
+            if stop.signum is not None:
+                totals[2] = 1
+                break
             batch = {
                 k: v.to(accelerator.device) for k, v in collate(split, rows[b * bs : (b + 1) * bs], pad_id).items()
             }
@@ -297,34 +355,108 @@ def _evaluate(model, split, spec: JobSpec, accelerator: Accelerator, pad_id: int
                 continue
             with accelerator.autocast():
                 loss = model(**batch).loss
-            totals += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=accelerator.device)
+            totals[:2] += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=accelerator.device)
     model.train()
     if accelerator.num_processes > 1:
         torch.distributed.all_reduce(totals)
-    return float(totals[0] / totals[1]) if totals[1] > 0 else None
+    if totals[2] > 0:
+        return None, False
+    return (float(totals[0] / totals[1]) if totals[1] > 0 else None), True
 
 
-def _write_final(model, tokenizer, spec: JobSpec, final: Path) -> None:
-    """final/: the adapter (or the full model when peft.method is none) and tokenizer; final/merged with peft.merge."""
+def _agreed_stop(stop: StopRequest, world: int, device) -> int:
+    """The signal any rank was asked to stop by (0 for none), the same on every rank."""
+    flag = torch.tensor([stop.signum or 0], device=device)
+    if world > 1:
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def _too_few_sequences(spec: JobSpec, data, world: int) -> SpecError:
+    t, d = spec.training, spec.data
+    need = t.batch_size * world
+    if not d.validation_files and d.validation_fraction > 0 and data.train.rows + data.validation.rows >= need:
+        return SpecError(
+            "spec.data.validationFraction",
+            f"{d.validation_fraction} holds out {data.examples[1]} examples for validation, leaving "
+            f"{data.train.rows} training sequences, fewer than batchSize × processes = {need}; lower "
+            "validationFraction or batchSize, or add data",
+        )
+    return SpecError(
+        "spec.training.batchSize",
+        f"the training data makes {data.train.rows} sequences, fewer than batchSize × processes "
+        f"= {need}; lower batchSize or maxSeqLength, or add data",
+    )
+
+
+def _apply_training_settings(spec: JobSpec, optimizer, scheduler, saved: dict | None) -> dict:
+    """After loading a checkpoint's optimizer and scheduler, make the current training.* settings rule.
+
+    The optimizer state holds the old learning rate and weight decay, and the schedule its old base; set
+    them from the spec (for an unchanged spec this recomputes the very same values). Returns what changed.
+    The schedule's shape (scheduler, warmupSteps, maxSteps/epochs) and maxGradNorm and precision follow
+    the spec by construction; batchSize and gradientAccumulation are part of the resume identity instead."""
+    t = spec.training
+    scheduler.base_lrs = [t.learning_rate] * len(optimizer.param_groups)
+    for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas, strict=True):
+        group["initial_lr"] = t.learning_rate
+        group["weight_decay"] = t.weight_decay
+        group["lr"] = t.learning_rate * factor(scheduler.last_epoch)
+    return training_changes(saved, spec)
+
+
+def _write_final(model, tokenizer, spec: JobSpec, final: Path, base_ref: tuple[str, str | None]) -> None:
+    """final/: the adapter (or the full model when peft.method is none) and tokenizer; final/merged with peft.merge.
+
+    The adapter names its base so that it loads from anywhere (model.adapter_base_reference)."""
     tmp = final.with_name(f"final.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    try:
+        _write_result(model, tokenizer, spec, tmp, base_ref)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_disk_full(e):
+            raise disk_full("the result (final/)", final.parent, _model_bytes(model, spec)) from None
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def _model_bytes(model, spec: JobSpec) -> int:
+    """About what final/ takes: the trainable tensors, or every tensor for a whole or merged model."""
+    whole = spec.peft.method == "none" or spec.peft.merge
+    return sum(p.numel() * p.element_size() for p in model.parameters() if whole or p.requires_grad)
+
+
+def _write_result(model, tokenizer, spec: JobSpec, tmp: Path, base_ref: tuple[str, str | None]) -> None:
+    if spec.peft.method == "lora":
+        for config in model.peft_config.values():
+            config.base_model_name_or_path, config.revision = base_ref
+        # the vocabulary is never resized, and "auto" would look base_ref up on the Hub (and warn)
+        model.save_pretrained(tmp, save_embedding_layers=False)
+    else:
+        model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
     if spec.peft.method == "lora" and spec.peft.merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
 
 
-def _check_same_job(saved: dict | None, current: dict, path: Path) -> None:
-    if saved is None or saved == current:
+def _check_same_job(saved: dict | None, current: dict, legacy: dict, path: Path) -> None:
+    if saved is None or saved in (current, legacy):
         return
-    changed = sorted(k for k in current if saved.get(k) != current.get(k))
+    changed = identity_changes(saved, current)
+    if changed == ["data.sha256"]:
+        raise SpecError(
+            "spec.data",
+            f"the data files' contents differ from those the run that wrote {path} trained on; resuming would "
+            "mix two trainings. Use a new --output-dir, or restore the earlier files to continue",
+        )
+    names = [c.replace("data.sha256", "data (the files' contents)") for c in changed]
     raise SpecError(
         f"spec.{changed[0]}" if changed else "spec",
-        f"differs from the run that wrote {path} (changed: {', '.join(changed)}); resuming would mix two "
+        f"differs from the run that wrote {path} (changed: {', '.join(names)}); resuming would mix two "
         "trainings. Use a new --output-dir, or restore the earlier settings to continue",
     )
 

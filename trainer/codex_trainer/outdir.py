@@ -1,0 +1,80 @@
+"""The output directory: checked before anything is loaded, and held by one run at a time.
+
+Two runs writing one directory corrupt each other (one deletes the other's temporary checkpoint,
+metrics.jsonl holds one run's rows). So rank 0 takes an exclusive flock on `<out>/.codex-train.lock`
+and writes its pid there; a second run exits 2 naming that pid. The kernel drops the lock when its
+process dies, so a lock left by a killed run is simply taken over. CODEX_LOCK_WAIT (seconds, default
+0) lets a new run wait for the old one to let go, e.g. while a replaced pod is still checkpointing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from .errors import SpecError, disk_full, is_disk_full
+
+LOCK_FILE = ".codex-train.lock"
+LOCK_WAIT_ENV = "CODEX_LOCK_WAIT"
+
+
+def prepare_output_dir(out: Path, field: str = "--output-dir") -> None:
+    """Create `out` if needed and prove it writable; SpecError saying why not (a file, read-only, no permission)."""
+    if out.exists() and not out.is_dir():
+        raise SpecError(field, f"'{out}' is a file, not a directory")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".write-test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as e:
+        if is_disk_full(e):
+            raise disk_full("a first file", out, 2) from None
+        raise SpecError(field, f"cannot write to '{out}' as uid {os.getuid()}: {e.strerror or e}") from None
+
+
+@contextlib.contextmanager
+def output_lock(out: Path, enabled: bool = True) -> Iterator[None]:
+    """Hold the directory's lock for the duration; SpecError when another live run holds it."""
+    if not enabled:
+        yield
+        return
+    fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        _acquire(fd, out, float(os.environ.get(LOCK_WAIT_ENV) or 0))
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock; the file stays (deleting it would race a waiting run)
+
+
+def _acquire(fd: int, out: Path, wait: float) -> None:
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise SpecError(
+                    "",
+                    f"another run ({_holder(fd)}) is using {out}; wait for it, stop it, "
+                    "or give this run another --output-dir",
+                ) from None
+            time.sleep(0.2)
+
+
+def _holder(fd: int) -> str:
+    try:
+        pid, _, host = os.pread(fd, 200, 0).decode().strip().partition(" ")
+    except (OSError, UnicodeDecodeError):
+        return "pid unknown"
+    if not pid:
+        return "pid unknown"
+    return f"pid {pid}" if host in ("", socket.gethostname()) else f"pid {pid} on {host}"
