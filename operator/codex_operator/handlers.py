@@ -170,14 +170,17 @@ class Operator:
         key = (meta["namespace"], meta["name"])
         phase = status.get("phase")
         log.debug("tick %s/%s %s", *key, phase)
-        if key in self.dirty:
-            await self.reconcile(*key)
-        elif phase == "Running":
-            await self.read_progress(body)
-        elif phase in ("Pending", "Restarting"):
-            await self.explain_wait(body)
-        elif phase in TERMINAL:
-            await self._expire(body)
+        try:
+            if key in self.dirty:
+                await self.reconcile(*key)
+            elif phase == "Running":
+                await self.read_progress(body)
+            elif phase in ("Pending", "Restarting"):
+                await self.explain_wait(body)
+            elif phase in TERMINAL:
+                await self._expire(body)
+        except Exception:  # kopf would back a failed timer off for a minute: log it and tick on time instead
+            log.exception("timer of %s/%s failed", *key)
 
     async def read_progress(self, body: dict[str, Any]) -> None:
         assert self.kube is not None
@@ -196,11 +199,12 @@ class Operator:
                 text = await self._get_text(f"http://{pod['status']['podIP']}:{port}/metrics")
             else:
                 text = await self.kube.pod_metrics_via_proxy(ns, pod["metadata"]["name"], port)
+            samples = _samples(text)
         except Exception as e:  # a trainer still loading its model has no endpoint yet: not an error worth a trace
             metrics.PROGRESS_ERRORS.inc()
             log.debug("progress of %s/%s not readable yet: %s", ns, name, e)
             return
-        progress, checkpoint = progress_from_metrics(_samples(text), datetime.now(UTC), status.get("progress"))
+        progress, checkpoint = progress_from_metrics(samples, datetime.now(UTC), status.get("progress"))
         if not progress.get("totalSteps"):
             return  # the endpoint is up but training has not started
         patch: dict[str, Any] = {}

@@ -138,4 +138,7 @@ class Kube:
             resp = await self.core.connect_get_namespaced_pod_proxy_with_path(
                 f"{pod}:{port}", namespace, "metrics", _preload_content=False
             )
-        return (await resp.read()).decode()
+            text = (await resp.read()).decode()
+            if resp.status != 200:  # e.g. 503 while the trainer still loads its model: no endpoint yet
+                raise ConnectionError(f"pods/proxy answered {resp.status}: {text[:200]}")
+        return text

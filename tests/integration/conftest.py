@@ -103,7 +103,8 @@ class OperatorProcess:
         out = self.log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codex_operator.cli", "run", "--progress-interval", "2",
-             "--metrics-port", str(self.metrics_port), "--default-image", self.image, "--progress-via", "proxy"],
+             "--metrics-port", str(self.metrics_port), "--default-image", self.image, "--progress-via", "proxy",
+             "--namespace", "t-*"],  # the tests' namespaces only: a benchmark may run its own operator beside
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         from support import wait_for
