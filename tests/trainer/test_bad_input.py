@@ -16,7 +16,21 @@ def data_files(tmp_path):
     empty.write_text("")
     other = tmp_path / "other.jsonl"
     other.write_text("".join(json.dumps({"content": f"row {i}"}) + "\n" for i in range(50)))
-    return {"empty": str(empty), "other": str(other), "missing": str(tmp_path / "missing.jsonl")}
+    gap = tmp_path / "gap.jsonl"
+    gap.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"body": "b"}) + "\n")
+    null = tmp_path / "null.jsonl"
+    null.write_text(json.dumps({"text": "a"}) + "\n" + json.dumps({"text": None}) + "\n")
+    latin = tmp_path / "latin.txt"
+    latin.write_bytes("caf\u00e9\n".encode("latin-1"))
+    (tmp_path / "folder.jsonl").mkdir()
+    files = {"empty": empty, "other": other, "gap": gap, "null": null, "latin": latin}
+    return {k: str(v) for k, v in files.items()} | {
+        "missing": str(tmp_path / "missing.jsonl"),
+        "folder": str(tmp_path / "folder.jsonl"),
+    }
+
+
+GPT2_64 = "model={source: scratch, config: {model_type: gpt2, n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}}"
 
 
 CASES = {
@@ -33,6 +47,20 @@ CASES = {
     "unknown target module": (["peft.targetModules=[nope_proj]"], "spec.peft.targetModules", "nope_proj"),
     "unknown module to save": (["peft.modulesToSave=[wte]"], "spec.peft.modulesToSave", "wte"),
     "tokenizer path absent": (["tokenizer=/no/such/tokenizer"], "spec.tokenizer", "neither hf://"),
+    "data path is a directory": (["data.train=[{folder}]"], "spec.data.train", "is a directory"),
+    "row without the text field": (["data.train=[{gap}]"], "spec.data.textField", "gap.jsonl line 2"),
+    "null text": (["data.train=[{null}]"], "spec.data.train", "line 2: field 'text' is null, not a string"),
+    "txt not UTF-8": (["data.train=[{latin}]"], "spec.data.train", "not UTF-8 text: byte 0xe9 at offset 3"),
+    "validationFraction leaves no training batch": (
+        ["data.validationFraction=0.99"],
+        "spec.data.validationFraction",
+        "lower validationFraction",
+    ),
+    "positions beyond GPT-2's n_positions": (
+        [GPT2_64, "peft={targetModules: [c_attn]}"],
+        "spec.data.maxSeqLength",
+        "learned position embeddings (transformer.wpe) for 64 positions only",
+    ),
 }
 
 
@@ -46,7 +74,7 @@ def test_bad_input_exits_2_naming_the_field(case, data_files, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert f"invalid {field}:" in err, err
     assert words in err, err
-    assert "Traceback" not in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "out" / "checkpoints").exists()
 
 
@@ -60,7 +88,7 @@ def test_the_real_process_exits_2_with_one_line(tmp_path):
     ]
 
 
-def test_validate_prints_the_resolved_spec(capsys):
+def test_validate_prints_the_resolved_spec(capsys, in_root):
     assert main(["validate", str(TINY), "--set", "training.maxSteps=7"]) == 0
     spec = json.loads(capsys.readouterr().out)
     assert spec["training"]["maxSteps"] == 7 and spec["training"]["scheduler"] == "cosine"

@@ -89,15 +89,15 @@ def test_the_example_trains_and_the_loss_falls(tmp_path):
     assert last_line["event"] == "done" and last_line["step"] == 300
 
 
-def test_the_trained_adapter_loads_with_peft_and_generates(tmp_path):
-    from peft import AutoPeftModelForCausalLM
-    from transformers import AutoTokenizer
+def test_the_trained_adapter_loads_with_peft_and_generates(tmp_path, monkeypatch):
+    from codex_trainer.model import load_trained
 
     out = tmp_path / "run"
     r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT, "--set", "peft.merge=true")
     assert r.returncode == 0, r.stderr[-3000:]
-    model = AutoPeftModelForCausalLM.from_pretrained(out / "final")
-    tok = AutoTokenizer.from_pretrained(out / "final")
+    assert "UserWarning" not in r.stderr  # PEFT no longer warns about the base model's path
+    monkeypatch.chdir(tmp_path)  # another working directory than the run's
+    model, tok = load_trained(out / "final")
     ids = tok("def ", return_tensors="pt")["input_ids"]
     generated = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert generated.shape[1] == ids.shape[1] + 8

@@ -76,7 +76,9 @@ def _barrier() -> None:
         torch.distributed.barrier()
 
 
-def wrap_peft(model: PreTrainedModel, spec: PeftSpec, base_name: str) -> PreTrainedModel | PeftModel:
+def wrap_peft(model: PreTrainedModel, spec: PeftSpec, base_name: str | None = None) -> PreTrainedModel | PeftModel:
+    """The model with LoRA adapters (or as it is for peft.method none). PEFT records the base's name_or_path;
+    what the saved adapter names is set when it is written (adapter_base_reference)."""
     if spec.method == "none":
         return model
     config = LoraConfig(

@@ -127,7 +127,7 @@ def _train(spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator, 
     model = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
     check_positions(model, spec.data.max_seq_length, warn)
     base_ref = adapter_base_reference(spec.model.source, base_dir, out / "final")
-    model = wrap_peft(model, spec.peft, base_ref[0])
+    model = wrap_peft(model, spec.peft)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)

@@ -1,0 +1,262 @@
+"""The exit-code contract under a changed job, a full disk, two runs at once, an unreachable Hub and signals.
+
+What the user sees: the exit code, one line on stderr naming the problem, no traceback, and what is left
+in the output directory. Runs are a few steps of the tiny example."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from codex_trainer import checkpoint
+from codex_trainer.cli import main
+from support import ROOT, TINY, run_cli, wait_for
+
+pytestmark = pytest.mark.slow
+
+QUICK = ["--set", "tracking.mlflow.enabled=false", "--set", "checkpoint.everySteps=2", "--set", "eval.everySteps=100"]
+
+
+def run(out, *overrides: str, steps: int = 2) -> int:
+    args = ["run", str(TINY), "--output-dir", str(out), *QUICK, "--set", f"training.maxSteps={steps}"]
+    for o in overrides:
+        args += ["--set", o]
+    return main(args)
+
+
+def metrics(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
+def test_the_data_is_identified_by_content_not_by_path(tmp_path, capsys, monkeypatch):
+    data = tmp_path / "train.jsonl"
+    shutil.copy(ROOT / "configs/data/tiny-code.jsonl", data)
+    out = tmp_path / "out"
+    assert run(out, f"data.train=[{data}]", "data.validationFraction=0") == 0
+    assert "no validation sequences, so evaluation will not run: validationFraction is 0" in capsys.readouterr().out
+
+    monkeypatch.chdir(tmp_path)  # the same file, named relatively: the same data, so the run resumes
+    assert run(out, "data.train=[train.jsonl]", "data.validationFraction=0", steps=4) == 0
+    assert '"resumed", "step": 2' in capsys.readouterr().out
+
+    data.write_text("".join(json.dumps({"text": f"def other_{i}(): return {i}"}) + "\n" for i in range(400)))
+    assert run(out, "data.train=[train.jsonl]", "data.validationFraction=0", steps=6) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("codex-train: invalid spec.data: the data files' contents differ from those the run")
+    assert max(r["step"] for r in metrics(out)) == 4
+
+
+def test_a_changed_learning_rate_on_resume_is_applied_and_recorded(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    fixed = ["training.scheduler=constant", "training.warmupSteps=0", "model.config.max_position_embeddings=64"]
+    assert run(out, *fixed) == 0
+    first = capsys.readouterr().out
+    assert "maxSeqLength 128 is beyond the 64 positions this model is configured for" in first  # rotary: a warning
+    assert run(out, *fixed, "training.learningRate=1e-5", "training.weightDecay=0.1", steps=4) == 0
+    changed = json.loads(next(line for line in capsys.readouterr().out.splitlines() if '"changed"' in line))
+    assert changed["changes"]["training.learningRate"] == {"was": 0.003, "now": 1e-05}
+    rates = {r["step"]: r["learning_rate"] for r in metrics(out) if "loss" in r}
+    assert rates == {1: 0.003, 2: 0.003, 3: 1e-05, 4: 1e-05}
+    info = json.loads((out / "run.json").read_text())
+    assert info["spec"]["training"]["learningRate"] == 1e-05 and info["resumed_from_step"] == 2
+    assert info["changed_on_resume"]["training.weightDecay"] == {"was": 0.0, "now": 0.1}
+    assert [s["training"]["learningRate"] for s in info["earlier_starts"]] == [0.003]
+
+    # the adapter names its base relative to itself, and loads from any working directory
+    config = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "../base-model"
+    moved = tmp_path / "elsewhere" / "mounted"
+    shutil.copytree(out, moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    from codex_trainer.model import load_trained
+
+    model, tokenizer = load_trained(moved / "final")
+    ids = tokenizer("def ", return_tensors="pt")["input_ids"]
+    assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
+
+
+def test_a_changed_batch_size_on_resume_is_refused(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(out) == 0
+    assert run(out, "training.batchSize=4", steps=4) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("codex-train: invalid spec.training.batchSize: differs from the run that wrote"), line
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_resumes(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    real_save = checkpoint.save_file
+
+    def full_after_step_2(tensors, path, *a, **k):
+        if "step-4" in str(path):
+            path.write_bytes(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(tensors, path, *a, **k)
+
+    monkeypatch.setattr(checkpoint, "save_file", full_after_step_2)
+    assert run(out, steps=6) == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"codex-train: disk full: writing checkpoint step-4 in {out / 'checkpoints'} needed about")
+    assert "MiB free" in line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]  # no .tmp left behind
+
+    monkeypatch.setattr(checkpoint, "save_file", real_save)
+    assert run(out, steps=6) == 0
+    assert '"resumed", "step": 2' in capsys.readouterr().out
+
+
+def test_a_second_run_on_the_same_directory_exits_2_and_a_killed_runs_lock_is_taken_over(tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys, time\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)\n"
+            "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+            "os.write(fd, f'{os.getpid()} {os.uname().nodename}\\n'.encode())\n"
+            "print('locked', flush=True)\n"
+            "time.sleep(600)\n",
+            str(out / ".codex-train.lock"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert run(out) == 2
+        line = one_line(capsys.readouterr().err)
+        assert line.startswith(f"codex-train: another run (pid {holder.pid}) is using {out};"), line
+        assert sorted(p.name for p in out.iterdir()) == [".codex-train.lock"]  # nothing loaded, nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run(out) == 0  # the kernel dropped the dead run's lock
+    assert (out / ".codex-train.lock").read_text().split()[0] == str(os.getpid())
+
+
+def test_an_output_directory_that_is_a_file_or_not_writable_exits_2(tmp_path, capsys):
+    a_file = tmp_path / "out"
+    a_file.write_text("")
+    assert run(a_file) == 2
+    assert (
+        one_line(capsys.readouterr().err) == f"codex-train: invalid --output-dir: '{a_file}' is a file, not a directory"
+    )
+    assert run(a_file / "sub") == 2
+    assert "invalid --output-dir: cannot write to" in one_line(capsys.readouterr().err)
+
+
+def test_a_read_only_output_directory_exits_2(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "ro"
+    out.mkdir()
+    out.chmod(0o555)
+    if os.getuid() == 0:  # root writes anyway: make the write probe meet what another user would
+        real = pathlib.Path.write_bytes
+
+        def refuse(self, data):
+            if self.name.startswith(".write-test"):
+                raise PermissionError(errno.EACCES, "Permission denied", str(self))
+            return real(self, data)
+
+        monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
+    assert run(out) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line == f"codex-train: invalid --output-dir: cannot write to '{out}' as uid {os.getuid()}: Permission denied"
+
+
+def test_a_metrics_port_in_use_exits_2_before_loading_anything(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        start = time.monotonic()
+        assert main(["run", str(TINY), "--output-dir", str(tmp_path), "--metrics-port", str(port)]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"codex-train: invalid --metrics-port: cannot serve metrics on port {port}: ")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "base-model").exists()
+    assert time.monotonic() - start < 10
+
+
+def test_a_hub_that_cannot_be_reached_is_one_line_within_seconds(tmp_path):
+    """A closed port on this machine stands for the Hub: no retries, no warnings, exit 1 (retryable)."""
+    start = time.monotonic()
+    r = run_cli(
+        "run",
+        str(TINY),
+        "--output-dir",
+        str(tmp_path),
+        "--set",
+        "model={source: hf://codex-test/absent}",
+        "--set",
+        "tokenizer=null",
+        env={"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"},
+    )
+    assert r.returncode == 1, r.stderr[-2000:]
+    line = one_line(r.stderr)
+    assert line.startswith("codex-train: could not fetch a tokenizer 'hf://codex-test/absent' from the Hub (retryable)")
+    assert time.monotonic() - start < 30
+
+
+def test_sigterm_during_a_long_evaluation_stops_it_checkpoints_and_exits_143_soon(tmp_path):
+    """Evaluation every 2 steps over about 2000 validation sequences, one at a time: far longer than a step."""
+    valid = tmp_path / "valid.jsonl"
+    rows = (ROOT / "configs/data/tiny-code.jsonl").read_text()
+    valid.write_text(rows * 6)
+    out = tmp_path / "out"
+    args = ["--set", f"data.validation=[{valid}]", "--set", "data.maxSeqLength=32", "--set", "eval.batchSize=1"]
+    args += ["--set", "eval.everySteps=2", "--set", "training.maxSteps=10", "--set", "tracking.mlflow.enabled=false"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    # the step-2 row is written just before the evaluation starts
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and '"step": 2' in (out / "metrics.jsonl").read_text(), "step 2")
+    time.sleep(0.5)
+    sent = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert time.monotonic() - sent < 10
+    assert "evaluation at step 2 stopped early by a signal; not recorded" in stdout
+    assert (out / "checkpoints" / "step-2" / "MANIFEST.json").is_file()
+    assert not any("eval_loss" in row for row in metrics(out))
+    assert "Traceback" not in stderr
+
+
+def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *QUICK],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text(), "a first step")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
