@@ -70,3 +70,14 @@ crds:               ## regenerate crds/codextrainingjobs.codex.ml.yaml from the 
 
 trainer-image:      ## download the wheelhouse (once per set of pins), build codex.local/codex-trainer:dev, load it into the test cluster if up
 	$(PYTHON) tests/cluster/trainer_image.py
+
+# ---- operator latency at scale (benchmarks/operator_latency.py): kwok fakes the nodes and pods
+
+KWOK_VERSION ?= v0.8.0
+
+.PHONY: bench-operator
+
+bench-operator:     ## N jobs at once against the local cluster (up): create→Job, create→Running, RSS, writes per job
+	test -x .cluster/bin/kwok || GOBIN=$(CURDIR)/.cluster/bin go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
+	$(PYTHON) benchmarks/operator_latency.py --jobs 100 --readme
+	$(PYTHON) benchmarks/operator_latency.py --jobs 1000 --readme

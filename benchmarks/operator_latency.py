@@ -1,0 +1,584 @@
+"""Operator latency: N CodexTrainingJobs created at once, measured from the client side.
+
+Starts the operator as a subprocess (as a user does on a laptop: outside the cluster, through
+$KUBECONFIG, progress read through the API server's pods/proxy), runs kwok (sigs.k8s.io/kwok) with a
+few fake nodes so that a thousand trainer pods can "run" on a one-node cluster, creates N jobs in a
+namespace of its own as fast as the client allows, and reports from watch streams (local monotonic
+clock, taken when each event's line arrives):
+
+  create→Job      the create call returning → the attempt Job `<name>-a1` appearing
+  create→Running  the create call returning → `status.phase == Running`
+  Job→pod Running the attempt Job appearing → its pod Running (the Job controller, scheduler, kwok)
+  pod→Running     the pod Running → the job's phase Running (Job status update + the operator)
+
+and the operator's RSS (psutil, every 0.2 s: peak, with all N running, at the end), its CPU time, and
+its API writes per job over the whole lifecycle (create → Running → a quiet interval → delete), from
+its /metrics counter `codex_operator_api_calls_total` (verbs create/patch/delete) plus the Events it
+posts (Events whose involvedObject is a CodexTrainingJob). kwok never starts a container, so no
+progress can be read (the operator's progress reads fail and write nothing): every write counted is
+a write "besides progress".
+
+    python benchmarks/operator_latency.py --jobs 100 [--readme]
+    python benchmarks/operator_latency.py --jobs 1000 [--readme]
+
+Needs the local cluster (python tests/cluster/cluster.py up) and kwok in .cluster/bin
+(GOBIN=$PWD/.cluster/bin go install sigs.k8s.io/kwok/cmd/kwok@v0.8.0; `make bench-operator` does
+both). Everything it creates (namespace, fake nodes, kwok, the operator) is removed at the end, also
+on Ctrl-C or an error. It measures; it asserts nothing about the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import yaml
+from kubernetes_asyncio import client, config
+from prometheus_client.parser import text_string_to_metric_families
+
+ROOT = Path(__file__).resolve().parents[1]
+STATE = Path(os.environ.get("CODEX_CLUSTER_DIR", ROOT / ".cluster"))
+KUBECONFIG = Path(os.environ.get("KUBECONFIG") or STATE / "kubeconfig")
+KWOK = Path(os.environ.get("KWOK", STATE / "bin" / "kwok"))
+KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
+STAGES = Path(__file__).resolve().parent / "kwok-stages.yaml"
+CRD_FILE = ROOT / "crds" / "codextrainingjobs.codex.ml.yaml"
+EXAMPLE = ROOT / "configs" / "examples" / "tiny-cpu.yaml"
+README = Path(__file__).resolve().parent / "README.md"
+GROUP, VERSION, PLURAL, KIND = "codex.ml", "v1alpha1", "codextrainingjobs", "CodexTrainingJob"
+FAKE = "kwok.x-k8s.io/node"
+BENCH_LABEL = "codex.ml/benchmark"
+CLAIM = "bench-checkpoints"
+WRITE_VERBS = ("create", "patch", "delete")
+# kopf's own writes (not in the operator's API counter): its timers put this finalizer on every job
+KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+
+
+def kubectl(*args: str, check: bool = True, timeout: float = 120, input: str | None = None):
+    cmd = [str(STATE / "bin" / "k8s"), "kubectl", "--kubeconfig", str(KUBECONFIG), *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {r.stderr.strip()}")
+    return r
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pct(xs: list[float], q: float) -> float:
+    """The q-th percentile (nearest rank) of xs; NaN when empty."""
+    if not xs:
+        return float("nan")
+    s = sorted(xs)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
+
+
+def _others_running() -> dict[str, int]:
+    """Other users of the cluster that distort the figures: integration tests and other operators."""
+
+    def count(pattern: str) -> int:
+        r = subprocess.run(["pgrep", "-f", pattern], capture_output=True, text=True)
+        return len([p for p in r.stdout.split() if int(p) != os.getpid()])
+
+    return {
+        "pytest tests/integration": count("pytest tests/integration"),
+        "codex_operator": count("codex_operator.cli"),
+    }
+
+
+# ---------------------------------------------------------------- what the benchmark starts
+
+
+@dataclass
+class Run:
+    jobs: int
+    nodes: int
+    progress_interval: float
+    image: str
+    concurrency: int
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="codex-bench-")))
+    kwok: subprocess.Popen | None = None
+    operator: subprocess.Popen | None = None
+    metrics_port: int = field(default_factory=_free_port)
+    namespace_made: bool = False
+    nodes_made: list[str] = field(default_factory=list)
+
+    @property
+    def namespace(self) -> str:
+        return f"codex-bench-{self.id}"
+
+    # -------------------------------------------------------------- kwok and its nodes
+
+    def start_kwok(self) -> None:
+        if not KWOK.exists():
+            raise SystemExit(
+                f"kwok not found at {KWOK}: GOBIN={KWOK.parent} go install sigs.k8s.io/kwok/cmd/kwok@{KWOK_VERSION}"
+            )
+        log = (self.workdir / "kwok.log").open("w")
+        self.kwok = subprocess.Popen(
+            [str(KWOK), "--kubeconfig", str(KUBECONFIG), "-c", str(STAGES), "--manage-all-nodes=false",
+             f"--manage-nodes-with-annotation-selector={FAKE}=fake", "--node-lease-duration-seconds=40",
+             "--cidr=10.128.0.0/16", "-v", "WARN"],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def make_nodes(self) -> None:
+        docs = []
+        for i in range(self.nodes):
+            name = f"kwok-{self.id}-{i}"
+            self.nodes_made.append(name)
+            capacity = {"cpu": "1000", "memory": "4Ti", "pods": str(max(110, 2 * self.jobs // self.nodes + 10))}
+            docs.append({
+                "apiVersion": "v1", "kind": "Node",
+                "metadata": {"name": name, "annotations": {FAKE: "fake"},
+                             "labels": {"type": "kwok", BENCH_LABEL: self.id, "kubernetes.io/hostname": name}},
+                "spec": {"taints": [{"key": FAKE, "value": "fake", "effect": "NoSchedule"}]},
+                "status": {"allocatable": capacity, "capacity": capacity},
+            })  # fmt: skip
+        kubectl("create", "-f", "-", input=yaml.safe_dump_all(docs))
+        kubectl("wait", "--for=condition=Ready", "node", "-l", f"{BENCH_LABEL}={self.id}", "--timeout=60s")
+
+    # -------------------------------------------------------------- namespace, volume, operator
+
+    def make_namespace(self) -> None:
+        if kubectl("get", "crd", f"{PLURAL}.{GROUP}", check=False).returncode != 0:
+            kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+            kubectl("wait", "--for=condition=Established", f"crd/{PLURAL}.{GROUP}", "--timeout=60s")
+        kubectl("create", "namespace", self.namespace)
+        self.namespace_made = True
+        kubectl("label", "namespace", self.namespace, f"{BENCH_LABEL}={self.id}")
+        claim = {
+            "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": CLAIM},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}}},
+        }  # fmt: skip
+        kubectl("-n", self.namespace, "create", "-f", "-", input=json.dumps(claim))
+        kubectl("-n", self.namespace, "wait", "--for=jsonpath={.status.phase}=Bound", f"pvc/{CLAIM}",
+                "--timeout=60s")  # fmt: skip
+
+    def start_operator(self) -> None:
+        # --namespace: the benchmark's only; an operator for all namespaces would also act on the jobs of
+        # whoever else uses this cluster (and theirs on ours)
+        log = (self.workdir / "operator.log").open("w")
+        self.operator = subprocess.Popen(
+            [sys.executable, "-m", "codex_operator.cli", "run", "--metrics-port", str(self.metrics_port),
+             "--progress-via", "proxy", "--default-image", self.image, "--namespace", self.namespace,
+             "--progress-interval", str(self.progress_interval)],
+            env={**os.environ, "KUBECONFIG": str(KUBECONFIG)}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        deadline = time.monotonic() + 60
+        while self.scrape() is None:
+            if self.operator.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the operator did not start; see {self.workdir / 'operator.log'}")
+            time.sleep(0.2)
+
+    def scrape(self) -> dict[tuple[str, str, str], float] | None:
+        """The operator's API calls so far, by (verb, kind, outcome); also progress errors as ('progress', ...)."""
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            return None
+        out: dict[tuple[str, str, str], float] = {}
+        for fam in text_string_to_metric_families(text):
+            for s in fam.samples:
+                if s.name == "codex_operator_api_calls_total":
+                    out[(s.labels["verb"], s.labels["kind"], s.labels["outcome"])] = s.value
+                elif s.name == "codex_operator_progress_errors_total":
+                    out[("progress-error", "", "")] = s.value
+        return out
+
+    # -------------------------------------------------------------- the end, whatever happened
+
+    def cleanup(self) -> None:
+        """Operator, namespace, pods on the fake nodes, kwok, fake nodes: in that order, each best effort."""
+        if self.operator is not None and self.operator.poll() is None:
+            self.operator.terminate()
+            try:
+                self.operator.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.operator.kill()
+        if self.namespace_made:
+            kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
+            # pods on fake nodes go only when kwok deletes them (or, with the nodes gone, the pod GC)
+            deadline = time.monotonic() + 120 + self.jobs * 0.2
+            while time.monotonic() < deadline:
+                r = kubectl("-n", self.namespace, "get", "pods", "-o", "name", check=False)
+                if r.returncode == 0 and not r.stdout.strip():
+                    break
+                time.sleep(2)
+        if self.kwok is not None and self.kwok.poll() is None:
+            self.kwok.send_signal(signal.SIGTERM)
+            try:
+                self.kwok.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kwok.kill()
+        if self.nodes_made:
+            kubectl("delete", "node", "-l", f"{BENCH_LABEL}={self.id}", "--wait=false", check=False)
+        if self.namespace_made:
+            r = kubectl("wait", "--for=delete", f"namespace/{self.namespace}", "--timeout=180s", check=False)
+            gone = r.returncode == 0
+            print(f"namespace {self.namespace} {'deleted' if gone else 'still terminating'}; logs in {self.workdir}")
+
+
+# ---------------------------------------------------------------- watches: one clock, line by line
+
+
+@dataclass
+class Clocks:
+    created: dict[str, float] = field(default_factory=dict)  # create call returned
+    pending: dict[str, float] = field(default_factory=dict)  # first status.phase seen (the first reconcile)
+    job: dict[str, float] = field(default_factory=dict)  # attempt Job ADDED
+    pod_running: dict[str, float] = field(default_factory=dict)  # rank-0 pod phase Running
+    running: dict[str, float] = field(default_factory=dict)  # status.phase Running
+    ctj_writes: dict[str, int] = field(default_factory=dict)  # MODIFIED events of each job (anyone's writes)
+    finalizers: dict[str, list[str]] = field(default_factory=dict)  # each job's finalizers as last seen
+    finalizer_writes: int = 0  # kopf's own patches: adding its finalizer, removing it on deletion
+    deleted: set[str] = field(default_factory=set)
+    other_phases: dict[str, str] = field(default_factory=dict)
+
+
+async def _watch(list_fn, namespace: str, on_event, ready: asyncio.Event) -> None:
+    """Watch a namespaced collection from now on, calling on_event(type, obj, t) for each line."""
+    first = await list_fn(namespace, _preload_content=False)
+    rv = json.loads(await first.read())["metadata"]["resourceVersion"]
+    while True:
+        resp = await list_fn(namespace, watch=True, resource_version=rv, allow_watch_bookmarks=True,
+                             timeout_seconds=3600, _preload_content=False)  # fmt: skip
+        ready.set()
+        buf = b""
+        async for chunk in resp.content.iter_any():
+            t = time.perf_counter()
+            buf += chunk
+            *lines, buf = buf.split(b"\n")
+            for line in lines:
+                if not line.strip():
+                    continue
+                ev = json.loads(line)
+                obj = ev["object"]
+                if ev["type"] == "ERROR":
+                    raise RuntimeError(f"watch error: {obj}")
+                rv = obj["metadata"]["resourceVersion"]
+                if ev["type"] != "BOOKMARK":
+                    on_event(ev["type"], obj, t)
+
+
+def job_manifest(name: str) -> dict[str, Any]:
+    """The tiny-cpu example, as a user would apply it, sent to the fake nodes with one shared volume."""
+    spec = yaml.safe_load(EXAMPLE.read_text())["spec"]
+    spec["resources"] = {"requests": {"cpu": "100m", "memory": "128Mi"}}
+    spec["storage"] = {"existingClaim": CLAIM}
+    spec["nodeSelector"] = {"type": "kwok"}
+    spec["tolerations"] = [{"key": FAKE, "operator": "Exists", "effect": "NoSchedule"}]
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": name}, "spec": spec}
+
+
+async def measure(run: Run, timeout: float) -> dict[str, Any]:
+    cfg = client.Configuration()
+    await config.load_kube_config(config_file=str(KUBECONFIG), client_configuration=cfg)
+    cfg.connection_pool_maxsize = run.concurrency + 8
+    api = client.ApiClient(cfg)
+    custom, batch, core = client.CustomObjectsApi(api), client.BatchV1Api(api), client.CoreV1Api(api)
+    ns, n = run.namespace, run.jobs
+    c = Clocks()
+    names = [f"bench-{i:04d}" for i in range(n)]
+    proc = psutil.Process(run.operator.pid)
+    rss: list[tuple[float, int]] = []
+
+    def on_ctj(kind: str, obj: dict, t: float) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            c.deleted.add(name)
+            if KOPF_FINALIZER in c.finalizers.get(name, []):
+                c.finalizer_writes += 1  # the last finalizer's removal is what deleted it
+            return
+        if kind == "MODIFIED":
+            c.ctj_writes[name] = c.ctj_writes.get(name, 0) + 1
+        fin = obj["metadata"].get("finalizers") or []
+        if (KOPF_FINALIZER in fin) != (KOPF_FINALIZER in c.finalizers.get(name, [])):
+            c.finalizer_writes += 1
+        c.finalizers[name] = fin
+        phase = (obj.get("status") or {}).get("phase")
+        if phase:
+            c.pending.setdefault(name, t)
+        if phase == "Running":
+            c.running.setdefault(name, t)
+        elif phase and phase not in ("Pending", "Running"):
+            c.other_phases[name] = phase
+
+    def on_job(kind: str, obj: dict, t: float) -> None:
+        if kind == "ADDED":
+            c.job.setdefault(obj["metadata"]["name"].removesuffix("-a1"), t)
+
+    def on_pod(kind: str, obj: dict, t: float) -> None:
+        owner = (obj["metadata"].get("labels") or {}).get("codex.ml/job-name")
+        if owner and (obj.get("status") or {}).get("phase") == "Running":
+            c.pod_running.setdefault(owner, t)
+
+    async def sample_rss() -> None:
+        while True:
+            try:
+                rss.append((time.perf_counter(), proc.memory_info().rss))
+            except psutil.Error:
+                return
+            await asyncio.sleep(0.2)
+
+    lister = lambda f: lambda namespace, **kw: f(GROUP, VERSION, namespace, PLURAL, **kw)  # noqa: E731
+    watches, readies = [], []
+    for fn, cb in ((lister(custom.list_namespaced_custom_object), on_ctj), (batch.list_namespaced_job, on_job),
+                   (core.list_namespaced_pod, on_pod)):  # fmt: skip
+        ready = asyncio.Event()
+        readies.append(ready)
+        watches.append(asyncio.create_task(_watch(fn, ns, cb, ready)))
+    sampler = asyncio.create_task(sample_rss())
+    try:
+        await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 30)
+        await asyncio.sleep(1)  # the operator's own watches are up (it served /metrics before we got here)
+        before = run.scrape() or {}
+        cpu0 = sum(proc.cpu_times()[:2])
+        rss_idle = proc.memory_info().rss
+        others_start = _others_running()
+        sem = asyncio.Semaphore(run.concurrency)
+
+        async def create(name: str) -> None:
+            async with sem:
+                await custom.create_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, job_manifest(name),
+                                                             _preload_content=False)  # fmt: skip
+                c.created[name] = time.perf_counter()
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(create(x) for x in names))
+        t_created = time.perf_counter() - t0
+        print(f"created {n} jobs in {t_created:.1f} s; waiting for them to run", flush=True)
+        deadline = time.perf_counter() + timeout
+        last_report = time.perf_counter()
+        while len(c.running) < n and time.perf_counter() < deadline:
+            for w in watches:
+                if w.done():
+                    w.result()
+            await asyncio.sleep(0.2)
+            if time.perf_counter() - last_report > 15:
+                last_report = time.perf_counter()
+                print(f"  {len(c.job)} Jobs, {len(c.pod_running)} pods running, {len(c.running)} jobs Running",
+                      flush=True)  # fmt: skip
+        t_all_running = time.perf_counter() - t0
+        # a quiet interval: every job's timer ticks at least once while it runs
+        await asyncio.sleep(run.progress_interval + 3)
+        running = run.scrape() or {}
+        rss_running = proc.memory_info().rss
+        cpu_running = sum(proc.cpu_times()[:2]) - cpu0
+
+        # the end of the lifecycle: the user deletes the jobs (the API server's GC deletes the children)
+        t_del = time.perf_counter()
+        await custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                                                propagation_policy="Background")  # fmt: skip
+        del_deadline = time.perf_counter() + 120 + n * 0.2
+        while len(c.deleted) < n and time.perf_counter() < del_deadline:
+            await asyncio.sleep(0.2)
+        # the GC deletes Jobs and pods after their owners; the operator sees those events too
+        while time.perf_counter() < del_deadline:
+            resp = await batch.list_namespaced_job(ns, _preload_content=False)
+            if not json.loads(await resp.read())["items"]:
+                break
+            await asyncio.sleep(1)
+        await asyncio.sleep(3)
+        t_delete = time.perf_counter() - t_del
+        after = run.scrape() or {}
+        rss_end = proc.memory_info().rss
+        cpu_total = sum(proc.cpu_times()[:2]) - cpu0
+        resp = await core.list_namespaced_event(ns, _preload_content=False)
+        events = json.loads(await resp.read())["items"]
+        others_end = _others_running()
+    finally:
+        sampler.cancel()
+        for w in watches:
+            w.cancel()
+        await asyncio.gather(sampler, *watches, return_exceptions=True)
+        await api.close()
+
+    def delta(a: dict, b: dict, verbs=WRITE_VERBS) -> dict[tuple[str, str, str], float]:
+        return {k: v - a.get(k, 0) for k, v in b.items() if k[0] in verbs and v - a.get(k, 0) > 0}
+
+    def lat(start: dict[str, float], end: dict[str, float]) -> list[float]:
+        return [end[k] - start[k] for k in names if k in start and k in end]
+
+    ours = [e for e in events if (e.get("involvedObject") or {}).get("kind") == KIND]
+    by_source: dict[str, int] = {}
+    for e in events:
+        who = e.get("reportingComponent") or (e.get("source") or {}).get("component") or "?"
+        by_source[who] = by_source.get(who, 0) + int(e.get("count") or 1)
+    return {
+        "jobs": n,
+        "created_in_s": t_created,
+        "all_running_in_s": t_all_running,
+        "delete_in_s": t_delete,
+        "reached": {"job": len(c.job), "pod_running": len(c.pod_running), "running": len(c.running)},
+        "other_phases": c.other_phases,
+        "latency": {
+            "create→status": lat(c.created, c.pending),
+            "create→Job": lat(c.created, c.job),
+            "create→Running": lat(c.created, c.running),
+            "Job→pod Running": lat(c.job, c.pod_running),
+            "pod→Running": lat(c.pod_running, c.running),
+        },
+        "rss": {
+            "idle": rss_idle,
+            "peak": max([r for _, r in rss] + [rss_idle]),
+            "running": rss_running,
+            "end": rss_end,
+        },  # fmt: skip
+        "cpu_s": {"to_running": cpu_running, "total": cpu_total},
+        "writes_to_running": delta(before, running),
+        "writes_delete": delta(running, after),
+        "writes_total": delta(before, after),
+        "reads_total": delta(before, after, verbs=("get", "list")),
+        "progress_errors": after.get(("progress-error", "", ""), 0) - before.get(("progress-error", "", ""), 0),
+        "events_ours": sum(int(e.get("count") or 1) for e in ours),
+        "events_by_source": by_source,
+        "events_ours_by_reason": _count(e.get("reason", "?") for e in ours),
+        "finalizer_writes": c.finalizer_writes,
+        "ctj_modified": sum(c.ctj_writes.values()),
+        "others": {"start": others_start, "end": others_end},
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def report(res: dict[str, Any], command: str) -> str:
+    n = res["jobs"]
+    mb = lambda b: f"{b / 2**20:.0f} MB"  # noqa: E731
+    lines = [f"`{command}` — {machine()}", ""]
+    lines += ["| interval | n | p50 | p95 | max |", "| --- | ---: | ---: | ---: | ---: |"]
+    for label, xs in res["latency"].items():
+        fmt = lambda x: f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"  # noqa: E731
+        if xs:
+            lines.append(f"| {label} | {len(xs)} | {fmt(_pct(xs, 50))} | {fmt(_pct(xs, 95))} | {fmt(max(xs))} |")
+        else:
+            lines.append(f"| {label} | 0 | – | – | – |")
+    w = res["writes_total"]
+    writes = sum(w.values())
+    by = {}
+    for (verb, kind, outcome), v in sorted(w.items()):
+        key = f"{verb} {kind}" + ("" if outcome == "ok" else f" ({outcome})")
+        by[key] = by.get(key, 0) + v
+    breakdown = ", ".join(f"{k} {v / n:.2f}" for k, v in by.items())
+    ev, fin = res["events_ours"], res["finalizer_writes"]
+    reasons = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(res["events_ours_by_reason"].items()))
+    lines += [
+        "",
+        f"- {n} jobs created in {res['created_in_s']:.1f} s; all Running {res['all_running_in_s']:.1f} s after the "
+        f"first create ({res['reached']['running']}/{n} reached Running"
+        + (f"; other phases: {sorted(set(res['other_phases'].values()))}" if res["other_phases"] else "")
+        + f"); deleted and the children collected in {res['delete_in_s']:.1f} s",
+        f"- operator RSS: idle {mb(res['rss']['idle'])}, peak {mb(res['rss']['peak'])}, with {n} running "
+        f"{mb(res['rss']['running'])}, end (jobs deleted) {mb(res['rss']['end'])}; CPU {res['cpu_s']['total']:.1f} s "
+        f"({res['cpu_s']['total'] / n * 1000:.0f} ms per job)",
+        f"- writes per job besides progress: **{(writes + ev + fin) / n:.2f}** = the operator's API writes "
+        f"{writes / n:.2f} ({breakdown}) + Events {ev / n:.2f} ({reasons}) + kopf's finalizer patches "
+        f"{fin / n:.2f}; of the API writes {sum(res['writes_delete'].values()) / n:.2f} came after the delete",
+        f"- reads per job: {sum(res['reads_total'].values()) / n:.1f} "
+        + "("
+        + ", ".join(
+            f"{v} {k} {c / n:.1f}" for (v, k, o), c in sorted(res["reads_total"].items()) if o == "ok" or c / n >= 0.05
+        )
+        + f"); progress reads that failed (kwok pods serve nothing): {res['progress_errors'] / n:.1f} per job",
+        f"- CodexTrainingJob writes seen on the watch (MODIFIED, anyone's): {res['ctj_modified'] / n:.2f} per job",
+        f"- others on the cluster at start → end: `pytest tests/integration` "
+        f"{_yes(res['others']['start']['pytest tests/integration'])} → "
+        f"{_yes(res['others']['end']['pytest tests/integration'])}; other operator processes "
+        f"{res['others']['start']['codex_operator'] - 1} → {res['others']['end']['codex_operator'] - 1}",
+    ]
+    return "\n".join(lines)
+
+
+def _count(xs) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for x in xs:
+        out[x] = out.get(x, 0) + 1
+    return out
+
+
+def _yes(count: int) -> str:
+    return "running" if count else "none"
+
+
+def machine() -> str:
+    v = kubectl("version", "-o", "json", check=False).stdout
+    server = json.loads(v)["serverVersion"]["gitVersion"] if v else "?"
+    return (
+        f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
+        f"Kubernetes {server} (local one-node cluster) + kwok {KWOK_VERSION}, {time.strftime('%Y-%m-%d')}"
+    )
+
+
+def update_readme(n: int, block: str) -> None:
+    """Replace this N's block between its markers in benchmarks/README.md (the prose around is by hand)."""
+    start, end = f"<!-- operator-latency:{n} -->", f"<!-- /operator-latency:{n} -->"
+    text = README.read_text()
+    new = f"{start}\n{block}\n{end}"
+    if start in text:
+        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: new, text, flags=re.S)
+    else:
+        if "## Operator latency" not in text:
+            text = text.rstrip("\n") + "\n\n## Operator latency\n"
+        text = text.rstrip("\n") + f"\n\n### {n:,} jobs\n\n{new}\n"
+    README.write_text(text)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--jobs", type=int, default=100)
+    ap.add_argument("--nodes", type=int, default=4, help="fake (kwok) nodes")
+    ap.add_argument("--concurrency", type=int, default=32, help="create calls in flight at once")
+    ap.add_argument("--progress-interval", type=float, default=10.0, help="the operator's (its default: 10)")
+    ap.add_argument("--image", default="codex.local/fake-trainer:1", help="--default-image (kwok pulls nothing)")
+    ap.add_argument("--timeout", type=float, default=None, help="seconds to wait for all Running")
+    ap.add_argument("--json", help="also write the raw results here")
+    ap.add_argument("--readme", action="store_true", help="put the table into benchmarks/README.md")
+    args = ap.parse_args()
+    command = "python benchmarks/operator_latency.py --jobs " + str(args.jobs)
+    run = Run(args.jobs, args.nodes, args.progress_interval, args.image, args.concurrency)
+    print(f"run {run.id}: {args.jobs} jobs, namespace {run.namespace}, logs in {run.workdir}", flush=True)
+    try:
+        run.start_kwok()
+        run.make_nodes()
+        run.make_namespace()
+        run.start_operator()
+        res = asyncio.run(measure(run, args.timeout or 120 + args.jobs * 0.6))
+    finally:
+        run.cleanup()
+    text = report(res, command)
+    print(text)
+    if args.json:
+        raw = {
+            **res,
+            **{k: {" ".join(kk): v for kk, v in res[k].items()} for k in res if k.startswith(("writes", "reads"))},
+        }
+        Path(args.json).write_text(json.dumps(raw, indent=2))
+    if args.readme:
+        update_readme(args.jobs, text)
+
+
+if __name__ == "__main__":
+    main()
