@@ -30,7 +30,8 @@ def data_files(tmp_path):
     }
 
 
-GPT2_64 = "model={source: scratch, config: {model_type: gpt2, n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}}"
+# CASES pass through str.format: braces doubled
+GPT2_64 = "model={{source: scratch, config: {{model_type: gpt2, n_embd: 32, n_layer: 1, n_head: 2, n_positions: 64}}}}"
 
 
 CASES = {
@@ -52,12 +53,12 @@ CASES = {
     "null text": (["data.train=[{null}]"], "spec.data.train", "line 2: field 'text' is null, not a string"),
     "txt not UTF-8": (["data.train=[{latin}]"], "spec.data.train", "not UTF-8 text: byte 0xe9 at offset 3"),
     "validationFraction leaves no training batch": (
-        ["data.validationFraction=0.99"],
+        ["data.validationFraction=0.999"],
         "spec.data.validationFraction",
         "lower validationFraction",
     ),
     "positions beyond GPT-2's n_positions": (
-        [GPT2_64, "peft={targetModules: [c_attn]}"],
+        [GPT2_64, "peft={{targetModules: [c_attn]}}"],
         "spec.data.maxSeqLength",
         "learned position embeddings (transformer.wpe) for 64 positions only",
     ),
@@ -102,3 +103,18 @@ def test_a_hub_model_that_cannot_be_fetched_is_retryable_not_a_spec_error(tmp_pa
     assert r.returncode == 1, r.stderr
     assert "could not fetch a causal LM 'hf://codex-test/absent' from the Hub (retryable)" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        ("data.train=[/no/such.jsonl]", "invalid spec.data.train: file '/no/such.jsonl' not found"),
+        ("peft.targetModules=[nope_proj]", "invalid spec.peft.targetModules: no module named nope_proj"),
+        ("model.config.hidden_size=lots", "invalid spec.model.config: cannot build"),
+    ],
+)
+def test_validate_checks_data_and_model_without_training(override, line, capsys, in_root):
+    assert main(["validate", str(TINY), "--set", override]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"codex-train: {line}") and captured.err.count("\n") == 1, captured.err
+    assert captured.out == ""

@@ -56,8 +56,9 @@ def _model_config(spec: JobSpec, tokenizer):
         cfg.setdefault("vocab_size", len(tokenizer))
         try:
             return AutoConfig.for_model(model_type, **cfg)
-        except (ValueError, TypeError, KeyError) as e:
-            raise SpecError("spec.model.config", f"cannot build a causal LM from this config: {e}") from None
+        except Exception as e:  # noqa: BLE001 - the config is the user's: any refusal (e.g. a strict field) is theirs
+            first = " ".join(str(e).split())[:200]
+            raise SpecError("spec.model.config", f"cannot build a causal LM from this config: {first}") from None
     name, revision = resolve_source(spec.model.source, field="spec.model.source", what="a model config")
     try:
         return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=spec.model.trust_remote_code)

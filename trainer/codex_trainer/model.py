@@ -60,8 +60,9 @@ def _new_scratch_model(spec: ModelSpec, tokenizer) -> PreTrainedModel:
     try:
         config = AutoConfig.for_model(model_type, **cfg)
         return AutoModelForCausalLM.from_config(config)
-    except (ValueError, TypeError, KeyError) as e:
-        raise SpecError("spec.model.config", f"cannot build a causal LM from this config: {e}") from None
+    except Exception as e:  # noqa: BLE001 - the config is the user's: any refusal (e.g. a strict field) is theirs
+        first = " ".join(str(e).split())[:200]
+        raise SpecError("spec.model.config", f"cannot build a causal LM from this config: {first}") from None
 
 
 def _save_atomically(model: PreTrainedModel, target: Path) -> None:
