@@ -4,10 +4,13 @@ One level-triggered `reconcile` per CodexTrainingJob, run on each event of the j
 Jobs, and again after an operator restart (kopf lists every object at start). It derives everything
 from what exists (attempt numbers from the Jobs, restarts from their count), so running it twice, or
 after a SIGKILL halfway, creates nothing twice: children have fixed names and "already exists" means
-adopt. A timer per job reads rank 0's progress while it runs and deletes finished jobs after their TTL.
+adopt. One timer task (not one per job) reads rank 0's progress while a job runs, says why pods wait,
+retries failed reconciles and deletes finished jobs after their TTL.
 
-kopf persistence: these are event handlers and timers only, which keep no handler progress and no
-diff-base, so kopf writes nothing to the objects (no annotations, no status.kopf, no finalizers).
+kopf persistence: these are event handlers only, which keep no handler progress and no diff-base, so
+kopf writes nothing to the objects: no annotations, no status.kopf, and no finalizer (kopf puts one on
+every object that has a kopf timer or daemon, which would block `kubectl delete` while the operator
+is down; hence the one timer task of our own).
 """
 
 from __future__ import annotations
@@ -60,8 +63,10 @@ class Operator:
     options: Options
     kube: Kube | None = None
     http: aiohttp.ClientSession | None = None
+    ticker: asyncio.Task | None = None
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # reconciles that failed: the timer retries
+    bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # the jobs as last watched
 
     def lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -182,6 +187,19 @@ class Operator:
         except Exception:  # kopf would back a failed timer off for a minute: log it and tick on time instead
             log.exception("timer of %s/%s failed", *key)
 
+    async def tick_all(self) -> None:
+        """One timer for all jobs (kopf's per-object timers would put a finalizer on every job, which
+        blocks its deletion whenever the operator is down)."""
+        gate = asyncio.Semaphore(32)
+
+        async def one(body: dict[str, Any]) -> None:
+            async with gate:
+                await self.tick(body)
+
+        while True:
+            await asyncio.sleep(self.options.progress_interval)
+            await asyncio.gather(*(one(b) for b in list(self.bodies.values())))
+
     async def read_progress(self, body: dict[str, Any]) -> None:
         assert self.kube is not None
         meta, status = body["metadata"], body.get("status") or {}
@@ -298,8 +316,12 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         settings.networking.request_timeout = 60
         op.kube = await Kube.connect()
 
+        op.ticker = asyncio.create_task(op.tick_all(), name="codex-operator ticks")
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
+        if op.ticker is not None:
+            op.ticker.cancel()
         if op.http is not None:
             await op.http.close()
         if op.kube is not None:
@@ -313,12 +335,15 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
     @kopf.on.event(**crd)
     async def job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
         if event.get("type") == "DELETED":
-            metrics.set_phase(meta["namespace"], meta["name"], None)
-            op.locks.pop((meta["namespace"], meta["name"]), None)
-            op.dirty.discard((meta["namespace"], meta["name"]))
+            metrics.set_phase(*key, None)
+            op.locks.pop(key, None)
+            op.dirty.discard(key)
+            op.bodies.pop(key, None)
             return
-        await op.reconcile(meta["namespace"], meta["name"])
+        op.bodies[key] = dict(body)
+        await op.reconcile(*key)
 
     @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
     async def attempt_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
@@ -326,7 +351,3 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
             return
         owner = body["metadata"]["labels"][names.LABEL_JOB]
         await op.reconcile(body["metadata"]["namespace"], owner)
-
-    @kopf.timer(**crd, interval=op.options.progress_interval, sharp=False)
-    async def timer(body: kopf.Body, **_: Any) -> None:
-        await op.tick(dict(body))

@@ -345,6 +345,9 @@ state = "{self.run_dir / "containerd-state"}"
                         "dataDir": str(self.state / "cni" / "ipam"),
                     },
                 },
+                # Docker sets the FORWARD policy to DROP, and bridged pod traffic passes FORWARD (bridge-nf):
+                # the firewall plugin accepts each pod's traffic in its CNI-FORWARD chain (removed on down)
+                {"type": "firewall", "backend": "iptables"},
                 {"type": "portmap", "capabilities": {"portMappings": True}},
             ],
         }

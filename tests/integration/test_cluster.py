@@ -257,7 +257,10 @@ def test_service_and_headless_pod_names_resolve_through_cluster_dns(cluster, nam
         "spec": {"clusterIP": "None", "selector": {"app": "w"}, "ports": [{"port": 29500}]},
     }
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(service))
-    worker = json.loads(pod("w-0", base_image, ["sleep", "600"], hostname="w-0", subdomain="workers"))
+    # perl-base is in debootstrap's minbase: a one-connection TCP server on the rendezvous port
+    serve = "use IO::Socket::INET; $s = IO::Socket::INET->new(LocalPort => 29500, Listen => 1, ReuseAddr => 1) " \
+            "or die; while ($c = $s->accept) { print $c \"hello from w-0\\n\"; close $c }"  # fmt: skip
+    worker = json.loads(pod("w-0", base_image, ["perl", "-e", serve], hostname="w-0", subdomain="workers"))
     worker["metadata"]["labels"] = {"app": "w"}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(worker))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "pod/w-0", "--timeout=90s")
@@ -270,3 +273,9 @@ def test_service_and_headless_pod_names_resolve_through_cluster_dns(cluster, nam
     assert resolved[f"w-0.workers.{namespace}.svc.cluster.local"] == worker_ip, logs
     api_ip = cluster.kubectl("get", "service", "kubernetes", "-o", "jsonpath={.spec.clusterIP}").stdout
     assert resolved["kubernetes.default.svc.cluster.local"] == api_ip, logs
+
+    # and one pod reaches another by that name: ranks connect to rank 0's store (pod-to-pod traffic
+    # crosses the host's FORWARD chain, whose policy Docker sets to DROP)
+    talk = f"exec 3<>/dev/tcp/w-0.workers.{namespace}.svc.cluster.local/29500 && read -t 10 line <&3 && echo $line"
+    logs = run_to_completion(cluster, namespace, pod("talk", base_image, ["bash", "-c", talk]), "talk")
+    assert "hello from w-0" in logs, logs
