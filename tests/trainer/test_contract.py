@@ -245,9 +245,11 @@ def test_sigterm_during_a_long_evaluation_stops_it_checkpoints_and_exits_143_soo
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
+    """Long steps (gradient accumulation 32), so both signals land inside one step."""
     out = tmp_path / "out"
+    slow = ["--set", "training.gradientAccumulation=32", "--set", "training.batchSize=16"]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *QUICK],
+        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *QUICK, *slow],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -255,8 +257,9 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
     )
     wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text(), "a first step")
     proc.send_signal(signal.SIGINT)
-    time.sleep(0.05)
+    time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr[-2000:]
+    assert "stopped at once by a second Ctrl-C; the last complete checkpoint stays" in stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
