@@ -36,6 +36,7 @@ from .status import (
     TERMINAL,
     attempt_from_job,
     deadline_left,
+    final_numbers,
     plan,
     pod_failure,
     progress_changed,
@@ -110,10 +111,13 @@ class Operator:
             await self.ensure_children(job)
         attempts = [attempt_from_job(j) for j in await self.kube.list_jobs(namespace, name)]
         latest = max(attempts, key=lambda a: a.number, default=None)
-        failed_pod = None
+        failed_pod, final = None, None
         if latest is not None and latest.outcome == "Failed":
             failed_pod = await self._failed_pod(namespace, latest.name)
-        p = plan(job, status, attempts, now, failed_pod)
+        elif latest is not None and latest.outcome == "Complete":
+            rank0 = f"batch.kubernetes.io/job-name={latest.name},batch.kubernetes.io/job-completion-index=0"
+            final = next(filter(None, map(final_numbers, await self.kube.list_pods(namespace, rank0))), None)
+        p = plan(job, status, attempts, now, failed_pod, final)
         if p.create_attempt is not None:
             left = deadline_left(job, p.status, now)
             manifest = builders.attempt_job(job, p.create_attempt, self.options.settings, left)

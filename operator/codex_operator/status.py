@@ -14,6 +14,7 @@ The trainer's exit-code contract decides a failed attempt:
 from __future__ import annotations
 
 import copy
+import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -130,6 +131,19 @@ def waiting_reason(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def final_numbers(pod: dict[str, Any]) -> dict[str, Any] | None:
+    """What rank 0 said when it finished: {"step", "loss", "evalLoss"} (its termination message)."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        term = (cs.get("state") or {}).get("terminated") or {}
+        if cs.get("name") == names.CONTAINER and term.get("exitCode") == 0:
+            try:
+                found = json.loads(term.get("message") or "")
+            except ValueError:
+                return None
+            return found if isinstance(found, dict) else None
+    return None
+
+
 def _ts(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -164,6 +178,7 @@ def plan(
     attempts: list[Attempt],
     now: datetime,
     failed_pod: PodFailure | None = None,
+    final: dict[str, Any] | None = None,
 ) -> Plan:
     """Decide the job's status and next action from its attempts (sorted or not)."""
     old = status or {}
@@ -194,9 +209,15 @@ def plan(
     elif latest.outcome == "Complete":
         phase, reason, message = "Succeeded", "Succeeded", f"training finished in {len(attempts)} attempt(s)"
         new["completionTime"] = _ts(now)
-        prog = new.get("progress") or {}
-        if prog.get("totalSteps"):
-            new["progress"] = _with_step(prog, prog["totalSteps"])
+        # the trainer's own last numbers (its termination message), else the last progress read
+        prog = dict(new.get("progress") or {})
+        for key in ("loss", "evalLoss"):
+            if isinstance((final or {}).get(key), int | float):
+                prog[key] = _round(final[key])
+        step = (final or {}).get("step") or prog.get("totalSteps")
+        if step:
+            prog.setdefault("totalSteps", step)
+            new["progress"] = _with_step(prog, step)
     elif latest.outcome == "Failed":
         kind = latest.failure
         line = failure_line(latest, failed_pod)

@@ -12,6 +12,7 @@ from codex_operator.status import (
     Attempt,
     PodFailure,
     attempt_from_job,
+    final_numbers,
     plan,
     pod_failure,
     progress_changed,
@@ -91,6 +92,23 @@ def test_success_is_final_and_fills_the_progress():
     assert p.status["progress"]["step"] == 300 and p.status["progress"]["percentText"] == "100%"
     later = plan(make_job(), p.status, attempts(job_obj(1, cond=CRASH)), NOW)
     assert later.status == p.status and later.create_attempt is None
+
+
+def test_success_takes_the_trainers_own_last_numbers():
+    status = {"phase": "Running", "progress": {"step": 290, "totalSteps": 300, "loss": 0.5, "evalLoss": 0.6}}
+    final = {"step": 300, "loss": 0.481234, "evalLoss": 0.47}
+    p = plan(make_job(), status, attempts(job_obj(1, cond=COMPLETE)), NOW, final=final)
+    assert p.status["progress"]["loss"] == 0.4812 and p.status["progress"]["evalLoss"] == 0.47
+    assert p.status["progress"]["stepText"] == "300/300"
+    pod = {
+        "metadata": {"name": "p"},
+        "status": {
+            "containerStatuses": [
+                {"name": "trainer", "state": {"terminated": {"exitCode": 0, "message": '{"step": 300, "loss": 0.48}'}}}
+            ]
+        },
+    }
+    assert final_numbers(pod) == {"step": 300, "loss": 0.48}
 
 
 def test_exit_2_fails_at_once_with_the_trainers_message():

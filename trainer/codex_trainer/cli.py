@@ -93,7 +93,29 @@ def run_in_process(manifest, args) -> int:
     code = train(manifest.spec, name, out, stop, metrics_port=args.metrics_port)
     if code > 128:
         write_termination_message(_stopped_message(code - 128, out / "checkpoints"))
+    elif code == 0:
+        write_termination_message(json.dumps(_final_numbers(out / "metrics.jsonl")))
     return code
+
+
+def _final_numbers(metrics: Path) -> dict:
+    """The last step, loss and eval loss of a finished run (from metrics.jsonl): the operator's final
+    progress, since the run's metrics endpoint is gone once it ends."""
+    final: dict = {}
+    try:
+        lines = metrics.read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return final
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if "loss" in row:
+            final.update(step=row.get("step"), loss=row["loss"])
+        if "eval_loss" in row:
+            final["evalLoss"] = row["eval_loss"]
+    return final
 
 
 def _stopped_message(signum: int, checkpoints: Path) -> str:

@@ -197,6 +197,8 @@ def _launch_workers(rdzv: Rendezvous, args) -> int:
 def report(code: int, codes: dict[int, int], worker_messages: dict[int, str], signum: int | None) -> None:
     """One line on stderr for the launch as a whole; the pod's termination message."""
     if code == EXIT_OK:
+        if worker_messages.get(0):
+            write_termination_message(worker_messages[0])  # rank 0's summary of the finished run
         return
     if code == EXIT_USER_ERROR:
         ranks = [r for r, c in sorted(codes.items()) if c == EXIT_USER_ERROR]
