@@ -156,7 +156,7 @@ BAD_ROWS = {
     "number text": (b'{"text": 12345}\n', "d.jsonl", "line 1: field 'text' is int 12345, not a string"),
     "boolean text": (b'{"text": "a"}\n\n{"text": false}\n', "d.jsonl", "line 3: field 'text' is bool false"),
     "lone surrogate": (b'{"text": "a \\ud800 b"}\n', "d.jsonl", "line 1: field 'text' holds a lone surrogate"),
-    "jsonl not UTF-8": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "d.jsonl", "not UTF-8 text: byte 0xe9 at offset 28 (line 2)"),
+    "jsonl not UTF-8": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "d.jsonl", "byte 0xe9 at offset 28 (line 2)"),
     "txt not UTF-8": (b"fine\n\xff\xfeoops\n", "d.txt", "not UTF-8 text: byte 0xff at offset 5 (line 2)"),
     "json item null": (b'[{"text": "a"}, {"text": null}]', "d.json", "item 1: field 'text' is null"),
     "not JSON": (b'{"text": "a"}\n{text}\n', "d.jsonl", "line 2 is not JSON"),
