@@ -150,6 +150,8 @@ def rendezvous_env(job: Job, attempt: int) -> list[dict[str, Any]]:
         {"name": "MASTER_PORT", "value": str(names.MASTER_PORT)},
         {"name": "CODEX_TERMINATION_LOG", "value": names.TERMINATION_LOG},
         {"name": "CODEX_ATTEMPT", "value": str(attempt)},
+        # a pod of the previous attempt may still be checkpointing (its grace period): wait for its lock
+        {"name": "CODEX_LOCK_WAIT", "value": str(GRACE_SECONDS)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
@@ -167,6 +169,8 @@ def _resources(job: Job) -> dict[str, Any]:
         out["limits"] = limits
     return out
 
+
+GRACE_SECONDS = 120
 
 RESTRICTED_CONTAINER = {
     "runAsNonRoot": True,
@@ -223,7 +227,7 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
             "fsGroup": 1000,
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": 120,  # SIGTERM: finish the step, checkpoint, exit 143
+        "terminationGracePeriodSeconds": GRACE_SECONDS,  # SIGTERM: finish the step, checkpoint, exit 143
         "containers": [container],
         "volumes": volumes,
     }

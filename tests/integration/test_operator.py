@@ -312,3 +312,35 @@ def test_two_nodes_rendezvous_through_the_service_and_match_one_node_with_twice_
     out = jobs.kubectl("logs", "compare").stdout
     diff = float(out.split("max_abs_diff")[-1])
     assert diff < 1e-5, out
+
+
+def test_a_job_reads_its_data_from_an_existing_claim_mounted_read_only(operator, jobs, trainer_image):
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "corpus"},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Mi"}}}}  # fmt: skip
+    jobs.apply(json.dumps(claim))
+    writer = {
+        "restartPolicy": "Never",
+        "automountServiceAccountToken": False,
+        "containers": [
+            {
+                "name": "w",
+                "image": trainer_image,
+                "imagePullPolicy": "IfNotPresent",
+                "command": ["sh", "-c", "cp /app/configs/data/tiny-code.jsonl /corpus/train.jsonl"],
+                "volumeMounts": [{"name": "c", "mountPath": "/corpus"}],
+            }
+        ],
+        "volumes": [{"name": "c", "persistentVolumeClaim": {"claimName": "corpus"}}],
+    }
+    jobs.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"}, "spec": writer}))
+    wait_for(
+        lambda: jobs.kubectl("get", "pod", "writer", "-o", "jsonpath={.status.phase}").stdout == "Succeeded",
+        "the corpus to be written",
+        120,
+    )
+    jobs.apply(manifest("fromclaim", *SHORT, "data.existingClaim=corpus", "data.train=[/data/train.jsonl]"))
+    done = jobs.wait_phase("fromclaim", "Succeeded", timeout=300)
+    assert done["restarts"] == 0
+    (attempt,) = jobs.children("job", "fromclaim")
+    mounts = attempt["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in mounts
