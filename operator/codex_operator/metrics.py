@@ -25,6 +25,8 @@ API_ERRORS = Counter("codex_operator_api_errors_total", "Failed calls to the Kub
 PROGRESS_ERRORS = Counter("codex_operator_progress_errors_total", "Failed reads of a trainer's progress")
 
 _phases: dict[tuple[str, str], str] = {}
+for _p in PHASES:
+    JOBS.labels(_p).set(0)  # every phase from the start, so a dashboard sees zeros rather than gaps
 
 
 def set_phase(namespace: str, name: str, phase: str | None) -> None:
