@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -46,6 +47,7 @@ from .status import (
 )
 
 log = logging.getLogger("codex_operator")
+WAIT_EXPLAIN_SECONDS = 30.0
 
 # status keys the reconcile owns; progress and checkpoint belong to the progress timer (merge patches
 # of disjoint keys cannot undo each other)
@@ -68,6 +70,8 @@ class Operator:
     locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)  # reconciles that failed: the timer retries
     bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # the jobs as last watched
+    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # the status we last wrote
+    explained: dict[tuple[str, str], float] = field(default_factory=dict)  # when we last asked why pods wait
 
     def lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -80,21 +84,36 @@ class Operator:
 
     # ---------------------------------------------------------------- reconcile
 
-    async def reconcile(self, namespace: str, name: str) -> None:
+    async def reconcile(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
         key = (namespace, name)
         async with self.lock(key):
             try:
                 with metrics.reconcile_timer():
-                    await self._reconcile(namespace, name)
+                    await self._reconcile(namespace, name, body)
                 self.dirty.discard(key)
             except Exception:
                 self.dirty.add(key)
                 log.exception("reconcile of %s/%s failed; retrying on the next tick", namespace, name)
 
-    async def _reconcile(self, namespace: str, name: str) -> None:
+    def current(self, key: tuple[str, str], body: dict[str, Any] | None) -> bool:
+        """Whether a watched body can be trusted as the job's present state: its status is the one this
+        operator last wrote (or it is brand new). Otherwise another write may have passed it: read afresh."""
+        if body is None:
+            return False
+        if key in self.written:
+            return self.written[key] == (body.get("status") or {})
+        return not body.get("status")
+
+    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any], base: dict[str, Any]) -> None:
+        assert self.kube is not None
+        await self.kube.patch_status(namespace, name, patch)
+        self.written[(namespace, name)] = _merged(base, patch)
+
+    async def _reconcile(self, namespace: str, name: str, watched: dict[str, Any] | None) -> None:
         assert self.kube is not None
         log.debug("reconcile %s/%s", namespace, name)
-        body = await self.kube.get_job(namespace, name)  # fresh: another handler may just have written status
+        key = (namespace, name)
+        body = watched if self.current(key, watched) else await self.kube.get_job(namespace, name)
         if body is None:
             metrics.set_phase(namespace, name, None)
             return
@@ -131,7 +150,7 @@ class Operator:
         if "progress" in p.status and p.status["progress"] != status.get("progress"):
             patch["progress"] = p.status["progress"]  # the final step on success
         if patch:
-            await self.kube.patch_status(namespace, name, patch)
+            await self.patch_status(namespace, name, _deleting(status, patch), status)
         for kind, reason, message in p.events:
             kopf.event(body, type=kind, reason=reason, message=message)
         metrics.set_phase(namespace, name, p.status.get("phase"))
@@ -139,16 +158,15 @@ class Operator:
     async def ensure_children(self, job: Job) -> None:
         """The volume, the job file and the rendezvous Service: create, or adopt what exists."""
         assert self.kube is not None
-        claim = builders.checkpoint_claim(job)
-        if claim is not None:
-            await self.kube.create(claim)
-        cm = builders.config_map(job)
-        if not await self.kube.create(cm):
+        claim, cm = builders.checkpoint_claim(job), builders.config_map(job)
+        children = [c for c in (claim, cm, builders.headless_service(job)) if c is not None]
+        results = await asyncio.gather(*map(self.kube.create, children))
+        created = {c["kind"]: r for c, r in zip(children, results, strict=True)}
+        if not created["ConfigMap"]:
             current = await self.kube.get_config_map(job.namespace, cm["metadata"]["name"])
             if current is not None and current.get("data") != cm["data"]:
                 # a changed spec (maxSteps raised, say) applies from the next attempt on
                 await self.kube.patch_config_map(job.namespace, cm["metadata"]["name"], cm["data"])
-        await self.kube.create(builders.headless_service(job))
 
     async def _failed_pod(self, namespace: str, attempt: str):
         assert self.kube is not None
@@ -164,10 +182,11 @@ class Operator:
         conditions = set_condition(
             (body.get("status") or {}).get("conditions") or [], "Failed", "InvalidJob", problem, now, meta["generation"]
         )
-        await self.kube.patch_status(
+        await self.patch_status(
             meta["namespace"],
             meta["name"],
             {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": _ts(now)},
+            body.get("status") or {},
         )
         kopf.event(body, type="Warning", reason="InvalidJob", message=problem)
         metrics.set_phase(meta["namespace"], meta["name"], "Failed")
@@ -236,7 +255,7 @@ class Operator:
             patch["checkpoint"] = checkpoint
         if patch:
             async with self.lock((ns, name)):
-                await self.kube.patch_status(ns, name, patch)
+                await self.patch_status(ns, name, _deleting(status, patch), status)
 
     async def explain_wait(self, body: dict[str, Any]) -> None:
         """Say in status.message why the pods are not running yet (an image that cannot be pulled, say)."""
@@ -244,13 +263,17 @@ class Operator:
         meta, status = body["metadata"], body.get("status") or {}
         ns, name = meta["namespace"], meta["name"]
         attempt = names.attempt_name(name, status.get("attempt") or 1)
+        now = time.monotonic()
+        if now - self.explained.get((ns, name), -WAIT_EXPLAIN_SECONDS) < WAIT_EXPLAIN_SECONDS:
+            return  # pods that wait for a reason keep waiting a while: look again later, not every tick
+        self.explained[(ns, name)] = now
         why = waiting_reason(await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}"))
         if why is None:
             return
         message = f"attempt {status.get('attempt') or 1} waiting: {why}"
         if message != status.get("message"):
             async with self.lock((ns, name)):
-                await self.kube.patch_status(ns, name, {"message": message})
+                await self.patch_status(ns, name, {"message": message}, status)
 
     async def _get_text(self, url: str) -> str:
         if self.http is None:
@@ -270,6 +293,29 @@ class Operator:
             meta = body["metadata"]
             log.info("deleting %s/%s: ttlSecondsAfterFinished (%d s) passed", meta["namespace"], meta["name"], ttl)
             await self.kube.delete_job(meta["namespace"], meta["name"])
+
+
+def _deleting(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch merges nested objects: say null for what a new progress or checkpoint leaves out
+    (an ETA at the end, say), or the old value would stay."""
+    out = dict(patch)
+    for key in ("progress", "checkpoint"):
+        if isinstance(patch.get(key), dict) and isinstance(old.get(key), dict):
+            out[key] = {**{k: None for k in old[key] if k not in patch[key]}, **patch[key]}
+    return out
+
+
+def _merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
+    """What a JSON merge patch makes of `base` (RFC 7386): objects merge, null deletes."""
+    out = dict(base)
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        elif isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merged(out[k], v)
+        else:
+            out[k] = v
+    return out
 
 
 def _job_or_problem(body: dict[str, Any]) -> Job | str:
@@ -345,9 +391,11 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
             op.locks.pop(key, None)
             op.dirty.discard(key)
             op.bodies.pop(key, None)
+            op.written.pop(key, None)
+            op.explained.pop(key, None)
             return
         op.bodies[key] = dict(body)
-        await op.reconcile(*key)
+        await op.reconcile(*key, op.bodies[key])
 
     @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
     async def attempt_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
