@@ -386,6 +386,7 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
         await asyncio.sleep(run.progress_interval + 3)
         running = run.scrape() or {}
         rss_running = proc.memory_info().rss
+        conns_running = _api_connections(proc)
         cpu_running = sum(proc.cpu_times()[:2]) - cpu0
 
         # the end of the lifecycle: the user deletes the jobs (the API server's GC deletes the children)
@@ -448,6 +449,7 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
             "end": rss_end,
         },  # fmt: skip
         "cpu_s": {"to_running": cpu_running, "total": cpu_total},
+        "api_connections": conns_running,
         "writes_to_running": delta(before, running),
         "writes_delete": delta(running, after),
         "writes_total": delta(before, after),
@@ -493,7 +495,8 @@ def report(res: dict[str, Any], command: str) -> str:
         + f"); deleted and the children collected in {res['delete_in_s']:.1f} s",
         f"- operator RSS: idle {mb(res['rss']['idle'])}, peak {mb(res['rss']['peak'])}, with {n} running "
         f"{mb(res['rss']['running'])}, end (jobs deleted) {mb(res['rss']['end'])}; CPU {res['cpu_s']['total']:.1f} s "
-        f"({res['cpu_s']['total'] / n * 1000:.0f} ms per job)",
+        f"({res['cpu_s']['total'] / n * 1000:.0f} ms per job); {res['api_connections']} TCP connections to the API "
+        "server while they run",
         f"- writes per job besides progress: **{(writes + ev + fin) / n:.2f}** = the operator's API writes "
         f"{writes / n:.2f} ({breakdown}) + Events {ev / n:.2f} ({reasons}) + kopf's finalizer patches "
         f"{fin / n:.2f}; of the API writes {sum(res['writes_delete'].values()) / n:.2f} came after the delete",
@@ -510,6 +513,16 @@ def report(res: dict[str, Any], command: str) -> str:
         f"{res['others']['start']['codex_operator'] - 1} → {res['others']['end']['codex_operator'] - 1}",
     ]
     return "\n".join(lines)
+
+
+def _api_connections(proc: psutil.Process) -> int:
+    """The operator's open TCP connections to the API server (each TLS connection costs memory)."""
+    server = yaml.safe_load(KUBECONFIG.read_text())["clusters"][0]["cluster"]["server"]
+    port = int(server.rsplit(":", 1)[1]) if server.count(":") == 2 else 443
+    try:
+        return sum(1 for c in proc.net_connections("tcp") if c.raddr and c.raddr.port == port)
+    except psutil.Error:
+        return -1
 
 
 def _count(xs) -> dict[str, int]:
