@@ -118,6 +118,8 @@ class Operator:
             metrics.set_phase(namespace, name, None)
             return
         status = body.get("status") or {}
+        if body["metadata"].get("deletionTimestamp"):
+            return  # being deleted: the garbage collector takes the children; nothing to create or write
         if status.get("phase") in TERMINAL:
             metrics.set_phase(namespace, name, status["phase"])
             return

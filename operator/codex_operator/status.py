@@ -199,7 +199,7 @@ def plan(
         if left is not None and left <= 0:
             phase, reason, message = "Failed", "DeadlineExceeded", "activeDeadlineSeconds passed before it started"
         else:
-            p.create_attempt = 1
+            p.create_attempt = new["attempt"] = 1
             new.setdefault("startTime", _ts(now))
             p.events.append(("Normal", "Created", f"created attempt 1 ({names.attempt_name(job.name, 1)})"))
             if rp.suspend and not rp.queue_name:

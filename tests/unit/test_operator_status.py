@@ -53,7 +53,7 @@ def attempts(*objs: dict) -> list[Attempt]:
 def test_a_new_job_creates_attempt_one_and_is_pending():
     p = plan(make_job(), None, [], NOW)
     assert p.create_attempt == 1
-    assert p.status["phase"] == "Pending" and p.status["restarts"] == 0
+    assert p.status["phase"] == "Pending" and p.status["restarts"] == 0 and p.status["attempt"] == 1
     assert p.status["startTime"] == "2026-11-28T12:00:00Z"
     assert [e[1] for e in p.events] == ["Created"]
     (cond,) = p.status["conditions"]
