@@ -3,6 +3,7 @@
     codex-train run FILE [--output-dir DIR] [--set PATH=VALUE ...] [--metrics-port N]
     codex-train launch FILE --output-dir DIR [--set PATH=VALUE ...] [--metrics-port N]   # a pod's entry point
     codex-train validate FILE [--set PATH=VALUE ...]
+    codex-train eval PATH [--data FILE ...] [--output FILE] [--max-batches N] [--prompts FILE]   # see evaluate.py
 
 Exit codes: 0 success; 2 invalid spec or data (permanent: the operator does not retry); 128+signal
 after a graceful stop with a checkpoint written (143 for SIGTERM, 130 for Ctrl-C); 1 when the Hub
@@ -26,12 +27,17 @@ from .errors import (
     is_disk_full,
     write_termination_message,
 )
+from .evaluate import add_arguments as add_eval_arguments
 from .manifest import load_manifest
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "eval":
+            from .evaluate import run_eval
+
+            return run_eval(args)
         manifest = load_manifest(args.file, args.set)
         if args.command == "validate":
             from .check import check_job
@@ -154,6 +160,13 @@ def _parser() -> argparse.ArgumentParser:
     launch.add_argument("--output-dir", required=True, help="where checkpoints, metrics and the result go")
     for s in (run, launch):
         s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (rank 0)")
+    add_eval_arguments(
+        sub.add_parser(
+            "eval",
+            help="loss, perplexity and next-token accuracy of a run's final/, a checkpoint or a model on data "
+            "files (default: the run's validation split), as NDJSON; --prompts adds greedy completions",
+        )
+    )
     return p
 
 

@@ -1,0 +1,150 @@
+"""codex-train eval on the result of a short run of the shipped example: it reproduces the run's own
+evaluation, reads checkpoints and merged models, compares with the untrained base, and refuses bad
+paths and mismatched adapters with one line and exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from support import TINY, run_cli
+
+pytestmark = pytest.mark.slow
+
+# 20 steps; the run evaluates at step 20 in batches of 4, at most 6 of them, which eval must reproduce
+SHORT = [
+    *("--set", "training.maxSteps=20"),
+    *("--set", "eval.everySteps=20"),
+    *("--set", "eval.batchSize=4"),
+    *("--set", "eval.maxBatches=6"),
+    *("--set", "checkpoint.everySteps=10"),
+    *("--set", "checkpoint.keepLast=5"),
+    *("--set", "peft.merge=true"),
+    *("--set", "tracking.mlflow.enabled=false"),
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("eval") / "run"
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+def evaluate(*args: str) -> list[dict]:
+    r = run_cli("eval", *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return [json.loads(line) for line in r.stdout.splitlines()]
+
+
+def last_eval_loss(out) -> float:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "eval_loss" in row][-1]["eval_loss"]
+
+
+def fails_with_one_line(*args: str) -> str:
+    r = run_cli("eval", *args)
+    assert r.returncode == 2, (r.returncode, r.stderr[-3000:])
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("codex-train: "), r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and r.stdout == ""
+    return lines[0]
+
+
+def test_eval_of_final_reproduces_the_runs_last_eval_loss(run, tmp_path):
+    out_file = tmp_path / "eval.jsonl"
+    r = run_cli("eval", str(run / "final"), "--output", str(out_file))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout == ""
+    summary, split = [json.loads(line) for line in out_file.read_text().splitlines()]
+    assert summary["type"] == "summary" and summary["kind"] == "adapter" and summary["step"] == 20
+    assert abs(summary["loss"] - last_eval_loss(run)) < 1e-4, (summary["loss"], last_eval_loss(run))
+    assert summary["batch_size"] == 4 and summary["max_batches"] == 6 and summary["batches"] == 6
+    assert summary["sequences"] == 24 and summary["tokens"] == 24 * 127  # packed blocks of 128
+    assert summary["perplexity"] == pytest.approx(2.718281828459045 ** summary["loss"])
+    assert 0 < summary["accuracy"] < 1
+    assert split["type"] == "file" and split["split"] == "validation" and split["loss"] == summary["loss"]
+
+
+def test_a_checkpoint_and_the_merged_model_give_the_same_loss(run):
+    final = evaluate(str(run / "final"))[0]
+    step20 = evaluate(str(run / "checkpoints" / "step-20"))[0]
+    merged = evaluate(str(run / "final" / "merged"))[0]
+    step10 = evaluate(str(run / "checkpoints" / "step-10"))[0]
+    assert step20["kind"] == "checkpoint" and step20["step"] == 20 and step10["step"] == 10
+    assert abs(step20["loss"] - final["loss"]) < 1e-6
+    assert merged["kind"] == "model" and abs(merged["loss"] - final["loss"]) < 1e-4
+    assert step10["loss"] > step20["loss"]
+
+
+def test_the_untrained_base_model_has_a_higher_loss(run):
+    base = evaluate(str(run / "base-model"))[0]
+    assert base["kind"] == "model" and base["tokens"] == 24 * 127
+    assert base["loss"] > last_eval_loss(run) + 0.5, base
+    assert base["accuracy"] < evaluate(str(run / "final"))[0]["accuracy"]
+
+
+def test_data_files_are_evaluated_one_line_each(run, tmp_path):
+    extra = tmp_path / "more.txt"
+    extra.write_text("".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(200)))
+    rows = evaluate(str(run / "final"), "--data", "configs/data/tiny-code.jsonl", str(extra), "--max-batches", "2")
+    summary, *files = rows
+    assert [f["file"] for f in files] == ["configs/data/tiny-code.jsonl", str(extra)]
+    assert all(f["batches"] == 2 and f["sequences"] == 8 for f in files)  # the run's batch size 4 for eval
+    assert summary["tokens"] == sum(f["tokens"] for f in files)
+    weighted = sum(f["loss"] * f["tokens"] for f in files) / summary["tokens"]
+    assert summary["loss"] == pytest.approx(weighted, rel=1e-9)
+
+
+def test_prompts_write_greedy_completions(run, tmp_path):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("def add(a, b):\n\nimport os\n")
+    rows = evaluate(str(run / "final"), "--prompts", str(prompts), "--max-new-tokens", "7", "--max-batches", "1")
+    completions = [r for r in rows if r["type"] == "completion"]
+    assert [c["prompt"] for c in completions] == ["def add(a, b):", "import os"]
+    assert all(isinstance(c["completion"], str) and 0 < c["new_tokens"] <= 7 for c in completions)
+    assert rows[0]["type"] == "summary" and rows[0]["batches"] == 1
+
+
+def test_bad_paths_exit_2_with_one_line(run, tmp_path):
+    assert "does not exist" in fails_with_one_line(str(tmp_path / "nope"))
+    assert "is a file" in fails_with_one_line(str(run / "run.json"))
+    assert "holds no model" in fails_with_one_line(str(run / "cache"))
+    assert "hf://org/name" in fails_with_one_line("hf://not a repo")
+    lone = tmp_path / "lone" / "step-10"
+    shutil.copytree(run / "checkpoints" / "step-10", lone)
+    assert "run.json" in fails_with_one_line(str(lone))
+    assert "not found" in fails_with_one_line(str(run / "final"), "--data", str(tmp_path / "missing.jsonl"))
+    damaged = run.parent / "damaged"
+    shutil.copytree(run, damaged, ignore=shutil.ignore_patterns("final", "cache"))
+    (damaged / "checkpoints" / "step-20" / "trainable.safetensors").write_bytes(b"x" * 10)
+    assert "damaged" in fails_with_one_line(str(damaged / "checkpoints" / "step-20"))
+
+
+def test_an_adapter_that_does_not_match_its_base_exits_2(run, tmp_path):
+    other = LlamaConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=259,
+        max_position_embeddings=256,
+    )
+    AutoModelForCausalLM.from_config(other).save_pretrained(tmp_path / "other-base")
+    adapter = tmp_path / "adapter"
+    shutil.copytree(run / "final", adapter, ignore=shutil.ignore_patterns("merged"))
+    config = json.loads((adapter / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "../other-base"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    line = fails_with_one_line(str(adapter), "--data", str(TINY.parents[1] / "data" / "tiny-code.jsonl"))
+    assert "does not match its base model" in line and "size mismatch" in line, line
+
+    config["base_model_name_or_path"] = "../no-such-base"
+    (adapter / "adapter_config.json").write_text(json.dumps(config))
+    line = fails_with_one_line(str(adapter), "--data", str(TINY.parents[1] / "data" / "tiny-code.jsonl"))
+    assert "no-such-base" in line and "not there" in line, line

@@ -1,0 +1,496 @@
+"""codex-train eval: token-weighted loss, perplexity and next-token accuracy of a model the trainer produced.
+
+    codex-train eval PATH [--data FILE ...] [--output FILE] [--max-batches N] [--batch-size N]
+                          [--prompts FILE --max-new-tokens N]
+
+PATH is a run's final/ (a PEFT adapter on the base its adapter_config.json names), final/merged/ or
+any saved model directory, a checkpoint checkpoints/step-N/ (rebuilt from the run's run.json two
+levels up), or hf://org/name[@rev]. The data is tokenized and packed by the training rules (the
+run's data.textField, maxSeqLength and packing when a run.json is found); without --data the run's
+own validation split is evaluated, batched and capped as the run's evaluation was. Output is NDJSON:
+a summary line, one line per file, and one line per prompt with its greedy completion.
+
+Problems a user can fix (a bad path, bad data, an adapter that does not fit its base) are SpecErrors:
+one line and exit 2, as for `codex-train run`. torch is imported only when evaluating.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import SpecError
+from .spec import HF_SOURCE, DataSpec, JobSpec
+
+RUN_JSON = "run.json"
+DEFAULT_MAX_NEW_TOKENS = 64
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "path",
+        help="a run's final/ (adapter), final/merged/ or a model directory, a checkpoint checkpoints/step-N/, "
+        "or hf://org/name[@rev]",
+    )
+    p.add_argument(
+        "--data",
+        nargs="+",
+        action="extend",
+        metavar="FILE",
+        help="data files to evaluate (.jsonl, .json, .txt, .parquet); default: the run's validation split",
+    )
+    p.add_argument("--output", metavar="FILE", help="write the NDJSON lines here instead of stdout")
+    p.add_argument("--max-batches", type=_positive, metavar="N", help="at most N batches per file")
+    p.add_argument("--batch-size", type=_positive, metavar="N", help="sequences per batch (default: the run's)")
+    p.add_argument("--max-seq-length", type=_positive, metavar="N", help="tokens per sequence (default: the run's)")
+    p.add_argument("--text-field", metavar="NAME", help="the field holding the text (default: the run's)")
+    p.add_argument("--prompts", metavar="FILE", help="one prompt per line: write each one's greedy completion")
+    p.add_argument(
+        "--max-new-tokens",
+        type=_positive,
+        default=DEFAULT_MAX_NEW_TOKENS,
+        metavar="N",
+        help=f"tokens generated per prompt at most (default {DEFAULT_MAX_NEW_TOKENS})",
+    )
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+# ---------------------------------------------------------------- what PATH is
+
+
+@dataclass
+class Target:
+    """The model to evaluate, as found from PATH, before anything heavy is loaded."""
+
+    kind: str  # adapter | model | checkpoint | hub
+    path: str
+    run_dir: Path | None = None
+    spec: JobSpec | None = None
+    step: int | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def locate(path: str) -> Target:
+    """Classify PATH and find the run.json beside it; SpecError (exit 2) for anything that is not a model."""
+    if HF_SOURCE.fullmatch(path):
+        return Target("hub", path)
+    if path.startswith("hf://"):
+        raise SpecError("", f"'{path}' must be of the form hf://org/name or hf://org/name@revision")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise SpecError("", f"'{path}' does not exist; give a run's final/, a checkpoint, a model directory or hf://")
+    if not p.is_dir():
+        raise SpecError("", f"'{path}' is a file; give the directory holding the model (e.g. runs/NAME/final)")
+    run_dir, spec = _find_run(p)
+    if (p / "adapter_config.json").is_file():
+        return Target("adapter", path, run_dir, spec, _final_step(run_dir, p))
+    if (p / "config.json").is_file():
+        return Target("model", path, run_dir, spec, _final_step(run_dir, p))
+    if (p / "trainable.safetensors").is_file() or (p / "MANIFEST.json").is_file():
+        if spec is None:
+            raise SpecError(
+                "",
+                f"checkpoint '{path}' has no {RUN_JSON} two levels up (RUN/checkpoints/step-N): it names the base "
+                "model, tokenizer and data settings the checkpoint belongs to",
+            )
+        return Target("checkpoint", path, run_dir, spec, _checkpoint_step(p))
+    raise SpecError(
+        "",
+        f"'{path}' holds no model: expected adapter_config.json (a run's final/), config.json (a saved model) or "
+        "trainable.safetensors (a checkpoint)",
+    )
+
+
+def _find_run(p: Path) -> tuple[Path | None, JobSpec | None]:
+    """The run directory and its spec: run.json in PATH, its parent (final/, base-model/) or grandparent
+    (final/merged/, checkpoints/step-N/)."""
+    for d in (p, p.parent, p.parent.parent):
+        f = d / RUN_JSON
+        if f.is_file():
+            try:
+                return d, JobSpec.model_validate(json.loads(f.read_text(encoding="utf-8"))["spec"])
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                first = " ".join(str(e).split())[:200]
+                raise SpecError("", f"'{f}' is not a readable run.json ({type(e).__name__}: {first})") from None
+    return None, None
+
+
+def _checkpoint_step(p: Path) -> int | None:
+    try:
+        return int(p.name.removeprefix("step-"))
+    except ValueError:
+        return None
+
+
+def _final_step(run_dir: Path | None, p: Path) -> int | None:
+    """The step a run's final/ (or final/merged/) was written at: its newest checkpoint's."""
+    if run_dir is None or "final" not in p.resolve().relative_to(run_dir.resolve()).parts[:1]:
+        return None
+    from .checkpoint import complete
+
+    done = complete(run_dir / "checkpoints")
+    return done[-1][0] if done else None
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load(target: Target, device):
+    """(model in eval mode on device, tokenizer) for a located target."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+    if target.kind == "hub":
+        tokenizer = _tokenizer_for(target, None)
+        model = _from_pretrained(target.path, target.path)
+    elif target.kind == "model":
+        tokenizer = _tokenizer_for(target, Path(target.path))
+        model = _from_pretrained(target.path, target.path)
+    elif target.kind == "adapter":
+        tokenizer = _tokenizer_for(target, Path(target.path))
+        model = _load_adapter(Path(target.path))
+    else:
+        tokenizer = _tokenizer_for(target, None)
+        model = _load_checkpoint(target, tokenizer)
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        raise SpecError(
+            "",
+            f"the tokenizer has {len(tokenizer)} tokens but the model in '{target.path}' has an embedding of "
+            f"{model.get_input_embeddings().num_embeddings}; they do not belong together",
+        )
+    model.to(device)
+    model.eval()  # no dropout (LoRA's included)
+    return model, tokenizer
+
+
+def _tokenizer_for(target: Target, directory: Path | None):
+    """The tokenizer saved with the model, else the run's (run.json), else the Hub model's own."""
+    from .tokenizer import load_tokenizer
+
+    if directory is not None and any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json")):
+        tok = load_tokenizer(str(directory))
+    elif target.spec is not None:
+        tok = load_tokenizer(target.spec.tokenizer_source, target.spec.model.trust_remote_code)
+    elif target.kind == "hub":
+        tok = load_tokenizer(target.path)
+    else:
+        raise SpecError("", f"'{target.path}' holds no tokenizer and has no {RUN_JSON} beside it naming one")
+    return tok
+
+
+def _from_pretrained(name_or_source: str, shown: str):
+    from transformers import AutoModelForCausalLM
+
+    from .sources import load_failure, resolve_source
+
+    name, revision = resolve_source(name_or_source, field="", what="a causal LM")
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, revision=revision)
+    except (OSError, ValueError) as e:
+        raise load_failure(e, shown, "", "a causal LM") from None
+
+
+def _load_adapter(final: Path):
+    """The adapter on the base its adapter_config.json names (as model.load_trained resolves it)."""
+    from peft import PeftModel
+
+    try:
+        config = json.loads((final / "adapter_config.json").read_text(encoding="utf-8"))
+        base = config["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpecError("", f"'{final / 'adapter_config.json'}' is not a readable adapter config ({e})") from None
+    if not base:
+        raise SpecError("", f"the adapter in '{final}' does not name its base model (base_model_name_or_path)")
+    beside = final / base
+    if not Path(base).is_absolute() and (beside / "config.json").is_file():
+        source = str(beside.resolve())
+    elif Path(base).is_dir() or not _looks_like_hub_id(base):
+        source = base
+        if not (Path(base) / "config.json").is_file():
+            where = f"'{base}'" if Path(base).is_absolute() else f"'{base}' ({beside.resolve()})"
+            raise SpecError("", f"the base model {where} that the adapter in '{final}' names is not there")
+    else:
+        rev = config.get("revision")
+        source = f"hf://{base}" + (f"@{rev}" if rev else "")
+    model = _from_pretrained(source, source)
+    try:
+        return PeftModel.from_pretrained(model, final, is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise SpecError(
+            "", f"the adapter in '{final}' does not match its base model '{source}': {_first_problem(e)}"
+        ) from None
+
+
+def _first_problem(e: Exception) -> str:
+    """The first concrete problem in a load error (e.g. "size mismatch for X: ..."), on one line."""
+    text = " ".join(str(e).split())
+    m = re.search(r"size mismatch for .*?(?=\. size mismatch for |$)", text)
+    return (m.group(0) if m else text)[:300]
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return HF_SOURCE.fullmatch(f"hf://{name}") is not None and not name.startswith((".", "/", "~"))
+
+
+def _load_checkpoint(target: Target, tokenizer):
+    """Base model + PEFT wrapping as the run built them, with the checkpoint's trainable tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from . import checkpoint
+    from .model import load_base_model, load_trainable_state, wrap_peft
+
+    path, spec, run_dir = Path(target.path), target.spec, target.run_dir
+    assert spec is not None and run_dir is not None
+    problem = checkpoint.verify(path)
+    if problem:
+        raise SpecError("", f"checkpoint '{path}' is incomplete or damaged: {problem}")
+    base_dir = run_dir / "base-model"
+    if spec.model.source == "scratch" and not (base_dir / "config.json").is_file():
+        raise SpecError("", f"the run's scratch base model '{base_dir}' is missing; the checkpoint needs it")
+    model = load_base_model(spec.model, tokenizer, base_dir, None, is_main=False)
+    model = wrap_peft(model, spec.peft)
+    try:
+        load_trainable_state(model, load_file(path / checkpoint.WEIGHTS))
+    except (RuntimeError, SafetensorError) as e:
+        raise SpecError(
+            "", f"checkpoint '{path}' does not match the model its run.json describes: {_first_problem(e)}"
+        ) from None
+    return model
+
+
+# ---------------------------------------------------------------- data
+
+
+@dataclass
+class Settings:
+    text_field: str
+    max_seq_length: int
+    packing: bool
+    batch_size: int
+    max_batches: int | None
+
+
+def settings(args, target: Target, model) -> Settings:
+    """The run's data and eval settings, overridden by the command line; defaults without a run."""
+    spec = target.spec
+    d = spec.data if spec is not None else DataSpec(train=["-"])
+    max_len = args.max_seq_length or d.max_seq_length
+    if spec is None and not args.max_seq_length:
+        limit = getattr(model.config, "n_positions", None) or getattr(model.config, "max_position_embeddings", None)
+        if isinstance(limit, int):
+            max_len = min(max_len, limit)
+    batch = args.batch_size or (spec.eval.batch_size or spec.training.batch_size if spec else 8)
+    own_split = not args.data
+    max_batches = args.max_batches or (spec.eval.max_batches if spec is not None and own_split else None)
+    return Settings(args.text_field or d.text_field, max_len, d.packing, batch, max_batches)
+
+
+def data_sources(args, target: Target, tokenizer, s: Settings) -> list[tuple[dict[str, Any], Any]]:
+    """[(what it is, Split)]: each --data file tokenized and packed on its own, or the run's validation split."""
+    from .data import load_dataset, pack, read_texts, tokenize, truncate
+    from .tokenizer import tokenizer_fingerprint
+
+    if args.data:
+        shape = pack if s.packing else truncate
+        out = []
+        for name in args.data:
+            texts = read_texts([name], s.text_field, "--data")
+            out.append(({"file": name}, shape(tokenize(texts, tokenizer, tokenizer.eos_token_id), s.max_seq_length)))
+        return out
+    if target.spec is None:
+        if args.prompts:
+            return []
+        raise SpecError("--data", f"give the files to evaluate: '{target.path}' has no {RUN_JSON} beside it")
+    spec = target.spec
+    data_spec = spec.data.model_copy(
+        update={"text_field": s.text_field, "max_seq_length": s.max_seq_length, "packing": s.packing}
+    )
+    fp = tokenizer_fingerprint(tokenizer)
+    ds = load_dataset(data_spec, tokenizer, fp, spec.training.seed, cache_dir=None)
+    if ds.validation.rows == 0:
+        from .data import no_validation_reason
+
+        raise SpecError("--data", f"the run has no validation split ({no_validation_reason(data_spec, ds)})")
+    origin = list(spec.data.validation) or [
+        f"{f} (validationFraction {spec.data.validation_fraction})" for f in spec.data.train
+    ]
+    return [({"split": "validation", "files": origin}, ds.validation)]
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_split(model, split, s: Settings, pad_id: int, device, autocast) -> dict[str, Any]:
+    """Token-weighted loss and next-token accuracy over the split's rows in order, batched as training's
+    evaluation batches them (rows 0..n in batches of batch_size, at most max_batches)."""
+    import numpy as np
+    import torch
+
+    from .data import collate
+
+    rows = np.arange(split.rows)
+    n_batches = math.ceil(len(rows) / s.batch_size)
+    if s.max_batches:
+        n_batches = min(n_batches, s.max_batches)
+    loss_sum, correct, tokens, sequences = 0.0, 0, 0, 0
+    with torch.no_grad():
+        for b in range(n_batches):
+            picked = rows[b * s.batch_size : (b + 1) * s.batch_size]
+            batch = {k: v.to(device) for k, v in collate(split, picked, pad_id).items()}
+            sequences += len(picked)
+            labels = batch["labels"][:, 1:]
+            valid = labels != -100
+            n = int(valid.sum())
+            if n == 0:
+                continue
+            with autocast():
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logits = logits[:, :-1].float()
+            loss_sum += float(
+                torch.nn.functional.cross_entropy(
+                    logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
+                ).double()
+            )
+            correct += int(((logits.argmax(-1) == labels) & valid).sum())
+            tokens += n
+    return {"loss_sum": loss_sum, "correct": correct, "tokens": tokens, "sequences": sequences, "batches": n_batches}
+
+
+def metrics_of(t: dict[str, Any]) -> dict[str, Any]:
+    if t["tokens"] == 0:
+        return {"loss": None, "perplexity": None, "accuracy": None, "tokens": 0, "sequences": t["sequences"]}
+    loss = t["loss_sum"] / t["tokens"]
+    return {
+        "loss": loss,
+        "perplexity": math.exp(min(loss, 50.0)),
+        "accuracy": t["correct"] / t["tokens"],
+        "tokens": t["tokens"],
+        "sequences": t["sequences"],
+    }
+
+
+def complete_prompts(model, tokenizer, prompts_file: str, max_new_tokens: int, device) -> list[dict[str, Any]]:
+    import torch
+
+    from .data import check_data_path
+
+    check_data_path(prompts_file, "--prompts")
+    try:
+        text = Path(prompts_file).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError("--prompts", f"'{prompts_file}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    prompts = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
+    if not prompts:
+        raise SpecError("--prompts", f"'{prompts_file}' holds no prompts (one per line)")
+    out = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
+            generated = model.generate(
+                input_ids=ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = generated[0, ids.shape[1] :]
+            out.append(
+                {
+                    "type": "completion",
+                    "prompt": prompt,
+                    "completion": tokenizer.decode(new, skip_special_tokens=True),
+                    "new_tokens": int(new.numel()),
+                }
+            )
+    return out
+
+
+def _device_and_autocast(spec: JobSpec | None):
+    import contextlib
+
+    import torch
+
+    if not torch.cuda.is_available():
+        return torch.device("cpu"), contextlib.nullcontext
+    precision = spec.training.precision if spec is not None else "auto"
+    if precision == "auto":
+        precision = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    if dtype is None:
+        return torch.device("cuda"), contextlib.nullcontext
+    return torch.device("cuda"), lambda: torch.autocast("cuda", dtype=dtype)
+
+
+def run_eval(args) -> int:
+    """The `eval` command: locate, load, evaluate, write the lines. SpecError for a user's problem."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
+    if args.output and Path(args.output).is_dir():
+        raise SpecError("--output", f"'{args.output}' is a directory; name a file")
+    target = locate(args.path)
+    device, autocast = _device_and_autocast(target.spec)
+    model, tokenizer = load(target, device)
+    s = settings(args, target, model)
+    if target.kind != "hub" or args.max_seq_length:
+        from .model import check_positions
+
+        try:
+            check_positions(model, s.max_seq_length, lambda m: print(f"codex-train: warning: {m}", file=sys.stderr))
+        except SpecError as e:
+            raise SpecError("", e.problems[0][1]) from None
+    sources = data_sources(args, target, tokenizer, s)
+
+    per_file, total = [], {"loss_sum": 0.0, "correct": 0, "tokens": 0, "sequences": 0, "batches": 0}
+    for what, split in sources:
+        t = evaluate_split(model, split, s, tokenizer.pad_token_id, device, autocast)
+        for k in total:
+            total[k] += t[k]
+        per_file.append({"type": "file", **what, **metrics_of(t), "batches": t["batches"]})
+    completions = complete_prompts(model, tokenizer, args.prompts, args.max_new_tokens, device) if args.prompts else []
+
+    summary: dict[str, Any] = {"type": "summary", "model": args.path, "kind": target.kind}
+    if target.step is not None:
+        summary["step"] = target.step
+    if sources:
+        summary.update(metrics_of(total))
+        summary["batches"] = total["batches"]
+    summary.update(
+        max_seq_length=s.max_seq_length,
+        packing=s.packing,
+        text_field=s.text_field,
+        batch_size=s.batch_size,
+        max_batches=s.max_batches,
+        device=str(device),
+    )
+    lines = [json.dumps(row) for row in (summary, *per_file, *completions)]
+    text = "\n".join(lines) + "\n"
+    if args.output:
+        try:
+            Path(args.output).write_text(text, encoding="utf-8")
+        except OSError as e:
+            raise SpecError("--output", f"cannot write '{args.output}': {e.strerror or e}") from None
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    return 0
