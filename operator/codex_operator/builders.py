@@ -7,6 +7,7 @@ checkpoint volume when `storage.retain` asks to keep it.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,13 +89,19 @@ def claim_name(job: Job) -> str:
     return job.spec.storage.existing_claim or names.pvc_name(job.name)
 
 
+# what only the pods need, kept out of the job file: a ConfigMap is readable by more people than a
+# Secret, and env values or pull secrets have no business there
+POD_ONLY = ("env", "envFrom", "imagePullSecrets", "affinity", "tolerations", "nodeSelector", "priorityClassName")
+
+
 def job_file(job: Job) -> str:
     """The resolved job file the trainer runs: the same manifest, every default filled in."""
+    spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
     manifest = {
         "apiVersion": f"{names.GROUP}/{names.VERSION}",
         "kind": names.KIND,
         "metadata": {"name": job.name, "namespace": job.namespace},
-        "spec": job.spec.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "spec": {k: v for k, v in spec.items() if k not in POD_ONLY},
     }
     return yaml.safe_dump(manifest, sort_keys=False)
 
@@ -206,7 +213,7 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
         + [e.model_dump(mode="json", by_alias=True, exclude_none=True) for e in s.env],
         "ports": [{"name": "metrics", "containerPort": job.metrics_port}],
         "volumeMounts": mounts,
-        "securityContext": dict(RESTRICTED_CONTAINER),
+        "securityContext": copy.deepcopy(RESTRICTED_CONTAINER),
         "terminationMessagePath": names.TERMINATION_LOG,
         "terminationMessagePolicy": "FallbackToLogsOnError",
     }
@@ -225,6 +232,7 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
             "runAsUser": 1000,
             "runAsGroup": 1000,
             "fsGroup": 1000,
+            "fsGroupChangePolicy": "OnRootMismatch",  # a large volume is not re-chowned on every attempt
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "terminationGracePeriodSeconds": GRACE_SECONDS,  # SIGTERM: finish the step, checkpoint, exit 143
@@ -271,7 +279,7 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
         "completions": s.num_nodes,
         "parallelism": s.num_nodes,
         "backoffLimit": 0,
-        "podFailurePolicy": POD_FAILURE_POLICY,
+        "podFailurePolicy": copy.deepcopy(POD_FAILURE_POLICY),
         "podReplacementPolicy": "Failed",  # no second pod of a rank while the first still terminates
         # Kueue admits a queued Job by unsuspending it: create it suspended and leave `suspend` to Kueue
         "suspend": bool(rp.suspend or rp.queue_name),

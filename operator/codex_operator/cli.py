@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     registry = kopf.OperatorRegistry()
     handlers.register(handlers.Operator(options), registry)
-    namespaces = [n for n in args.namespace if n]
+    namespaces = args.namespace or [n for n in (_env("CODEX_NAMESPACES") or "").split(",") if n]
     kopf.run(
         registry=registry,
         standalone=True,  # no peering objects: run one replica (the chart's Deployment does)
@@ -64,8 +64,8 @@ def _parser() -> argparse.ArgumentParser:
         "--namespace",
         "-n",
         action="append",
-        default=[n for n in (_env("CODEX_NAMESPACES") or "").split(",") if n],
-        help="a namespace to watch (repeatable; default: all namespaces)",
+        help="a namespace to watch, or a glob such as 'team-*' (repeatable; default: CODEX_NAMESPACES, "
+        "comma-separated, else all namespaces)",
     )
     run.add_argument("--metrics-port", type=int, default=int(_env("CODEX_METRICS_PORT", "8000")),
                      help="serve the operator's Prometheus metrics here (0: off; default 8000)")  # fmt: skip

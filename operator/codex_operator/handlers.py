@@ -16,6 +16,7 @@ is down; hence the one timer task of our own).
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -25,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import kopf
+from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from codex_trainer.errors import SpecError
@@ -35,6 +37,9 @@ from .builders import Job, Settings
 from .kube import Kube
 from .status import (
     TERMINAL,
+    Attempt,
+    Plan,
+    PodFailure,
     attempt_from_job,
     deadline_left,
     final_numbers,
@@ -86,7 +91,8 @@ class Operator:
 
     async def reconcile(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
         key = (namespace, name)
-        async with self.lock(key):
+        lock = self.lock(key)
+        async with lock:
             try:
                 with metrics.reconcile_timer():
                     await self._reconcile(namespace, name, body)
@@ -94,6 +100,8 @@ class Operator:
             except Exception:
                 self.dirty.add(key)
                 log.exception("reconcile of %s/%s failed; retrying on the next tick", namespace, name)
+        if key not in self.bodies and key not in self.dirty and not lock.locked():
+            self.locks.pop(key, None)  # a job that is gone (an attempt's event came after its deletion)
 
     def current(self, key: tuple[str, str], body: dict[str, Any] | None) -> bool:
         """Whether a watched body can be trusted as the job's present state: its status is the one this
@@ -104,16 +112,35 @@ class Operator:
             return self.written[key] == (body.get("status") or {})
         return not body.get("status")
 
-    async def patch_status(self, namespace: str, name: str, patch: dict[str, Any], base: dict[str, Any]) -> None:
+    async def patch_status(
+        self,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        base: dict[str, Any],
+        resource_version: str | None = None,
+    ) -> None:
         assert self.kube is not None
-        await self.kube.patch_status(namespace, name, patch)
+        await self.kube.patch_status(namespace, name, patch, resource_version)
         self.written[(namespace, name)] = _merged(base, patch)
+
+    async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> None:
+        """A write the timer decided from the watched body: only if the job is still what it saw."""
+        meta, status = body["metadata"], body.get("status") or {}
+        async with self.lock((meta["namespace"], meta["name"])):
+            try:
+                await self.patch_status(
+                    meta["namespace"], meta["name"], _deleting(status, patch), status, meta.get("resourceVersion")
+                )
+            except ApiException as e:
+                if e.status != 409:
+                    raise
+                log.debug("%s/%s changed since the timer looked; its write is dropped", meta["namespace"], meta["name"])
 
     async def _reconcile(self, namespace: str, name: str, watched: dict[str, Any] | None) -> None:
         assert self.kube is not None
         log.debug("reconcile %s/%s", namespace, name)
-        key = (namespace, name)
-        body = watched if self.current(key, watched) else await self.kube.get_job(namespace, name)
+        body = watched if self.current((namespace, name), watched) else await self.kube.get_job(namespace, name)
         if body is None:
             metrics.set_phase(namespace, name, None)
             return
@@ -128,34 +155,44 @@ class Operator:
         if isinstance(job, str):
             await self._finish_invalid(body, job, now)
             return
-        if not _children_current(status, job.generation):
-            await self.ensure_children(job)
-        attempts = [attempt_from_job(j) for j in await self.kube.list_jobs(namespace, name)]
-        latest = max(attempts, key=lambda a: a.number, default=None)
-        failed_pod, final = None, None
-        if latest is not None and latest.outcome == "Failed":
-            failed_pod = await self._failed_pod(namespace, latest.name)
-        elif latest is not None and latest.outcome == "Complete":
-            rank0 = f"batch.kubernetes.io/job-name={latest.name},batch.kubernetes.io/job-completion-index=0"
-            final = next(filter(None, map(final_numbers, await self.kube.list_pods(namespace, rank0))), None)
-        p = plan(job, status, attempts, now, failed_pod, final)
-        if p.create_attempt is not None:
-            left = deadline_left(job, p.status, now)
-            manifest = builders.attempt_job(job, p.create_attempt, self.options.settings, left)
-            if await self.kube.create(manifest):
-                metrics.ATTEMPTS.inc()
-                if p.create_attempt > 1:
-                    metrics.RESTARTS.labels(_condition_reason(p.status, "Restarting")).inc()
+        try:
+            if not _children_current(status, job.generation):
+                await self.ensure_children(job)
+            attempts = [attempt_from_job(j) for j in await self.kube.list_jobs(namespace, name)]
+            latest = max(attempts, key=lambda a: a.number, default=None)
+            p = plan(job, status, attempts, now, *await self._how_it_ended(namespace, latest))
+            if p.create_attempt is not None:
+                await self._start_attempt(job, p, now)
+        except ApiException as e:
+            if e.status not in (400, 422):
+                raise
+            # a pass-through field the CRD takes as free-form (affinity, env) that a Job or Pod refuses
+            await self._finish_invalid(body, f"the API server refused a child of the job: {_api_reason(e)}", now)
+            return
         if p.set_suspend is not None and latest is not None:
             await self.kube.set_suspend(namespace, latest.name, p.set_suspend)
+        await self._write(body, p)
+
+    async def _start_attempt(self, job: Job, p: Plan, now: datetime) -> None:
+        assert self.kube is not None and p.create_attempt is not None
+        left = deadline_left(job, p.status, now)
+        if await self.kube.create(builders.attempt_job(job, p.create_attempt, self.options.settings, left)):
+            metrics.ATTEMPTS.inc()
+            if p.create_attempt > 1:
+                metrics.RESTARTS.labels(_condition_reason(p.status, "Restarting")).inc()
+
+    async def _write(self, body: dict[str, Any], p: Plan) -> None:
+        """The status keys that changed, then the Events."""
+        meta, status = body["metadata"], body.get("status") or {}
         patch = {k: p.status[k] for k in OWNED if k in p.status and p.status.get(k) != status.get(k)}
-        if "progress" in p.status and p.status["progress"] != status.get("progress"):
-            patch["progress"] = p.status["progress"]  # the final step on success
+        for key in ("progress", "checkpoint"):  # the final numbers on success
+            if key in p.status and p.status[key] != status.get(key):
+                patch[key] = p.status[key]
         if patch:
-            await self.patch_status(namespace, name, _deleting(status, patch), status)
+            await self.patch_status(meta["namespace"], meta["name"], _deleting(status, patch), status)
         for kind, reason, message in p.events:
             kopf.event(body, type=kind, reason=reason, message=message)
-        metrics.set_phase(namespace, name, p.status.get("phase"))
+        metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
 
     async def ensure_children(self, job: Job) -> None:
         """The volume, the job file and the rendezvous Service: create, or adopt what exists."""
@@ -170,13 +207,21 @@ class Operator:
                 # a changed spec (maxSteps raised, say) applies from the next attempt on
                 await self.kube.patch_config_map(job.namespace, cm["metadata"]["name"], cm["data"])
 
+    async def _how_it_ended(self, namespace: str, latest: Attempt | None) -> tuple[PodFailure | None, dict | None]:
+        """For an attempt that ended: the pod to blame for a failure, or rank 0's final numbers."""
+        assert self.kube is not None
+        if latest is not None and latest.outcome == "Failed":
+            return await self._failed_pod(namespace, latest.name), None
+        if latest is not None and latest.outcome == "Complete":
+            rank0 = f"batch.kubernetes.io/job-name={latest.name},batch.kubernetes.io/job-completion-index=0"
+            return None, next(filter(None, map(final_numbers, await self.kube.list_pods(namespace, rank0))), None)
+        return None, None
+
     async def _failed_pod(self, namespace: str, attempt: str):
         assert self.kube is not None
         pods = await self.kube.list_pods(namespace, f"batch.kubernetes.io/job-name={attempt}")
         ended = [f for f in (pod_failure(p) for p in pods) if f is not None and f.exit_code != 0]
-        # the rank that failed first is the one to blame; exit 2 (the user's to fix) wins over the others
-        ended.sort(key=lambda f: (f.exit_code != 2, f.exit_code is None))
-        return ended[0] if ended else None
+        return min(ended, key=lambda f: f.blame_order, default=None)
 
     async def _finish_invalid(self, body: dict[str, Any], problem: str, now: datetime) -> None:
         assert self.kube is not None
@@ -219,7 +264,10 @@ class Operator:
 
         async def one(body: dict[str, Any]) -> None:
             async with gate:
-                await self.tick(body)
+                try:  # one slow job (a rank 0 that does not answer) must not hold up the others' ticks
+                    await asyncio.wait_for(self.tick(body), timeout=max(self.options.progress_interval, 5.0))
+                except TimeoutError:
+                    log.warning("tick of %s/%s took too long", body["metadata"]["namespace"], body["metadata"]["name"])
 
         while True:
             await asyncio.sleep(self.options.progress_interval)
@@ -256,8 +304,7 @@ class Operator:
         if checkpoint and checkpoint.get("step") != (status.get("checkpoint") or {}).get("step"):
             patch["checkpoint"] = checkpoint
         if patch:
-            async with self.lock((ns, name)):
-                await self.patch_status(ns, name, _deleting(status, patch), status)
+            await self.timer_patch(body, patch)
 
     async def explain_wait(self, body: dict[str, Any]) -> None:
         """Say in status.message why the pods are not running yet (an image that cannot be pulled, say)."""
@@ -274,8 +321,7 @@ class Operator:
             return
         message = f"attempt {status.get('attempt') or 1} waiting: {why}"
         if message != status.get("message"):
-            async with self.lock((ns, name)):
-                await self.patch_status(ns, name, {"message": message}, status)
+            await self.timer_patch(body, {"message": message})
 
     async def _get_text(self, url: str) -> str:
         if self.http is None:
@@ -305,6 +351,13 @@ def _deleting(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
         if isinstance(patch.get(key), dict) and isinstance(old.get(key), dict):
             out[key] = {**{k: None for k in old[key] if k not in patch[key]}, **patch[key]}
     return out
+
+
+def _api_reason(e: ApiException) -> str:
+    try:
+        return json.loads(e.body).get("message") or str(e.reason)
+    except (TypeError, ValueError):
+        return str(e.reason)
 
 
 def _merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

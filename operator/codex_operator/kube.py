@@ -108,16 +108,17 @@ class Kube:
                 return None
             raise
 
-    async def patch_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+    async def patch_status(
+        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+    ) -> None:
+        """Merge-patch the job's status; with `resource_version`, only if the job is still that version
+        (409 otherwise: a decision made from an older view must not overwrite a newer one)."""
+        body: dict[str, Any] = {"status": status}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         with metrics.api_call("patch", f"{names.KIND}/status"):
             await self.custom.patch_namespaced_custom_object_status(
-                names.GROUP,
-                names.VERSION,
-                namespace,
-                names.PLURAL,
-                name,
-                {"status": status},
-                _content_type=MERGE,
+                names.GROUP, names.VERSION, namespace, names.PLURAL, name, body, _content_type=MERGE
             )
 
     async def delete_job(self, namespace: str, name: str) -> None:
@@ -136,7 +137,7 @@ class Kube:
         """GET /metrics of a pod through the API server (for an operator running outside the cluster)."""
         with metrics.api_call("get", "pods/proxy"):
             resp = await self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{pod}:{port}", namespace, "metrics", _preload_content=False
+                f"{pod}:{port}", namespace, "metrics", _preload_content=False, _request_timeout=5
             )
             text = (await resp.read()).decode()
             if resp.status != 200:  # e.g. 503 while the trainer still loads its model: no endpoint yet

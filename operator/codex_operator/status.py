@@ -64,6 +64,14 @@ class PodFailure:
     exit_code: int | None = None
     reason: str = ""  # OOMKilled, Error, Evicted...
     message: str = ""
+    finished_at: str = ""
+
+    @property
+    def blame_order(self) -> tuple:
+        """Sort key: the rank to blame first. Exit 2 (the user's to fix) wins; then the earliest to end,
+        ranks stopped by a signal (killed after another rank failed) last."""
+        stopped = self.exit_code in (137, 143) or self.exit_code is None
+        return (self.exit_code != 2, stopped, self.finished_at or "~")
 
 
 @dataclass
@@ -78,9 +86,12 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
     """Read an attempt Job (as the API returns it) into an Attempt."""
     meta, spec, st = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
     outcome, reason, message = None, "", ""
+    # Kubernetes sets FailureTarget / SuccessCriteriaMet first and Failed / Complete once every pod has
+    # ended (a rank may take its grace period to checkpoint): the outcome is known from the first
+    outcomes = {"Failed": "Failed", "FailureTarget": "Failed", "Complete": "Complete", "SuccessCriteriaMet": "Complete"}
     for c in st.get("conditions") or []:
-        if c.get("type") in ("Complete", "Failed") and c.get("status") == "True":
-            outcome, reason, message = c["type"], c.get("reason", ""), c.get("message", "")
+        if c.get("type") in outcomes and c.get("status") == "True" and outcome is None:
+            outcome, reason, message = outcomes[c["type"]], c.get("reason", ""), c.get("message", "")
     return Attempt(
         number=int(meta.get("labels", {}).get(names.LABEL_ATTEMPT, "0")),
         name=meta.get("name", ""),
@@ -106,6 +117,7 @@ def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
                 exit_code=term.get("exitCode"),
                 reason=term.get("reason", "") or "",
                 message=(term.get("message") or "").strip(),
+                finished_at=term.get("finishedAt") or "",
             )
     if st.get("phase") == "Failed":
         return PodFailure(pod=pod["metadata"]["name"], reason=st.get("reason", ""), message=st.get("message", ""))
@@ -218,6 +230,11 @@ def plan(
         if step:
             prog.setdefault("totalSteps", step)
             new["progress"] = _with_step(prog, step)
+        if isinstance((final or {}).get("checkpoint"), dict) and final["checkpoint"].get("step"):
+            n = int(final["checkpoint"]["step"])
+            new["checkpoint"] = {"step": n, "path": f"{names.OUTPUT_DIR}/checkpoints/step-{n}"} | (
+                {"savedAt": final["checkpoint"]["savedAt"]} if final["checkpoint"].get("savedAt") else {}
+            )
     elif latest.outcome == "Failed":
         kind = latest.failure
         line = failure_line(latest, failed_pod)
@@ -248,21 +265,28 @@ def plan(
         if suspended:
             phase, reason = "Suspended", "Suspended"
             message = "waiting for admission by the queue" if rp.queue_name else "suspended (runPolicy.suspend)"
-        elif latest.ready >= job.spec.num_nodes:
+        elif latest.ready >= job.spec.num_nodes or (phase_before == "Running" and old.get("attempt") == latest.number):
+            # a rank that stops is not yet the end of the attempt: the Job's outcome says that
             phase, reason, message = "Running", "Running", f"attempt {latest.number}: {latest.ready} pod(s) running"
+            if phase_before == "Running":
+                message = old.get("message", message)
         elif latest.number > 1:
-            cond = next((c for c in old.get("conditions") or [] if c.get("type") == "Restarting"), {})
+            cond = next(
+                (c for c in old.get("conditions") or [] if c.get("type") == "Restarting" and c.get("status") == "True"),
+                {},
+            )
             phase, reason = "Restarting", cond.get("reason", "Retrying")
             message = cond.get("message") or f"starting attempt {latest.number}"
         else:
             phase, reason, message = "Pending", "Created", "waiting for the trainer pods to start"
 
-    if phase == phase_before and phase in ("Pending", "Restarting") and old.get("message"):
+    same_attempt = new.get("attempt") == old.get("attempt")
+    if phase == phase_before and same_attempt and phase in ("Pending", "Restarting") and old.get("message"):
         message = old["message"]  # the timer may have said why the pods wait: keep that
     new["phase"] = phase
     new["message"] = message
     new["observedGeneration"] = job.generation
-    if phase != phase_before:
+    if phase != phase_before or not same_attempt:
         new["conditions"] = set_condition(old.get("conditions") or [], phase, reason, message, now, job.generation)
         if not (phase_before is None and phase == "Pending"):  # the Created event has said it
             p.events.append(_event(phase, reason, message, latest, old))

@@ -147,7 +147,7 @@ def test_the_example_trains_to_succeeded_in_a_restricted_namespace(operator, job
     done = jobs.wait_phase("tiny-cpu", "Succeeded", timeout=600)
     assert done["progress"]["step"] == 300 and done["progress"]["percentText"] == "100%"
     assert done["restarts"] == 0 and done["completionTime"]
-    assert done["checkpoint"]["step"] >= 250
+    assert done["checkpoint"]["step"] == 300 and done["checkpoint"]["path"] == "/checkpoints/checkpoints/step-300"
     assert {c["type"]: c["status"] for c in done["conditions"]}.items() >= {
         "Created": "True",
         "Succeeded": "True",

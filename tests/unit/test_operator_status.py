@@ -241,6 +241,58 @@ def test_a_pod_that_cannot_start_says_why():
 
 
 def test_a_waiting_message_set_by_the_timer_is_kept_while_the_phase_stays():
-    status = {"phase": "Pending", "message": "attempt 1 waiting: pod p: ErrImagePull"}
+    status = {"phase": "Pending", "attempt": 1, "message": "attempt 1 waiting: pod p: ErrImagePull"}
     p = plan(make_job(), status, attempts(job_obj(1)), NOW)
     assert p.status["message"] == status["message"] and p.events == []
+
+
+def test_a_second_restart_in_a_row_is_a_transition_of_its_own():
+    first = plan(make_job(), {"phase": "Running", "attempt": 1}, attempts(job_obj(1, cond=CRASH)), NOW)
+    assert first.status["phase"] == "Restarting" and first.create_attempt == 2
+    second = plan(make_job(), first.status, attempts(job_obj(1, cond=CRASH), job_obj(2, cond=CRASH)), NOW)
+    assert second.create_attempt == 3 and second.status["attempt"] == 3
+    assert second.status["message"].startswith("attempt 2 failed")
+    assert second.events and second.events[-1][:2] == ("Warning", "Retrying")
+    restarting = next(c for c in second.status["conditions"] if c["type"] == "Restarting")
+    assert restarting["message"].startswith("attempt 2 failed")
+
+
+FAILURE_TARGET = ("FailureTarget", "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+
+
+def test_the_outcome_is_known_from_failure_target_before_every_pod_has_ended():
+    a = attempt_from_job(job_obj(1, cond=FAILURE_TARGET, ready=1))
+    assert a.outcome == "Failed" and a.failure == "crash"
+    done = attempt_from_job(job_obj(1, cond=("SuccessCriteriaMet", "CompletionsReached", "")))
+    assert done.outcome == "Complete"
+
+
+def test_a_running_attempt_stays_running_while_a_rank_stops_before_the_outcome():
+    job = make_job("numNodes=2")
+    running = {"phase": "Running", "attempt": 1, "message": "attempt 1: 2 pod(s) running"}
+    p = plan(job, running, attempts(job_obj(1, ready=1)), NOW)
+    assert p.status["phase"] == "Running" and p.events == []
+
+
+def test_the_rank_to_blame_is_the_one_that_failed_first_not_one_stopped_after_it():
+    crashed = PodFailure("r1", exit_code=1, finished_at="2026-11-28T12:00:05Z")
+    stopped = PodFailure("r0", exit_code=143, finished_at="2026-11-28T12:00:01Z")
+    invalid = PodFailure("r2", exit_code=2, finished_at="2026-11-28T12:00:09Z")
+    assert sorted([stopped, crashed], key=lambda f: f.blame_order)[0] is crashed
+    assert sorted([stopped, crashed, invalid], key=lambda f: f.blame_order)[0] is invalid
+
+
+def test_success_reports_the_final_checkpoint():
+    final = {"step": 300, "loss": 0.5, "checkpoint": {"step": 300, "savedAt": "2026-11-28T11:59:59Z"}}
+    p = plan(
+        make_job(),
+        {"phase": "Running", "checkpoint": {"step": 200}},
+        attempts(job_obj(1, cond=COMPLETE)),
+        NOW,
+        final=final,
+    )
+    assert p.status["checkpoint"] == {
+        "step": 300,
+        "path": "/checkpoints/checkpoints/step-300",
+        "savedAt": "2026-11-28T11:59:59Z",
+    }

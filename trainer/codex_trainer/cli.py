@@ -17,6 +17,7 @@ import argparse
 import json
 import signal
 import sys
+import time
 from pathlib import Path
 
 from .errors import (
@@ -92,26 +93,29 @@ def run_in_process(manifest, args) -> int:
             flush=True,
         )
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
     name = manifest.metadata.name
     out = Path(args.output_dir) if args.output_dir else Path("runs") / name
-    code = train(manifest.spec, name, out, stop, metrics_port=args.metrics_port)
-    if code > 128:
-        write_termination_message(_stopped_message(code - 128, out / "checkpoints"))
-    elif code == 0:
-        write_termination_message(json.dumps(_final_numbers(out / "metrics.jsonl")))
-    return code
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        code = train(manifest.spec, name, out, stop, metrics_port=args.metrics_port)
+        if code > 128:
+            write_termination_message(_stopped_message(code - 128, out / "checkpoints"))
+        elif code == 0:
+            write_termination_message(json.dumps(_final_numbers(out)))
+        return code
+    finally:  # called in-process (tests, notebooks), the caller's handlers come back
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
-def _final_numbers(metrics: Path) -> dict:
-    """The last step, loss and eval loss of a finished run (from metrics.jsonl): the operator's final
-    progress, since the run's metrics endpoint is gone once it ends."""
+def _final_numbers(out: Path) -> dict:
+    """The last step, loss and eval loss of a finished run (from metrics.jsonl) and its newest
+    checkpoint: the operator's final progress, since the run's metrics endpoint is gone once it ends."""
     final: dict = {}
     try:
-        lines = metrics.read_text(encoding="utf-8").splitlines()
+        lines = (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
     except OSError:
-        return final
+        lines = []
     for line in lines:
         try:
             row = json.loads(line)
@@ -121,14 +125,27 @@ def _final_numbers(metrics: Path) -> dict:
             final.update(step=row.get("step"), loss=row["loss"])
         if "eval_loss" in row:
             final["evalLoss"] = row["eval_loss"]
+    newest = _newest_checkpoint(out / "checkpoints")
+    if newest is not None:
+        saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest.stat().st_mtime))
+        final["checkpoint"] = {"step": _step_of(newest), "savedAt": saved}
     return final
 
 
 def _stopped_message(signum: int, checkpoints: Path) -> str:
     """ "stopped by SIGTERM after checkpoint at step N": the newest complete checkpoint on disk."""
     name = signal.Signals(signum).name
-    steps = [int(d.name.removeprefix("step-")) for d in checkpoints.glob("step-*") if (d / "MANIFEST.json").is_file()]
-    return f"stopped by {name} after checkpoint at step {max(steps)}" if steps else f"stopped by {name}"
+    newest = _newest_checkpoint(checkpoints)
+    return f"stopped by {name} after checkpoint at step {_step_of(newest)}" if newest else f"stopped by {name}"
+
+
+def _newest_checkpoint(checkpoints: Path) -> Path | None:
+    complete = [d for d in checkpoints.glob("step-*") if (d / "MANIFEST.json").is_file()]
+    return max(complete, key=_step_of, default=None)
+
+
+def _step_of(checkpoint: Path) -> int:
+    return int(checkpoint.name.removeprefix("step-"))
 
 
 def _parser() -> argparse.ArgumentParser:
