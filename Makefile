@@ -19,7 +19,7 @@ lint:
 	$(PYTHON) -m ruff format --check .
 
 unit:               ## the fast tests only
-	$(PYTHON) -m pytest -m "not slow and not cluster"
+	$(PYTHON) -m pytest -m "not slow and not spawns and not cluster"
 
 bench:              ## throughput against the Hugging Face Trainer (see benchmarks/README.md)
 	$(PYTHON) benchmarks/trainer_throughput.py --steps 100

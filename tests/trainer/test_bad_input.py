@@ -95,6 +95,7 @@ def test_validate_prints_the_resolved_spec(capsys, in_root):
     assert spec["training"]["maxSteps"] == 7 and spec["training"]["scheduler"] == "cosine"
 
 
+@pytest.mark.spawns
 def test_a_hub_model_that_cannot_be_fetched_is_retryable_not_a_spec_error(tmp_path):
     """Offline (HF_HUB_OFFLINE, so nothing leaves the machine): exit 1 and one line, so the operator
     retries rather than failing the job for good."""

@@ -4,7 +4,6 @@ equals one process with the same global batch."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 
@@ -30,9 +29,6 @@ COMMON = [
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     two = tmp_path / "two"
     r = subprocess.run(
         [
@@ -41,10 +37,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
             "torch.distributed.run",
             "--nproc-per-node",
             "2",
-            "--master-addr",
-            "127.0.0.1",
-            "--master-port",
-            str(port),
+            "--standalone",  # its rendezvous store takes a free port itself: no port to pick and race for
             "-m",
             "codex_trainer.cli",
             "run",

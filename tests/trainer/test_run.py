@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import socket
+import shutil
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
@@ -106,28 +105,32 @@ def test_the_trained_adapter_loads_with_peft_and_generates(tmp_path, monkeypatch
 
 def test_sigterm_checkpoints_exits_143_and_a_rerun_resumes_exactly(tmp_path, straight):
     out = tmp_path / "run"
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "codex_trainer.cli",
-            "run",
-            str(TINY),
-            "--output-dir",
-            str(out),
-            "--metrics-port",
-            str(port),
-            *SHORT,
-        ],
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    step = _wait_for_metric(port, "codex_trainer_step", at_least=12, proc=proc)
+    log = tmp_path / "stdout"
+    with log.open("w") as stdout_file:
+        proc = subprocess.Popen(  # metrics on port 0: the trainer takes a free port and names it, no race
+            [
+                sys.executable,
+                "-m",
+                "codex_trainer.cli",
+                "run",
+                str(TINY),
+                "--output-dir",
+                str(out),
+                "--metrics-port",
+                "0",
+                *SHORT,
+            ],
+            cwd=ROOT,
+            stdout=stdout_file,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    start = wait_for(lambda: _running(proc) and _event(log, "start"), "the start event", 180)
+    step = wait_for(lambda: _running(proc) and _metric(start["metrics_port"], "codex_trainer_step", 12), "step 12", 180,
+                    interval=0.05)  # fmt: skip
     proc.send_signal(15)
-    stdout, stderr = proc.communicate(timeout=120)
+    _, stderr = proc.communicate(timeout=120)
+    stdout = log.read_text()
     assert proc.returncode == 143, stderr[-2000:]
     stopped = json.loads([line for line in stdout.splitlines() if '"stopped"' in line][-1])
     assert step <= stopped["step"] < 30 and stopped["checkpoint_step"] == stopped["step"]
@@ -178,25 +181,23 @@ def test_kill_9_then_rerun_resumes_from_the_last_complete_checkpoint(tmp_path, s
     assert_same_weights(adapter(out), adapter(straight))
 
 
-def test_a_finished_run_is_not_trained_again(straight):
-    before = (straight / "final" / "adapter_model.safetensors").stat().st_mtime_ns
-    r = run_cli("run", str(TINY), "--output-dir", str(straight), *SHORT)
+def test_a_finished_run_is_not_trained_again(straight, tmp_path):
+    out = shutil.copytree(straight, tmp_path / "run")  # a copy: the other tests compare with `straight`
+    before = (out / "final" / "adapter_model.safetensors").stat().st_mtime_ns
+    before_metrics = (out / "metrics.jsonl").read_bytes()
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
     assert r.returncode == 0
     assert "nothing to do" in r.stdout
-    assert (straight / "final" / "adapter_model.safetensors").stat().st_mtime_ns == before
+    assert (out / "final" / "adapter_model.safetensors").stat().st_mtime_ns == before
+    assert (out / "metrics.jsonl").read_bytes() == before_metrics  # no output opened
 
 
-def test_changing_the_data_under_a_run_is_refused(straight):
-    r = run_cli("run", str(TINY), "--output-dir", str(straight), *SHORT, "--set", "data.maxSeqLength=64")
+def test_changing_the_data_under_a_run_is_refused(straight, tmp_path):
+    out = shutil.copytree(straight, tmp_path / "run")
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT, "--set", "data.maxSeqLength=64")
     assert r.returncode == 2
     assert "invalid spec.data" in r.stderr and "new --output-dir" in r.stderr
     assert "Traceback" not in r.stderr
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _running(proc) -> bool:
@@ -204,23 +205,25 @@ def _running(proc) -> bool:
     return True
 
 
-def _wait_for_metric(port, name, at_least, proc, timeout=180) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, proc.stderr.read()[-2000:]
-        try:
-            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
-        except OSError:
-            time.sleep(0.1)
-            continue
-        for line in body.splitlines():
-            if line.startswith(name + "{"):
-                value = float(line.rsplit(" ", 1)[1])
-                if value >= at_least:
-                    assert "codex_trainer_loss{" in body and "codex_trainer_tokens_per_second{" in body
-                    return value
-        time.sleep(0.05)
-    raise AssertionError(f"{name} never reached {at_least}")
+def _event(log, name) -> dict | None:
+    """The first `name` event the trainer printed (JSON lines on stdout), or None yet."""
+    for line in log.read_text().splitlines():
+        if f'"event": "{name}"' in line:
+            return json.loads(line)
+    return None
+
+
+def _metric(port, name, at_least) -> float | None:
+    """Gauge `name` from the trainer's /metrics once it reached `at_least` (0.0 counts as reached for 0)."""
+    try:
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + "{") and float(line.rsplit(" ", 1)[1]) >= at_least:
+            assert "codex_trainer_loss{" in body and "codex_trainer_tokens_per_second{" in body
+            return float(line.rsplit(" ", 1)[1])
+    return None
 
 
 def test_a_local_model_directory_is_fine_tuned_in_full(tmp_path, in_root):

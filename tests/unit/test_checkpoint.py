@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from codex_trainer import checkpoint
+from support import wait_for
 
 
 def save(root, step, fill=1.0, size=16):
@@ -91,6 +92,7 @@ while True:
 """
 
 
+@pytest.mark.spawns
 def test_kill_9_during_writes_never_yields_a_loadable_partial_checkpoint(tmp_path):
     """A separate process writes large checkpoints in a loop; we SIGKILL it at random moments.
     Whatever it leaves, every checkpoint a reader accepts must load and hold what was written."""
@@ -99,7 +101,9 @@ def test_kill_9_during_writes_never_yields_a_loadable_partial_checkpoint(tmp_pat
     for _ in range(5):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), str(step)], stdout=subprocess.PIPE)
         assert proc.stdout.readline().strip() == b"ready"
-        time.sleep(rng.uniform(0.2, 0.8))
+        # however slow the machine, this writer completes a checkpoint before it is killed, during a later one
+        wait_for(lambda p=proc, after=step: _newest(tmp_path, p) > after, "a complete checkpoint", interval=0.01)
+        time.sleep(rng.uniform(0, 0.3))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         leftovers |= {p.name for p in tmp_path.iterdir() if p.name.startswith(".step-")}
@@ -113,6 +117,12 @@ def test_kill_9_during_writes_never_yields_a_loadable_partial_checkpoint(tmp_pat
     assert leftovers, "no kill landed mid-write: the test proved nothing"
     checkpoint.prune(tmp_path, keep_last=1)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".step-")]
+
+
+def _newest(root, proc) -> int:
+    """The step of the newest complete checkpoint (-1 for none); fails if the writer died."""
+    assert proc.poll() is None, "the writer exited"
+    return max((s for s, _ in checkpoint.complete(root)), default=-1)
 
 
 @pytest.mark.parametrize("fails_at", ["weights", "optimizer"])

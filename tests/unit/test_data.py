@@ -228,14 +228,15 @@ def test_a_damaged_cache_is_reported_and_rebuilt(tmp_path, jsonl, damage):
     fp = tokenizer_fingerprint(tok)
     spec = DataSpec(train=[str(jsonl)], max_seq_length=16, validation_fraction=0.1)
     first = load_dataset(spec, tok, fp, seed=0, cache_dir=tmp_path / "cache")
-    raw = first.cache_file.read_bytes()
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    raw = cache_file.read_bytes()
     if damage == "truncate":
-        first.cache_file.write_bytes(raw[: len(raw) // 2])
+        cache_file.write_bytes(raw[: len(raw) // 2])
     elif damage == "flip a byte":
         i = raw.index(b"train_tokens") + 200  # inside the array data: the zip's CRC catches it
-        first.cache_file.write_bytes(raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1 :])
+        cache_file.write_bytes(raw[:i] + bytes([raw[i] ^ 0xFF]) + raw[i + 1 :])
     else:
-        first.cache_file.write_bytes(b"not a zip at all")
+        cache_file.write_bytes(b"not a zip at all")
     logged = []
     again = load_dataset(spec, tok, fp, seed=0, cache_dir=tmp_path / "cache", log=logged.append)
     assert not again.from_cache and np.array_equal(again.train.tokens, first.train.tokens)

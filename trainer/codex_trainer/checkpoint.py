@@ -1,17 +1,15 @@
 """Checkpoints that are either complete or ignored.
 
-A checkpoint is written into a temporary directory, every file is fsynced, MANIFEST.json (sizes
-and sha256 of every file) is written last, and only then is the directory renamed to
-`step-<N>`. A reader accepts a checkpoint only if its manifest is there and every file matches
+A checkpoint is written into a temporary directory, MANIFEST.json (sizes and sha256 of every
+file) last, every file is fsynced, and only then is the directory renamed to `step-<N>`
+(files.atomic_dir). A reader accepts a checkpoint only if its manifest is there and every file matches
 it, so a process killed mid-write, or a torn file after a power cut, is skipped and the
 previous complete checkpoint is used instead.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
 import re
 import shutil
 import time
@@ -23,6 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import disk_full, is_disk_full
+from .files import atomic_dir, sha256_file
 
 MANIFEST = "MANIFEST.json"
 WEIGHTS = "trainable.safetensors"
@@ -56,17 +55,10 @@ def save(
     the checkpoint needed."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step}"
-    tmp = root / f".step-{step}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        tmp.mkdir()
-        _write_files(tmp, step, weights, optimizer, scheduler, state)
-        if final.exists():  # a rerun reached the same step again: the new one replaces it
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        _fsync(root)
+        with atomic_dir(final) as tmp:  # a rerun that reached the same step again replaces it
+            _write_files(tmp, step, weights, optimizer, scheduler, state)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         needed = _tensor_bytes(weights) + _tensor_bytes(optimizer)
         # torch.save reports a full disk as a RuntimeError ("file write failed"): judge by the space left too
         if is_disk_full(e) or (isinstance(e, Exception) and shutil.disk_usage(root).free < needed):
@@ -76,18 +68,14 @@ def save(
 
 
 def _write_files(tmp: Path, step: int, weights, optimizer, scheduler, state) -> None:
+    """The files, then MANIFEST.json with the size and sha256 of each (atomic_dir fsyncs them all)."""
     save_file(weights, tmp / WEIGHTS)
     torch.save(optimizer, tmp / OPTIMIZER)
     torch.save(scheduler, tmp / SCHEDULER)
     (tmp / STATE).write_text(json.dumps({**state, "step": step}, indent=2))
-    files = {}
-    for f in sorted(tmp.iterdir()):
-        _fsync(f)
-        files[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
+    files = {f.name: {"bytes": f.stat().st_size, "sha256": sha256_file(f)} for f in sorted(tmp.iterdir())}
     manifest = {"step": step, "saved_at": time.time(), "files": files}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    _fsync(tmp / MANIFEST)
-    _fsync(tmp)
 
 
 def _tensor_bytes(obj: Any) -> int:
@@ -148,22 +136,18 @@ def verify(path: Path) -> str | None:
         f = path / name
         if not f.is_file() or f.stat().st_size != meta["bytes"]:
             return f"{name} is missing or truncated"
-        if _sha256(f) != meta["sha256"]:
+        if sha256_file(f) != meta["sha256"]:
             return f"{name} does not match its checksum"
     return None
 
 
-def prune(root: Path, keep_last: int) -> list[Path]:
+def prune(root: Path, keep_last: int) -> None:
     """Delete all but the newest `keep_last` complete checkpoints and any leftover temp dirs."""
-    removed = []
     for _, path in complete(root)[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)
-        removed.append(path)
     for d in root.iterdir() if root.is_dir() else []:
         if d.name.startswith(".step-") and ".tmp" in d.name:
             shutil.rmtree(d, ignore_errors=True)
-            removed.append(d)
-    return removed
 
 
 def _sizes_match(path: Path) -> bool:
@@ -174,19 +158,3 @@ def _sizes_match(path: Path) -> bool:
         )
     except (OSError, json.JSONDecodeError, KeyError, TypeError):
         return False
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import SpecError, disk_full, is_disk_full
+from .files import atomic_file, sha256_file
 from .spec import DataSpec
 
 CACHE_VERSION = 2
@@ -39,7 +40,6 @@ class Split:
 class Dataset:
     train: Split
     validation: Split
-    cache_file: Path | None = None
     from_cache: bool = False
     digest: str = ""  # data_digest(): the data files' contents
     examples: tuple[int, int] = (0, 0)  # examples (texts) in the train and validation splits
@@ -239,11 +239,7 @@ def cache_key(spec: DataSpec, seed: int, tokenizer_fp: str, digest: str | None =
 def _file_digest(path: Path) -> bytes:
     if not path.is_file():
         return b"missing"
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.digest()
+    return bytes.fromhex(sha256_file(path))
 
 
 def load_dataset(spec: DataSpec, tokenizer, tokenizer_fp: str, seed: int, cache_dir: Path | None, log=None) -> Dataset:
@@ -279,7 +275,7 @@ def load_dataset(spec: DataSpec, tokenizer, tokenizer_fp: str, seed: int, cache_
     examples = (len(train_texts), len(val_texts))
     if cache_file is not None:
         _write_cache(cache_file, train, val, examples)
-    return Dataset(train, val, cache_file, from_cache=False, digest=digest, examples=examples)
+    return Dataset(train, val, from_cache=False, digest=digest, examples=examples)
 
 
 def _no_training_sequence(spec: DataSpec, train_tokens: int, val_tokens: int, held_out: int) -> SpecError:
@@ -328,11 +324,10 @@ def _read_cache(path: Path, digest: str, log) -> Dataset | None:
         with contextlib.suppress(OSError):
             path.unlink()
         return None
-    return Dataset(train, val, path, from_cache=True, digest=digest, examples=examples)
+    return Dataset(train, val, from_cache=True, digest=digest, examples=examples)
 
 
 def _write_cache(cache_file: Path, train: Split, val: Split, examples: tuple[int, int]) -> None:
-    tmp = cache_file.with_suffix(f".tmp{os.getpid()}.npz")
     arrays = {
         "train_tokens": train.tokens,
         "train_offsets": train.offsets,
@@ -342,11 +337,9 @@ def _write_cache(cache_file: Path, train: Split, val: Split, examples: tuple[int
     }
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
-        os.replace(tmp, cache_file)
+        with atomic_file(cache_file) as tmp:
+            np.savez(tmp, **arrays)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         if is_disk_full(e):
             raise disk_full(
                 "the tokenized data cache", cache_file.parent, sum(a.nbytes for a in arrays.values())

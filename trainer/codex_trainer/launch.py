@@ -124,15 +124,18 @@ def launch(manifest, args) -> int:
         write_termination_message(f"stopped by {signal.Signals(signum).name} before training started")
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, early_stop)
-    signal.signal(signal.SIGINT, early_stop)
-    check_data_files(manifest.spec)
-    rdzv = Rendezvous.from_env()
-    if rdzv.world_size == 1:
-        return run_in_process(manifest, args)
-    if rdzv.node_rank > 0:
-        wait_for_dns(rdzv.master_addr, float(os.environ.get("CODEX_DNS_TIMEOUT", "300")))
-    return _launch_workers(rdzv, args)
+    previous = {s: signal.signal(s, early_stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        check_data_files(manifest.spec)
+        rdzv = Rendezvous.from_env()
+        if rdzv.world_size == 1:
+            return run_in_process(manifest, args)
+        if rdzv.node_rank > 0:
+            wait_for_dns(rdzv.master_addr, float(os.environ.get("CODEX_DNS_TIMEOUT", "300")))
+        return _launch_workers(rdzv, args)
+    finally:  # called in-process (tests), the caller's handlers come back
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def wait_for_dns(host: str, timeout: float) -> None:

@@ -1,15 +1,105 @@
-"""Where progress goes: metrics.jsonl, Prometheus gauges, MLflow, and system figures."""
+"""Where progress goes: metrics.jsonl, Prometheus gauges, MLflow, the console, and system figures.
+
+The training loop talks to one `Sink`, which passes each figure on to all of them."""
 
 from __future__ import annotations
 
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
+
+from .console import Console
+from .files import write_text_atomically
+
+
+class Sink:
+    """metrics.jsonl, Prometheus, MLflow and the console, as one. Rank 0 writes (`enabled`); on the other
+    ranks every method does nothing. Prometheus serves from the start (its port is checked before anything
+    loads); the files open with `open`, once the run knows its step; `close` ends all of them."""
+
+    def __init__(self, enabled: bool, console: Console, prometheus: Prometheus | None):
+        self.enabled = enabled
+        self.console = console
+        self.prometheus = prometheus
+        self.metrics: MetricsFile | None = None
+        self.mlflow: Mlflow | None = None
+        self.stats: SystemStats | None = None
+
+    def open(self, metrics_file: Path, resume_step: int, mlflow: Callable[[], Mlflow | None], use_gpu: bool) -> None:
+        """Start writing metrics.jsonl (after `resume_step`), MLflow (`mlflow()` opens the run) and system figures."""
+        if not self.enabled:
+            return
+        self.metrics = MetricsFile(metrics_file, resume_step)
+        self.mlflow = mlflow()
+        self.stats = SystemStats(use_gpu)
+
+    def event(self, event: str, **fields: Any) -> None:
+        self.console.event(event, **fields)
+
+    def warn(self, message: str) -> None:
+        self.console.event("warning", message=message)
+
+    def planned(self, step: int, total_steps: int) -> None:
+        if self.prometheus:
+            self.prometheus.total_steps.set(total_steps)
+            self.prometheus.step.set(step)
+
+    def step(self, row: dict[str, Any], total_steps: int) -> None:
+        """One optimizer step's figures (`row`, with step, loss and tokens_per_second), plus the system's."""
+        if not self.enabled:
+            return
+        row = {**row, **self.stats.read()} if self.stats else row
+        if self.prometheus:
+            p = self.prometheus
+            p.step.set(row["step"])
+            p.loss.set(row["loss"])
+            p.tokens_per_second.set(row["tokens_per_second"])
+            p.rss.set(row["process_memory_mb"] * 2**20)
+            if "gpu_memory_mb" in row:
+                p.gpu_memory.set(row["gpu_memory_mb"] * 2**20)
+        self._log(row)
+        self.console.progress(row["step"], total_steps, loss=row["loss"], tok_s=round(row["tokens_per_second"]))
+
+    def evaluated(self, step: int, loss: float, perplexity: float) -> None:
+        if not self.enabled:
+            return
+        self._log({"step": step, "eval_loss": loss, "perplexity": perplexity})
+        if self.prometheus:
+            self.prometheus.eval_loss.set(loss)
+        self.console.event("eval", step=step, eval_loss=round(loss, 4), perplexity=round(perplexity, 2))
+
+    def checkpointed(self, step: int, path: Path) -> None:
+        if not self.enabled:
+            return
+        if self.prometheus:
+            self.prometheus.checkpoint_step.set(step)
+            self.prometheus.checkpoint_time.set(time.time())
+        self._log({"step": step, "checkpoint": str(path)})
+        self.console.event("checkpoint", step=step, path=str(path))
+
+    def close(self, status: str = "FINISHED") -> None:
+        """End everything opened (safe to call twice); `status` is the MLflow run's."""
+        if self.metrics:
+            self.metrics.close()
+            self.metrics = None
+        if self.prometheus:
+            self.prometheus.close()
+        if self.mlflow:
+            self.mlflow.close(status)
+            self.mlflow = None
+        self.console.close()
+
+    def _log(self, row: dict[str, Any]) -> None:
+        if self.metrics:
+            self.metrics.write(row)
+        if self.mlflow:
+            self.mlflow.log({k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}, row["step"])
 
 
 class MetricsFile:
@@ -17,7 +107,7 @@ class MetricsFile:
 
     def __init__(self, path: Path, resume_step: int):
         self.path = path
-        if resume_step >= 0 and path.exists():
+        if path.exists():
             self._drop_after(resume_step)
         self._f = path.open("a", encoding="utf-8")
 
@@ -31,9 +121,7 @@ class MetricsFile:
                 continue  # a line torn by a kill
             if row.get("step", 0) <= step:
                 kept.append(line)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, self.path)
+        write_text_atomically(self.path, "".join(line + "\n" for line in kept))
 
     def write(self, row: dict[str, Any]) -> None:
         self._f.write(json.dumps({"time": round(time.time(), 3), **row}) + "\n")
@@ -65,8 +153,10 @@ class Prometheus:
         self.rss = gauge("codex_trainer_process_memory_bytes", "Resident memory of the trainer process")
         self.gpu_memory = gauge("codex_trainer_gpu_memory_used_bytes", "GPU memory in use (NVML)")
         self.server = None
+        self.port = None  # the port served, also when `port` was 0 (any free one)
         if port is not None:
             self.server, _ = start_http_server(port, registry=self.registry)
+            self.port = self.server.server_port
 
     def close(self) -> None:
         """Stop serving and free the port (safe to call twice)."""
@@ -124,7 +214,6 @@ class Mlflow:
         if run_id is None:
             run_id_file.write_text(run.info.run_id)
             mlflow.log_params(params)
-        self.run_id = run.info.run_id
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         self.mlflow.log_metrics(metrics, step=step)

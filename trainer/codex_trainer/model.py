@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -12,6 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 
 from .errors import SpecError
+from .files import atomic_dir
 from .sources import load_failure, resolve_source
 from .spec import HF_SOURCE, ModelSpec, PeftSpec
 
@@ -22,7 +22,8 @@ def load_base_model(spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dty
     if spec.source == "scratch":
         if not (base_dir / "config.json").is_file():
             if is_main:
-                _save_atomically(_new_scratch_model(spec, tokenizer), base_dir)
+                with atomic_dir(base_dir) as tmp:
+                    _new_scratch_model(spec, tokenizer).save_pretrained(tmp)
             _barrier()
         name, revision = str(base_dir), None
     else:
@@ -63,13 +64,6 @@ def _new_scratch_model(spec: ModelSpec, tokenizer) -> PreTrainedModel:
     except Exception as e:  # noqa: BLE001 - the config is the user's: any refusal (e.g. a strict field) is theirs
         first = " ".join(str(e).split())[:200]
         raise SpecError("spec.model.config", f"cannot build a causal LM from this config: {first}") from None
-
-
-def _save_atomically(model: PreTrainedModel, target: Path) -> None:
-    tmp = target.with_name(f"{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    os.replace(tmp, target)
 
 
 def _barrier() -> None:

@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .files import write_text_atomically
 from .spec import JobSpec
 
 PACKAGES = ("codex-training-operator", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors")
@@ -74,7 +75,7 @@ def write_run_json(
     device: str,
     resumed_from: int = 0,
     changes: dict[str, Any] | None = None,
-) -> dict[str, Any]:
+) -> None:
     """run.json tells what runs now; on resume, from which step, what changed, and what earlier starts ran."""
     earlier = _earlier_starts(path)
     info = {
@@ -93,14 +94,7 @@ def write_run_json(
         "packages": {p: _version(p) for p in PACKAGES},
         "git_sha": _git_sha(),
     }
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    try:
-        tmp.write_text(json.dumps(info, indent=2))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return info
+    write_text_atomically(path, json.dumps(info, indent=2))
 
 
 def _earlier_starts(path: Path) -> list[dict[str, Any]]:

@@ -8,13 +8,12 @@ evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import signal
 import time
 import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,8 @@ from . import checkpoint
 from .console import Console
 from .data import collate, load_dataset, micro_batch_rows, micro_batches_per_epoch, no_validation_reason
 from .errors import EXIT_OK, SpecError, disk_full, is_disk_full
-from .metrics import MetricsFile, Mlflow, Prometheus, SystemStats, flatten
+from .files import atomic_dir
+from .metrics import Mlflow, Prometheus, Sink, flatten
 from .model import (
     adapter_base_reference,
     check_positions,
@@ -41,16 +41,16 @@ from .runinfo import identity_changes, legacy_identity, resume_identity, trainin
 from .spec import JobSpec
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 
+# The loop reseeds every step from (seed, step, rank) (_step_seed), so a checkpoint holds no RNG state; it
+# records which way of seeding it was trained with. A checkpoint without the field is scheme 1.
+SEED_SCHEME = 1
+
 
 @dataclass
 class StopRequest:
-    """Set by a signal handler; the loop finishes its step, checkpoints and exits with `exit_code`."""
+    """Set by a signal handler; the loop finishes its step, checkpoints and exits with 128 + signum."""
 
     signum: int | None = None
-
-    @property
-    def exit_code(self) -> int:
-        return 128 + (self.signum or 0)
 
 
 def train(
@@ -74,12 +74,14 @@ def train(
         prepare_output_dir(out)
     accelerator.wait_for_everyone()
     with output_lock(out, enabled=is_main):
-        prom = _start_prometheus(metrics_port, spec, name) if is_main else None
+        sink = Sink(is_main, console, _start_prometheus(metrics_port, spec, name) if is_main else None)
+        status = "FAILED"
         try:
-            return _train(spec, name, out, stop, accelerator, console, prom)
+            code = _train(spec, name, out, stop, accelerator, sink)
+            status = "FINISHED" if code == EXIT_OK else "KILLED"
+            return code
         finally:
-            if prom:
-                prom.close()
+            sink.close(status)
 
 
 def _start_prometheus(cli_port: int | None, spec: JobSpec, name: str) -> Prometheus:
@@ -91,28 +93,28 @@ def _start_prometheus(cli_port: int | None, spec: JobSpec, name: str) -> Prometh
         raise SpecError(field, f"cannot serve metrics on port {port}: {e.strerror or e}; choose another port") from None
 
 
-def _train(spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator, console: Console, prom) -> int:
+def _train(  # noqa: C901 - the training loop, kept in one piece to read top to bottom
+    spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator: Accelerator, sink: Sink
+) -> int:
     t = spec.training
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
     ckpt_dir = out / "checkpoints"
 
-    def warn(message: str) -> None:
-        console.event("warning", message=message)
-
     # ---- data and model
     tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
     with accelerator.main_process_first():  # rank 0 tokenizes and caches; the others read the cache
-        data = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), t.seed, out / "cache", warn)
-    console.event(
+        data = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), t.seed, out / "cache", sink.warn)
+    sink.event(
         "data",
         train_sequences=data.train.rows,
         validation_sequences=data.validation.rows,
         train_tokens=int(data.train.offsets[-1]),
         cached=data.from_cache,
     )
-    if no_validation_reason(spec.data, data):
-        warn(f"no validation sequences, so evaluation will not run: {no_validation_reason(spec.data, data)}")
+    no_validation = no_validation_reason(spec.data, data)
+    if no_validation:
+        sink.warn(f"no validation sequences, so evaluation will not run: {no_validation}")
     per_epoch = micro_batches_per_epoch(data.train.rows, t.batch_size, world)
     if per_epoch == 0:
         raise _too_few_sequences(spec, data, world)
@@ -125,7 +127,7 @@ def _train(spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator, 
     frozen_base = spec.peft.method == "lora" and not spec.peft.modules_to_save
     base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and frozen_base else None
     model = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
-    check_positions(model, spec.data.max_seq_length, warn)
+    check_positions(model, spec.data.max_seq_length, sink.warn)
     base_ref = adapter_base_reference(spec.model.source, base_dir, out / "final")
     model = wrap_peft(model, spec.peft)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -135,16 +137,16 @@ def _train(spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator, 
 
     # ---- resume
     identity = resume_identity(spec, data.digest)
-    step, tokens_seen, eval_loss, changes = 0, 0, None, {}
-    found = checkpoint.load_latest(ckpt_dir, log=warn)
+    step, tokens_seen, eval_loss, evaluated_at, changes = 0, 0, None, -1, {}
+    found = checkpoint.load_latest(ckpt_dir, log=sink.warn)
     if found is not None:
-        _check_same_job(found.state.get("identity"), identity, legacy_identity(spec), found.path)
+        _check_same_job(found.state, identity, legacy_identity(spec), found.path)
         load_trainable_state(model, found.weights)
         optimizer.load_state_dict(found.optimizer)
         scheduler.load_state_dict(found.scheduler)
         changes = _apply_training_settings(spec, optimizer, scheduler, found.state.get("training"))
         if changes:
-            console.event(
+            sink.event(
                 "changed",
                 step=found.step,
                 message="training settings differ from the checkpoint's; "
@@ -152,22 +154,15 @@ def _train(spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator, 
                 changes=changes,
             )
         step, tokens_seen = found.step, found.state["tokens_seen"]
-        eval_loss = found.state.get("eval_loss")
+        eval_loss, evaluated_at = found.state.get("eval_loss"), found.state.get("evaluated_at", step)
         if found.state.get("world_size") != world:
-            console.event("warning", message=f"resuming on {world} processes, saved on {found.state['world_size']}")
-        console.event("resumed", step=step, checkpoint=str(found.path))
+            sink.warn(f"resuming on {world} processes, saved on {found.state['world_size']}")
+        sink.event("resumed", step=step, checkpoint=str(found.path))
     model, optimizer = accelerator.prepare(model, optimizer)
     if found is not None and accelerator.scaler is not None and found.state.get("grad_scaler"):
         accelerator.scaler.load_state_dict(found.state["grad_scaler"])
 
-    # ---- outputs
-    metrics = MetricsFile(out / "metrics.jsonl", resume_step=step) if is_main else None
-    mlflow = _start_mlflow(spec, name, out) if is_main else None
-    stats = SystemStats(use_gpu=device.type == "cuda") if is_main else None
-    if prom:
-        prom.total_steps.set(total_steps)
-        prom.step.set(step)
-    console.event(
+    sink.event(
         "start",
         name=name,
         device=str(device),
@@ -177,69 +172,39 @@ def _train(spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator, 
         trainable_parameters=n_trainable,
         parameters=n_total,
         output=str(out),
+        **({"metrics_port": sink.prometheus.port} if sink.prometheus and sink.prometheus.port else {}),
     )
     if step >= total_steps and (out / "final").is_dir():
-        console.event("done", message=f"already complete at step {step}; nothing to do", output=str(out))
-        _close(metrics, None, mlflow, console)
+        sink.event("done", message=f"already complete at step {step}; nothing to do", output=str(out))
         return EXIT_OK
+
+    # ---- outputs
+    sink.open(out / "metrics.jsonl", step, lambda: _start_mlflow(spec, name, out), use_gpu=device.type == "cuda")
+    sink.planned(step, total_steps)
     if is_main:
         write_run_json(out / "run.json", name, spec, world, str(device), step, changes)
-
-    def log(row: dict) -> None:
-        if metrics:
-            metrics.write(row)
-        if mlflow:
-            mlflow.log({k: v for k, v in row.items() if k != "step" and isinstance(v, int | float)}, row["step"])
-
-    def evaluate_now() -> float | None:
-        loss, complete = _evaluate(model, data.validation, spec, accelerator, tokenizer.pad_token_id, stop)
-        if not complete:
-            console.event("warning", message=f"evaluation at step {step} stopped early by a signal; not recorded")
-            return eval_loss
-        if loss is not None:
-            log({"step": step, "eval_loss": loss, "perplexity": _perplexity(loss)})
-            if prom:
-                prom.eval_loss.set(loss)
-            console.event("eval", step=step, eval_loss=round(loss, 4), perplexity=round(_perplexity(loss), 2))
-        return loss
-
-    def save_checkpoint() -> None:
-        if is_main:
-            path = checkpoint.save(
-                ckpt_dir,
-                step,
-                trainable_state(accelerator.unwrap_model(model)),
-                optimizer.state_dict(),
-                scheduler.state_dict(),
-                {
-                    "tokens_seen": tokens_seen,
-                    "total_steps": total_steps,
-                    "epoch": epoch,
-                    "eval_loss": eval_loss,
-                    "evaluated_at": evaluated_at,
-                    "world_size": world,
-                    "identity": identity,
-                    "training": t.model_dump(mode="json", by_alias=True),
-                    "grad_scaler": accelerator.scaler.state_dict() if accelerator.scaler else None,
-                    # no RNG state to restore: the loop reseeds every step from (seed, step, rank)
-                    "rng": "reseeded each step from (seed, step, rank)",
-                },
-            )
-            checkpoint.prune(ckpt_dir, spec.checkpoint.keep_last)
-            if prom:
-                prom.checkpoint_step.set(step)
-                prom.checkpoint_time.set(time.time())
-            log({"step": step, "checkpoint": str(path)})
-            console.event("checkpoint", step=step, path=str(path))
-        accelerator.wait_for_everyone()
+    evaluate = partial(
+        _evaluate,
+        model,
+        data.validation,
+        spec.eval.batch_size or t.batch_size,
+        spec.eval.max_batches,
+        accelerator,
+        tokenizer.pad_token_id,
+        stop,
+    )
+    trained = (model, optimizer, scheduler)
+    saved_with = {  # what every checkpoint records besides the step's own figures
+        "total_steps": total_steps,
+        "world_size": world,
+        "identity": identity,
+        "training": t.model_dump(mode="json", by_alias=True),
+        "seed_scheme": SEED_SCHEME,
+    }
 
     # ---- the loop
     model.train()
     ga = t.gradient_accumulation
-    epoch = step * ga / per_epoch
-    saved_at = evaluated_at = step if found is not None else -1
-    if found is not None:
-        evaluated_at = found.state.get("evaluated_at", step)
     loop_start, loop_start_step = time.perf_counter(), step
     train_loss = None
     while step < total_steps:
@@ -287,59 +252,75 @@ def _train(spec: JobSpec, name: str, out: Path, stop: StopRequest, accelerator, 
         }
         if t.max_grad_norm > 0:
             row["grad_norm"] = float(grad_norm)
-        if is_main:
-            row.update(stats.read())
-            prom.step.set(step)
-            prom.loss.set(train_loss)
-            prom.tokens_per_second.set(row["tokens_per_second"])
-            prom.rss.set(row["process_memory_mb"] * 2**20)
-            if "gpu_memory_mb" in row:
-                prom.gpu_memory.set(row["gpu_memory_mb"] * 2**20)
-        log(row)
-        console.progress(step, total_steps, loss=train_loss, tok_s=round(row["tokens_per_second"]))
+        sink.step(row, total_steps)
 
-        if spec.eval.every_steps and step % spec.eval.every_steps == 0 and step < total_steps and not stop_signal:
-            eval_loss, evaluated_at = evaluate_now(), step
+        # evaluate, checkpoint, stop: decided here for every step, the last included
+        last = step == total_steps
+        if (last or (spec.eval.every_steps and step % spec.eval.every_steps == 0)) and not stop_signal:
+            eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, sink), step
             stop_signal = stop_signal or _agreed_stop(stop, world, device)
-        if step % spec.checkpoint.every_steps == 0 or stop_signal or step == total_steps:
-            if step == total_steps and evaluated_at != step and not stop_signal:
-                eval_loss, evaluated_at = evaluate_now(), step
-                stop_signal = stop_signal or _agreed_stop(stop, world, device)
-            save_checkpoint()
-            saved_at = step
+        if last or stop_signal or step % spec.checkpoint.every_steps == 0:
+            state = saved_with | {"tokens_seen": tokens_seen, "epoch": epoch}
+            state |= {"eval_loss": eval_loss, "evaluated_at": evaluated_at}
+            _save_checkpoint(ckpt_dir, spec.checkpoint.keep_last, step, trained, accelerator, state, sink)
         if stop_signal:
-            console.event("stopped", step=step, signal=signal.Signals(stop_signal).name, checkpoint_step=saved_at)
-            _close(metrics, prom, mlflow, console, status="KILLED")
+            sink.event("stopped", step=step, signal=signal.Signals(stop_signal).name, checkpoint_step=step)
             return 128 + stop_signal
 
-    # ---- the end: a run resumed at its last step still evaluates, checkpoints and writes final/
+    # ---- the result. A run that a signal stopped at its last step checkpointed without evaluating: its
+    # rerun (which starts here, at the last step) evaluates now.
     if evaluated_at != step:
-        eval_loss = evaluate_now()
-    if saved_at != step:
-        save_checkpoint()
+        eval_loss = _evaluation(evaluate, step, eval_loss, sink)
     if is_main:
-        _write_final(accelerator.unwrap_model(model), tokenizer, spec, out / "final", base_ref)
+        lora = spec.peft.method == "lora"
+        _write_final(accelerator.unwrap_model(model), tokenizer, lora, spec.peft.merge, out / "final", base_ref)
     accelerator.wait_for_everyone()
-    console.event(
+    sink.event(
         "done", step=step, loss=train_loss, eval_loss=eval_loss, tokens_seen=tokens_seen, final=str(out / "final")
     )
-    _close(metrics, prom, mlflow, console)
     return EXIT_OK
 
 
+def _save_checkpoint(
+    root: Path, keep_last: int, step: int, trained: tuple, accelerator: Accelerator, state: dict, sink: Sink
+) -> None:
+    """Rank 0 writes checkpoint `step` (the trainable weights, optimizer, schedule, `state` and the grad
+    scaler's) and prunes all but the newest `keep_last`; every rank waits for it."""
+    model, optimizer, scheduler = trained
+    if accelerator.is_main_process:
+        scaler = accelerator.scaler.state_dict() if accelerator.scaler else None
+        weights = trainable_state(accelerator.unwrap_model(model))
+        state = state | {"grad_scaler": scaler}
+        path = checkpoint.save(root, step, weights, optimizer.state_dict(), scheduler.state_dict(), state)
+        checkpoint.prune(root, keep_last)
+        sink.checkpointed(step, path)
+    accelerator.wait_for_everyone()
+
+
+def _evaluation(evaluate, step: int, previous: float | None, sink: Sink) -> float | None:
+    """Run `evaluate` and record its loss; one a signal cut short is not recorded (`previous` stays)."""
+    loss, complete = evaluate()
+    if not complete:
+        sink.warn(f"evaluation at step {step} stopped early by a signal; not recorded")
+        return previous
+    if loss is not None:
+        sink.evaluated(step, loss, _perplexity(loss))
+    return loss
+
+
 def _evaluate(
-    model, split, spec: JobSpec, accelerator: Accelerator, pad_id: int, stop: StopRequest
+    model, split, batch_size: int, max_batches: int | None, accelerator: Accelerator, pad_id: int, stop: StopRequest
 ) -> tuple[float | None, bool]:
     """(token-weighted loss over the validation split, shared out across ranks; whether it ran to the end).
 
     A signal stops it at the next batch, so SIGTERM does not wait for a long evaluation."""
     if split.rows == 0:
         return None, True
-    bs = spec.eval.batch_size or spec.training.batch_size
+    bs = batch_size
     rows = np.arange(accelerator.process_index, split.rows, accelerator.num_processes)
     n_batches = math.ceil(len(rows) / bs)
-    if spec.eval.max_batches:
-        n_batches = min(n_batches, spec.eval.max_batches)
+    if max_batches:
+        n_batches = min(n_batches, max_batches)
     totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss x tokens, tokens, stopped
     model.eval()
     with torch.no_grad():
@@ -405,31 +386,23 @@ def _apply_training_settings(spec: JobSpec, optimizer, scheduler, saved: dict | 
     return training_changes(saved, spec)
 
 
-def _write_final(model, tokenizer, spec: JobSpec, final: Path, base_ref: tuple[str, str | None]) -> None:
+def _write_final(model, tokenizer, lora: bool, merge: bool, final: Path, base_ref: tuple[str, str | None]) -> None:
     """final/: the adapter (or the full model when peft.method is none) and tokenizer; final/merged with peft.merge.
 
     The adapter names its base so that it loads from anywhere (model.adapter_base_reference)."""
-    tmp = final.with_name(f"final.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        _write_result(model, tokenizer, spec, tmp, base_ref)
+        with atomic_dir(final) as tmp:
+            _write_result(model, tokenizer, lora, merge, tmp, base_ref)
     except BaseException as e:
-        shutil.rmtree(tmp, ignore_errors=True)
         if is_disk_full(e):
-            raise disk_full("the result (final/)", final.parent, _model_bytes(model, spec)) from None
+            whole = not lora or merge  # final/ holds every tensor, else the trainable ones
+            size = sum(p.numel() * p.element_size() for p in model.parameters() if whole or p.requires_grad)
+            raise disk_full("the result (final/)", final.parent, size) from None
         raise
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
 
 
-def _model_bytes(model, spec: JobSpec) -> int:
-    """About what final/ takes: the trainable tensors, or every tensor for a whole or merged model."""
-    whole = spec.peft.method == "none" or spec.peft.merge
-    return sum(p.numel() * p.element_size() for p in model.parameters() if whole or p.requires_grad)
-
-
-def _write_result(model, tokenizer, spec: JobSpec, tmp: Path, base_ref: tuple[str, str | None]) -> None:
-    if spec.peft.method == "lora":
+def _write_result(model, tokenizer, lora: bool, merge: bool, tmp: Path, base_ref: tuple[str, str | None]) -> None:
+    if lora:
         for config in model.peft_config.values():
             config.base_model_name_or_path, config.revision = base_ref
         # the vocabulary is never resized, and "auto" would look base_ref up on the Hub (and warn)
@@ -437,13 +410,21 @@ def _write_result(model, tokenizer, spec: JobSpec, tmp: Path, base_ref: tuple[st
     else:
         model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    if spec.peft.method == "lora" and spec.peft.merge:
+    if lora and merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
 
 
-def _check_same_job(saved: dict | None, current: dict, legacy: dict, path: Path) -> None:
+def _check_same_job(state: dict, current: dict, legacy: dict, path: Path) -> None:
+    """The checkpoint's run is this job: the same identity (resume_identity) and way of seeding."""
+    if state.get("seed_scheme", 1) != SEED_SCHEME:
+        raise SpecError(
+            "",
+            f"{path} was written with seed scheme {state['seed_scheme']}, which this version does not know; "
+            "resume it with the version that wrote it, or use a new --output-dir",
+        )
+    saved = state.get("identity")
     if saved is None or saved in (current, legacy):
         return
     changed = identity_changes(saved, current)
@@ -486,13 +467,3 @@ def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
     return Mlflow(
         uri, cfg.experiment, name, out / "mlflow_run_id", flatten(spec.model_dump(mode="json", by_alias=True))
     )
-
-
-def _close(metrics, prom, mlflow, console: Console, status: str = "FINISHED") -> None:
-    if metrics:
-        metrics.close()
-    if prom:
-        prom.close()
-    if mlflow:
-        mlflow.close(status)
-    console.close()
