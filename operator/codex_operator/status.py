@@ -184,6 +184,9 @@ def failure_line(attempt: Attempt, pod: PodFailure | None) -> str:
     return attempt.message or attempt.reason or "the attempt failed"
 
 
+Decision = tuple[str, str, str]  # phase, reason, message
+
+
 def plan(
     job: Job,
     status: dict[str, Any] | None,
@@ -194,92 +197,25 @@ def plan(
 ) -> Plan:
     """Decide the job's status and next action from its attempts (sorted or not)."""
     old = status or {}
-    new = copy.deepcopy(old)
-    p = Plan(status=new)
+    p = Plan(status=copy.deepcopy(old))
     phase_before = old.get("phase")
     if phase_before in TERMINAL:
         return p  # final: nothing the cluster does later changes a finished job
-    rp = job.spec.run_policy
     attempts = sorted(attempts, key=lambda a: a.number)
     latest = attempts[-1] if attempts else None
-    new["attempt"] = latest.number if latest else 0
-    new["restarts"] = max(0, len(attempts) - 1)
+    p.status["attempt"] = latest.number if latest else 0
+    p.status["restarts"] = max(0, len(attempts) - 1)
 
-    left = deadline_left(job, old, now)
-    phase, reason, message = "Pending", "Created", "waiting for the trainer pods to start"
     if latest is None:
-        if left is not None and left <= 0:
-            phase, reason, message = "Failed", "DeadlineExceeded", "activeDeadlineSeconds passed before it started"
-        else:
-            p.create_attempt = new["attempt"] = 1
-            new.setdefault("startTime", _ts(now))
-            p.events.append(("Normal", "Created", f"created attempt 1 ({names.attempt_name(job.name, 1)})"))
-            if rp.suspend and not rp.queue_name:
-                phase, reason, message = "Suspended", "Suspended", "created suspended (runPolicy.suspend)"
-            elif rp.queue_name:
-                message = f"queued in {rp.queue_name}; waiting for admission"
+        phase, reason, message = _first_attempt(job, p, deadline_left(job, old, now), now)
     elif latest.outcome == "Complete":
-        phase, reason, message = "Succeeded", "Succeeded", f"training finished in {len(attempts)} attempt(s)"
-        new["completionTime"] = _ts(now)
-        # the trainer's own last numbers (its termination message), else the last progress read
-        prog = dict(new.get("progress") or {})
-        for key in ("loss", "evalLoss"):
-            if isinstance((final or {}).get(key), int | float):
-                prog[key] = _round(final[key])
-        step = (final or {}).get("step") or prog.get("totalSteps")
-        if step:
-            prog.setdefault("totalSteps", step)
-            new["progress"] = _with_step(prog, step)
-        if isinstance((final or {}).get("checkpoint"), dict) and final["checkpoint"].get("step"):
-            n = int(final["checkpoint"]["step"])
-            new["checkpoint"] = {"step": n, "path": f"{names.OUTPUT_DIR}/checkpoints/step-{n}"} | (
-                {"savedAt": final["checkpoint"]["savedAt"]} if final["checkpoint"].get("savedAt") else {}
-            )
+        phase, reason, message = _succeeded(p, len(attempts), final, now)
     elif latest.outcome == "Failed":
-        kind = latest.failure
-        line = failure_line(latest, failed_pod)
-        counted = sum(1 for a in attempts if a.failure == "crash")
-        if kind == "user-error":
-            phase, reason, message = "Failed", "InvalidJob", line
-        elif kind == "deadline" or (left is not None and left <= 0):
-            phase, reason, message = "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
-        elif kind == "crash" and counted > rp.backoff_limit:
-            phase, reason = "Failed", "BackoffLimitExceeded"
-            message = f"{line} (attempt {latest.number}; runPolicy.backoffLimit {rp.backoff_limit} reached)"
-        else:
-            nxt = latest.number + 1
-            p.create_attempt = nxt
-            new["attempt"] = nxt
-            new["restarts"] = len(attempts)
-            why = "disrupted (not counted against backoffLimit)" if kind == "disruption" else "failed"
-            phase, reason = "Restarting", "Disrupted" if kind == "disruption" else "Retrying"
-            ckpt = (new.get("checkpoint") or {}).get("step")
-            resume = f"; attempt {nxt} resumes from checkpoint step {ckpt}" if ckpt else f"; starting attempt {nxt}"
-            message = f"attempt {latest.number} {why}: {line}{resume}"
-        if phase == "Failed":
-            new["completionTime"] = _ts(now)
+        phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, old, now), now)
     else:
-        if not rp.queue_name and latest.suspended != rp.suspend:
-            p.set_suspend = rp.suspend
-        suspended = latest.suspended if rp.queue_name else rp.suspend
-        if suspended:
-            phase, reason = "Suspended", "Suspended"
-            message = "waiting for admission by the queue" if rp.queue_name else "suspended (runPolicy.suspend)"
-        elif latest.ready >= job.spec.num_nodes or (phase_before == "Running" and old.get("attempt") == latest.number):
-            # a rank that stops is not yet the end of the attempt: the Job's outcome says that
-            phase, reason, message = "Running", "Running", f"attempt {latest.number}: {latest.ready} pod(s) running"
-            if phase_before == "Running":
-                message = old.get("message", message)
-        elif latest.number > 1:
-            cond = next(
-                (c for c in old.get("conditions") or [] if c.get("type") == "Restarting" and c.get("status") == "True"),
-                {},
-            )
-            phase, reason = "Restarting", cond.get("reason", "Retrying")
-            message = cond.get("message") or f"starting attempt {latest.number}"
-        else:
-            phase, reason, message = "Pending", "Created", "waiting for the trainer pods to start"
+        phase, reason, message = _live(job, p, latest, old)
 
+    new = p.status
     same_attempt = new.get("attempt") == old.get("attempt")
     if phase == phase_before and same_attempt and phase in ("Pending", "Restarting") and old.get("message"):
         message = old["message"]  # the timer may have said why the pods wait: keep that
@@ -291,6 +227,91 @@ def plan(
         if not (phase_before is None and phase == "Pending"):  # the Created event has said it
             p.events.append(_event(phase, reason, message, latest, old))
     return p
+
+
+def _first_attempt(job: Job, p: Plan, left: int | None, now: datetime) -> Decision:
+    rp = job.spec.run_policy
+    if left is not None and left <= 0:
+        return "Failed", "DeadlineExceeded", "activeDeadlineSeconds passed before it started"
+    p.create_attempt = p.status["attempt"] = 1
+    p.status.setdefault("startTime", _ts(now))
+    p.events.append(("Normal", "Created", f"created attempt 1 ({names.attempt_name(job.name, 1)})"))
+    if rp.suspend and not rp.queue_name:
+        return "Suspended", "Suspended", "created suspended (runPolicy.suspend)"
+    if rp.queue_name:
+        return "Pending", "Created", f"queued in {rp.queue_name}; waiting for admission"
+    return "Pending", "Created", "waiting for the trainer pods to start"
+
+
+def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: datetime) -> Decision:
+    """The trainer's own last numbers (its termination message), else the last progress read."""
+    new, final = p.status, final or {}
+    new["completionTime"] = _ts(now)
+    prog = dict(new.get("progress") or {})
+    for key in ("loss", "evalLoss"):
+        if isinstance(final.get(key), int | float):
+            prog[key] = _round(final[key])
+    step = final.get("step") or prog.get("totalSteps")
+    if step:
+        prog.setdefault("totalSteps", step)
+        new["progress"] = _with_step(prog, step)
+    ckpt = final.get("checkpoint")
+    if isinstance(ckpt, dict) and ckpt.get("step"):
+        n = int(ckpt["step"])
+        new["checkpoint"] = {"step": n, "path": f"{names.OUTPUT_DIR}/checkpoints/step-{n}"}
+        if ckpt.get("savedAt"):
+            new["checkpoint"]["savedAt"] = ckpt["savedAt"]
+    return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
+
+
+def _after_failure(
+    job: Job, p: Plan, attempts: list[Attempt], failed_pod: PodFailure | None, left: int | None, now: datetime
+) -> Decision:
+    rp, latest = job.spec.run_policy, attempts[-1]
+    kind, line = latest.failure, failure_line(latest, failed_pod)
+    counted = sum(1 for a in attempts if a.failure == "crash")
+    if kind == "user-error":
+        decision = ("Failed", "InvalidJob", line)
+    elif kind == "deadline" or (left is not None and left <= 0):
+        decision = ("Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached")
+    elif kind == "crash" and counted > rp.backoff_limit:
+        limit = f"(attempt {latest.number}; runPolicy.backoffLimit {rp.backoff_limit} reached)"
+        decision = ("Failed", "BackoffLimitExceeded", f"{line} {limit}")
+    else:
+        nxt = latest.number + 1
+        p.create_attempt = p.status["attempt"] = nxt
+        p.status["restarts"] = len(attempts)
+        why = "disrupted (not counted against backoffLimit)" if kind == "disruption" else "failed"
+        ckpt = (p.status.get("checkpoint") or {}).get("step")
+        resume = f"; attempt {nxt} resumes from checkpoint step {ckpt}" if ckpt else f"; starting attempt {nxt}"
+        reason = "Disrupted" if kind == "disruption" else "Retrying"
+        return "Restarting", reason, f"attempt {latest.number} {why}: {line}{resume}"
+    p.status["completionTime"] = _ts(now)
+    return decision
+
+
+def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any]) -> Decision:
+    rp = job.spec.run_policy
+    if not rp.queue_name and latest.suspended != rp.suspend:
+        p.set_suspend = rp.suspend
+    if latest.suspended if rp.queue_name else rp.suspend:
+        return (
+            "Suspended",
+            "Suspended",
+            ("waiting for admission by the queue" if rp.queue_name else "suspended (runPolicy.suspend)"),
+        )
+    was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
+    if latest.ready >= job.spec.num_nodes or was_running:
+        # a rank that stops is not yet the end of the attempt: the Job's outcome says that
+        message = f"attempt {latest.number}: {latest.ready} pod(s) running"
+        return "Running", "Running", old.get("message", message) if was_running else message
+    if latest.number > 1:
+        cond = next(
+            (c for c in old.get("conditions") or [] if c.get("type") == "Restarting" and c.get("status") == "True"),
+            {},
+        )
+        return "Restarting", cond.get("reason", "Retrying"), cond.get("message") or f"starting attempt {latest.number}"
+    return "Pending", "Created", "waiting for the trainer pods to start"
 
 
 def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
