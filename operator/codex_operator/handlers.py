@@ -287,7 +287,8 @@ class Operator:
             if pod is None:
                 return
             if self.in_cluster:
-                text = await self._get_text(f"http://{pod['status']['podIP']}:{port}/metrics")
+                ip = pod["status"]["podIP"]
+                text = await self._get_text(f"http://{f'[{ip}]' if ':' in ip else ip}:{port}/metrics")
             else:
                 text = await self.kube.pod_metrics_via_proxy(ns, pod["metadata"]["name"], port)
             samples = _samples(text)
