@@ -9,6 +9,13 @@ from one binary built from the Go module proxy (tests/cluster/k8s); containerd, 
 bridge from Debian. Everything listens on loopback or on the cluster's own bridge (10.244.0.1),
 runs as a process this harness starts, and is stopped by `down`. The default StorageClass is served
 by tests/cluster/provisioner.py: world-writable host-path volumes under the state directory.
+
+It touches only what it made. `up` refuses to start, changing nothing, when another cluster's
+iptables chains (KUBE-*, CNI-*), the bridge, the node's address or one of the ports below are
+already there; it then records the sysctls it and the kubelet may change in the run directory
+(host.json) before changing any. `down` removes the chains, the bridge and the mounts only while
+that record says they are ours, puts the sysctls back, and signals a pid from a pid file only while
+that process still runs the command line we started. A failed `up` runs `down` before it raises.
 """
 
 from __future__ import annotations
@@ -16,8 +23,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
@@ -31,24 +40,55 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from images import Images  # noqa: E402
 from pki import Pki  # noqa: E402
-from procs import running  # noqa: E402
+from procs import our_pid, signal_group, write_pid_file  # noqa: E402
 from provisioner import NAME as PROVISIONER  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 SRC = Path(__file__).resolve().parent / "k8s"
 DNS_SRC = Path(__file__).resolve().parent / "coredns"
+
+
+def _setting(name: str, default: str) -> str:
+    return os.environ.get(f"CODEX_CLUSTER_{name}", default)
+
+
+# Every address and port the cluster takes, each overridable as CODEX_CLUSTER_<NAME> (the README lists
+# them), so that a second checkout can take others. Loopback ports are checked free before `up`.
+BRIDGE = _setting("BRIDGE", "codex0")
+POD_CIDR = _setting("POD_CIDR", "10.244.0.0/24")  # the bridge takes the first address: the node's
+SERVICE_CIDR = _setting("SERVICE_CIDR", "10.96.0.0/24")  # the API Service takes the first, DNS the tenth
+ETCD_PORT = int(_setting("ETCD_PORT", "23790"))  # client; peer and metrics on the next two
+API_PORT = int(_setting("API_PORT", "6443"))  # on the node's address
+KUBELET_PORT = int(_setting("KUBELET_PORT", "10250"))  # on the node's address
+KUBELET_HEALTHZ_PORT = int(_setting("KUBELET_HEALTHZ_PORT", "10248"))
+PROXY_METRICS_PORT = int(_setting("PROXY_METRICS_PORT", "10249"))
+PROXY_HEALTHZ_PORT = int(_setting("PROXY_HEALTHZ_PORT", "10256"))
+CONTROLLER_MANAGER_PORT = int(_setting("CONTROLLER_MANAGER_PORT", "10257"))
+SCHEDULER_PORT = int(_setting("SCHEDULER_PORT", "10259"))
+DNS_HEALTH, DNS_READY = int(_setting("DNS_HEALTH_PORT", "18080")), int(_setting("DNS_READY_PORT", "18181"))
+LOOPBACK_PORTS = (ETCD_PORT, ETCD_PORT + 1, ETCD_PORT + 2, KUBELET_HEALTHZ_PORT, PROXY_METRICS_PORT,
+                  PROXY_HEALTHZ_PORT, CONTROLLER_MANAGER_PORT, SCHEDULER_PORT, DNS_HEALTH, DNS_READY)  # fmt: skip
+_pods, _services = ipaddress.ip_network(POD_CIDR), ipaddress.ip_network(SERVICE_CIDR)
+NODE_IP, POD_RANGE_START = str(_pods[1]), str(_pods[10])
+API_SERVICE_IP, DNS_IP = str(_services[1]), str(_services[10])
+
 NODE = "codex-node"
-BRIDGE, NODE_IP, POD_CIDR = "codex0", "10.244.0.1", "10.244.0.0/24"
-SERVICE_CIDR, API_SERVICE_IP, DNS_IP = "10.96.0.0/24", "10.96.0.1", "10.96.0.10"
-ETCD_PORT, API_PORT = 23790, 6443
 PAUSE = "codex.local/pause:1"
 COMPONENTS = ["etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd", "kubelet",
               "kube-proxy", "coredns", "provisioner"]  # fmt: skip
-DNS_HEALTH, DNS_READY = 18080, 18181
+CNI_NETWORK = "codex"
+CHAIN_PREFIXES = ("KUBE-", "CNI-")
+# Set by `up` (the first two) or by the kubelet (setupKernelTunables); recorded before and put back by `down`.
+SYSCTLS = ("net/ipv4/ip_forward", "net/bridge/bridge-nf-call-iptables", "vm/overcommit_memory", "vm/panic_on_oom",
+           "kernel/panic", "kernel/panic_on_oops", "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes",
+           "net/ipv4/conf/all/route_localnet")  # fmt: skip
 
 
 class Cluster:
-    def __init__(self, state: Path | None = None):
+    def __init__(self, state: Path | None = None, broken: str | None = None):
+        """`broken` names a component to start with an argument it refuses, so that `up` fails there:
+        the test that a failed `up` leaves nothing behind."""
+        self.broken = broken
         self.state = Path(state or os.environ.get("CODEX_CLUSTER_DIR", REPO / ".cluster")).resolve()
         self.bin = self.state / "bin" / "k8s"
         self.coredns = self.state / "bin" / "coredns"
@@ -88,13 +128,45 @@ class Cluster:
             yield
 
     def up(self) -> None:
+        """Start what is not running. Refuses, changing nothing, when the host has another cluster's
+        networking; when a step fails, stops and removes what it started before raising."""
         with self._locked():
-            self._up()
+            if self.is_up():
+                return
+            self.build()
+            if self._host_record() is None:
+                taken = self.conflicts()
+                if taken:
+                    raise RuntimeError(
+                        "refusing to start the test cluster: this machine already has "
+                        + "; ".join(taken)
+                        + ". Another cluster (k3s, microk8s, kind, a second checkout) or one this harness left"
+                        " must go first, or take other addresses and ports (CODEX_CLUSTER_* in the README)."
+                    )
+            try:
+                self._up()
+            except BaseException:
+                try:
+                    self._down()
+                except Exception as e:  # the first error is the one to see; this one is printed
+                    print(f"cleaning up after the failed up: {e}", file=sys.stderr)
+                raise
+
+    def conflicts(self) -> list[str]:
+        """What on this host the cluster would collide with: chains of the kind kube-proxy, the kubelet
+        and the CNI plugins write, the bridge, the node's address, a loopback port in use."""
+        chains = [f"{tool} {chain}" for tool, chain in _chains()]
+        found = [f"{len(chains)} KUBE-*/CNI-* chains ({', '.join(chains[:3])}{', ...' if len(chains) > 3 else ''})"]
+        found = found if chains else []
+        if _link_exists(BRIDGE):
+            found.append(f"a network link {BRIDGE}")
+        addr = subprocess.run(["ip", "-o", "addr", "show", "to", NODE_IP], capture_output=True, text=True).stdout
+        if addr.strip():
+            found.append(f"the address {NODE_IP} (on {addr.split()[1]})")
+        found += [f"port 127.0.0.1:{port} in use" for port in LOOPBACK_PORTS if _port_open(port)]
+        return found
 
     def _up(self) -> None:
-        if self.is_up():
-            return
-        self.build()
         for d in ("logs", "pids", "etcd", "kubelet", "cni/net.d", "containerd", "volumes"):
             (self.state / d).mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -141,32 +213,45 @@ class Cluster:
     def _down(self) -> None:
         for name in ("kube-proxy", "kubelet"):  # first, or the kubelet restarts what we remove
             self._stop(name)
-        if self._alive("containerd"):
-            self.images.remove_all_containers()
+        containers = self.images.remove_all_containers() if self._alive("containerd") else []
         for name in reversed(COMPONENTS):
             self._stop(name)
         self._kill_shims()
-        if self.bin.is_file():
-            subprocess.run([str(self.bin), "kube-proxy", "--cleanup"], capture_output=True)
-        self._network_down()
+        record = self._host_record()
+        if record is not None:  # the host's networking changes are ours only while the record exists
+            if self.bin.is_file():
+                subprocess.run([str(self.bin), "kube-proxy", "--cleanup"], capture_output=True)
+            _remove_chains()
+            subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
+        _remove_cni_results(containers)
+        _remove_links_into(Path("/var/log/containers"), self.state)  # the kubelet's links to pod logs
         self._unmount_under(self.state)
         self._unmount_under(self.run_dir)
         self.images.stop_docker()
+        if record is not None:
+            _restore_sysctls(record["sysctls"])
         for d in ("etcd", "kubelet", "containerd", "cni", "volumes", "pids", "pki"):
             shutil.rmtree(self.state / d, ignore_errors=True)
         for f in self.state.glob("*.kubeconfig"):
             f.unlink()
         self.kubeconfig.unlink(missing_ok=True)
         (self.state / "Corefile").unlink(missing_ok=True)
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        for entry in self.run_dir.iterdir() if self.run_dir.is_dir() else []:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            elif entry != self._record_file:
+                entry.unlink(missing_ok=True)
         left = self.leftovers()
-        if left:
+        if left:  # the record stays, so that another `down` still knows what is ours
             raise RuntimeError("cluster down left behind: " + "; ".join(left))
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def leftovers(self) -> list[str]:
-        """Processes, mounts, links and ports of this cluster that are still there. Every process the
-        harness starts names the state directory or the containerd socket on its command line (the
-        provisioner its kubeconfig and volumes directory), so the scan of /proc finds them all."""
+        """Processes, mounts, links and ports of this cluster that are still there, and while the host
+        record exists (from `up` until `down` has restored everything) the chains and changed sysctls.
+        Every process the harness starts names the state directory or the containerd socket on its
+        command line (the provisioner its kubeconfig and volumes directory), so the scan of /proc finds
+        them all."""
         found = []
         for proc in Path("/proc").iterdir():
             if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -181,15 +266,26 @@ class Cluster:
             mountpoint = line.split()[1]
             if mountpoint.startswith((str(self.state) + "/", str(self.run_dir))):
                 found.append(f"mount {mountpoint}")
-        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode == 0:
+        if _link_exists(BRIDGE):
             found.append(f"link {BRIDGE}")
-        rules = subprocess.run(["iptables-save"], capture_output=True, text=True).stdout.splitlines()
-        found += [f"iptables chain {r[1:].split()[0]}" for r in rules if r.startswith((":KUBE-", ":CNI-"))]
-        for port in (ETCD_PORT, ETCD_PORT + 1, ETCD_PORT + 2, 10248, 10249, 10256, 10257, 10259, DNS_HEALTH, DNS_READY):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    found.append(f"port 127.0.0.1:{port}")
+        found += [f"port 127.0.0.1:{port}" for port in LOOPBACK_PORTS if _port_open(port)]
+        record = self._host_record()
+        if record is not None:
+            found += [f"{tool} chain {chain}" for tool, chain in _chains()]
+            found += [f"sysctl {k} is {v}, was {record['sysctls'][k]}" for k, v in _sysctls().items()
+                      if k in record["sysctls"] and v != record["sysctls"][k]]  # fmt: skip
         return found
+
+    @property
+    def _record_file(self) -> Path:
+        return self.run_dir / "host.json"
+
+    def _host_record(self) -> dict | None:
+        """What the host was like before our `up` changed it; its existence says the changes are ours."""
+        try:
+            return json.loads(self._record_file.read_text())
+        except (OSError, ValueError):
+            return None
 
     # ------------------------------------------------------------------ helpers for tests
 
@@ -246,7 +342,7 @@ class Cluster:
         return ["kube-controller-manager", "--kubeconfig", str(self.state / "controller-manager.kubeconfig"),
                 "--authentication-kubeconfig", str(self.state / "controller-manager.kubeconfig"),
                 "--authorization-kubeconfig", str(self.state / "controller-manager.kubeconfig"),
-                "--bind-address", "127.0.0.1", "--leader-elect=false",
+                "--bind-address", "127.0.0.1", "--secure-port", str(CONTROLLER_MANAGER_PORT), "--leader-elect=false",
                 "--service-account-private-key-file", str(p("service-account", "key")),
                 "--root-ca-file", str(p("ca", "crt")), "--use-service-account-credentials",
                 "--cluster-signing-cert-file", str(p("ca", "crt")), "--cluster-signing-key-file", str(p("ca", "key")),
@@ -256,7 +352,8 @@ class Cluster:
     def _scheduler_args(self) -> list[str]:
         kc = str(self.state / "scheduler.kubeconfig")
         return ["kube-scheduler", "--kubeconfig", kc, "--authentication-kubeconfig", kc,
-                "--authorization-kubeconfig", kc, "--bind-address", "127.0.0.1", "--leader-elect=false",
+                "--authorization-kubeconfig", kc, "--bind-address", "127.0.0.1",
+                "--secure-port", str(SCHEDULER_PORT), "--leader-elect=false",
                 "--v=1"]  # fmt: skip
 
     def _provisioner_args(self) -> list[str]:
@@ -272,15 +369,20 @@ class Cluster:
     def _proxy_args(self) -> list[str]:
         return ["kube-proxy", "--kubeconfig", str(self.state / "kube-proxy.kubeconfig"),
                 "--hostname-override", NODE, "--cluster-cidr", POD_CIDR, "--proxy-mode", "iptables",
-                "--bind-address", NODE_IP, "--healthz-bind-address", "127.0.0.1:10256",
-                "--metrics-bind-address", "127.0.0.1:10249", "--conntrack-max-per-core", "0", "--v=1"]  # fmt: skip
+                "--bind-address", NODE_IP, "--healthz-bind-address", f"127.0.0.1:{PROXY_HEALTHZ_PORT}",
+                "--metrics-bind-address", f"127.0.0.1:{PROXY_METRICS_PORT}",
+                # 0: leave the host's conntrack table size and timeouts as they are
+                "--conntrack-max-per-core", "0", "--conntrack-tcp-timeout-established", "0",
+                "--conntrack-tcp-timeout-close-wait", "0", "--v=1"]  # fmt: skip
 
     def _write_kubelet_config(self) -> None:
         config = {
             "apiVersion": "kubelet.config.k8s.io/v1beta1",
             "kind": "KubeletConfiguration",
             "address": NODE_IP,
+            "port": KUBELET_PORT,
             "healthzBindAddress": "127.0.0.1",
+            "healthzPort": KUBELET_HEALTHZ_PORT,
             "authentication": {
                 "anonymous": {"enabled": False},
                 "webhook": {"enabled": True},
@@ -289,6 +391,7 @@ class Cluster:
             "authorization": {"mode": "Webhook"},
             "tlsCertFile": str(self.pki.path("kubelet-server", "crt")),
             "tlsPrivateKeyFile": str(self.pki.path("kubelet-server", "key")),
+            "podLogsDir": str(self.state / "kubelet" / "pod-logs"),  # not /var/log/pods
             "containerRuntimeEndpoint": f"unix://{self.containerd_socket}",
             "cgroupDriver": "cgroupfs",
             "failSwapOn": False,
@@ -316,6 +419,8 @@ state = "{self.run_dir / "containerd-state"}"
   # this machine's root lacks CAP_SYS_RESOURCE: the kubelet's negative OOM scores (-998 for the
   # sandbox) cannot be set, so containerd raises them to its own, as it does for rootless setups
   restrict_oom_score_adj = true
+  # pods' network namespaces under containerd's state directory (in our run directory), not /run/netns
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -330,7 +435,7 @@ state = "{self.run_dir / "containerd-state"}"
         )
         cni = {
             "cniVersion": "1.0.0",
-            "name": "codex",
+            "name": CNI_NETWORK,
             "plugins": [
                 {
                     "type": "bridge",
@@ -340,7 +445,7 @@ state = "{self.run_dir / "containerd-state"}"
                     "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
-                        "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP, "rangeStart": "10.244.0.10"}]],
+                        "ranges": [[{"subnet": POD_CIDR, "gateway": NODE_IP, "rangeStart": POD_RANGE_START}]],
                         "routes": [{"dst": "0.0.0.0/0"}],
                         "dataDir": str(self.state / "cni" / "ipam"),
                     },
@@ -386,23 +491,20 @@ state = "{self.run_dir / "containerd-state"}"
     # ------------------------------------------------------------------ network
 
     def _network_up(self) -> None:
-        """The cluster's own bridge: the node's address, the API server's, and the pods' gateway."""
-        if subprocess.run(["ip", "link", "show", BRIDGE], capture_output=True).returncode != 0:
+        """The cluster's own bridge: the node's address, the API server's, and the pods' gateway. The
+        sysctls are recorded first (once per `up`ed cluster: a second `up` must not record ours)."""
+        if self._host_record() is None:
+            tmp = self._record_file.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"sysctls": _sysctls()}, indent=2))
+            os.replace(tmp, self._record_file)
+        if not _link_exists(BRIDGE):
             subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
-        subprocess.run(["ip", "addr", "replace", f"{NODE_IP}/24", "dev", BRIDGE], check=True)
+        subprocess.run(["ip", "addr", "replace", f"{NODE_IP}/{_pods.prefixlen}", "dev", BRIDGE], check=True)
         subprocess.run(["ip", "link", "set", BRIDGE, "up"], check=True)
         for key, value in (("net/ipv4/ip_forward", "1"), ("net/bridge/bridge-nf-call-iptables", "1")):
             path = Path("/proc/sys") / key
             if path.exists():
                 path.write_text(value)
-
-    def _network_down(self) -> None:
-        netns = Path("/run/netns")
-        for ns in netns.glob("cni-*") if netns.is_dir() else []:
-            subprocess.run(["umount", str(ns)], capture_output=True)
-            ns.unlink(missing_ok=True)
-        subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
-        _remove_iptables_chains(("KUBE-", "CNI-"))
 
     # ------------------------------------------------------------------ processes
 
@@ -411,33 +513,29 @@ state = "{self.run_dir / "containerd-state"}"
             return
         log = (self.state / "logs" / f"{name}.log").open("ab")
         cmd = args if raw else [str(self.bin), *args]
+        if name == self.broken:
+            cmd = [*cmd, "--no-such-flag-for-a-test"]
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True)  # fmt: skip
-        (self.state / "pids" / f"{name}.pid").write_text(str(proc.pid))
+        write_pid_file(self.state / "pids" / f"{name}.pid", proc, cmd)
         time.sleep(0.2)
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited at once; see {self.state / 'logs' / f'{name}.log'}")
 
-    def _pid(self, name: str) -> int | None:
-        f = self.state / "pids" / f"{name}.pid"
-        return int(f.read_text()) if f.is_file() else None
-
     def _alive(self, name: str) -> bool:
-        pid = self._pid(name)
-        return pid is not None and running(pid)
+        return our_pid(self.state / "pids" / f"{name}.pid") is not None
 
     def _stop(self, name: str, grace: float = 15) -> None:
-        pid = self._pid(name)
-        if pid is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + grace
-        while self._alive(name) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pid, signal.SIGKILL)
-        (self.state / "pids" / f"{name}.pid").unlink(missing_ok=True)
+        """Stop the process group we started for `name`: only while its pid still runs our command line."""
+        pid_file = self.state / "pids" / f"{name}.pid"
+        pid = our_pid(pid_file)
+        if pid is not None:
+            signal_group(pid, signal.SIGTERM)
+            deadline = time.monotonic() + grace
+            while self._alive(name) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            signal_group(pid, signal.SIGKILL)  # the rest of the group, and a leader that ignored SIGTERM
+        pid_file.unlink(missing_ok=True)
 
     def _kill_shims(self) -> None:
         """containerd-shim processes outlive containerd by design; ours name our socket."""
@@ -483,26 +581,84 @@ state = "{self.run_dir / "containerd-state"}"
             if cond():
                 return
             for name in COMPONENTS:
-                if self._pid(name) is not None and not self._alive(name):
+                if (self.state / "pids" / f"{name}.pid").is_file() and not self._alive(name):
                     raise RuntimeError(f"{name} died while waiting for {what}; see {self.state}/logs/{name}.log")
             time.sleep(0.5)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what}; logs in {self.state}/logs")
 
 
-def _remove_iptables_chains(prefixes: tuple[str, ...]) -> None:
-    """Delete the rules that jump to chains with these prefixes, then the chains (the kubelet's
-    canary and firewall chains stay behind after `kube-proxy --cleanup`)."""
-    for table in ("filter", "nat", "mangle"):
-        rules = subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True).stdout.splitlines()
-        chains = [r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(prefixes)]
-        for rule in rules:
-            parts = rule.split()
-            if parts[0] == "-A" and not parts[1].startswith(prefixes) and any(c in parts for c in chains):
-                subprocess.run(["iptables", "-t", table, "-D", *parts[1:]], capture_output=True)
-        for chain in chains:
-            subprocess.run(["iptables", "-t", table, "-F", chain], capture_output=True)
-        for chain in chains:
-            subprocess.run(["iptables", "-t", table, "-X", chain], capture_output=True)
+_TOOLS, _TABLES = ("iptables", "ip6tables"), ("filter", "nat", "mangle")
+
+
+def _chains() -> list[tuple[str, str]]:
+    """(tool, table/chain) for every KUBE-* and CNI-* chain on the host, IPv4 and IPv6."""
+    found = []
+    for tool in _TOOLS:
+        for table in _TABLES:
+            rules = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True).stdout.splitlines()
+            found += [(tool, f"{table}/{r.split()[1]}") for r in rules
+                      if r.startswith("-N ") and r.split()[1].startswith(CHAIN_PREFIXES)]  # fmt: skip
+    return found
+
+
+def _remove_chains() -> None:
+    """Delete the rules that jump to KUBE-*/CNI-* chains, then the chains (the kubelet's canary and
+    firewall chains stay behind after `kube-proxy --cleanup`). Called only while the host record says
+    there were none before our `up`, so every one of them is ours."""
+    for tool in _TOOLS:
+        for table in _TABLES:
+            rules = subprocess.run([tool, "-t", table, "-S"], capture_output=True, text=True).stdout.splitlines()
+            chains = [r.split()[1] for r in rules if r.startswith("-N ") and r.split()[1].startswith(CHAIN_PREFIXES)]
+            for rule in rules:
+                parts = shlex.split(rule)  # comments are quoted: "CNI firewall plugin rules"
+                if parts[0] == "-A" and not parts[1].startswith(CHAIN_PREFIXES) and any(c in parts for c in chains):
+                    subprocess.run([tool, "-t", table, "-D", *parts[1:]], capture_output=True)
+            for op in ("-F", "-X"):
+                for chain in chains:
+                    subprocess.run([tool, "-t", table, op, chain], capture_output=True)
+
+
+def _sysctls() -> dict[str, str]:
+    values = {}
+    for key in SYSCTLS:
+        with contextlib.suppress(OSError):
+            values[key] = (Path("/proc/sys") / key).read_text().strip()
+    return values
+
+
+def _restore_sysctls(before: dict[str, str]) -> None:
+    now = _sysctls()
+    for key, value in before.items():
+        if key in now and now[key] != value:
+            try:
+                (Path("/proc/sys") / key).write_text(value)
+            except OSError as e:
+                print(f"could not restore sysctl {key} to {value}: {e}", file=sys.stderr)
+
+
+def _remove_cni_results(containers: list[str]) -> None:
+    """libcni caches each attachment in /var/lib/cni/results/<network>-<container id>-<interface>; pod
+    sandboxes removed without a CNI DEL leave theirs. Container ids are unique: these are ours."""
+    results = Path("/var/lib/cni/results")
+    for cid in containers:
+        for f in results.glob(f"*-{cid}-*") if results.is_dir() else []:
+            f.unlink(missing_ok=True)
+
+
+def _remove_links_into(directory: Path, root: Path) -> None:
+    for link in directory.iterdir() if directory.is_dir() else []:
+        with contextlib.suppress(OSError):
+            if link.is_symlink() and Path(os.readlink(link)).is_relative_to(root):
+                link.unlink()
+
+
+def _link_exists(name: str) -> bool:
+    return subprocess.run(["ip", "link", "show", name], capture_output=True).returncode == 0
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def _go_build(src: Path, out: Path, ldflags: list[str]) -> None:
@@ -577,6 +733,8 @@ def main() -> None:
         for name in COMPONENTS:
             print(f"{name:<24} {'running' if cluster._alive(name) else 'stopped'}")
         print(f"{'api /readyz':<24} {'ok' if cluster._api_ready() else 'no'}")
+        if not cluster.is_up():
+            print(f"{'leftovers':<24} {'; '.join(cluster.leftovers()) or 'none'}")
     else:
         sys.exit(f"usage: {sys.argv[0]} up|down|status|build")
 

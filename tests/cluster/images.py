@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from procs import running
+from procs import our_pid, running, write_pid_file
 
 HERE = Path(__file__).resolve().parent
 BASE = "codex.local/debian:bookworm"
@@ -39,7 +39,7 @@ class Images:
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         log = (self.state / "logs" / "dockerd.log").open("ab")
         proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        self.pid_file.write_text(str(proc.pid))
+        write_pid_file(self.pid_file, proc, ["dockerd"])
         deadline = time.monotonic() + 60
         while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -47,15 +47,15 @@ class Images:
             time.sleep(0.5)
 
     def stop_docker(self) -> None:
-        """Stop dockerd if this harness started it (its images stay in /var/lib/docker as a cache)."""
-        if not self.pid_file.is_file():
-            return
-        pid = int(self.pid_file.read_text())
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, 15)
-        deadline = time.monotonic() + 20
-        while running(pid) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        """Stop dockerd if this harness started it and it still runs (its images stay in /var/lib/docker
+        as a cache)."""
+        pid = our_pid(self.pid_file)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 15)
+            deadline = time.monotonic() + 20
+            while running(pid) and time.monotonic() < deadline:
+                time.sleep(0.1)
         self.pid_file.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ images
@@ -108,7 +108,8 @@ class Images:
         if tag_full not in listed and tag not in listed:
             raise RuntimeError(f"{tag} is not in containerd after import (have: {listed})")
 
-    def remove_all_containers(self) -> None:
+    def remove_all_containers(self) -> list[str]:
+        """Kill and delete every container of the node's containerd; returns their ids (pod sandboxes too)."""
         tasks = subprocess.run(self._ctr("tasks", "ls", "-q"), capture_output=True, text=True).stdout.split()
         for t in tasks:
             subprocess.run(self._ctr("tasks", "kill", "-s", "SIGKILL", t), capture_output=True)
@@ -118,8 +119,10 @@ class Images:
                 if time.monotonic() > deadline:
                     break
                 time.sleep(0.2)
-        for c in subprocess.run(self._ctr("containers", "ls", "-q"), capture_output=True, text=True).stdout.split():
+        containers = subprocess.run(self._ctr("containers", "ls", "-q"), capture_output=True, text=True).stdout.split()
+        for c in containers:
             subprocess.run(self._ctr("containers", "delete", c), capture_output=True)
+        return containers
 
     def _ctr(self, *args: str) -> list[str]:
         return ["ctr", "--address", self.socket, "--namespace", "k8s.io", *args]

@@ -48,10 +48,12 @@ def cluster():
         return
     c = Cluster()
     started_here = not c.is_up()
-    c.up()
-    yield c
-    if started_here and not os.environ.get("CODEX_KEEP_CLUSTER"):
-        c.down()
+    c.up()  # a failed `up` removes what it started before it raises
+    try:
+        yield c
+    finally:  # also when the session fails or is interrupted
+        if started_here and not os.environ.get("CODEX_KEEP_CLUSTER"):
+            c.down()
 
 
 @pytest.fixture(scope="session")

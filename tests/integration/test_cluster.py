@@ -4,12 +4,14 @@ mock of the API would fake, on the API server, the controllers and a node that r
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from cluster import SYSCTLS, Cluster
 from support import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -40,6 +42,38 @@ spec:
             - rule: "self.mode != 'fast' || self.size <= 10"
               message: "a fast widget has size 10 at most"
 """
+
+
+def _host_networking() -> dict:
+    """What the cluster's components may change on the host and `down` must put back as it was (not
+    Docker's: a dockerd the harness starts for its images leaves docker0 and its chains, as Docker does)."""
+    chains = {}
+    for tool in ("iptables", "ip6tables"):
+        out = subprocess.run([f"{tool}-save"], capture_output=True, text=True).stdout.splitlines()
+        chains[tool] = sorted(line[1:].split()[0] for line in out if line.startswith((":KUBE-", ":CNI-")))
+    sysctls = {k: (Path("/proc/sys") / k).read_text() for k in SYSCTLS if (Path("/proc/sys") / k).exists()}
+    netns = sorted(p.name for p in Path("/run/netns").iterdir()) if Path("/run/netns").is_dir() else []
+    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout or "[]")
+    links = sorted(link["ifname"] for link in links if link["ifname"] != "docker0")
+    return {"chains": chains, "sysctls": sysctls, "netns": netns, "links": links}
+
+
+def test_a_failed_up_leaves_nothing_behind():
+    """Runs first in this file and takes no `cluster` fixture: only while no cluster is up (a run from
+    scratch, as in CI), so it never stops one that other tests use. It starts the cluster with CoreDNS,
+    the last component, given a flag it refuses: everything before it (network, chains, containerd,
+    kubelet) is up when `up` fails, and must be gone, with the host's networking as it was, when it raises."""
+    if os.environ.get("CODEX_KUBECONFIG"):
+        pytest.skip("tests another cluster")
+    c = Cluster(broken="coredns")
+    if c.is_up() or c.leftovers() or c.conflicts():
+        pytest.skip("a cluster is up (or its leftovers are there): this test only runs from scratch")
+    before = _host_networking()
+    with pytest.raises(RuntimeError, match="coredns"):
+        c.up()
+    assert c.leftovers() == []
+    assert not c.run_dir.exists()
+    assert _host_networking() == before
 
 
 def pod(name: str, image: str, command: list[str], **extra) -> str:
