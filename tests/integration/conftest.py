@@ -96,8 +96,10 @@ def trainer_image(cluster) -> str:
 class OperatorProcess:
     """`codex-operator run` as a user starts it from a laptop: outside the cluster, through $KUBECONFIG."""
 
-    def __init__(self, kubeconfig: Path, image: str, log: Path):
+    # the tests' namespaces only (t-*): a benchmark may run its own operator beside
+    def __init__(self, kubeconfig: Path, image: str, log: Path, namespaces: str = "t-*", via: str = "proxy"):
         self.kubeconfig, self.image, self.log = kubeconfig, image, log
+        self.namespaces, self.via = namespaces, via
         self.metrics_port = _free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -105,8 +107,8 @@ class OperatorProcess:
         out = self.log.open("a")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codex_operator.cli", "run", "--progress-interval", "2",
-             "--metrics-port", str(self.metrics_port), "--default-image", self.image, "--progress-via", "proxy",
-             "--namespace", "t-*"],  # the tests' namespaces only: a benchmark may run its own operator beside
+             "--metrics-port", str(self.metrics_port), "--default-image", self.image, "--progress-via", self.via,
+             "--namespace", self.namespaces],
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         from support import wait_for

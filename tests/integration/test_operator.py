@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -344,3 +346,24 @@ def test_a_job_reads_its_data_from_an_existing_claim_mounted_read_only(operator,
     (attempt,) = jobs.children("job", "fromclaim")
     mounts = attempt["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
     assert {"name": "data", "mountPath": "/data", "readOnly": True} in mounts
+
+
+def test_progress_read_by_pod_ip_as_an_operator_inside_the_cluster_does(cluster, crd, trainer_image, tmp_path):
+    """The in-cluster path: rank 0's metrics straight from its pod IP (this host routes to pod IPs, as a
+    pod of the cluster would). A second operator, on namespaces of its own (p-*), so the suite's stays out."""
+    from conftest import OperatorProcess
+
+    ns = f"p-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", ns)
+    op = OperatorProcess(Path(cluster.kubeconfig), trainer_image, tmp_path / "op.log", namespaces="p-*", via="pod-ip")
+    op.start()
+    try:
+        jobs = Jobs(cluster, ns)
+        jobs.apply(manifest("podip", *SHORT, "training.maxSteps=200"))
+        seen = wait_for(lambda: (jobs.status("podip").get("progress") or {}).get("step"), "progress by pod IP", 300)
+        done = jobs.wait_phase("podip", "Succeeded", timeout=300)
+        assert seen > 0 and done["progress"]["stepText"] == "200/200"
+        assert 'codex_operator_api_calls_total{kind="pods/proxy"' not in (op.metrics() or "")
+    finally:
+        op.stop()
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
