@@ -54,7 +54,7 @@ def test_file_problems_name_the_field_and_the_fix(tmp_path, jsonl):
         ([str(tmp_path / "missing.jsonl")], "text", "spec.data.train", "not found"),
         ([str(empty)], "text", "spec.data.train", "empty"),
         ([str(jsonl)], "content", "spec.data.textField", "fields there: text, id"),
-        ([str(tmp_path / "d.csv")], "text", "spec.data.train", "unsupported extension"),
+        ([str(tmp_path / "d.xyz")], "text", "spec.data.train", "unsupported extension"),
     ]
     for files, field, path, words in cases:
         with pytest.raises(SpecError) as e:

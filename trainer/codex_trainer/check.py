@@ -1,9 +1,10 @@
 """`codex-train validate`: what can be checked without training, in seconds.
 
-The data files exist and parse (every row has a string in data.textField); the tokenizer and the model
-source resolve (a Hub source is looked up, its config and tokenizer fetched, no weights); the model
-built from its config (on the meta device: no memory, no weights) has the peft.targetModules and
-modulesToSave named, an embedding as large as the tokenizer, and positions for data.maxSeqLength.
+The callbacks named are installed; the data files exist and parse (every row has a string in
+data.textField); the tokenizer and the model source resolve (a Hub source is looked up, its config and
+tokenizer fetched, no weights); the model built from its config (on the meta device: no memory, no
+weights) has the peft.targetModules and modulesToSave named, an embedding as large as the tokenizer, and
+positions for data.maxSeqLength.
 Problems raise SpecError (or TransientError when the Hub cannot be reached), as `run` would later.
 """
 
@@ -11,10 +12,12 @@ from __future__ import annotations
 
 from .data import read_texts
 from .errors import SpecError
+from .plugins import check_callbacks
 from .spec import JobSpec
 
 
 def check_job(spec: JobSpec, warn) -> None:
+    check_callbacks(spec.callbacks)
     read_texts(spec.data.train_files, spec.data.text_field, "spec.data.train")
     if spec.data.validation_files:
         read_texts(spec.data.validation_files, spec.data.text_field, "spec.data.validation")

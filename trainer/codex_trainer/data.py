@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SpecError, disk_full, is_disk_full
+from .errors import DataError, SpecError, disk_full, is_disk_full
 from .files import atomic_file, sha256_file
+from .plugins import READERS, reader_extensions, reader_for
 from .spec import DataSpec
 
 CACHE_VERSION = 2
-_FORMATS = {".jsonl": "jsonl", ".json": "json", ".txt": "txt", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -51,20 +51,41 @@ class Dataset:
 def read_texts(files: list[str], text_field: str, field: str) -> list[str]:
     """Read every example's text from the given files; SpecError names `field`, the file and the line of a bad row.
 
-    Every value of `text_field` must be a string: null, numbers and booleans are refused, not trained as
-    their spelling. Empty strings are skipped."""
+    The reader comes from the file's extension (codex_trainer.plugins: the built-in ones and any installed
+    through the codex_trainer.readers entry points). Every value of `text_field` must be a string: null,
+    numbers and booleans are refused, not trained as their spelling. Empty strings are skipped."""
     texts: list[str] = []
     for name in files:
         path = Path(name)
-        fmt = _FORMATS.get(path.suffix.lower())
-        if fmt is None:
-            raise SpecError(field, f"'{name}' has an unsupported extension; use one of {', '.join(_FORMATS)}")
+        found = reader_for(path.suffix, field)
+        if found is None:
+            raise SpecError(
+                field,
+                f"'{name}' has an unsupported extension; readers are installed for {', '.join(reader_extensions())} "
+                f"(add one through the {READERS} entry points)",
+            )
         check_data_path(name, field)
-        got = _READERS[fmt](path, text_field, field)
+        got = _read_with(found, path, text_field, field)
         if not got:
             raise SpecError(field, f"'{name}' has no examples with text; it is empty")
         texts.extend(got)
     return texts
+
+
+def _read_with(found: tuple, path: Path, text_field: str, field: str) -> list[str]:
+    """Call a reader: DataError (or any ValueError) becomes a SpecError under `field`; a plugin's texts are
+    checked to be strings."""
+    reader, origin = found
+    try:
+        got = list(reader(path, text_field))
+    except DataError as e:
+        raise SpecError(field, str(e)) from None
+    except ValueError as e:
+        raise SpecError(field, f"'{path}' could not be read by {origin}: {e}") from None
+    for i, text in enumerate(got):
+        if not isinstance(text, str):
+            raise SpecError(field, f"'{path}': {origin} returned {type(text).__name__} for example {i}, not a string")
+    return [t for t in got if t]
 
 
 def check_data_path(name: str, field: str) -> None:
@@ -86,67 +107,66 @@ def _missing_field(path: Path, where: str, text_field: str, fields: list[str]) -
     )
 
 
-def _decode(path: Path, field: str) -> str:
+def _decode(path: Path) -> str:
     """The whole file as UTF-8; a file that is not is refused with the byte offset and line of the first bad byte."""
     raw = path.read_bytes()
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
-        raise SpecError(
-            field,
+        raise DataError(
             f"'{path}' is not UTF-8 text: byte 0x{raw[e.start]:02x} at offset {e.start} (line {line}) "
             f"{e.reason}; convert the file to UTF-8 (e.g. iconv -t UTF-8)",
         ) from None
 
 
-def _read_jsonl(path: Path, text_field: str, field: str) -> list[str]:
+def read_jsonl(path: Path, text_field: str) -> list[str]:
     out = []
-    for n, line in enumerate(_lines(_decode(path, field)), 1):
+    for n, line in enumerate(_lines(_decode(path)), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise SpecError(field, f"'{path}' line {n} is not JSON: {e.msg}") from None
-        out.append(_text_of(row, path, f"line {n}", text_field, field))
+            raise DataError(f"'{path}' line {n} is not JSON: {e.msg}") from None
+        out.append(_text_of(row, path, f"line {n}", text_field))
     return [t for t in out if t]
 
 
-def _read_json(path: Path, text_field: str, field: str) -> list[str]:
+def read_json(path: Path, text_field: str) -> list[str]:
     try:
-        rows = json.loads(_decode(path, field))
+        rows = json.loads(_decode(path))
     except json.JSONDecodeError as e:
-        raise SpecError(field, f"'{path}' is not JSON: {e.msg} (line {e.lineno})") from None
+        raise DataError(f"'{path}' is not JSON: {e.msg} (line {e.lineno})") from None
     if not isinstance(rows, list):
-        raise SpecError(field, f"'{path}' must hold a JSON list of objects")
-    return [t for t in (_text_of(r, path, f"item {i}", text_field, field) for i, r in enumerate(rows)) if t]
+        raise DataError(f"'{path}' must hold a JSON list of objects")
+    return [t for t in (_text_of(r, path, f"item {i}", text_field) for i, r in enumerate(rows)) if t]
 
 
-def _text_of(row: object, path: Path, where: str, text_field: str, field: str) -> str:
+def _text_of(row: object, path: Path, where: str, text_field: str) -> str:
     if not isinstance(row, dict):
-        raise SpecError(field, f"'{path}' {where}: each example must be a JSON object with '{text_field}'")
+        raise DataError(f"'{path}' {where}: each example must be a JSON object with '{text_field}'")
     if text_field not in row:
         raise _missing_field(path, where, text_field, list(row))
-    return _checked_text(row[text_field], path, where, text_field, field)
+    return _checked_text(row[text_field], path, where, text_field)
 
 
-def _checked_text(value: object, path: Path, where: str, text_field: str, field: str) -> str:
+def _checked_text(value: object, path: Path, where: str, text_field: str) -> str:
     """A string that encodes as UTF-8; anything else (null, a number, a lone surrogate) is refused."""
     if not isinstance(value, str):
         got = "null" if value is None else f"{type(value).__name__} {json.dumps(value)[:40]}"
-        raise SpecError(field, f"'{path}' {where}: field '{text_field}' is {got}, not a string")
+        raise DataError(f"'{path}' {where}: field '{text_field}' is {got}, not a string")
     try:
         value.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise SpecError(
-            field, f"'{path}' {where}: field '{text_field}' holds a lone surrogate (\\u{ord(value[e.start]):04x})"
+        raise DataError(
+            f"'{path}' {where}: field '{text_field}' holds a lone surrogate (\\u{ord(value[e.start]):04x})"
         ) from None
     return value
 
 
-def _read_txt(path: Path, text_field: str, field: str) -> list[str]:
-    return [line for line in _lines(_decode(path, field)) if line.strip()]
+def read_txt(path: Path, text_field: str) -> list[str]:
+    return [line for line in _lines(_decode(path)) if line.strip()]
 
 
 def _lines(text: str) -> list[str]:
@@ -155,27 +175,24 @@ def _lines(text: str) -> list[str]:
     return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
 
 
-def _read_parquet(path: Path, text_field: str, field: str) -> list[str]:
+def read_parquet(path: Path, text_field: str) -> list[str]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         table = pq.read_table(path)
     except (pa.ArrowException, OSError) as e:
-        raise SpecError(field, f"'{path}' is not a readable parquet file: {str(e).splitlines()[0]}") from None
+        raise DataError(f"'{path}' is not a readable parquet file: {str(e).splitlines()[0]}") from None
     if text_field not in table.column_names:
         raise _missing_field(path, "", text_field, table.column_names)
     column = table.column(text_field)
     if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise SpecError(field, f"'{path}': column '{text_field}' holds {column.type}, not strings")
+        raise DataError(f"'{path}': column '{text_field}' holds {column.type}, not strings")
     values = column.to_pylist()
     for i, v in enumerate(values):
         if v is None:
-            raise SpecError(field, f"'{path}' row {i}: column '{text_field}' is null, not a string")
+            raise DataError(f"'{path}' row {i}: column '{text_field}' is null, not a string")
     return [t for t in values if t]
-
-
-_READERS = {"jsonl": _read_jsonl, "json": _read_json, "txt": _read_txt, "parquet": _read_parquet}
 
 
 # ---------------------------------------------------------------- split, tokenize, pack

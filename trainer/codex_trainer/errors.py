@@ -28,6 +28,11 @@ class SpecError(Exception):
         return "\n".join(f"{path}: {msg}" if path else msg for path, msg in self.problems)
 
 
+class DataError(ValueError):
+    """A data file a reader cannot use; the message names the file and where in it. The loader reports it
+    under the spec field that named the file (exit 2). Readers, plugins' included, raise it (or ValueError)."""
+
+
 class TransientError(Exception):
     """Something outside the spec failed (the network, say): worth a retry, not a traceback."""
 

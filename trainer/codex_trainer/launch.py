@@ -42,6 +42,7 @@ from .errors import (
     read_worker_messages,
     write_termination_message,
 )
+from .plugins import check_callbacks
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ def launch(manifest, args) -> int:
     previous = {s: signal.signal(s, early_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         check_data_files(manifest.spec)
+        check_callbacks(manifest.spec.callbacks)
         rdzv = Rendezvous.from_env()
         if rdzv.world_size == 1:
             return run_in_process(manifest, args)

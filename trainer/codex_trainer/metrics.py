@@ -1,4 +1,5 @@
-"""Where progress goes: metrics.jsonl, Prometheus gauges, MLflow, the console, and system figures.
+"""Where progress goes: metrics.jsonl, Prometheus gauges, MLflow, TensorBoard, the console, callbacks
+(codex_trainer.plugins) and system figures.
 
 The training loop talks to one `Sink`, which passes each figure on to all of them."""
 
@@ -15,28 +16,47 @@ import psutil
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from .console import Console
-from .files import write_text_atomically
+from .errors import SpecError
+from .files import atomic_file, write_text_atomically
+from .plugins import Callbacks
 
 
 class Sink:
-    """metrics.jsonl, Prometheus, MLflow and the console, as one. Rank 0 writes (`enabled`); on the other
-    ranks every method does nothing. Prometheus serves from the start (its port is checked before anything
-    loads); the files open with `open`, once the run knows its step; `close` ends all of them."""
+    """metrics.jsonl, Prometheus, MLflow, TensorBoard, the console and callbacks, as one. Rank 0 writes
+    (`enabled`); on the other ranks every method does nothing. Prometheus serves from the start (its port is
+    checked before anything loads); the files open with `open`, once the run knows its step; `close` ends
+    all of them (and tells the callbacks, `on_end`)."""
 
-    def __init__(self, enabled: bool, console: Console, prometheus: Prometheus | None):
+    def __init__(
+        self, enabled: bool, console: Console, prometheus: Prometheus | None, callbacks: list[Callbacks] | None = None
+    ):
         self.enabled = enabled
         self.console = console
         self.prometheus = prometheus
+        self.callbacks = callbacks or []
         self.metrics: MetricsFile | None = None
         self.mlflow: Mlflow | None = None
+        self.tensorboard: TensorBoard | None = None
         self.stats: SystemStats | None = None
+        self.last_step: int | None = None
 
-    def open(self, metrics_file: Path, resume_step: int, mlflow: Callable[[], Mlflow | None], use_gpu: bool) -> None:
-        """Start writing metrics.jsonl (after `resume_step`), MLflow (`mlflow()` opens the run) and system figures."""
+    def open(
+        self,
+        metrics_file: Path,
+        resume_step: int,
+        mlflow: Callable[[], Mlflow | None],
+        use_gpu: bool,
+        tensorboard: Path | None = None,
+    ) -> None:
+        """Start writing metrics.jsonl (after `resume_step`), MLflow (`mlflow()` opens the run), TensorBoard
+        event files in `tensorboard` (when given) and system figures."""
         if not self.enabled:
             return
+        self.last_step = resume_step
         self.metrics = MetricsFile(metrics_file, resume_step)
         self.mlflow = mlflow()
+        if tensorboard is not None:
+            self.tensorboard = TensorBoard(tensorboard, resume_step)
         self.stats = SystemStats(use_gpu)
 
     def event(self, event: str, **fields: Any) -> None:
@@ -64,6 +84,10 @@ class Sink:
             if "gpu_memory_mb" in row:
                 p.gpu_memory.set(row["gpu_memory_mb"] * 2**20)
         self._log(row)
+        if self.tensorboard:
+            self.tensorboard.scalars(row["step"], {k: row[k] for k in TensorBoard.TRAIN if k in row}, "train")
+        self.last_step = row["step"]
+        self._callbacks("on_step", {**row, "total_steps": total_steps})
         self.console.progress(row["step"], total_steps, loss=row["loss"], tok_s=round(row["tokens_per_second"]))
 
     def evaluated(self, step: int, loss: float, perplexity: float) -> None:
@@ -72,6 +96,9 @@ class Sink:
         self._log({"step": step, "eval_loss": loss, "perplexity": perplexity})
         if self.prometheus:
             self.prometheus.eval_loss.set(loss)
+        if self.tensorboard:
+            self.tensorboard.scalars(step, {"loss": loss, "perplexity": perplexity}, "eval")
+        self._callbacks("on_eval", {"step": step, "eval_loss": loss, "perplexity": perplexity})
         self.console.event("eval", step=step, eval_loss=round(loss, 4), perplexity=round(perplexity, 2))
 
     def checkpointed(self, step: int, path: Path) -> None:
@@ -81,19 +108,33 @@ class Sink:
             self.prometheus.checkpoint_step.set(step)
             self.prometheus.checkpoint_time.set(time.time())
         self._log({"step": step, "checkpoint": str(path)})
+        if self.tensorboard:  # what a checkpoint covers is on disk: a kill after it loses no point of the curves
+            self.tensorboard.flush()
+        self._callbacks("on_checkpoint", {"step": step, "path": str(path)})
         self.console.event("checkpoint", step=step, path=str(path))
 
     def close(self, status: str = "FINISHED") -> None:
-        """End everything opened (safe to call twice); `status` is the MLflow run's."""
+        """End everything opened (safe to call twice); `status` is the MLflow run's (FINISHED, KILLED or
+        FAILED), and the callbacks' on_end gets it."""
+        if self.enabled and self.callbacks:
+            self._callbacks("on_end", {"status": status, "step": self.last_step})
+            self.callbacks = []
         if self.metrics:
             self.metrics.close()
             self.metrics = None
+        if self.tensorboard:
+            self.tensorboard.close()
+            self.tensorboard = None
         if self.prometheus:
             self.prometheus.close()
         if self.mlflow:
             self.mlflow.close(status)
             self.mlflow = None
         self.console.close()
+
+    def _callbacks(self, hook: str, payload: dict[str, Any]) -> None:
+        for cb in self.callbacks:
+            cb.call(hook, payload)
 
     def _log(self, row: dict[str, Any]) -> None:
         if self.metrics:
@@ -129,6 +170,57 @@ class MetricsFile:
 
     def close(self) -> None:
         self._f.close()
+
+
+class TensorBoard:
+    """Scalars in TensorBoard event files under one directory (torch.utils.tensorboard's SummaryWriter).
+
+    A resumed run continues the same curves: before writing, every event file there loses its events from
+    steps after `resume_step` (those the resumed run does again; a kill can leave some), and the new file
+    starts with TensorBoard's purge marker at `resume_step + 1`, so a TensorBoard already showing the lost
+    steps drops them too. No step appears twice."""
+
+    TRAIN = ("loss", "learning_rate", "tokens_per_second")
+
+    def __init__(self, directory: Path, resume_step: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise SpecError(
+                "spec.tracking.tensorboard", f"needs the tensorboard package ({e}); pip install tensorboard"
+            ) from None
+        directory.mkdir(parents=True, exist_ok=True)
+        for f in sorted(directory.glob("events.out.tfevents.*")):
+            drop_events_after(f, resume_step)
+        self.writer = SummaryWriter(str(directory), purge_step=resume_step + 1)
+
+    def scalars(self, step: int, values: dict[str, float], prefix: str) -> None:
+        for k, v in values.items():
+            self.writer.add_scalar(f"{prefix}/{k}", float(v), step)
+
+    def flush(self) -> None:
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def drop_events_after(path: Path, step: int) -> None:
+    """Rewrite an event file (atomically) without its events from steps after `step`, and without a record
+    torn by a kill; a file with nothing to drop is left as it is."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    records = list(RawEventFileLoader(str(path)).Load())
+    kept = [r for r in records if Event.FromString(r).step <= step]
+    if len(kept) == len(records) and sum(len(r) + 16 for r in records) == path.stat().st_size:
+        return
+    with atomic_file(path) as tmp, tmp.open("wb") as f:
+        writer = RecordWriter(f)
+        for r in kept:
+            writer.write(r)
+        writer.flush()
 
 
 class Prometheus:

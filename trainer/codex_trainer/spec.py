@@ -267,6 +267,11 @@ class MlflowSpec(_Model):
 
 class TrackingSpec(_Model):
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow tracking.")
+    tensorboard: bool = Field(
+        default=False,
+        description="Write TensorBoard scalars (loss, learning rate, tokens/s, eval loss, perplexity) under "
+        "<output>/tensorboard/; a resumed run continues the same curves.",
+    )
 
 
 class MetricsSpec(_Model):
@@ -395,6 +400,13 @@ class JobSpec(_Model):
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec, description="Checkpoint settings.")
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="Experiment tracking.")
     metrics: MetricsSpec = Field(default_factory=MetricsSpec, description="Prometheus metrics endpoint.")
+    callbacks: list[Name] = Field(
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Installed callbacks to enable, by name (entry points in the group codex_trainer.callbacks): "
+        "they receive on_step, on_eval, on_checkpoint and on_end on rank 0. An unknown name is refused when the "
+        "run starts; a callback that raises is reported once and disabled, and training goes on.",
+    )
     image: str | None = Field(
         default=None,
         min_length=1,

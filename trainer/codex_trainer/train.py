@@ -37,6 +37,7 @@ from .model import (
     wrap_peft,
 )
 from .outdir import output_lock, prepare_output_dir
+from .plugins import check_callbacks, load_callbacks
 from .runinfo import identity_changes, legacy_identity, resume_identity, training_changes, write_run_json
 from .spec import JobSpec
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
@@ -70,11 +71,13 @@ def train(
     is_main = accelerator.is_main_process
     console = console or Console(enabled=is_main)
     console.enabled = console.enabled and is_main
+    check_callbacks(spec.callbacks)  # on every rank: an unknown name stops them all alike (exit 2)
     if is_main:
         prepare_output_dir(out)
     accelerator.wait_for_everyone()
     with output_lock(out, enabled=is_main):
-        sink = Sink(is_main, console, _start_prometheus(metrics_port, spec, name) if is_main else None)
+        callbacks = load_callbacks(spec.callbacks, partial(_warn, console)) if is_main else None
+        sink = Sink(is_main, console, _start_prometheus(metrics_port, spec, name) if is_main else None, callbacks)
         status = "FAILED"
         try:
             code = _train(spec, name, out, stop, accelerator, sink)
@@ -82,6 +85,10 @@ def train(
             return code
         finally:
             sink.close(status)
+
+
+def _warn(console: Console, message: str) -> None:
+    console.event("warning", message=message)
 
 
 def _start_prometheus(cli_port: int | None, spec: JobSpec, name: str) -> Prometheus:
@@ -179,7 +186,13 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         return EXIT_OK
 
     # ---- outputs
-    sink.open(out / "metrics.jsonl", step, lambda: _start_mlflow(spec, name, out), use_gpu=device.type == "cuda")
+    sink.open(
+        out / "metrics.jsonl",
+        step,
+        lambda: _start_mlflow(spec, name, out),
+        use_gpu=device.type == "cuda",
+        tensorboard=out / "tensorboard" if spec.tracking.tensorboard else None,
+    )
     sink.planned(step, total_steps)
     if is_main:
         write_run_json(out / "run.json", name, spec, world, str(device), step, changes)

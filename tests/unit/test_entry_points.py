@@ -1,0 +1,99 @@
+"""Plugins through entry points (codex_trainer.plugins): readers by extension, callbacks by name; and the
+TensorBoard event files' trimming on resume (codex_trainer.metrics)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from codex_trainer import plugins
+from codex_trainer.data import read_texts
+from codex_trainer.errors import SpecError
+from codex_trainer.plugins import Callbacks, check_callbacks, load_callbacks, reader_extensions
+
+
+def test_the_built_in_readers_work_without_distribution_metadata(tmp_path, monkeypatch):
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [])  # a source tree, not installed
+    assert reader_extensions() == [".jsonl", ".json", ".txt", ".parquet"]
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"text": "hello"}) + "\n")
+    assert read_texts([str(path)], "text", "spec.data.train") == ["hello"]
+
+
+def test_a_csv_file_is_read_by_the_plugin_reader(tmp_path, test_plugin):
+    path = tmp_path / "d.csv"
+    path.write_text('text,id\nfirst,1\n"second, with a comma",2\n')
+    assert ".csv" in reader_extensions()
+    assert read_texts([str(path)], "text", "spec.data.train") == ["first", "second, with a comma"]
+    with pytest.raises(SpecError) as e:  # the plugin's ValueError is the user's data problem: exit 2
+        read_texts([str(path)], "body", "spec.data.train")
+    ((field, msg),) = e.value.problems
+    assert field == "spec.data.train" and "codex_test_plugin:read_csv" in msg and "no column 'body'" in msg
+
+
+def test_an_extension_without_a_reader_lists_the_installed_ones(tmp_path, test_plugin):
+    path = tmp_path / "d.arrow"
+    path.write_text("x")
+    with pytest.raises(SpecError) as e:
+        read_texts([str(path)], "text", "spec.data.validation")
+    ((field, msg),) = e.value.problems
+    assert field == "spec.data.validation" and "unsupported extension" in msg
+    assert ".jsonl, .json, .txt, .parquet" in msg and ".csv" in msg and "codex_trainer.readers" in msg
+
+
+def test_an_unknown_callback_is_refused_listing_the_installed_ones(test_plugin):
+    check_callbacks(["record", "explode"])
+    with pytest.raises(SpecError) as e:
+        check_callbacks(["record", "nope"])
+    ((field, msg),) = e.value.problems
+    assert field == "spec.callbacks" and "'nope'" in msg and "installed: explode, record" in msg
+
+
+def test_a_callback_that_raises_is_reported_once_and_disabled(tmp_path, monkeypatch, test_plugin):
+    monkeypatch.setenv("CODEX_TEST_PLUGIN_LOG", str(tmp_path / "log"))
+    warnings: list[str] = []
+    (record, explode) = load_callbacks(["record", "explode", "record"], warnings.append)  # each name once
+    for step in (1, 2, 3):
+        for cb in (record, explode):
+            cb.call("on_step", {"step": step})
+    assert len(warnings) == 1 and warnings[0].startswith("callback 'explode' raised RuntimeError: boom at step 1")
+    assert "disabled" in warnings[0] and not explode.enabled and record.enabled
+    calls = [json.loads(line) for line in (tmp_path / "log").read_text().splitlines()]
+    assert [c["hook"] for c in calls] == ["on_step", "explode", "on_step", "on_step"]
+
+
+def test_a_callback_gets_a_copy_and_missing_hooks_are_skipped():
+    seen = []
+
+    class OnlyEval:
+        def on_eval(self, row):
+            row["step"] = -1
+            seen.append(row)
+
+    cb, payload = Callbacks("only-eval", OnlyEval(), warn=pytest.fail), {"step": 5, "eval_loss": 1.0}
+    cb.call("on_step", {"step": 5})
+    cb.call("on_eval", payload)
+    assert seen == [{"step": -1, "eval_loss": 1.0}] and payload["step"] == 5
+
+
+def test_resume_drops_tensorboard_events_after_the_step_and_a_torn_record(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from torch.utils.tensorboard import SummaryWriter
+
+    from codex_trainer.metrics import drop_events_after
+
+    writer = SummaryWriter(str(tmp_path))
+    for step in range(1, 11):
+        writer.add_scalar("train/loss", 1.0 / step, step)
+    writer.close()
+    (path,) = tmp_path.glob("events.out.tfevents.*")
+    with path.open("ab") as f:
+        f.write(b"\x20\0\0\0\0\0\0\0torn")  # a record cut short by a kill
+    drop_events_after(path, 6)
+    steps = [e.step for e in EventFileLoader(str(path)).Load() if e.HasField("summary")]
+    assert steps == [1, 2, 3, 4, 5, 6]
+    size = path.stat().st_size
+    drop_events_after(path, 6)  # nothing more to drop: left as it is
+    assert path.stat().st_size == size
