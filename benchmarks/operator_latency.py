@@ -257,6 +257,36 @@ class Clocks:
     deleted: set[str] = field(default_factory=set)
     other_phases: dict[str, str] = field(default_factory=dict)
 
+    def on_ctj(self, kind: str, obj: dict, t: float) -> None:
+        name = obj["metadata"]["name"]
+        if kind == "DELETED":
+            self.deleted.add(name)
+            if KOPF_FINALIZER in self.finalizers.get(name, []):
+                self.finalizer_writes += 1  # the last finalizer's removal is what deleted it
+            return
+        if kind == "MODIFIED":
+            self.ctj_writes[name] = self.ctj_writes.get(name, 0) + 1
+        fin = obj["metadata"].get("finalizers") or []
+        if (KOPF_FINALIZER in fin) != (KOPF_FINALIZER in self.finalizers.get(name, [])):
+            self.finalizer_writes += 1
+        self.finalizers[name] = fin
+        phase = (obj.get("status") or {}).get("phase")
+        if phase:
+            self.pending.setdefault(name, t)
+        if phase == "Running":
+            self.running.setdefault(name, t)
+        elif phase and phase not in ("Pending", "Running"):
+            self.other_phases[name] = phase
+
+    def on_job(self, kind: str, obj: dict, t: float) -> None:
+        if kind == "ADDED":
+            self.job.setdefault(obj["metadata"]["name"].removesuffix("-a1"), t)
+
+    def on_pod(self, kind: str, obj: dict, t: float) -> None:
+        owner = (obj["metadata"].get("labels") or {}).get("codex.ml/job-name")
+        if owner and (obj.get("status") or {}).get("phase") == "Running":
+            self.pod_running.setdefault(owner, t)
+
 
 async def _watch(list_fn, namespace: str, on_event, ready: asyncio.Event) -> None:
     """Watch a namespaced collection from now on, calling on_event(type, obj, t) for each line."""
@@ -305,36 +335,6 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
     proc = psutil.Process(run.operator.pid)
     rss: list[tuple[float, int]] = []
 
-    def on_ctj(kind: str, obj: dict, t: float) -> None:
-        name = obj["metadata"]["name"]
-        if kind == "DELETED":
-            c.deleted.add(name)
-            if KOPF_FINALIZER in c.finalizers.get(name, []):
-                c.finalizer_writes += 1  # the last finalizer's removal is what deleted it
-            return
-        if kind == "MODIFIED":
-            c.ctj_writes[name] = c.ctj_writes.get(name, 0) + 1
-        fin = obj["metadata"].get("finalizers") or []
-        if (KOPF_FINALIZER in fin) != (KOPF_FINALIZER in c.finalizers.get(name, [])):
-            c.finalizer_writes += 1
-        c.finalizers[name] = fin
-        phase = (obj.get("status") or {}).get("phase")
-        if phase:
-            c.pending.setdefault(name, t)
-        if phase == "Running":
-            c.running.setdefault(name, t)
-        elif phase and phase not in ("Pending", "Running"):
-            c.other_phases[name] = phase
-
-    def on_job(kind: str, obj: dict, t: float) -> None:
-        if kind == "ADDED":
-            c.job.setdefault(obj["metadata"]["name"].removesuffix("-a1"), t)
-
-    def on_pod(kind: str, obj: dict, t: float) -> None:
-        owner = (obj["metadata"].get("labels") or {}).get("codex.ml/job-name")
-        if owner and (obj.get("status") or {}).get("phase") == "Running":
-            c.pod_running.setdefault(owner, t)
-
     async def sample_rss() -> None:
         while True:
             try:
@@ -345,8 +345,8 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
 
     lister = lambda f: lambda namespace, **kw: f(GROUP, VERSION, namespace, PLURAL, **kw)  # noqa: E731
     watches, readies = [], []
-    for fn, cb in ((lister(custom.list_namespaced_custom_object), on_ctj), (batch.list_namespaced_job, on_job),
-                   (core.list_namespaced_pod, on_pod)):  # fmt: skip
+    for fn, cb in ((lister(custom.list_namespaced_custom_object), c.on_ctj), (batch.list_namespaced_job, c.on_job),
+                   (core.list_namespaced_pod, c.on_pod)):  # fmt: skip
         ready = asyncio.Event()
         readies.append(ready)
         watches.append(asyncio.create_task(_watch(fn, ns, cb, ready)))
@@ -370,17 +370,7 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
         await asyncio.gather(*(create(x) for x in names))
         t_created = time.perf_counter() - t0
         print(f"created {n} jobs in {t_created:.1f} s; waiting for them to run", flush=True)
-        deadline = time.perf_counter() + timeout
-        last_report = time.perf_counter()
-        while len(c.running) < n and time.perf_counter() < deadline:
-            for w in watches:
-                if w.done():
-                    w.result()
-            await asyncio.sleep(0.2)
-            if time.perf_counter() - last_report > 15:
-                last_report = time.perf_counter()
-                print(f"  {len(c.job)} Jobs, {len(c.pod_running)} pods running, {len(c.running)} jobs Running",
-                      flush=True)  # fmt: skip
+        await _wait_running(c, n, watches, timeout)
         t_all_running = time.perf_counter() - t0
         # a quiet interval: every job's timer ticks at least once while it runs
         await asyncio.sleep(run.progress_interval + 3)
@@ -393,16 +383,7 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
         t_del = time.perf_counter()
         await custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
                                                                 propagation_policy="Background")  # fmt: skip
-        del_deadline = time.perf_counter() + 120 + n * 0.2
-        while len(c.deleted) < n and time.perf_counter() < del_deadline:
-            await asyncio.sleep(0.2)
-        # the GC deletes Jobs and pods after their owners; the operator sees those events too
-        while time.perf_counter() < del_deadline:
-            resp = await batch.list_namespaced_job(ns, _preload_content=False)
-            if not json.loads(await resp.read())["items"]:
-                break
-            await asyncio.sleep(1)
-        await asyncio.sleep(3)
+        await _wait_deleted(c, n, batch, ns)
         t_delete = time.perf_counter() - t_del
         after = run.scrape() or {}
         rss_end = proc.memory_info().rss
@@ -416,6 +397,46 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
             w.cancel()
         await asyncio.gather(sampler, *watches, return_exceptions=True)
         await api.close()
+
+    ends = {"before": before, "running": running, "after": after, "events": events}
+    spans = {"created": t_created, "all_running": t_all_running, "delete": t_delete}
+    rss_at = {"idle": rss_idle, "peak": max([r for _, r in rss] + [rss_idle]), "running": rss_running, "end": rss_end}
+    cpu = {"to_running": cpu_running, "total": cpu_total}
+    return _results(c, names, ends, spans, rss_at, cpu, conns_running, (others_start, others_end))
+
+
+async def _wait_running(c: Clocks, n: int, watches: list[asyncio.Task], timeout: float) -> None:
+    deadline = time.perf_counter() + timeout
+    last_report = time.perf_counter()
+    while len(c.running) < n and time.perf_counter() < deadline:
+        for w in watches:
+            if w.done():
+                w.result()
+        await asyncio.sleep(0.2)
+        if time.perf_counter() - last_report > 15:
+            last_report = time.perf_counter()
+            print(f"  {len(c.job)} Jobs, {len(c.pod_running)} pods running, {len(c.running)} jobs Running", flush=True)
+
+
+async def _wait_deleted(c: Clocks, n: int, batch, ns: str) -> None:
+    del_deadline = time.perf_counter() + 120 + n * 0.2
+    while len(c.deleted) < n and time.perf_counter() < del_deadline:
+        await asyncio.sleep(0.2)
+    # the GC deletes Jobs and pods after their owners; the operator sees those events too
+    while time.perf_counter() < del_deadline:
+        resp = await batch.list_namespaced_job(ns, _preload_content=False)
+        if not json.loads(await resp.read())["items"]:
+            break
+        await asyncio.sleep(1)
+    await asyncio.sleep(3)
+
+
+def _results(c: Clocks, names: list[str], ends: dict, spans: dict, rss_at: dict, cpu: dict, conns_running: int,
+             others: tuple) -> dict[str, Any]:  # fmt: skip
+    n = len(names)
+    before, running, after, events = ends["before"], ends["running"], ends["after"], ends["events"]
+    t_created, t_all_running, t_delete = spans["created"], spans["all_running"], spans["delete"]
+    others_start, others_end = others
 
     def delta(a: dict, b: dict, verbs=WRITE_VERBS) -> dict[tuple[str, str, str], float]:
         return {k: v - a.get(k, 0) for k, v in b.items() if k[0] in verbs and v - a.get(k, 0) > 0}
@@ -442,13 +463,8 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
             "Job→pod Running": lat(c.job, c.pod_running),
             "pod→Running": lat(c.pod_running, c.running),
         },
-        "rss": {
-            "idle": rss_idle,
-            "peak": max([r for _, r in rss] + [rss_idle]),
-            "running": rss_running,
-            "end": rss_end,
-        },  # fmt: skip
-        "cpu_s": {"to_running": cpu_running, "total": cpu_total},
+        "rss": rss_at,
+        "cpu_s": cpu,
         "api_connections": conns_running,
         "writes_to_running": delta(before, running),
         "writes_delete": delta(running, after),
