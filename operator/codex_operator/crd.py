@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import copy
 import sys
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,7 @@ import yaml
 from pydantic import BaseModel
 
 from codex_trainer import spec as S
+from codex_trainer.manifest import model_of
 
 from . import names
 
@@ -129,7 +129,7 @@ def _factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
     """Add the defaults pydantic leaves out of its schema because a factory makes them."""
     for name, field in model.model_fields.items():
         prop = schema["properties"][field.alias or name]
-        sub = _model_of(field.annotation)
+        sub = model_of(field.annotation)
         if field.default_factory is not None:
             value = field.default_factory()
             if isinstance(value, BaseModel):
@@ -140,16 +140,6 @@ def _factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
             target = prop.get("items", prop)
             if "properties" in target:
                 _factory_defaults(target, sub)
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        m = _model_of(arg)
-        if m is not None:
-            return m
-    return None
 
 
 def spec_schema() -> dict[str, Any]:

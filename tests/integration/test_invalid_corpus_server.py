@@ -23,19 +23,9 @@ from codex_trainer.manifest import load_manifest, parse_manifest  # noqa: E402
 
 pytestmark = pytest.mark.cluster
 
-CRD_FILE = ROOT / "crds" / "codextrainingjobs.codex.ml.yaml"
-
 
 @pytest.fixture(scope="module")
-def applied_crd(cluster):
-    """The generated CRD, applied and Established (the API server also checks its CEL cost here)."""
-    cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    cluster.kubectl("wait", "--for=condition=Established", "crd/codextrainingjobs.codex.ml", "--timeout=60s")
-    return CRD_FILE
-
-
-@pytest.fixture(scope="module")
-def ns(cluster, applied_crd):
+def ns(cluster, crd):
     name = f"corpus-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", name)
     yield name
@@ -71,7 +61,7 @@ def test_unknown_fields_are_pruned_silently_when_validation_is_off(cluster, ns):
     assert "batchSze" not in json.loads(r.stdout)["spec"]["training"]
 
 
-def test_kubectl_explain_shows_the_descriptions(cluster, applied_crd):
+def test_kubectl_explain_shows_the_descriptions(cluster, crd):
     def explain(path: str) -> str:
         return " ".join(cluster.kubectl("explain", path).stdout.split())  # kubectl wraps lines
 

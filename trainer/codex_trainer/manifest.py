@@ -166,7 +166,7 @@ def _known_fields(loc: list[str]) -> list[str]:
         field = _field_by_alias(model, name)
         if field is None:
             return []
-        model = _model_of(field.annotation)
+        model = model_of(field.annotation)
         if model is None:
             return []
     return [f.alias or n for n, f in model.model_fields.items()]
@@ -179,11 +179,11 @@ def _field_by_alias(model: type[BaseModel], name: str):
     return None
 
 
-def _model_of(annotation: Any) -> type[BaseModel] | None:
+def model_of(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     for arg in typing.get_args(annotation):
-        m = _model_of(arg)
+        m = model_of(arg)
         if m is not None:
             return m
     return None
