@@ -43,6 +43,8 @@ PRINTER_COLUMNS = [
     {"name": "Eval", "type": "number", "jsonPath": ".status.progress.evalLoss"},
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    # `kubectl get ctj -o wide`: why a job failed or waits, without `describe`
+    {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
 ]
 
 _DROP = {"title", "additionalProperties", "$defs"}

@@ -192,6 +192,7 @@ class Operator:
             await self.patch_status(meta["namespace"], meta["name"], _deleting(status, patch), status)
         for kind, reason, message in p.events:
             kopf.event(body, type=kind, reason=reason, message=message)
+            log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
 
     async def ensure_children(self, job: Job) -> None:

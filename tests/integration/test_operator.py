@@ -190,6 +190,7 @@ def test_a_missing_data_file_fails_at_once_with_the_trainers_message_and_is_dele
     failed = jobs.wait_phase("nodata", "Failed", timeout=240)
     assert "configs/data/missing.jsonl" in failed["message"] and "data.train" in failed["message"], failed
     assert "Traceback" not in failed["message"]
+    assert "data.train" in jobs.kubectl("get", "ctj", "nodata", "-o", "wide").stdout  # the MESSAGE column
     assert failed["restarts"] == 0 and len(jobs.children("job", "nodata")) == 1
     assert any(e["reason"] == "InvalidJob" and e["type"] == "Warning" for e in jobs.events("nodata"))
     # ttlSecondsAfterFinished: the job and, through its ownerReferences, its children go

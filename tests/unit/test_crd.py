@@ -77,6 +77,7 @@ def test_printer_columns(generated):
         "Eval": ("number", ".status.progress.evalLoss"),
         "Restarts": ("integer", ".status.restarts"),
         "Age": ("date", ".metadata.creationTimestamp"),
+        "Message": ("string", ".status.message"),
     }
 
 
