@@ -34,3 +34,12 @@ def wait_for(cond, what: str, timeout: float = 90, interval: float = 0.5):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def without_empties(value):
+    """Empty lists and maps are left out of the CRD's defaults: absent means the same."""
+    if isinstance(value, dict):
+        return {k: without_empties(v) for k, v in value.items() if v not in ({}, [])}
+    if isinstance(value, list):
+        return [without_empties(v) for v in value]
+    return value

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from support import EXAMPLES, ROOT, TINY
+from support import EXAMPLES, ROOT, TINY, without_empties
 
 sys.path.insert(0, str(ROOT / "tests" / "invalid"))
 from corpus import FILES, expectations  # noqa: E402
@@ -111,15 +111,6 @@ def test_the_api_server_and_the_trainer_agree(cluster, ns, where, value):
         job["metadata"]["name"] = value
     server_ok = apply(cluster, ns, job, "--dry-run=server").returncode == 0
     assert server_ok == locally_valid(job), f"{where}={value!r}: API server {server_ok}, trainer {not server_ok}"
-
-
-def without_empties(value):
-    """Empty lists and maps are left out of the CRD's defaults: absent means the same."""
-    if isinstance(value, dict):
-        return {k: without_empties(v) for k, v in value.items() if v not in ({}, [])}
-    if isinstance(value, list):
-        return [without_empties(v) for v in value]
-    return value
 
 
 def apply(cluster, ns: str, manifest: dict, *extra: str):

@@ -75,37 +75,42 @@ class Jobs:
             for args in (("get", "ctj,jobs,pods,pvc", "-o", "wide"), ("describe", "pods"))
         )
 
-    def on_volume(self, name: str, image: str, script: str) -> str:
-        """Run a shell script in a pod that mounts the job's checkpoint volume at /checkpoints."""
-        pod = f"look-{name}-{int(time.time() * 1000) % 100000}"
+    def run_pod(self, name: str, image: str, command: list[str], claims: dict[str, str]) -> str:
+        """Run a restricted pod that mounts each claim at its path (path -> claim); its logs once it Succeeded."""
         spec = {
             "restartPolicy": "Never",
             "automountServiceAccountToken": False,
             "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
             "containers": [
                 {
-                    "name": "look",
+                    "name": "main",
                     "image": image,
                     "imagePullPolicy": "IfNotPresent",
-                    "command": ["sh", "-c", script],
-                    "volumeMounts": [{"name": "v", "mountPath": "/checkpoints"}],
+                    "command": command,
+                    "volumeMounts": [{"name": f"v{i}", "mountPath": path} for i, path in enumerate(claims)],
                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
                 }
             ],
-            "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": f"{name}-checkpoints"}}],
+            "volumes": [
+                {"name": f"v{i}", "persistentVolumeClaim": {"claimName": claim}}
+                for i, claim in enumerate(claims.values())
+            ],
         }
-        self.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod}, "spec": spec}))
-        phase = wait_for(
-            lambda: (
-                self.kubectl("get", "pod", pod, "-o", "jsonpath={.status.phase}").stdout in ("Succeeded", "Failed")
-                and self.kubectl("get", "pod", pod, "-o", "jsonpath={.status.phase}").stdout
-            ),
-            f"pod {pod}",
-            120,
-        )
-        logs = self.kubectl("logs", pod).stdout
+        self.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}))
+
+        def ended() -> str:
+            phase = self.kubectl("get", "pod", name, "-o", "jsonpath={.status.phase}").stdout
+            return phase if phase in ("Succeeded", "Failed") else ""
+
+        phase = wait_for(ended, f"pod {name}", 180)
+        logs = self.kubectl("logs", name).stdout
         assert phase == "Succeeded", logs
         return logs
+
+    def on_volume(self, name: str, image: str, script: str) -> str:
+        """Run a shell script in a pod that mounts the job's checkpoint volume at /checkpoints."""
+        pod = f"look-{name}-{int(time.time() * 1000) % 100000}"
+        return self.run_pod(pod, image, ["sh", "-c", script], {"/checkpoints": f"{name}-checkpoints"})
 
 
 @pytest.fixture
@@ -203,7 +208,17 @@ def test_the_operator_killed_mid_job_creates_no_duplicates_and_the_status_conver
     jobs.wait_phase("crashy-op", "Running", timeout=240)
     operator.kill()
     jobs.kubectl("delete", "pod", "-l", "batch.kubernetes.io/job-name=crashy-op-a1", "--wait=false")
-    time.sleep(3)  # the attempt fails while no operator is watching
+    # the attempt fails while no operator is watching
+    wait_for(
+        lambda: (
+            jobs.kubectl(
+                "get", "job", "crashy-op-a1", "-o", 'jsonpath={.status.conditions[?(@.type=="Failed")].status}'
+            ).stdout
+            == "True"
+        ),
+        "attempt 1 to fail with no operator",
+        120,
+    )
     operator.start()
     done = jobs.wait_phase("crashy-op", "Succeeded", timeout=600)
     for kind in ("pvc", "configmap", "service"):
@@ -285,34 +300,8 @@ def test_two_nodes_rendezvous_through_the_service_and_match_one_node_with_twice_
     assert attempt["spec"]["completions"] == 2 and attempt["status"]["succeeded"] == 2
     assert '"world_size": 2' in jobs.on_volume("two", trainer_image, "cat /checkpoints/run.json")
 
-    pod = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "securityContext": {"runAsNonRoot": True, "runAsUser": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
-        "containers": [
-            {
-                "name": "compare",
-                "image": trainer_image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["python3", "-c", COMPARE],
-                "volumeMounts": [{"name": "a", "mountPath": "/a"}, {"name": "b", "mountPath": "/b"}],
-                "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
-            }
-        ],
-        "volumes": [
-            {"name": "a", "persistentVolumeClaim": {"claimName": "two-checkpoints"}},
-            {"name": "b", "persistentVolumeClaim": {"claimName": "one-checkpoints"}},
-        ],
-    }
-    jobs.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "compare"}, "spec": pod}))
-    wait_for(
-        lambda: (
-            jobs.kubectl("get", "pod", "compare", "-o", "jsonpath={.status.phase}").stdout in ("Succeeded", "Failed")
-        ),
-        "the comparison",
-        180,
-    )
-    out = jobs.kubectl("logs", "compare").stdout
+    claims = {"/a": "two-checkpoints", "/b": "one-checkpoints"}
+    out = jobs.run_pod("compare", trainer_image, ["python3", "-c", COMPARE], claims)
     diff = float(out.split("max_abs_diff")[-1])
     assert diff < 1e-5, out
 
@@ -321,26 +310,8 @@ def test_a_job_reads_its_data_from_an_existing_claim_mounted_read_only(operator,
     claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "corpus"},
              "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Mi"}}}}  # fmt: skip
     jobs.apply(json.dumps(claim))
-    writer = {
-        "restartPolicy": "Never",
-        "automountServiceAccountToken": False,
-        "containers": [
-            {
-                "name": "w",
-                "image": trainer_image,
-                "imagePullPolicy": "IfNotPresent",
-                "command": ["sh", "-c", "cp /app/configs/data/tiny-code.jsonl /corpus/train.jsonl"],
-                "volumeMounts": [{"name": "c", "mountPath": "/corpus"}],
-            }
-        ],
-        "volumes": [{"name": "c", "persistentVolumeClaim": {"claimName": "corpus"}}],
-    }
-    jobs.apply(json.dumps({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "writer"}, "spec": writer}))
-    wait_for(
-        lambda: jobs.kubectl("get", "pod", "writer", "-o", "jsonpath={.status.phase}").stdout == "Succeeded",
-        "the corpus to be written",
-        120,
-    )
+    script = "cp /app/configs/data/tiny-code.jsonl /corpus/train.jsonl"
+    jobs.run_pod("writer", trainer_image, ["sh", "-c", script], {"/corpus": "corpus"})
     jobs.apply(manifest("fromclaim", *SHORT, "data.existingClaim=corpus", "data.train=[/data/train.jsonl]"))
     done = jobs.wait_phase("fromclaim", "Succeeded", timeout=300)
     assert done["restarts"] == 0

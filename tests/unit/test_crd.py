@@ -11,7 +11,7 @@ import yaml
 
 from codex_operator import crd, names
 from codex_trainer import spec as S
-from support import EXAMPLES
+from support import EXAMPLES, without_empties
 
 
 @pytest.fixture(scope="module")
@@ -153,15 +153,6 @@ def test_the_servers_defaults_are_the_trainers_defaults(generated, path):
     local = S.JobSpec.model_validate(raw).model_dump(mode="json", by_alias=True, exclude_none=True)
     assert S.JobSpec.model_validate(stored).model_dump(mode="json", by_alias=True, exclude_none=True) == local
     assert without_empties(stored) == without_empties(local)
-
-
-def without_empties(value):
-    """Empty lists and maps are left out of the CRD's defaults: absent means the same."""
-    if isinstance(value, dict):
-        return {k: without_empties(v) for k, v in value.items() if v not in ({}, [])}
-    if isinstance(value, list):
-        return [without_empties(v) for v in value]
-    return value
 
 
 def cel_rules(node: dict) -> list[str]:
