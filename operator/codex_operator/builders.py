@@ -8,6 +8,7 @@ checkpoint volume when `storage.retain` asks to keep it.
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,11 +56,11 @@ def owner_reference(job: Job) -> dict[str, Any]:
     }
 
 
-def _metadata(job: Job, name: str, owned: bool = True, **labels: str) -> dict[str, Any]:
+def _metadata(job: Job, name: str, owned: bool = True, labels: Mapping[str, str] | None = None) -> dict[str, Any]:
     meta: dict[str, Any] = {
         "name": name,
         "namespace": job.namespace,
-        "labels": {names.LABEL_JOB: job.name, **labels},
+        "labels": {names.LABEL_JOB: job.name, **(labels or {})},
     }
     if owned:
         meta["ownerReferences"] = [owner_reference(job)]
@@ -290,6 +291,6 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
-        "metadata": _metadata(job, names.attempt_name(job.name, attempt), **labels),
+        "metadata": _metadata(job, names.attempt_name(job.name, attempt), labels=labels),
         "spec": spec,
     }

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     registry = kopf.OperatorRegistry()
     handlers.register(handlers.Operator(options), registry)
-    namespaces = args.namespace or [n for n in (_env("CODEX_NAMESPACES") or "").split(",") if n]
+    namespaces = args.namespace or [n for n in _env("CODEX_NAMESPACES").split(",") if n]
     kopf.run(
         registry=registry,
         standalone=True,  # no peering objects: run one replica (the chart's Deployment does)
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _env(name: str, default: str | None = None) -> str | None:
+def _env(name: str, default: str = "") -> str:
     return os.environ.get(name) or default
 
 

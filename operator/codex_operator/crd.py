@@ -133,7 +133,7 @@ def _factory_defaults(schema: dict[str, Any], model: type[BaseModel]) -> None:
         prop = schema["properties"][field.alias or name]
         sub = model_of(field.annotation)
         if field.default_factory is not None:
-            value = field.default_factory()
+            value = field.get_default(call_default_factory=True)
             if isinstance(value, BaseModel):
                 prop["default"] = {}  # the API server fills the nested defaults in
             elif value:  # an empty list or map: absent means the same, and keeps objects short

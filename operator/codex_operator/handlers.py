@@ -191,7 +191,7 @@ class Operator:
         if patch:
             await self.patch_status(meta["namespace"], meta["name"], _deleting(status, patch), status)
         for kind, reason, message in p.events:
-            kopf.event(body, type=kind, reason=reason, message=message)
+            _post_event(body, kind, reason, message)
             log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
 
@@ -236,7 +236,7 @@ class Operator:
             {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": _ts(now)},
             body.get("status") or {},
         )
-        kopf.event(body, type="Warning", reason="InvalidJob", message=problem)
+        _post_event(body, "Warning", "InvalidJob", problem)
         metrics.set_phase(meta["namespace"], meta["name"], "Failed")
 
     # ---------------------------------------------------------------- the timer: progress, TTL, retries
@@ -355,9 +355,14 @@ def _deleting(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _post_event(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    """An Event on the job (kopf posts it in the background)."""
+    kopf.event(body, type=kind, reason=reason, message=message)  # type: ignore[arg-type]  # kopf takes raw dicts too
+
+
 def _api_reason(e: ApiException) -> str:
     try:
-        return json.loads(e.body).get("message") or str(e.reason)
+        return json.loads(e.body or "").get("message") or str(e.reason)
     except (TypeError, ValueError):
         return str(e.reason)
 
@@ -412,7 +417,6 @@ def _ts(t: datetime) -> str:
 
 def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
     """Register the handlers with kopf (the interval comes from the command line, so not at import)."""
-    crd = dict(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -439,8 +443,8 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         # the same client library as the operator's own calls: in-cluster ServiceAccount, else kubeconfig
         return await kopf.login_via_async_client(**kwargs)
 
-    @kopf.on.event(**crd)
-    async def job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    @kopf.on.event(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
+    async def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if event.get("type") == "DELETED":
@@ -455,7 +459,7 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         await op.reconcile(*key, op.bodies[key])
 
     @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
-    async def attempt_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def attempt_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         if event.get("type") == "DELETED":
             return
         owner = body["metadata"]["labels"][names.LABEL_JOB]

@@ -8,14 +8,29 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
 
+import aiohttp
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
 from . import metrics, names
 
 MERGE = "application/merge-patch+json"
+
+
+async def _raw(call: Awaitable[object]) -> aiohttp.ClientResponse:
+    """The unparsed response of a call made with `_preload_content=False`; an ApiException for an error status.
+
+    kubernetes_asyncio checks the status only when it parses the body itself, and its stubs give the
+    parsed model as the result either way."""
+    resp = cast(aiohttp.ClientResponse, await call)
+    if not 200 <= resp.status <= 299:
+        error = ApiException(status=resp.status, reason=resp.reason)
+        error.body, error.headers = await resp.read(), resp.headers
+        raise error
+    return resp
 
 
 class Kube:
@@ -46,15 +61,17 @@ class Kube:
     async def create(self, obj: dict[str, Any]) -> bool:
         """Create a child; False when it exists already (a rerun after a restart adopts it)."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
-        create = {
+        # the stubs type each body as its model class; the client serialises plain dicts as they are
+        creators: dict[str, Callable[..., Awaitable[object]]] = {
             "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
             "ConfigMap": self.core.create_namespaced_config_map,
             "Service": self.core.create_namespaced_service,
             "Job": self.batch.create_namespaced_job,
-        }[kind]
+        }
+        create = creators[kind]
         try:
             with metrics.api_call("create", kind):
-                await create(ns, obj, _preload_content=False)
+                await _raw(create(ns, obj, _preload_content=False))
             return True
         except ApiException as e:
             if e.status == 409:
@@ -63,20 +80,22 @@ class Kube:
 
     async def list_jobs(self, namespace: str, job: str) -> list[dict[str, Any]]:
         with metrics.api_call("list", "Job"):
-            resp = await self.batch.list_namespaced_job(
-                namespace, label_selector=f"{names.LABEL_JOB}={job}", _preload_content=False
+            resp = await _raw(
+                self.batch.list_namespaced_job(
+                    namespace, label_selector=f"{names.LABEL_JOB}={job}", _preload_content=False
+                )
             )
         return json.loads(await resp.read())["items"]
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         with metrics.api_call("list", "Pod"):
-            resp = await self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+            resp = await _raw(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
         return json.loads(await resp.read())["items"]
 
     async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             with metrics.api_call("get", "ConfigMap"):
-                resp = await self.core.read_namespaced_config_map(name, namespace, _preload_content=False)
+                resp = await _raw(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
             return json.loads(await resp.read())
         except ApiException as e:
             if e.status == 404:
@@ -85,14 +104,18 @@ class Kube:
 
     async def patch_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
         with metrics.api_call("patch", "ConfigMap"):
-            await self.core.patch_namespaced_config_map(
-                name, namespace, {"data": data}, _content_type=MERGE, _preload_content=False
+            await _raw(
+                self.core.patch_namespaced_config_map(  # type: ignore[call-arg]  # _content_type: missing from the stubs
+                    name, namespace, {"data": data}, _content_type=MERGE, _preload_content=False
+                )
             )
 
     async def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         with metrics.api_call("patch", "Job"):
-            await self.batch.patch_namespaced_job(
-                name, namespace, {"spec": {"suspend": suspend}}, _content_type=MERGE, _preload_content=False
+            await _raw(
+                self.batch.patch_namespaced_job(  # type: ignore[call-arg]  # _content_type: missing from the stubs
+                    name, namespace, {"spec": {"suspend": suspend}}, _content_type=MERGE, _preload_content=False
+                )
             )
 
     # ---------------------------------------------------------------- the job itself
@@ -117,7 +140,7 @@ class Kube:
         if resource_version:
             body["metadata"] = {"resourceVersion": resource_version}
         with metrics.api_call("patch", f"{names.KIND}/status"):
-            await self.custom.patch_namespaced_custom_object_status(
+            await self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]  # _content_type: as above
                 names.GROUP, names.VERSION, namespace, names.PLURAL, name, body, _content_type=MERGE
             )
 
@@ -136,8 +159,11 @@ class Kube:
     async def pod_metrics_via_proxy(self, namespace: str, pod: str, port: int) -> str:
         """GET /metrics of a pod through the API server (for an operator running outside the cluster)."""
         with metrics.api_call("get", "pods/proxy"):
-            resp = await self.core.connect_get_namespaced_pod_proxy_with_path(
-                f"{pod}:{port}", namespace, "metrics", _preload_content=False, _request_timeout=5
+            resp = cast(
+                aiohttp.ClientResponse,
+                await self.core.connect_get_namespaced_pod_proxy_with_path(
+                    f"{pod}:{port}", namespace, "metrics", _preload_content=False, _request_timeout=5
+                ),
             )
             text = (await resp.read()).decode()
             if resp.status != 200:  # e.g. 503 while the trainer still loads its model: no endpoint yet

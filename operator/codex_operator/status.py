@@ -26,6 +26,7 @@ from .builders import Job
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 TERMINAL = ("Succeeded", "Failed")
 FailureKind = Literal["user-error", "disruption", "deadline", "crash"]
+Outcome = Literal["Complete", "Failed"]
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,7 @@ class Attempt:
     suspended: bool = False
     ready: int = 0
     active: int = 0
-    outcome: Literal["Complete", "Failed"] | None = None
+    outcome: Outcome | None = None
     reason: str = ""  # the Job's Failed condition reason: PodFailurePolicy, BackoffLimitExceeded, DeadlineExceeded
     message: str = ""
 
@@ -85,10 +86,16 @@ class Plan:
 def attempt_from_job(obj: dict[str, Any]) -> Attempt:
     """Read an attempt Job (as the API returns it) into an Attempt."""
     meta, spec, st = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
-    outcome, reason, message = None, "", ""
+    outcome: Outcome | None = None
+    reason, message = "", ""
     # Kubernetes sets FailureTarget / SuccessCriteriaMet first and Failed / Complete once every pod has
     # ended (a rank may take its grace period to checkpoint): the outcome is known from the first
-    outcomes = {"Failed": "Failed", "FailureTarget": "Failed", "Complete": "Complete", "SuccessCriteriaMet": "Complete"}
+    outcomes: dict[str, Outcome] = {
+        "Failed": "Failed",
+        "FailureTarget": "Failed",
+        "Complete": "Complete",
+        "SuccessCriteriaMet": "Complete",
+    }
     for c in st.get("conditions") or []:
         if c.get("type") in outcomes and c.get("status") == "True" and outcome is None:
             outcome, reason, message = outcomes[c["type"]], c.get("reason", ""), c.get("message", "")
@@ -306,7 +313,7 @@ def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any]) -> Decision:
         message = f"attempt {latest.number}: {latest.ready} pod(s) running"
         return "Running", "Running", old.get("message", message) if was_running else message
     if latest.number > 1:
-        cond = next(
+        cond: dict[str, Any] = next(
             (c for c in old.get("conditions") or [] if c.get("type") == "Restarting" and c.get("status") == "True"),
             {},
         )

@@ -93,7 +93,7 @@ def complete(root: Path) -> list[tuple[int, Path]]:
     """(step, path) of checkpoints whose manifest is present and whose file sizes match, oldest first.
 
     Cheap: hashes are checked when a checkpoint is loaded."""
-    found = []
+    found: list[tuple[int, Path]] = []
     if not root.is_dir():
         return found
     for d in root.iterdir():

@@ -5,14 +5,17 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 
 class Console:
     def __init__(self, enabled: bool, interactive: bool | None = None):
         self.enabled = enabled
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
-        self._bar = None
+        self._bar: tqdm | None = None
         self._last_line = 0.0
 
     def event(self, event: str, **fields: Any) -> None:
@@ -30,12 +33,13 @@ class Console:
         if not self.enabled:
             return
         if self.interactive:
-            if self._bar is None:
+            bar = self._bar
+            if bar is None:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True)
-            self._bar.set_postfix({k: _fmt(v) for k, v in fields.items()}, refresh=False)
-            self._bar.update(step - self._bar.n)
+                bar = self._bar = tqdm(total=total, initial=step - 1, unit="step", dynamic_ncols=True)
+            bar.set_postfix({k: _fmt(v) for k, v in fields.items()}, refresh=False)
+            bar.update(step - bar.n)
         else:
             now = time.monotonic()
             if now - self._last_line >= 2.0 or step == total:

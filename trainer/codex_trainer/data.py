@@ -208,7 +208,7 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
 
 
 def tokenize(texts: list[str], tokenizer, eos_id: int, batch: int = 1000) -> list[np.ndarray]:
-    out = []
+    out: list[np.ndarray] = []
     for i in range(0, len(texts), batch):
         ids = tokenizer(texts[i : i + batch], add_special_tokens=False)["input_ids"]
         out.extend(np.asarray([*x, eos_id], dtype=np.int32) for x in ids)
@@ -330,7 +330,7 @@ def _read_cache(path: Path, digest: str, log) -> Dataset | None:
         with np.load(path) as z:
             train = Split(z["train_tokens"], z["train_offsets"])
             val = Split(z["val_tokens"], z["val_offsets"])
-            examples = tuple(int(x) for x in z["examples"])
+            n_train, n_val = (int(x) for x in z["examples"])
         for split in (train, val):
             offs = split.offsets
             if len(offs) < 1 or offs[0] != 0 or offs[-1] != len(split.tokens) or np.any(np.diff(offs) < 0):
@@ -341,7 +341,7 @@ def _read_cache(path: Path, digest: str, log) -> Dataset | None:
         with contextlib.suppress(OSError):
             path.unlink()
         return None
-    return Dataset(train, val, from_cache=True, digest=digest, examples=examples)
+    return Dataset(train, val, from_cache=True, digest=digest, examples=(n_train, n_val))
 
 
 def _write_cache(cache_file: Path, train: Split, val: Split, examples: tuple[int, int]) -> None:
@@ -355,7 +355,7 @@ def _write_cache(cache_file: Path, train: Split, val: Split, examples: tuple[int
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache_file) as tmp:
-            np.savez(tmp, **arrays)
+            np.savez(tmp, allow_pickle=False, **arrays)
     except OSError as e:
         if is_disk_full(e):
             raise disk_full(

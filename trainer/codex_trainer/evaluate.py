@@ -264,8 +264,8 @@ def _load_checkpoint(target: Target, tokenizer):
     base_dir = run_dir / "base-model"
     if spec.model.source == "scratch" and not (base_dir / "config.json").is_file():
         raise SpecError("", f"the run's scratch base model '{base_dir}' is missing; the checkpoint needs it")
-    model = load_base_model(spec.model, tokenizer, base_dir, None, is_main=False)
-    model = wrap_peft(model, spec.peft)
+    base = load_base_model(spec.model, tokenizer, base_dir, None, is_main=False)
+    model = wrap_peft(base, spec.peft)
     try:
         load_trainable_state(model, load_file(path / checkpoint.WEIGHTS))
     except (RuntimeError, SafetensorError) as e:

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic_core import ErrorDetails
 
 from .errors import SpecError
 from .spec import Manifest
@@ -137,7 +138,7 @@ def _override_value(item: str, value: str) -> Any:
         raise SpecError("--set", f"'{_short(item, 80)}': the value is {e.problems[0][1]}") from None
 
 
-def _explain(err: dict[str, Any]) -> tuple[str, str]:
+def _explain(err: ErrorDetails) -> tuple[str, str]:
     loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
     path = ".".join(loc)
     kind = err["type"]

@@ -16,7 +16,9 @@ from .sources import load_failure, resolve_source
 from .spec import HF_SOURCE, ModelSpec, PeftSpec
 
 
-def load_base_model(spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dtype, is_main: bool) -> PreTrainedModel:
+def load_base_model(
+    spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dtype | None, is_main: bool
+) -> PreTrainedModel:
     """The base model. A scratch model is created once, saved to `base_dir` and read from there on
     every later start, so a resumed run continues from the very same base weights."""
     if spec.source == "scratch":
@@ -34,13 +36,20 @@ def load_base_model(spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dty
         )
     except (OSError, ValueError) as e:
         raise load_failure(e, spec.source, "spec.model.source", "a causal LM") from None
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    rows = _embedding_rows(model)
+    if rows is not None and len(tokenizer) > rows:
         raise SpecError(
             "spec.tokenizer",
-            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has "
-            f"{model.get_input_embeddings().num_embeddings}; use the model's own tokenizer",
+            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows}; "
+            "use the model's own tokenizer",
         )
     return model
+
+
+def _embedding_rows(model: PreTrainedModel) -> int | None:
+    """The input embedding's vocabulary size (None for a model whose input embedding is not an nn.Embedding)."""
+    embedding = model.get_input_embeddings()
+    return embedding.num_embeddings if isinstance(embedding, torch.nn.Embedding) else None
 
 
 def _new_scratch_model(spec: ModelSpec, tokenizer) -> PreTrainedModel:
@@ -78,7 +87,7 @@ def wrap_peft(model: PreTrainedModel, spec: PeftSpec, base_name: str | None = No
         return model
     config = LoraConfig(
         r=spec.r,
-        lora_alpha=spec.alpha,
+        lora_alpha=spec.alpha,  # type: ignore[arg-type]  # annotated int; PEFT only divides by it (alpha / r)
         lora_dropout=spec.dropout,
         target_modules=spec.peft_target_modules,  # PEFT takes all-linear as a string
         modules_to_save=list(spec.modules_to_save) or None,

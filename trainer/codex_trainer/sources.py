@@ -50,7 +50,8 @@ def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
         hub.RemoteEntryNotFoundError,  # not EntryNotFoundError: the local-cache miss offline is one too
         hub.HFValidationError,
     )
-    chain, c = [], e
+    chain: list[BaseException] = []
+    c: BaseException | None = e
     while c is not None and len(chain) < 10:
         chain.append(c)
         c = c.__cause__ or c.__context__

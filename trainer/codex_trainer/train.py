@@ -133,10 +133,10 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     # full (modulesToSave, or peft.method none) keep fp32 master weights
     frozen_base = spec.peft.method == "lora" and not spec.peft.modules_to_save
     base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and frozen_base else None
-    model = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
-    check_positions(model, spec.data.max_seq_length, sink.warn)
+    base = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
+    check_positions(base, spec.data.max_seq_length, sink.warn)
     base_ref = adapter_base_reference(spec.model.source, base_dir, out / "final")
-    model = wrap_peft(model, spec.peft)
+    model = wrap_peft(base, spec.peft)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)

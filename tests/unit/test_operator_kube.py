@@ -1,0 +1,73 @@
+"""The operator's API calls (codex_operator.kube) against a fake API server on localhost: an error status
+is an ApiException, as the handlers expect (409 on create: adopt the child; 404 on get: None; 422: the
+job is invalid), although kubernetes_asyncio raises none for a call made with `_preload_content=False`."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from kubernetes_asyncio import client
+from kubernetes_asyncio.client.rest import ApiException
+
+from codex_operator.handlers import _api_reason
+from codex_operator.kube import Kube
+
+CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "ns"}, "data": {}}
+
+
+def status(code: int, message: str) -> dict[str, Any]:
+    """A Status object, as the API server answers a refused request."""
+    return {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "code": code}
+
+
+def against(code: int, body: dict[str, Any], call: Callable[[Kube], Awaitable[Any]]) -> Any:
+    """Run `call` with a Kube whose API server answers every request with `code` and `body`."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.json_response(body, status=code)
+
+    async def main() -> Any:
+        app = web.Application()
+        app.router.add_route("*", "/{path:.*}", answer)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        await web.SockSite(runner, sock).start()
+        kube = Kube(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{sock.getsockname()[1]}")))
+        try:
+            return await call(kube)
+        finally:
+            await kube.close()
+            await runner.cleanup()
+
+    return asyncio.run(main())
+
+
+@pytest.mark.parametrize(("code", "created"), [(201, True), (409, False)])
+def test_create_says_whether_it_created_the_child(code, created):
+    assert against(code, CONFIG_MAP, lambda kube: kube.create(CONFIG_MAP)) is created
+
+
+def test_a_refused_child_is_an_api_exception_with_the_servers_message():
+    with pytest.raises(ApiException) as e:
+        against(422, status(422, 'ConfigMap "cm" is invalid'), lambda kube: kube.create(CONFIG_MAP))
+    assert e.value.status == 422 and _api_reason(e.value) == 'ConfigMap "cm" is invalid'
+
+
+def test_a_missing_config_map_is_none():
+    assert against(404, status(404, "not found"), lambda kube: kube.get_config_map("ns", "cm")) is None
+    assert against(200, CONFIG_MAP, lambda kube: kube.get_config_map("ns", "cm")) == CONFIG_MAP
+
+
+def test_a_forbidden_list_raises_instead_of_reading_the_status_as_a_list():
+    items = [{"metadata": {"name": "j-a1"}}]
+    assert against(200, {"items": items}, lambda kube: kube.list_jobs("ns", "j")) == items
+    with pytest.raises(ApiException) as e:
+        against(403, status(403, "forbidden"), lambda kube: kube.list_jobs("ns", "j"))
+    assert e.value.status == 403
