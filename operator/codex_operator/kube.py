@@ -20,17 +20,18 @@ from . import metrics, names
 MERGE = "application/merge-patch+json"
 
 
-async def _raw(call: Awaitable[object]) -> aiohttp.ClientResponse:
-    """The unparsed response of a call made with `_preload_content=False`; an ApiException for an error status.
+async def _body(call: Awaitable[object]) -> bytes:
+    """The body of a call made with `_preload_content=False`; an ApiException for an error status.
 
     kubernetes_asyncio checks the status only when it parses the body itself, and its stubs give the
-    parsed model as the result either way."""
+    parsed model as the result either way. Reading the body also hands the connection back to the pool."""
     resp = cast(aiohttp.ClientResponse, await call)
+    body = await resp.read()
     if not 200 <= resp.status <= 299:
         error = ApiException(status=resp.status, reason=resp.reason)
-        error.body, error.headers = await resp.read(), resp.headers
+        error.body, error.headers = body, resp.headers
         raise error
-    return resp
+    return body
 
 
 class Kube:
@@ -71,7 +72,7 @@ class Kube:
         create = creators[kind]
         try:
             with metrics.api_call("create", kind):
-                await _raw(create(ns, obj, _preload_content=False))
+                await _body(create(ns, obj, _preload_content=False))
             return True
         except ApiException as e:
             if e.status == 409:
@@ -80,23 +81,24 @@ class Kube:
 
     async def list_jobs(self, namespace: str, job: str) -> list[dict[str, Any]]:
         with metrics.api_call("list", "Job"):
-            resp = await _raw(
+            body = await _body(
                 self.batch.list_namespaced_job(
                     namespace, label_selector=f"{names.LABEL_JOB}={job}", _preload_content=False
                 )
             )
-        return json.loads(await resp.read())["items"]
+        return json.loads(body)["items"]
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         with metrics.api_call("list", "Pod"):
-            resp = await _raw(self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False))
-        return json.loads(await resp.read())["items"]
+            pods = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
+            body = await _body(pods)
+        return json.loads(body)["items"]
 
     async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             with metrics.api_call("get", "ConfigMap"):
-                resp = await _raw(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
-            return json.loads(await resp.read())
+                body = await _body(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
+            return json.loads(body)
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -104,7 +106,7 @@ class Kube:
 
     async def patch_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
         with metrics.api_call("patch", "ConfigMap"):
-            await _raw(
+            await _body(
                 self.core.patch_namespaced_config_map(  # type: ignore[call-arg]  # _content_type: missing from the stubs
                     name, namespace, {"data": data}, _content_type=MERGE, _preload_content=False
                 )
@@ -112,7 +114,7 @@ class Kube:
 
     async def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         with metrics.api_call("patch", "Job"):
-            await _raw(
+            await _body(
                 self.batch.patch_namespaced_job(  # type: ignore[call-arg]  # _content_type: missing from the stubs
                     name, namespace, {"spec": {"suspend": suspend}}, _content_type=MERGE, _preload_content=False
                 )
