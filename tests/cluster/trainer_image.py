@@ -3,10 +3,11 @@
     python3 tests/cluster/trainer_image.py            # what `make trainer-image` runs
     python3 tests/cluster/trainer_image.py --no-load  # build only, even when the cluster is up
 
-1. The wheelhouse `.whl/trainer-<key>/`: every wheel the `[trainer]` pins of pyproject.toml need,
-   for CPython 3.11 on manylinux x86_64 (Debian bookworm's python3), downloaded on the host with
-   `pip download` (containers here reach no package index). The key is a hash of the pins, so it is
-   downloaded again only when they change.
+1. The wheelhouse `.whl/trainer-<key>/`: every wheel of the locks requirements/build.txt and
+   requirements/trainer.txt (`make lock`), for CPython 3.11 on manylinux x86_64 (Debian bookworm's
+   python3), downloaded on the host with `pip download --require-hashes` (containers here reach no
+   package index), with the two locks beside them; the image installs from them with
+   `--require-hashes` too. The key is a hash of the locks, so it is downloaded again only when they change.
 2. The build context `.whl/context-*/`: only what the image needs (the wheelhouse hard-linked, the
    sources copied), so the 3 GB of wheels never pass through the repository's own context.
 3. The image, labelled with a hash of everything it is built from: rebuilt only when that changed.
@@ -27,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,8 +43,8 @@ DOCKERFILE = REPO / "Dockerfile.trainer"
 WHL = REPO / ".whl"
 SOURCES = ["pyproject.toml", "README.md", "trainer", "operator", "configs"]  # what the image copies in
 HASH_LABEL = "ml.codex.source-hash"
-# pip runs the install inside the build; setuptools builds the project's wheel (torch needs it too)
-TOOLS = ["pip==26.3", "setuptools==84.2.1"]
+# build.txt (pip, setuptools) is installed first, so that the venv's own old pip is used for it alone
+LOCKS = [REPO / "requirements" / "build.txt", REPO / "requirements" / "trainer.txt"]
 PYTHON_VERSION, ABI = "3.11", "cp311"
 PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, 37)]  # glibc 2.36
 
@@ -52,18 +52,13 @@ PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor 
 # ---------------------------------------------------------------------- the wheelhouse
 
 
-def pins() -> list[str]:
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["trainer"]]
-
-
 def wheelhouse_key() -> str:
-    text = json.dumps([pins(), TOOLS, PYTHON_VERSION, ABI, PLATFORMS])
+    text = json.dumps([[lock.read_text() for lock in LOCKS], PYTHON_VERSION, ABI, PLATFORMS])
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def ensure_wheelhouse(log=print) -> Path:
-    """`.whl/trainer-<key>/` with requirements.txt and every wheel it needs; older ones are removed."""
+    """`.whl/trainer-<key>/` with the locks and every wheel they pin; older ones are removed."""
     key = wheelhouse_key()
     dest = WHL / f"trainer-{key}"
     if (dest / ".complete").is_file():
@@ -71,13 +66,15 @@ def ensure_wheelhouse(log=print) -> Path:
     partial = WHL / f"trainer-{key}.part"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    (partial / "requirements.txt").write_text("\n".join([*pins(), TOOLS[1]]) + "\n")
+    for lock in LOCKS:
+        shutil.copy2(lock, partial / lock.name)
     previous = [d for d in WHL.glob("trainer-*") if d.is_dir() and (d / ".complete").is_file()]
     cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(partial), "--only-binary=:all:",
+           "--require-hashes", "--no-deps",
            "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", ABI,
            *(a for p in PLATFORMS for a in ("--platform", p)),
            *(a for d in previous for a in ("--find-links", str(d))),  # reuse what an older wheelhouse has
-           "-r", str(partial / "requirements.txt"), TOOLS[0]]  # fmt: skip
+           *(a for lock in LOCKS for a in ("-r", str(partial / lock.name)))]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}  # only PyPI and our own wheelhouses
     log(f"downloading the trainer wheelhouse into {dest.relative_to(REPO)} ...")
     start = time.monotonic()
@@ -113,7 +110,7 @@ def _ignored(path: Path) -> bool:
 
 
 def source_hash() -> str:
-    """A hash of everything the image is built from: the Dockerfile, the pins and the sources."""
+    """A hash of everything the image is built from: the Dockerfile, the locks and the sources."""
     h = hashlib.sha256(wheelhouse_key().encode())
     for f in _source_files():
         h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
@@ -125,7 +122,7 @@ def stage_context(wheels: Path) -> Path:
     ctx = Path(tempfile.mkdtemp(prefix="context-", dir=WHL))
     (ctx / "wheels").mkdir()
     for f in wheels.iterdir():
-        if f.name.endswith(".whl") or f.name == "requirements.txt":
+        if f.name.endswith((".whl", ".txt")):
             try:
                 os.link(f, ctx / "wheels" / f.name)
             except OSError:
