@@ -1,0 +1,83 @@
+"""`make audit` fails on a known vulnerability in a lock, accepts one only with a reason and an expiry
+date, and fails again once that date has passed. The planted lock asks PyPI (the same index CI
+installs from) about pycrypto 2.6.1, whose vulnerabilities (CVE-2013-7459, CVE-2018-6594) will never
+be fixed: the project is abandoned."""
+
+from __future__ import annotations
+
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "tools"))
+
+import audit  # noqa: E402
+
+VULNERABLE = "pycrypto==2.6.1 --hash=sha256:f2ce1e989b272cfcb677616763e0a2e7ec659effa67a88aa92b3a65528f60a3c\n"
+ENTRY = 'id = "{id}"\npackage = "pycrypto"\nreason = "test: never imported"\nexpires = {expires}\n'
+
+
+def run_audit(tmp_path: Path, ignore: str = "ignore = []\n") -> subprocess.CompletedProcess:
+    (tmp_path / "lock.txt").write_text(VULNERABLE)
+    (tmp_path / "ignore.toml").write_text(ignore)
+    cmd = [sys.executable, str(REPO / "tools" / "audit.py"), str(tmp_path / "lock.txt"),
+           "--ignore-file", str(tmp_path / "ignore.toml")]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def ignore_both(expires: str) -> str:
+    return "".join(f"[[ignore]]\n{ENTRY.format(id=i, expires=expires)}" for i in ("CVE-2013-7459", "PYSEC-2018-97"))
+
+
+def test_a_known_vulnerability_fails_the_audit(tmp_path):
+    r = run_audit(tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "VULNERABLE pycrypto 2.6.1 PYSEC-2017-94" in r.stdout
+    assert "VULNERABLE pycrypto 2.6.1 PYSEC-2018-97" in r.stdout
+    assert "pip-audit: 1 package in" in r.stdout and "2 known vulnerabilities" in r.stdout
+
+
+def test_an_accepted_vulnerability_passes_until_its_expiry(tmp_path):
+    tomorrow = dt.date.today() + dt.timedelta(days=1)
+    r = run_audit(tmp_path, ignore_both(tomorrow.isoformat()))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"accepted until {tomorrow}: pycrypto 2.6.1 PYSEC-2017-94" in r.stdout
+    assert "test: never imported" in r.stdout and "no known vulnerabilities" in r.stdout
+
+
+def test_an_expired_acceptance_fails_again(tmp_path):
+    r = run_audit(tmp_path, ignore_both("2026-01-01"))
+    assert r.returncode == 1
+    assert "entry 1 (CVE-2013-7459 in pycrypto) expired on 2026-01-01: upgrade pycrypto, or renew" in r.stdout
+    assert "VULNERABLE pycrypto 2.6.1 PYSEC-2017-94" in r.stdout
+
+
+def test_an_unhashed_lock_is_refused(tmp_path):
+    (tmp_path / "lock.txt").write_text("pycrypto==2.6.1\n")
+    cmd = [sys.executable, str(REPO / "tools" / "audit.py"), str(tmp_path / "lock.txt")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "hash" in (r.stdout + r.stderr).lower()
+
+
+@pytest.mark.parametrize(
+    ("entry", "error"),
+    [
+        ({"id": "X-1", "package": "p", "expires": dt.date(2030, 1, 1)}, "entry 1: missing reason"),
+        ({"id": "X-1", "package": "p", "reason": "r"}, "entry 1: missing expires"),
+        ({"id": "X-1", "package": "p", "reason": "r", "expires": "soon"}, "expires must be a date, like 2027-01-31"),
+        ({"id": "X-1", "package": "p", "reason": "r", "expires": dt.date(2026, 11, 27)}, "expired on 2026-11-27"),
+    ],
+)
+def test_each_acceptance_needs_a_reason_and_a_future_expiry(entry, error):
+    ok, errors = audit.accepted([entry], today=dt.date(2026, 11, 28))
+    assert ok == [] and len(errors) == 1 and error in errors[0]
+
+
+def test_an_acceptance_lasts_through_its_expiry_day():
+    entry = {"id": "X-1", "package": "p", "reason": "r", "expires": dt.date(2026, 11, 28)}
+    ok, errors = audit.accepted([entry], today=dt.date(2026, 11, 28))
+    assert errors == [] and [e.id for e in ok] == ["X-1"]
