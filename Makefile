@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: deps install test lint unit bench example sample-data
+.PHONY: deps install test lint unit bench example sample-data lock lock-upgrade audit secrets
 
 deps:               ## Debian packages for the test cluster's node and images (root)
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -8,15 +8,18 @@ deps:               ## Debian packages for the test cluster's node and images (r
 		containerd runc containernetworking-plugins iptables conntrack iproute2 \
 		docker.io debootstrap gcc libc6-dev >/dev/null
 
-install:            ## the trainer, the operator's dependencies and the test tools
-	$(PYTHON) -m pip install -e '.[trainer,operator,dev]'
+install:            ## the locked dependencies (every file hash-checked), then the project itself, editable
+	$(PYTHON) -m pip install --require-hashes -r requirements/build.txt
+	$(PYTHON) -m pip install --require-hashes -r requirements/dev.txt
+	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
 
-test: lint          ## what CI runs: lint, then every test
-	$(PYTHON) -m pytest
+test: lint          ## what CI runs: lint, then every test, with the trainer's coverage (floor in pyproject.toml)
+	$(PYTHON) -m pytest --cov --cov-report=term
 
-lint:
+lint:               ## ruff, and mypy over trainer/ and operator/
 	$(PYTHON) -m ruff check .
 	$(PYTHON) -m ruff format --check .
+	$(PYTHON) -m mypy
 
 unit:               ## the fast tests only
 	$(PYTHON) -m pytest -m "not slow and not spawns and not cluster"
@@ -30,6 +33,20 @@ example:            ## the main job on this machine
 
 sample-data:        ## regenerate the shipped sample data (deterministic)
 	$(PYTHON) configs/data/make_sample.py
+
+# ---- the supply chain (tools/): locks, known vulnerabilities, secrets; .ci/run runs audit and secrets
+
+lock:               ## requirements/*.txt from pyproject.toml (keeps the versions already locked), with hashes
+	$(PYTHON) tools/lock.py
+
+lock-upgrade:       ## the same, with the newest versions pyproject.toml allows
+	$(PYTHON) tools/lock.py --upgrade
+
+audit:              ## pip-audit over the locks: fails on a known vulnerability (accepted ones: requirements/audit-ignore.toml)
+	$(PYTHON) tools/audit.py
+
+secrets:            ## gitleaks over the whole history and the tree: fails on a finding
+	$(PYTHON) tools/secrets.py
 
 # ---- the local Kubernetes cluster (tests/cluster) and the end-to-end suite
 
