@@ -1,6 +1,6 @@
 PYTHON ?= python3
 
-.PHONY: deps install test lint unit bench example sample-data lock lock-upgrade audit secrets
+.PHONY: deps install test lint unit bench example sample-data lock lock-upgrade lock-check audit secrets
 
 deps:               ## Debian packages for the test cluster's node and images (root)
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
@@ -34,13 +34,16 @@ example:            ## the main job on this machine
 sample-data:        ## regenerate the shipped sample data (deterministic)
 	$(PYTHON) configs/data/make_sample.py
 
-# ---- the supply chain (tools/): locks, known vulnerabilities, secrets; .ci/run runs audit and secrets
+# ---- the supply chain (tools/): locks, known vulnerabilities, secrets; .ci/run runs the last three
 
 lock:               ## requirements/*.txt from pyproject.toml (keeps the versions already locked), with hashes
 	$(PYTHON) tools/lock.py
 
 lock-upgrade:       ## the same, with the newest versions pyproject.toml allows
 	$(PYTHON) tools/lock.py --upgrade
+
+lock-check:         ## fails when the locks disagree with pyproject.toml or with what `make lock` writes now
+	$(PYTHON) tools/lock.py --check
 
 audit:              ## pip-audit over the locks: fails on a known vulnerability (accepted ones: requirements/audit-ignore.toml)
 	$(PYTHON) tools/audit.py

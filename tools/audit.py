@@ -1,5 +1,6 @@
 """`make audit`: pip-audit over the locks; exit 1 on a known vulnerability not accepted in
-requirements/audit-ignore.toml, or on an entry there that is expired or incomplete.
+requirements/audit-ignore.toml, on a package it could not check, on one it could check only against
+its latest release's list unless accepted there too, or on an entry there that is expired or incomplete.
 
     python3 tools/audit.py [LOCK ...] [--ignore-file FILE]   # default: every requirements/*.txt
 
@@ -26,11 +27,16 @@ from packaging.version import Version
 from pip_audit._audit import Auditor
 from pip_audit._dependency_source import RequirementSource
 from pip_audit._service import PyPIService
-from pip_audit._service.interface import Dependency, ResolvedDependency, ServiceError, VulnerabilityResult
+from pip_audit._service.interface import (
+    Dependency,
+    ResolvedDependency,
+    ServiceError,
+    SkippedDependency,
+    VulnerabilityResult,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE_FILE = REPO / "requirements" / "audit-ignore.toml"
-IGNORE_FIELDS = ("id", "package", "reason", "expires")
 
 
 class PyPIOrLatestRelease(PyPIService):
@@ -38,7 +44,7 @@ class PyPIOrLatestRelease(PyPIService):
 
     def __init__(self, timeout: int = 30) -> None:
         super().__init__(timeout=timeout)
-        self.latest_only: list[str] = []  # "name version (latest X)" checked against a newer release's list
+        self.latest_only: dict[str, str] = {}  # name -> "name version (latest X)", checked against X's list
 
     def query(self, spec: Dependency) -> tuple[Dependency, list[VulnerabilityResult]]:
         dep, vulns = super().query(spec)
@@ -53,7 +59,7 @@ class PyPIOrLatestRelease(PyPIService):
         page = response.json()
         latest = Version(page["info"]["version"])
         if latest != spec.version:
-            self.latest_only.append(f"{spec.canonical_name} {spec.version} (latest {latest})")
+            self.latest_only[spec.canonical_name] = f"{spec.canonical_name} {spec.version} (latest {latest})"
         listed = [
             VulnerabilityResult.create(
                 ids=[v["id"], *v.get("aliases", [])],
@@ -73,61 +79,98 @@ class PyPIOrLatestRelease(PyPIService):
 
 @dataclass(frozen=True)
 class Accepted:
-    id: str
-    package: str
+    """An entry of audit-ignore.toml: a vulnerability ([[ignore]]) or packages checked only against
+    their latest release's list ([[partial]]), accepted for a reason until a date."""
+
+    table: str
+    ids: frozenset[str]
+    packages: frozenset[str]
     reason: str
     expires: dt.date
 
 
-def accepted(entries: list[dict], today: dt.date) -> tuple[list[Accepted], list[str]]:
-    """The ignore entries in force, and a line for each one that is expired or incomplete."""
+FIELDS = {"ignore": ("id", "package", "reason", "expires"), "partial": ("packages", "reason", "expires")}
+
+
+def accepted(tables: dict, today: dt.date) -> tuple[list[Accepted], list[str]]:
+    """The entries in force, and a line for each one that is expired or incomplete."""
     ok, errors = [], []
-    for n, entry in enumerate(entries, 1):
-        missing = [f for f in IGNORE_FIELDS if not entry.get(f)]
-        if missing:
-            errors.append(f"{IGNORE_FILE.name} entry {n}: missing {', '.join(missing)} "
-                          "(each entry needs id, package, reason and expires = YYYY-MM-DD)")  # fmt: skip
-        elif not isinstance(entry["expires"], dt.date):
-            errors.append(f"{IGNORE_FILE.name} entry {n} ({entry['id']}): expires must be a date, like 2027-01-31")
-        elif entry["expires"] < today:
-            pkg = entry["package"]
-            errors.append(f"{IGNORE_FILE.name} entry {n} ({entry['id']} in {pkg}) expired on {entry['expires']}: "
-                          f"upgrade {pkg}, or renew the entry with a new reason")  # fmt: skip
-        else:
-            ok.append(Accepted(entry["id"], entry["package"], entry["reason"], entry["expires"]))
+    for table, fields in FIELDS.items():
+        for n, entry in enumerate(tables.get(table, []), 1):
+            error = _invalid(entry, fields, today)
+            if error:
+                errors.append(f"{IGNORE_FILE.name} [[{table}]] entry {n} {error}")
+                continue
+            packages = entry["packages"] if table == "partial" else [entry["package"]]
+            ids = frozenset([entry["id"]] if table == "ignore" else [])
+            ok.append(Accepted(table, ids, frozenset(packages), entry["reason"], entry["expires"]))
     return ok, errors
+
+
+def _invalid(entry: dict, fields: tuple[str, ...], today: dt.date) -> str | None:
+    missing = [f for f in fields if not entry.get(f)]
+    what = entry.get("id") or ", ".join(entry.get("packages") or []) or "?"
+    if missing:
+        return f"({what}): missing {', '.join(missing)} (each entry needs {', '.join(fields)}; expires = YYYY-MM-DD)"
+    if not isinstance(entry["expires"], dt.date):
+        return f"({what}): expires must be a date, like 2027-01-31"
+    if entry["expires"] < today:
+        pkgs = entry.get("package") or what
+        return f"({what}) expired on {entry['expires']}: upgrade {pkgs}, or renew the entry with a new reason"
+    return None
 
 
 def is_accepted(package: str, vuln: VulnerabilityResult, entries: list[Accepted]) -> Accepted | None:
     names = {vuln.id, *vuln.aliases}
-    return next((e for e in entries if e.package == package and e.id in names), None)
+    return next((e for e in entries if package in e.packages and e.ids & names), None)
 
 
 def audit(locks: list[Path], ignore_file: Path, today: dt.date) -> int:
-    entries, errors = accepted(tomllib.loads(ignore_file.read_text()).get("ignore", []), today)
+    entries, errors = accepted(tomllib.loads(ignore_file.read_text()), today)
     for line in errors:
         print(line)
     service = PyPIOrLatestRelease()
     source = RequirementSource(locks, require_hashes=True, disable_pip=True)
-    found, packages = 0, set()
+    found, unaudited, packages = 0, 0, set()
     for dep, vulns in Auditor(service).audit(source):
-        packages.add((dep.canonical_name, str(getattr(dep, "version", ""))))
+        packages.add(dep.canonical_name)
+        if isinstance(dep, SkippedDependency):
+            unaudited += 1
+            print(f"NOT AUDITED {dep.canonical_name}: {dep.skip_reason}")
         for vuln in vulns:
-            ok = is_accepted(dep.canonical_name, vuln, entries)
-            fix = ", ".join(map(str, vuln.fix_versions)) or "none yet"
-            line = f"{dep.canonical_name} {getattr(dep, 'version', '')} {vuln.id} (fixed in {fix}): {vuln.description}"
-            if ok:
-                print(f"accepted until {ok.expires}: {line[:200]} — {ok.reason}")
-            else:
-                found += 1
-                print(f"VULNERABLE {line[:300]}")
+            found += _report(dep, vuln, entries)
     where = ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in locks)
     counted = f"{len(packages)} package{'s' if len(packages) != 1 else ''}"
     print(f"pip-audit: {counted} in {where}: {found or 'no'} known vulnerabilit{'y' if found == 1 else 'ies'}")
-    if service.latest_only:
-        print(f"  {len(service.latest_only)} checked against their latest release's list only (PyPI's per-version "
-              f"pages answered 404): {', '.join(sorted(service.latest_only))}")  # fmt: skip
-    return 1 if found or errors else 0
+    partial = _report_partial(service.latest_only, [e for e in entries if e.table == "partial"])
+    return 1 if found or errors or unaudited or partial else 0
+
+
+def _report(dep: Dependency, vuln: VulnerabilityResult, entries: list[Accepted]) -> int:
+    """Print one vulnerability; 1 when it fails the audit."""
+    ok = is_accepted(dep.canonical_name, vuln, entries)
+    fix = ", ".join(map(str, vuln.fix_versions)) or "none yet"
+    line = f"{dep.canonical_name} {getattr(dep, 'version', '')} {vuln.id} (fixed in {fix}): {vuln.description}"
+    if ok:
+        print(f"accepted until {ok.expires}: {line[:200]} — {ok.reason}")
+        return 0
+    print(f"VULNERABLE {line[:300]}")
+    return 1
+
+
+def _report_partial(latest_only: dict[str, str], entries: list[Accepted]) -> int:
+    """Print the packages checked against their latest release's list only; the count not accepted."""
+    if not latest_only:
+        return 0
+    accepted_names = {name for e in entries for name in e.packages}
+    print(f"  {len(latest_only)} checked against their latest release's vulnerability list only (PyPI's per-version "
+          f"pages answered 404): {', '.join(latest_only[name] for name in sorted(latest_only))}")  # fmt: skip
+    refused = sorted(set(latest_only) - accepted_names)
+    for name in refused:
+        where = f"[[partial]] of {IGNORE_FILE.name}"
+        print(f"PARTIAL {latest_only[name]}: a vulnerability fixed after our version would not show; lock the "
+              f"latest release, or accept {name} in {where} with a reason and an expiry date")  # fmt: skip
+    return len(refused)
 
 
 def main() -> None:

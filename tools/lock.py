@@ -2,7 +2,8 @@
 
     python3 tools/lock.py            # `make lock`: write the locks, keeping the versions they already pin
     python3 tools/lock.py --upgrade  # `make lock-upgrade`: the newest versions pyproject.toml allows
-    python3 tools/lock.py --check    # exit 1 naming each place where pyproject.toml and the locks disagree
+    python3 tools/lock.py --check    # `make lock-check`: exit 1 naming each place where pyproject.toml and the
+                                     # locks disagree, or where a fresh `make lock` would write something else
 
 One lock per way the project is installed (LOCKS): dev.txt for `make install` and CI, trainer.txt for
 Dockerfile.trainer, operator.txt for the operator. requirements/build.in pins the tools that install
@@ -18,8 +19,10 @@ from __future__ import annotations
 
 import argparse
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,23 +44,32 @@ LOCKS: dict[str, tuple[str, ...]] = {
 PYTHON, PLATFORM = "3.11", "x86_64-manylinux_2_36"
 
 
-def compile_command(name: str, upgrade: bool = False) -> list[str]:
-    cmd = ["uv", "pip", "compile", "--quiet", "--generate-hashes", "--python-version", PYTHON,
+def compile_command(name: str, upgrade: bool = False, out: str = "requirements") -> list[str]:
+    """uv's command for one lock, written into `out` (relative to the repository, or absolute)."""
+    cmd = [sys.executable, "-m", "uv", "pip", "compile", "--quiet", "--generate-hashes", "--python-version", PYTHON,
            "--python-platform", PLATFORM, "--custom-compile-command", "make lock", "--no-config",
-           "--index-url", "https://pypi.org/simple", "-o", f"requirements/{name}.txt"]  # fmt: skip
+           "--index-url", "https://pypi.org/simple", "-o", f"{out}/{name}.txt"]  # fmt: skip
     cmd += [BUILD_IN] if name == "build" else ["pyproject.toml", BUILD_IN]
     cmd += [a for extra in LOCKS[name] for a in ("--extra", extra)]
     if name != "dev":
-        cmd += ["-c", "requirements/dev.txt"]
+        cmd += ["-c", f"{out}/dev.txt"]
     if upgrade:
         cmd.append("--upgrade")
     return cmd
 
 
-def write(upgrade: bool = False) -> None:
+def write(upgrade: bool = False, out: str = "requirements") -> None:
     for name in LOCKS:
-        subprocess.run(compile_command(name, upgrade), cwd=REPO, check=True)
-        print(f"wrote requirements/{name}.txt")
+        subprocess.run(compile_command(name, upgrade, out), cwd=REPO, check=True)
+
+
+def relocked() -> dict[str, str]:
+    """What `make lock` would write now, starting from the committed locks (so it keeps their versions)."""
+    with tempfile.TemporaryDirectory(prefix="lock-") as tmp:
+        for name in LOCKS:
+            shutil.copy2(LOCK_DIR / f"{name}.txt", Path(tmp) / f"{name}.txt")
+        write(out=tmp)
+        return {name: (Path(tmp) / f"{name}.txt").read_text() for name in LOCKS}
 
 
 # ---------------------------------------------------------------------- the check (pure)
@@ -66,7 +78,7 @@ def write(upgrade: bool = False) -> None:
 @dataclass
 class Locked:
     version: str
-    hashes: int = 0
+    hashes: set[str] = field(default_factory=set)
     via: set[str] = field(default_factory=set)
 
 
@@ -78,8 +90,8 @@ def read_lock(text: str) -> dict[str, Locked]:
         pin = re.match(r"^([A-Za-z0-9._-]+)==(\S+)", line)
         if pin:
             current = locked[canonicalize_name(pin[1])] = Locked(pin[2])
-        elif current is not None and "--hash=sha256:" in line:
-            current.hashes += 1
+        elif current is not None and (digest := re.search(r"--hash=(sha256:[0-9a-f]+)", line)):
+            current.hashes.add(digest[1])
         elif current is not None and (via := re.match(r"^\s+#\s+(?:via\s+)?(\S.*)$", line)) and via[1] != "via":
             current.via.add(via[1].strip())
     return locked
@@ -98,13 +110,14 @@ def wanted(pyproject: dict, build_in: str, extras: tuple[str, ...]) -> list[tupl
 
 def problems(pyproject: dict, build_in: str, locks: dict[str, str]) -> list[str]:
     """Each disagreement between pyproject.toml, build.in and the locks' texts, as a line naming the fix."""
-    found: list[str] = []
+    found = _extras_unlocked(pyproject)
     read = {name: read_lock(text) for name, text in locks.items()}
     for name, locked in read.items():
         where = f"requirements/{name}.txt"
         asked = wanted(pyproject, build_in, LOCKS[name])
         found += _unmet(where, locked, asked)
         names = {canonicalize_name(req.name) for req, _ in asked}
+        needed = _needed(locked, names)
         for pkg, entry in sorted(locked.items()):
             if not entry.hashes:
                 found.append(f"{where}: {pkg} has no --hash: run `make lock`")
@@ -112,9 +125,49 @@ def problems(pyproject: dict, build_in: str, locks: dict[str, str]) -> list[str]
             if direct and pkg not in names:
                 found.append(f"{where} locks {pkg} for {', '.join(sorted(direct))}, which no longer asks for it: "
                              "run `make lock`")  # fmt: skip
-            if not entry.via - {"-c requirements/dev.txt"}:
-                found.append(f"{where}: nothing asks for {pkg} any more: run `make lock`")
+            if not direct and pkg not in needed:
+                found.append(f"{where}: nothing in it asks for {pkg} any more: run `make lock`")
     found += _versions_differ(read)
+    found += _build_system_unmet(pyproject, read.get("build", {}))
+    return found
+
+
+def _needed(locked: dict[str, Locked], asked: set[str]) -> set[str]:
+    """The packages of a lock that what is asked for needs, following its `# via` annotations."""
+    needed = asked & locked.keys()
+    while True:
+        more = {pkg for pkg, entry in locked.items() if {canonicalize_name(v) for v in entry.via} & needed} - needed
+        if not more:
+            return needed
+        needed |= more
+
+
+def _extras_unlocked(pyproject: dict) -> list[str]:
+    locked = {extra for extras in LOCKS.values() for extra in extras}
+    return [f"pyproject.toml has the extra [{extra}], which no lock installs: add it to LOCKS in tools/lock.py"
+            for extra in sorted(set(pyproject["project"].get("optional-dependencies", {})) - locked)]  # fmt: skip
+
+
+def _build_system_unmet(pyproject: dict, build: dict[str, Locked]) -> list[str]:
+    asked = [(Requirement(r), "pyproject.toml [build-system] requires") for r in pyproject["build-system"]["requires"]]
+    return _unmet("requirements/build.txt", build, asked)
+
+
+def differences(committed: dict[str, str], fresh: dict[str, str]) -> list[str]:
+    """Where the committed locks differ from what `make lock` writes now (packages, versions, hashes)."""
+    found = []
+    for name in LOCKS:
+        old, new = read_lock(committed[name]), read_lock(fresh[name])
+        for pkg in sorted(old.keys() | new.keys()):
+            if pkg not in new:
+                found.append(f"requirements/{name}.txt locks {pkg}, which `make lock` drops: run `make lock`")
+            elif pkg not in old:
+                found.append(f"requirements/{name}.txt lacks {pkg}=={new[pkg].version}, which `make lock` adds: "
+                             "run `make lock`")  # fmt: skip
+            elif (old[pkg].version, old[pkg].hashes) != (new[pkg].version, new[pkg].hashes):
+                now = f"{pkg}=={new[pkg].version}, {len(new[pkg].hashes)} hashes"
+                found.append(f"requirements/{name}.txt: {pkg}=={old[pkg].version} differs from what `make lock` "
+                             f"writes ({now}): run `make lock`")  # fmt: skip
     return found
 
 
@@ -154,9 +207,12 @@ def main() -> None:
     p.add_argument("--upgrade", action="store_true", help="the newest versions pyproject.toml allows")
     p.add_argument("--check", action="store_true", help="only check that pyproject.toml and the locks agree")
     args = p.parse_args()
-    if not args.check:
+    if args.check:
+        found = check() or differences({n: (LOCK_DIR / f"{n}.txt").read_text() for n in LOCKS}, relocked())
+    else:
         write(args.upgrade)
-    found = check()
+        print(f"wrote {', '.join(f'requirements/{name}.txt' for name in LOCKS)}")
+        found = check()
     for line in found:
         print(line, file=sys.stderr)
     sys.exit(1 if found else 0)

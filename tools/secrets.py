@@ -48,7 +48,17 @@ def tree_files(repo: Path) -> list[str]:
     return [name for name in listed.split("\0") if name and (repo / name).is_file()]
 
 
+def is_shallow(repo: Path) -> bool:
+    r = subprocess.run(["git", "rev-parse", "--is-shallow-repository"], cwd=repo, capture_output=True, text=True)
+    return r.stdout.strip() == "true"
+
+
 def scan(repo: Path) -> int:
+    if is_shallow(repo):  # a shallow clone lacks the history: fetch it, or say plainly what is not scanned
+        fetched = subprocess.run(["git", "fetch", "--quiet", "--unshallow"], cwd=repo, capture_output=True, text=True)
+        if fetched.returncode != 0:
+            print(f"WARNING: {repo} is a shallow clone and its origin gave no more history "
+                  f"({fetched.stderr.strip()[:200]}): only the commits it has are scanned")  # fmt: skip
     exe = str(gitleaks())
     common = ["--no-banner", "--no-color", "--verbose", "--redact", "--exit-code", "1"]
     common += ["--gitleaks-ignore-path", str(repo)]

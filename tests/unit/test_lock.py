@@ -38,7 +38,7 @@ def test_every_extra_and_the_build_tools_are_locked(real):
     assert "torch" in trainer and "kopf" not in trainer and "pytest" not in trainer
     assert "kopf" in operator and "torch" not in operator
     assert set(lock.read_lock(texts["build"])) == {"pip", "setuptools"}
-    assert all(entry.hashes >= 1 for entry in dev.values())
+    assert all(entry.hashes for entry in dev.values())
 
 
 def test_a_changed_pin_is_named_with_the_fix(real):
@@ -92,7 +92,41 @@ def test_one_version_per_package_across_locks(real):
 
 def test_make_lock_runs_uv_for_the_locked_platform():
     cmd = lock.compile_command("trainer")
-    assert cmd[:3] == ["uv", "pip", "compile"] and "--generate-hashes" in cmd
+    assert cmd[1:5] == ["-m", "uv", "pip", "compile"] and "--generate-hashes" in cmd
     assert cmd[cmd.index("--python-platform") + 1] == "x86_64-manylinux_2_36"
     assert cmd[cmd.index("-c") + 1] == "requirements/dev.txt"
     assert "--upgrade" in lock.compile_command("dev", upgrade=True)
+
+
+def test_a_new_extra_must_be_in_a_lock(real):
+    pyproject, build_in, texts = real
+    found = problems(pyproject.replace("dev = [", 'gpu = ["flash-attn==2.0.0"]\ndev = [', 1), build_in, texts)
+    assert found == ["pyproject.toml has the extra [gpu], which no lock installs: add it to LOCKS in tools/lock.py"]
+
+
+def test_what_only_a_removed_dependency_needed_leaves_with_it(real):
+    pyproject, build_in, texts = real
+    found = problems(pyproject.replace('    "tensorboard==2.21.0",\n', ""), build_in, texts)
+    prefix = "requirements/trainer.txt: nothing in it asks for "
+    stale = {line.removeprefix(prefix).split()[0] for line in found if line.startswith(prefix)}
+    assert {"grpcio", "absl-py", "tensorboard-data-server"} <= stale, found
+
+
+def test_the_build_system_is_served_by_the_locked_build_tools(real):
+    pyproject, build_in, texts = real
+    newer = pyproject.replace('requires = ["setuptools>=77"]', 'requires = ["setuptools>=90"]')
+    found = problems(newer, build_in, texts)
+    assert found == ["requirements/build.txt pins setuptools==84.2.1 where pyproject.toml [build-system] requires "
+                     "asks for setuptools>=90: run `make lock`"]  # fmt: skip
+
+
+def test_a_lock_that_make_lock_would_write_otherwise_is_named(real):
+    pyproject, build_in, texts = real
+    start = texts["trainer"].index("\nfilelock==")
+    end = texts["trainer"].index("\n", texts["trainer"].index("# via", start) + 1)
+    without = texts["trainer"][:start] + texts["trainer"][end:]
+    assert "filelock" not in lock.read_lock(without)
+    found = lock.differences({**texts, "trainer": without}, texts)
+    version = lock.read_lock(texts["trainer"])["filelock"].version
+    assert found == [f"requirements/trainer.txt lacks filelock=={version}, which `make lock` adds: run `make lock`"]
+    assert lock.differences(texts, texts) == []

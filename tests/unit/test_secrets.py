@@ -77,3 +77,16 @@ def test_an_ignored_build_output_is_not_scanned(repo):
     (repo / "runs").mkdir()
     (repo / "runs" / "env.txt").write_text(f"token {fake_token('ghp_', 36)}\n")
     assert scan(repo).returncode == 0
+
+
+def test_a_shallow_clone_fetches_its_history_before_the_scan(repo, tmp_path):
+    token = fake_token("ghp_", 36)
+    (repo / "run.sh").write_text(f"TOKEN={token}\n")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "run script")
+    (repo / "run.sh").unlink()
+    git(repo, "commit", "-qam", "drop it")
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{repo}", str(shallow))
+    r = scan(shallow)
+    assert r.returncode == 1 and "run.sh" in r.stdout + r.stderr, r.stdout + r.stderr
