@@ -155,6 +155,7 @@ class Operator:
         if isinstance(job, str):
             await self._finish_invalid(body, job, now)
             return
+        refused = "a child of the job"
         try:
             if not _children_current(status, job.generation):
                 await self.ensure_children(job)
@@ -163,14 +164,16 @@ class Operator:
             p = plan(job, status, attempts, now, *await self._how_it_ended(namespace, latest))
             if p.create_attempt is not None:
                 await self._start_attempt(job, p, now)
+            if p.set_suspend is not None and latest is not None:
+                refused = f"{'suspending' if p.set_suspend else 'resuming'} attempt {latest.name}"
+                await self.kube.set_suspend(namespace, latest.name, p.set_suspend)
         except ApiException as e:
             if e.status not in (400, 422):
                 raise
-            # a pass-through field the CRD takes as free-form (affinity, env) that a Job or Pod refuses
-            await self._finish_invalid(body, f"the API server refused a child of the job: {_api_reason(e)}", now)
+            # a pass-through field the CRD takes as free-form (affinity, env) that a Job or Pod refuses, or an
+            # admission webhook or policy that refuses a child or its suspension: retrying would not change it
+            await self._finish_invalid(body, f"the API server refused {refused}: {_api_reason(e)}", now)
             return
-        if p.set_suspend is not None and latest is not None:
-            await self.kube.set_suspend(namespace, latest.name, p.set_suspend)
         await self._write(body, p)
 
     async def _start_attempt(self, job: Job, p: Plan, now: datetime) -> None:
@@ -218,7 +221,7 @@ class Operator:
             return None, next(filter(None, map(final_numbers, await self.kube.list_pods(namespace, rank0))), None)
         return None, None
 
-    async def _failed_pod(self, namespace: str, attempt: str):
+    async def _failed_pod(self, namespace: str, attempt: str) -> PodFailure | None:
         assert self.kube is not None
         pods = await self.kube.list_pods(namespace, f"batch.kubernetes.io/job-name={attempt}")
         ended = [f for f in (pod_failure(p) for p in pods) if f is not None and f.exit_code != 0]

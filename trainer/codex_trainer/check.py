@@ -10,13 +10,19 @@ Problems raise SpecError (or TransientError when the Hub cannot be reached), as 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
 from .data import read_texts
 from .errors import SpecError
 from .plugins import check_callbacks
 from .spec import JobSpec
 
+if TYPE_CHECKING:  # imported in check_job, once the data files have been read
+    from transformers import PreTrainedConfig, PreTrainedTokenizerBase
 
-def check_job(spec: JobSpec, warn) -> None:
+
+def check_job(spec: JobSpec, warn: Callable[[str], None]) -> None:
     check_callbacks(spec.callbacks)
     read_texts(spec.data.train_files, spec.data.text_field, "spec.data.train")
     if spec.data.validation_files:
@@ -48,7 +54,7 @@ def check_job(spec: JobSpec, warn) -> None:
     check_positions(model, spec.data.max_seq_length, warn)
 
 
-def _model_config(spec: JobSpec, tokenizer):
+def _model_config(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedConfig:
     from transformers import AutoConfig
 
     from .sources import load_failure, resolve_source

@@ -13,6 +13,7 @@ import json
 import re
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,7 +68,14 @@ def save(
     return final
 
 
-def _write_files(tmp: Path, step: int, weights, optimizer, scheduler, state) -> None:
+def _write_files(
+    tmp: Path,
+    step: int,
+    weights: dict[str, torch.Tensor],
+    optimizer: dict[str, Any],
+    scheduler: dict[str, Any],
+    state: dict[str, Any],
+) -> None:
     """The files, then MANIFEST.json with the size and sha256 of each (atomic_dir fsyncs them all)."""
     save_file(weights, tmp / WEIGHTS)
     torch.save(optimizer, tmp / OPTIMIZER)
@@ -103,7 +111,7 @@ def complete(root: Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def load_latest(root: Path, log=print) -> Checkpoint | None:
+def load_latest(root: Path, log: Callable[[str], None] = print) -> Checkpoint | None:
     """The newest checkpoint that verifies completely; damaged ones are reported and skipped."""
     candidates = {d.name for d in root.iterdir()} if root.is_dir() else set()
     good = complete(root)

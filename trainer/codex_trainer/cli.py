@@ -30,6 +30,7 @@ from .errors import (
 )
 from .evaluate import add_arguments as add_eval_arguments
 from .manifest import load_manifest
+from .spec import Manifest
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
-def run_in_process(manifest, args) -> int:
+def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
     """Train in this process (`codex-train run`, and `launch` with one process in all)."""
     from .train import StopRequest, train  # torch is imported only when training
 

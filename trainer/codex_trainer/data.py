@@ -10,8 +10,10 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +21,10 @@ from .errors import DataError, SpecError, disk_full, is_disk_full
 from .files import atomic_file, sha256_file
 from .plugins import READERS, reader_extensions, reader_for
 from .spec import DataSpec
+
+if TYPE_CHECKING:  # imported when needed: reading and packing the data needs neither
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 CACHE_VERSION = 2
 
@@ -207,7 +213,7 @@ def split_indices(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def tokenize(texts: list[str], tokenizer, eos_id: int, batch: int = 1000) -> list[np.ndarray]:
+def tokenize(texts: list[str], tokenizer: PreTrainedTokenizerBase, eos_id: int, batch: int = 1000) -> list[np.ndarray]:
     out: list[np.ndarray] = []
     for i in range(0, len(texts), batch):
         ids = tokenizer(texts[i : i + batch], add_special_tokens=False)["input_ids"]
@@ -259,7 +265,14 @@ def _file_digest(path: Path) -> bytes:
     return bytes.fromhex(sha256_file(path))
 
 
-def load_dataset(spec: DataSpec, tokenizer, tokenizer_fp: str, seed: int, cache_dir: Path | None, log=None) -> Dataset:
+def load_dataset(
+    spec: DataSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    tokenizer_fp: str,
+    seed: int,
+    cache_dir: Path | None,
+    log: Callable[[str], None] | None = None,
+) -> Dataset:
     """Read, split, tokenize and pack; reuse the cache when data, tokenizer and settings are unchanged.
 
     A cache file that does not verify (torn, truncated, altered) is reported through `log` and rebuilt."""
@@ -324,7 +337,7 @@ def no_validation_reason(spec: DataSpec, data: Dataset) -> str | None:
     )
 
 
-def _read_cache(path: Path, digest: str, log) -> Dataset | None:
+def _read_cache(path: Path, digest: str, log: Callable[[str], None] | None) -> Dataset | None:
     """The cached dataset if the file verifies (zip CRCs, every array present and consistent), else None."""
     try:
         with np.load(path) as z:
@@ -384,7 +397,7 @@ def micro_batch_rows(rows: int, per_rank: int, world: int, rank: int, seed: int,
     return perm[start : start + per_rank]
 
 
-def collate(split: Split, rows: np.ndarray, pad_id: int):
+def collate(split: Split, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
     """input_ids / attention_mask / labels tensors, right-padded to the longest row."""
     import torch
 

@@ -21,12 +21,24 @@ import json
 import math
 import re
 import sys
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import SpecError
 from .spec import HF_SOURCE, DataSpec, JobSpec
+
+if TYPE_CHECKING:  # imported only when evaluating
+    import torch
+    from peft import PeftModel
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from .data import Split
+
+    Model = PreTrainedModel | PeftModel  # a causal LM, or a LoRA adapter on one
+    Autocast = Callable[[], AbstractContextManager[object]]  # a new context to run the forward pass in
 
 RUN_JSON = "run.json"
 DEFAULT_MAX_NEW_TOKENS = 64
@@ -150,12 +162,13 @@ def _final_step(run_dir: Path | None, p: Path) -> int | None:
 # ---------------------------------------------------------------- loading
 
 
-def load(target: Target, device):
+def load(target: Target, device: torch.device) -> tuple[Model, PreTrainedTokenizerBase]:
     """(model in eval mode on device, tokenizer) for a located target."""
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    model: Model
     if target.kind == "hub":
         tokenizer = _tokenizer_for(target, None)
         model = _from_pretrained(target.path, target.path)
@@ -168,18 +181,20 @@ def load(target: Target, device):
     else:
         tokenizer = _tokenizer_for(target, None)
         model = _load_checkpoint(target, tokenizer)
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    rows = getattr(model.get_input_embeddings(), "num_embeddings", None)  # as model._embedding_rows reads it
+    if isinstance(rows, int) and len(tokenizer) > rows:
         raise SpecError(
             "",
             f"the tokenizer has {len(tokenizer)} tokens but the model in '{target.path}' has an embedding of "
-            f"{model.get_input_embeddings().num_embeddings}; they do not belong together",
+            f"{rows}; they do not belong together",
         )
-    model.to(device)
+    # PreTrainedModel.to is functools.wraps(nn.Module.to), which typeshed does not bind to the instance
+    model.to(device)  # type: ignore[arg-type]
     model.eval()  # no dropout (LoRA's included)
     return model, tokenizer
 
 
-def _tokenizer_for(target: Target, directory: Path | None):
+def _tokenizer_for(target: Target, directory: Path | None) -> PreTrainedTokenizerBase:
     """The tokenizer saved with the model, else the run's (run.json), else the Hub model's own."""
     from .tokenizer import load_tokenizer
 
@@ -194,7 +209,7 @@ def _tokenizer_for(target: Target, directory: Path | None):
     return tok
 
 
-def _from_pretrained(name_or_source: str, shown: str):
+def _from_pretrained(name_or_source: str, shown: str) -> PreTrainedModel:
     from transformers import AutoModelForCausalLM
 
     from .sources import load_failure, resolve_source
@@ -206,7 +221,7 @@ def _from_pretrained(name_or_source: str, shown: str):
         raise load_failure(e, shown, "", "a causal LM") from None
 
 
-def _load_adapter(final: Path):
+def _load_adapter(final: Path) -> PeftModel:
     """The adapter on the base its adapter_config.json names (as model.load_trained resolves it)."""
     from peft import PeftModel
 
@@ -248,7 +263,7 @@ def _looks_like_hub_id(name: str) -> bool:
     return HF_SOURCE.fullmatch(f"hf://{name}") is not None and not name.startswith((".", "/", "~"))
 
 
-def _load_checkpoint(target: Target, tokenizer):
+def _load_checkpoint(target: Target, tokenizer: PreTrainedTokenizerBase) -> Model:
     """Base model + PEFT wrapping as the run built them, with the checkpoint's trainable tensors."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -287,7 +302,7 @@ class Settings:
     max_batches: int | None
 
 
-def settings(args, target: Target, model) -> Settings:
+def settings(args: argparse.Namespace, target: Target, model: Model) -> Settings:
     """The run's data and eval settings, overridden by the command line; defaults without a run."""
     spec = target.spec
     d = spec.data if spec is not None else DataSpec(train=["-"])
@@ -302,7 +317,9 @@ def settings(args, target: Target, model) -> Settings:
     return Settings(args.text_field or d.text_field, max_len, d.packing, batch, max_batches)
 
 
-def data_sources(args, target: Target, tokenizer, s: Settings) -> list[tuple[dict[str, Any], Any]]:
+def data_sources(
+    args: argparse.Namespace, target: Target, tokenizer: PreTrainedTokenizerBase, s: Settings
+) -> list[tuple[dict[str, Any], Split]]:
     """[(what it is, Split)]: each --data file tokenized and packed on its own, or the run's validation split."""
     from .data import load_dataset, pack, read_texts, tokenize, truncate
     from .tokenizer import tokenizer_fingerprint
@@ -337,7 +354,9 @@ def data_sources(args, target: Target, tokenizer, s: Settings) -> list[tuple[dic
 # ---------------------------------------------------------------- evaluation
 
 
-def evaluate_split(model, split, s: Settings, pad_id: int, device, autocast) -> dict[str, Any]:
+def evaluate_split(
+    model: Model, split: Split, s: Settings, pad_id: int, device: torch.device, autocast: Autocast
+) -> dict[str, Any]:
     """Token-weighted loss and next-token accuracy over the split's rows in order, batched as training's
     evaluation batches them (rows 0..n in batches of batch_size, at most max_batches)."""
     import numpy as np
@@ -386,7 +405,9 @@ def metrics_of(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def complete_prompts(model, tokenizer, prompts_file: str, max_new_tokens: int, device) -> list[dict[str, Any]]:
+def complete_prompts(
+    model: Model, tokenizer: PreTrainedTokenizerBase, prompts_file: str, max_new_tokens: int, device: torch.device
+) -> list[dict[str, Any]]:
     import torch
 
     from .data import check_data_path
@@ -403,7 +424,8 @@ def complete_prompts(model, tokenizer, prompts_file: str, max_new_tokens: int, d
     with torch.no_grad():
         for prompt in prompts:
             ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(device)
-            generated = model.generate(
+            # the causal LM classes and PEFT's wrapper of one generate; PreTrainedModel's annotation does not say so
+            generated = model.generate(  # type: ignore[operator]
                 input_ids=ids,
                 attention_mask=torch.ones_like(ids),
                 max_new_tokens=max_new_tokens,
@@ -424,7 +446,7 @@ def complete_prompts(model, tokenizer, prompts_file: str, max_new_tokens: int, d
     return out
 
 
-def _device_and_autocast(spec: JobSpec | None):
+def _device_and_autocast(spec: JobSpec | None) -> tuple[torch.device, Autocast]:
     import contextlib
 
     import torch
@@ -440,7 +462,7 @@ def _device_and_autocast(spec: JobSpec | None):
     return torch.device("cuda"), lambda: torch.autocast("cuda", dtype=dtype)
 
 
-def run_eval(args) -> int:
+def run_eval(args: argparse.Namespace) -> int:
     """The `eval` command: locate, load, evaluate, write the lines. SpecError for a user's problem."""
     import warnings
 

@@ -23,12 +23,14 @@ are killed; CODEX_DNS_TIMEOUT (default 300) bounds the wait for MASTER_ADDR.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,6 +45,7 @@ from .errors import (
     write_termination_message,
 )
 from .plugins import check_callbacks
+from .spec import JobSpec, Manifest
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Rendezvous:
         return self.nnodes * self.nproc_per_node
 
     @classmethod
-    def from_env(cls, env=os.environ) -> Rendezvous:
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Rendezvous:
         def number(name: str, default: int, low: int) -> int:
             raw = env.get(name, "").strip()
             if not raw:
@@ -83,7 +86,7 @@ class Rendezvous:
         return r
 
 
-def check_data_files(spec) -> None:
+def check_data_files(spec: JobSpec) -> None:
     """Every data file exists and is a readable file: SpecError naming each one that is not."""
     problems = []
     files = [("spec.data.train", name) for name in spec.data.train_files]
@@ -115,7 +118,7 @@ def outcome(exit_codes: dict[int, int], signum: int | None = None) -> int:
     return EXIT_RETRYABLE
 
 
-def launch(manifest, args) -> int:
+def launch(manifest: Manifest, args: argparse.Namespace) -> int:
     """Run the validated job on this node's share of the world; returns the exit code."""
     from .cli import run_in_process
 
@@ -152,7 +155,7 @@ def wait_for_dns(host: str, timeout: float) -> None:
             time.sleep(1)
 
 
-def _launch_workers(rdzv: Rendezvous, args) -> int:
+def _launch_workers(rdzv: Rendezvous, args: argparse.Namespace) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import elastic_launch
@@ -224,7 +227,7 @@ def report(code: int, codes: dict[int, int], worker_messages: dict[int, str], si
     write_termination_message("\n".join(lines))
 
 
-def _unique(items) -> list[str]:
+def _unique(items: Iterable[str]) -> list[str]:
     seen: list[str] = []
     for item in items:
         for line in item.splitlines():

@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from .errors import SpecError
@@ -173,7 +174,7 @@ def _known_fields(loc: list[str]) -> list[str]:
     return [f.alias or n for n, f in model.model_fields.items()]
 
 
-def _field_by_alias(model: type[BaseModel], name: str):
+def _field_by_alias(model: type[BaseModel], name: str) -> FieldInfo | None:
     for n, f in model.model_fields.items():
         if name in (n, f.alias):
             return f

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
 
 from .errors import SpecError
 from .files import atomic_dir
@@ -17,7 +19,7 @@ from .spec import HF_SOURCE, ModelSpec, PeftSpec
 
 
 def load_base_model(
-    spec: ModelSpec, tokenizer, base_dir: Path, dtype: torch.dtype | None, is_main: bool
+    spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, base_dir: Path, dtype: torch.dtype | None, is_main: bool
 ) -> PreTrainedModel:
     """The base model. A scratch model is created once, saved to `base_dir` and read from there on
     every later start, so a resumed run continues from the very same base weights."""
@@ -47,12 +49,13 @@ def load_base_model(
 
 
 def _embedding_rows(model: PreTrainedModel) -> int | None:
-    """The input embedding's vocabulary size (None for a model whose input embedding is not an nn.Embedding)."""
-    embedding = model.get_input_embeddings()
-    return embedding.num_embeddings if isinstance(embedding, torch.nn.Embedding) else None
+    """The input embedding's vocabulary size: its num_embeddings, which nn.Embedding and the embedding modules
+    of custom (trust_remote_code) models alike have (None for one without it, which cannot be checked)."""
+    rows = getattr(model.get_input_embeddings(), "num_embeddings", None)
+    return rows if isinstance(rows, int) else None
 
 
-def _new_scratch_model(spec: ModelSpec, tokenizer) -> PreTrainedModel:
+def _new_scratch_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
     cfg = dict(spec.config or {})
     model_type = cfg.pop("model_type")
     cfg.setdefault("vocab_size", len(tokenizer))
@@ -133,7 +136,7 @@ def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor
 # ---------------------------------------------------------------- positions
 
 
-def check_positions(model: torch.nn.Module, max_seq_length: int, warn) -> None:
+def check_positions(model: torch.nn.Module, max_seq_length: int, warn: Callable[[str], None]) -> None:
     """Refuse a maxSeqLength the model cannot represent (learned absolute positions, e.g. GPT-2's
     n_positions); warn when it can (rotary, relative) but was configured for fewer positions."""
     config = model.config
@@ -172,7 +175,10 @@ def adapter_base_reference(source: str, base_dir: Path, final: Path) -> tuple[st
     return os.path.relpath(base.resolve(), final.resolve()), None
 
 
-def load_trained(path: str | Path, **kwargs):
+def load_trained(
+    path: str | Path,
+    **kwargs: Any,  # from_pretrained's options (dtype, device_map, ...), passed on as they are
+) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from a run's final/ directory, from any working directory.
 
     A LoRA adapter is applied to its base model, which adapter_config.json names by Hub id or by a path

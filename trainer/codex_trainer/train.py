@@ -11,6 +11,7 @@ import math
 import signal
 import time
 import warnings
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
@@ -19,12 +20,22 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from transformers import get_scheduler
+from peft import PeftModel
+from torch.optim.lr_scheduler import LambdaLR
+from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from transformers.utils import logging as hf_logging
 
 from . import checkpoint
 from .console import Console
-from .data import collate, load_dataset, micro_batch_rows, micro_batches_per_epoch, no_validation_reason
+from .data import (
+    Dataset,
+    Split,
+    collate,
+    load_dataset,
+    micro_batch_rows,
+    micro_batches_per_epoch,
+    no_validation_reason,
+)
 from .errors import EXIT_OK, SpecError, disk_full, is_disk_full
 from .files import atomic_dir
 from .metrics import Mlflow, Prometheus, Sink, flatten
@@ -310,7 +321,9 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()
 
 
-def _evaluation(evaluate, step: int, previous: float | None, sink: Sink) -> float | None:
+def _evaluation(
+    evaluate: Callable[[], tuple[float | None, bool]], step: int, previous: float | None, sink: Sink
+) -> float | None:
     """Run `evaluate` and record its loss; one a signal cut short is not recorded (`previous` stays)."""
     loss, complete = evaluate()
     if not complete:
@@ -322,7 +335,13 @@ def _evaluation(evaluate, step: int, previous: float | None, sink: Sink) -> floa
 
 
 def _evaluate(
-    model, split, batch_size: int, max_batches: int | None, accelerator: Accelerator, pad_id: int, stop: StopRequest
+    model: torch.nn.Module,  # as accelerator.prepare returned it: wrapped for several processes (DDP)
+    split: Split,
+    batch_size: int,
+    max_batches: int | None,
+    accelerator: Accelerator,
+    pad_id: int,
+    stop: StopRequest,
 ) -> tuple[float | None, bool]:
     """(token-weighted loss over the validation split, shared out across ranks; whether it ran to the end).
 
@@ -358,7 +377,7 @@ def _evaluate(
     return (float(totals[0] / totals[1]) if totals[1] > 0 else None), True
 
 
-def _agreed_stop(stop: StopRequest, world: int, device) -> int:
+def _agreed_stop(stop: StopRequest, world: int, device: torch.device) -> int:
     """The signal any rank was asked to stop by (0 for none), the same on every rank."""
     flag = torch.tensor([stop.signum or 0], device=device)
     if world > 1:
@@ -366,7 +385,7 @@ def _agreed_stop(stop: StopRequest, world: int, device) -> int:
     return int(flag.item())
 
 
-def _too_few_sequences(spec: JobSpec, data, world: int) -> SpecError:
+def _too_few_sequences(spec: JobSpec, data: Dataset, world: int) -> SpecError:
     t, d = spec.training, spec.data
     need = t.batch_size * world
     if not d.validation_files and d.validation_fraction > 0 and data.train.rows + data.validation.rows >= need:
@@ -383,7 +402,9 @@ def _too_few_sequences(spec: JobSpec, data, world: int) -> SpecError:
     )
 
 
-def _apply_training_settings(spec: JobSpec, optimizer, scheduler, saved: dict | None) -> dict:
+def _apply_training_settings(
+    spec: JobSpec, optimizer: torch.optim.Optimizer, scheduler: LambdaLR, saved: dict | None
+) -> dict:
     """After loading a checkpoint's optimizer and scheduler, make the current training.* settings rule.
 
     The optimizer state holds the old learning rate and weight decay, and the schedule its old base; set
@@ -399,7 +420,14 @@ def _apply_training_settings(spec: JobSpec, optimizer, scheduler, saved: dict | 
     return training_changes(saved, spec)
 
 
-def _write_final(model, tokenizer, lora: bool, merge: bool, final: Path, base_ref: tuple[str, str | None]) -> None:
+def _write_final(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    lora: bool,
+    merge: bool,
+    final: Path,
+    base_ref: tuple[str, str | None],
+) -> None:
     """final/: the adapter (or the full model when peft.method is none) and tokenizer; final/merged with peft.merge.
 
     The adapter names its base so that it loads from anywhere (model.adapter_base_reference)."""
@@ -414,16 +442,25 @@ def _write_final(model, tokenizer, lora: bool, merge: bool, final: Path, base_re
         raise
 
 
-def _write_result(model, tokenizer, lora: bool, merge: bool, tmp: Path, base_ref: tuple[str, str | None]) -> None:
-    if lora:
-        for config in model.peft_config.values():
-            config.base_model_name_or_path, config.revision = base_ref
-        # the vocabulary is never resized, and "auto" would look base_ref up on the Hub (and warn)
-        model.save_pretrained(tmp, save_embedding_layers=False)
-    else:
-        model.save_pretrained(tmp)
+def _write_result(
+    model: PreTrainedModel | PeftModel,
+    tokenizer: PreTrainedTokenizerBase,
+    lora: bool,
+    merge: bool,
+    tmp: Path,
+    base_ref: tuple[str, str | None],
+) -> None:
+    if not lora:
+        model.save_pretrained(str(tmp))  # str: PeftModel.save_pretrained, in the union, is annotated to take one
+        tokenizer.save_pretrained(tmp)
+        return
+    assert isinstance(model, PeftModel)  # wrap_peft made it one (peft.method lora)
+    for config in model.peft_config.values():
+        config.base_model_name_or_path, config.revision = base_ref
+    # the vocabulary is never resized, and "auto" would look base_ref up on the Hub (and warn)
+    model.save_pretrained(str(tmp), save_embedding_layers=False)
     tokenizer.save_pretrained(tmp)
-    if lora and merge:
+    if merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
