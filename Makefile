@@ -49,7 +49,7 @@ audit:              ## pip-audit over the locks: fails on a known vulnerability 
 	$(PYTHON) tools/audit.py
 
 secrets:            ## gitleaks over the whole history and the tree: fails on a finding
-	$(PYTHON) tools/secrets.py
+	$(PYTHON) tools/secret_scan.py
 
 # ---- the local Kubernetes cluster (tests/cluster) and the end-to-end suite
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO / "tools"))
+sys.path.append(str(REPO / "tools"))  # after the standard library and site-packages
 
 import audit  # noqa: E402
 

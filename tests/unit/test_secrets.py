@@ -1,4 +1,4 @@
-"""`make secrets` (tools/secrets.py, gitleaks) fails on a token anywhere in a repository's history or
+"""`make secrets` (tools/secret_scan.py, gitleaks) fails on a token anywhere in a repository's history or
 tree, and never prints the token. Tokens are made up at run time, so this file holds none."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCANNER = REPO / "tools" / "secrets.py"
+SCANNER = REPO / "tools" / "secret_scan.py"
 
 
 def fake_token(prefix: str, length: int, alphabet: str = string.ascii_letters + string.digits) -> str:

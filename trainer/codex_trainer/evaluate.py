@@ -166,6 +166,8 @@ def load(target: Target, device: torch.device) -> tuple[Model, PreTrainedTokeniz
     """(model in eval mode on device, tokenizer) for a located target."""
     from transformers.utils import logging as hf_logging
 
+    from .model import embedding_rows
+
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     model: Model
@@ -181,8 +183,8 @@ def load(target: Target, device: torch.device) -> tuple[Model, PreTrainedTokeniz
     else:
         tokenizer = _tokenizer_for(target, None)
         model = _load_checkpoint(target, tokenizer)
-    rows = getattr(model.get_input_embeddings(), "num_embeddings", None)  # as model._embedding_rows reads it
-    if isinstance(rows, int) and len(tokenizer) > rows:
+    rows = embedding_rows(model)
+    if rows is not None and len(tokenizer) > rows:
         raise SpecError(
             "",
             f"the tokenizer has {len(tokenizer)} tokens but the model in '{target.path}' has an embedding of "

@@ -38,7 +38,7 @@ def load_base_model(
         )
     except (OSError, ValueError) as e:
         raise load_failure(e, spec.source, "spec.model.source", "a causal LM") from None
-    rows = _embedding_rows(model)
+    rows = embedding_rows(model)
     if rows is not None and len(tokenizer) > rows:
         raise SpecError(
             "spec.tokenizer",
@@ -48,7 +48,7 @@ def load_base_model(
     return model
 
 
-def _embedding_rows(model: PreTrainedModel) -> int | None:
+def embedding_rows(model: PreTrainedModel | PeftModel) -> int | None:
     """The input embedding's vocabulary size: its num_embeddings, which nn.Embedding and the embedding modules
     of custom (trust_remote_code) models alike have (None for one without it, which cannot be checked)."""
     rows = getattr(model.get_input_embeddings(), "num_embeddings", None)

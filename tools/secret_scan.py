@@ -1,7 +1,7 @@
 """`make secrets`: gitleaks over a repository's whole history and over the files in its tree;
 exit 1 on a finding (printed redacted: the secret itself never reaches the log).
 
-    python3 tools/secrets.py [REPO]   # default: this repository
+    python3 tools/secret_scan.py [REPO]   # default: this repository
 
 1. History: every commit reachable from any ref (`gitleaks git --log-opts=--all`), so a token that
    was committed and deleted later is still found.
