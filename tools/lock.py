@@ -60,7 +60,8 @@ def compile_command(name: str, upgrade: bool = False, out: str = "requirements")
 
 def write(upgrade: bool = False, out: str = "requirements") -> None:
     for name in LOCKS:
-        subprocess.run(compile_command(name, upgrade, out), cwd=REPO, check=True)
+        if subprocess.run(compile_command(name, upgrade, out), cwd=REPO).returncode != 0:
+            sys.exit(f"uv could not lock requirements/{name}.txt: its reason is above")
 
 
 def relocked() -> dict[str, str]:
