@@ -150,12 +150,31 @@ def build(images: Images, tag: str = DEFAULT_IMAGE, force: bool = False, log=pri
     want = source_hash()
     if not force and image_label(images, tag) == want:
         return False
+    _check_space(images)
     ctx = stage_context(wheels)
     try:
         _docker_build(ctx, tag, want, log)
     finally:
         shutil.rmtree(ctx, ignore_errors=True)
     return True
+
+
+BUILD_NEEDS_GIB = 16  # the deps stage (~9.6 GB: the venv written once more by COPY) and the image (~6.5 GB)
+
+
+def _check_space(images: Images) -> None:
+    """Refuse to start a build that would fill Docker's disk halfway through (a tar error, then nothing)."""
+    root = images.docker("info", "-f", "{{.DockerRootDir}}", check=False).stdout.decode().strip()
+    if not root or not Path(root).is_dir():
+        return
+    free = shutil.disk_usage(root).free / 2**30
+    if free < BUILD_NEEDS_GIB:
+        dangling = images.docker("images", "-q", "--filter", "dangling=true", check=False).stdout.split()
+        raise RuntimeError(
+            f"building the trainer image needs about {BUILD_NEEDS_GIB} GiB free under {root}; {free:.1f} GiB are. "
+            f"Docker holds {len(dangling)} untagged images from earlier builds: `docker image prune` removes them "
+            "(the next build is then a cold one)"
+        )
 
 
 def _docker_build(ctx: Path, tag: str, want: str, log) -> None:
