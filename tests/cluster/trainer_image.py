@@ -150,41 +150,34 @@ def build(images: Images, tag: str = DEFAULT_IMAGE, force: bool = False, log=pri
     want = source_hash()
     if not force and image_label(images, tag) == want:
         return False
-    _check_space(images)
     ctx = stage_context(wheels)
     try:
-        _docker_build(ctx, tag, want, log)
+        _docker_build(ctx, tag, want, log, images)
     finally:
         shutil.rmtree(ctx, ignore_errors=True)
     return True
 
 
-BUILD_NEEDS_GIB = 16  # the deps stage (~9.6 GB: the venv written once more by COPY) and the image (~6.5 GB)
+def _space_hint(images: Images) -> str:
+    """What to do when Docker's disk filled during a build: how much is free, and what prune would free."""
+    root = images.docker("info", "-f", "{{.DockerRootDir}}", check=False).stdout.decode().strip() or "/var/lib/docker"
+    free = shutil.disk_usage(root).free / 2**30 if Path(root).is_dir() else float("nan")
+    dangling = images.docker("images", "-q", "--filter", "dangling=true", check=False).stdout.split()
+    return (f"Docker's disk ({root}) filled up: {free:.1f} GiB free now, and a cold build wants about 16 GiB "
+            f"(the deps stage, ~10 GB, and the image, ~6.5 GB). Docker holds {len(dangling)} untagged images from "
+            "earlier builds: `docker image prune` removes them (the next build is then a cold one)")  # fmt: skip
 
 
-def _check_space(images: Images) -> None:
-    """Refuse to start a build that would fill Docker's disk halfway through (a tar error, then nothing)."""
-    root = images.docker("info", "-f", "{{.DockerRootDir}}", check=False).stdout.decode().strip()
-    if not root or not Path(root).is_dir():
-        return
-    free = shutil.disk_usage(root).free / 2**30
-    if free < BUILD_NEEDS_GIB:
-        dangling = images.docker("images", "-q", "--filter", "dangling=true", check=False).stdout.split()
-        raise RuntimeError(
-            f"building the trainer image needs about {BUILD_NEEDS_GIB} GiB free under {root}; {free:.1f} GiB are. "
-            f"Docker holds {len(dangling)} untagged images from earlier builds: `docker image prune` removes them "
-            "(the next build is then a cold one)"
-        )
-
-
-def _docker_build(ctx: Path, tag: str, want: str, log) -> None:
+def _docker_build(ctx: Path, tag: str, want: str, log, images: Images) -> None:
     cmd = ["docker", "build", "-f", str(DOCKERFILE), "-t", tag, "--label", f"{HASH_LABEL}={want}",
            "--build-arg", f"CODEX_GIT_SHA={_git_sha()}", str(ctx)]  # fmt: skip
     log(f"building {tag} (source hash {want}) ...")
     start = time.monotonic()
     r = subprocess.run(cmd, env={**os.environ, "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"docker build of {tag} failed:\n{(r.stdout + r.stderr)[-4000:]}")
+        output = (r.stdout + r.stderr)[-4000:]
+        hint = f"\n{_space_hint(images)}" if "no space left on device" in output else ""
+        raise RuntimeError(f"docker build of {tag} failed:\n{output}{hint}")
     log(f"built {tag} in {time.monotonic() - start:.0f} s")
 
 
