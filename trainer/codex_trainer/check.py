@@ -31,7 +31,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from .model import _check_names, check_positions, embedding_rows
+    from .model import _check_names, check_positions, check_vocabulary
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
@@ -41,13 +41,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> None:
             model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)
     except (ValueError, TypeError, KeyError) as e:
         raise SpecError("spec.model", f"cannot build a causal LM from its config: {e}") from None
-    rows = embedding_rows(model)
-    if rows is not None and len(tokenizer) > rows:
-        raise SpecError(
-            "spec.tokenizer",
-            f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows}; "
-            "use the model's own tokenizer",
-        )
+    check_vocabulary(model, tokenizer)
     if spec.peft.method == "lora":
         if isinstance(spec.peft.peft_target_modules, list):
             _check_names(model, spec.peft.target_modules, "spec.peft.targetModules")

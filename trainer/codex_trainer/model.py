@@ -38,6 +38,12 @@ def load_base_model(
         )
     except (OSError, ValueError) as e:
         raise load_failure(e, spec.source, "spec.model.source", "a causal LM") from None
+    check_vocabulary(model, tokenizer)
+    return model
+
+
+def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
+    """SpecError when the tokenizer has ids the model's embedding has no row for."""
     rows = embedding_rows(model)
     if rows is not None and len(tokenizer) > rows:
         raise SpecError(
@@ -45,7 +51,6 @@ def load_base_model(
             f"the tokenizer has {len(tokenizer)} tokens but the model's embedding has {rows}; "
             "use the model's own tokenizer",
         )
-    return model
 
 
 def embedding_rows(model: PreTrainedModel | PeftModel) -> int | None:
