@@ -243,6 +243,11 @@ def test_sigterm_during_a_long_evaluation_stops_it_checkpoints_and_exits_143_soo
     assert not any("eval_loss" in row for row in metrics(out))
     assert "Traceback" not in stderr
 
+    # the evaluation the signal cut short is still owed: the rerun does it before its first step
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *args, "--set", "training.maxSteps=4")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert [row["step"] for row in metrics(out) if "eval_loss" in row] == [2, 4]
+
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
     """Long steps (gradient accumulation 32), so both signals land inside one step."""

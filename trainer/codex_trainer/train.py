@@ -231,6 +231,13 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     ga = t.gradient_accumulation
     loop_start, loop_start_step = time.perf_counter(), step
     train_loss = None
+
+    def eval_due(at: int) -> bool:
+        return at == total_steps or bool(spec.eval.every_steps and at % spec.eval.every_steps == 0)
+
+    # a run stopped at an evaluation step before that evaluation finished: its rerun evaluates first
+    if 0 < step < total_steps and eval_due(step) and evaluated_at != step:
+        eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, evaluated_at, sink)
     while step < total_steps:
         step_start = time.perf_counter()
         torch.manual_seed(_step_seed(t.seed, step, rank))  # dropout depends on (seed, step, rank) alone
@@ -280,8 +287,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
 
         # evaluate, checkpoint, stop: decided here for every step, the last included
         last = step == total_steps
-        if (last or (spec.eval.every_steps and step % spec.eval.every_steps == 0)) and not stop_signal:
-            eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, sink), step
+        if eval_due(step) and not stop_signal:
+            eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, evaluated_at, sink)
             stop_signal = stop_signal or _agreed_stop(stop, world, device)
         if last or stop_signal or step % spec.checkpoint.every_steps == 0:
             state = saved_with | {"tokens_seen": tokens_seen, "epoch": epoch}
@@ -294,7 +301,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     # ---- the result. A run that a signal stopped at its last step checkpointed without evaluating: its
     # rerun (which starts here, at the last step) evaluates now.
     if evaluated_at != step:
-        eval_loss = _evaluation(evaluate, step, eval_loss, sink)
+        eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, evaluated_at, sink)
     if is_main:
         lora = spec.peft.method == "lora"
         _write_final(accelerator.unwrap_model(model), tokenizer, lora, spec.peft.merge, out / "final", base_ref)
@@ -322,16 +329,21 @@ def _save_checkpoint(
 
 
 def _evaluation(
-    evaluate: Callable[[], tuple[float | None, bool]], step: int, previous: float | None, sink: Sink
-) -> float | None:
-    """Run `evaluate` and record its loss; one a signal cut short is not recorded (`previous` stays)."""
+    evaluate: Callable[[], tuple[float | None, bool]],
+    step: int,
+    previous: float | None,
+    previous_at: int,
+    sink: Sink,
+) -> tuple[float | None, int]:
+    """Run `evaluate` and record its loss: (eval loss, the step it is of). One a signal cut short is not
+    recorded and leaves both as they were, so the checkpoint says this step's evaluation is still owed."""
     loss, complete = evaluate()
     if not complete:
         sink.warn(f"evaluation at step {step} stopped early by a signal; not recorded")
-        return previous
+        return previous, previous_at
     if loss is not None:
         sink.evaluated(step, loss, _perplexity(loss))
-    return loss
+    return loss, step
 
 
 def _evaluate(
