@@ -216,7 +216,9 @@ def test_a_hub_that_cannot_be_reached_is_one_line_within_seconds(tmp_path):
 
 
 def test_sigterm_during_a_long_evaluation_stops_it_checkpoints_and_exits_143_soon(tmp_path):
-    """Evaluation every 2 steps over about 2000 validation sequences, one at a time: far longer than a step."""
+    """Evaluation every 2 steps over about 41,000 validation sequences, one at a time: minutes, far longer
+    than a step. SIGTERM goes in once the trainer says the evaluation at step 2 has started; the rerun's
+    evaluations are capped (eval.maxBatches, which may change on resume) so the test takes seconds."""
     valid = tmp_path / "valid.jsonl"
     rows = (ROOT / "configs/data/tiny-code.jsonl").read_text()
     valid.write_text(rows * 6)
@@ -230,9 +232,13 @@ def test_sigterm_during_a_long_evaluation_stops_it_checkpoints_and_exits_143_soo
         stderr=subprocess.PIPE,
         text=True,
     )
-    # the step-2 row is written just before the evaluation starts
-    wait_for(lambda: (out / "metrics.jsonl").is_file() and '"step": 2' in (out / "metrics.jsonl").read_text(), "step 2")
-    time.sleep(0.5)
+    seen = []
+    for line in proc.stdout:  # JSON lines: the pipe is not a terminal
+        seen.append(line)
+        if '"event": "evaluating", "step": 2' in line:
+            break
+    else:
+        pytest.fail(f"the run ended before its evaluation at step 2: {proc.wait()}\n{''.join(seen)[-2000:]}")
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
@@ -244,9 +250,12 @@ def test_sigterm_during_a_long_evaluation_stops_it_checkpoints_and_exits_143_soo
     assert "Traceback" not in stderr
 
     # the evaluation the signal cut short is still owed: the rerun does it before its first step
-    r = run_cli("run", str(TINY), "--output-dir", str(out), *args, "--set", "training.maxSteps=4")
+    r = run_cli(
+        "run", str(TINY), "--output-dir", str(out), *args, "--set", "training.maxSteps=4", "--set", "eval.maxBatches=50"
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert [row["step"] for row in metrics(out) if "eval_loss" in row] == [2, 4]
+    assert '"event": "evaluating", "step": 2' in r.stdout.split('"event": "resumed"', 1)[1].split('"step": 3')[0]
 
 
 def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):

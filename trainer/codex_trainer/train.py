@@ -337,6 +337,7 @@ def _evaluation(
 ) -> tuple[float | None, int]:
     """Run `evaluate` and record its loss: (eval loss, the step it is of). One a signal cut short is not
     recorded and leaves both as they were, so the checkpoint says this step's evaluation is still owed."""
+    sink.event("evaluating", step=step)  # a long evaluation is visible from its start
     loss, complete = evaluate()
     if not complete:
         sink.warn(f"evaluation at step {step} stopped early by a signal; not recorded")
