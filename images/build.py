@@ -1,0 +1,347 @@
+"""The project's two images without a registry: wheelhouse, build, load.
+
+    python3 images/build.py operator            # `make operator-image`: codex.local/codex-operator:dev
+    python3 images/build.py trainer             # `make trainer-image`:  codex.local/codex-trainer:dev
+    python3 images/build.py operator --no-load  # build only, even when the test cluster is up
+        [--force] (build even when nothing changed)  [--tag T]  [--base IMAGE] (a Debian bookworm image)
+
+One code path for both (a `Recipe` each: Dockerfile, locks, sources, tag):
+
+1. The wheelhouse `.whl/<image>-<key>/`: every wheel of the image's locks (requirements/build.txt and
+   requirements/<image>.txt, written by `make lock`) for CPython 3.11 on manylinux x86_64 (Debian
+   bookworm's python3), downloaded on the host with `pip download --require-hashes`, because containers
+   here reach no package index; the locks lie beside the wheels and the image installs from them with
+   `--require-hashes` too. The key is a hash of the locks: downloaded again only when they change, and
+   then a wheel another wheelhouse already holds is copied, not downloaded.
+2. The build context `.whl/context-*/`: only what the image needs (the wheelhouse hard-linked, the
+   sources copied), so that gigabytes of wheels never pass through the repository's own context.
+3. The image, labelled with a hash of everything it is built from (Dockerfile, locks, sources, base):
+   rebuilt only when that changed.
+4. The test cluster's node gets the image only when it lacks this very image (compared by image ID).
+
+Docker itself (started when not running) and the Debian base `codex.local/debian:bookworm` (debootstrap)
+come from the test harness's `Images` (tests/cluster/images.py), which the cluster uses as well. A build
+holds a lock per image, so that a test session and `make` building at once do not race.
+
+`ensure_trainer_image(cluster)` and `ensure_operator_image(cluster)` do 1-4 for a pytest fixture; each
+costs a few `docker` and `ctr` calls when nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests" / "cluster"))
+sys.path.insert(0, str(REPO / "operator"))
+
+from images import BASE, Images  # noqa: E402
+
+from codex_operator.names import DEFAULT_IMAGE  # noqa: E402
+
+Log = Callable[[str], None]
+
+WHL = REPO / ".whl"
+HASH_LABEL = "ml.codex.source-hash"
+OPERATOR_IMAGE = "codex.local/codex-operator:dev"
+PYTHON_VERSION, ABI = "3.11", "cp311"
+PLATFORMS = ["manylinux2014_x86_64"] + [f"manylinux_2_{minor}_x86_64" for minor in range(17, 37)]  # glibc 2.36
+_IGNORED = shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyo", "*.egg-info")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What one image is built from."""
+
+    name: str
+    dockerfile: Path
+    # build.txt (pip, setuptools) first: it is installed first, by the venv's own older pip
+    locks: tuple[Path, ...]
+    sources: tuple[str, ...]  # what the Dockerfile copies in, relative to the repository
+    tag: str
+    disk: str  # what a cold build needs under Docker's root, for the message when it fills up
+
+
+TRAINER = Recipe(
+    name="trainer",
+    dockerfile=REPO / "Dockerfile.trainer",
+    locks=(REPO / "requirements" / "build.txt", REPO / "requirements" / "trainer.txt"),
+    sources=("pyproject.toml", "README.md", "trainer", "operator", "configs"),
+    tag=DEFAULT_IMAGE,
+    disk="about 16 GiB (the deps stage, ~10 GB, and the image, ~6.5 GB)",
+)
+OPERATOR = Recipe(
+    name="operator",
+    dockerfile=REPO / "Dockerfile.operator",
+    locks=(REPO / "requirements" / "build.txt", REPO / "requirements" / "operator.txt"),
+    sources=("pyproject.toml", "README.md", "trainer", "operator"),
+    tag=OPERATOR_IMAGE,
+    disk="about 1 GiB",
+)
+RECIPES = {r.name: r for r in (TRAINER, OPERATOR)}
+
+
+def local_images() -> Images:
+    """Docker on this machine, through the harness (its state directory, as the cluster's own is)."""
+    state = Path(os.environ.get("CODEX_CLUSTER_DIR", REPO / ".cluster")).resolve()
+    return Images(state, containerd_socket="")
+
+
+# ---------------------------------------------------------------------- the wheelhouse
+
+
+def wheelhouse_key(recipe: Recipe) -> str:
+    text = json.dumps([[lock.read_text() for lock in recipe.locks], PYTHON_VERSION, ABI, PLATFORMS])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure_wheelhouse(recipe: Recipe, log: Log = print) -> Path:
+    """`.whl/<image>-<key>/` with the locks and every wheel they pin; that image's older ones are removed."""
+    key = wheelhouse_key(recipe)
+    dest = WHL / f"{recipe.name}-{key}"
+    if (dest / ".complete").is_file():
+        return dest
+    partial = WHL / f"{recipe.name}-{key}.part"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for lock in recipe.locks:
+        shutil.copy2(lock, partial / lock.name)
+    complete = [d for d in WHL.iterdir() if d.is_dir() and (d / ".complete").is_file()]
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--dest", str(partial), "--only-binary=:all:",
+           "--require-hashes", "--no-deps",
+           "--python-version", PYTHON_VERSION, "--implementation", "cp", "--abi", ABI,
+           *(a for p in PLATFORMS for a in ("--platform", p)),
+           *(a for d in complete for a in ("--find-links", str(d))),  # reuse what a wheelhouse has already
+           *(a for lock in recipe.locks for a in ("-r", str(partial / lock.name)))]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PIP_FIND_LINKS"}  # only PyPI and our own wheelhouses
+    log(f"downloading the {recipe.name} wheelhouse into {dest.relative_to(REPO)} ...")
+    start = time.monotonic()
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"pip download failed:\n{r.stderr[-3000:]}")
+    (partial / ".complete").write_text(key + "\n")
+    partial.rename(dest)
+    for d in complete:
+        if d.name.startswith(f"{recipe.name}-"):
+            shutil.rmtree(d, ignore_errors=True)
+    size = sum(f.stat().st_size for f in dest.iterdir())
+    took = time.monotonic() - start
+    log(f"wheelhouse: {len(list(dest.glob('*.whl')))} wheels, {size / 2**20:.0f} MiB in {took:.0f} s")
+    return dest
+
+
+# ---------------------------------------------------------------------- the image
+
+
+def _source_files(recipe: Recipe) -> list[Path]:
+    files = [recipe.dockerfile]
+    for name in recipe.sources:
+        p = REPO / name
+        if p.is_file():
+            files.append(p)
+        else:
+            files += sorted(f for f in p.rglob("*") if f.is_file() and not _ignored(f))
+    return files
+
+
+def _ignored(path: Path) -> bool:
+    return (
+        "__pycache__" in path.parts
+        or path.suffix in (".pyc", ".pyo")
+        or any(part.endswith(".egg-info") for part in path.parts)
+    )
+
+
+def source_hash(recipe: Recipe, base: str = BASE) -> str:
+    """A hash of everything the image is built from: the base's name, the Dockerfile, the locks, the sources."""
+    h = hashlib.sha256(f"{wheelhouse_key(recipe)}\0{base}\0".encode())
+    for f in _source_files(recipe):
+        h.update(str(f.relative_to(REPO)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def stage_context(recipe: Recipe, wheels: Path) -> Path:
+    """A new `.whl/context-*/`: wheels/ (hard links) and the sources, nothing else. The caller removes it."""
+    ctx = Path(tempfile.mkdtemp(prefix="context-", dir=WHL))
+    (ctx / "wheels").mkdir()
+    for f in wheels.iterdir():
+        if f.name.endswith((".whl", ".txt")):
+            try:
+                os.link(f, ctx / "wheels" / f.name)
+            except OSError:
+                shutil.copy2(f, ctx / "wheels" / f.name)
+    for name in recipe.sources:
+        src = REPO / name
+        if src.is_file():
+            shutil.copy2(src, ctx / name)
+        else:
+            shutil.copytree(src, ctx / name, ignore=_IGNORED)
+    return ctx
+
+
+def image_label(images: Images, tag: str) -> str | None:
+    r = images.docker("image", "inspect", "-f", f'{{{{ index .Config.Labels "{HASH_LABEL}" }}}}', tag, check=False)
+    if r.returncode != 0:
+        return None
+    return r.stdout.decode().strip() or None
+
+
+@contextlib.contextmanager
+def _locked(recipe: Recipe) -> Iterator[None]:
+    """One build of an image at a time on this machine (a test session and `make` may start one each)."""
+    WHL.mkdir(exist_ok=True)
+    with (WHL / f"{recipe.name}.lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
+def build(images: Images, recipe: Recipe, tag: str | None = None, *, base: str = BASE, force: bool = False,
+          log: Log = print) -> bool:  # fmt: skip
+    """Build the image unless one with the same source hash is there. True when it built."""
+    tag = tag or recipe.tag
+    with _locked(recipe):
+        if base == BASE:
+            images.ensure_base()
+        wheels = ensure_wheelhouse(recipe, log)
+        want = source_hash(recipe, base)
+        if not force and image_label(images, tag) == want:
+            return False
+        ctx = stage_context(recipe, wheels)
+        try:
+            _docker_build(images, recipe, ctx, tag, base, want, log)
+        finally:
+            shutil.rmtree(ctx, ignore_errors=True)
+    return True
+
+
+def _docker_build(images: Images, recipe: Recipe, ctx: Path, tag: str, base: str, want: str, log: Log) -> None:
+    cmd = ["docker", "build", "-f", str(recipe.dockerfile), "-t", tag, "--label", f"{HASH_LABEL}={want}",
+           "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"CODEX_GIT_SHA={_git_sha(recipe)}",
+           str(ctx)]  # fmt: skip
+    log(f"building {tag} (source hash {want}) ...")
+    start = time.monotonic()
+    # the legacy builder: BuildKit is a separate component that Debian's docker.io may lack
+    r = subprocess.run(cmd, env={**os.environ, "DOCKER_BUILDKIT": "0"}, capture_output=True, text=True)
+    if r.returncode != 0:
+        output = (r.stdout + r.stderr)[-4000:]
+        hint = f"\n{_space_hint(images, recipe)}" if "no space left on device" in output else ""
+        raise RuntimeError(f"docker build of {tag} failed:\n{output}{hint}")
+    log(f"built {tag} in {time.monotonic() - start:.0f} s")
+
+
+def _space_hint(images: Images, recipe: Recipe) -> str:
+    """What to do when Docker's disk filled during a build: how much is free, and what prune would free."""
+    root = images.docker("info", "-f", "{{.DockerRootDir}}", check=False).stdout.decode().strip() or "/var/lib/docker"
+    free = shutil.disk_usage(root).free / 2**30 if Path(root).is_dir() else float("nan")
+    dangling = images.docker("images", "-q", "--filter", "dangling=true", check=False).stdout.split()
+    return (f"Docker's disk ({root}) filled up: {free:.1f} GiB free now, and a cold build of the {recipe.name} "
+            f"image wants {recipe.disk}. Docker holds {len(dangling)} untagged images from earlier builds "
+            "(the legacy builder keeps every stage): `docker image prune` removes them (the next build is "
+            "then a cold one)")  # fmt: skip
+
+
+def image_size(images: Images, tag: str) -> int:
+    return int(images.docker("image", "inspect", "-f", "{{.Size}}", tag).stdout.decode().strip())
+
+
+def _git_sha(recipe: Recipe) -> str:
+    r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if r.returncode != 0:
+        return "unknown"
+    paths = [str(recipe.dockerfile.relative_to(REPO)), *recipe.sources]
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", *paths], cwd=REPO,
+                           capture_output=True, text=True).stdout.strip()  # fmt: skip
+    return r.stdout.strip() + ("-dirty" if dirty else "")
+
+
+# ---------------------------------------------------------------------- the node
+
+
+def node_has(cluster: Any, tag: str) -> bool:
+    """Whether the local cluster's containerd holds `tag` as the very image Docker has (same image ID)."""
+    ctr = ["ctr", "--address", cluster.containerd_socket, "--namespace", "k8s.io"]
+    image_id = cluster.images.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.decode().strip()
+    listed = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True).stdout.splitlines()
+    for line in listed[1:]:
+        fields = line.split()
+        if len(fields) >= 3 and fields[0] in (tag, f"docker.io/library/{tag}"):
+            manifest = subprocess.run([*ctr, "content", "get", fields[2]], capture_output=True, text=True)
+            if manifest.returncode == 0:
+                return json.loads(manifest.stdout).get("config", {}).get("digest") == image_id
+    return False
+
+
+def load(cluster: Any, tag: str, log: Log = print) -> bool:
+    """Put the image on the node unless it is there already. True when it loaded."""
+    if not hasattr(cluster, "containerd_socket"):  # another cluster (kind): its loader skips what the node has
+        cluster.load_image(tag)
+        return True
+    if node_has(cluster, tag):
+        return False
+    start = time.monotonic()
+    # streamed: `docker save` of a multi-GiB image does not go through this process's memory
+    ctr = f"ctr --address {cluster.containerd_socket} --namespace k8s.io images import -"
+    r = subprocess.run(["bash", "-o", "pipefail", "-c", f"docker save {tag} | {ctr}"], capture_output=True, text=True)
+    if r.returncode != 0 or not node_has(cluster, tag):
+        raise RuntimeError(f"loading {tag} into the node failed: {r.stderr.strip()[-2000:]}")
+    log(f"loaded {tag} into the node in {time.monotonic() - start:.0f} s")
+    return True
+
+
+def ensure_image(cluster: Any, recipe: Recipe, tag: str | None = None) -> str:
+    """The image built from the current sources and present on the cluster's node; returns its tag."""
+    tag = tag or recipe.tag
+    build(cluster.images, recipe, tag)
+    load(cluster, tag)
+    return tag
+
+
+def ensure_trainer_image(cluster: Any, tag: str = TRAINER.tag) -> str:
+    return ensure_image(cluster, TRAINER, tag)
+
+
+def ensure_operator_image(cluster: Any, tag: str = OPERATOR.tag) -> str:
+    return ensure_image(cluster, OPERATOR, tag)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description="Build an image of the project and load it into the local test cluster.")
+    p.add_argument("image", choices=sorted(RECIPES))
+    p.add_argument("--tag", help="default: codex.local/codex-<image>:dev")
+    p.add_argument("--base", default=BASE, help=f"a Debian bookworm image (default {BASE}, made by debootstrap)")
+    p.add_argument("--force", action="store_true", help="build even when the source hash is unchanged")
+    p.add_argument("--no-load", action="store_true", help="do not load it into the test cluster")
+    args = p.parse_args(argv)
+    recipe = RECIPES[args.image]
+    tag = args.tag or recipe.tag
+    from cluster import Cluster
+
+    cluster = Cluster()
+    if not build(cluster.images, recipe, tag, base=args.base, force=args.force):
+        print(f"{tag} is up to date (source hash {source_hash(recipe, args.base)})")
+    print(f"{tag}: {image_size(cluster.images, tag) / 2**20:.0f} MiB")
+    if args.no_load:
+        return
+    if cluster.is_up():
+        if not load(cluster, tag):
+            print(f"the node already has {tag}")
+    else:
+        print("the test cluster is not up: not loaded (make cluster-up, then run this again to load it)")
+
+
+if __name__ == "__main__":
+    main()
