@@ -84,12 +84,15 @@ e2e-kind:           ## the same suite on a kind cluster (needs Docker and a regi
 crds:               ## regenerate crds/codextrainingjobs.codex.ml.yaml from the spec models
 	$(PYTHON) -m codex_operator.crd
 
-# ---- the trainer image (Dockerfile.trainer), built without a registry
+# ---- the images (Dockerfile.trainer, Dockerfile.operator), built without a registry (images/build.py)
 
-.PHONY: trainer-image
+.PHONY: trainer-image operator-image
 
 trainer-image:      ## download the wheelhouse (once per set of pins), build codex.local/codex-trainer:dev, load it into the test cluster if up
-	$(PYTHON) tests/cluster/trainer_image.py
+	$(PYTHON) images/build.py trainer
+
+operator-image:     ## the same for codex.local/codex-operator:dev (no torch; about 200 MB)
+	$(PYTHON) images/build.py operator
 
 # ---- operator latency at scale (benchmarks/operator_latency.py): kwok fakes the nodes and pods
 

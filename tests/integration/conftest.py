@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))  # build.py: the images' builds
 from images import Images  # noqa: E402
 
 from cluster import Cluster  # noqa: E402
@@ -88,7 +89,7 @@ def crd(cluster):
 @pytest.fixture(scope="session")
 def trainer_image(cluster) -> str:
     """The real trainer image from Dockerfile.trainer, built (when its sources changed) and on the node."""
-    from trainer_image import ensure_trainer_image
+    from build import ensure_trainer_image
 
     return ensure_trainer_image(cluster)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from trainer_image import ensure_trainer_image
+from build import ensure_trainer_image
 
 from support import wait_for
 
