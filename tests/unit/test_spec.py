@@ -190,3 +190,18 @@ def test_round_trip_through_yaml_keeps_camel_case():
     assert "maxSeqLength" in dumped and "max_seq_length" not in dumped
     again = parse_manifest({**manifest(), "spec": yaml.safe_load(dumped)}).spec
     assert again == spec
+
+
+@pytest.mark.parametrize(
+    "uri", ["https://alice:s3cret-pw@mlflow.example.com", "http://s3cret-pw@mlflow:5000/", "databricks://s3cret-pw@ws"]
+)
+def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
+    found = problems(manifest(tracking={"mlflow": {"trackingUri": uri}}))
+    message = found["spec.tracking.mlflow.trackingUri"]
+    assert "must not carry credentials" in message and "secretKeyRef" in message
+    assert "s3cret-pw" not in str(found)
+
+
+@pytest.mark.parametrize("uri", ["http://mlflow:5000", "https://h/path@v2", "sqlite:///runs/mlflow.db", "databricks"])
+def test_tracking_uris_without_credentials_are_accepted(uri):
+    assert parse_manifest(manifest(tracking={"mlflow": {"trackingUri": uri}})).spec.tracking.mlflow.tracking_uri == uri

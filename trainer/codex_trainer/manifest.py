@@ -14,7 +14,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from .errors import SpecError
-from .spec import Manifest
+from .spec import Manifest, redact_credentials
 
 MAX_MANIFEST_BYTES = 1 << 20  # a Kubernetes object is at most about 1.5 MB; a job file is a few hundred bytes
 MAX_VALUES = 100_000  # after YAML aliases are expanded: a few dozen levels of `&a [*b, *b]` would be billions
@@ -153,7 +153,8 @@ def _explain(err: ErrorDetails) -> tuple[str, str]:
         return path, "required field is missing"
     msg = err["msg"].removeprefix("Value error, ")
     if got is not None and not isinstance(got, dict | list):
-        msg += f" (got {_short(repr(got), 80)})"
+        shown = redact_credentials(got) if isinstance(got, str) else got  # an error message is no place for a password
+        msg += f" (got {_short(repr(shown), 80)})"
     return path, msg
 
 

@@ -256,11 +256,40 @@ class CheckpointSpec(_Model):
     keep_last: int = Field(default=2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
 
 
+# user:password@ or token@ in a URI: it would land in the job's ConfigMap, run.json and logs
+CREDENTIALS_PATTERN = "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+CREDENTIALS_MESSAGE = (
+    "must not carry credentials (user:password@ or token@): keep them in a Secret and pass "
+    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+    "through env valueFrom.secretKeyRef"
+)
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with a URI's user:password@ shown as ***@, for error messages."""
+    return re.sub(CREDENTIALS_PATTERN[:-1] + "@", lambda m: m.group(0).split("://")[0] + "://***@", text)
+
+
+def _no_credentials(v: str) -> str:
+    if re.match(CREDENTIALS_PATTERN, v):
+        raise ValueError(CREDENTIALS_MESSAGE)
+    return v
+
+
+TrackingUri = Annotated[
+    str,
+    Field(max_length=MAX_PATH, json_schema_extra=cel(f"!self.matches('{CREDENTIALS_PATTERN}')", CREDENTIALS_MESSAGE)),
+    AfterValidator(_no_credentials),
+]
+
+
 class MlflowSpec(_Model):
     enabled: bool = Field(default=True, description="Log params and metrics to MLflow.")
-    tracking_uri: str | None = Field(
+    tracking_uri: TrackingUri | None = Field(
         default=None,
-        description="MLflow tracking URI. Default: a local store under the output directory (no server).",
+        description="MLflow tracking URI. Default: a local store under the output directory (no server). "
+        "Credentials go in environment variables from a Secret (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN), "
+        "never in the URI.",
     )
     experiment: str = Field(default="codex", min_length=1, description="MLflow experiment name.")
 
