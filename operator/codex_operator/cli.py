@@ -2,17 +2,28 @@
 
     codex-operator run [--namespace NS ...] [--metrics-port N] [--default-image IMAGE]
                        [--progress-interval SECONDS] [--progress-via auto|pod-ip|proxy] [--liveness-port N]
+                       [--leader-election [--lease-name NAME] [--lease-namespace NS]]
 
 Each flag can also come from the environment (CODEX_NAMESPACES comma-separated, CODEX_METRICS_PORT,
-CODEX_DEFAULT_IMAGE, CODEX_PROGRESS_INTERVAL, CODEX_PROGRESS_VIA, CODEX_LIVENESS_PORT).
+CODEX_DEFAULT_IMAGE, CODEX_PROGRESS_INTERVAL, CODEX_PROGRESS_VIA, CODEX_LIVENESS_PORT,
+CODEX_LEADER_ELECTION=true, CODEX_LEASE_NAME, CODEX_LEASE_NAMESPACE; CODEX_POD_NAME names this replica).
+
+With --leader-election several replicas may run: the one holding the Lease acts, the others stand by
+(leader.py). Without it, run exactly one.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
 import os
+import signal
 import sys
+from collections.abc import Callable, Coroutine
+from functools import partial
+from typing import Any
 
 from . import names
 
@@ -42,14 +53,73 @@ def main(argv: list[str] | None = None) -> int:
     registry = kopf.OperatorRegistry()
     handlers.register(handlers.Operator(options), registry)
     namespaces = args.namespace or [n for n in _env("CODEX_NAMESPACES").split(",") if n]
-    kopf.run(
+    run = partial(
+        kopf.operator,
         registry=registry,
-        standalone=True,  # no peering objects: run one replica (the chart's Deployment does)
+        standalone=True,  # no kopf peering objects: one replica acts (the Lease decides which, when several run)
         clusterwide=not namespaces,
         namespaces=namespaces,
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
     )
-    return 0
+    if not args.leader_election:
+        metrics.LEADER.set(1)
+        with contextlib.suppress(asyncio.CancelledError):  # as kopf.run does
+            asyncio.run(run())
+        return 0
+    return asyncio.run(_elected(run, args))
+
+
+async def _elected(run: Callable[..., Coroutine[Any, Any, None]], args: argparse.Namespace) -> int:
+    """Stand by until this replica holds the Lease, then run the operator until it stops (a signal: the
+    Lease is handed back) or the Lease is lost (exit 1: the container restarts as a standby)."""
+    from . import leader, metrics
+    from .kube import Kube
+
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # kopf puts its own handlers in once it runs
+        loop.add_signal_handler(sig, stopping.set)
+    kube = await Kube.connect()
+    elector = leader.Elector(
+        kube, args.lease_namespace or leader.default_namespace(), args.lease_name, leader.identity()
+    )
+    try:
+        health = await _standby_health(args.liveness_port) if args.liveness_port else None
+        try:
+            if not await elector.acquire(stopping):
+                return 0
+        finally:
+            if health is not None:
+                await health.cleanup()  # kopf serves /healthz on the same port from now on
+        metrics.LEADER.set(1)
+        kopf_stop = asyncio.Event()
+        operator, keeper = asyncio.create_task(run(stop_flag=kopf_stop)), asyncio.create_task(elector.keep())
+        await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
+        lost = keeper.done()
+        kopf_stop.set()
+        keeper.cancel()
+        await asyncio.gather(operator, keeper, return_exceptions=True)
+        metrics.LEADER.set(0)
+        if not lost:
+            await elector.release()
+        return 1 if lost else 0
+    finally:
+        await kube.close()
+
+
+async def _standby_health(port: int) -> Any:
+    """/healthz while standing by: a standby is alive and ready to take over."""
+    from aiohttp import web
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "0.0.0.0", port).start()
+    return runner
 
 
 def _env(name: str, default: str = "") -> str:
@@ -78,6 +148,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--progress-via", choices=["auto", "pod-ip", "proxy"], default=_env("CODEX_PROGRESS_VIA", "auto"),
                      help="reach rank 0's metrics by pod IP (in the cluster) or the API server's pods/proxy "
                      "(outside it); auto picks by where the operator runs")  # fmt: skip
+    run.add_argument("--leader-election", action="store_true", default=_env("CODEX_LEADER_ELECTION") in ("1", "true"),
+                     help="several replicas: the one holding a Lease acts, the others stand by (default off: "
+                     "run exactly one replica; CODEX_LEADER_ELECTION=true)")  # fmt: skip
+    run.add_argument("--lease-name", default=_env("CODEX_LEASE_NAME", "codex-operator"),
+                     help="the coordination.k8s.io Lease the replicas share (default codex-operator)")  # fmt: skip
+    run.add_argument("--lease-namespace", default=_env("CODEX_LEASE_NAMESPACE"),
+                     help="its namespace (default: this pod's namespace, else default)")  # fmt: skip
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 

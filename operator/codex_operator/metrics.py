@@ -22,6 +22,7 @@ RECONCILE = Histogram(
 )
 API_CALLS = Counter("codex_operator_api_calls_total", "Calls to the Kubernetes API", ["verb", "kind", "outcome"])
 API_ERRORS = Counter("codex_operator_api_errors_total", "Failed calls to the Kubernetes API", ["verb", "kind"])
+LEADER = Gauge("codex_operator_leader", "1 while this replica acts (holds the Lease, or runs without election)")
 PROGRESS_ERRORS = Counter("codex_operator_progress_errors_total", "Failed reads of a trainer's progress")
 
 _phases: dict[tuple[str, str], str] = {}
