@@ -104,3 +104,24 @@ bench-operator:     ## N jobs at once against the local cluster (up): create→J
 	test -x .cluster/bin/kwok || GOBIN=$(CURDIR)/.cluster/bin go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
 	$(PYTHON) benchmarks/operator_latency.py --jobs 100 --readme
 	$(PYTHON) benchmarks/operator_latency.py --jobs 1000 --readme
+
+# ---- Helm, for the chart (charts/codex-operator): built from the Go module proxy into .tools/bin, once
+
+HELM_VERSION ?= v3.22.0
+# stamped in as Helm's release build does (its Makefile's LDFLAGS), so `helm version` names the release and
+# lint and template assume the Kubernetes of its client-go (k8s.io/client-go v0.37 in v3.22.0's go.mod)
+HELM_K8S_MINOR ?= 37
+HELM := $(CURDIR)/.tools/bin/helm
+HELM_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM_VERSION) \
+	-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=$(HELM_K8S_MINOR) \
+	-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=$(HELM_K8S_MINOR)
+
+.PHONY: helm
+
+helm:               ## .tools/bin/helm at HELM_VERSION, built unless it is there already (cold: about 4 minutes)
+	@if [ "$$($(HELM) version --template '{{.Version}}' 2>/dev/null)" = "$(HELM_VERSION)" ]; then \
+		echo "$(HELM) $(HELM_VERSION) (cached)"; \
+	else \
+		echo "building helm $(HELM_VERSION) into .tools/bin (go install from the module proxy)"; \
+		GOBIN=$(CURDIR)/.tools/bin GOFLAGS= go install -ldflags '$(HELM_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM_VERSION); \
+	fi
