@@ -46,13 +46,31 @@ def test_committed_crd_is_what_the_models_generate():
     assert committed == crd.render(), f"{crd.OUTPUT.name} is out of date with codex_trainer/spec.py: run `make crds`"
 
 
+def test_the_charts_copy_is_what_the_models_generate():
+    committed = crd.CHART_OUTPUT.read_text() if crd.CHART_OUTPUT.is_file() else ""
+    assert committed == crd.render_chart_template(), "charts/codex-operator/templates/crd.yaml: run `make crds`"
+
+
+def test_the_charts_copy_differs_from_crds_only_by_its_wrapping_and_the_keep_annotation():
+    lines = crd.render_chart_template().splitlines(keepends=True)
+    assert lines[0].startswith("{{- /* Generated") and lines[1] == "{{- if .Values.crds.install }}\n"
+    assert lines[-1] == "{{- end }}\n"
+    body = "".join(lines[2:-1]).replace(f"  annotations:\n    {crd.KEEP}\n", "", 1)
+    assert crd.HEADER + body == crd.render()
+
+
 def test_the_check_flag_reports_drift(tmp_path, capsys):
-    stale = tmp_path / "crd.yaml"
+    stale, chart = tmp_path / "crd.yaml", tmp_path / "chart-crd.yaml"
     stale.write_text("# old\n")
-    assert crd.main(["--check", "--output", str(stale)]) == 1
-    assert "make crds" in capsys.readouterr().err
-    assert crd.main(["--output", str(stale)]) == 0
-    assert crd.main(["--check", "--output", str(stale)]) == 0
+    paths = ["--output", str(stale), "--chart-output", str(chart)]
+    assert crd.main(["--check", *paths]) == 1
+    err = capsys.readouterr().err
+    assert "make crds" in err and str(stale) in err and str(chart) in err
+    assert crd.main(paths) == 0
+    assert crd.main(["--check", *paths]) == 0
+    chart.write_text(chart.read_text().replace("keep", "delete"))  # a hand edit of the chart's copy
+    assert crd.main(["--check", *paths]) == 1
+    assert str(chart) in capsys.readouterr().err
 
 
 def test_names_come_from_the_shared_module(generated):
