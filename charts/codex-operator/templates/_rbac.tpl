@@ -1,0 +1,77 @@
+{{/* What the operator calls, rule by rule, each with the code path that needs it. No wildcards, and no
+     verb the operator does not use: tests/unit/test_chart.py checks, and the cluster suite runs the
+     operator under exactly these rules. */}}
+
+{{/* Rules in the namespaces where jobs live: one ClusterRole when all namespaces are watched, a Role
+     in each of watchNamespaces otherwise. */}}
+{{- define "codex-operator.jobRules" -}}
+# kopf watches the jobs (handlers.job_event: list + watch); Kube.get_job reads one afresh; the TTL
+# (Operator._expire) deletes a finished job
+- apiGroups: [codex.ml]
+  resources: [codextrainingjobs]
+  verbs: [get, list, watch, delete]
+# Kube.patch_status: phase, conditions, progress, checkpoint (merge patches of the status subresource)
+- apiGroups: [codex.ml]
+  resources: [codextrainingjobs/status]
+  verbs: [patch]
+# children carry ownerReferences with blockOwnerDeletion (builders.owner_reference): where the API
+# server enforces OwnerReferencesPermissionEnforcement, that needs update on the owner's finalizers
+- apiGroups: [codex.ml]
+  resources: [codextrainingjobs/finalizers]
+  verbs: [update]
+# attempt Jobs: Kube.create, Kube.list_jobs, kopf's watch of them (handlers.attempt_event), and
+# Kube.set_suspend (suspend/resume a job that is not Kueue's)
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [create, list, watch, patch]
+# trainer pods: Kube.list_pods (rank 0's progress and final numbers, why pods wait, which pod failed)
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [list]
+{{- if eq .Values.progress.via "proxy" }}
+# Kube.pod_metrics_via_proxy: rank 0's /metrics through the API server (progress.via: proxy)
+- apiGroups: [""]
+  resources: [pods/proxy]
+  verbs: [get]
+{{- end }}
+# the checkpoint volume and the rendezvous Service (Operator.ensure_children: create or adopt)
+- apiGroups: [""]
+  resources: [persistentvolumeclaims, services]
+  verbs: [create]
+# the job file: Operator.ensure_children creates it, reads it back and patches it when the spec changed
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [create, get, patch]
+# kopf.event (handlers._post_event): one Event per transition, posted to core/v1 (kopf never patches them)
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
+{{- end }}
+
+{{/* Cluster-scoped, read-only: always in the ClusterRole. */}}
+{{- define "codex-operator.clusterRules" -}}
+# kopf's resource observer: watches CRDs so it notices codextrainingjobs being installed or changed
+# after the operator started (without it kopf only scans them at start, and logs a warning)
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- end }}
+
+{{/* The Lease of leader election (leader.Elector), in the release's namespace only. */}}
+{{- define "codex-operator.leaseRules" -}}
+# a standby creates the Lease when there is none (create cannot be limited to a name)
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+# leader.Elector reads the Lease, takes or renews it and hands it back (replace = update): this one only
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  resourceNames: [{{ include "codex-operator.leaseName" . }}]
+  verbs: [get, update]
+{{- end }}
+
+{{- define "codex-operator.subjects" -}}
+- kind: ServiceAccount
+  name: {{ include "codex-operator.serviceAccountName" . }}
+  namespace: {{ .Release.Namespace }}
+{{- end }}
