@@ -1,0 +1,71 @@
+"""The Helm chart (charts/codex-operator) as the tests see it: the pinned helm binary and `render(values)`.
+
+    from chart_support import VALUE_SETS, render
+    for name, values in VALUE_SETS.items():
+        manifests = render(values)      # `helm template`, parsed: a list of dicts
+
+The unit tests (tests/unit/test_chart.py) read what this renders; the cluster suite hands the same
+value sets to the API server (`kubectl apply --dry-run=server`). helm comes from `make helm` (built
+once into .tools/bin from the Go module proxy, about 4 minutes cold), so both use one binary.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CHART = ROOT / "charts" / "codex-operator"
+HELM = ROOT / ".tools" / "bin" / "helm"
+RELEASE = "codex"
+NAMESPACE = "codex-system"
+
+# The value sets every test renders (and the cluster suite applies with --dry-run=server). The
+# monitors need prometheus-operator's CRDs on the server; the namespaced ones need team-a and team-b.
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "watch-namespaces": {"watchNamespaces": ["team-a", "team-b"]},
+    "monitors": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
+    "network-policy": {"watchNamespaces": ["team-a", "team-b"], "networkPolicy": {"enabled": True}},
+    "two-replicas": {"replicaCount": 2},
+    "dashboard": {"grafana": {"dashboard": {"enabled": True}}},
+}
+
+
+@functools.cache
+def helm_binary() -> Path:
+    """.tools/bin/helm at the Makefile's HELM_VERSION: `make helm` builds it unless it is there already."""
+    r = subprocess.run(["make", "--no-print-directory", "helm"], cwd=ROOT, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"`make helm` failed (it builds helm with Go from the module proxy):\n{r.stdout}{r.stderr}")
+    return HELM
+
+
+def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess:
+    """Run helm with ARGS, plus `-f` a file holding `values` (YAML, as a user would write it)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="values-") as f:
+        extra: list[str] = []
+        if values is not None:
+            yaml.safe_dump(values, f)
+            f.flush()
+            extra = ["-f", f.name]
+        return subprocess.run([str(helm_binary()), *args, *extra], capture_output=True, text=True, timeout=120)
+
+
+def template(values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE):
+    """`helm template` of the chart, as a CompletedProcess (for the tests of what it refuses)."""
+    return helm("template", release, str(CHART), "--namespace", namespace, values=values)
+
+
+def render(values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE) -> list[dict]:
+    """The chart's manifests for `values`, parsed; Helm's message in the error when it refuses them."""
+    r = template(values, release=release, namespace=namespace)
+    if r.returncode != 0:
+        raise ValueError(f"helm template refused {json.dumps(values)}:\n{r.stderr}")
+    return [doc for doc in yaml.safe_load_all(r.stdout) if doc]
