@@ -31,6 +31,7 @@ NAMESPACE = "codex-system"
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "defaults": {},
     "watch-namespaces": {"watchNamespaces": ["team-a", "team-b"]},
+    "namespace-patterns": {"watchNamespacePatterns": ["team-*", "!team-test"]},
     "monitors": {"serviceMonitor": {"enabled": True}, "podMonitor": {"enabled": True}},
     "network-policy": {"watchNamespaces": ["team-a", "team-b"], "networkPolicy": {"enabled": True}},
     "two-replicas": {"replicaCount": 2},

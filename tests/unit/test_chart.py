@@ -72,6 +72,7 @@ PER_TEAM = [(kind, ns) for ns in ("team-a", "team-b") for kind in ("Role", "Role
 EXPECTED = {
     "defaults": BASE,
     "watch-namespaces": BASE + PER_TEAM,
+    "namespace-patterns": BASE,
     "monitors": BASE + [("PodMonitor", NAMESPACE), ("ServiceMonitor", NAMESPACE)],
     "network-policy": BASE + PER_TEAM + [("NetworkPolicy", "team-a"), ("NetworkPolicy", "team-b")],
     "two-replicas": BASE + [("Role", NAMESPACE), ("RoleBinding", NAMESPACE)],
@@ -314,6 +315,18 @@ def test_watch_namespaces_gets_a_role_in_each_and_only_crd_reads_cluster_wide():
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": FULLNAME, "namespace": NAMESPACE}]
     args = container(manifests)["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
+
+
+def test_namespace_patterns_watch_through_a_cluster_role_that_also_follows_namespaces():
+    """A pattern matches namespaces the install cannot name, so no Role can be made for them."""
+    manifests = render(VALUE_SETS["namespace-patterns"] | {"watchNamespaces": ["team-a"]})
+    follow = {("", "namespaces", "list"), ("", "namespaces", "watch")}
+    no_proxy_or_leases = {("", "pods/proxy", "get"), *(c for c in operator_calls() if c[1] == "leases")}
+    assert granted(manifests, "ClusterRole") == (operator_calls() | KOPF | follow) - no_proxy_or_leases
+    assert not [m for m in manifests if m["kind"] in ("Role", "RoleBinding")]
+    args = container(manifests)["args"]
+    assert [a for a in args if a.startswith("--namespace=")] == [
+        "--namespace=team-a", "--namespace=team-*", "--namespace=!team-test"]  # fmt: skip
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)

@@ -49,6 +49,12 @@ app.kubernetes.io/part-of: codex
 {{- ternary "true" "false" $on }}
 {{- end }}
 
+{{/* "true" when the job rules go in the ClusterRole: every namespace, or patterns that match namespaces
+     the install cannot name. */}}
+{{- define "codex-operator.clusterWide" -}}
+{{- ternary "true" "false" (or (not .Values.watchNamespaces) (not (empty .Values.watchNamespacePatterns))) }}
+{{- end }}
+
 {{- define "codex-operator.leaseName" -}}
 {{- default (include "codex-operator.fullname" .) .Values.leaderElection.leaseName }}
 {{- end }}
