@@ -169,7 +169,8 @@ def _report_partial(latest_only: dict[str, str], entries: list[Accepted]) -> int
     for name in refused:
         where = f"[[partial]] of {IGNORE_FILE.name}"
         print(f"PARTIAL {latest_only[name]}: a vulnerability fixed after our version would not show; lock the "
-              f"latest release, or accept {name} in {where} with a reason and an expiry date")  # fmt: skip
+              f"latest release (python3 tools/lock.py --upgrade-package {name}), or accept {name} in {where} "
+              "with a reason and an expiry date")  # fmt: skip
     return len(refused)
 
 

@@ -44,7 +44,9 @@ LOCKS: dict[str, tuple[str, ...]] = {
 PYTHON, PLATFORM = "3.11", "x86_64-manylinux_2_36"
 
 
-def compile_command(name: str, upgrade: bool = False, out: str = "requirements") -> list[str]:
+def compile_command(
+    name: str, upgrade: bool = False, out: str = "requirements", packages: tuple[str, ...] = ()
+) -> list[str]:
     """uv's command for one lock, written into `out` (relative to the repository, or absolute)."""
     cmd = [sys.executable, "-m", "uv", "pip", "compile", "--quiet", "--generate-hashes", "--python-version", PYTHON,
            "--python-platform", PLATFORM, "--custom-compile-command", "make lock", "--no-config",
@@ -55,12 +57,13 @@ def compile_command(name: str, upgrade: bool = False, out: str = "requirements")
         cmd += ["-c", f"{out}/dev.txt"]
     if upgrade:
         cmd.append("--upgrade")
+    cmd += [a for package in packages for a in ("--upgrade-package", package)]
     return cmd
 
 
-def write(upgrade: bool = False, out: str = "requirements") -> None:
+def write(upgrade: bool = False, out: str = "requirements", packages: tuple[str, ...] = ()) -> None:
     for name in LOCKS:
-        if subprocess.run(compile_command(name, upgrade, out), cwd=REPO).returncode != 0:
+        if subprocess.run(compile_command(name, upgrade, out, packages), cwd=REPO).returncode != 0:
             sys.exit(f"uv could not lock requirements/{name}.txt: its reason is above")
 
 
@@ -206,12 +209,14 @@ def check() -> list[str]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--upgrade", action="store_true", help="the newest versions pyproject.toml allows")
+    p.add_argument("--upgrade-package", action="append", default=[], metavar="NAME",
+                   help="the newest version of NAME only (repeatable), e.g. when `make audit` names one")  # fmt: skip
     p.add_argument("--check", action="store_true", help="only check that pyproject.toml and the locks agree")
     args = p.parse_args()
     if args.check:
         found = check() or differences({n: (LOCK_DIR / f"{n}.txt").read_text() for n in LOCKS}, relocked())
     else:
-        write(args.upgrade)
+        write(args.upgrade, packages=tuple(args.upgrade_package))
         print(f"wrote {', '.join(f'requirements/{name}.txt' for name in LOCKS)}")
         found = check()
     for line in found:
