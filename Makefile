@@ -81,7 +81,7 @@ e2e-kind:           ## the same suite on a kind cluster (needs Docker and a regi
 
 .PHONY: crds
 
-crds:               ## regenerate crds/codextrainingjobs.codex.ml.yaml from the spec models
+crds:               ## regenerate crds/codextrainingjobs.codex.ml.yaml and the chart's templates/crd.yaml from the spec models
 	$(PYTHON) -m codex_operator.crd
 
 # ---- the images (Dockerfile.trainer, Dockerfile.operator), built without a registry (images/build.py)
