@@ -65,6 +65,8 @@ BASE = [
     ("ClusterRoleBinding", None),
     ("CustomResourceDefinition", None),
     ("Deployment", NAMESPACE),
+    ("Role", NAMESPACE),  # the Lease of leader election (on by default)
+    ("RoleBinding", NAMESPACE),
     ("Service", NAMESPACE),
     ("ServiceAccount", NAMESPACE),
 ]
@@ -75,7 +77,7 @@ EXPECTED = {
     "namespace-patterns": BASE,
     "monitors": BASE + [("PodMonitor", NAMESPACE), ("ServiceMonitor", NAMESPACE)],
     "network-policy": BASE + PER_TEAM + [("NetworkPolicy", "team-a"), ("NetworkPolicy", "team-b")],
-    "two-replicas": BASE + [("Role", NAMESPACE), ("RoleBinding", NAMESPACE)],
+    "two-replicas": BASE,
     "dashboard": BASE + [("ConfigMap", NAMESPACE)],
 }
 
@@ -294,7 +296,7 @@ def test_rbac_grants_exactly_what_the_operator_calls_cluster_wide():
 
 
 def test_pods_proxy_and_leases_only_when_used():
-    manifests = render({})
+    manifests = render({"leaderElection": {"enabled": "auto"}})
     proxy = {("", "pods/proxy", "get")}
     leases = {c for c in operator_calls() if c[1] == "leases"}
     assert granted(manifests, "ClusterRole") == (operator_calls() - proxy - leases) | KOPF
@@ -323,7 +325,7 @@ def test_namespace_patterns_watch_through_a_cluster_role_that_also_follows_names
     follow = {("", "namespaces", "list"), ("", "namespaces", "watch")}
     no_proxy_or_leases = {("", "pods/proxy", "get"), *(c for c in operator_calls() if c[1] == "leases")}
     assert granted(manifests, "ClusterRole") == (operator_calls() | KOPF | follow) - no_proxy_or_leases
-    assert not [m for m in manifests if m["kind"] in ("Role", "RoleBinding")]
+    assert {m["metadata"]["namespace"] for m in manifests if m["kind"] in ("Role", "RoleBinding")} == {NAMESPACE}
     args = container(manifests)["args"]
     assert [a for a in args if a.startswith("--namespace=")] == [
         "--namespace=team-a", "--namespace=team-*", "--namespace=!team-test"]  # fmt: skip
@@ -384,9 +386,16 @@ def test_probes_use_kopfs_health_endpoint():
 
 
 def test_one_replica_is_recreated_never_two_at_once():
-    manifests = render({})
-    assert one(manifests, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
-    assert "CODEX_LEADER_ELECTION" not in env_of(manifests)
+    for values in ({}, {"leaderElection": {"enabled": False}}, {"leaderElection": {"enabled": "auto"}}):
+        assert one(render(values), "Deployment")["spec"]["strategy"] == {"type": "Recreate"}, values
+    assert "CODEX_LEADER_ELECTION" not in env_of(render({"leaderElection": {"enabled": "auto"}}))
+
+
+def test_one_replica_holds_the_lease_too_so_a_scale_up_never_has_two_acting():
+    """Going from one replica to two (helm upgrade), the pod that acts already holds the Lease, so the
+    new ones stand by; with election only above one replica, the old pod and a new leader would both act."""
+    env = env_of(render({}))
+    assert env["CODEX_LEADER_ELECTION"]["value"] == "true"
 
 
 def test_two_replicas_elect_a_leader_through_a_lease():
