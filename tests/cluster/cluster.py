@@ -114,6 +114,9 @@ class Cluster:
                          f"-X k8s.io/client-go/pkg/version.gitVersion={v}"]  # fmt: skip
         _go_build(SRC, self.bin, stamp_version)
         _go_build(DNS_SRC, self.coredns, [])
+        kubectl = self.bin.parent / "kubectl"  # for people: PATH=$PWD/.cluster/bin:$PATH, then plain kubectl
+        if not kubectl.is_symlink():
+            kubectl.symlink_to(self.bin.name)
         return self.bin
 
     # ------------------------------------------------------------------ up
