@@ -52,7 +52,7 @@ def _setting(name: str, default: str) -> str:
     return os.environ.get(f"CODEX_CLUSTER_{name}", default)
 
 
-# Every address and port the cluster takes, each overridable as CODEX_CLUSTER_<NAME> (the README lists
+# Every address and port the cluster takes, each overridable as CODEX_CLUSTER_<NAME> (docs/development.md lists
 # them), so that a second checkout can take others. Loopback ports are checked free before `up`.
 BRIDGE = _setting("BRIDGE", "codex0")
 POD_CIDR = _setting("POD_CIDR", "10.244.0.0/24")  # the bridge takes the first address: the node's
@@ -144,7 +144,7 @@ class Cluster:
                         "refusing to start the test cluster: this machine already has "
                         + "; ".join(taken)
                         + ". Another cluster (k3s, microk8s, kind, a second checkout) or one this harness left"
-                        " must go first, or take other addresses and ports (CODEX_CLUSTER_* in the README)."
+                        " must go first, or take other addresses and ports (CODEX_CLUSTER_* in docs/development.md)."
                     )
             try:
                 self._up()

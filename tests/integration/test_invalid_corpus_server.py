@@ -54,7 +54,7 @@ def test_the_examples_pass_and_the_server_fills_in_the_trainers_defaults(cluster
 
 
 def test_unknown_fields_are_pruned_silently_when_validation_is_off(cluster, ns):
-    """Why the README says to keep kubectl's default (strict) field validation."""
+    """Why docs/jobs.md says to keep kubectl's default (strict) field validation."""
     path = ROOT / "tests" / "invalid" / "unknown-field-nested.yaml"
     r = dry_run(cluster, ns, path, "--validate=false", "-o", "json")
     assert r.returncode == 0, r.stderr
