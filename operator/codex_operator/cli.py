@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)  # one line per handler run is noise at scale
     logging.getLogger("kubernetes_asyncio").setLevel(logging.INFO)  # its debug level prints every response body
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)  # a line per probe of /healthz is noise
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     options = handlers.Options(
@@ -70,14 +71,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _elected(run: Callable[..., Coroutine[Any, Any, None]], args: argparse.Namespace) -> int:
-    """Stand by until this replica holds the Lease, then run the operator until it stops (a signal: the
-    Lease is handed back) or the Lease is lost (exit 1: the container restarts as a standby)."""
+    """Stand by until this replica holds the Lease, then run the operator until it stops (a signal, or a
+    crash: the Lease is handed back) or the Lease is lost (the process exits 1 at once: none of its
+    handlers may act once a standby can take over; the container restarts as a standby)."""
     from . import leader, metrics
     from .kube import Kube
 
+    log = logging.getLogger("codex_operator")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # kopf puts its own handlers in once it runs
+    for sig in (signal.SIGINT, signal.SIGTERM):  # kopf puts its own handlers in once it runs; both stop it
         loop.add_signal_handler(sig, stopping.set)
     kube = await Kube.connect()
     elector = leader.Elector(
@@ -93,16 +96,27 @@ async def _elected(run: Callable[..., Coroutine[Any, Any, None]], args: argparse
                 await health.cleanup()  # kopf serves /healthz on the same port from now on
         metrics.LEADER.set(1)
         kopf_stop = asyncio.Event()
-        operator, keeper = asyncio.create_task(run(stop_flag=kopf_stop)), asyncio.create_task(elector.keep())
-        await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)
-        lost = keeper.done()
-        kopf_stop.set()
+        operator = asyncio.create_task(run(stop_flag=kopf_stop))
+        keeper = asyncio.create_task(elector.keep())
+        stopper = asyncio.create_task(stopping.wait())  # a signal before kopf's own handlers are in
+        await asyncio.wait({operator, keeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not keeper.done():
+            kopf_stop.set()
+            await asyncio.wait({operator, keeper}, return_when=asyncio.FIRST_COMPLETED)  # still renewing
+        if keeper.done():
+            why = keeper.exception() if not keeper.cancelled() else None
+            log.error("lost the Lease%s: exiting now, so that only the new leader acts", f" ({why!r})" if why else "")
+            logging.shutdown()
+            os._exit(1)
         keeper.cancel()
-        await asyncio.gather(operator, keeper, return_exceptions=True)
+        stopper.cancel()
+        crashed = (await asyncio.gather(operator, keeper, stopper, return_exceptions=True))[0]
         metrics.LEADER.set(0)
-        if not lost:
-            await elector.release()
-        return 1 if lost else 0
+        await elector.release()  # a crash too: a standby takes over at its next try
+        if isinstance(crashed, BaseException) and not isinstance(crashed, asyncio.CancelledError):
+            log.error("the operator stopped on an error: %r", crashed)
+            return 1
+        return 0
     finally:
         await kube.close()
 
