@@ -65,7 +65,8 @@ BASE = [
     ("ClusterRoleBinding", None),
     ("CustomResourceDefinition", None),
     ("Deployment", NAMESPACE),
-    ("Role", NAMESPACE),  # the Lease of leader election (on by default)
+    ("Lease", NAMESPACE),  # leader election (on by default): made with the release
+    ("Role", NAMESPACE),  # ... and the rights on it
     ("RoleBinding", NAMESPACE),
     ("Service", NAMESPACE),
     ("ServiceAccount", NAMESPACE),
@@ -506,17 +507,21 @@ def test_monitors_select_the_trainer_pods_rank_0_and_the_operator_service():
     assert scoped["spec"]["namespaceSelector"] == {"matchNames": ["team-a", "team-b"]}
 
 
-def tcp_ports_open_to_all(policy: dict) -> set[int]:
+TRAINER_PODS = [{"podSelector": {"matchExpressions": [{"key": names.LABEL_JOB, "operator": "Exists"}]}}]
+
+
+def tcp_ports_open_to(policy: dict, peers: list[dict] | None) -> set[int]:
+    """TCP ports the policy's rules open to exactly `peers` (None: a rule with no `from`, open to all)."""
     open_ = set()
     for rule in policy["spec"]["ingress"]:
-        if "from" not in rule:
+        if rule.get("from") == peers:
             for p in rule["ports"]:
-                if p["protocol"] == "TCP":
+                if p["protocol"] == "TCP" and isinstance(p["port"], int):
                     open_ |= set(range(p["port"], p.get("endPort", p["port"]) + 1))
     return open_
 
 
-def test_the_network_policy_closes_only_the_metrics_port_to_all_but_the_operator():
+def test_the_network_policy_opens_the_metrics_port_to_the_operator_and_the_rest_to_the_jobs_pods_only():
     manifests = render(VALUE_SETS["network-policy"])
     policies = [m for m in manifests if m["kind"] == "NetworkPolicy"]
     assert sorted(p["metadata"]["namespace"] for p in policies) == ["team-a", "team-b"]
@@ -526,10 +531,12 @@ def test_the_network_policy_closes_only_the_metrics_port_to_all_but_the_operator
         spec = policy["spec"]
         assert spec["podSelector"] == {"matchExpressions": [{"key": names.LABEL_JOB, "operator": "Exists"}]}
         assert spec["policyTypes"] == ["Ingress"]
-        # everything stays open (the rendezvous on MASTER_PORT, the collectives) but the metrics port
-        assert tcp_ports_open_to_all(policy) == set(range(1, 65536)) - {names.METRICS_PORT}
-        assert names.MASTER_PORT in tcp_ports_open_to_all(policy)
-        (metrics_rule,) = [r for r in spec["ingress"] if "from" in r]
+        # nothing is open to all (policies add up: a rule without `from` would undo a default-deny)
+        assert tcp_ports_open_to(policy, None) == set()
+        # between trainer pods, every port but the metrics port (the rendezvous on MASTER_PORT, collectives)
+        assert tcp_ports_open_to(policy, TRAINER_PODS) == set(range(1, 65536)) - {names.METRICS_PORT}
+        assert names.MASTER_PORT in tcp_ports_open_to(policy, TRAINER_PODS)
+        (metrics_rule,) = [r for r in spec["ingress"] if r["from"] != TRAINER_PODS]
         assert metrics_rule["ports"] == [{"port": pod["spec"]["containers"][0]["ports"][0]["name"], "protocol": "TCP"}]
         (peer,) = metrics_rule["from"]
         assert peer["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": NAMESPACE}}
