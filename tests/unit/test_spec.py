@@ -205,3 +205,16 @@ def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
 @pytest.mark.parametrize("uri", ["http://mlflow:5000", "https://h/path@v2", "sqlite:///runs/mlflow.db", "databricks"])
 def test_tracking_uris_without_credentials_are_accepted(uri):
     assert parse_manifest(manifest(tracking={"mlflow": {"trackingUri": uri}})).spec.tracking.mlflow.tracking_uri == uri
+
+
+def test_an_env_value_is_shown_by_nothing_the_trainer_prints_or_writes(capsys):
+    """run.json, MLflow's params and `codex-train validate` show the spec through JobSpec.shown()."""
+    from codex_trainer.cli import main
+
+    token = "hf_" + "x1y2" * 8
+    env = f"env=[{{name: HF_TOKEN, value: {token}}}, {{name: HUB, valueFrom: {{secretKeyRef: {{name: s, key: k}}}}}}]"
+    assert main(["validate", str(TINY), "--set", env]) == 0
+    out = capsys.readouterr().out
+    assert token not in out and '"value": "(set, not shown)"' in out and '"secretKeyRef"' in out
+    spec = parse_manifest(manifest(env=[{"name": "HF_TOKEN", "value": token}])).spec
+    assert token not in str(spec.shown()) and spec.env[0].value == token  # the pod still gets it

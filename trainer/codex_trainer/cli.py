@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             from .check import check_job
 
             check_job(manifest.spec, warn=lambda m: print(f"codex-train: warning: {m}", file=sys.stderr))
-            print(json.dumps(manifest.spec.model_dump(mode="json", by_alias=True), indent=2))
+            print(json.dumps(manifest.spec.shown(), indent=2))
             return 0
         if args.command == "launch":
             from .launch import launch

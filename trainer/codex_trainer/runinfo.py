@@ -80,7 +80,7 @@ def write_run_json(
     earlier = _earlier_starts(path)
     info = {
         "name": name,
-        "spec": spec.model_dump(mode="json", by_alias=True),
+        "spec": spec.shown(),  # env values hidden; spec_sha256 still tells one spec from another
         "spec_sha256": spec_hash(spec),
         "seed": spec.training.seed,
         "world_size": world_size,

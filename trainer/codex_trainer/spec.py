@@ -265,6 +265,9 @@ CREDENTIALS_MESSAGE = (
 )
 
 
+HIDDEN = "(set, not shown)"
+
+
 def redact_credentials(text: str) -> str:
     """`text` with a URI's user:password@ shown as ***@, for error messages."""
     return re.sub(CREDENTIALS_PATTERN[:-1] + "@", lambda m: m.group(0).split("://")[0] + "://***@", text)
@@ -477,6 +480,13 @@ class JobSpec(_Model):
         default_factory=list,
         description="Sources of environment variables (configMapRef, secretRef), as in a Pod (cluster only).",
     )
+
+    def shown(self) -> dict[str, Any]:
+        """The spec as run.json, MLflow's params and `codex-train validate` show it: an env value (a token,
+        maybe, in a job file run on a laptop) as HIDDEN; references to Secrets stay, they hold no secret."""
+        d = self.model_dump(mode="json", by_alias=True)
+        d["env"] = [e | {"value": HIDDEN} if e.get("value") is not None else e for e in d["env"]]
+        return d
 
     @property
     def tokenizer_source(self) -> str:

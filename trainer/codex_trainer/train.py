@@ -527,6 +527,4 @@ def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
     if not cfg.enabled:
         return None
     uri = cfg.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    return Mlflow(
-        uri, cfg.experiment, name, out / "mlflow_run_id", flatten(spec.model_dump(mode="json", by_alias=True))
-    )
+    return Mlflow(uri, cfg.experiment, name, out / "mlflow_run_id", flatten(spec.shown()))
