@@ -9,10 +9,12 @@ import errno
 import json
 import os
 import pathlib
+import queue
 import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -225,23 +227,30 @@ def test_sigterm_during_a_long_evaluation_stops_it_checkpoints_and_exits_143_soo
     out = tmp_path / "out"
     args = ["--set", f"data.validation=[{valid}]", "--set", "data.maxSeqLength=32", "--set", "eval.batchSize=1"]
     args += ["--set", "eval.everySteps=2", "--set", "training.maxSteps=10", "--set", "tracking.mlflow.enabled=false"]
+    err = (tmp_path / "stderr").open("w+")  # a file: a full stderr pipe must not stall the trainer
     proc = subprocess.Popen(
         [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *args],
         cwd=ROOT,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=err,
         text=True,
     )
+    lines: queue.Queue[str | None] = queue.Queue()
+    threading.Thread(target=lambda: [*map(lines.put, proc.stdout or []), lines.put(None)], daemon=True).start()
     seen = []
-    for line in proc.stdout:  # JSON lines: the pipe is not a terminal
+    while True:  # JSON lines (the pipe is not a terminal), until the evaluation at step 2 starts
+        line = lines.get(timeout=300)
+        if line is None:
+            pytest.fail(f"the run ended before its evaluation at step 2: {proc.wait()}\n{''.join(seen)[-2000:]}")
         seen.append(line)
         if '"event": "evaluating", "step": 2' in line:
             break
-    else:
-        pytest.fail(f"the run ended before its evaluation at step 2: {proc.wait()}\n{''.join(seen)[-2000:]}")
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
+    proc.wait(timeout=120)
+    stdout = "".join(seen) + "".join(iter(lambda: lines.get(timeout=10) or "", ""))
+    err.seek(0)
+    stderr = err.read()
     assert proc.returncode == 143, stderr[-2000:]
     assert time.monotonic() - sent < 10
     assert "evaluation at step 2 stopped early by a signal; not recorded" in stdout

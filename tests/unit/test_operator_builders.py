@@ -179,7 +179,7 @@ def test_pass_through_fields_land_on_the_pod():
     assert env_of(pod)["HF_TOKEN"] == {"secretKeyRef": {"name": "hub", "key": "token"}}
     assert c["envFrom"] == [{"secretRef": {"name": "mlflow"}}]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "2"
-    assert c["resources"]["requests"] == {"cpu": "2", "memory": "2Gi"}
+    assert c["resources"]["requests"] == {"cpu": "1", "memory": "2Gi"}  # the example's, passed through
     assert {"name": "data", "mountPath": "/data", "readOnly": True} in c["volumeMounts"]
     assert {"name": "data", "persistentVolumeClaim": {"claimName": "corpus", "readOnly": True}} in pod["volumes"]
 
