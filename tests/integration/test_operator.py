@@ -125,6 +125,8 @@ def restricted(cluster, namespace):
 
 
 def test_the_example_trains_to_succeeded_in_a_restricted_namespace(operator, jobs, restricted, trainer_image):
+    """The example as a user applies it, 300 steps in a pod, then a pod reading the volume: about 40 s. The
+    first cluster test that needs the operator pays, in its setup, for building and loading the images."""
     jobs.apply(TINY.read_text())  # the very file a user runs with `codex-train run`
 
     # children, each owned by the job
@@ -173,6 +175,8 @@ def test_the_example_trains_to_succeeded_in_a_restricted_namespace(operator, job
 
 
 def test_a_deleted_trainer_pod_resumes_from_its_checkpoint(operator, jobs, trainer_image):
+    """Two trainer pods one after the other (the second resumes from the volume): about 40 s of pod starts
+    and 120 short steps."""
     jobs.apply(manifest("resume", *SHORT, "training.maxSteps=120"))
     wait_for(lambda: (jobs.status("resume").get("checkpoint") or {}).get("step", 0) >= 20, "a checkpoint", 300)
     saved = jobs.status("resume")["checkpoint"]["step"]
@@ -204,6 +208,7 @@ def test_a_missing_data_file_fails_at_once_with_the_trainers_message_and_is_dele
 
 
 def test_the_operator_killed_mid_job_creates_no_duplicates_and_the_status_converges(operator, jobs):
+    """Waits for the attempt to fail with no operator, then a second attempt to finish: two trainer pods."""
     jobs.apply(manifest("crashy-op", *SHORT, "training.maxSteps=80"))
     jobs.wait_phase("crashy-op", "Running", timeout=240)
     operator.kill()
@@ -289,6 +294,8 @@ print("max_abs_diff", max((a[k] - b[k]).abs().max().item() for k in a))
 def test_two_nodes_rendezvous_through_the_service_and_match_one_node_with_twice_the_batch(
     operator, jobs, trainer_image
 ):
+    """Two jobs of 12 steps each (one of two pods, one of one pod), then a pod comparing the adapters: the
+    time is three pods starting torch on a 2-core node and the gloo rendezvous, not the training."""
     same = ("training.maxSteps=12", "checkpoint.everySteps=6", "eval.everySteps=6", "peft.dropout=0",
             "resources={requests: {cpu: 250m, memory: 1Gi}, limits: {memory: 3Gi}}")  # fmt: skip
     jobs.apply(manifest("two", *same, "numNodes=2", "training.batchSize=4"))
@@ -320,22 +327,23 @@ def test_a_job_reads_its_data_from_an_existing_claim_mounted_read_only(operator,
     assert {"name": "data", "mountPath": "/data", "readOnly": True} in mounts
 
 
-def test_progress_read_by_pod_ip_as_an_operator_inside_the_cluster_does(cluster, crd, trainer_image, tmp_path):
-    """The in-cluster path: rank 0's metrics straight from its pod IP (this host routes to pod IPs, as a
-    pod of the cluster would). A second operator, on namespaces of its own (p-*), so the suite's stays out."""
+def test_progress_read_through_the_api_server_by_an_operator_outside_the_cluster(cluster, crd, trainer_image, tmp_path):
+    """The laptop path: `codex-operator run` on this machine reads rank 0's metrics through the API
+    server's pods/proxy (the suite's own operator runs in the cluster and reads them by pod IP). It
+    watches namespaces of its own (p-*), so the suite's operator and this one never share a job."""
     from conftest import OperatorProcess
 
     ns = f"p-{uuid.uuid4().hex[:8]}"
     cluster.kubectl("create", "namespace", ns)
-    op = OperatorProcess(Path(cluster.kubeconfig), trainer_image, tmp_path / "op.log", namespaces="p-*", via="pod-ip")
+    op = OperatorProcess(Path(cluster.kubeconfig), trainer_image, tmp_path / "op.log", namespaces="p-*", via="proxy")
     op.start()
     try:
         jobs = Jobs(cluster, ns)
-        jobs.apply(manifest("podip", *SHORT, "training.maxSteps=200"))
-        seen = wait_for(lambda: (jobs.status("podip").get("progress") or {}).get("step"), "progress by pod IP", 300)
-        done = jobs.wait_phase("podip", "Succeeded", timeout=300)
+        jobs.apply(manifest("viaproxy", *SHORT, "training.maxSteps=200"))
+        seen = wait_for(lambda: (jobs.status("viaproxy").get("progress") or {}).get("step"), "progress via proxy", 300)
+        done = jobs.wait_phase("viaproxy", "Succeeded", timeout=300)
         assert seen > 0 and done["progress"]["stepText"] == "200/200"
-        assert 'codex_operator_api_calls_total{kind="pods/proxy"' not in (op.metrics() or "")
+        assert 'codex_operator_api_calls_total{kind="pods/proxy",outcome="ok",verb="get"}' in (op.metrics() or "")
     finally:
         op.stop()
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

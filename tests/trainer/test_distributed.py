@@ -29,6 +29,8 @@ COMMON = [
 
 
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
+    """Two runs of a few steps (torchrun with two worker processes and gloo, then one process): the time is
+    torch starting in each process and the rendezvous, about 40 s under coverage."""
     two = tmp_path / "two"
     r = subprocess.run(
         [

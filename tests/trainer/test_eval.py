@@ -71,6 +71,8 @@ def test_eval_of_final_reproduces_the_runs_last_eval_loss(run, tmp_path):
 
 
 def test_a_checkpoint_and_the_merged_model_give_the_same_loss(run):
+    """The first test of this file pays for the module's training run (the `run` fixture, 20 steps with a
+    merged model), then evaluates two models in two processes that each import torch."""
     final = evaluate(str(run / "final"))[0]
     step20 = evaluate(str(run / "checkpoints" / "step-20"))[0]
     merged = evaluate(str(run / "final" / "merged"))[0]

@@ -78,7 +78,9 @@ def test_any_file_gives_exit_2_and_a_short_message_soon(case, command, tmp_path,
     assert code == 2, (code, err[-2000:])
     assert 1 <= len(lines) <= 21 and all(len(line) < 400 for line in lines), lines[:3]
     assert all(line.startswith("codex-train: ") for line in lines) and "Traceback" not in err
-    assert out == "" and elapsed < 5, elapsed
+    # "soon" means no hang and no blow-up (an alias bomb unbounded runs for hours): a bound far above the
+    # 0.03-0.9 s these take alone, since coverage tracing and a loaded machine slow them 5-10x
+    assert out == "" and elapsed < 60, elapsed
     assert not (tmp_path / "out").exists()
 
 
