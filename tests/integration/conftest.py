@@ -7,13 +7,17 @@ kind for example (CODEX_KIND_CLUSTER names it, for loading images).
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import time
 import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))  # build.py: the images' builds
@@ -80,9 +84,15 @@ CRD_FILE = ROOT / "crds" / "codextrainingjobs.codex.ml.yaml"
 
 @pytest.fixture(scope="session")
 def crd(cluster):
-    """The generated CodexTrainingJob CRD, applied and Established."""
+    """The generated CodexTrainingJob CRD, applied and Established. It carries Helm's ownership marks for
+    the suite's release (HelmOperator), as a user who applied crds/ before installing the chart adds them
+    (charts/codex-operator/README.md), so that `helm install` adopts it instead of refusing it."""
     cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
     cluster.kubectl("wait", "--for=condition=Established", "crd/codextrainingjobs.codex.ml", "--timeout=60s")
+    name = "crd/codextrainingjobs.codex.ml"
+    cluster.kubectl("label", "--overwrite", name, "app.kubernetes.io/managed-by=Helm")
+    cluster.kubectl("annotate", "--overwrite", name, f"meta.helm.sh/release-name={HelmOperator.release}",
+                    f"meta.helm.sh/release-namespace={HelmOperator.namespace}")  # fmt: skip
     return CRD_FILE
 
 
@@ -148,10 +158,142 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class HelmOperator:
+    """The operator as a platform team runs it: `helm install` of charts/codex-operator, from the operator
+    image, inside the cluster under the chart's own ServiceAccount and RBAC (a missing verb fails a test),
+    reading progress by pod IP. The same start/kill/stop/metrics as OperatorProcess."""
+
+    release, namespace = "codex", "codex-system"
+
+    def __init__(self, cluster, operator_image: str, trainer_image: str, namespaces: str = "t-*"):
+        self.cluster = cluster
+        repository, tag = operator_image.rsplit(":", 1)
+        self.values: dict = {
+            "image": {"repository": repository, "tag": tag, "pullPolicy": "Never"},  # loaded onto the node
+            "trainer": {"image": trainer_image},
+            "progress": {"interval": 2},
+            "watchNamespacePatterns": [namespaces],  # the tests' namespaces only: a benchmark may run its own operator
+        }
+        self.replicas = 1
+
+    def helm(self, *args: str, values: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        from chart_support import helm_binary
+
+        cmd = [str(helm_binary()), "--kubeconfig", str(self.cluster.kubeconfig), *args]
+        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+            if values is not None:
+                yaml.safe_dump(values, f)
+                f.flush()
+                cmd += ["-f", f.name]
+            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        if r.returncode != 0:
+            raise RuntimeError(f"helm {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
+        return r
+
+    def install(self, **changes) -> float:
+        """`helm upgrade --install ... --wait` with the values changed by `changes`; seconds it took."""
+        from chart_support import CHART
+
+        self.values = _merged(self.values, changes)
+        self.replicas = int(self.values.get("replicaCount", 1))
+        start = time.monotonic()
+        self.helm("upgrade", "--install", self.release, str(CHART), "-n", self.namespace, "--create-namespace",
+                  "--wait", "--timeout", "240s", values=self.values)  # fmt: skip
+        self.wait_ready(self.replicas)
+        return time.monotonic() - start
+
+    def uninstall(self) -> None:
+        self.helm("uninstall", self.release, "-n", self.namespace, "--wait")
+
+    def kubectl(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return self.cluster.kubectl(*args, "-n", self.namespace, **kw)
+
+    def pods(self) -> list[dict]:
+        out = self.kubectl("get", "pods", "-l", f"app.kubernetes.io/instance={self.release}", "-o", "json").stdout
+        return [p for p in json.loads(out)["items"] if not p["metadata"].get("deletionTimestamp")]
+
+    def wait_ready(self, replicas: int) -> list[dict]:
+        from support import wait_for
+
+        def ready() -> list[dict]:
+            pods = self.pods()
+            up = [p for p in pods if {"type": "Ready", "status": "True"}.items() <= _condition(p, "Ready").items()]
+            return up if len(up) == replicas == len(pods) else []
+
+        return wait_for(ready, f"{replicas} operator pod(s) Ready", 240, interval=1)
+
+    def leader(self) -> str:
+        """The pod that acts: the Lease's holder with several replicas, else the one pod."""
+        if self.replicas == 1:
+            (pod,) = self.pods()
+            return pod["metadata"]["name"]
+        lease = self.kubectl("get", "lease", f"{self.release}-codex-operator", "-o", "jsonpath={.spec.holderIdentity}")
+        return lease.stdout.strip()
+
+    def start(self) -> None:
+        self.kubectl("scale", "deployment", f"{self.release}-codex-operator", f"--replicas={self.replicas}")
+        self.wait_ready(self.replicas)
+
+    def kill(self) -> None:
+        """No operator at all, at once: scaled to zero and its pods force-deleted (the kubelet still sends
+        SIGTERM first, so the operator may hand its Lease back; a holder that dies without doing so is
+        test_leader.py's, against a fake API server)."""
+        self.kubectl("scale", "deployment", f"{self.release}-codex-operator", "--replicas=0")
+        self.kubectl("delete", "pods", "-l", f"app.kubernetes.io/instance={self.release}", "--grace-period=0",
+                     "--force", "--wait=true", check=False)  # fmt: skip
+
+    def stop(self) -> None:
+        self.helm("uninstall", self.release, "-n", self.namespace, "--wait", timeout=120)
+
+    def metrics(self, pod: str | None = None) -> str | None:
+        """The acting replica's /metrics, through the API server's pods/proxy."""
+        port = self.values.get("metrics", {}).get("port", 8000)
+        r = self.cluster.kubectl(
+            "get",
+            "--raw",
+            f"/api/v1/namespaces/{self.namespace}/pods/{pod or self.leader()}:{port}/proxy/metrics",
+            check=False,
+        )
+        return r.stdout if r.returncode == 0 else None
+
+    def logs(self) -> str:
+        return self.kubectl("logs", "-l", f"app.kubernetes.io/instance={self.release}", "--tail=-1", "--prefix",
+                            check=False).stdout  # fmt: skip
+
+
+def _condition(obj: dict, kind: str) -> dict:
+    return next((c for c in obj.get("status", {}).get("conditions", []) if c["type"] == kind), {})
+
+
+def _merged(base: dict, changes: dict) -> dict:
+    out = dict(base)
+    for k, v in changes.items():
+        out[k] = _merged(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
 @pytest.fixture(scope="session")
-def operator(cluster, crd, trainer_image, tmp_path_factory):
-    op = OperatorProcess(Path(cluster.kubeconfig), trainer_image, tmp_path_factory.mktemp("operator") / "operator.log")
-    op.start()
-    yield op
-    op.stop()
-    print(f"operator log: {op.log}")
+def operator_image(cluster) -> str:
+    """The operator image from Dockerfile.operator, built (when its sources changed) and on the node."""
+    from build import ensure_operator_image
+
+    return ensure_operator_image(cluster)
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, crd, trainer_image, operator_image, tmp_path_factory):
+    """The operator the suite runs against: in the cluster from the chart (default), or, with
+    CODEX_OPERATOR=process, `codex-operator run` on this machine as a laptop user starts it."""
+    if os.environ.get("CODEX_OPERATOR") == "process":
+        op = OperatorProcess(Path(cluster.kubeconfig), trainer_image, tmp_path_factory.mktemp("operator") / "op.log")
+        op.start()
+        yield op
+        op.stop()
+        print(f"operator log: {op.log}")
+        return
+    helm_op = HelmOperator(cluster, operator_image, trainer_image)
+    took = helm_op.install()
+    print(f"helm install → operator Ready in {took:.1f} s")
+    yield helm_op
+    (tmp_path_factory.mktemp("operator") / "operator.log").write_text(helm_op.logs())
+    helm_op.stop()
