@@ -66,6 +66,9 @@ def writes(metrics_text: str | None) -> list[str]:
 
 
 def test_helm_upgrade_to_two_replicas_mid_job_then_the_leader_deleted_the_standby_finishes_it(operator, jobs):
+    """A 600-step job outlasting a helm upgrade and a handover (about 1.5 min of training, 3 min under a CPU
+    hog). As the first test to ask for the operator it also pays, in its setup, for building the images,
+    loading the 6 GB trainer image into the node and installing the chart."""
     if not hasattr(operator, "helm"):
         pytest.skip("the operator runs as a process here (CODEX_OPERATOR=process), not from the chart")
     # long enough to outlast the upgrade and the handover on a slow machine (about 1.5 min of training)

@@ -330,7 +330,8 @@ def test_a_job_reads_its_data_from_an_existing_claim_mounted_read_only(operator,
 def test_progress_read_through_the_api_server_by_an_operator_outside_the_cluster(cluster, crd, trainer_image, tmp_path):
     """The laptop path: `codex-operator run` on this machine reads rank 0's metrics through the API
     server's pods/proxy (the suite's own operator runs in the cluster and reads them by pod IP). It
-    watches namespaces of its own (p-*), so the suite's operator and this one never share a job."""
+    watches namespaces of its own (p-*), so the suite's operator and this one never share a job. A
+    200-step job, so progress is read through the proxy several times (about 30 s, 90 s under a hog)."""
     from conftest import OperatorProcess
 
     ns = f"p-{uuid.uuid4().hex[:8]}"

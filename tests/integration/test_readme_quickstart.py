@@ -34,6 +34,8 @@ def test_the_quickstart_block_names_the_steps_a_user_needs():
 
 
 def test_the_readme_quickstart_runs_as_written(cluster, operator, trainer_image, operator_image):
+    """The block as a user runs it: make targets (cached by now), helm install, the example's 300 steps in
+    a pod, then the suite's release put back."""
     if os.environ.get("CODEX_KUBECONFIG") or os.environ.get("CODEX_CLUSTER_DIR"):
         pytest.skip("the quickstart uses the local cluster at .cluster/ (make cluster-up); this run uses another")
     if not hasattr(operator, "helm"):

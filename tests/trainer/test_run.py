@@ -106,6 +106,8 @@ def test_the_trained_adapter_loads_with_peft_and_generates(tmp_path, monkeypatch
 
 
 def test_sigterm_checkpoints_exits_143_and_a_rerun_resumes_exactly(tmp_path, straight):
+    """Two runs of the trainer (SIGTERM mid-run, then the rerun) compared with an uninterrupted one (the
+    `straight` fixture, paid by the first test that asks for it): three processes importing torch."""
     out = tmp_path / "run"
     log = tmp_path / "stdout"
     with log.open("w") as stdout_file:
