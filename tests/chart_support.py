@@ -48,7 +48,7 @@ def helm_binary() -> Path:
     return HELM
 
 
-def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.CompletedProcess:
+def helm(*args: str, values: dict[str, Any] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """Run helm with ARGS, plus `-f` a file holding `values` (YAML, as a user would write it)."""
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", prefix="values-") as f:
         extra: list[str] = []
@@ -56,7 +56,7 @@ def helm(*args: str, values: dict[str, Any] | None = None) -> subprocess.Complet
             yaml.safe_dump(values, f)
             f.flush()
             extra = ["-f", f.name]
-        return subprocess.run([str(helm_binary()), *args, *extra], capture_output=True, text=True, timeout=120)
+        return subprocess.run([str(helm_binary()), *args, *extra], capture_output=True, text=True, timeout=timeout)
 
 
 def template(values: dict[str, Any] | None = None, *, release: str = RELEASE, namespace: str = NAMESPACE):

@@ -11,13 +11,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
 
 import pytest
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))  # build.py: the images' builds
@@ -177,15 +175,9 @@ class HelmOperator:
         self.replicas = 1
 
     def helm(self, *args: str, values: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
-        from chart_support import helm_binary
+        from chart_support import helm
 
-        cmd = [str(helm_binary()), "--kubeconfig", str(self.cluster.kubeconfig), *args]
-        with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
-            if values is not None:
-                yaml.safe_dump(values, f)
-                f.flush()
-                cmd += ["-f", f.name]
-            r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        r = helm("--kubeconfig", str(self.cluster.kubeconfig), *args, values=values, timeout=timeout)
         if r.returncode != 0:
             raise RuntimeError(f"helm {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
         return r
