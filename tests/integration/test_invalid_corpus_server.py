@@ -1,6 +1,7 @@
 """The API server, with the generated CRD, refuses exactly what `codex-train validate` refuses: each
 manifest in tests/invalid is refused by `kubectl apply --dry-run=server` with the same words, the
-examples pass, and the fields a job's checkpoints depend on cannot change after it is created."""
+examples pass, and the fields that cannot change safely (what a job's checkpoints, volume and queue depend
+on) cannot change after it is created, while the rest can."""
 
 from __future__ import annotations
 
@@ -118,7 +119,14 @@ def apply(cluster, ns: str, manifest: dict, *extra: str):
     return cluster.kubectl("apply", "-n", ns, "-f", "-", *extra, input=json.dumps(manifest), check=False)
 
 
-def test_what_the_checkpoints_depend_on_cannot_change(cluster, ns):
+def refused_as_immutable(r, field: str) -> None:
+    assert r.returncode != 0, f"spec.{field} could be changed"
+    assert f"spec.{field} is immutable: " in r.stderr and "; create a new job to change it" in r.stderr, r.stderr
+
+
+def test_what_cannot_change_safely_is_refused_and_the_rest_is_accepted(cluster, ns):
+    """Each field whose change could only end in a failure (or a fight with the volume or Kueue) is refused
+    at `kubectl apply`, saying why; the fields the operator applies to a live job are accepted."""
     job = yaml.safe_load(TINY.read_text())
     job["metadata"]["name"] = "immutable"
     job["spec"]["runPolicy"] = {"suspend": True}  # an operator watching this cluster starts nothing
@@ -130,16 +138,56 @@ def test_what_the_checkpoints_depend_on_cannot_change(cluster, ns):
         "data": lambda s: s["data"].update(maxSeqLength=64),
         "peft": lambda s: s["peft"].update(r=4),
         "tokenizer": lambda s: s.update(tokenizer="hf://Qwen/Qwen2.5-0.5B"),
+        "training.seed": lambda s: s["training"].update(seed=7),
+        "training.batchSize": lambda s: s["training"].update(batchSize=4),
+        "training.gradientAccumulation": lambda s: s["training"].update(gradientAccumulation=2),
+        "numNodes": lambda s: s.update(numNodes=2),
+        "processesPerNode": lambda s: s.update(processesPerNode=2),
+        "storage.size": lambda s: s["storage"].update(size="2Gi"),
+        "storage.storageClassName": lambda s: s["storage"].update(storageClassName="fast"),  # added
+        "storage.existingClaim": lambda s: s["storage"].update(existingClaim="mine"),
+        "runPolicy.queueName": lambda s: s["runPolicy"].update(queueName="team-a"),
     }
     for field, change in changes.items():
         changed = copy.deepcopy(job)
         change(changed["spec"])
-        r = apply(cluster, ns, changed, "--dry-run=server")
-        assert r.returncode != 0, f"spec.{field} could be changed"
-        assert f"spec.{field} is immutable: create a new job" in r.stderr, r.stderr
+        refused_as_immutable(apply(cluster, ns, changed, "--dry-run=server"), field)
 
-    longer = copy.deepcopy(job)
-    longer["spec"]["training"]["maxSteps"] = 600  # training on is fine: it resumes from the checkpoints
-    r = apply(cluster, ns, longer, "--dry-run=server")
-    assert r.returncode == 0, r.stderr
+    editable = {
+        "training.maxSteps": lambda s: s["training"].update(maxSteps=600),  # it resumes from the checkpoints
+        "training.learningRate": lambda s: s["training"].update(learningRate=1.0e-3),
+        "storage.retain": lambda s: s["storage"].update(retain=True),
+        "runPolicy.backoffLimit": lambda s: s["runPolicy"].update(backoffLimit=5),
+        "runPolicy.maxDisruptions": lambda s: s["runPolicy"].update(maxDisruptions=3),
+        "runPolicy.suspend": lambda s: s["runPolicy"].update(suspend=False),
+    }
+    for field, change in editable.items():
+        changed = copy.deepcopy(job)
+        change(changed["spec"])
+        r = apply(cluster, ns, changed, "--dry-run=server")
+        assert r.returncode == 0, f"spec.{field}: {r.stderr}"
     cluster.kubectl("delete", "-n", ns, "ctj", "immutable", "--wait=false", check=False)
+
+
+def test_optional_immutable_fields_cannot_be_removed_or_changed(cluster, ns):
+    job = yaml.safe_load(TINY.read_text())
+    job["metadata"]["name"] = "immutable-set"
+    job["spec"]["storage"] |= {"storageClassName": "fast", "existingClaim": "mine"}
+    job["spec"]["runPolicy"] = {"suspend": True, "queueName": "team-a"}
+    r = apply(cluster, ns, job)
+    assert r.returncode == 0, r.stderr
+
+    for field in ("storage.storageClassName", "storage.existingClaim", "runPolicy.queueName"):
+        section, name = field.split(".")
+        removed = copy.deepcopy(job)
+        del removed["spec"][section][name]  # kubectl apply removes what its last-applied configuration had
+        refused_as_immutable(apply(cluster, ns, removed, "--dry-run=server"), field)
+        changed = copy.deepcopy(job)
+        changed["spec"][section][name] = "other"
+        refused_as_immutable(apply(cluster, ns, changed, "--dry-run=server"), field)
+
+    retained = copy.deepcopy(job)
+    retained["spec"]["storage"]["retain"] = True
+    r = apply(cluster, ns, retained, "--dry-run=server")
+    assert r.returncode == 0, r.stderr
+    cluster.kubectl("delete", "-n", ns, "ctj", "immutable-set", "--wait=false", check=False)

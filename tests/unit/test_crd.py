@@ -11,6 +11,7 @@ import yaml
 
 from codex_operator import crd, names
 from codex_trainer import spec as S
+from codex_trainer.runinfo import identity_changes, resume_identity
 from support import EXAMPLES, without_empties
 
 
@@ -123,11 +124,12 @@ def test_users_see_the_shape_they_write(generated):
     assert at(spec, "data.train")["type"] == "array" and at(spec, "data.train")["minItems"] == 1
     assert at(spec, "peft.targetModules")["default"] == ["all-linear"]
     assert at(spec, "peft.method")["enum"] == ["lora", "none"]
-    assert at(spec, "training.batchSize") | {"description": ""} == {
+    assert at(spec, "training.batchSize") | {"description": "", "x-kubernetes-validations": []} == {
         "type": "integer",
         "description": "",
         "minimum": 1,
         "default": 8,
+        "x-kubernetes-validations": [],  # immutability: below
     }
     assert at(spec, "training.learningRate")["exclusiveMinimum"] is True
     assert at(spec, "data.validationFraction")["exclusiveMaximum"] is True
@@ -187,9 +189,149 @@ def test_cel_rules_for_what_the_structure_cannot_say(generated):
     for quantity in (at(spec, "storage.size"), at(spec, "resources.requests")["additionalProperties"]):
         assert any("isQuantity(self)" in r for r in cel_rules(quantity))
     assert f"self.metadata.name.size() <= {names.MAX_NAME_LENGTH}" in cel_rules(root)
-    for field in ("model", "data", "peft"):
-        assert "self == oldSelf" in cel_rules(at(spec, field)), field
-    assert any("oldSelf.tokenizer" in r for r in cel_rules(spec))
+    assert any(S.LABEL_VALUE_PATTERN in r for r in cel_rules(at(spec, "runPolicy.queueName")))
+    assert at(spec, "runPolicy.queueName")["maxLength"] == 63
+
+
+def immutability_rules(node: dict) -> list[dict]:
+    return [v for v in node.get("x-kubernetes-validations", []) if "oldSelf" in v["rule"]]
+
+
+def test_immutable_fields_have_their_rule_where_it_runs(generated):
+    """A field that always has a value carries `self == oldSelf`; an optional one without a default is
+    watched from its parent (adding and removing it are changes too), with a fieldPath naming it."""
+    spec = schema_of(generated)["properties"]["spec"]
+    on_field = ["model", "data", "peft", "training.seed", "training.batchSize", "training.gradientAccumulation"]
+    on_field += ["numNodes", "processesPerNode", "storage.size"]
+    on_parent = ["tokenizer", "storage.storageClassName", "storage.existingClaim", "runPolicy.queueName"]
+    assert set(crd.IMMUTABLE) == set(on_field + on_parent)
+    for path in on_field:
+        assert immutability_rules(at(spec, path)) == [
+            {"rule": "self == oldSelf", "message": crd.immutable_message(path)}
+        ], path
+    for path in on_parent:
+        parent, _, name = path.rpartition(".")
+        owner = at(spec, parent) if parent else spec
+        rules = [r for r in immutability_rules(owner) if r.get("fieldPath") == f".{name}"]
+        has = f"has(self.{name}) == has(oldSelf.{name})"
+        assert rules == [
+            {
+                "rule": f"{has} && (!has(self.{name}) || self.{name} == oldSelf.{name})",
+                "message": crd.immutable_message(path),
+                "fieldPath": f".{name}",
+            }
+        ], path
+        assert "default" not in at(spec, path), path
+    for section in ("training", "storage", "runPolicy"):  # oldSelf.<section> always exists
+        assert at(spec, section)["default"] == {}, section
+
+
+def test_immutable_messages_say_why_and_what_to_do():
+    for path in crd.IMMUTABLE:
+        message = crd.immutable_message(path)
+        assert re.fullmatch(rf"spec\.{re.escape(path)} is immutable: [^;]+; create a new job to change it", message)
+    assert crd.immutable_message("training.seed") == (
+        "spec.training.seed is immutable: checkpoints of this job were written with it; create a new job to change it"
+    )
+
+
+def test_only_the_fields_that_cannot_change_safely_are_immutable(generated):
+    """No other transition rule: everything else (storage.retain, training.maxSteps, runPolicy.suspend ...)
+    stays editable, and the operator applies it."""
+    spec = schema_of(generated)["properties"]["spec"]
+    found = []
+    for path, node in walk(spec):
+        for rule in immutability_rules(node):
+            found.append((path + rule.get("fieldPath", "")).removeprefix("spec."))
+    assert sorted(found) == sorted(crd.IMMUTABLE)
+
+
+TRANSITION = re.compile(
+    r"has\(self\.(\w+)\) == has\(oldSelf\.\1\) && \(!has\(self\.\1\) \|\| self\.\1 == oldSelf\.\1\)"
+)
+
+
+def refusals(schema: dict, new, old) -> list[str]:
+    """The messages of the transition rules an update from `old` to `new` breaks, as the API server applies
+    them: a rule runs where both objects have a value. Knows the two rule shapes crd.py writes, no other."""
+    found = []
+    for v in immutability_rules(schema) if new is not None and old is not None else []:
+        m = TRANSITION.fullmatch(v["rule"])
+        if v["rule"] == "self == oldSelf":
+            ok = new == old
+        elif m:
+            ok = (m[1] in new) == (m[1] in old) and new.get(m[1]) == old.get(m[1])
+        else:
+            raise AssertionError(f"a transition rule this test cannot read: {v['rule']}")
+        if not ok:
+            found.append(v["message"])
+    if isinstance(new, dict) and isinstance(old, dict):
+        for name, sub in schema.get("properties", {}).items():
+            found += refusals(sub, new.get(name), old.get(name))
+    return found
+
+
+EDITS = {
+    "training.seed": 7,
+    "training.batchSize": 4,
+    "training.gradientAccumulation": 2,
+    "numNodes": 2,
+    "processesPerNode": 2,
+    "storage.size": "2Gi",
+    "storage.storageClassName": "fast",
+    "storage.existingClaim": "mine",
+    "runPolicy.queueName": "team-a",
+    "peft.r": 4,
+    "data.maxSeqLength": 64,
+    "tokenizer": "hf://Qwen/Qwen2.5-0.5B",
+    # editable
+    "storage.retain": True,
+    "training.maxSteps": 600,
+    "training.learningRate": 1.0e-3,
+    "runPolicy.backoffLimit": 5,
+    "runPolicy.maxDisruptions": 3,
+    "runPolicy.suspend": True,
+    "checkpoint.everySteps": 25,
+    "eval.everySteps": 10,
+}
+EDITABLE = {"storage.retain", "training.maxSteps", "training.learningRate", "checkpoint.everySteps", "eval.everySteps"}
+EDITABLE |= {"runPolicy.backoffLimit", "runPolicy.maxDisruptions", "runPolicy.suspend"}
+
+
+def edited(spec: dict, path: str, value) -> dict:
+    spec = copy.deepcopy(spec)
+    *parents, name = path.split(".")
+    node = spec
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[name] = value
+    return spec
+
+
+@pytest.mark.parametrize("path", sorted(EDITS))
+def test_an_edit_is_refused_exactly_when_the_field_is_immutable(generated, path):
+    schema = schema_of(generated)["properties"]["spec"]
+    stored = apply_defaults(schema, copy.deepcopy(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())["spec"]))
+    new = apply_defaults(schema, edited(stored, path, EDITS[path]))
+    assert refusals(schema, stored, stored) == []
+    top = path.split(".")[0] if path.split(".")[0] in crd.IMMUTABLE else path
+    assert refusals(schema, new, stored) == ([] if path in EDITABLE else [crd.immutable_message(top)])
+    if path in ("storage.storageClassName", "storage.existingClaim", "runPolicy.queueName"):  # set, then removed
+        assert refusals(schema, stored, new) == [crd.immutable_message(path)]
+
+
+def test_what_the_checkpoints_depend_on_is_immutable(generated):
+    """Every field the trainer's resume identity holds (runinfo.resume_identity) cannot change on a cluster:
+    a change of one would only fail every attempt after it."""
+    schema = schema_of(generated)["properties"]["spec"]
+    stored = apply_defaults(schema, copy.deepcopy(yaml.safe_load((EXAMPLES / "tiny-cpu.yaml").read_text())["spec"]))
+    before = resume_identity(S.JobSpec.model_validate(stored), "digest")
+    for path, value in EDITS.items():
+        new = edited(stored, path, value)
+        if identity_changes(before, resume_identity(S.JobSpec.model_validate(new), "digest")):
+            assert refusals(schema, apply_defaults(schema, new), stored), f"spec.{path} can change on a cluster"
+    for path in crd.IMMUTABLE:
+        assert path in EDITS or path in ("model", "data", "peft"), path
 
 
 def test_cel_iterations_and_matches_are_bounded(generated):
@@ -198,14 +340,17 @@ def test_cel_iterations_and_matches_are_bounded(generated):
         rules = " ".join(cel_rules(node))
         if node["type"] == "array" and rules:
             assert "maxItems" in node and "maxLength" in node["items"], path
-        if node["type"] == "string" and re.search(r"matches|isQuantity", rules):
+        if node["type"] == "string" and re.search(r"matches|isQuantity|oldSelf", rules):
             assert "maxLength" in node, path
+        for name in re.findall(r"oldSelf\.(\w+)", rules):  # a string compared by a rule on its parent
+            if node["properties"][name]["type"] == "string":
+                assert "maxLength" in node["properties"][name], f"{path}.{name}"
         values = node.get("additionalProperties")
         if node["type"] == "object" and isinstance(values, dict) and cel_rules(values):
             assert "maxProperties" in node, path
 
 
-@pytest.mark.parametrize("pattern", [S.HF_PATTERN, S.QUANTITY_PATTERN, S.NAME_PATTERN])
+@pytest.mark.parametrize("pattern", [S.HF_PATTERN, S.QUANTITY_PATTERN, S.NAME_PATTERN, S.LABEL_VALUE_PATTERN])
 def test_patterns_are_re2_safe_for_cel(pattern):
     """CEL `matches` uses RE2 inside a single-quoted CEL string: no backslashes, no quotes, no lookaround."""
     assert "\\" not in pattern and "'" not in pattern and "(?=" not in pattern

@@ -84,6 +84,47 @@ def test_bad_fields_are_named_with_a_reason(spec, field, words):
     assert words in found[field]
 
 
+QUEUE_NAME = (
+    "must be a Kubernetes label value (it becomes the label kueue.x-k8s.io/queue-name): letters, digits, "
+    "'-', '_' and '.', beginning and ending with a letter or digit, at most 63 characters"
+)
+
+
+@pytest.mark.parametrize("name", ["team-a", "a", "A.b_c-9", "x" * 63, "9"])
+def test_a_queue_name_that_is_a_label_value_is_accepted(name):
+    assert parse_manifest(manifest(runPolicy={"queueName": name})).spec.run_policy.queue_name == name
+
+
+@pytest.mark.parametrize(
+    ("name", "words"),
+    [
+        ("team a", QUEUE_NAME),
+        ("-team", QUEUE_NAME),
+        ("team.", QUEUE_NAME),
+        ("team/a", QUEUE_NAME),
+        ("kueue.x-k8s.io/queue-name", QUEUE_NAME),
+        ("team-a\n", QUEUE_NAME),  # Python's `$` would match before the newline; RE2's does not
+        ("ünï", QUEUE_NAME),
+        ("x" * 64, "at most 63 characters"),
+        ("", "at least 1 character"),
+    ],
+)
+def test_a_queue_name_must_be_a_label_value(name, words):
+    found = problems(manifest(runPolicy={"queueName": name}))
+    assert list(found) == ["spec.runPolicy.queueName"], found
+    assert words in found["spec.runPolicy.queueName"]
+
+
+def test_max_disruptions_defaults_to_twenty_and_may_be_zero():
+    assert parse_manifest(manifest()).spec.run_policy.max_disruptions == 20
+    assert parse_manifest(manifest(runPolicy={"maxDisruptions": 0})).spec.run_policy.max_disruptions == 0
+    assert parse_manifest(manifest(runPolicy={"maxDisruptions": 1000})).spec.run_policy.max_disruptions == 1000
+    found = problems(manifest(runPolicy={"maxDisruptions": -1}))
+    assert found == {"spec.runPolicy.maxDisruptions": "Input should be greater than or equal to 0 (got -1)"}, found
+    found = problems(manifest(runPolicy={"maxDisruptions": "many"}))
+    assert "valid integer" in found["spec.runPolicy.maxDisruptions"], found
+
+
 @pytest.mark.parametrize(
     ("name", "words"),
     [("x" * 41, "at most 40 characters"), ("1job", "start with a lowercase letter"), ("Job", "lowercase")],

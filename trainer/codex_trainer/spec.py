@@ -29,7 +29,7 @@ HF_PATTERN = r"^hf://(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?)(@(?
 HF_SOURCE = re.compile(HF_PATTERN)
 HF_FORM_MESSAGE = "must be of the form hf://org/name or hf://org/name@revision"
 
-# All three patterns are used with fullmatch: Python's `$` also matches before a final newline, RE2's does not.
+# The patterns here are used with fullmatch: Python's `$` also matches before a final newline, RE2's does not.
 
 # A Kubernetes resource quantity, without a sign (negative sizes make no sense). The API server's
 # isQuantity() alone is more lenient than its documented grammar ("Gi" and "." parse as 0), so the
@@ -37,6 +37,15 @@ HF_FORM_MESSAGE = "must be of the form hf://org/name or hf://org/name@revision"
 QUANTITY_PATTERN = r"^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][-+]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
 QUANTITY = re.compile(QUANTITY_PATTERN)
 QUANTITY_MESSAGE = "must be a Kubernetes quantity such as 500m, 2, 4Gi or 1.5G"
+
+# A Kubernetes label value, not empty: runPolicy.queueName becomes the label kueue.x-k8s.io/queue-name.
+LABEL_VALUE_PATTERN = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
+LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
+MAX_LABEL_VALUE = 63
+QUEUE_NAME_MESSAGE = (
+    "must be a Kubernetes label value (it becomes the label kueue.x-k8s.io/queue-name): letters, digits, "
+    f"'-', '_' and '.', beginning and ending with a letter or digit, at most {MAX_LABEL_VALUE} characters"
+)
 
 ALL_LINEAR = "all-linear"
 ALL_LINEAR_MESSAGE = "'all-linear' must be the only item when given; otherwise list module names"
@@ -230,8 +239,8 @@ class TrainingSpec(_Model):
         default=None, gt=0, description="Optimizer steps to run. Overrides epochs when both are set."
     )
     epochs: float | None = Field(default=None, gt=0, description="Passes over the training data (default 1).")
-    batch_size: int = Field(default=8, gt=0, description="Sequences per process per micro-step.")
-    gradient_accumulation: int = Field(default=1, gt=0, description="Micro-steps per optimizer step.")
+    batch_size: int = Field(default=8, gt=0, description="Sequences per process per micro-step. Immutable.")
+    gradient_accumulation: int = Field(default=1, gt=0, description="Micro-steps per optimizer step. Immutable.")
     learning_rate: float = Field(default=2e-4, gt=0, description="Peak learning rate.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(default=1.0, ge=0, description="Gradient clipping norm; 0 turns clipping off.")
@@ -239,7 +248,9 @@ class TrainingSpec(_Model):
         default="cosine", description="Learning-rate decay after warmup."
     )
     warmup_steps: int = Field(default=0, ge=0, description="Steps of linear warmup from 0 to learningRate.")
-    seed: int = Field(default=42, ge=0, description="Seed for initialisation, data split, order and dropout.")
+    seed: int = Field(
+        default=42, ge=0, description="Seed for initialisation, data split, order and dropout. Immutable."
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="'auto' uses bf16 (or fp16) mixed precision on a GPU that has it, fp32 on CPU."
     )
@@ -338,27 +349,60 @@ class ResourcesSpec(_Model):
 
 
 class StorageSpec(_Model):
-    size: Quantity = Field(default="10Gi", description="Size of the checkpoint volume (a quantity, e.g. 20Gi).")
+    size: Quantity = Field(
+        default="10Gi", description="Size of the checkpoint volume (a quantity, e.g. 20Gi). Immutable."
+    )
     storage_class_name: str | None = Field(
-        default=None, min_length=1, description="StorageClass of the checkpoint volume (default: the cluster's)."
+        default=None,
+        min_length=1,
+        max_length=MAX_NAME,
+        description="StorageClass of the checkpoint volume (default: the cluster's). Immutable.",
     )
     existing_claim: str | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_NAME,
-        description="Keep checkpoints on this existing PersistentVolumeClaim instead of creating one.",
+        description="Keep checkpoints on this existing PersistentVolumeClaim instead of creating one. Immutable.",
     )
     retain: bool = Field(
         default=False,
-        description="Keep the checkpoint volume when the job is deleted (by default it is deleted with the job).",
+        description="Keep the checkpoint volume when the job is deleted (by default it is deleted with the job); "
+        "may be changed at any time.",
     )
+
+
+def _label_value(v: str) -> str:
+    if not LABEL_VALUE.fullmatch(v):
+        raise ValueError(QUEUE_NAME_MESSAGE)
+    return v
+
+
+QueueName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_LABEL_VALUE,
+        json_schema_extra=cel(f"self.matches('{LABEL_VALUE_PATTERN}')", QUEUE_NAME_MESSAGE),
+    ),
+    AfterValidator(_label_value),
+]
 
 
 class RunPolicySpec(_Model):
     backoff_limit: int = Field(default=3, ge=0, description="Retries after a crash (pod disruptions do not count).")
+    max_disruptions: int = Field(
+        default=20,
+        ge=0,
+        description="Attempts ended by a disruption (eviction, preemption, node loss, a deleted attempt Job) that "
+        "are retried without counting against backoffLimit; one more fails the job.",
+    )
     active_deadline_seconds: int | None = Field(default=None, gt=0, description="Fail the job after this long.")
     suspend: bool = Field(default=False, description="Create the job suspended (for Kueue and other queues).")
-    queue_name: str | None = Field(default=None, min_length=1, description="Kueue LocalQueue to submit to.")
+    queue_name: QueueName | None = Field(
+        default=None,
+        description="Kueue LocalQueue to submit to: becomes the label kueue.x-k8s.io/queue-name of the job's "
+        "attempts, so it must be a label value. Immutable.",
+    )
     ttl_seconds_after_finished: int | None = Field(
         default=None,
         ge=0,
@@ -450,9 +494,9 @@ class JobSpec(_Model):
     image_pull_secrets: list[LocalObjectReference] = Field(
         default_factory=list, description="Secrets for pulling the image from a private registry (cluster only)."
     )
-    num_nodes: int = Field(default=1, ge=1, description="Pods (nodes) to train on (cluster only).")
+    num_nodes: int = Field(default=1, ge=1, description="Pods (nodes) to train on (cluster only). Immutable.")
     processes_per_node: int = Field(
-        default=1, ge=1, description="Processes per pod, e.g. GPUs per node (cluster only)."
+        default=1, ge=1, description="Processes per pod, e.g. GPUs per node (cluster only). Immutable."
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Per-pod resources (cluster only).")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="Checkpoint volume (cluster only).")
