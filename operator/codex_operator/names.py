@@ -1,11 +1,16 @@
-"""Names shared by the CRD, the operator and the trainer pods: one place, so they cannot drift."""
+"""Names shared by the CRD, the operator and the trainer pods: one place, so they cannot drift.
+
+The API group, version, kind and plural are the contract's (codex_trainer.contract, torch-free), re-exported
+here so the operator spells them names.GROUP and so on."""
 
 from __future__ import annotations
 
-GROUP = "codex.ml"
-VERSION = "v1alpha1"
-KIND = "CodexTrainingJob"
-PLURAL = "codextrainingjobs"
+from codex_trainer.contract import DEFAULT_MASTER_PORT
+from codex_trainer.contract import GROUP as GROUP
+from codex_trainer.contract import KIND as KIND
+from codex_trainer.contract import PLURAL as PLURAL
+from codex_trainer.contract import VERSION as VERSION
+
 SINGULAR = "codextrainingjob"
 SHORT_NAMES = ["ctj"]
 CATEGORIES = ["codex"]
@@ -27,7 +32,7 @@ CONFIG_FILE = "job.yaml"
 OUTPUT_DIR = "/checkpoints"
 DATA_DIR = "/data"  # where data.existingClaim is mounted, read-only
 METRICS_PORT = 9400  # rank 0's Prometheus endpoint, unless spec.metrics.port says otherwise
-MASTER_PORT = 29500
+MASTER_PORT = DEFAULT_MASTER_PORT
 TERMINATION_LOG = "/dev/termination-log"
 DEFAULT_IMAGE = "codex.local/codex-trainer:dev"
 

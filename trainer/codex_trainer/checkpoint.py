@@ -10,7 +10,6 @@ previous complete checkpoint is used instead.
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import time
 from collections.abc import Callable
@@ -21,15 +20,15 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from .contract import CHECKPOINT_MANIFEST, STEP_DIR, STEP_DIR_PREFIX
 from .errors import disk_full, is_disk_full
 from .files import atomic_dir, sha256_file
 
-MANIFEST = "MANIFEST.json"
+MANIFEST = CHECKPOINT_MANIFEST
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"
 STATE = "trainer_state.json"
-_STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ def save(
     On any failure the temporary directory is removed; a full disk raises DiskFullError saying how much
     the checkpoint needed."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step}"
+    final = root / f"{STEP_DIR_PREFIX}{step}"
     try:
         with atomic_dir(final) as tmp:  # a rerun that reached the same step again replaces it
             _write_files(tmp, step, weights, optimizer, scheduler, state)
@@ -63,7 +62,7 @@ def save(
         needed = _tensor_bytes(weights) + _tensor_bytes(optimizer)
         # torch.save reports a full disk as a RuntimeError ("file write failed"): judge by the space left too
         if is_disk_full(e) or (isinstance(e, Exception) and shutil.disk_usage(root).free < needed):
-            raise disk_full(f"checkpoint step-{step}", root, needed) from None
+            raise disk_full(f"checkpoint {final.name}", root, needed) from None
         raise
     return final
 
@@ -105,7 +104,7 @@ def complete(root: Path) -> list[tuple[int, Path]]:
     if not root.is_dir():
         return found
     for d in root.iterdir():
-        m = _STEP_DIR.match(d.name)
+        m = STEP_DIR.match(d.name)
         if m and d.is_dir() and _sizes_match(d):
             found.append((int(m.group(1)), d))
     return sorted(found)
@@ -116,7 +115,7 @@ def load_latest(root: Path, log: Callable[[str], None] = print) -> Checkpoint | 
     candidates = {d.name for d in root.iterdir()} if root.is_dir() else set()
     good = complete(root)
     for name in sorted(candidates - {p.name for _, p in good}):
-        if _STEP_DIR.match(name) or ".tmp" in name:
+        if STEP_DIR.match(name) or ".tmp" in name:
             log(f"ignoring incomplete checkpoint {root / name}")
     for step, path in reversed(good):
         problem = verify(path)
@@ -154,7 +153,7 @@ def prune(root: Path, keep_last: int) -> None:
     for _, path in complete(root)[:-keep_last]:
         shutil.rmtree(path, ignore_errors=True)
     for d in root.iterdir() if root.is_dir() else []:
-        if d.name.startswith(".step-") and ".tmp" in d.name:
+        if d.name.startswith(f".{STEP_DIR_PREFIX}") and ".tmp" in d.name:
             shutil.rmtree(d, ignore_errors=True)
 
 

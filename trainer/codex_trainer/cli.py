@@ -20,9 +20,22 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import (
+from .contract import (
+    CHECKPOINT_MANIFEST,
+    CHECKPOINTS_DIR,
+    EXIT_OK,
     EXIT_RETRYABLE,
     EXIT_USER_ERROR,
+    FINAL_CHECKPOINT,
+    FINAL_CHECKPOINT_SAVED_AT,
+    FINAL_CHECKPOINT_STEP,
+    FINAL_EVAL_LOSS,
+    FINAL_LOSS,
+    FINAL_STEP,
+    SIGNAL_EXIT_BASE,
+    STEP_DIR_PREFIX,
+)
+from .errors import (
     SpecError,
     TransientError,
     is_disk_full,
@@ -46,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
             check_job(manifest.spec, warn=lambda m: print(f"codex-train: warning: {m}", file=sys.stderr))
             print(json.dumps(manifest.spec.shown(), indent=2))
-            return 0
+            return EXIT_OK
         if args.command == "launch":
             from .launch import launch
 
@@ -64,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_RETRYABLE
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last complete checkpoint stays
         print("codex-train: stopped at once by a second Ctrl-C; the last complete checkpoint stays", file=sys.stderr)
-        return 128 + signal.SIGINT
+        return SIGNAL_EXIT_BASE + signal.SIGINT
     except OSError as e:
         if not is_disk_full(e):
             raise
@@ -99,9 +112,9 @@ def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = train(manifest.spec, name, out, stop, metrics_port=args.metrics_port)
-        if code > 128:
-            write_termination_message(_stopped_message(code - 128, out / "checkpoints"))
-        elif code == 0:
+        if code > SIGNAL_EXIT_BASE:
+            write_termination_message(_stopped_message(code - SIGNAL_EXIT_BASE, out / CHECKPOINTS_DIR))
+        elif code == EXIT_OK:
             write_termination_message(json.dumps(_final_numbers(out)))
         return code
     finally:  # called in-process (tests, notebooks), the caller's handlers come back
@@ -123,13 +136,13 @@ def _final_numbers(out: Path) -> dict:
         except json.JSONDecodeError:
             continue
         if "loss" in row:
-            final.update(step=row.get("step"), loss=row["loss"])
+            final.update({FINAL_STEP: row.get("step"), FINAL_LOSS: row["loss"]})
         if "eval_loss" in row:
-            final["evalLoss"] = row["eval_loss"]
-    newest = _newest_checkpoint(out / "checkpoints")
+            final[FINAL_EVAL_LOSS] = row["eval_loss"]
+    newest = _newest_checkpoint(out / CHECKPOINTS_DIR)
     if newest is not None:
         saved = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(newest.stat().st_mtime))
-        final["checkpoint"] = {"step": _step_of(newest), "savedAt": saved}
+        final[FINAL_CHECKPOINT] = {FINAL_CHECKPOINT_STEP: _step_of(newest), FINAL_CHECKPOINT_SAVED_AT: saved}
     return final
 
 
@@ -141,12 +154,12 @@ def _stopped_message(signum: int, checkpoints: Path) -> str:
 
 
 def _newest_checkpoint(checkpoints: Path) -> Path | None:
-    complete = [d for d in checkpoints.glob("step-*") if (d / "MANIFEST.json").is_file()]
+    complete = [d for d in checkpoints.glob(f"{STEP_DIR_PREFIX}*") if (d / CHECKPOINT_MANIFEST).is_file()]
     return max(complete, key=_step_of, default=None)
 
 
 def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix("step-"))
+    return int(checkpoint.name.removeprefix(STEP_DIR_PREFIX))
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -40,6 +40,7 @@ ENV_NPROC_PER_NODE = "NPROC_PER_NODE"
 ENV_NODE_RANK = "NODE_RANK"
 ENV_MASTER_ADDR = "MASTER_ADDR"
 ENV_MASTER_PORT = "MASTER_PORT"
+DEFAULT_MASTER_PORT = 29500  # what the operator sets, and what the trainer assumes when MASTER_PORT is unset
 
 # ---------------------------------------------------------------- rank 0's metrics
 
@@ -56,6 +57,7 @@ METRIC_CHECKPOINT_TIME = "codex_trainer_last_checkpoint_timestamp_seconds"
 CHECKPOINTS_DIR = "checkpoints"  # under the output directory
 STEP_DIR_PREFIX = "step-"
 STEP_DIR = re.compile(rf"^{STEP_DIR_PREFIX}(\d+)$")
+CHECKPOINT_MANIFEST = "MANIFEST.json"  # in each step-N: its files' sizes and sha256, written last
 
 
 def checkpoint_dir(step: int) -> str:
@@ -67,5 +69,11 @@ def checkpoint_dir(step: int) -> str:
 
 # On exit 0, rank 0 writes one JSON object: {"step", "loss", "evalLoss", "checkpoint": {"step", "savedAt"}}.
 # On any other exit, one line of text (the last line is what the job's status shows).
-FINAL_KEYS = ("step", "loss", "evalLoss", "checkpoint")
+FINAL_STEP = "step"
+FINAL_LOSS = "loss"
+FINAL_EVAL_LOSS = "evalLoss"
+FINAL_CHECKPOINT = "checkpoint"  # {FINAL_CHECKPOINT_STEP, FINAL_CHECKPOINT_SAVED_AT}: the newest complete checkpoint
+FINAL_CHECKPOINT_STEP = "step"
+FINAL_CHECKPOINT_SAVED_AT = "savedAt"  # RFC 3339, UTC
+FINAL_KEYS = (FINAL_STEP, FINAL_LOSS, FINAL_EVAL_LOSS, FINAL_CHECKPOINT)
 TERMINATION_MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message, in bytes

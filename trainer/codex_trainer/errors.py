@@ -10,9 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-EXIT_OK = 0
-EXIT_RETRYABLE = 1  # e.g. the Hub could not be reached: a retry may succeed
-EXIT_USER_ERROR = 2  # permanent: the operator will not retry
+from .contract import ENV_TERMINATION_LOG, ENV_WORKER_MESSAGES, TERMINATION_MESSAGE_LIMIT
 
 
 class SpecError(Exception):
@@ -67,9 +65,7 @@ def _mib(n: int) -> str:
 
 # ---- the termination message: what the operator shows in the job's status.message
 
-TERMINATION_LOG_ENV = "CODEX_TERMINATION_LOG"  # a file (the pod's terminationMessagePath) for the exit message
-WORKER_MESSAGES_ENV = "CODEX_WORKER_MESSAGES"  # set by `codex-train launch` for its workers: a directory
-MAX_MESSAGE_BYTES = 4096  # what Kubernetes keeps of a termination message
+WORKER_MESSAGES_ENV = ENV_WORKER_MESSAGES  # the old name, still imported by tests/trainer/test_launch.py
 
 
 def write_termination_message(text: str) -> None:
@@ -77,14 +73,14 @@ def write_termination_message(text: str) -> None:
 
     A worker of `codex-train launch` writes `<dir>/rank-<RANK>` for the launcher to pick up; a
     process on its own writes the file named by CODEX_TERMINATION_LOG, if any."""
-    worker_dir = os.environ.get(WORKER_MESSAGES_ENV)
+    worker_dir = os.environ.get(ENV_WORKER_MESSAGES)
     if worker_dir:
         target = Path(worker_dir) / f"rank-{os.environ.get('RANK', '0')}"
-    elif os.environ.get(TERMINATION_LOG_ENV):
-        target = Path(os.environ[TERMINATION_LOG_ENV])
+    elif os.environ.get(ENV_TERMINATION_LOG):
+        target = Path(os.environ[ENV_TERMINATION_LOG])
     else:
         return
-    data = text.strip().encode()[:MAX_MESSAGE_BYTES]
+    data = text.strip().encode()[:TERMINATION_MESSAGE_LIMIT]
     with contextlib.suppress(OSError):
         target.write_bytes(data + b"\n")
 

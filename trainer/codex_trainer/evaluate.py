@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .contract import CHECKPOINT_MANIFEST, CHECKPOINTS_DIR, STEP_DIR_PREFIX
 from .errors import SpecError
 from .spec import HF_SOURCE, DataSpec, JobSpec
 
@@ -113,7 +114,7 @@ def locate(path: str) -> Target:
         return Target("adapter", path, run_dir, spec, _final_step(run_dir, p))
     if (p / "config.json").is_file():
         return Target("model", path, run_dir, spec, _final_step(run_dir, p))
-    if (p / "trainable.safetensors").is_file() or (p / "MANIFEST.json").is_file():
+    if (p / "trainable.safetensors").is_file() or (p / CHECKPOINT_MANIFEST).is_file():
         if spec is None:
             raise SpecError(
                 "",
@@ -144,7 +145,7 @@ def _find_run(p: Path) -> tuple[Path | None, JobSpec | None]:
 
 def _checkpoint_step(p: Path) -> int | None:
     try:
-        return int(p.name.removeprefix("step-"))
+        return int(p.name.removeprefix(STEP_DIR_PREFIX))
     except ValueError:
         return None
 
@@ -155,7 +156,7 @@ def _final_step(run_dir: Path | None, p: Path) -> int | None:
         return None
     from .checkpoint import complete
 
-    done = complete(run_dir / "checkpoints")
+    done = complete(run_dir / CHECKPOINTS_DIR)
     return done[-1][0] if done else None
 
 

@@ -34,11 +34,22 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import (
+from .contract import (
+    DEFAULT_MASTER_PORT,
+    ENV_DNS_TIMEOUT,
+    ENV_MASTER_ADDR,
+    ENV_MASTER_PORT,
+    ENV_NNODES,
+    ENV_NODE_RANK,
+    ENV_NPROC_PER_NODE,
+    ENV_SHUTDOWN_TIMEOUT,
+    ENV_WORKER_MESSAGES,
     EXIT_OK,
     EXIT_RETRYABLE,
     EXIT_USER_ERROR,
-    WORKER_MESSAGES_ENV,
+    SIGNAL_EXIT_BASE,
+)
+from .errors import (
     SpecError,
     TransientError,
     read_worker_messages,
@@ -54,7 +65,7 @@ class Rendezvous:
     nproc_per_node: int = 1
     node_rank: int = 0
     master_addr: str = "localhost"
-    master_port: int = 29500
+    master_port: int = DEFAULT_MASTER_PORT
 
     @property
     def world_size(self) -> int:
@@ -75,14 +86,14 @@ class Rendezvous:
             return value
 
         r = cls(
-            nnodes=number("NNODES", 1, 1),
-            nproc_per_node=number("NPROC_PER_NODE", 1, 1),
-            node_rank=number("NODE_RANK", 0, 0),
-            master_addr=env.get("MASTER_ADDR", "").strip() or "localhost",
-            master_port=number("MASTER_PORT", 29500, 1),
+            nnodes=number(ENV_NNODES, 1, 1),
+            nproc_per_node=number(ENV_NPROC_PER_NODE, 1, 1),
+            node_rank=number(ENV_NODE_RANK, 0, 0),
+            master_addr=env.get(ENV_MASTER_ADDR, "").strip() or "localhost",
+            master_port=number(ENV_MASTER_PORT, DEFAULT_MASTER_PORT, 1),
         )
         if r.node_rank >= r.nnodes:
-            raise SpecError("env NODE_RANK", f"must be below NNODES={r.nnodes} (got {r.node_rank})")
+            raise SpecError(f"env {ENV_NODE_RANK}", f"must be below {ENV_NNODES}={r.nnodes} (got {r.node_rank})")
         return r
 
 
@@ -106,14 +117,14 @@ def check_data_files(spec: JobSpec) -> None:
 def outcome(exit_codes: dict[int, int], signum: int | None = None) -> int:
     """The launcher's exit code from its workers' (rank -> exit code; negative: killed by that signal)."""
     if signum:
-        return 128 + signum
+        return SIGNAL_EXIT_BASE + signum
     codes = list(exit_codes.values())
     if any(c == EXIT_USER_ERROR for c in codes):
         return EXIT_USER_ERROR
     failed = [c for c in codes if c != EXIT_OK]
     if not failed:
         return EXIT_OK
-    if all(c > 128 for c in failed):  # every failed worker stopped gracefully on a signal
+    if all(c > SIGNAL_EXIT_BASE for c in failed):  # every failed worker stopped gracefully on a signal
         return max(failed)
     return EXIT_RETRYABLE
 
@@ -126,7 +137,7 @@ def launch(manifest: Manifest, args: argparse.Namespace) -> int:
     # is nothing to save yet. As a container's PID 1 a signal without a handler would be ignored.
     def early_stop(signum, _frame):
         write_termination_message(f"stopped by {signal.Signals(signum).name} before training started")
-        raise SystemExit(128 + signum)
+        raise SystemExit(SIGNAL_EXIT_BASE + signum)
 
     previous = {s: signal.signal(s, early_stop) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
@@ -136,7 +147,7 @@ def launch(manifest: Manifest, args: argparse.Namespace) -> int:
         if rdzv.world_size == 1:
             return run_in_process(manifest, args)
         if rdzv.node_rank > 0:
-            wait_for_dns(rdzv.master_addr, float(os.environ.get("CODEX_DNS_TIMEOUT", "300")))
+            wait_for_dns(rdzv.master_addr, float(os.environ.get(ENV_DNS_TIMEOUT, "300")))
         return _launch_workers(rdzv, args)
     finally:  # called in-process (tests), the caller's handlers come back
         for s, handler in previous.items():
@@ -151,7 +162,7 @@ def wait_for_dns(host: str, timeout: float) -> None:
             return
         except socket.gaierror:
             if time.monotonic() > deadline:
-                raise TransientError(f"MASTER_ADDR {host} did not resolve within {timeout:.0f} s") from None
+                raise TransientError(f"{ENV_MASTER_ADDR} {host} did not resolve within {timeout:.0f} s") from None
             time.sleep(1)
 
 
@@ -181,10 +192,10 @@ def _launch_workers(rdzv: Rendezvous, args: argparse.Namespace) -> int:
         ]
     )
     config, cmd, cmd_args = config_from_args(torchrun_args)
-    config.shutdown_timeout = int(os.environ.get("CODEX_SHUTDOWN_TIMEOUT", "60"))
+    config.shutdown_timeout = int(os.environ.get(ENV_SHUTDOWN_TIMEOUT, "60"))
 
     with tempfile.TemporaryDirectory(prefix="codex-launch-") as messages:
-        os.environ[WORKER_MESSAGES_ENV] = messages  # each worker writes its message there, not to the pod's log
+        os.environ[ENV_WORKER_MESSAGES] = messages  # each worker writes its message there, not to the pod's log
         codes: dict[int, int] = {}
         signum = None
         try:
@@ -195,7 +206,7 @@ def _launch_workers(rdzv: Rendezvous, args: argparse.Namespace) -> int:
         except SignalException as e:
             signum = int(e.sigval)
         finally:
-            os.environ.pop(WORKER_MESSAGES_ENV, None)
+            os.environ.pop(ENV_WORKER_MESSAGES, None)
         code = outcome(codes, signum)
         worker_messages = read_worker_messages(Path(messages))
     report(code, codes, worker_messages, signum)
@@ -212,8 +223,8 @@ def report(code: int, codes: dict[int, int], worker_messages: dict[int, str], si
         ranks = [r for r, c in sorted(codes.items()) if c == EXIT_USER_ERROR]
         lines = _unique(worker_messages.get(r, "") for r in ranks) or [f"worker rank {ranks[0]} exited 2"]
         summary = f"worker rank {ranks[0]} found an invalid spec or data (exit 2)"
-    elif code > 128:
-        name = signal.Signals(code - 128).name
+    elif code > SIGNAL_EXIT_BASE:
+        name = signal.Signals(code - SIGNAL_EXIT_BASE).name
         lines = [worker_messages.get(0) or worker_messages.get(min(worker_messages, default=0)) or f"stopped by {name}"]
         summary = f"stopped by {name}" + (" (forwarded to the workers)" if signum else "")
     else:

@@ -16,6 +16,15 @@ import psutil
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
 
 from .console import Console
+from .contract import (
+    METRIC_CHECKPOINT_STEP,
+    METRIC_CHECKPOINT_TIME,
+    METRIC_EVAL_LOSS,
+    METRIC_LOSS,
+    METRIC_STEP,
+    METRIC_TOKENS_PER_SECOND,
+    METRIC_TOTAL_STEPS,
+)
 from .errors import SpecError
 from .files import atomic_file, write_text_atomically
 from .plugins import Callbacks
@@ -233,15 +242,14 @@ class Prometheus:
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, list(labels), registry=self.registry).labels(**labels)
 
-        self.step = gauge("codex_trainer_step", "Optimizer steps completed")
-        self.total_steps = gauge("codex_trainer_total_steps", "Optimizer steps planned")
-        self.loss = gauge("codex_trainer_loss", "Training loss of the last step")
-        self.eval_loss = gauge("codex_trainer_eval_loss", "Loss on the validation split at the last evaluation")
-        self.tokens_per_second = gauge("codex_trainer_tokens_per_second", "Non-padding tokens per second, all ranks")
-        self.checkpoint_step = gauge("codex_trainer_last_checkpoint_step", "Step of the newest complete checkpoint")
-        self.checkpoint_time = gauge(
-            "codex_trainer_last_checkpoint_timestamp_seconds", "When the newest complete checkpoint was written"
-        )
+        # the operator reads these (contract.METRIC_*); the two below are for a scraper only
+        self.step = gauge(METRIC_STEP, "Optimizer steps completed")
+        self.total_steps = gauge(METRIC_TOTAL_STEPS, "Optimizer steps planned")
+        self.loss = gauge(METRIC_LOSS, "Training loss of the last step")
+        self.eval_loss = gauge(METRIC_EVAL_LOSS, "Loss on the validation split at the last evaluation")
+        self.tokens_per_second = gauge(METRIC_TOKENS_PER_SECOND, "Non-padding tokens per second, all ranks")
+        self.checkpoint_step = gauge(METRIC_CHECKPOINT_STEP, "Step of the newest complete checkpoint")
+        self.checkpoint_time = gauge(METRIC_CHECKPOINT_TIME, "When the newest complete checkpoint was written")
         self.rss = gauge("codex_trainer_process_memory_bytes", "Resident memory of the trainer process")
         self.gpu_memory = gauge("codex_trainer_gpu_memory_used_bytes", "GPU memory in use (NVML)")
         self.server = None

@@ -17,10 +17,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .contract import ENV_LOCK_WAIT
 from .errors import SpecError, disk_full, is_disk_full
 
 LOCK_FILE = ".codex-train.lock"
-LOCK_WAIT_ENV = "CODEX_LOCK_WAIT"
 
 
 def prepare_output_dir(out: Path, field: str = "--output-dir") -> None:
@@ -46,7 +46,7 @@ def output_lock(out: Path, enabled: bool = True) -> Iterator[None]:
         return
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _acquire(fd, out, float(os.environ.get(LOCK_WAIT_ENV) or 0))
+        _acquire(fd, out, float(os.environ.get(ENV_LOCK_WAIT) or 0))
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield

@@ -27,6 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from . import checkpoint
 from .console import Console
+from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
 from .data import (
     Dataset,
     Split,
@@ -36,7 +37,7 @@ from .data import (
     micro_batches_per_epoch,
     no_validation_reason,
 )
-from .errors import EXIT_OK, SpecError, disk_full, is_disk_full
+from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_dir
 from .metrics import Mlflow, Prometheus, Sink, flatten
 from .model import (
@@ -117,7 +118,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     t = spec.training
     rank, world, is_main = accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
     device = accelerator.device
-    ckpt_dir = out / "checkpoints"
+    ckpt_dir = out / CHECKPOINTS_DIR
 
     # ---- data and model
     tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
@@ -296,7 +297,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             _save_checkpoint(ckpt_dir, spec.checkpoint.keep_last, step, trained, accelerator, state, sink)
         if stop_signal:
             sink.event("stopped", step=step, signal=signal.Signals(stop_signal).name, checkpoint_step=step)
-            return 128 + stop_signal
+            return SIGNAL_EXIT_BASE + stop_signal
 
     # ---- the result. A run that a signal stopped at its last step checkpointed without evaluating: its
     # rerun (which starts here, at the last step) evaluates now.
