@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from codex_trainer import contract
 from codex_trainer.spec import JobSpec
 
 from . import names
@@ -78,12 +79,26 @@ def checkpoint_claim(job: Job) -> dict[str, Any] | None:
     spec: dict[str, Any] = {"accessModes": [mode], "resources": {"requests": {"storage": storage.size}}}
     if storage.storage_class_name:
         spec["storageClassName"] = storage.storage_class_name
-    return {
-        "apiVersion": "v1",
-        "kind": "PersistentVolumeClaim",
-        "metadata": _metadata(job, names.pvc_name(job.name), owned=not storage.retain),
-        "spec": spec,
-    }
+    meta = _metadata(job, names.pvc_name(job.name), owned=not storage.retain)
+    meta["annotations"] = {names.ANNOTATION_JOB_UID: job.uid}  # ours even while kept (storage.retain)
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta, "spec": spec}
+
+
+def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
+    """Whether a child is this job's: its ownerReference (or, for a kept volume, its annotation) carries the
+    job's UID. A same-named object made by someone else, or left by an earlier job of the same name, is not."""
+    meta = obj.get("metadata") or {}
+    if any(ref.get("uid") == uid for ref in meta.get("ownerReferences") or []):
+        return True
+    return (
+        obj.get("kind") == "PersistentVolumeClaim"
+        and (meta.get("annotations") or {}).get(names.ANNOTATION_JOB_UID) == uid
+    )
+
+
+def claim_owners(job: Job) -> list[dict[str, Any]] | None:
+    """The ownerReferences the checkpoint volume should have now: none while storage.retain keeps it."""
+    return None if job.spec.storage.retain else [owner_reference(job)]
 
 
 def claim_name(job: Job) -> str:
@@ -107,11 +122,14 @@ def job_file(job: Job) -> str:
     return yaml.safe_dump(manifest, sort_keys=False)
 
 
-def config_map(job: Job) -> dict[str, Any]:
+def config_map(job: Job, attempt: int) -> dict[str, Any]:
+    """Attempt N's job file, immutable: a spec edited mid-attempt applies from the next attempt, and every
+    rank of one attempt reads the same file."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _metadata(job, names.config_name(job.name)),
+        "metadata": _metadata(job, names.config_name(job.name, attempt), labels={names.LABEL_ATTEMPT: str(attempt)}),
+        "immutable": True,
         "data": {names.CONFIG_FILE: job_file(job)},
     }
 
@@ -146,20 +164,19 @@ def trainer_command(job: Job) -> list[str]:
 def rendezvous_env(job: Job, attempt: int) -> list[dict[str, Any]]:
     rank0 = f"{names.attempt_name(job.name, attempt)}-0.{names.service_name(job.name)}"
     return [
-        {"name": "NNODES", "value": str(job.spec.num_nodes)},
-        {"name": "NPROC_PER_NODE", "value": str(job.spec.processes_per_node)},
+        {"name": contract.ENV_NNODES, "value": str(job.spec.num_nodes)},
+        {"name": contract.ENV_NPROC_PER_NODE, "value": str(job.spec.processes_per_node)},
         {
-            "name": "NODE_RANK",
+            "name": contract.ENV_NODE_RANK,
             "valueFrom": {
                 "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
             },
         },
-        {"name": "MASTER_ADDR", "value": rank0},
-        {"name": "MASTER_PORT", "value": str(names.MASTER_PORT)},
-        {"name": "CODEX_TERMINATION_LOG", "value": names.TERMINATION_LOG},
-        {"name": "CODEX_ATTEMPT", "value": str(attempt)},
+        {"name": contract.ENV_MASTER_ADDR, "value": rank0},
+        {"name": contract.ENV_MASTER_PORT, "value": str(names.MASTER_PORT)},
+        {"name": contract.ENV_TERMINATION_LOG, "value": names.TERMINATION_LOG},
         # a pod of the previous attempt may still be checkpointing (its grace period): wait for its lock
-        {"name": "CODEX_LOCK_WAIT", "value": str(GRACE_SECONDS)},
+        {"name": contract.ENV_LOCK_WAIT, "value": str(GRACE_SECONDS)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
@@ -192,7 +209,7 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
     s = job.spec
     volumes: list[dict[str, Any]] = [
         {"name": "checkpoints", "persistentVolumeClaim": {"claimName": claim_name(job)}},
-        {"name": "config", "configMap": {"name": names.config_name(job.name)}},
+        {"name": "config", "configMap": {"name": names.config_name(job.name, attempt)}},
         {"name": "shm", "emptyDir": {"medium": "Memory"}},  # torch's DataLoader and NCCL use /dev/shm
     ]
     mounts: list[dict[str, Any]] = [
@@ -261,7 +278,10 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
 # operator then retries without counting it. Everything else fails the attempt through backoffLimit 0.
 POD_FAILURE_POLICY = {
     "rules": [
-        {"action": "FailJob", "onExitCodes": {"containerName": names.CONTAINER, "operator": "In", "values": [2]}},
+        {
+            "action": "FailJob",
+            "onExitCodes": {"containerName": names.CONTAINER, "operator": "In", "values": [contract.EXIT_USER_ERROR]},
+        },
         {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
     ]
 }

@@ -2,11 +2,12 @@
 
     codex-operator run [--namespace NS ...] [--metrics-port N] [--default-image IMAGE]
                        [--progress-interval SECONDS] [--progress-via auto|pod-ip|proxy] [--liveness-port N]
-                       [--leader-election [--lease-name NAME] [--lease-namespace NS]]
+                       [--leader-election [--lease-name NAME] [--lease-namespace NS]] [--queue-manages-all-jobs]
 
 Each flag can also come from the environment (CODEX_NAMESPACES comma-separated, CODEX_METRICS_PORT,
 CODEX_DEFAULT_IMAGE, CODEX_PROGRESS_INTERVAL, CODEX_PROGRESS_VIA, CODEX_LIVENESS_PORT,
-CODEX_LEADER_ELECTION=true, CODEX_LEASE_NAME, CODEX_LEASE_NAMESPACE; CODEX_POD_NAME names this replica).
+CODEX_LEADER_ELECTION=true, CODEX_LEASE_NAME, CODEX_LEASE_NAMESPACE, CODEX_QUEUE_MANAGES_ALL_JOBS=true;
+CODEX_POD_NAME names this replica).
 
 With --leader-election several replicas may run: the one holding the Lease acts, the others stand by
 (leader.py). Without it, run exactly one.
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         settings=Settings(default_image=args.default_image),
         progress_interval=args.progress_interval,
         progress_via=args.progress_via,
+        queue_owns_suspend=args.queue_manages_all_jobs,
     )
     registry = kopf.OperatorRegistry()
     handlers.register(handlers.Operator(options), registry)
@@ -169,6 +171,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="the coordination.k8s.io Lease the replicas share (default codex-operator)")  # fmt: skip
     run.add_argument("--lease-namespace", default=_env("CODEX_LEASE_NAMESPACE"),
                      help="its namespace (default: this pod's namespace, else default)")  # fmt: skip
+    run.add_argument("--queue-manages-all-jobs", action="store_true",
+                     default=_env("CODEX_QUEUE_MANAGES_ALL_JOBS") in ("1", "true"),
+                     help="Kueue manages Jobs without a queue label too (its manageJobsWithoutQueueName): never "
+                     "change an attempt Job's suspend (CODEX_QUEUE_MANAGES_ALL_JOBS=true)")  # fmt: skip
     run.add_argument("--verbose", "-v", action="store_true", help="debug logging")
     return p
 

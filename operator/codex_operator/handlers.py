@@ -16,13 +16,13 @@ is down; hence the one timer task of our own).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import aiohttp
 import kopf
@@ -34,22 +34,26 @@ from codex_trainer.manifest import parse_manifest
 
 from . import builders, metrics, names
 from .builders import Job, Settings
-from .kube import Kube
+from .kube import Kube, read_limited
+from .refusals import Refused, Taken, holder, next_backoff, server_message
 from .status import (
     TERMINAL,
     Attempt,
     Plan,
     PodFailure,
     attempt_from_job,
+    blame,
     deadline_left,
+    failed_create,
     final_numbers,
     plan,
-    pod_failure,
     progress_changed,
     progress_from_metrics,
     set_condition,
     waiting_reason,
 )
+
+T = TypeVar("T")
 
 log = logging.getLogger("codex_operator")
 WAIT_EXPLAIN_SECONDS = 30.0
@@ -58,28 +62,49 @@ WAIT_EXPLAIN_SECONDS = 30.0
 # of disjoint keys cannot undo each other)
 OWNED = ("phase", "message", "conditions", "attempt", "restarts", "startTime", "completionTime", "observedGeneration")
 
+Key = tuple[str, str]
+EventPoster = Callable[[dict[str, Any], str, str, str], None]
+
 
 @dataclass
 class Options:
     settings: Settings = field(default_factory=Settings)
     progress_interval: float = 10.0
     progress_via: str = "auto"  # auto | pod-ip | proxy
+    # Kueue runs with manageJobsWithoutQueueName: it may own the suspend of every Job, labelled or not
+    queue_owns_suspend: bool = False
 
 
 @dataclass
-class Operator:
-    options: Options
-    kube: Kube | None = None
-    http: aiohttp.ClientSession | None = None
-    ticker: asyncio.Task | None = None
-    locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
-    dirty: set[tuple[str, str]] = field(default_factory=set)  # reconciles that failed: the timer retries
-    bodies: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # the jobs as last watched
-    written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)  # the status we last wrote
-    explained: dict[tuple[str, str], float] = field(default_factory=dict)  # when we last asked why pods wait
+class JobState:
+    """What the operator keeps of one job between events: little, and nothing it could not rebuild."""
 
-    def lock(self, key: tuple[str, str]) -> asyncio.Lock:
-        return self.locks.setdefault(key, asyncio.Lock())
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    body: dict[str, Any] | None = None  # the job as last watched
+    written: dict[str, Any] | None = None  # the status this operator last wrote
+    retry_at: float | None = None  # monotonic: when a failed reconcile is tried again
+    backoff: float = 0.0
+    explained_at: float = -WAIT_EXPLAIN_SECONDS  # monotonic: when we last asked why pods wait
+    check_children: bool = False  # a child was deleted: look at every child, whatever the generation says
+    failed_generation: int | None = None  # the spec generation the last failed reconcile saw
+
+
+def kopf_event(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+    """An Event on the job (kopf posts it in the background)."""
+    kopf.event(body, type=kind, reason=reason, message=message)  # type: ignore[arg-type]  # kopf takes raw dicts too
+
+
+class Operator:
+    """The controller: one reconcile per job event, one timer for all jobs. The API client and the Event
+    poster are passed in, so the whole controller runs in-process against a fake API server."""
+
+    def __init__(self, options: Options, kube: Kube | None = None, post_event: EventPoster = kopf_event):
+        self.options = options
+        self.kube = kube
+        self.post_event = post_event
+        self.jobs: dict[Key, JobState] = {}
+        self.http: aiohttp.ClientSession | None = None
+        self.ticker: asyncio.Task | None = None
 
     @property
     def in_cluster(self) -> bool:
@@ -87,29 +112,61 @@ class Operator:
             return self.options.progress_via == "pod-ip"
         return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
+    def state(self, key: Key) -> JobState:
+        return self.jobs.setdefault(key, JobState())
+
+    # ---------------------------------------------------------------- watch events
+
+    async def on_job_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        if event_type == "DELETED":
+            metrics.set_phase(*key, None)
+            self.jobs.pop(key, None)
+            return
+        st = self.state(key)
+        st.body = dict(body)
+        if st.retry_at is not None and self.current(st, body) and meta.get("generation") == st.failed_generation:
+            return  # our own write of why it failed: the timer retries when the backoff says, not now
+        await self.reconcile(*key, dict(body))
+
+    async def on_child_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """An attempt Job changed, or any child was deleted: reconcile its job."""
+        meta = body["metadata"]
+        job = (meta.get("labels") or {}).get(names.LABEL_JOB)
+        if not job:
+            return
+        key = (meta["namespace"], job)
+        if event_type == "DELETED":
+            if key not in self.jobs:
+                return  # the job itself is gone (its children go with it)
+            self.state(key).check_children = True
+        elif body.get("kind") != "Job":
+            return  # a ConfigMap or Service changing is nothing to act on; only its deletion is
+        await self.reconcile(*key)
+
     # ---------------------------------------------------------------- reconcile
 
     async def reconcile(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
         key = (namespace, name)
-        lock = self.lock(key)
-        async with lock:
+        st = self.state(key)
+        async with st.lock:
             try:
                 with metrics.reconcile_timer():
-                    await self._reconcile(namespace, name, body)
-                self.dirty.discard(key)
-            except Exception:
-                self.dirty.add(key)
-                log.exception("reconcile of %s/%s failed; retrying on the next tick", namespace, name)
-        if key not in self.bodies and key not in self.dirty and not lock.locked():
-            self.locks.pop(key, None)  # a job that is gone (an attempt's event came after its deletion)
+                    await self._reconcile(key, st, body)
+                st.retry_at, st.backoff = None, 0.0
+            except Exception as e:
+                await self._failed(key, st, e)
+        if st.body is None and st.retry_at is None and not st.lock.locked():
+            self.jobs.pop(key, None)  # a job that is gone (an attempt's event came after its deletion)
 
-    def current(self, key: tuple[str, str], body: dict[str, Any] | None) -> bool:
+    def current(self, st: JobState, body: dict[str, Any] | None) -> bool:
         """Whether a watched body can be trusted as the job's present state: its status is the one this
         operator last wrote (or it is brand new). Otherwise another write may have passed it: read afresh."""
         if body is None:
             return False
-        if key in self.written:
-            return self.written[key] == (body.get("status") or {})
+        if st.written is not None:
+            return st.written == (body.get("status") or {})
         return not body.get("status")
 
     async def patch_status(
@@ -122,12 +179,12 @@ class Operator:
     ) -> None:
         assert self.kube is not None
         await self.kube.patch_status(namespace, name, patch, resource_version)
-        self.written[(namespace, name)] = _merged(base, patch)
+        self.state((namespace, name)).written = _merged(base, patch)
 
     async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> None:
         """A write the timer decided from the watched body: only if the job is still what it saw."""
         meta, status = body["metadata"], body.get("status") or {}
-        async with self.lock((meta["namespace"], meta["name"])):
+        async with self.state((meta["namespace"], meta["name"])).lock:
             try:
                 await self.patch_status(
                     meta["namespace"], meta["name"], _deleting(status, patch), status, meta.get("resourceVersion")
@@ -137,12 +194,14 @@ class Operator:
                     raise
                 log.debug("%s/%s changed since the timer looked; its write is dropped", meta["namespace"], meta["name"])
 
-    async def _reconcile(self, namespace: str, name: str, watched: dict[str, Any] | None) -> None:
+    async def _reconcile(self, key: Key, st: JobState, watched: dict[str, Any] | None) -> None:
         assert self.kube is not None
+        namespace, name = key
         log.debug("reconcile %s/%s", namespace, name)
-        body = watched if self.current((namespace, name), watched) else await self.kube.get_job(namespace, name)
+        body = watched if self.current(st, watched) else await self.kube.get_job(namespace, name)
         if body is None:
             metrics.set_phase(namespace, name, None)
+            st.body = None
             return
         status = body.get("status") or {}
         if body["metadata"].get("deletionTimestamp"):
@@ -153,36 +212,62 @@ class Operator:
         now = datetime.now(UTC)
         job = _job_or_problem(body)
         if isinstance(job, str):
-            await self._finish_invalid(body, job, now)
+            await self._fail(body, "InvalidJob", job, now)
             return
-        refused = "a child of the job"
-        try:
-            if not _children_current(status, job.generation):
-                await self.ensure_children(job)
-            attempts = [attempt_from_job(j) for j in await self.kube.list_jobs(namespace, name)]
-            latest = max(attempts, key=lambda a: a.number, default=None)
-            p = plan(job, status, attempts, now, *await self._how_it_ended(namespace, latest))
-            if p.create_attempt is not None:
-                await self._start_attempt(job, p, now)
-            if p.set_suspend is not None and latest is not None:
-                refused = f"{'suspending' if p.set_suspend else 'resuming'} attempt {latest.name}"
-                await self.kube.set_suspend(namespace, latest.name, p.set_suspend)
-        except ApiException as e:
-            if e.status not in (400, 422):
-                raise
-            # a pass-through field the CRD takes as free-form (affinity, env) that a Job or Pod refuses, or an
-            # admission webhook or policy that refuses a child or its suspension: retrying would not change it
-            await self._finish_invalid(body, f"the API server refused {refused}: {_api_reason(e)}", now)
-            return
+        found = await self._attempt_jobs(key, job.uid)
+        attempts = [attempt_from_job(j) for j in found if not j["metadata"].get("deletionTimestamp")]
+        latest = max(attempts, key=lambda a: a.number, default=None)
+        if st.check_children or not _children_current(status, job.generation):
+            await self.ensure_children(job, latest)
+            st.check_children = False
+        p = plan(
+            job,
+            status,
+            attempts,
+            now,
+            *await self._how_it_ended(namespace, latest),
+            may_suspend=not self.options.queue_owns_suspend,
+        )
+        if p.create_attempt is not None:
+            await self._start_attempt(job, p, now)
+        if p.set_suspend is not None and latest is not None:
+            what = f"{'suspending' if p.set_suspend else 'resuming'} Job {latest.name}"
+            await _asking(what, self.kube.set_suspend(namespace, latest.name, p.set_suspend))
         await self._write(body, p)
+        if p.stop_attempts:
+            await self._stop(key, found)
+
+    async def _attempt_jobs(self, key: Key, uid: str) -> list[dict[str, Any]]:
+        """A job's attempt Jobs: labelled with its name and owned by its UID (an earlier job's are not)."""
+        assert self.kube is not None
+        found = await _asking("listing the attempt Jobs", self.kube.list_jobs(*key))
+        return [j for j in found if builders.owned_by(j, uid)]
 
     async def _start_attempt(self, job: Job, p: Plan, now: datetime) -> None:
-        assert self.kube is not None and p.create_attempt is not None
+        assert p.create_attempt is not None
+        n = p.create_attempt
+        await self._create_owned(job, builders.config_map(job, n))
         left = deadline_left(job, p.status, now)
-        if await self.kube.create(builders.attempt_job(job, p.create_attempt, self.options.settings, left)):
+        if await self._create_owned(job, builders.attempt_job(job, n, self.options.settings, left)):
             metrics.ATTEMPTS.inc()
-            if p.create_attempt > 1:
+            if n > 1:
                 metrics.RESTARTS.labels(_condition_reason(p.status, "Restarting")).inc()
+
+    async def _create_owned(self, job: Job, obj: dict[str, Any]) -> bool:
+        """Create a child; True if created, False if it is ours already (adopted after a restart). A name
+        held by anything else is a `Taken` (never adopted, never overwritten)."""
+        assert self.kube is not None
+        kind, name = obj["kind"], obj["metadata"]["name"]
+        if await _asking(f"creating {kind} {name}", self.kube.create(obj)):
+            return True
+        there = await _asking(f"reading {kind} {name}", self.kube.get(kind, job.namespace, name))
+        if there is None:
+            raise Refused(f"creating {kind} {name}", 409, "it was being deleted")
+        if not builders.owned_by(there, job.uid):
+            raise Taken(kind, name, holder(there))
+        if there["metadata"].get("deletionTimestamp"):
+            raise Refused(f"creating {kind} {name}", 409, "the earlier one is still being deleted")
+        return False
 
     async def _write(self, body: dict[str, Any], p: Plan) -> None:
         """The status keys that changed, then the Events."""
@@ -194,44 +279,71 @@ class Operator:
         if patch:
             await self.patch_status(meta["namespace"], meta["name"], _deleting(status, patch), status)
         for kind, reason, message in p.events:
-            _post_event(body, kind, reason, message)
+            self.post_event(body, kind, reason, message)
             log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
 
-    async def ensure_children(self, job: Job) -> None:
-        """The volume, the job file and the rendezvous Service: create, or adopt what exists."""
+    async def ensure_children(self, job: Job, latest: Attempt | None) -> None:
+        """The volume and the rendezvous Service (and the live attempt's job file, deleted by hand): create
+        what is missing, check that what exists is this job's, and keep or release the volume as
+        storage.retain says now."""
         assert self.kube is not None
-        claim, cm = builders.checkpoint_claim(job), builders.config_map(job)
-        children = [c for c in (claim, cm, builders.headless_service(job)) if c is not None]
-        results = await asyncio.gather(*map(self.kube.create, children))
-        created = {c["kind"]: r for c, r in zip(children, results, strict=True)}
-        if not created["ConfigMap"]:
-            current = await self.kube.get_config_map(job.namespace, cm["metadata"]["name"])
-            if current is not None and current.get("data") != cm["data"]:
-                # a changed spec (maxSteps raised, say) applies from the next attempt on
-                await self.kube.patch_config_map(job.namespace, cm["metadata"]["name"], cm["data"])
+        claim = builders.checkpoint_claim(job)
+        children = [c for c in (claim, builders.headless_service(job)) if c is not None]
+        if latest is not None and latest.outcome is None:
+            children.append(builders.config_map(job, latest.number))
+        created = await asyncio.gather(*(self._create_owned(job, c) for c in children), return_exceptions=True)
+        for result in created:
+            if isinstance(result, BaseException):
+                raise result
+        if claim is not None and created[0] is False:
+            await self._retain(job, claim["metadata"]["name"])
+
+    async def _retain(self, job: Job, name: str) -> None:
+        """storage.retain switched on: the volume loses its ownerReference (it outlives the job); off: gains
+        it back (it goes with the job)."""
+        assert self.kube is not None
+        read = self.kube.get("PersistentVolumeClaim", job.namespace, name)
+        there = await _asking(f"reading PersistentVolumeClaim {name}", read)
+        if there is None:
+            return
+        want = builders.claim_owners(job)
+        if (there["metadata"].get("ownerReferences") or None) != want:
+            patch = {"metadata": {"ownerReferences": want}}
+            what = f"{'releasing' if want is None else 'owning'} PersistentVolumeClaim {name} (storage.retain)"
+            await _asking(what, self.kube.patch("PersistentVolumeClaim", job.namespace, name, patch))
 
     async def _how_it_ended(self, namespace: str, latest: Attempt | None) -> tuple[PodFailure | None, dict | None]:
         """For an attempt that ended: the pod to blame for a failure, or rank 0's final numbers."""
-        assert self.kube is not None
-        if latest is not None and latest.outcome == "Failed":
-            return await self._failed_pod(namespace, latest.name), None
-        if latest is not None and latest.outcome == "Complete":
-            rank0 = f"batch.kubernetes.io/job-name={latest.name},batch.kubernetes.io/job-completion-index=0"
-            return None, next(filter(None, map(final_numbers, await self.kube.list_pods(namespace, rank0))), None)
-        return None, None
+        if latest is None or latest.outcome is None:
+            return None, None
+        pods = [p for p in await self._pods(namespace, latest) if _owned_by_uid(p, latest.uid)]
+        if latest.outcome == "Failed":
+            return blame(pods), None
+        rank0 = [p for p in pods if _index(p) == "0"]
+        return None, next(filter(None, map(final_numbers, rank0)), None)
 
-    async def _failed_pod(self, namespace: str, attempt: str) -> PodFailure | None:
+    async def _pods(self, namespace: str, attempt: Attempt) -> list[dict[str, Any]]:
         assert self.kube is not None
-        pods = await self.kube.list_pods(namespace, f"batch.kubernetes.io/job-name={attempt}")
-        ended = [f for f in (pod_failure(p) for p in pods) if f is not None and f.exit_code != 0]
-        return min(ended, key=lambda f: f.blame_order, default=None)
+        return await _asking(
+            f"listing the pods of Job {attempt.name}",
+            self.kube.list_pods(namespace, f"batch.kubernetes.io/job-name={attempt.name}"),
+        )
 
-    async def _finish_invalid(self, body: dict[str, Any], problem: str, now: datetime) -> None:
+    async def _stop(self, key: Key, found: list[dict[str, Any]]) -> None:
+        """A failed job keeps no pods: delete its live attempts (their pods get the grace period)."""
         assert self.kube is not None
+        for j in found:
+            if attempt_from_job(j).outcome is None and not j["metadata"].get("deletionTimestamp"):
+                log.info("%s/%s failed: stopping %s", *key, j["metadata"]["name"])
+                what = f"deleting Job {j['metadata']['name']}"
+                await _asking(what, self.kube.delete_attempt(key[0], j["metadata"]["name"], j["metadata"]["uid"]))
+
+    async def _fail(self, body: dict[str, Any], reason: str, problem: str, now: datetime) -> None:
+        """Failed for good, with the reason and the line that says why; its live attempts are stopped."""
         meta = body["metadata"]
         conditions = set_condition(
-            (body.get("status") or {}).get("conditions") or [], "Failed", "InvalidJob", problem, now, meta["generation"]
+            (body.get("status") or {}).get("conditions") or [], "Failed", reason, problem, now, meta["generation"]
         )
         await self.patch_status(
             meta["namespace"],
@@ -239,20 +351,58 @@ class Operator:
             {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": _ts(now)},
             body.get("status") or {},
         )
-        _post_event(body, "Warning", "InvalidJob", problem)
+        self.post_event(body, "Warning", reason, problem)
+        log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, problem)
         metrics.set_phase(meta["namespace"], meta["name"], "Failed")
+        key = (meta["namespace"], meta["name"])
+        await self._stop(key, await self._attempt_jobs(key, meta["uid"]))
+
+    async def _failed(self, key: Key, st: JobState, e: Exception) -> None:
+        """A reconcile that did not get through: say so in status.message and an Event, then retry with
+        backoff, or fail the job when the answer will not change."""
+        if isinstance(e, ApiException):
+            e = Refused("a call", e.status or 0, server_message(e.body, str(e.reason)))
+        if not isinstance(e, Refused | Taken):
+            log.exception("reconcile of %s/%s failed; retrying", *key)
+            e = Refused("a call", 0, f"{type(e).__name__}: {e}")
+        else:
+            log.warning("%s/%s: %s", *key, e.line())
+        try:
+            body = await self.kube.get_job(*key) if self.kube is not None else None
+            if body is None or body["metadata"].get("deletionTimestamp"):
+                return
+            status = body.get("status") or {}
+            if status.get("phase") in TERMINAL:
+                return
+            if not e.transient:
+                await self._fail(body, "Refused", e.line(), datetime.now(UTC))
+                return
+            st.backoff = next_backoff(st.backoff)
+            st.retry_at = time.monotonic() + st.backoff
+            st.failed_generation = body["metadata"].get("generation")
+            if status.get("message") != e.line():
+                patch = {"message": e.line()} | ({} if status.get("phase") else {"phase": "Pending"})
+                await self.patch_status(*key, patch, status)
+                self.post_event(body, "Warning", "NameTaken" if isinstance(e, Taken) else "Refused", e.line())
+        except Exception:
+            st.backoff = next_backoff(st.backoff)
+            st.retry_at = time.monotonic() + st.backoff
+            log.exception("%s/%s: could not record why its reconcile failed; retrying", *key)
 
     # ---------------------------------------------------------------- the timer: progress, TTL, retries
 
-    async def tick(self, body: dict[str, Any]) -> None:
-        meta, status = body["metadata"], body.get("status") or {}
-        key = (meta["namespace"], meta["name"])
-        phase = status.get("phase")
+    async def tick(self, key: Key, st: JobState) -> None:
+        body = st.body
+        if st.retry_at is not None:
+            if time.monotonic() >= st.retry_at:
+                await self.reconcile(*key)
+            return
+        if body is None:
+            return
+        phase = (body.get("status") or {}).get("phase")
         log.debug("tick %s/%s %s", *key, phase)
         try:
-            if key in self.dirty:
-                await self.reconcile(*key)
-            elif phase == "Running":
+            if phase == "Running":
                 await self.read_progress(body)
             elif phase in ("Pending", "Restarting"):
                 await self.explain_wait(body)
@@ -261,21 +411,24 @@ class Operator:
         except Exception:  # kopf would back a failed timer off for a minute: log it and tick on time instead
             log.exception("timer of %s/%s failed", *key)
 
+    async def tick_once(self) -> None:
+        gate = asyncio.Semaphore(32)
+
+        async def one(key: Key, st: JobState) -> None:
+            async with gate:
+                try:  # one slow job (a rank 0 that does not answer) must not hold up the others' ticks
+                    await asyncio.wait_for(self.tick(key, st), timeout=max(self.options.progress_interval, 5.0))
+                except TimeoutError:
+                    log.warning("tick of %s/%s took too long", *key)
+
+        await asyncio.gather(*(one(k, st) for k, st in list(self.jobs.items())))
+
     async def tick_all(self) -> None:
         """One timer for all jobs (kopf's per-object timers would put a finalizer on every job, which
         blocks its deletion whenever the operator is down)."""
-        gate = asyncio.Semaphore(32)
-
-        async def one(body: dict[str, Any]) -> None:
-            async with gate:
-                try:  # one slow job (a rank 0 that does not answer) must not hold up the others' ticks
-                    await asyncio.wait_for(self.tick(body), timeout=max(self.options.progress_interval, 5.0))
-                except TimeoutError:
-                    log.warning("tick of %s/%s took too long", body["metadata"]["namespace"], body["metadata"]["name"])
-
         while True:
             await asyncio.sleep(self.options.progress_interval)
-            await asyncio.gather(*(one(b) for b in list(self.bodies.values())))
+            await self.tick_once()
 
     async def read_progress(self, body: dict[str, Any]) -> None:
         assert self.kube is not None
@@ -295,7 +448,7 @@ class Operator:
                 text = await self._get_text(f"http://{f'[{ip}]' if ':' in ip else ip}:{port}/metrics")
             else:
                 text = await self.kube.pod_metrics_via_proxy(ns, pod["metadata"]["name"], port)
-            samples = _samples(text)
+            samples = await asyncio.to_thread(_samples, text)  # a large page must not stall other jobs
         except Exception as e:  # a trainer still loading its model has no endpoint yet: not an error worth a trace
             metrics.PROGRESS_ERRORS.inc()
             log.debug("progress of %s/%s not readable yet: %s", ns, name, e)
@@ -312,28 +465,40 @@ class Operator:
             await self.timer_patch(body, patch)
 
     async def explain_wait(self, body: dict[str, Any]) -> None:
-        """Say in status.message why the pods are not running yet (an image that cannot be pulled, say)."""
+        """Say in status.message why the pods are not running yet: an image that cannot be pulled, a pod
+        that cannot be scheduled, or pods the Job controller cannot create (a quota, a webhook)."""
         assert self.kube is not None
         meta, status = body["metadata"], body.get("status") or {}
         ns, name = meta["namespace"], meta["name"]
+        st = self.state((ns, name))
         attempt = names.attempt_name(name, status.get("attempt") or 1)
         now = time.monotonic()
-        if now - self.explained.get((ns, name), -WAIT_EXPLAIN_SECONDS) < WAIT_EXPLAIN_SECONDS:
+        if now - st.explained_at < WAIT_EXPLAIN_SECONDS:
             return  # pods that wait for a reason keep waiting a while: look again later, not every tick
-        self.explained[(ns, name)] = now
-        why = waiting_reason(await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}"))
+        st.explained_at = now
+        pods = await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}")
+        why = waiting_reason(pods) if pods else await self._why_no_pods(ns, attempt)
         if why is None:
             return
         message = f"attempt {status.get('attempt') or 1} waiting: {why}"
         if message != status.get("message"):
             await self.timer_patch(body, {"message": message})
 
+    async def _why_no_pods(self, namespace: str, attempt: str) -> str | None:
+        """The Job controller's own words when it cannot create an attempt's pods (its FailedCreate Events)."""
+        assert self.kube is not None
+        job = await self.kube.get("Job", namespace, attempt)
+        if job is None or (job.get("spec") or {}).get("suspend"):
+            return None
+        events = await self.kube.list_events(namespace, "Job", attempt, job["metadata"]["uid"])
+        return failed_create(events)
+
     async def _get_text(self, url: str) -> str:
         if self.http is None:
             self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         async with self.http.get(url) as resp:
             resp.raise_for_status()
-            return await resp.text()
+            return await read_limited(resp)
 
     async def _expire(self, body: dict[str, Any]) -> None:
         ttl = ((body.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
@@ -345,7 +510,25 @@ class Operator:
             assert self.kube is not None
             meta = body["metadata"]
             log.info("deleting %s/%s: ttlSecondsAfterFinished (%d s) passed", meta["namespace"], meta["name"], ttl)
-            await self.kube.delete_job(meta["namespace"], meta["name"])
+            await self.kube.delete_job(meta["namespace"], meta["name"], meta["uid"])
+
+
+async def _asking(what: str, call: Awaitable[T]) -> T:
+    """Await an API call; a refusal becomes a `Refused` that says what was asked."""
+    try:
+        return await call
+    except ApiException as e:
+        raise Refused(what, e.status or 0, server_message(e.body, str(e.reason))) from e
+    except (aiohttp.ClientError, TimeoutError, OSError) as e:
+        raise Refused(what, 0, f"no answer: {type(e).__name__}: {e}") from e
+
+
+def _owned_by_uid(obj: dict[str, Any], uid: str) -> bool:
+    return not uid or any(r.get("uid") == uid for r in obj["metadata"].get("ownerReferences") or [])
+
+
+def _index(pod: dict[str, Any]) -> str | None:
+    return (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-completion-index")
 
 
 def _deleting(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -356,18 +539,6 @@ def _deleting(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
         if isinstance(patch.get(key), dict) and isinstance(old.get(key), dict):
             out[key] = {**{k: None for k in old[key] if k not in patch[key]}, **patch[key]}
     return out
-
-
-def _post_event(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
-    """An Event on the job (kopf posts it in the background)."""
-    kopf.event(body, type=kind, reason=reason, message=message)  # type: ignore[arg-type]  # kopf takes raw dicts too
-
-
-def _api_reason(e: ApiException) -> str:
-    try:
-        return json.loads(e.body or "").get("message") or str(e.reason)
-    except (TypeError, ValueError):
-        return str(e.reason)
 
 
 def _merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
@@ -428,6 +599,8 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         settings.posting.level = logging.WARNING  # Events are ours (kopf.event); log lines are not Events
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        for child in (("batch", "jobs"), ("v1", "configmaps"), ("v1", "services")):
+            settings.watching.label_selectors[child] = names.LABEL_JOB
         op.kube = await Kube.connect()
 
         op.ticker = asyncio.create_task(op.tick_all(), name="codex-operator ticks")
@@ -447,23 +620,15 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         return await kopf.login_via_async_client(**kwargs)
 
     @kopf.on.event(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
-    async def job_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        meta = body["metadata"]
-        key = (meta["namespace"], meta["name"])
-        if event.get("type") == "DELETED":
-            metrics.set_phase(*key, None)
-            op.locks.pop(key, None)
-            op.dirty.discard(key)
-            op.bodies.pop(key, None)
-            op.written.pop(key, None)
-            op.explained.pop(key, None)
-            return
-        op.bodies[key] = dict(body)
-        await op.reconcile(*key, op.bodies[key])
+    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
+        await op.on_job_event(event.get("type"), dict(event["object"]))
 
-    @kopf.on.event("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
-    async def attempt_event(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        if event.get("type") == "DELETED":
-            return
-        owner = body["metadata"]["labels"][names.LABEL_JOB]
-        await op.reconcile(body["metadata"]["namespace"], owner)
+    # the attempt Jobs (any change), and the job file and the rendezvous Service (their deletion): only
+    # objects labelled with a job's name, selected by the API server (settings.watching.label_selectors)
+    for group, version, plural in (("batch", "v1", "jobs"), ("", "v1", "configmaps"), ("", "v1", "services")):
+
+        @kopf.on.event(
+            group, version, plural, id=f"child-{plural}", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry
+        )
+        async def child_event(event: kopf.RawEvent, **_: Any) -> None:
+            await op.on_child_event(event.get("type"), dict(event["object"]))

@@ -59,17 +59,31 @@ class Kube:
 
     # ---------------------------------------------------------------- children
 
-    async def create(self, obj: dict[str, Any]) -> bool:
-        """Create a child; False when it exists already (a rerun after a restart adopts it)."""
-        ns, kind = obj["metadata"]["namespace"], obj["kind"]
-        # the stubs type each body as its model class; the client serialises plain dicts as they are
-        creators: dict[str, Callable[..., Awaitable[object]]] = {
-            "PersistentVolumeClaim": self.core.create_namespaced_persistent_volume_claim,
-            "ConfigMap": self.core.create_namespaced_config_map,
-            "Service": self.core.create_namespaced_service,
-            "Job": self.batch.create_namespaced_job,
+    def _calls(self, kind: str) -> dict[str, Callable[..., Awaitable[object]]]:
+        """The client's calls for one kind of child (the stubs type each body as its model class; the
+        client serialises plain dicts as they are)."""
+        c, b = self.core, self.batch
+        calls: dict[str, dict[str, Callable[..., Awaitable[object]]]] = {
+            "PersistentVolumeClaim": {
+                "create": c.create_namespaced_persistent_volume_claim,
+                "get": c.read_namespaced_persistent_volume_claim,
+                "patch": c.patch_namespaced_persistent_volume_claim,
+            },
+            "ConfigMap": {"create": c.create_namespaced_config_map, "get": c.read_namespaced_config_map},
+            "Service": {"create": c.create_namespaced_service, "get": c.read_namespaced_service},
+            "Job": {
+                "create": b.create_namespaced_job,
+                "get": b.read_namespaced_job,
+                "patch": b.patch_namespaced_job,
+                "delete": b.delete_namespaced_job,
+            },
         }
-        create = creators[kind]
+        return calls[kind]
+
+    async def create(self, obj: dict[str, Any]) -> bool:
+        """Create a child; False when the name exists already (whose it is, `get` tells)."""
+        ns, kind = obj["metadata"]["namespace"], obj["kind"]
+        create = self._calls(kind)["create"]
         try:
             with metrics.api_call("create", kind):
                 await _body(create(ns, obj, _preload_content=False))
@@ -79,7 +93,37 @@ class Kube:
                 return False
             raise
 
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A child by name (None: there is none)."""
+        read = self._calls(kind)["get"]
+        try:
+            with metrics.api_call("get", kind):
+                return json.loads(await _body(read(name, namespace, _preload_content=False)))
+        except ApiException as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
+        """A JSON merge patch of a child (a Job's suspend, a volume's ownerReferences)."""
+        call = self._calls(kind)["patch"]
+        with metrics.api_call("patch", kind):
+            await _body(call(name, namespace, patch, _content_type=MERGE, _preload_content=False))
+
+    async def delete_attempt(self, namespace: str, name: str, uid: str) -> None:
+        """Delete an attempt Job and its pods (they get their grace period to checkpoint); only the Job of
+        that UID, and none is fine."""
+        delete = self._calls("Job")["delete"]
+        body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
+        try:
+            with metrics.api_call("delete", "Job"):
+                await _body(delete(name, namespace, body=body, _preload_content=False))
+        except ApiException as e:
+            if e.status not in (404, 409):
+                raise
+
     async def list_jobs(self, namespace: str, job: str) -> list[dict[str, Any]]:
+        """The attempt Jobs labelled with a job's name (whose they are, their ownerReferences tell)."""
         with metrics.api_call("list", "Job"):
             body = await _body(
                 self.batch.list_namespaced_job(
@@ -94,31 +138,17 @@ class Kube:
             body = await _body(pods)
         return json.loads(body)["items"]
 
-    async def get_config_map(self, namespace: str, name: str) -> dict[str, Any] | None:
-        try:
-            with metrics.api_call("get", "ConfigMap"):
-                body = await _body(self.core.read_namespaced_config_map(name, namespace, _preload_content=False))
-            return json.loads(body)
-        except ApiException as e:
-            if e.status == 404:
-                return None
-            raise
-
-    async def patch_config_map(self, namespace: str, name: str, data: dict[str, str]) -> None:
-        with metrics.api_call("patch", "ConfigMap"):
-            await _body(
-                self.core.patch_namespaced_config_map(  # type: ignore[call-arg]  # _content_type: missing from the stubs
-                    name, namespace, {"data": data}, _content_type=MERGE, _preload_content=False
-                )
+    async def list_events(self, namespace: str, kind: str, name: str, uid: str) -> list[dict[str, Any]]:
+        """The Events about one object (the Job controller's FailedCreate on an attempt, say)."""
+        selector = f"involvedObject.kind={kind},involvedObject.name={name},involvedObject.uid={uid}"
+        with metrics.api_call("list", "Event"):
+            body = await _body(
+                self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
             )
+        return json.loads(body)["items"]
 
     async def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        with metrics.api_call("patch", "Job"):
-            await _body(
-                self.batch.patch_namespaced_job(  # type: ignore[call-arg]  # _content_type: missing from the stubs
-                    name, namespace, {"spec": {"suspend": suspend}}, _content_type=MERGE, _preload_content=False
-                )
-            )
+        await self.patch("Job", namespace, name, {"spec": {"suspend": suspend}})
 
     # ---------------------------------------------------------------- the job itself
 
@@ -146,14 +176,21 @@ class Kube:
                 names.GROUP, names.VERSION, namespace, names.PLURAL, name, body, _content_type=MERGE
             )
 
-    async def delete_job(self, namespace: str, name: str) -> None:
+    async def delete_job(self, namespace: str, name: str, uid: str) -> None:
+        """Delete the job of that UID (a job re-created under the same name since is left alone: 409)."""
+        body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
         try:
             with metrics.api_call("delete", names.KIND):
                 await self.custom.delete_namespaced_custom_object(
-                    names.GROUP, names.VERSION, namespace, names.PLURAL, name, propagation_policy="Background"
+                    names.GROUP,
+                    names.VERSION,
+                    namespace,
+                    names.PLURAL,
+                    name,
+                    body=body,  # type: ignore[arg-type]  # a dict serialises as the model would
                 )
         except ApiException as e:
-            if e.status != 404:
+            if e.status not in (404, 409):
                 raise
 
     # ---------------------------------------------------------------- rank 0's metrics
@@ -167,7 +204,25 @@ class Kube:
                     f"{pod}:{port}", namespace, "metrics", _preload_content=False, _request_timeout=5
                 ),
             )
-            text = (await resp.read()).decode()
+            try:
+                text = await read_limited(resp)
+            finally:
+                resp.release()
             if resp.status != 200:  # e.g. 503 while the trainer still loads its model: no endpoint yet
                 raise ConnectionError(f"pods/proxy answered {resp.status}: {text[:200]}")
         return text
+
+
+METRICS_LIMIT = 1 << 20  # rank 0's /metrics is a few kB: a pod that serves more is not read
+
+
+async def read_limited(resp: aiohttp.ClientResponse, limit: int = METRICS_LIMIT) -> str:
+    """The body of a response, refused past `limit` bytes (what a job's pod serves cannot fill the
+    operator's memory)."""
+    chunks, size = [], 0
+    while chunk := await resp.content.read(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise ValueError(f"the metrics endpoint served more than {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks).decode(errors="replace")

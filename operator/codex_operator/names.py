@@ -25,6 +25,7 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # a DNS-1035 label: the headless
 LABEL_JOB = f"{GROUP}/job-name"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_JOB_UID = f"{GROUP}/job-uid"  # on the checkpoint volume: the job it was made for (kept or not)
 
 CONTAINER = "trainer"
 CONFIG_MOUNT = "/etc/codex"
@@ -41,8 +42,9 @@ def pvc_name(job: str) -> str:
     return f"{job}-checkpoints"
 
 
-def config_name(job: str) -> str:
-    return f"{job}-config"
+def config_name(job: str, attempt: int) -> str:
+    """Attempt N's job file: one immutable ConfigMap per attempt, so every rank of it reads the same file."""
+    return f"{job}-a{attempt}-config"
 
 
 def service_name(job: str) -> str:

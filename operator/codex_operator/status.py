@@ -4,9 +4,11 @@
 and returns the status to write, the Events to post and what to do next (start attempt N+1, suspend
 or resume the current one). It never calls the API: the handlers do what it says.
 
-The trainer's exit-code contract decides a failed attempt:
+The trainer's exit-code contract (codex_trainer.contract) decides a failed attempt, read from its pods:
   exit 2 (bad spec or data)            -> Failed at once, with the trainer's own line
-  DisruptionTarget (eviction, preemption, node loss) -> a new attempt, not counted
+  DisruptionTarget (eviction, preemption, node loss), or the attempt Job deleted
+                                       -> a new attempt, not counted against backoffLimit; counted
+                                          against runPolicy.maxDisruptions
   deadline reached                     -> Failed
   anything else (crash, OOM, exit 1, a deleted pod) -> a new attempt, counted against backoffLimit
 """
@@ -15,10 +17,11 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
+
+from codex_trainer import contract
 
 from . import names
 from .builders import Job
@@ -35,6 +38,8 @@ class Attempt:
 
     number: int
     name: str
+    uid: str = ""
+    created: str = ""  # creationTimestamp
     suspended: bool = False
     ready: int = 0
     active: int = 0
@@ -44,17 +49,14 @@ class Attempt:
 
     @property
     def failure(self) -> FailureKind | None:
+        """How an earlier attempt ended, from its Job alone. A `podFailurePolicy` ending (FailJob) is exit 2
+        or a disruption, and exit 2 ends the whole job, so an attempt that was followed by another one
+        and ended that way was disrupted. The latest attempt is judged from its pods (`classify`)."""
         if self.outcome != "Failed":
             return None
         if self.reason == "DeadlineExceeded":
             return "deadline"
-        if self.reason == "PodFailurePolicy":
-            # the Job controller names the rule that matched: exit code 2 (rule 0) or DisruptionTarget (rule 1)
-            if "DisruptionTarget" in self.message:
-                return "disruption"
-            if re.search(r"exit code 2\b", self.message):
-                return "user-error"
-        return "crash"
+        return "disruption" if self.reason == "PodFailurePolicy" else "crash"
 
 
 @dataclass(frozen=True)
@@ -66,13 +68,16 @@ class PodFailure:
     reason: str = ""  # OOMKilled, Error, Evicted...
     message: str = ""
     finished_at: str = ""
+    disrupted: bool = False  # the pod carries DisruptionTarget (evicted, preempted, its node lost)
 
     @property
     def blame_order(self) -> tuple:
-        """Sort key: the rank to blame first. Exit 2 (the user's to fix) wins; then the earliest to end,
-        ranks stopped by a signal (killed after another rank failed) last."""
-        stopped = self.exit_code in (137, 143) or self.exit_code is None
-        return (self.exit_code != 2, stopped, self.finished_at or "~")
+        """Sort key: the rank to blame first. Exit 2 (the user's to fix) wins; then a rank the OOM killer
+        ended (the others' collectives fail because of it, often sooner); then the earliest to end, ranks
+        stopped by a signal (killed after another rank failed) last."""
+        stopped = self.exit_code in (contract.EXIT_SIGKILL, contract.EXIT_SIGTERM) or self.exit_code is None
+        oom = self.reason == "OOMKilled"
+        return (self.exit_code != contract.EXIT_USER_ERROR, not oom, stopped, self.finished_at or "~")
 
 
 @dataclass
@@ -80,6 +85,7 @@ class Plan:
     status: dict[str, Any]
     create_attempt: int | None = None
     set_suspend: bool | None = None
+    stop_attempts: bool = False  # the job failed: no pod of a live attempt may keep its node
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
 
 
@@ -102,6 +108,8 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
     return Attempt(
         number=int(meta.get("labels", {}).get(names.LABEL_ATTEMPT, "0")),
         name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        created=meta.get("creationTimestamp", ""),
         suspended=bool(spec.get("suspend")),
         ready=int(st.get("ready") or 0),
         active=int(st.get("active") or 0),
@@ -111,9 +119,20 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
     )
 
 
+MESSAGE_LIMIT = 1024  # what of a pod's own words goes into status.message and an Event
+
+
+def _capped(text: str | None) -> str:
+    text = (text or "").strip()
+    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
+
+
 def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
     """The trainer container's end, from a failed pod (None when it has not terminated)."""
     st = pod.get("status") or {}
+    disrupted = any(
+        c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in st.get("conditions") or []
+    )
     for cs in st.get("containerStatuses") or []:
         if cs.get("name") != names.CONTAINER:
             continue
@@ -123,12 +142,50 @@ def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
                 pod=pod["metadata"]["name"],
                 exit_code=term.get("exitCode"),
                 reason=term.get("reason", "") or "",
-                message=(term.get("message") or "").strip(),
+                message=_last_lines(term.get("message")),
                 finished_at=term.get("finishedAt") or "",
+                disrupted=disrupted,
             )
-    if st.get("phase") == "Failed":
-        return PodFailure(pod=pod["metadata"]["name"], reason=st.get("reason", ""), message=st.get("message", ""))
+    if st.get("phase") == "Failed" or disrupted:
+        reason, message = st.get("reason", "") or "", _capped(st.get("message"))
+        return PodFailure(pod=pod["metadata"]["name"], reason=reason, message=message, disrupted=disrupted)
     return None
+
+
+def _last_lines(text: str | None) -> str:
+    """The end of a termination message (the kubelet keeps up to 4 KiB; the last line is the trainer's
+    own verdict), capped."""
+    text = (text or "")[-contract.TERMINATION_MESSAGE_LIMIT :].strip()
+    return _capped(text.splitlines()[-1]) if text else ""
+
+
+def blame(pods: list[dict[str, Any]]) -> PodFailure | None:
+    """The pod to blame for a failed attempt (exit 2 first, then the OOM-killed rank, then the first to
+    end), marked disrupted when any pod of the attempt was (the Job ended because of that pod)."""
+    ended = [f for f in map(pod_failure, pods) if f is not None and (f.exit_code != 0 or f.disrupted)]
+    if not ended:
+        return None
+    if any(f.disrupted for f in ended) and not any(f.exit_code == contract.EXIT_USER_ERROR for f in ended):
+        return min((f for f in ended if f.disrupted), key=lambda f: f.blame_order)
+    return min(ended, key=lambda f: f.blame_order)
+
+
+def classify(attempt: Attempt, pod: PodFailure | None) -> FailureKind | None:
+    """How the latest attempt failed: from the exit code and the conditions of its pods where they are
+    at hand, else from its Job (`Attempt.failure`)."""
+    if attempt.outcome != "Failed":
+        return None
+    if attempt.reason == "DeadlineExceeded":
+        return "deadline"
+    if pod is not None and pod.exit_code == contract.EXIT_USER_ERROR:
+        return "user-error"
+    if pod is not None and pod.disrupted:
+        return "disruption"
+    if attempt.reason == "PodFailurePolicy" and pod is None:
+        # no pod left to ask (deleted by hand): the Job controller's message names the rule that matched,
+        # and its index is ours: 0 is the exit code rule, 1 the disruption rule (builders.POD_FAILURE_POLICY)
+        return "user-error" if attempt.message.endswith("rule at index 0") else "disruption"
+    return attempt.failure
 
 
 # waiting reasons that are only the normal way to start
@@ -150,6 +207,16 @@ def waiting_reason(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
+def failed_create(events: list[dict[str, Any]]) -> str | None:
+    """Why the Job controller cannot create an attempt's pods, from its newest FailedCreate Event (a pod
+    quota, a priority class that does not exist, Pod Security admission, a webhook): None if it has not said."""
+    failed = [e for e in events if e.get("reason") == "FailedCreate" and e.get("type") == "Warning"]
+    if not failed:
+        return None
+    newest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return f"the Job controller cannot create the pods: {_capped(newest.get('message'))}"
+
+
 def final_numbers(pod: dict[str, Any]) -> dict[str, Any] | None:
     """What rank 0 said when it finished: {"step", "loss", "evalLoss"} (its termination message)."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:
@@ -161,6 +228,11 @@ def final_numbers(pod: dict[str, Any]) -> dict[str, Any] | None:
                 return None
             return found if isinstance(found, dict) else None
     return None
+
+
+def checkpoint_path(step: int) -> str:
+    """Where a checkpoint is in the trainer pod (status.checkpoint.path)."""
+    return f"{names.OUTPUT_DIR}/{contract.checkpoint_dir(step)}"
 
 
 def _ts(t: datetime) -> str:
@@ -201,26 +273,40 @@ def plan(
     now: datetime,
     failed_pod: PodFailure | None = None,
     final: dict[str, Any] | None = None,
+    *,
+    may_suspend: bool = True,
 ) -> Plan:
-    """Decide the job's status and next action from its attempts (sorted or not)."""
+    """Decide the job's status and next action from its attempts (this job's own: owned by its UID, not
+    being deleted; sorted or not). `status.attempt` remembers the newest attempt started, so an attempt Job
+    deleted by hand is noticed. `may_suspend` is False where a queue may own every Job's `suspend`."""
     old = status or {}
     p = Plan(status=copy.deepcopy(old))
     phase_before = old.get("phase")
     if phase_before in TERMINAL:
         return p  # final: nothing the cluster does later changes a finished job
     attempts = sorted(attempts, key=lambda a: a.number)
-    latest = attempts[-1] if attempts else None
-    p.status["attempt"] = latest.number if latest else 0
-    p.status["restarts"] = max(0, len(attempts) - 1)
+    current = max([int(old.get("attempt") or 0), *(a.number for a in attempts)])
+    latest = next((a for a in attempts if a.number == current), None)
+    p.status["attempt"] = current
+    p.status["restarts"] = max(0, current - 1)
+    created = [a.created for a in attempts if a.created]
+    if created and not old.get("startTime"):
+        # the operator may have stopped right after creating attempt 1, before writing status: the
+        # deadline counts from then all the same
+        p.status["startTime"] = min(created)
 
-    if latest is None:
+    if current == 0:
         phase, reason, message = _first_attempt(job, p, deadline_left(job, old, now), now)
+    elif latest is None:
+        phase, reason, message = _after_deletion(job, p, attempts, current, deadline_left(job, old, now), now)
     elif latest.outcome == "Complete":
-        phase, reason, message = _succeeded(p, len(attempts), final, now)
+        phase, reason, message = _succeeded(p, current, final, now)
     elif latest.outcome == "Failed":
         phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, old, now), now)
     else:
-        phase, reason, message = _live(job, p, latest, old)
+        phase, reason, message = _live(job, p, latest, old, may_suspend)
+    if phase == "Failed" and latest is not None and latest.outcome is None:
+        p.stop_attempts = True
 
     new = p.status
     same_attempt = new.get("attempt") == old.get("attempt")
@@ -255,57 +341,86 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
     new, final = p.status, final or {}
     new["completionTime"] = _ts(now)
     prog = dict(new.get("progress") or {})
-    for key in ("loss", "evalLoss"):
+    for key, name in ((contract.FINAL_LOSS, "loss"), (contract.FINAL_EVAL_LOSS, "evalLoss")):
         if isinstance(final.get(key), int | float):
-            prog[key] = _round(final[key])
-    step = final.get("step") or prog.get("totalSteps")
+            prog[name] = _round(final[key])
+    step = final.get(contract.FINAL_STEP) or prog.get("totalSteps")
     if step:
         prog.setdefault("totalSteps", step)
         new["progress"] = _with_step(prog, step)
-    ckpt = final.get("checkpoint")
-    if isinstance(ckpt, dict) and ckpt.get("step"):
-        n = int(ckpt["step"])
-        new["checkpoint"] = {"step": n, "path": f"{names.OUTPUT_DIR}/checkpoints/step-{n}"}
-        if ckpt.get("savedAt"):
-            new["checkpoint"]["savedAt"] = ckpt["savedAt"]
+    ckpt = final.get(contract.FINAL_CHECKPOINT)
+    if isinstance(ckpt, dict) and ckpt.get(contract.FINAL_CHECKPOINT_STEP):
+        n = int(ckpt[contract.FINAL_CHECKPOINT_STEP])
+        new["checkpoint"] = {"step": n, "path": checkpoint_path(n)}
+        if ckpt.get(contract.FINAL_CHECKPOINT_SAVED_AT):
+            new["checkpoint"]["savedAt"] = ckpt[contract.FINAL_CHECKPOINT_SAVED_AT]
     return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
+
+
+def _kinds(attempts: list[Attempt], latest_kind: FailureKind | None) -> list[FailureKind | None]:
+    return [a.failure for a in attempts[:-1]] + [latest_kind]
 
 
 def _after_failure(
     job: Job, p: Plan, attempts: list[Attempt], failed_pod: PodFailure | None, left: int | None, now: datetime
 ) -> Decision:
     rp, latest = job.spec.run_policy, attempts[-1]
-    kind, line = latest.failure, failure_line(latest, failed_pod)
-    counted = sum(1 for a in attempts if a.failure == "crash")
+    kind, line = classify(latest, failed_pod), failure_line(latest, failed_pod)
+    kinds = _kinds(attempts, kind)
     if kind == "user-error":
         decision = ("Failed", "InvalidJob", line)
     elif kind == "deadline" or (left is not None and left <= 0):
         decision = ("Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached")
-    elif kind == "crash" and counted > rp.backoff_limit:
+    elif kind == "crash" and kinds.count("crash") > rp.backoff_limit:
         limit = f"(attempt {latest.number}; runPolicy.backoffLimit {rp.backoff_limit} reached)"
         decision = ("Failed", "BackoffLimitExceeded", f"{line} {limit}")
+    elif kind == "disruption" and kinds.count("disruption") > rp.max_disruptions:
+        limit = f"(attempt {latest.number}; runPolicy.maxDisruptions {rp.max_disruptions} reached)"
+        decision = ("Failed", "DisruptionLimitExceeded", f"attempt {latest.number} disrupted: {line} {limit}")
     else:
-        nxt = latest.number + 1
-        p.create_attempt = p.status["attempt"] = nxt
-        p.status["restarts"] = len(attempts)
         why = "disrupted (not counted against backoffLimit)" if kind == "disruption" else "failed"
-        ckpt = (p.status.get("checkpoint") or {}).get("step")
-        resume = f"; attempt {nxt} resumes from checkpoint step {ckpt}" if ckpt else f"; starting attempt {nxt}"
-        reason = "Disrupted" if kind == "disruption" else "Retrying"
-        return "Restarting", reason, f"attempt {latest.number} {why}: {line}{resume}"
+        return _restart(p, latest.number, kind, f"attempt {latest.number} {why}: {line}")
     p.status["completionTime"] = _ts(now)
     return decision
 
 
-def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any]) -> Decision:
+def _restart(p: Plan, number: int, kind: FailureKind | None, what: str) -> Decision:
+    nxt = number + 1
+    p.create_attempt = p.status["attempt"] = nxt
+    p.status["restarts"] = number
+    ckpt = (p.status.get("checkpoint") or {}).get("step")
+    resume = f"; attempt {nxt} resumes from checkpoint step {ckpt}" if ckpt else f"; starting attempt {nxt}"
+    return "Restarting", ("Disrupted" if kind == "disruption" else "Retrying"), f"{what}{resume}"
+
+
+def _after_deletion(
+    job: Job, p: Plan, attempts: list[Attempt], current: int, left: int | None, now: datetime
+) -> Decision:
+    """The live attempt's Job is gone (deleted by hand, or by another controller): a disruption, not the
+    trainer's failure, so the next attempt resumes from the checkpoint without spending backoffLimit."""
     rp = job.spec.run_policy
-    if not rp.queue_name and latest.suspended != rp.suspend:
+    ended = [a for a in attempts if a.number < current]
+    disruptions = [a.failure for a in ended].count("disruption") + 1
+    what = f"attempt {current}'s Job {names.attempt_name(job.name, current)} was deleted"
+    if left is not None and left <= 0:
+        p.status["completionTime"] = _ts(now)
+        return "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
+    if disruptions > rp.max_disruptions:
+        p.status["completionTime"] = _ts(now)
+        return "Failed", "DisruptionLimitExceeded", f"{what} (runPolicy.maxDisruptions {rp.max_disruptions} reached)"
+    return _restart(p, current, "disruption", what + " (not counted against backoffLimit)")
+
+
+def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool) -> Decision:
+    rp = job.spec.run_policy
+    queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
+    if not queued and latest.suspended != rp.suspend:
         p.set_suspend = rp.suspend
-    if latest.suspended if rp.queue_name else rp.suspend:
+    if latest.suspended if queued else rp.suspend:
         return (
             "Suspended",
             "Suspended",
-            ("waiting for admission by the queue" if rp.queue_name else "suspended (runPolicy.suspend)"),
+            ("waiting for admission by the queue" if queued else "suspended (runPolicy.suspend)"),
         )
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
     if latest.ready >= job.spec.num_nodes or was_running:
@@ -373,14 +488,14 @@ def progress_from_metrics(
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Turn rank 0's Prometheus gauges into status.progress and status.checkpoint; the ETA comes from
     the pace since the previous reading."""
-    step = int(samples.get("codex_trainer_step", 0))
-    total = int(samples.get("codex_trainer_total_steps", 0))
+    step = int(samples.get(contract.METRIC_STEP, 0))
+    total = int(samples.get(contract.METRIC_TOTAL_STEPS, 0))
     prog: dict[str, Any] = {"step": step, "totalSteps": total}
-    if "codex_trainer_loss" in samples:
-        prog["loss"] = _round(samples["codex_trainer_loss"])
-    if samples.get("codex_trainer_eval_loss"):
-        prog["evalLoss"] = _round(samples["codex_trainer_eval_loss"])
-    tps = samples.get("codex_trainer_tokens_per_second")
+    if contract.METRIC_LOSS in samples:
+        prog["loss"] = _round(samples[contract.METRIC_LOSS])
+    if samples.get(contract.METRIC_EVAL_LOSS):
+        prog["evalLoss"] = _round(samples[contract.METRIC_EVAL_LOSS])
+    tps = samples.get(contract.METRIC_TOKENS_PER_SECOND)
     if tps:
         prog["tokensPerSecond"] = round(tps)
     prog = _with_step(prog, step)
@@ -392,15 +507,11 @@ def progress_from_metrics(
         prog["eta"] = previous["eta"]
     prog["updatedAt"] = _ts(now)
     ckpt = None
-    if samples.get("codex_trainer_last_checkpoint_step"):
-        ckpt = {
-            "step": int(samples["codex_trainer_last_checkpoint_step"]),
-            "path": f"{names.OUTPUT_DIR}/checkpoints/step-{int(samples['codex_trainer_last_checkpoint_step'])}",
-        }
-        if samples.get("codex_trainer_last_checkpoint_timestamp_seconds"):
-            ckpt["savedAt"] = _ts(
-                datetime.fromtimestamp(samples["codex_trainer_last_checkpoint_timestamp_seconds"], UTC)
-            )
+    if samples.get(contract.METRIC_CHECKPOINT_STEP):
+        n = int(samples[contract.METRIC_CHECKPOINT_STEP])
+        ckpt = {"step": n, "path": checkpoint_path(n)}
+        if samples.get(contract.METRIC_CHECKPOINT_TIME):
+            ckpt["savedAt"] = _ts(datetime.fromtimestamp(samples[contract.METRIC_CHECKPOINT_TIME], UTC))
     return prog, ckpt
 
 

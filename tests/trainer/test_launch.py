@@ -14,7 +14,8 @@ import sys
 import pytest
 
 from codex_trainer.cli import main
-from codex_trainer.errors import WORKER_MESSAGES_ENV, SpecError, read_worker_messages, write_termination_message
+from codex_trainer.contract import ENV_WORKER_MESSAGES
+from codex_trainer.errors import SpecError, read_worker_messages, write_termination_message
 from codex_trainer.launch import Rendezvous, outcome
 from support import ROOT, TINY, run_cli, wait_for
 
@@ -64,7 +65,7 @@ def test_rendezvous_from_the_environment():
 
 
 def test_a_worker_writes_its_message_for_the_launcher(tmp_path, monkeypatch):
-    monkeypatch.setenv(WORKER_MESSAGES_ENV, str(tmp_path))
+    monkeypatch.setenv(ENV_WORKER_MESSAGES, str(tmp_path))
     monkeypatch.setenv("CODEX_TERMINATION_LOG", str(tmp_path / "pod-log"))
     monkeypatch.setenv("RANK", "3")
     write_termination_message("invalid spec.data.train: file 'x' not found\n")

@@ -215,14 +215,19 @@ KIND_RESOURCES = {  # the kinds the operator's metrics.api_call names, as RBAC (
     names.KIND: (names.GROUP, names.PLURAL),
     f"{names.KIND}/status": (names.GROUP, f"{names.PLURAL}/status"),
     "Lease": ("coordination.k8s.io", "leases"),
+    "Event": ("", "events"),
 }
 
 # what kopf calls for the operator, and what the API server asks of it
 KOPF = {
     (names.GROUP, names.PLURAL, "list"),  # @kopf.on.event: list + watch of the jobs (handlers.job_event)
     (names.GROUP, names.PLURAL, "watch"),
-    ("batch", "jobs", "list"),  # ... and of the attempt Jobs (handlers.attempt_event)
+    ("batch", "jobs", "list"),  # ... and of the children (Operator.on_child_event)
     ("batch", "jobs", "watch"),
+    ("", "configmaps", "list"),
+    ("", "configmaps", "watch"),
+    ("", "services", "list"),
+    ("", "services", "watch"),
     ("", "events", "create"),  # kopf.event posts core/v1 Events
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),  # kopf's resource observer
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
@@ -247,6 +252,26 @@ def _strings(node: ast.expr, func: ast.AST) -> list[str]:
     raise AssertionError(f"cannot tell what api_call's argument {ast.unparse(node)} is")
 
 
+def _kinds(node: ast.expr, verb: str, func: ast.AST) -> list[str]:
+    """The kinds an api_call names: a kind passed in (Kube.create, get, patch) is any kind whose client
+    calls (Kube._calls) include that verb."""
+    if isinstance(node, ast.Name) and not any(isinstance(d, ast.Dict) for d in ast.walk(func)):
+        return [kind for kind, verbs in child_calls().items() if verb in verbs]
+    return _strings(node, func)
+
+
+def child_calls() -> dict[str, set[str]]:
+    """Kube._calls as written: {kind: {verb, ...}}."""
+    tree = ast.parse((ROOT / "operator" / "codex_operator" / "kube.py").read_text())
+    func = next(f for f in ast.walk(tree) if isinstance(f, ast.FunctionDef) and f.name == "_calls")
+    outer = next(d for d in ast.walk(func) if isinstance(d, ast.Dict))
+    return {
+        k.value: {v.value for v in d.keys if isinstance(v, ast.Constant)}
+        for k, d in zip(outer.keys, outer.values, strict=True)
+        if isinstance(k, ast.Constant) and isinstance(d, ast.Dict)
+    }
+
+
 def operator_calls() -> set[tuple[str, str, str]]:
     """(group, resource, verb) of every metrics.api_call(verb, kind) in the operator's modules."""
     calls = set()
@@ -258,7 +283,7 @@ def operator_calls() -> set[tuple[str, str, str]]:
             for call in ast.walk(func):
                 if isinstance(call, ast.Call) and getattr(call.func, "attr", None) == "api_call" and call.args:
                     for verb in _strings(call.args[0], func):
-                        for kind in _strings(call.args[1], func):
+                        for kind in _kinds(call.args[1], verb, func):
                             assert kind in KIND_RESOURCES, f"{path.name}: api_call {kind!r}: add it to KIND_RESOURCES"
                             calls.add((*KIND_RESOURCES[kind], verb))
     return calls
@@ -445,6 +470,7 @@ EVERY_OPTION = {
     "trainer": {"image": "registry.example/codex-trainer:1.2"},
     "progress": {"interval": 2.5, "via": "proxy"},
     "verbose": True,
+    "kueue": {"manageJobsWithoutQueueName": True},
 }
 
 
@@ -475,6 +501,7 @@ def test_every_operator_option_is_a_value(monkeypatch):
         True,
     )
     assert (args.leader_election, args.lease_name, args.lease_namespace) == (True, FULLNAME, NAMESPACE)
+    assert args.queue_manages_all_jobs
     given = {a.split("=")[0] for a in c["args"][1:]} | {flag for flag, name in BY_ENV.items() if name in env}
     missing = set(run_options()) - given
     assert not missing, f"codex-operator run options the chart never passes: {sorted(missing)}"

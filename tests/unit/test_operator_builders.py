@@ -26,7 +26,7 @@ def test_every_child_is_owned_by_the_job_and_labelled_with_it():
     job = make_job()
     children = [
         builders.checkpoint_claim(job),
-        builders.config_map(job),
+        builders.config_map(job, 1),
         builders.headless_service(job),
         builders.attempt_job(job, 1, Settings()),
     ]
@@ -45,10 +45,29 @@ def test_every_child_is_owned_by_the_job_and_labelled_with_it():
         }
     assert [c["metadata"]["name"] for c in children] == [
         "tiny-cpu-checkpoints",
-        "tiny-cpu-config",
+        "tiny-cpu-a1-config",
         "tiny-cpu-workers",
         "tiny-cpu-a1",
     ]
+
+
+def test_each_attempt_has_its_own_immutable_job_file_that_its_pods_mount():
+    job = make_job()
+    cm = builders.config_map(job, 3)
+    assert cm["immutable"] is True and cm["metadata"]["name"] == "tiny-cpu-a3-config"
+    pod = builders.attempt_job(job, 3, Settings())["spec"]["template"]["spec"]
+    assert {"name": "config", "configMap": {"name": "tiny-cpu-a3-config"}} in pod["volumes"]
+
+
+def test_a_child_is_the_jobs_only_by_its_uid():
+    job = make_job()
+    mine = builders.headless_service(job)
+    assert builders.owned_by(mine, "uid-1") and not builders.owned_by(mine, "uid-2")
+    user_made = {"kind": "Service", "metadata": {"name": "tiny-cpu-workers", "labels": mine["metadata"]["labels"]}}
+    assert not builders.owned_by(user_made, "uid-1")
+    kept = builders.checkpoint_claim(make_job("storage.retain=true"))
+    assert "ownerReferences" not in kept["metadata"] and builders.owned_by(kept, "uid-1")
+    assert not builders.owned_by(kept, "uid-2")  # kept from an earlier job of the same name
 
 
 def test_the_volume_is_kept_after_deletion_when_storage_retain_says_so():
@@ -76,7 +95,7 @@ def test_checkpoint_volume_size_class_and_access_mode(overrides, size, mode, cls
 
 def test_the_config_map_holds_the_resolved_job_file_the_trainer_accepts():
     job = make_job("training.maxSteps=7")
-    text = builders.config_map(job)["data"][names.CONFIG_FILE]
+    text = builders.config_map(job, 1)["data"][names.CONFIG_FILE]
     again = parse_manifest(yaml.safe_load(text))
     assert again.metadata.name == "tiny-cpu"
     assert again.spec.model_copy(update={"env": job.spec.env}) == job.spec
@@ -85,7 +104,7 @@ def test_the_config_map_holds_the_resolved_job_file_the_trainer_accepts():
 
 def test_the_job_file_leaves_out_what_only_the_pods_need():
     job = make_job("env=[{name: TOKEN, value: s3cret}]", "imagePullSecrets=[{name: regcred}]")
-    text = builders.config_map(job)["data"][names.CONFIG_FILE]
+    text = builders.config_map(job, 1)["data"][names.CONFIG_FILE]
     assert "s3cret" not in text and "regcred" not in text
 
 

@@ -1,7 +1,7 @@
 """The operator's API calls (codex_operator.kube) against a fake API server on localhost: an error status
 is an ApiException, as the handlers expect (409 on create: adopt the child; 404 on get: None; 422: the
 job is invalid), although kubernetes_asyncio raises none for a call made with `_preload_content=False`;
-and what a reconcile makes of a refused write."""
+what a reconcile makes of a refused write is in test_controller.py."""
 
 from __future__ import annotations
 
@@ -11,17 +11,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-import yaml
 from aiohttp import web
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
-from test_operator_status import job_obj
 
-from codex_operator import handlers
-from codex_operator.handlers import Operator, Options, _api_reason
 from codex_operator.kube import Kube
-from codex_trainer.manifest import apply_overrides
-from support import TINY
+from codex_operator.refusals import server_message
 
 CONFIG_MAP = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "ns"}, "data": {}}
 
@@ -69,12 +64,12 @@ def test_create_says_whether_it_created_the_child(code, created):
 def test_a_refused_child_is_an_api_exception_with_the_servers_message():
     with pytest.raises(ApiException) as e:
         against(422, status(422, 'ConfigMap "cm" is invalid'), lambda kube: kube.create(CONFIG_MAP))
-    assert e.value.status == 422 and _api_reason(e.value) == 'ConfigMap "cm" is invalid'
+    assert e.value.status == 422 and server_message(e.value.body, "") == 'ConfigMap "cm" is invalid'
 
 
-def test_a_missing_config_map_is_none():
-    assert against(404, status(404, "not found"), lambda kube: kube.get_config_map("ns", "cm")) is None
-    assert against(200, CONFIG_MAP, lambda kube: kube.get_config_map("ns", "cm")) == CONFIG_MAP
+def test_a_missing_child_is_none():
+    assert against(404, status(404, "not found"), lambda kube: kube.get("ConfigMap", "ns", "cm")) is None
+    assert against(200, CONFIG_MAP, lambda kube: kube.get("ConfigMap", "ns", "cm")) == CONFIG_MAP
 
 
 def test_a_forbidden_list_raises_instead_of_reading_the_status_as_a_list():
@@ -83,43 +78,3 @@ def test_a_forbidden_list_raises_instead_of_reading_the_status_as_a_list():
     with pytest.raises(ApiException) as e:
         against(403, status(403, "forbidden"), lambda kube: kube.list_jobs("ns", "j"))
     assert e.value.status == 403
-
-
-def test_a_refused_suspension_fails_the_job_with_the_servers_reason(monkeypatch):
-    """runPolicy.suspend set on a running job, and the patch of its attempt refused (an admission webhook, say):
-    the job fails (InvalidJob) with the server's message, as for a refused child, and is not retried forever."""
-    denied = 'admission webhook "jobs.example.com" denied the request: Jobs here may not be suspended'
-    raw = apply_overrides(yaml.safe_load(TINY.read_text()), ["runPolicy.suspend=true"])
-    raw["metadata"] = {"name": "tiny-cpu", "namespace": "team-a", "uid": "uid-1", "generation": 1}
-    created = {"type": "Created", "status": "True", "reason": "Created", "message": "children created"}
-    raw["status"] = {"phase": "Running", "attempt": 1, "conditions": [created], "observedGeneration": 1}
-    writes: list[tuple[str, dict[str, Any]]] = []
-    events: list[tuple[str, str, str]] = []
-    monkeypatch.setattr(
-        handlers, "_post_event", lambda body, kind, reason, message: events.append((kind, reason, message))
-    )
-
-    async def answer(request: web.Request) -> web.Response:
-        if request.method == "GET" and request.path == "/apis/batch/v1/namespaces/team-a/jobs":
-            return web.json_response({"items": [job_obj(1, ready=1)]})
-        writes.append((f"{request.method} {request.path}", await request.json()))
-        if request.path == "/apis/batch/v1/namespaces/team-a/jobs/tiny-cpu-a1":
-            return web.json_response(status(400, denied), status=400)
-        return web.json_response({})
-
-    op = Operator(Options())
-    key = ("team-a", "tiny-cpu")
-
-    async def reconcile(kube: Kube) -> None:
-        op.kube, op.written[key] = kube, raw["status"]  # the watched body is the job as the operator left it
-        await op.reconcile(*key, raw)
-
-    serving(answer, reconcile)
-    assert key not in op.dirty
-    (suspend, job), (write, patch) = writes
-    assert suspend == "PATCH /apis/batch/v1/namespaces/team-a/jobs/tiny-cpu-a1" and job == {"spec": {"suspend": True}}
-    assert write == "PATCH /apis/codex.ml/v1alpha1/namespaces/team-a/codextrainingjobs/tiny-cpu/status"
-    message = f"the API server refused suspending attempt tiny-cpu-a1: {denied}"
-    assert patch["status"]["phase"] == "Failed" and patch["status"]["message"] == message
-    assert patch["status"]["conditions"][-1]["reason"] == "InvalidJob"
-    assert events == [("Warning", "InvalidJob", message)]

@@ -178,8 +178,6 @@ def test_the_operator_imports_the_contract_without_torch():
     assert json.loads(proc.stdout) == ["codex_trainer", "codex_trainer.contract"]
 
 
-# the operator side switches in the controller commit
-NOT_YET_SWITCHED = {"operator/codex_operator/builders.py", "operator/codex_operator/status.py"}
 SPELLED_ONLY_IN_THE_CONTRACT = {
     *ENVS.values(),
     *METRICS.values(),
@@ -195,7 +193,7 @@ def test_no_module_spells_the_contracts_names_itself():
     found = []
     for path in sorted([*(ROOT / "trainer").rglob("*.py"), *(ROOT / "operator").rglob("*.py")]):
         rel = path.relative_to(ROOT).as_posix()
-        if rel == "trainer/codex_trainer/contract.py" or rel in NOT_YET_SWITCHED:
+        if rel == "trainer/codex_trainer/contract.py":
             continue
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), rel)):
             if isinstance(node, ast.Constant) and node.value in SPELLED_ONLY_IN_THE_CONTRACT:

@@ -31,7 +31,6 @@ EXIT_SIGTERM = SIGNAL_EXIT_BASE + 15  # 143
 ENV_TERMINATION_LOG = "CODEX_TERMINATION_LOG"  # a file (the pod's terminationMessagePath) for the exit message
 ENV_WORKER_MESSAGES = "CODEX_WORKER_MESSAGES"  # set by `codex-train launch` for its workers: a directory
 ENV_LOCK_WAIT = "CODEX_LOCK_WAIT"  # seconds to wait for the output directory's lock (a previous attempt's pod)
-ENV_ATTEMPT = "CODEX_ATTEMPT"  # the attempt number the pod belongs to
 ENV_SHUTDOWN_TIMEOUT = "CODEX_SHUTDOWN_TIMEOUT"
 ENV_DNS_TIMEOUT = "CODEX_DNS_TIMEOUT"
 # the rendezvous (torch.distributed.run's names)

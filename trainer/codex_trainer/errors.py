@@ -65,8 +65,6 @@ def _mib(n: int) -> str:
 
 # ---- the termination message: what the operator shows in the job's status.message
 
-WORKER_MESSAGES_ENV = ENV_WORKER_MESSAGES  # the old name, still imported by tests/trainer/test_launch.py
-
 
 def write_termination_message(text: str) -> None:
     """Write the exit message where whoever started us reads it; never fails the exit itself.

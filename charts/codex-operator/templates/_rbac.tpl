@@ -19,11 +19,12 @@
 - apiGroups: [codex.ml]
   resources: [codextrainingjobs/finalizers]
   verbs: [update]
-# attempt Jobs: Kube.create, Kube.list_jobs, kopf's watch of them (handlers.attempt_event), and
-# Kube.set_suspend (suspend/resume a job that is not Kueue's)
+# attempt Jobs: Kube.create, Kube.get (whose a taken name is; why no pods start), Kube.list_jobs, kopf's
+# watch of them (Operator.on_child_event), Kube.set_suspend (suspend/resume a job that is not Kueue's)
+# and Kube.delete_attempt (a failed job's live attempt is stopped)
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [create, list, watch, patch]
+  verbs: [create, get, list, watch, patch, delete]
 # trainer pods: Kube.list_pods (rank 0's progress and final numbers, why pods wait, which pod failed)
 - apiGroups: [""]
   resources: [pods]
@@ -34,18 +35,21 @@
   resources: [pods/proxy]
   verbs: [get]
 {{- end }}
-# the checkpoint volume and the rendezvous Service (Operator.ensure_children: create or adopt)
+# the checkpoint volume (Operator.ensure_children: create, read back whose it is, and patch its
+# ownerReferences when storage.retain changes)
 - apiGroups: [""]
-  resources: [persistentvolumeclaims, services]
-  verbs: [create]
-# the job file: Operator.ensure_children creates it, reads it back and patches it when the spec changed
-- apiGroups: [""]
-  resources: [configmaps]
+  resources: [persistentvolumeclaims]
   verbs: [create, get, patch]
-# kopf.event (handlers._post_event): one Event per transition, posted to core/v1 (kopf never patches them)
+# the rendezvous Service and each attempt's job file (Operator.ensure_children, Operator._start_attempt:
+# create, read back whose a taken name is) and kopf's watch of them (their deletion is noticed)
+- apiGroups: [""]
+  resources: [services, configmaps]
+  verbs: [create, get, list, watch]
+# kopf.event (handlers.kopf_event): one Event per transition, posted to core/v1 (kopf never patches
+# them); Kube.list_events reads the Job controller's FailedCreate on an attempt whose pods do not start
 - apiGroups: [""]
   resources: [events]
-  verbs: [create]
+  verbs: [create, list]
 {{- end }}
 
 {{/* Cluster-scoped, read-only: always in the ClusterRole. */}}

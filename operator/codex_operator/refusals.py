@@ -1,0 +1,88 @@
+"""What the API server (or the cluster) refused, in one line a user can act on, and whether a retry may help.
+
+Pure: the handlers raise these around each write and show them in `status.message` and a Warning Event,
+then either retry with backoff (the answer may change: a quota that frees up, an API server that
+recovers, a name an earlier job's children still hold until the garbage collector runs) or fail the job
+(the answer will not change: a webhook or a policy that refuses the child, a field a Pod refuses).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from . import names
+
+BACKOFF_FIRST = 5.0
+BACKOFF_MAX = 300.0
+
+# 403s that a retry may turn into a yes: a ResourceQuota that frees up as other work ends
+_TRANSIENT_403 = ("exceeded quota",)
+
+
+@dataclass
+class Refused(Exception):
+    """The API server said no to `what` (e.g. "creating Job tiny-a1")."""
+
+    what: str
+    code: int  # the HTTP status (0: no answer)
+    reason: str  # the server's own message
+
+    @property
+    def transient(self) -> bool:
+        if self.code in (0, 401, 408, 409, 429) or self.code >= 500:
+            return True  # no answer, the operator's own credentials, a conflict, throttled, the server's fault
+        return self.code == 403 and any(t in self.reason for t in _TRANSIENT_403)
+
+    def line(self) -> str:
+        head = f"the API server refused {self.what} (HTTP {self.code}): {self.reason}"
+        if self.transient:
+            return f"{head}; retrying"
+        return f"{head}; not retried: fix what it names, then delete the job and apply it again"
+
+
+@dataclass
+class Taken(Exception):
+    """A child's name is held by an object that is not this job's."""
+
+    kind: str
+    name: str
+    holder: str  # who holds it, as far as its metadata says
+
+    transient = True  # an earlier job's children go when the garbage collector gets to them
+
+    def line(self) -> str:
+        return (
+            f"{self.kind} {self.name} exists and is not this job's ({self.holder}): it is never adopted or "
+            f"overwritten; delete it (kubectl delete {self.kind.lower()} {self.name}) or give the job another "
+            "name; retrying"
+        )
+
+
+def holder(obj: dict) -> str:
+    """Who an object belongs to, from its metadata, for the message on a taken name."""
+    meta = obj.get("metadata") or {}
+    refs = meta.get("ownerReferences") or []
+    if refs:
+        ref = refs[0]
+        return f"owned by {ref.get('kind')} {ref.get('name')} uid {ref.get('uid')}"
+    if names.ANNOTATION_JOB_UID in (meta.get("annotations") or {}):
+        return (
+            f"left by an earlier job of this name, uid {meta['annotations'][names.ANNOTATION_JOB_UID]}: to resume "
+            f"from its checkpoints, create the job with storage.existingClaim: {meta.get('name')}"
+        )
+    return "no owner"
+
+
+def server_message(body: bytes | str | None, fallback: str) -> str:
+    """The `message` of a Status the API server answered with."""
+    try:
+        found = json.loads(body or "")
+    except (TypeError, ValueError):
+        return fallback
+    return (found.get("message") if isinstance(found, dict) else None) or fallback
+
+
+def next_backoff(previous: float) -> float:
+    """Seconds until the next try after a failed reconcile: 5, 10, 20, ... up to 5 minutes."""
+    return BACKOFF_FIRST if previous <= 0 else min(BACKOFF_MAX, previous * 2)

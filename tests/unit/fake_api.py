@@ -1,0 +1,256 @@
+"""An in-memory Kubernetes API server on localhost, with enough of the real one's behaviour for the
+operator's controller: create (409 AlreadyExists), get (404), list by label and field selectors, JSON
+merge patch (a resourceVersion precondition: 409 Conflict; the status subresource apart from the rest;
+a spec change bumps metadata.generation), delete with a UID precondition and the garbage collector's
+cascade (or `orphan`), and a record of every change as a watch event.
+
+What it does not do, a test does by hand: the Job controller (`finish`, `pod`), the kubelet, admission.
+Refusals are set up with `refuse`: the next matching requests get that status and message, as a quota,
+a webhook or an overloaded server would answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+import socket
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+from kubernetes_asyncio import client
+
+from codex_operator.kube import Kube
+
+KINDS = {
+    "configmaps": "ConfigMap",
+    "services": "Service",
+    "persistentvolumeclaims": "PersistentVolumeClaim",
+    "pods": "Pod",
+    "events": "Event",
+    "jobs": "Job",
+    "codextrainingjobs": "CodexTrainingJob",
+}
+API_VERSIONS = {"jobs": "batch/v1", "codextrainingjobs": "codex.ml/v1alpha1"}
+
+
+def status(code: int, reason: str, message: str) -> web.Response:
+    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
+    return web.json_response(body | {"code": code}, status=code)
+
+
+def merge(base: Any, patch: Any) -> Any:
+    """RFC 7386."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    out = dict(base) if isinstance(base, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge(out.get(k), v)
+    return out
+
+
+def _labels_match(labels: dict[str, str], selector: str) -> bool:
+    for term in filter(None, selector.split(",")):
+        if "!=" in term:
+            k, v = term.split("!=", 1)
+            if labels.get(k) == v:
+                return False
+        elif "=" in term:
+            k, v = term.split("=", 1)
+            if labels.get(k) != v:
+                return False
+        elif term not in labels:
+            return False
+    return True
+
+
+def _fields_match(obj: dict[str, Any], selector: str) -> bool:
+    for term in filter(None, selector.split(",")):
+        path, want = term.split("=", 1)
+        node: Any = obj
+        for part in path.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node != want:
+            return False
+    return True
+
+
+@dataclass
+class Rule:
+    method: str
+    plural: str
+    code: int
+    message: str
+    times: int | None  # None: every time
+    name: str | None = None
+
+
+class FakeAPI:
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str], dict[str, Any]] = {}  # (plural, namespace, name)
+        self.watch: list[tuple[str, dict[str, Any]]] = []  # (ADDED|MODIFIED|DELETED, object) since last drained
+        self.requests: list[tuple[str, str]] = []  # (method, path)
+        self.rules: list[Rule] = []
+        self.metrics_text: dict[str, str] = {}  # pod name -> what its /metrics serves
+        self._rv = itertools.count(1)
+
+    # ---------------------------------------------------------------- for tests
+
+    def refuse(
+        self, method: str, plural: str, code: int, message: str, times: int | None = 1, name: str | None = None
+    ) -> None:
+        self.rules.append(Rule(method, plural, code, message, times, name))
+
+    def get(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.objects.get((plural, namespace, name))
+
+    def names(self, plural: str, namespace: str = "team-a") -> list[str]:
+        return sorted(n for (p, ns, n) in self.objects if p == plural and ns == namespace)
+
+    def put(self, plural: str, obj: dict[str, Any], event: str | None = None) -> dict[str, Any]:
+        """Create or replace an object as a controller would (no admission, no conflict check)."""
+        meta = obj.setdefault("metadata", {})
+        key = (plural, meta.get("namespace", "team-a"), meta["name"])
+        meta.setdefault("namespace", key[1])
+        old = self.objects.get(key)
+        if old is None:
+            meta.setdefault("uid", str(uuid.uuid4()))
+            meta.setdefault("creationTimestamp", _now())
+            meta.setdefault("generation", 1)
+        obj.setdefault("kind", KINDS[plural])
+        obj.setdefault("apiVersion", API_VERSIONS.get(plural, "v1"))
+        meta["resourceVersion"] = str(next(self._rv))
+        self.objects[key] = obj
+        self.watch.append((event or ("ADDED" if old is None else "MODIFIED"), copy.deepcopy(obj)))
+        return obj
+
+    def delete(self, plural: str, namespace: str, name: str, propagation: str = "Background") -> None:
+        """Delete an object; the garbage collector then deletes what it owned (or, orphan, unlinks it)."""
+        obj = self.objects.pop((plural, namespace, name))
+        self.watch.append(("DELETED", obj))
+        uid = obj["metadata"]["uid"]
+        for (p, ns, n), child in list(self.objects.items()):
+            refs = child["metadata"].get("ownerReferences") or []
+            if ns != namespace or not any(r.get("uid") == uid for r in refs):
+                continue
+            if propagation == "Orphan":
+                child["metadata"]["ownerReferences"] = [r for r in refs if r.get("uid") != uid] or None
+                if child["metadata"]["ownerReferences"] is None:
+                    del child["metadata"]["ownerReferences"]
+                self.put(p, child)
+            else:
+                self.delete(p, ns, n)
+
+    def drain(self) -> list[tuple[str, dict[str, Any]]]:
+        out, self.watch = self.watch, []
+        return out
+
+    # ---------------------------------------------------------------- HTTP
+
+    async def answer(self, request: web.Request) -> web.Response:
+        self.requests.append((request.method, request.path))
+        parts = request.path.strip("/").split("/")
+        # /api/v1/namespaces/NS/PLURAL[/NAME[/SUB...]] or /apis/G/V/namespaces/NS/PLURAL[/NAME[/SUB]]
+        rest = parts[2:] if parts[0] == "api" else parts[3:]
+        ns, plural = rest[1], rest[2]
+        name = rest[3] if len(rest) > 3 else None
+        sub = "/".join(rest[4:]) if len(rest) > 4 else None
+        for rule in self.rules:
+            if rule.method == request.method and rule.plural == plural and rule.name in (None, name):
+                if rule.times is not None:
+                    rule.times -= 1
+                    if rule.times <= 0:
+                        self.rules.remove(rule)
+                return status(rule.code, "Refused", rule.message)
+        if plural == "pods" and name and sub == "proxy/metrics":
+            pod = name.split(":")[0]
+            if pod not in self.metrics_text:
+                return status(503, "ServiceUnavailable", "no endpoints")
+            return web.Response(text=self.metrics_text[pod])
+        if name is None:
+            if request.method == "GET":
+                return self._list(plural, ns, request.query)
+            return self._create(plural, ns, await request.json())
+        key = (plural, ns, name)
+        if key not in self.objects:
+            return status(404, "NotFound", f'{plural} "{name}" not found')
+        if request.method == "GET":
+            return web.json_response(self.objects[key])
+        if request.method == "PATCH":
+            return self._patch(key, await request.json(), sub)
+        if request.method == "DELETE":
+            body = json.loads(await request.text() or "{}")
+            want = (body.get("preconditions") or {}).get("uid")
+            if want and want != self.objects[key]["metadata"]["uid"]:
+                return status(409, "Conflict", f"Precondition failed: UID in precondition: {want}")
+            obj = self.objects[key]
+            self.delete(plural, ns, name, body.get("propagationPolicy") or "Background")
+            return web.json_response(obj)
+        return status(405, "MethodNotAllowed", request.method)
+
+    def _list(self, plural: str, ns: str, query: Any) -> web.Response:
+        items = [
+            o
+            for (p, n, _), o in sorted(self.objects.items())
+            if p == plural
+            and n == ns
+            and _labels_match(o["metadata"].get("labels") or {}, query.get("labelSelector", ""))
+            and _fields_match(o, query.get("fieldSelector", ""))
+        ]
+        return web.json_response({"kind": "List", "items": items, "metadata": {}})
+
+    def _create(self, plural: str, ns: str, obj: dict[str, Any]) -> web.Response:
+        name = obj["metadata"]["name"]
+        if (plural, ns, name) in self.objects:
+            return status(409, "AlreadyExists", f'{plural} "{name}" already exists')
+        obj["metadata"]["namespace"] = ns
+        return web.json_response(self.put(plural, copy.deepcopy(obj)), status=201)
+
+    def _patch(self, key: tuple[str, str, str], patch: dict[str, Any], sub: str | None) -> web.Response:
+        old = self.objects[key]
+        want = (patch.get("metadata") or {}).get("resourceVersion")
+        if want and want != old["metadata"]["resourceVersion"]:
+            return status(
+                409, "Conflict", "the object has been modified; please apply your changes to the latest version"
+            )
+        if sub == "status":
+            new = copy.deepcopy(old)
+            new["status"] = merge(old.get("status") or {}, patch.get("status") or {})
+        else:
+            patch = {k: v for k, v in patch.items() if k != "status"}
+            if (patch.get("metadata") or {}).get("resourceVersion"):
+                patch["metadata"] = {k: v for k, v in patch["metadata"].items() if k != "resourceVersion"}
+            new = merge(old, patch)
+            if new.get("spec") != old.get("spec"):
+                new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
+        return web.json_response(self.put(key[0], new))
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+async def serve(api: FakeAPI, call: Callable[[Kube], Awaitable[Any]]) -> Any:
+    """Run `call` with a Kube whose API server is `api`."""
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", api.answer)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    await web.SockSite(runner, sock).start()
+    kube = Kube(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{sock.getsockname()[1]}")))
+    try:
+        return await call(kube)
+    finally:
+        await kube.close()
+        await runner.cleanup()
+        await asyncio.sleep(0)

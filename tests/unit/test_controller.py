@@ -1,0 +1,697 @@
+"""The controller (handlers.Operator) in-process against a fake API server (fake_api.FakeAPI): each promise
+the operator makes when the cluster does the unexpected, in seconds.
+
+The fake stores objects, answers as the API server does (409, 404, preconditions, merge patches, the
+garbage collector's cascade) and records each change as a watch event; `Cluster.settle` hands those to
+the operator as kopf would, until nothing changes. The Job controller and the kubelet are played by the
+test (`run`, `fail`, `complete`). What depends on the real API server's behaviour (CEL rules, admission,
+the Job controller's own events) is shown on the cluster in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import yaml
+from fake_api import FakeAPI, serve
+
+from codex_operator import names
+from codex_operator.handlers import Operator, Options
+from codex_operator.kube import Kube
+from codex_trainer import contract
+from codex_trainer.manifest import apply_overrides
+from support import TINY
+
+NS, NAME = "team-a", "tiny-cpu"
+KEY = (NS, NAME)
+
+
+def manifest(*overrides: str, name: str = NAME) -> dict[str, Any]:
+    raw = apply_overrides(yaml.safe_load(TINY.read_text()), list(overrides))
+    raw["metadata"] = {"name": name, "namespace": NS}
+    return raw
+
+
+class Cluster:
+    """The fake API server, the operator under test and the Events it posted."""
+
+    def __init__(self, api: FakeAPI, kube: Kube, **options: Any):
+        self.api = api
+        self.events: list[tuple[str, str, str]] = []
+        self.op = Operator(
+            Options(progress_via="proxy", **options),
+            kube,
+            post_event=lambda body, kind, reason, message: self.events.append((kind, reason, message)),
+        )
+
+    async def settle(self, rounds: int = 30) -> None:
+        """Deliver every watch event to the operator, as kopf would, until nothing changes."""
+        for _ in range(rounds):
+            changes = self.api.drain()
+            if not changes:
+                return
+            for kind, obj in changes:
+                if obj["kind"] == names.KIND:
+                    await self.op.on_job_event(kind, obj)
+                elif obj["kind"] in ("Job", "ConfigMap", "Service"):
+                    await self.op.on_child_event(kind, obj)
+        raise AssertionError("the operator kept changing things")
+
+    async def apply(self, *overrides: str) -> dict[str, Any]:
+        job = self.api.put(names.PLURAL, manifest(*overrides))
+        await self.settle()
+        return job
+
+    async def edit(self, *overrides: str) -> None:
+        job = copy.deepcopy(self.job())
+        edited = apply_overrides(
+            {"apiVersion": job["apiVersion"], "kind": job["kind"], "spec": job["spec"]}, list(overrides)
+        )
+        job["spec"] = edited["spec"]
+        job["metadata"]["generation"] += 1
+        self.api.put(names.PLURAL, job)
+        await self.settle()
+
+    async def retry(self) -> None:
+        """The timer's next tick, with every backoff due now."""
+        for st in self.op.jobs.values():
+            if st.retry_at is not None:
+                st.retry_at = 0.0
+            st.explained_at = -1e9
+        await self.op.tick_once()
+        await self.settle()
+
+    def job(self) -> dict[str, Any]:
+        found = self.api.get(names.PLURAL, NS, NAME)
+        assert found is not None
+        return found
+
+    def status(self) -> dict[str, Any]:
+        return self.job().get("status") or {}
+
+    def attempt(self, n: int) -> dict[str, Any] | None:
+        return self.api.get("jobs", NS, names.attempt_name(NAME, n))
+
+    # ---------------------------------------------------------------- the Job controller and the kubelet
+
+    def pod(self, n: int, rank: int, *, exit_code: int | None = None, reason: str = "", message: str = "",
+            disrupted: bool = False, finished: str = "2026-12-01T10:00:00Z") -> dict[str, Any]:  # fmt: skip
+        job = self.attempt(n)
+        assert job is not None
+        state: dict[str, Any] = {"running": {}}
+        if exit_code is not None:
+            state = {
+                "terminated": {"exitCode": exit_code, "reason": reason, "message": message, "finishedAt": finished}
+            }
+        pod = {
+            "metadata": {
+                "name": f"{job['metadata']['name']}-{rank}-x",
+                "namespace": NS,
+                "labels": {
+                    "batch.kubernetes.io/job-name": job["metadata"]["name"],
+                    "batch.kubernetes.io/job-completion-index": str(rank),
+                    names.LABEL_JOB: NAME,
+                },
+                "ownerReferences": [{"kind": "Job", "name": job["metadata"]["name"], "uid": job["metadata"]["uid"]}],
+            },
+            "status": {
+                "phase": "Running" if exit_code is None else ("Succeeded" if exit_code == 0 else "Failed"),
+                "conditions": [{"type": "DisruptionTarget", "status": "True"}] if disrupted else [],
+                "containerStatuses": [{"name": names.CONTAINER, "state": state}],
+            },
+        }
+        return self.api.put("pods", pod)
+
+    async def run(self, n: int, ready: int = 1) -> None:
+        job = self.attempt(n)
+        assert job is not None
+        job["status"] = {"ready": ready, "active": ready}
+        self.api.put("jobs", job)
+        await self.settle()
+
+    async def fail(self, n: int, reason: str = "BackoffLimitExceeded", message: str = "") -> None:
+        job = self.attempt(n)
+        assert job is not None
+        cond = {"type": "Failed", "status": "True", "reason": reason, "message": message}
+        job["status"] = {"conditions": [cond]}
+        self.api.put("jobs", job)
+        await self.settle()
+
+    async def complete(self, n: int, final: dict[str, Any]) -> None:
+        import json
+
+        self.pod(n, 0, exit_code=0, message=json.dumps(final))
+        job = self.attempt(n)
+        assert job is not None
+        job["status"] = {"conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached"}]}
+        self.api.put("jobs", job)
+        await self.settle()
+
+
+def scenario(test: Callable[[Cluster], Awaitable[None]], **options: Any) -> None:
+    api = FakeAPI()
+
+    async def main(kube: Kube) -> None:
+        c = Cluster(api, kube, **options)
+        try:
+            await test(c)
+        finally:
+            if c.op.http is not None:
+                await c.op.http.close()
+
+    asyncio.run(serve(api, main))
+
+
+def reasons(c: Cluster) -> list[str]:
+    return [r for _, r, _ in c.events]
+
+
+# ---------------------------------------------------------------- the happy path, as a baseline
+
+
+def test_a_job_runs_to_succeeded_with_its_children_owned_by_its_uid():
+    async def test(c: Cluster) -> None:
+        job = await c.apply()
+        uid = job["metadata"]["uid"]
+        assert c.status()["phase"] == "Pending" and c.status()["attempt"] == 1
+        for plural, name in [
+            ("persistentvolumeclaims", f"{NAME}-checkpoints"),
+            ("services", f"{NAME}-workers"),
+            ("configmaps", f"{NAME}-a1-config"),
+            ("jobs", f"{NAME}-a1"),
+        ]:
+            child = c.api.get(plural, NS, name)
+            assert child is not None, name
+            assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == [uid]
+        await c.run(1)
+        assert c.status()["phase"] == "Running"
+        await c.complete(1, {"step": 300, "loss": 0.5, "checkpoint": {"step": 300}})
+        assert c.status()["phase"] == "Succeeded" and c.status()["checkpoint"]["step"] == 300
+        assert reasons(c) == ["Created", "Running", "Succeeded"]
+
+    scenario(test)
+
+
+# ---------------------------------------------------------------- 1. a child is the job's by UID, not by name
+
+
+@pytest.mark.parametrize(
+    ("plural", "name", "says"),
+    [
+        ("services", f"{NAME}-workers", "no owner"),
+        ("configmaps", f"{NAME}-a1-config", "no owner"),
+        ("persistentvolumeclaims", f"{NAME}-checkpoints", "no owner"),
+    ],
+)
+def test_a_same_named_object_someone_else_made_is_never_adopted_nor_overwritten(plural, name, says):
+    async def test(c: Cluster) -> None:
+        theirs = c.api.put(plural, {"metadata": {"name": name, "namespace": NS}, "data": {"app": "config"}})
+        before = copy.deepcopy(theirs)
+        await c.apply()
+        st = c.status()
+        kind = {"services": "Service", "configmaps": "ConfigMap", "persistentvolumeclaims": "PersistentVolumeClaim"}
+        assert (
+            st["phase"] == "Pending" and f"{kind[plural]} {name} exists and is not this job's ({says})" in st["message"]
+        )
+        assert "retrying" in st["message"] and ("Warning", "NameTaken", st["message"]) in c.events
+        assert c.api.get(plural, NS, name) == before  # untouched
+        assert c.attempt(1) is None
+        c.api.delete(plural, NS, name)  # the user frees the name
+        await c.retry()
+        assert c.attempt(1) is not None and c.status()["attempt"] == 1
+
+    scenario(test)
+
+
+def test_a_job_recreated_under_the_same_name_starts_fresh_never_adopting_its_namesakes_orphans():
+    """kubectl delete ctj tiny-cpu --cascade=orphan, then apply it again: the old children stay, owned by
+    nobody; the new job adopts none of them and never reads the old job's Succeeded."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        await c.complete(1, {"step": 300, "loss": 0.5})
+        old_uid = c.job()["metadata"]["uid"]
+        c.api.delete(names.PLURAL, NS, NAME, propagation="Orphan")
+        await c.settle()
+        assert c.attempt(1) is not None and not c.attempt(1)["metadata"].get("ownerReferences")
+        c.events.clear()
+        await c.apply()
+        st = c.status()
+        assert st["phase"] == "Pending" and st.get("attempt", 0) <= 1 and "Succeeded" not in reasons(c)
+        assert f"left by an earlier job of this name, uid {old_uid}" in st["message"]
+        assert "storage.existingClaim: tiny-cpu-checkpoints" in st["message"]
+        for plural in ("persistentvolumeclaims", "services", "configmaps", "jobs", "pods"):  # the user cleans up
+            for n in c.api.names(plural):
+                c.api.delete(plural, NS, n)
+        await c.retry()
+        st, new_uid = c.status(), c.job()["metadata"]["uid"]
+        assert st["phase"] == "Pending" and st["attempt"] == 1 and st["restarts"] == 0
+        assert c.attempt(1)["metadata"]["ownerReferences"][0]["uid"] == new_uid
+
+    scenario(test)
+
+
+def test_delete_then_reapply_before_the_garbage_collector_waits_for_it_then_starts_attempt_one():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        old = c.job()["metadata"]["uid"]
+        gone = c.api.objects.pop((names.PLURAL, NS, NAME))  # deleted; the garbage collector has not run yet
+        await c.op.on_job_event("DELETED", gone)
+        c.api.drain()
+        await c.apply()
+        st = c.status()
+        assert f"owned by CodexTrainingJob {NAME} uid {old}" in st["message"] and st["phase"] == "Pending"
+        for plural in ("persistentvolumeclaims", "services", "configmaps", "jobs"):  # the collector runs
+            for n in c.api.names(plural):
+                c.api.delete(plural, NS, n)
+        await c.retry()
+        assert c.status()["attempt"] == 1 and c.attempt(1)["metadata"]["ownerReferences"][0]["uid"] != old
+
+    scenario(test)
+
+
+def test_the_ttl_deletes_only_the_job_it_timed():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.ttlSecondsAfterFinished=0")
+        await c.run(1)
+        await c.complete(1, {"step": 300})
+        key_state = c.op.jobs[KEY]
+        timed = copy.deepcopy(key_state.body)
+        assert timed is not None and timed["status"]["phase"] == "Succeeded"
+        c.api.objects.pop((names.PLURAL, NS, NAME))  # deleted and re-created meanwhile: a new UID
+        c.api.put(names.PLURAL, manifest("runPolicy.ttlSecondsAfterFinished=0"))
+        c.api.drain()
+        key_state.body = timed  # the timer still holds the old one
+        await c.op.tick(KEY, key_state)
+        assert c.api.get(names.PLURAL, NS, NAME) is not None  # the UID precondition kept the new job
+        key_state.body = c.job() | {"status": timed["status"]}
+        await c.op.tick(KEY, key_state)
+        assert c.api.get(names.PLURAL, NS, NAME) is None  # its own TTL: deleted
+
+    scenario(test)
+
+
+# ---------------------------------------------------------------- 2. a spec edit never ends in a permanent failure
+
+
+def test_storage_retain_switched_on_keeps_the_volume_and_off_lets_it_go():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        pvc = f"{NAME}-checkpoints"
+        assert c.api.get("persistentvolumeclaims", NS, pvc)["metadata"].get("ownerReferences")
+        await c.edit("storage.retain=true")
+        assert not c.api.get("persistentvolumeclaims", NS, pvc)["metadata"].get("ownerReferences")
+        await c.edit("storage.retain=false")
+        assert (
+            c.api.get("persistentvolumeclaims", NS, pvc)["metadata"]["ownerReferences"][0]["uid"]
+            == c.job()["metadata"]["uid"]
+        )
+        await c.edit("storage.retain=true")
+        c.api.delete(names.PLURAL, NS, NAME)
+        assert c.api.get("persistentvolumeclaims", NS, pvc) is not None  # kept
+        assert c.api.get("services", NS, f"{NAME}-workers") is None
+
+    scenario(test)
+
+
+def test_an_edit_mid_attempt_applies_from_the_next_attempt_every_rank_reading_one_file():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        first = c.api.get("configmaps", NS, f"{NAME}-a1-config")
+        await c.edit("training.maxSteps=500")
+        assert c.api.get("configmaps", NS, f"{NAME}-a1-config") == first  # immutable: attempt 1's ranks agree
+        assert first["immutable"] is True and "maxSteps: 500" not in first["data"][names.CONFIG_FILE]
+        assert c.status()["phase"] == "Running"
+        c.pod(1, 0, exit_code=1, message="crashed")
+        await c.fail(1)
+        second = c.api.get("configmaps", NS, f"{NAME}-a2-config")
+        assert "maxSteps: 500" in second["data"][names.CONFIG_FILE]
+        assert c.status()["phase"] == "Restarting" and c.status()["attempt"] == 2
+
+    scenario(test)
+
+
+# ---------------------------------------------------------------- 3. every refusal is shown
+
+
+@pytest.mark.parametrize(
+    ("code", "message", "retried"),
+    [
+        (403, 'jobs.batch "tiny-cpu-a1" is forbidden: exceeded quota: compute, requested: count/jobs.batch=1', True),
+        (429, "Too many requests, please try again later.", True),
+        (500, "etcdserver: request timed out", True),
+        (
+            403,
+            'jobs.batch "tiny-cpu-a1" is forbidden: cannot set blockOwnerDeletion if an ownerReference refers to '
+            "a resource you can't set finalizers on",
+            False,
+        ),  # fmt: skip
+        (403, "unable to create new content in namespace team-a because it is being terminated", False),
+        (400, 'admission webhook "jobs.example.com" denied the request: GPUs need a team label', False),
+        (422, 'Job.batch "tiny-cpu-a1" is invalid: spec.template.spec.affinity: Invalid value', False),
+    ],
+)
+def test_a_refused_attempt_job_is_shown_and_retried_or_failed_as_its_answer_says(code, message, retried):
+    async def test(c: Cluster) -> None:
+        c.api.refuse("POST", "jobs", code, message, times=None)
+        await c.apply()
+        st = c.status()
+        assert f"the API server refused creating Job {NAME}-a1 (HTTP {code}): {message}" in st["message"]
+        if retried:
+            assert st["phase"] == "Pending" and st["message"].endswith("; retrying")
+            assert ("Warning", "Refused", st["message"]) in c.events
+            assert c.op.jobs[KEY].retry_at is not None
+            c.api.rules.clear()  # the quota frees up, the server recovers
+            await c.retry()
+            assert c.attempt(1) is not None and c.status()["phase"] == "Pending"
+            assert c.status()["message"] == "waiting for the trainer pods to start"
+        else:
+            assert st["phase"] == "Failed" and "not retried" in st["message"]
+            assert ("Warning", "Refused", st["message"]) in c.events
+            assert c.op.jobs.get(KEY) is None or c.op.jobs[KEY].retry_at is None
+
+    scenario(test)
+
+
+def test_a_refused_child_of_each_kind_is_named_in_the_message():
+    async def test(c: Cluster) -> None:
+        c.api.refuse("POST", "persistentvolumeclaims", 403, "exceeded quota: storage, requested: 10Gi", times=2)
+        await c.apply()
+        assert "refused creating PersistentVolumeClaim tiny-cpu-checkpoints (HTTP 403)" in c.status()["message"]
+        await c.retry()
+        assert c.status()["message"].endswith("retrying")  # still refused: the backoff grows
+        backoff = c.op.jobs[KEY].backoff
+        await c.retry()
+        assert c.attempt(1) is not None and backoff >= 10
+
+    scenario(test)
+
+
+def test_an_unreadable_job_list_is_retried_with_its_message():
+    async def test(c: Cluster) -> None:
+        c.api.refuse("GET", "jobs", 503, "the server is currently unable to handle the request", times=1)
+        await c.apply()
+        assert "refused listing the attempt Jobs (HTTP 503)" in c.status()["message"]
+        await c.retry()
+        assert c.attempt(1) is not None
+
+    scenario(test)
+
+
+def test_pods_the_job_controller_cannot_create_are_explained():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        job = c.attempt(1)
+        said = 'Error creating: pods "tiny-cpu-a1-0-x" is forbidden: exceeded quota: pods, requested: pods=1'
+        c.api.put(
+            "events",
+            {
+                "metadata": {"name": "e1", "namespace": NS},
+                "involvedObject": {"kind": "Job", "name": f"{NAME}-a1", "uid": job["metadata"]["uid"]},
+                "reason": "FailedCreate",
+                "type": "Warning",
+                "message": said,
+                "lastTimestamp": "2026-12-01T10:00:00Z",
+            },
+        )
+        c.op.jobs[KEY].body = c.job()
+        await c.retry()
+        assert c.status()["message"] == f"attempt 1 waiting: the Job controller cannot create the pods: {said}"
+
+    scenario(test)
+
+
+# ---------------------------------------------------------------- 4. a deleted child is noticed
+
+
+def test_a_deleted_attempt_job_starts_a_new_attempt_not_counted_against_backoff_limit():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.backoffLimit=0")
+        await c.run(1)
+        c.api.delete("jobs", NS, f"{NAME}-a1")
+        await c.settle()
+        st = c.status()
+        assert st["phase"] == "Restarting" and st["attempt"] == 2 and st["restarts"] == 1
+        assert f"attempt 1's Job {NAME}-a1 was deleted (not counted against backoffLimit)" in st["message"]
+        assert c.attempt(2) is not None and ("Warning", "Disrupted", st["message"]) in c.events
+
+    scenario(test)
+
+
+@pytest.mark.parametrize(("plural", "name"), [("configmaps", f"{NAME}-a1-config"), ("services", f"{NAME}-workers")])
+def test_a_deleted_job_file_or_service_is_recreated(plural, name):
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        before = c.api.get(plural, NS, name)
+        c.api.delete(plural, NS, name)
+        await c.settle()
+        again = c.api.get(plural, NS, name)
+        assert again is not None and again["metadata"]["uid"] != before["metadata"]["uid"]
+        assert again.get("data") == before.get("data") and again.get("spec") == before.get("spec")
+        assert c.status()["phase"] == "Running" and c.attempt(2) is None
+
+    scenario(test)
+
+
+# ---------------------------------------------------------------- 5. retries are bounded and honest
+
+
+def test_disruptions_are_not_counted_against_backoff_limit_but_are_bounded():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.backoffLimit=0", "runPolicy.maxDisruptions=2")
+        for n in (1, 2, 3):
+            await c.run(n)
+            c.pod(n, 0, exit_code=143, reason="Error", message="stopped by SIGTERM", disrupted=True)
+            await c.fail(
+                n, "PodFailurePolicy", f"Pod {NS}/p has condition DisruptionTarget matching FailJob rule at index 1"
+            )
+        st = c.status()
+        assert st["phase"] == "Failed" and st["attempt"] == 3
+        assert "runPolicy.maxDisruptions 2 reached" in st["message"]
+        assert reasons(c).count("Disrupted") == 2 and reasons(c)[-1] == "DisruptionLimitExceeded"
+
+    scenario(test)
+
+
+def test_a_failed_job_keeps_no_pods():
+    """A live attempt, then the job fails for a reason of the cluster's (its suspension refused by a
+    webhook): the attempt Job is deleted, so no pod keeps its node."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.api.refuse("PATCH", "jobs", 400, 'admission webhook "x" denied the request: no suspending here', times=None)
+        await c.edit("runPolicy.suspend=true")
+        st = c.status()
+        assert st["phase"] == "Failed" and "refused suspending Job tiny-cpu-a1 (HTTP 400)" in st["message"]
+        assert c.attempt(1) is None
+
+    scenario(test)
+
+
+def test_the_start_time_survives_an_operator_stopped_right_after_the_first_create():
+    async def test(c: Cluster) -> None:
+        started = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        job = c.api.put(names.PLURAL, manifest("runPolicy.activeDeadlineSeconds=600"))
+        c.api.drain()
+        # the attempt exists, with no status written: the operator stopped between the two
+        from codex_operator import builders
+        from codex_operator.handlers import _job_or_problem
+
+        parsed = _job_or_problem(job)
+        assert not isinstance(parsed, str)
+        attempt = builders.attempt_job(parsed, 1, builders.Settings(), 600)
+        attempt["metadata"]["creationTimestamp"] = started
+        c.api.put("jobs", attempt)
+        await c.settle()
+        await c.op.reconcile(NS, NAME)
+        await c.settle()
+        assert c.status()["startTime"] == started
+        c.pod(1, 0, exit_code=1, message="crashed")
+        await c.fail(1)
+        assert c.status()["phase"] == "Failed" and c.status()["message"] == "runPolicy.activeDeadlineSeconds reached"
+
+    scenario(test)
+
+
+def test_the_oom_killed_rank_is_blamed_not_the_ranks_whose_collectives_failed_after_it():
+    async def test(c: Cluster) -> None:
+        await c.apply("numNodes=2")
+        await c.run(1, ready=2)
+        c.pod(1, 0, exit_code=1, message="RuntimeError: NCCL communicator was aborted", finished="2026-12-01T10:00:01Z")
+        c.pod(1, 1, exit_code=137, reason="OOMKilled", finished="2026-12-01T10:00:02Z")
+        await c.fail(1)
+        assert "trainer was killed for using more memory than its limit (exited 137)" in c.status()["message"]
+
+    scenario(test)
+
+
+def test_a_long_termination_message_is_capped_before_status_and_events():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.pod(1, 0, exit_code=2, message="x" * 100_000)
+        await c.fail(1, "PodFailurePolicy", "... exited with code 2 matching FailJob rule at index 0")
+        st = c.status()
+        assert st["phase"] == "Failed" and len(st["message"]) < 1200
+        assert all(len(m) < 1200 for _, _, m in c.events)
+
+    scenario(test)
+
+
+def test_exit_2_is_read_from_the_pod_not_the_job_controllers_wording():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.pod(1, 0, exit_code=contract.EXIT_USER_ERROR, message="invalid spec.data.train: file not found")
+        await c.fail(1, "PodFailurePolicy", "some future wording of the Job controller")
+        assert c.status()["phase"] == "Failed" and c.status()["message"].endswith("file not found")
+
+    scenario(test)
+
+
+# ---------------------------------------------------------------- 6. Kueue is never fought
+
+
+def test_a_queued_attempts_suspend_is_never_changed_by_the_operator():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.queueName=team-a")
+        assert c.attempt(1)["spec"]["suspend"] is True
+        assert c.attempt(1)["metadata"]["labels"][names.LABEL_QUEUE] == "team-a"
+        job = c.attempt(1)
+        job["spec"]["suspend"] = False  # Kueue admits it
+        c.api.put("jobs", job)
+        await c.settle()
+        await c.edit("runPolicy.suspend=true")
+        assert not [r for r in c.api.requests if r[0] == "PATCH" and "/jobs/" in r[1]]
+
+    scenario(test)
+
+
+def test_with_kueue_managing_every_job_an_unlabelled_attempt_is_left_to_it():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        job = c.attempt(1)
+        job["spec"]["suspend"] = True  # Kueue's webhook suspends it (manageJobsWithoutQueueName)
+        c.api.put("jobs", job)
+        await c.settle()
+        assert c.attempt(1)["spec"]["suspend"] is True
+        assert c.status()["phase"] == "Suspended" and c.status()["message"] == "waiting for admission by the queue"
+        assert not [r for r in c.api.requests if r[0] == "PATCH" and "/jobs/" in r[1]]
+
+    scenario(test, queue_owns_suspend=True)
+
+
+def test_without_a_queue_suspend_and_resume_follow_run_policy():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        await c.edit("runPolicy.suspend=true")
+        assert c.attempt(1)["spec"]["suspend"] is True and c.status()["phase"] == "Suspended"
+        await c.edit("runPolicy.suspend=false")
+        assert c.attempt(1)["spec"]["suspend"] is False
+
+    scenario(test)
+
+
+# ---------------------------------------------------------------- 7. what a job's pod serves cannot hurt the operator
+
+
+def test_progress_is_read_from_rank_0_and_an_oversized_page_is_refused():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        pod = c.pod(1, 0)
+        page = "\n".join(
+            f"{metric} {value}"
+            for metric, value in [
+                (contract.METRIC_STEP, 40),
+                (contract.METRIC_TOTAL_STEPS, 300),
+                (contract.METRIC_LOSS, 1.25),
+                (contract.METRIC_CHECKPOINT_STEP, 40),
+            ]
+        )
+        c.api.metrics_text[pod["metadata"]["name"]] = page + "\n"
+        c.op.jobs[KEY].body = c.job()
+        await c.retry()
+        st = c.status()
+        assert st["progress"]["step"] == 40 and st["progress"]["loss"] == 1.25 and st["checkpoint"]["step"] == 40
+        c.api.metrics_text[pod["metadata"]["name"]] = f"{contract.METRIC_STEP} 41\n" + "# padding\n" * 200_000
+        c.op.jobs[KEY].body = c.job()
+        await c.retry()
+        assert c.status()["progress"]["step"] == 40  # more than 1 MiB: not read, and nothing broke
+
+    scenario(test)
+
+
+# ---------------------------------------------------------------- kopf's side: what it hands the controller
+
+
+def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_labelled_children(monkeypatch):
+    import kopf
+
+    from codex_operator import handlers
+
+    async def test(c: Cluster) -> None:
+        registry = kopf.OperatorRegistry()
+        handlers.register(c.op, registry)
+        kube = c.op.kube
+
+        async def connect() -> Kube:
+            assert kube is not None
+            return kube
+
+        monkeypatch.setattr(handlers.Kube, "connect", staticmethod(connect))
+        startup, cleanup, _login = (h.fn for h in registry._activities.get_all_handlers())
+        settings = kopf.OperatorSettings()
+        await startup(settings=settings)
+        assert c.op.ticker is not None
+        selectors = {s.plural or s.any_name: v for s, v in settings.watching.label_selectors.items()}
+        assert selectors == {"jobs": names.LABEL_JOB, "configmaps": names.LABEL_JOB, "services": names.LABEL_JOB}
+        watchers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
+        job = c.api.put(names.PLURAL, manifest())
+        c.api.drain()
+        await next(fn for i, fn in watchers.items() if "job_event" in i)(event={"type": "ADDED", "object": job})
+        assert c.status()["phase"] == "Pending" and c.attempt(1) is not None
+        c.api.delete("services", NS, f"{NAME}-workers")
+        (_, gone), *_ = c.api.drain()
+        await watchers["child-services"](event={"type": "DELETED", "object": gone})
+        assert c.api.get("services", NS, f"{NAME}-workers") is not None
+        c.op.kube = None  # cleanup closes the client: the scenario closes it itself
+        await cleanup()
+        await asyncio.sleep(0)
+        assert c.op.ticker.cancelled()
+
+    scenario(test)
+
+
+def test_the_command_line_runs_kopf_with_the_controller_it_describes(monkeypatch):
+    import kopf
+
+    from codex_operator import cli, handlers
+
+    ran: dict[str, Any] = {}
+
+    async def operator(**kwargs: Any) -> None:
+        ran.update(kwargs)
+
+    made: list[handlers.Operator] = []
+    monkeypatch.setattr(kopf, "operator", operator)
+    real = handlers.Operator
+    monkeypatch.setattr(handlers, "Operator", lambda options: made.append(real(options)) or made[-1])
+    argv = ["run", "--metrics-port=0", "-n", "team-*", "--queue-manages-all-jobs", "--progress-interval=3"]
+    assert cli.main(argv) == 0
+    assert ran["namespaces"] == ["team-*"] and not ran["clusterwide"] and ran["standalone"]
+    (op,) = made
+    assert op.options.queue_owns_suspend and op.options.progress_interval == 3
+    monkeypatch.setenv("CODEX_NAMESPACES", "")
+    assert cli.main(["run", "--metrics-port=0"]) == 0 and ran["clusterwide"]
