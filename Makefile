@@ -13,7 +13,7 @@ install:            ## the locked dependencies (every file hash-checked), then t
 	$(PYTHON) -m pip install --require-hashes -r requirements/dev.txt
 	$(PYTHON) -m pip install --no-deps --no-build-isolation -e .
 
-test: lint          ## what CI runs: lint, then every test, with the trainer's coverage (floor in pyproject.toml)
+test: lint          ## what CI runs: lint, then every test, with the trainer's and the operator's coverage (floor in pyproject.toml)
 	$(PYTHON) -m pytest --cov --cov-report=term
 
 lint:               ## ruff, and mypy over trainer/ and operator/

@@ -143,7 +143,7 @@ class Operator:
             self.state(key).check_children = True
         elif body.get("kind") != "Job":
             return  # a ConfigMap or Service changing is nothing to act on; only its deletion is
-        await self.reconcile(*key)
+        await self.reconcile(*key, self.jobs[key].body if key in self.jobs else None)  # read afresh unless current
 
     # ---------------------------------------------------------------- reconcile
 
@@ -198,7 +198,10 @@ class Operator:
         assert self.kube is not None
         namespace, name = key
         log.debug("reconcile %s/%s", namespace, name)
-        body = watched if self.current(st, watched) else await self.kube.get_job(namespace, name)
+        if self.current(st, watched):
+            body = watched
+        else:
+            body = await _asking("reading the job", self.kube.get_job(namespace, name))
         if body is None:
             metrics.set_phase(namespace, name, None)
             st.body = None
@@ -277,7 +280,8 @@ class Operator:
             if key in p.status and p.status[key] != status.get(key):
                 patch[key] = p.status[key]
         if patch:
-            await self.patch_status(meta["namespace"], meta["name"], _deleting(status, patch), status)
+            write = self.patch_status(meta["namespace"], meta["name"], _deleting(status, patch), status)
+            await _asking("writing the job's status", write)
         for kind, reason, message in p.events:
             self.post_event(body, kind, reason, message)
             log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)

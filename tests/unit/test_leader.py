@@ -167,3 +167,46 @@ def test_dropped_connections_neither_crash_a_standby_nor_make_it_lead():
         assert await asyncio.wait_for(waiting, 2) is False
 
     elect(fake, scenario)
+
+
+def test_the_elected_replica_runs_the_operator_until_a_signal_then_hands_the_lease_back(monkeypatch):
+    """`codex-operator run --leader-election`: /healthz answers while standing by, the Lease is taken, the
+    operator runs, and SIGTERM stops it and hands the Lease back for a standby to take at once."""
+    import signal
+    import socket
+
+    from codex_operator import cli
+    from codex_operator.kube import Kube
+
+    fake = FakeLeases()
+    fake.lease = {"metadata": {"name": "lease", "namespace": "ns", "resourceVersion": "0"}} | lease(None)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def scenario(kube: Kube) -> None:
+        async def connect() -> Kube:
+            return kube
+
+        async def keep_open() -> None:
+            return None  # the scenario closes the client itself
+
+        monkeypatch.setattr(Kube, "connect", staticmethod(connect))
+        monkeypatch.setattr(kube, "close", keep_open)
+        running = asyncio.Event()
+
+        async def operator(stop_flag: asyncio.Event) -> None:
+            running.set()
+            await stop_flag.wait()
+
+        args = cli._parser().parse_args(
+            ["run", "--leader-election", "--lease-name=lease", "--lease-namespace=ns", f"--liveness-port={port}"]
+        )
+        elected = asyncio.create_task(cli._elected(operator, args))
+        await asyncio.wait_for(running.wait(), 10)
+        assert fake.holder()
+        signal.raise_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(elected, 10) == 0
+        assert not fake.holder()
+
+    serving(fake.answer, scenario)

@@ -1,0 +1,172 @@
+"""The operator when the cluster does the unexpected, on the real API server, Job controller and garbage
+collector, under the chart's RBAC: names held by others, a quota, an admission policy, deleted children,
+storage.retain switched on a live job. Most jobs here stay suspended or never get pods, so no trainer
+runs; the in-process versions of these cases (tests/unit/test_controller.py) cover the rest in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from test_operator import Jobs, manifest
+
+from support import wait_for
+
+pytestmark = pytest.mark.cluster
+
+HELD = ("runPolicy.suspend=true",)  # the attempt exists, no pod runs
+
+
+def owner_uids(obj: dict) -> list[str]:
+    return [r["uid"] for r in obj["metadata"].get("ownerReferences") or []]
+
+
+def message_says(jobs: Jobs, name: str, text: str, timeout: float = 60) -> dict:
+    def said():
+        st = jobs.status(name)
+        return st if text in (st.get("message") or "") else None
+
+    return wait_for(said, f"{name}'s message to say {text!r}", timeout)
+
+
+def test_a_job_recreated_after_an_orphaning_delete_adopts_nothing_of_its_namesake(operator, jobs):
+    jobs.apply(manifest("orphan", *HELD))
+    jobs.wait_phase("orphan", "Suspended", timeout=60)
+    old = jobs.get("orphan")["metadata"]["uid"]
+    jobs.kubectl("delete", "ctj", "orphan", "--cascade=orphan")
+    wait_for(lambda: not owner_uids(jobs.children("job", "orphan")[0]), "the attempt orphaned", 30)
+    jobs.apply(manifest("orphan", *HELD))
+    st = message_says(jobs, "orphan", "exists and is not this job's")
+    assert st["phase"] == "Pending" and "retrying" in st["message"]
+    warnings = [e for e in jobs.events("orphan") if e["reason"] == "NameTaken"]
+    assert warnings and warnings[-1]["type"] == "Warning"
+    for kind in ("job", "configmap", "service", "pvc"):  # the user clears the earlier job's children
+        jobs.kubectl("delete", kind, "-l", "codex.ml/job-name=orphan", "--wait=true")
+    st = jobs.wait_phase("orphan", "Suspended", timeout=120)  # the backoff's next try
+    new = jobs.get("orphan")["metadata"]["uid"]
+    assert st["attempt"] == 1 and new != old
+    (attempt,) = jobs.children("job", "orphan")
+    assert owner_uids(attempt) == [new]
+
+
+def test_a_user_made_service_of_a_childs_name_is_never_overwritten(operator, jobs):
+    theirs = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "mine-workers"},
+        "spec": {"ports": [{"port": 80}]},
+    }
+    jobs.apply(json.dumps(theirs))
+    jobs.apply(manifest("mine", *HELD))
+    st = message_says(jobs, "mine", "Service mine-workers exists and is not this job's (no owner)")
+    assert st["phase"] == "Pending"
+    svc = json.loads(jobs.kubectl("get", "service", "mine-workers", "-o", "json").stdout)
+    assert not svc["metadata"].get("ownerReferences") and svc["spec"]["ports"][0]["port"] == 80
+
+
+def test_a_quota_on_jobs_is_shown_and_retried_until_it_frees_up(operator, jobs):
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-jobs"},
+        "spec": {"hard": {"count/jobs.batch": "0"}},
+    }
+    jobs.apply(json.dumps(quota))
+    jobs.apply(manifest("quota", *HELD))
+    st = message_says(jobs, "quota", "exceeded quota")
+    assert st["phase"] == "Pending" and "the API server refused creating Job quota-a1 (HTTP 403)" in st["message"]
+    assert st["message"].endswith("; retrying")
+    assert any(e["reason"] == "Refused" and e["type"] == "Warning" for e in jobs.events("quota"))
+    jobs.kubectl("delete", "resourcequota", "no-jobs")
+    assert jobs.wait_phase("quota", "Suspended", timeout=120)["attempt"] == 1
+
+
+def test_pods_a_quota_keeps_the_job_controller_from_creating_are_explained(operator, jobs):
+    quota = {
+        "apiVersion": "v1",
+        "kind": "ResourceQuota",
+        "metadata": {"name": "no-pods"},
+        "spec": {"hard": {"pods": "0"}},
+    }
+    jobs.apply(json.dumps(quota))
+    jobs.apply(manifest("nopods"))
+    st = message_says(jobs, "nopods", "the Job controller cannot create the pods", timeout=120)
+    assert st["phase"] == "Pending" and "exceeded quota: no-pods" in st["message"]
+
+
+def test_an_admission_policy_that_refuses_the_attempt_fails_the_job_with_its_message(operator, jobs, cluster):
+    policy = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicy",
+        "metadata": {"name": f"no-jobs-{jobs.ns}"},
+        "spec": {
+            "failurePolicy": "Fail",
+            "matchConstraints": {
+                "resourceRules": [
+                    {"apiGroups": ["batch"], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["jobs"]}
+                ]
+            },
+            "validations": [{"expression": "false", "message": "Jobs in this namespace need a cost-center label"}],
+        },
+    }
+    binding = {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "ValidatingAdmissionPolicyBinding",
+        "metadata": {"name": f"no-jobs-{jobs.ns}"},
+        "spec": {
+            "policyName": f"no-jobs-{jobs.ns}",
+            "validationActions": ["Deny"],
+            "matchResources": {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": jobs.ns}}},
+        },
+    }
+    cluster.kubectl(
+        "apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [policy, binding]})
+    )
+    try:
+        # the policy takes a moment to be enforced: a throwaway Job shows when it is
+        probe = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "probe"}, "spec": {"template": {
+            "spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "none"}]}}}}  # fmt: skip
+        wait_for(
+            lambda: (
+                jobs.kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(probe), check=False).returncode
+            ),
+            "the policy enforced",
+            60,
+        )
+        jobs.apply(manifest("denied", *HELD))
+        st = jobs.wait_phase("denied", "Failed", timeout=60)
+        assert "the API server refused creating Job denied-a1" in st["message"]
+        assert "need a cost-center label" in st["message"] and "not retried" in st["message"]
+    finally:
+        cluster.kubectl("delete", "validatingadmissionpolicybinding,validatingadmissionpolicy", f"no-jobs-{jobs.ns}")
+
+
+def test_a_deleted_attempt_job_service_and_job_file_are_noticed(operator, jobs):
+    jobs.apply(manifest("lost", *HELD, "runPolicy.backoffLimit=0"))
+    jobs.wait_phase("lost", "Suspended", timeout=60)
+    jobs.kubectl("delete", "job", "lost-a1")
+    st = wait_for(lambda: (s := jobs.status("lost")).get("attempt") == 2 and s, "attempt 2", 60)
+    assert st["restarts"] == 1  # a deletion is a disruption: backoffLimit 0 still allows it
+    wait_for(lambda: [j["metadata"]["name"] for j in jobs.children("job", "lost")] == ["lost-a2"], "lost-a2", 30)
+    for kind, name in (("service", "lost-workers"), ("configmap", "lost-a2-config")):
+        uid = json.loads(jobs.kubectl("get", kind, name, "-o", "json").stdout)["metadata"]["uid"]
+        jobs.kubectl("delete", kind, name)
+
+        def back(kind=kind, name=name, uid=uid):
+            got = jobs.kubectl("get", kind, name, "-o", "json", check=False)
+            return got.returncode == 0 and json.loads(got.stdout)["metadata"]["uid"] != uid
+
+        wait_for(back, f"{kind} {name} re-created", 60)
+    assert jobs.status("lost")["attempt"] == 2
+
+
+def test_storage_retain_switched_on_a_live_job_keeps_the_volume(operator, jobs):
+    jobs.apply(manifest("later", *HELD))
+    jobs.wait_phase("later", "Suspended", timeout=60)
+    uid = jobs.get("later")["metadata"]["uid"]
+    assert owner_uids(jobs.children("pvc", "later")[0]) == [uid]
+    jobs.kubectl("patch", "ctj", "later", "--type", "merge", "-p", '{"spec": {"storage": {"retain": true}}}')
+    wait_for(lambda: not owner_uids(jobs.children("pvc", "later")[0]), "the volume released", 60)
+    jobs.kubectl("delete", "ctj", "later")
+    wait_for(lambda: not jobs.children("job", "later"), "the attempt deleted", 60)
+    assert [p["metadata"]["name"] for p in jobs.children("pvc", "later")] == ["later-checkpoints"]
