@@ -131,7 +131,7 @@ def test_the_example_trains_to_succeeded_in_a_restricted_namespace(operator, job
 
     # children, each owned by the job
     uid = wait_for(lambda: jobs.get("tiny-cpu")["metadata"]["uid"], "the job")
-    for kind, name in [("pvc", "tiny-cpu-checkpoints"), ("configmap", "tiny-cpu-config"),
+    for kind, name in [("pvc", "tiny-cpu-checkpoints"), ("configmap", "tiny-cpu-a1-config"),
                        ("service", "tiny-cpu-workers"), ("job", "tiny-cpu-a1")]:  # fmt: skip
         (child,) = wait_for(lambda k=kind: jobs.children(k, "tiny-cpu"), f"the {kind}")
         assert child["metadata"]["name"] == name
@@ -226,9 +226,11 @@ def test_the_operator_killed_mid_job_creates_no_duplicates_and_the_status_conver
     )
     operator.start()
     done = jobs.wait_phase("crashy-op", "Succeeded", timeout=600)
-    for kind in ("pvc", "configmap", "service"):
+    for kind in ("pvc", "service"):
         assert len(jobs.children(kind, "crashy-op")) == 1, kind
     assert [j["metadata"]["name"] for j in jobs.children("job", "crashy-op")] == ["crashy-op-a1", "crashy-op-a2"]
+    configs = [c["metadata"]["name"] for c in jobs.children("configmap", "crashy-op")]
+    assert configs == ["crashy-op-a1-config", "crashy-op-a2-config"]  # one job file per attempt
     assert done["restarts"] == 1
 
 

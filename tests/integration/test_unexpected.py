@@ -17,6 +17,10 @@ pytestmark = pytest.mark.cluster
 HELD = ("runPolicy.suspend=true",)  # the attempt exists, no pod runs
 
 
+def quota(name: str, **hard: str) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name}, "spec": {"hard": hard}})
+
+
 def owner_uids(obj: dict) -> list[str]:
     return [r["uid"] for r in obj["metadata"].get("ownerReferences") or []]
 
@@ -65,13 +69,7 @@ def test_a_user_made_service_of_a_childs_name_is_never_overwritten(operator, job
 
 
 def test_a_quota_on_jobs_is_shown_and_retried_until_it_frees_up(operator, jobs):
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-jobs"},
-        "spec": {"hard": {"count/jobs.batch": "0"}},
-    }
-    jobs.apply(json.dumps(quota))
+    jobs.apply(quota("no-jobs", **{"count/jobs.batch": "0"}))
     jobs.apply(manifest("quota", *HELD))
     st = message_says(jobs, "quota", "exceeded quota")
     assert st["phase"] == "Pending" and "the API server refused creating Job quota-a1 (HTTP 403)" in st["message"]
@@ -82,13 +80,7 @@ def test_a_quota_on_jobs_is_shown_and_retried_until_it_frees_up(operator, jobs):
 
 
 def test_pods_a_quota_keeps_the_job_controller_from_creating_are_explained(operator, jobs):
-    quota = {
-        "apiVersion": "v1",
-        "kind": "ResourceQuota",
-        "metadata": {"name": "no-pods"},
-        "spec": {"hard": {"pods": "0"}},
-    }
-    jobs.apply(json.dumps(quota))
+    jobs.apply(quota("no-pods", pods="0"))
     jobs.apply(manifest("nopods"))
     st = message_says(jobs, "nopods", "the Job controller cannot create the pods", timeout=120)
     assert st["phase"] == "Pending" and "exceeded quota: no-pods" in st["message"]

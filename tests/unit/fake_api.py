@@ -240,8 +240,15 @@ def _now() -> str:
 
 async def serve(api: FakeAPI, call: Callable[[Kube], Awaitable[Any]]) -> Any:
     """Run `call` with a Kube whose API server is `api`."""
+    return await answering(api.answer, call)
+
+
+async def answering(
+    answer: Callable[[web.Request], Awaitable[web.StreamResponse]], call: Callable[[Kube], Awaitable[Any]]
+) -> Any:
+    """Run `call` with a Kube whose API server answers each request as `answer` does."""
     app = web.Application()
-    app.router.add_route("*", "/{path:.*}", api.answer)
+    app.router.add_route("*", "/{path:.*}", answer)
     runner = web.AppRunner(app)
     await runner.setup()
     sock = socket.socket()

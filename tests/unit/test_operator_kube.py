@@ -6,13 +6,12 @@ what a reconcile makes of a refused write is in test_controller.py."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from aiohttp import web
-from kubernetes_asyncio import client
+from fake_api import answering
 from kubernetes_asyncio.client.rest import ApiException
 
 from codex_operator.kube import Kube
@@ -37,23 +36,7 @@ def against(code: int, body: dict[str, Any], call: Callable[[Kube], Awaitable[An
 
 def serving(answer: Callable[[web.Request], Awaitable[web.Response]], call: Callable[[Kube], Awaitable[Any]]) -> Any:
     """Run `call` with a Kube whose API server answers each request as `answer` does."""
-
-    async def main() -> Any:
-        app = web.Application()
-        app.router.add_route("*", "/{path:.*}", answer)
-        runner = web.AppRunner(app)
-        await runner.setup()
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(runner, sock).start()
-        kube = Kube(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{sock.getsockname()[1]}")))
-        try:
-            return await call(kube)
-        finally:
-            await kube.close()
-            await runner.cleanup()
-
-    return asyncio.run(main())
+    return asyncio.run(answering(answer, call))
 
 
 @pytest.mark.parametrize(("code", "created"), [(201, True), (409, False)])
