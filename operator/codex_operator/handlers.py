@@ -60,7 +60,18 @@ WAIT_EXPLAIN_SECONDS = 30.0
 
 # status keys the reconcile owns; progress and checkpoint belong to the progress timer (merge patches
 # of disjoint keys cannot undo each other)
-OWNED = ("phase", "message", "conditions", "attempt", "restarts", "startTime", "completionTime", "observedGeneration")
+OWNED = (
+    "phase",
+    "message",
+    "conditions",
+    "attempt",
+    "restarts",
+    "crashes",
+    "disruptions",
+    "startTime",
+    "completionTime",
+    "observedGeneration",
+)
 
 Key = tuple[str, str]
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
@@ -87,6 +98,7 @@ class JobState:
     explained_at: float = -WAIT_EXPLAIN_SECONDS  # monotonic: when we last asked why pods wait
     check_children: bool = False  # a child was deleted: look at every child, whatever the generation says
     failed_generation: int | None = None  # the spec generation the last failed reconcile saw
+    refused: str | None = None  # the line the last failed reconcile wrote into status.message
 
 
 def kopf_event(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
@@ -138,10 +150,14 @@ class Operator:
             return
         key = (meta["namespace"], job)
         if event_type == "DELETED":
-            if key not in self.jobs:
-                return  # the job itself is gone (its children go with it)
+            known = (self.jobs[key].body or {}) if key in self.jobs else {}
+            uid = (known.get("metadata") or {}).get("uid")
+            if not uid or not builders.owned_by(body, uid):
+                return  # the job is gone (its children go with it), or it was another job's child
             self.state(key).check_children = True
-        elif body.get("kind") != "Job":
+            await self.reconcile(*key)  # read the job afresh: it may be being deleted itself
+            return
+        if body.get("kind") != "Job":
             return  # a ConfigMap or Service changing is nothing to act on; only its deletion is
         await self.reconcile(*key, self.jobs[key].body if key in self.jobs else None)  # read afresh unless current
 
@@ -178,8 +194,10 @@ class Operator:
         resource_version: str | None = None,
     ) -> None:
         assert self.kube is not None
-        await self.kube.patch_status(namespace, name, patch, resource_version)
-        self.state((namespace, name)).written = _merged(base, patch)
+        st = self.state((namespace, name))
+        uid = ((st.body or {}).get("metadata") or {}).get("uid")
+        await self.kube.patch_status(namespace, name, patch, resource_version, uid)
+        st.written = _merged(base, patch)
 
     async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> None:
         """A write the timer decided from the watched body: only if the job is still what it saw."""
@@ -202,15 +220,18 @@ class Operator:
             body = watched
         else:
             body = await _asking("reading the job", self.kube.get_job(namespace, name))
+            st.body = body
         if body is None:
             metrics.set_phase(namespace, name, None)
-            st.body = None
             return
         status = body.get("status") or {}
         if body["metadata"].get("deletionTimestamp"):
             return  # being deleted: the garbage collector takes the children; nothing to create or write
+        if st.refused is not None and status.get("message") == st.refused:
+            status = {k: v for k, v in status.items() if k != "message"}  # it got through: say what happens now
         if status.get("phase") in TERMINAL:
             metrics.set_phase(namespace, name, status["phase"])
+            await self._finished(body)
             return
         now = datetime.now(UTC)
         job = _job_or_problem(body)
@@ -237,8 +258,17 @@ class Operator:
             what = f"{'suspending' if p.set_suspend else 'resuming'} Job {latest.name}"
             await _asking(what, self.kube.set_suspend(namespace, latest.name, p.set_suspend))
         await self._write(body, p)
-        if p.stop_attempts:
-            await self._stop(key, found)
+        st.refused = None
+
+    async def _finished(self, body: dict[str, Any]) -> None:
+        """A finished job acts on one edit only: storage.retain, which keeps or releases its volume."""
+        meta, status = body["metadata"], body.get("status") or {}
+        if meta.get("generation") == status.get("observedGeneration"):
+            return
+        job = _job_or_problem(body)
+        if not isinstance(job, str) and not job.spec.storage.existing_claim:
+            await self._retain(job, names.pvc_name(job.name))
+        await self.patch_status(meta["namespace"], meta["name"], {"observedGeneration": meta.get("generation")}, status)
 
     async def _attempt_jobs(self, key: Key, uid: str) -> list[dict[str, Any]]:
         """A job's attempt Jobs: labelled with its name and owned by its UID (an earlier job's are not)."""
@@ -247,9 +277,18 @@ class Operator:
         return [j for j in found if builders.owned_by(j, uid)]
 
     async def _start_attempt(self, job: Job, p: Plan, now: datetime) -> None:
-        assert p.create_attempt is not None
+        assert p.create_attempt is not None and self.kube is not None
         n = p.create_attempt
-        await self._create_owned(job, builders.config_map(job, n))
+        cm = builders.config_map(job, n)
+        if not await self._create_owned(job, cm):
+            # made by an earlier try whose Job was refused: the spec may have changed since
+            there = await _asking(f"reading ConfigMap {cm['metadata']['name']}", self._get(cm))
+            if there is not None and there.get("data") != cm["data"]:
+                what = f"replacing ConfigMap {cm['metadata']['name']}"
+                await _asking(
+                    what, self.kube.delete("ConfigMap", job.namespace, cm["metadata"]["name"], there["metadata"]["uid"])
+                )
+                await self._create_owned(job, cm)
         left = deadline_left(job, p.status, now)
         if await self._create_owned(job, builders.attempt_job(job, n, self.options.settings, left)):
             metrics.ATTEMPTS.inc()
@@ -312,8 +351,10 @@ class Operator:
         if there is None:
             return
         want = builders.claim_owners(job)
-        if (there["metadata"].get("ownerReferences") or None) != want:
-            patch = {"metadata": {"ownerReferences": want}}
+        marked = (there["metadata"].get("annotations") or {}).get(names.ANNOTATION_JOB_UID) == job.uid
+        if (there["metadata"].get("ownerReferences") or None) != want or not marked:
+            # the annotation too: a volume with neither would be no longer recognisably this job's
+            patch = {"metadata": {"ownerReferences": want, "annotations": {names.ANNOTATION_JOB_UID: job.uid}}}
             what = f"{'releasing' if want is None else 'owning'} PersistentVolumeClaim {name} (storage.retain)"
             await _asking(what, self.kube.patch("PersistentVolumeClaim", job.namespace, name, patch))
 
@@ -341,11 +382,18 @@ class Operator:
             if attempt_from_job(j).outcome is None and not j["metadata"].get("deletionTimestamp"):
                 log.info("%s/%s failed: stopping %s", *key, j["metadata"]["name"])
                 what = f"deleting Job {j['metadata']['name']}"
-                await _asking(what, self.kube.delete_attempt(key[0], j["metadata"]["name"], j["metadata"]["uid"]))
+                await _asking(what, self.kube.delete("Job", key[0], j["metadata"]["name"], j["metadata"]["uid"]))
+
+    def _get(self, obj: dict[str, Any]) -> Awaitable[dict[str, Any] | None]:
+        assert self.kube is not None
+        return self.kube.get(obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
 
     async def _fail(self, body: dict[str, Any], reason: str, problem: str, now: datetime) -> None:
-        """Failed for good, with the reason and the line that says why; its live attempts are stopped."""
+        """Failed for good, with the reason and the line that says why. Its live attempts are stopped first:
+        once the job says Failed nothing looks at it again, so no pod may be left to keep its node."""
         meta = body["metadata"]
+        key = (meta["namespace"], meta["name"])
+        await self._stop(key, await self._attempt_jobs(key, meta["uid"]))
         conditions = set_condition(
             (body.get("status") or {}).get("conditions") or [], "Failed", reason, problem, now, meta["generation"]
         )
@@ -358,8 +406,6 @@ class Operator:
         self.post_event(body, "Warning", reason, problem)
         log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, problem)
         metrics.set_phase(meta["namespace"], meta["name"], "Failed")
-        key = (meta["namespace"], meta["name"])
-        await self._stop(key, await self._attempt_jobs(key, meta["uid"]))
 
     async def _failed(self, key: Key, st: JobState, e: Exception) -> None:
         """A reconcile that did not get through: say so in status.message and an Event, then retry with
@@ -379,11 +425,15 @@ class Operator:
             if status.get("phase") in TERMINAL:
                 return
             if not e.transient:
-                await self._fail(body, "Refused", e.line(), datetime.now(UTC))
-                return
+                try:
+                    await self._fail(body, "Refused", e.line(), datetime.now(UTC))
+                    return
+                except Refused as stopping:  # its live attempt could not be stopped yet: not Failed until it is
+                    e = stopping
             st.backoff = next_backoff(st.backoff)
             st.retry_at = time.monotonic() + st.backoff
             st.failed_generation = body["metadata"].get("generation")
+            st.refused = e.line()
             if status.get("message") != e.line():
                 patch = {"message": e.line()} | ({} if status.get("phase") else {"phase": "Pending"})
                 await self.patch_status(*key, patch, status)
@@ -425,7 +475,11 @@ class Operator:
                 except TimeoutError:
                     log.warning("tick of %s/%s took too long", *key)
 
-        await asyncio.gather(*(one(k, st) for k, st in list(self.jobs.items())))
+        due = [k for k, st in self.jobs.items() if st.retry_at is not None and time.monotonic() >= st.retry_at]
+        # a retry is a whole reconcile: bounded by the API calls' own timeouts, not by the tick's
+        await asyncio.gather(
+            *(one(k, st) for k, st in list(self.jobs.items()) if k not in due), *(self.reconcile(*k) for k in due)
+        )
 
     async def tick_all(self) -> None:
         """One timer for all jobs (kopf's per-object timers would put a finalizer on every job, which
@@ -481,7 +535,8 @@ class Operator:
             return  # pods that wait for a reason keep waiting a while: look again later, not every tick
         st.explained_at = now
         pods = await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}")
-        why = waiting_reason(pods) if pods else await self._why_no_pods(ns, attempt)
+        nodes = int((body.get("spec") or {}).get("numNodes") or 1)
+        why = waiting_reason(pods) or (await self._why_no_pods(ns, attempt) if len(pods) < nodes else None)
         if why is None:
             return
         message = f"attempt {status.get('attempt') or 1} waiting: {why}"
@@ -489,7 +544,8 @@ class Operator:
             await self.timer_patch(body, {"message": message})
 
     async def _why_no_pods(self, namespace: str, attempt: str) -> str | None:
-        """The Job controller's own words when it cannot create an attempt's pods (its FailedCreate Events)."""
+        """The Job controller's own words when it cannot create (some of) an attempt's pods (its FailedCreate
+        Events)."""
         assert self.kube is not None
         job = await self.kube.get("Job", namespace, attempt)
         if job is None or (job.get("spec") or {}).get("suspend"):

@@ -69,7 +69,11 @@ class Kube:
                 "get": c.read_namespaced_persistent_volume_claim,
                 "patch": c.patch_namespaced_persistent_volume_claim,
             },
-            "ConfigMap": {"create": c.create_namespaced_config_map, "get": c.read_namespaced_config_map},
+            "ConfigMap": {
+                "create": c.create_namespaced_config_map,
+                "get": c.read_namespaced_config_map,
+                "delete": c.delete_namespaced_config_map,
+            },
             "Service": {"create": c.create_namespaced_service, "get": c.read_namespaced_service},
             "Job": {
                 "create": b.create_namespaced_job,
@@ -110,13 +114,13 @@ class Kube:
         with metrics.api_call("patch", kind):
             await _body(call(name, namespace, patch, _content_type=MERGE, _preload_content=False))
 
-    async def delete_attempt(self, namespace: str, name: str, uid: str) -> None:
-        """Delete an attempt Job and its pods (they get their grace period to checkpoint); only the Job of
-        that UID, and none is fine."""
-        delete = self._calls("Job")["delete"]
+    async def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:
+        """Delete a child and what it owns (an attempt's pods get their grace period to checkpoint); only the
+        object of that UID, and none is fine."""
+        delete = self._calls(kind)["delete"]
         body = {"propagationPolicy": "Background", "preconditions": {"uid": uid}}
         try:
-            with metrics.api_call("delete", "Job"):
+            with metrics.api_call("delete", kind):
                 await _body(delete(name, namespace, body=body, _preload_content=False))
         except ApiException as e:
             if e.status not in (404, 409):
@@ -164,13 +168,19 @@ class Kube:
             raise
 
     async def patch_status(
-        self, namespace: str, name: str, status: dict[str, Any], resource_version: str | None = None
+        self,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        resource_version: str | None = None,
+        uid: str | None = None,
     ) -> None:
         """Merge-patch the job's status; with `resource_version`, only if the job is still that version
-        (409 otherwise: a decision made from an older view must not overwrite a newer one)."""
+        (409 otherwise: a decision made from an older view must not overwrite a newer one); with `uid`,
+        only if it is still that job (not one re-created under its name)."""
         body: dict[str, Any] = {"status": status}
-        if resource_version:
-            body["metadata"] = {"resourceVersion": resource_version}
+        if resource_version or uid:
+            body["metadata"] = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v}
         with metrics.api_call("patch", f"{names.KIND}/status"):
             await self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]  # _content_type: as above
                 names.GROUP, names.VERSION, namespace, names.PLURAL, name, body, _content_type=MERGE

@@ -16,8 +16,11 @@ from . import names
 BACKOFF_FIRST = 5.0
 BACKOFF_MAX = 300.0
 
-# 403s that a retry may turn into a yes: a ResourceQuota that frees up as other work ends
-_TRANSIENT_403 = ("exceeded quota",)
+# 403s that a retry may turn into a yes: a ResourceQuota that frees up as other work ends; the operator's
+# own RBAC ('User "system:serviceaccount:..." cannot create resource "jobs"'), which an admin can fix
+_TRANSIENT_403 = ("exceeded quota", "cannot create resource", "cannot patch resource", "cannot get resource",
+                  "cannot list resource", "cannot delete resource")  # fmt: skip
+REASON_LIMIT = 1024
 
 
 @dataclass
@@ -32,10 +35,13 @@ class Refused(Exception):
     def transient(self) -> bool:
         if self.code in (0, 401, 408, 409, 429) or self.code >= 500:
             return True  # no answer, the operator's own credentials, a conflict, throttled, the server's fault
+        if self.code == 404:
+            return not self.what.startswith("creating")  # gone between two calls; on a create: no namespace
         return self.code == 403 and any(t in self.reason for t in _TRANSIENT_403)
 
     def line(self) -> str:
-        head = f"the API server refused {self.what} (HTTP {self.code}): {self.reason}"
+        reason = self.reason if len(self.reason) <= REASON_LIMIT else self.reason[: REASON_LIMIT - 3] + "..."
+        head = f"the API server refused {self.what} (HTTP {self.code}): {reason}"
         if self.transient:
             return f"{head}; retrying"
         return f"{head}; not retried: fix what it names, then delete the job and apply it again"

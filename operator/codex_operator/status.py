@@ -85,7 +85,6 @@ class Plan:
     status: dict[str, Any]
     create_attempt: int | None = None
     set_suspend: bool | None = None
-    stop_attempts: bool = False  # the job failed: no pod of a live attempt may keep its node
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
 
 
@@ -305,8 +304,6 @@ def plan(
         phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, old, now), now)
     else:
         phase, reason, message = _live(job, p, latest, old, may_suspend)
-    if phase == "Failed" and latest is not None and latest.outcome is None:
-        p.stop_attempts = True
 
     new = p.status
     same_attempt = new.get("attempt") == old.get("attempt")
@@ -357,8 +354,22 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
     return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
 
 
-def _kinds(attempts: list[Attempt], latest_kind: FailureKind | None) -> list[FailureKind | None]:
-    return [a.failure for a in attempts[:-1]] + [latest_kind]
+COUNTED = {"crash": "crashes", "disruption": "disruptions"}  # the status keys that count each kind of ending
+
+
+def _count(p: Plan, attempts: list[Attempt], kind: FailureKind | None) -> int:
+    """Count the latest attempt's ending into status.crashes or status.disruptions and return the new total.
+    The counts are written with the next attempt, so attempt Jobs deleted later (by hand, or a TTL a
+    cluster policy puts on Jobs) still count; a job the previous release started counts what it finds."""
+    if kind not in COUNTED:
+        return 0
+    key = COUNTED[kind]
+    if key in p.status:
+        before = int(p.status[key] or 0)
+    else:
+        before = sum(1 for a in attempts if a.number < attempts[-1].number and a.failure == kind)
+    p.status[key] = before + 1
+    return before + 1
 
 
 def _after_failure(
@@ -366,15 +377,15 @@ def _after_failure(
 ) -> Decision:
     rp, latest = job.spec.run_policy, attempts[-1]
     kind, line = classify(latest, failed_pod), failure_line(latest, failed_pod)
-    kinds = _kinds(attempts, kind)
+    counted = _count(p, attempts, kind)
     if kind == "user-error":
         decision = ("Failed", "InvalidJob", line)
     elif kind == "deadline" or (left is not None and left <= 0):
         decision = ("Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached")
-    elif kind == "crash" and kinds.count("crash") > rp.backoff_limit:
+    elif kind == "crash" and counted > rp.backoff_limit:
         limit = f"(attempt {latest.number}; runPolicy.backoffLimit {rp.backoff_limit} reached)"
         decision = ("Failed", "BackoffLimitExceeded", f"{line} {limit}")
-    elif kind == "disruption" and kinds.count("disruption") > rp.max_disruptions:
+    elif kind == "disruption" and counted > rp.max_disruptions:
         limit = f"(attempt {latest.number}; runPolicy.maxDisruptions {rp.max_disruptions} reached)"
         decision = ("Failed", "DisruptionLimitExceeded", f"attempt {latest.number} disrupted: {line} {limit}")
     else:
@@ -399,9 +410,9 @@ def _after_deletion(
     """The live attempt's Job is gone (deleted by hand, or by another controller): a disruption, not the
     trainer's failure, so the next attempt resumes from the checkpoint without spending backoffLimit."""
     rp = job.spec.run_policy
-    ended = [a for a in attempts if a.number < current]
-    disruptions = [a.failure for a in ended].count("disruption") + 1
-    what = f"attempt {current}'s Job {names.attempt_name(job.name, current)} was deleted"
+    gone = Attempt(number=current, name=names.attempt_name(job.name, current))
+    disruptions = _count(p, [*attempts, gone], "disruption")
+    what = f"attempt {current}'s Job {gone.name} was deleted"
     if left is not None and left <= 0:
         p.status["completionTime"] = _ts(now)
         return "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"

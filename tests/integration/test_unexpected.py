@@ -17,6 +17,11 @@ pytestmark = pytest.mark.cluster
 HELD = ("runPolicy.suspend=true",)  # the attempt exists, no pod runs
 
 
+@pytest.fixture
+def jobs(cluster, namespace):
+    return Jobs(cluster, namespace)
+
+
 def quota(name: str, **hard: str) -> str:
     return json.dumps({"apiVersion": "v1", "kind": "ResourceQuota", "metadata": {"name": name}, "spec": {"hard": hard}})
 

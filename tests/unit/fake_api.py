@@ -221,13 +221,16 @@ class FakeAPI:
             return status(
                 409, "Conflict", "the object has been modified; please apply your changes to the latest version"
             )
+        uid = (patch.get("metadata") or {}).get("uid")
+        if uid and uid != old["metadata"]["uid"]:
+            return status(409, "Conflict", f"Precondition failed: UID in precondition: {uid}")
         if sub == "status":
             new = copy.deepcopy(old)
             new["status"] = merge(old.get("status") or {}, patch.get("status") or {})
         else:
             patch = {k: v for k, v in patch.items() if k != "status"}
-            if (patch.get("metadata") or {}).get("resourceVersion"):
-                patch["metadata"] = {k: v for k, v in patch["metadata"].items() if k != "resourceVersion"}
+            if patch.get("metadata"):
+                patch["metadata"] = {k: v for k, v in patch["metadata"].items() if k not in ("resourceVersion", "uid")}
             new = merge(old, patch)
             if new.get("spec") != old.get("spec"):
                 new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1

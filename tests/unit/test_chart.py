@@ -255,7 +255,9 @@ def _strings(node: ast.expr, func: ast.AST) -> list[str]:
 def _kinds(node: ast.expr, verb: str, func: ast.AST) -> list[str]:
     """The kinds an api_call names: a kind passed in (Kube.create, get, patch) is any kind whose client
     calls (Kube._calls) include that verb."""
-    if isinstance(node, ast.Name) and not any(isinstance(d, ast.Dict) for d in ast.walk(func)):
+    params = {a.arg for a in func.args.args} if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef) else set()
+    dicts = any(isinstance(d, ast.Dict) for d in ast.walk(func))
+    if isinstance(node, ast.Name) and (node.id in params or not dicts):
         return [kind for kind, verbs in child_calls().items() if verb in verbs]
     return _strings(node, func)
 

@@ -695,3 +695,147 @@ def test_the_command_line_runs_kopf_with_the_controller_it_describes(monkeypatch
     assert op.options.queue_owns_suspend and op.options.progress_interval == 3
     monkeypatch.setenv("CODEX_NAMESPACES", "")
     assert cli.main(["run", "--metrics-port=0"]) == 0 and ran["clusterwide"]
+
+
+# ---------------------------------------------------------------- the sequences a reviewer found
+
+
+def test_a_failed_job_whose_attempt_cannot_be_stopped_yet_is_not_marked_failed_until_it_is():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.api.refuse("PATCH", "jobs", 400, 'admission webhook "x" denied the request: no suspending here', times=None)
+        c.api.refuse("DELETE", "jobs", 500, "etcdserver: leader changed", times=1)
+        await c.edit("runPolicy.suspend=true")
+        st = c.status()
+        assert st["phase"] == "Running" and "refused deleting Job tiny-cpu-a1 (HTTP 500)" in st["message"]
+        await c.retry()
+        assert c.status()["phase"] == "Failed" and c.attempt(1) is None
+
+    scenario(test)
+
+
+def test_limits_count_attempts_whose_jobs_were_deleted_since():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.backoffLimit=1", "runPolicy.maxDisruptions=1")
+        await c.run(1)
+        c.pod(1, 0, exit_code=1, message="crashed")
+        await c.fail(1)
+        assert c.status()["crashes"] == 1 and c.attempt(2) is not None
+        c.api.delete("jobs", NS, f"{NAME}-a1")  # a cluster policy's TTL, or a tidy user
+        await c.settle()
+        c.api.delete("jobs", NS, f"{NAME}-a2")  # the live one, by hand: a disruption
+        await c.settle()
+        assert c.status()["disruptions"] == 1 and c.status()["attempt"] == 3
+        await c.run(3)
+        c.pod(3, 0, exit_code=1, message="crashed again")
+        await c.fail(3)
+        st = c.status()
+        assert st["phase"] == "Failed" and "runPolicy.backoffLimit 1 reached" in st["message"]
+
+    scenario(test)
+
+
+def test_retain_switched_on_after_the_job_finished_keeps_the_volume():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        await c.complete(1, {"step": 300})
+        await c.edit("storage.retain=true")
+        assert c.status()["observedGeneration"] == c.job()["metadata"]["generation"]
+        c.api.delete(names.PLURAL, NS, NAME)
+        assert c.api.get("persistentvolumeclaims", NS, f"{NAME}-checkpoints") is not None
+
+    scenario(test)
+
+
+def test_a_volume_made_before_the_uid_annotation_stays_the_jobs_when_retained():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        pvc = c.api.get("persistentvolumeclaims", NS, f"{NAME}-checkpoints")
+        del pvc["metadata"]["annotations"]  # as the previous release made it
+        await c.edit("storage.retain=true")
+        c.api.delete("services", NS, f"{NAME}-workers")  # any later look at the children
+        await c.settle()
+        st = c.status()
+        assert st["phase"] == "Running" and "not this job's" not in st["message"]
+
+    scenario(test)
+
+
+def test_a_refusal_that_got_through_on_retry_leaves_no_stale_message():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.api.refuse("GET", "jobs", 503, "the server is currently unable to handle the request", times=1)
+        await c.edit("training.learningRate=0.001")
+        assert "HTTP 503" in c.status()["message"]
+        await c.retry()
+        assert c.status()["phase"] == "Running" and "HTTP 503" not in c.status()["message"]
+
+    scenario(test)
+
+
+def test_a_deleted_child_of_an_earlier_job_of_the_same_name_is_not_this_jobs_business():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        old_attempt = copy.deepcopy(c.attempt(1))
+        c.api.objects.pop((names.PLURAL, NS, NAME))  # deleted; re-applied before the collector ran
+        await c.apply()
+        c.api.objects.pop(("jobs", NS, f"{NAME}-a1"))
+        await c.op.on_child_event("DELETED", old_attempt)  # the collector's delete, seen after the new job
+        await c.settle()
+        assert c.attempt(2) is None and c.status().get("attempt", 0) <= 1
+
+    scenario(test)
+
+
+def test_an_edit_made_while_the_attempt_was_refused_reaches_the_attempt():
+    async def test(c: Cluster) -> None:
+        c.api.refuse("POST", "jobs", 403, "exceeded quota: compute", times=None)
+        await c.apply()
+        await c.edit("training.maxSteps=500")
+        c.api.rules.clear()
+        await c.retry()
+        assert c.attempt(1) is not None
+        assert "maxSteps: 500" in c.api.get("configmaps", NS, f"{NAME}-a1-config")["data"][names.CONFIG_FILE]
+
+    scenario(test)
+
+
+def test_a_child_gone_between_two_calls_is_retried_not_failed():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.api.refuse("PATCH", "jobs", 404, 'jobs.batch "tiny-cpu-a1" not found', times=1)
+        await c.edit("runPolicy.suspend=true")
+        assert c.status()["phase"] == "Running" and c.status()["message"].endswith("; retrying")
+        await c.retry()
+        assert c.status()["phase"] == "Suspended"
+
+    scenario(test)
+
+
+def test_some_pods_created_and_the_rest_refused_is_explained():
+    async def test(c: Cluster) -> None:
+        await c.apply("numNodes=2")
+        job = c.attempt(1)
+        c.pod(1, 0)
+        said = 'Error creating: pods "tiny-cpu-a1-1-x" is forbidden: exceeded quota: pods, requested: pods=1'
+        c.api.put(
+            "events",
+            {
+                "metadata": {"name": "e1", "namespace": NS},
+                "involvedObject": {"kind": "Job", "name": f"{NAME}-a1", "uid": job["metadata"]["uid"]},
+                "reason": "FailedCreate",
+                "type": "Warning",
+                "message": said,
+            },
+        )
+        c.op.jobs[KEY].body = c.job()
+        await c.retry()
+        assert c.status()["message"].endswith(said)
+
+    scenario(test)

@@ -45,6 +45,10 @@
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [create, get, list, watch]
+# Operator._start_attempt replaces a job file an earlier, refused try left, when the spec changed since
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [delete]
 # kopf.event (handlers.kopf_event): one Event per transition, posted to core/v1 (kopf never patches
 # them); Kube.list_events reads the Job controller's FailedCreate on an attempt whose pods do not start
 - apiGroups: [""]
