@@ -60,12 +60,15 @@ class Seen:
 
 
 def decide(lease: dict[str, Any] | None, me: str, seen: Seen, now: float, timing: Timing, holding: bool = False) -> str:
-    """What to do with the Lease as read: 'create' (there is none, and we hold it or it has been absent for
-    a whole duration), 'renew' (ours), 'take' (free, handed back, or unrenewed for a whole duration) or
-    'wait' (someone else may hold it). Updates `seen`."""
+    """What to do with the Lease as read: 'create' (there is none, and it has been absent for a whole
+    duration), 'renew' (ours), 'take' (free, handed back, or unrenewed for a whole duration) or 'wait'
+    (someone else may hold it). Updates `seen`. A holder whose Lease is gone has lost it ('wait'): it stops
+    acting at once, well before a standby may create a new one, and it never recreates the Lease itself
+    (`helm uninstall` deletes the Lease while the old pod is still stopping: a recreated one would be left
+    behind, without the release's labels, and refuse the next `helm install`)."""
     if lease is None:
         if holding:
-            return "create"
+            return "wait"
         record = ("", "absent")
         if record != seen.record:
             seen.record, seen.since = record, now
