@@ -297,11 +297,11 @@ def plan(
     if current == 0:
         phase, reason, message = _first_attempt(job, p, deadline_left(job, old, now), now)
     elif latest is None:
-        phase, reason, message = _after_deletion(job, p, attempts, current, deadline_left(job, old, now), now)
+        phase, reason, message = _after_deletion(job, p, attempts, current, deadline_left(job, p.status, now), now)
     elif latest.outcome == "Complete":
         phase, reason, message = _succeeded(p, current, final, now)
     elif latest.outcome == "Failed":
-        phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, old, now), now)
+        phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, p.status, now), now)
     else:
         phase, reason, message = _live(job, p, latest, old, may_suspend)
 
