@@ -101,20 +101,16 @@ class JobState:
     refused: str | None = None  # the line the last failed reconcile wrote into status.message
 
 
-def kopf_event(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
-    """An Event on the job (kopf posts it in the background)."""
-    kopf.event(body, type=kind, reason=reason, message=message)  # type: ignore[arg-type]  # kopf takes raw dicts too
-
-
 class Operator:
     """The controller: one reconcile per job event, one timer for all jobs. The API client and the Event
     poster are passed in, so the whole controller runs in-process against a fake API server."""
 
-    def __init__(self, options: Options, kube: Kube | None = None, post_event: EventPoster = kopf_event):
+    def __init__(self, options: Options, kube: Kube | None = None, post_event: EventPoster | None = None):
         self.options = options
         self.kube = kube
-        self.post_event = post_event
+        self.post_event = post_event or self._post_event
         self.jobs: dict[Key, JobState] = {}
+        self._posting: set[asyncio.Task] = set()
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
 
@@ -126,6 +122,21 @@ class Operator:
 
     def state(self, key: Key) -> JobState:
         return self.jobs.setdefault(key, JobState())
+
+    def _post_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """An Event on the job, posted in the background (from a watch handler or the timer alike: kopf's
+        own kopf.event works only inside its handlers); a failed post is logged, never fatal."""
+        task = asyncio.get_running_loop().create_task(self._send_event(body, kind, reason, message))
+        self._posting.add(task)
+        task.add_done_callback(self._posting.discard)
+
+    async def _send_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        meta = body["metadata"]
+        try:
+            assert self.kube is not None
+            await self.kube.post_event(body, kind, reason, message)
+        except Exception as e:
+            log.warning("could not post the Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e)
 
     # ---------------------------------------------------------------- watch events
 
@@ -395,7 +406,13 @@ class Operator:
         key = (meta["namespace"], meta["name"])
         await self._stop(key, await self._attempt_jobs(key, meta["uid"]))
         conditions = set_condition(
-            (body.get("status") or {}).get("conditions") or [], "Failed", reason, problem, now, meta["generation"]
+            (body.get("status") or {}).get("conditions") or [],
+            "Failed",
+            reason,
+            problem,
+            now,
+            meta["generation"],
+            created=bool((body.get("status") or {}).get("attempt")),
         )
         await self.patch_status(
             meta["namespace"],
@@ -417,6 +434,9 @@ class Operator:
             e = Refused("a call", 0, f"{type(e).__name__}: {e}")
         else:
             log.warning("%s/%s: %s", *key, e.line())
+        backoff = st.backoff
+        st.backoff = next_backoff(backoff)  # once per failed reconcile, whatever happens below
+        st.retry_at = time.monotonic() + st.backoff
         try:
             body = await self.kube.get_job(*key) if self.kube is not None else None
             if body is None or body["metadata"].get("deletionTimestamp"):
@@ -427,11 +447,10 @@ class Operator:
             if not e.transient:
                 try:
                     await self._fail(body, "Refused", e.line(), datetime.now(UTC))
+                    st.backoff, st.retry_at = backoff, None
                     return
                 except Refused as stopping:  # its live attempt could not be stopped yet: not Failed until it is
                     e = stopping
-            st.backoff = next_backoff(st.backoff)
-            st.retry_at = time.monotonic() + st.backoff
             st.failed_generation = body["metadata"].get("generation")
             st.refused = e.line()
             if status.get("message") != e.line():
@@ -439,8 +458,6 @@ class Operator:
                 await self.patch_status(*key, patch, status)
                 self.post_event(body, "Warning", "NameTaken" if isinstance(e, Taken) else "Refused", e.line())
         except Exception:
-            st.backoff = next_backoff(st.backoff)
-            st.retry_at = time.monotonic() + st.backoff
             log.exception("%s/%s: could not record why its reconcile failed; retrying", *key)
 
     # ---------------------------------------------------------------- the timer: progress, TTL, retries
@@ -448,9 +465,7 @@ class Operator:
     async def tick(self, key: Key, st: JobState) -> None:
         body = st.body
         if st.retry_at is not None:
-            if time.monotonic() >= st.retry_at:
-                await self.reconcile(*key)
-            return
+            return  # tick_once runs it when its backoff is due
         if body is None:
             return
         phase = (body.get("status") or {}).get("phase")
@@ -656,7 +671,7 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=names.GROUP)
-        settings.posting.level = logging.WARNING  # Events are ours (kopf.event); log lines are not Events
+        settings.posting.level = logging.WARNING  # Events are ours (Kube.post_event); log lines are not Events
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
         for child in (("batch", "jobs"), ("v1", "configmaps"), ("v1", "services")):

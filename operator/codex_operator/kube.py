@@ -6,6 +6,7 @@ measured (benchmarks/operator_latency.py).
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -153,6 +154,35 @@ class Kube:
 
     async def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         await self.patch("Job", namespace, name, {"spec": {"suspend": suspend}})
+
+    async def post_event(self, job: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        """A core/v1 Event on the job, as `kubectl describe` shows it."""
+        meta = job["metadata"]
+        now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": f"{names.GROUP}/{names.VERSION}",
+                "kind": names.KIND,
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta.get("uid"),
+            },
+            "type": kind,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": "codex-operator"},
+            "reportingComponent": "codex-operator",
+            "reportingInstance": "codex-operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        with metrics.api_call("create", "Event"):
+            post = self.core.create_namespaced_event(meta["namespace"], event, _preload_content=False)  # type: ignore[arg-type]  # a dict serialises as the model would
+            await _body(post)
 
     # ---------------------------------------------------------------- the job itself
 

@@ -259,7 +259,8 @@ def failure_line(attempt: Attempt, pod: PodFailure | None) -> str:
             what = f"was killed for using more memory than its limit ({what})"
         tail = pod.message.strip().splitlines()[-1] if pod.message.strip() else ""
         return f"trainer {what}" + (f": {tail}" if tail else "")
-    return attempt.message or attempt.reason or "the attempt failed"
+    said = attempt.message or attempt.reason or "the attempt failed"
+    return f"its trainer pod is gone (deleted, or lost with its node); the Job controller said: {said}"
 
 
 Decision = tuple[str, str, str]  # phase, reason, message
@@ -314,7 +315,7 @@ def plan(
     new["observedGeneration"] = job.generation
     if phase != phase_before or not same_attempt:
         new["conditions"] = set_condition(old.get("conditions") or [], phase, reason, message, now, job.generation)
-        if not (phase_before is None and phase == "Pending"):  # the Created event has said it
+        if not (phase == "Pending" and not old.get("attempt")):  # the Created event has said it
             p.events.append(_event(phase, reason, message, latest, old))
     return p
 
@@ -400,7 +401,12 @@ def _restart(p: Plan, number: int, kind: FailureKind | None, what: str) -> Decis
     p.create_attempt = p.status["attempt"] = nxt
     p.status["restarts"] = number
     ckpt = (p.status.get("checkpoint") or {}).get("step")
-    resume = f"; attempt {nxt} resumes from checkpoint step {ckpt}" if ckpt else f"; starting attempt {nxt}"
+    # the newest checkpoint is at least the one rank 0 last reported: a stopping pod writes one more
+    resume = (
+        f"; attempt {nxt} resumes from the newest checkpoint (step {ckpt} or later)"
+        if ckpt
+        else f"; starting attempt {nxt}"
+    )
     return "Restarting", ("Disrupted" if kind == "disruption" else "Retrying"), f"{what}{resume}"
 
 
@@ -413,12 +419,13 @@ def _after_deletion(
     gone = Attempt(number=current, name=names.attempt_name(job.name, current))
     disruptions = _count(p, [*attempts, gone], "disruption")
     what = f"attempt {current}'s Job {gone.name} was deleted"
+    limit = f"(attempt {current}; runPolicy.maxDisruptions {rp.max_disruptions} reached)"
     if left is not None and left <= 0:
         p.status["completionTime"] = _ts(now)
         return "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
     if disruptions > rp.max_disruptions:
         p.status["completionTime"] = _ts(now)
-        return "Failed", "DisruptionLimitExceeded", f"{what} (runPolicy.maxDisruptions {rp.max_disruptions} reached)"
+        return "Failed", "DisruptionLimitExceeded", f"{what} {limit}"
     return _restart(p, current, "disruption", what + " (not counted against backoffLimit)")
 
 
@@ -450,7 +457,7 @@ def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: 
 def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
     if phase == "Running" and latest is not None and latest.number > 1:
         ckpt = (old.get("checkpoint") or {}).get("step")
-        where = f"resumed from checkpoint step {ckpt}" if ckpt else "resumed"
+        where = f"resumed from the newest checkpoint (step {ckpt} or later)" if ckpt else "resumed"
         return "Normal", "Resumed", f"attempt {latest.number} running: {where}"
     warning = phase in ("Failed", "Restarting")
     return ("Warning" if warning else "Normal"), reason, message
@@ -460,13 +467,21 @@ CONDITION_TYPES = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
 
 
 def set_condition(
-    conditions: list[dict[str, Any]], phase: str, reason: str, message: str, now: datetime, generation: int
+    conditions: list[dict[str, Any]],
+    phase: str,
+    reason: str,
+    message: str,
+    now: datetime,
+    generation: int,
+    created: bool = True,
 ) -> list[dict[str, Any]]:
-    """metav1.Condition entries: the phase's own condition True, the other phase conditions False."""
+    """metav1.Condition entries: the phase's own condition True, the other phase conditions False, and
+    `Created` once the children and the first attempt exist (`created`)."""
     out = [dict(c) for c in conditions]
     by_type = {c["type"]: c for c in out}
     wanted = {t: t == phase for t in CONDITION_TYPES}
-    wanted["Created"] = True
+    if created or "Created" in by_type:
+        wanted["Created"] = True
     for ctype, on in wanted.items():
         cur = by_type.get(ctype)
         status = "True" if on else "False"

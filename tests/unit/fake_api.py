@@ -208,6 +208,8 @@ class FakeAPI:
         return web.json_response({"kind": "List", "items": items, "metadata": {}})
 
     def _create(self, plural: str, ns: str, obj: dict[str, Any]) -> web.Response:
+        if "name" not in obj["metadata"]:  # generateName
+            obj["metadata"]["name"] = f"{obj['metadata'].get('generateName', '')}{next(self._rv):05d}"
         name = obj["metadata"]["name"]
         if (plural, ns, name) in self.objects:
             return status(409, "AlreadyExists", f'{plural} "{name}" already exists')

@@ -228,7 +228,7 @@ KOPF = {
     ("", "configmaps", "watch"),
     ("", "services", "list"),
     ("", "services", "watch"),
-    ("", "events", "create"),  # kopf.event posts core/v1 Events
+    ("", "events", "create"),  # Kube.post_event posts core/v1 Events
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),  # kopf's resource observer
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     # blockOwnerDeletion on the children (builders.owner_reference), where OwnerReferencesPermissionEnforcement runs

@@ -837,3 +837,22 @@ def test_some_pods_created_and_the_rest_refused_is_explained():
         assert c.status()["message"].endswith(said)
 
     scenario(test)
+
+
+def test_events_are_posted_from_the_timer_too_as_core_events_on_the_job():
+    """A retry run by the timer posts its Events like a watch handler does (kopf.event works only inside
+    kopf's handlers: a job that started on a retry lost its Created Event)."""
+
+    async def test(c: Cluster) -> None:
+        op = Operator(Options(progress_via="proxy"), c.op.kube)  # the Events the operator posts by itself
+        c.op = op
+        c.api.refuse("POST", "services", 403, "exceeded quota: q, limited: services=0", times=1)
+        job = await c.apply()
+        await asyncio.gather(*op._posting)
+        await c.retry()  # the quota freed: the timer's retry creates everything
+        await asyncio.gather(*op._posting)
+        events = [c.api.get("events", NS, n) for n in c.api.names("events")]
+        assert [(e["type"], e["reason"]) for e in events] == [("Warning", "Refused"), ("Normal", "Created")]
+        assert all(e["involvedObject"]["uid"] == job["metadata"]["uid"] for e in events)
+
+    scenario(test)

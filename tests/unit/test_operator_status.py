@@ -125,7 +125,7 @@ def test_a_crash_is_retried_from_the_checkpoint_and_counted():
     p = plan(make_job(), status, attempts(job_obj(1, cond=CRASH)), NOW, pod)
     assert p.create_attempt == 2
     assert p.status["phase"] == "Restarting" and p.status["restarts"] == 1 and p.status["attempt"] == 2
-    assert "resumes from checkpoint step 150" in p.status["message"]
+    assert "resumes from the newest checkpoint (step 150 or later)" in p.status["message"]
     assert "exited 1: RuntimeError: boom" in p.status["message"]
     assert p.events[-1][:2] == ("Warning", "Retrying")
 
@@ -182,7 +182,9 @@ def test_resumed_event_names_the_checkpoint():
     status = {"phase": "Restarting", "checkpoint": {"step": 150}}
     p = plan(make_job(), status, attempts(job_obj(1, cond=CRASH), job_obj(2, ready=1)), NOW)
     assert p.status["phase"] == "Running"
-    assert p.events == [("Normal", "Resumed", "attempt 2 running: resumed from checkpoint step 150")]
+    assert p.events == [
+        ("Normal", "Resumed", "attempt 2 running: resumed from the newest checkpoint (step 150 or later)")
+    ]
 
 
 def test_pod_failure_reads_the_trainer_containers_end():

@@ -49,7 +49,7 @@
 - apiGroups: [""]
   resources: [configmaps]
   verbs: [delete]
-# kopf.event (handlers.kopf_event): one Event per transition, posted to core/v1 (kopf never patches
+# Kube.post_event (Operator._post_event): one Event per transition, posted to core/v1 (never patched
 # them); Kube.list_events reads the Job controller's FailedCreate on an attempt whose pods do not start
 - apiGroups: [""]
   resources: [events]
