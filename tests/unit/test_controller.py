@@ -127,6 +127,17 @@ class Cluster:
         }
         return self.api.put("pods", pod)
 
+    def failed_create(self, n: int, rank: int) -> str:
+        """The Job controller's Warning when a pod quota refuses rank `rank` of attempt `n`; what it said."""
+        job = self.attempt(n)
+        assert job is not None
+        said = f'Error creating: pods "{NAME}-a{n}-{rank}-x" is forbidden: exceeded quota: pods, requested: pods=1'
+        involved = {"kind": "Job", "name": job["metadata"]["name"], "uid": job["metadata"]["uid"]}
+        event = {"metadata": {"name": f"e{n}-{rank}", "namespace": NS}, "involvedObject": involved}
+        self.api.put("events", event | {"reason": "FailedCreate", "type": "Warning", "message": said})
+        self.op.jobs[KEY].body = self.job()
+        return said
+
     async def run(self, n: int, ready: int = 1) -> None:
         job = self.attempt(n)
         assert job is not None
@@ -409,20 +420,7 @@ def test_an_unreadable_job_list_is_retried_with_its_message():
 def test_pods_the_job_controller_cannot_create_are_explained():
     async def test(c: Cluster) -> None:
         await c.apply()
-        job = c.attempt(1)
-        said = 'Error creating: pods "tiny-cpu-a1-0-x" is forbidden: exceeded quota: pods, requested: pods=1'
-        c.api.put(
-            "events",
-            {
-                "metadata": {"name": "e1", "namespace": NS},
-                "involvedObject": {"kind": "Job", "name": f"{NAME}-a1", "uid": job["metadata"]["uid"]},
-                "reason": "FailedCreate",
-                "type": "Warning",
-                "message": said,
-                "lastTimestamp": "2026-12-01T10:00:00Z",
-            },
-        )
-        c.op.jobs[KEY].body = c.job()
+        said = c.failed_create(1, 0)
         await c.retry()
         assert c.status()["message"] == f"attempt 1 waiting: the Job controller cannot create the pods: {said}"
 
@@ -819,20 +817,8 @@ def test_a_child_gone_between_two_calls_is_retried_not_failed():
 def test_some_pods_created_and_the_rest_refused_is_explained():
     async def test(c: Cluster) -> None:
         await c.apply("numNodes=2")
-        job = c.attempt(1)
         c.pod(1, 0)
-        said = 'Error creating: pods "tiny-cpu-a1-1-x" is forbidden: exceeded quota: pods, requested: pods=1'
-        c.api.put(
-            "events",
-            {
-                "metadata": {"name": "e1", "namespace": NS},
-                "involvedObject": {"kind": "Job", "name": f"{NAME}-a1", "uid": job["metadata"]["uid"]},
-                "reason": "FailedCreate",
-                "type": "Warning",
-                "message": said,
-            },
-        )
-        c.op.jobs[KEY].body = c.job()
+        said = c.failed_create(1, 1)
         await c.retry()
         assert c.status()["message"].endswith(said)
 
