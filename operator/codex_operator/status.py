@@ -451,7 +451,7 @@ def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: 
             {},
         )
         return "Restarting", cond.get("reason", "Retrying"), cond.get("message") or f"starting attempt {latest.number}"
-    return "Pending", "Created", "waiting for the trainer pods to start"
+    return "Pending", "Starting", "waiting for the trainer pods to start"  # released by runPolicy.suspend or a queue
 
 
 def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
