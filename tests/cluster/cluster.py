@@ -16,6 +16,8 @@ already there; it then records the sysctls it and the kubelet may change in the 
 (host.json) before changing any. `down` removes the chains, the bridge and the mounts only while
 that record says they are ours, puts the sysctls back, and signals a pid from a pid file only while
 that process still runs the command line we started. A failed `up` runs `down` before it raises.
+A run killed before its `down` (its processes gone, its record left) is cleaned up by the next `up`
+from any checkout, with that run's record.
 """
 
 from __future__ import annotations
@@ -138,6 +140,9 @@ class Cluster:
                 return
             self.build()
             if self._host_record() is None:
+                for stale in self.dead_runs():
+                    print(f"removing what a killed test cluster run left ({stale.state})", file=sys.stderr)
+                    stale.down()
                 taken = self.conflicts()
                 if taken:
                     raise RuntimeError(
@@ -167,6 +172,23 @@ class Cluster:
         if addr.strip():
             found.append(f"the address {NODE_IP} (on {addr.split()[1]})")
         found += [f"port 127.0.0.1:{port} in use" for port in LOOPBACK_PORTS if _port_open(port)]
+        return found
+
+    def dead_runs(self) -> list[Cluster]:
+        """This harness's clusters from other state directories (another clone, a finished temporary
+        checkout) whose host record is still there but none of whose processes run: a run killed before
+        its `down`. Their record says what they changed, so their `down` can put it back."""
+        found = []
+        for record_file in Path("/run").glob("codex-cluster-*/host.json"):
+            if record_file.parent == self.run_dir:
+                continue
+            try:
+                state = json.loads(record_file.read_text())["state"]
+            except (OSError, ValueError, KeyError):
+                continue  # a record from before records named their state directory
+            other = Cluster(Path(state))
+            if other.run_dir == record_file.parent and not other._processes():
+                found.append(other)
         return found
 
     def _up(self) -> None:
@@ -255,16 +277,7 @@ class Cluster:
         Every process the harness starts names the state directory or the containerd socket on its
         command line (the provisioner its kubeconfig and volumes directory), so the scan of /proc finds
         them all."""
-        found = []
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(self.state) in cmdline or self.containerd_socket in cmdline:
-                found.append(f"process {proc.name}: {cmdline[:80]}")
+        found = self._processes()
         for line in Path("/proc/self/mounts").read_text().splitlines():
             mountpoint = line.split()[1]
             if mountpoint.startswith((str(self.state) + "/", str(self.run_dir))):
@@ -277,6 +290,19 @@ class Cluster:
             found += [f"{tool} chain {chain}" for tool, chain in _chains()]
             found += [f"sysctl {k} is {v}, was {record['sysctls'][k]}" for k, v in _sysctls().items()
                       if k in record["sysctls"] and v != record["sysctls"][k]]  # fmt: skip
+        return found
+
+    def _processes(self) -> list[str]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if str(self.state) in cmdline or self.containerd_socket in cmdline:
+                found.append(f"process {proc.name}: {cmdline[:80]}")
         return found
 
     @property
@@ -498,7 +524,7 @@ state = "{self.run_dir / "containerd-state"}"
         sysctls are recorded first (once per `up`ed cluster: a second `up` must not record ours)."""
         if self._host_record() is None:
             tmp = self._record_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"sysctls": _sysctls()}, indent=2))
+            tmp.write_text(json.dumps({"state": str(self.state), "sysctls": _sysctls()}, indent=2))
             os.replace(tmp, self._record_file)
         if not _link_exists(BRIDGE):
             subprocess.run(["ip", "link", "add", BRIDGE, "type", "bridge"], check=True)
