@@ -98,7 +98,7 @@ RECIPES = {r.name: r for r in (TRAINER, OPERATOR)}
 def local_images() -> Images:
     """Docker on this machine, through the harness (its state directory, as the cluster's own is)."""
     state = Path(os.environ.get("CODEX_CLUSTER_DIR", REPO / ".cluster")).resolve()
-    return Images(state, containerd_socket="")
+    return Images(state)
 
 
 # ---------------------------------------------------------------------- the wheelhouse
@@ -271,35 +271,11 @@ def _git_sha(recipe: Recipe) -> str:
 # ---------------------------------------------------------------------- the node
 
 
-def node_has(cluster: Any, tag: str) -> bool:
-    """Whether the local cluster's containerd holds `tag` as the very image Docker has (same image ID)."""
-    ctr = ["ctr", "--address", cluster.containerd_socket, "--namespace", "k8s.io"]
-    image_id = cluster.images.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.decode().strip()
-    listed = subprocess.run([*ctr, "images", "ls"], capture_output=True, text=True).stdout.splitlines()
-    for line in listed[1:]:
-        fields = line.split()
-        if len(fields) >= 3 and fields[0] in (tag, f"docker.io/library/{tag}"):
-            manifest = subprocess.run([*ctr, "content", "get", fields[2]], capture_output=True, text=True)
-            if manifest.returncode == 0:
-                return json.loads(manifest.stdout).get("config", {}).get("digest") == image_id
-    return False
-
-
-def load(cluster: Any, tag: str, log: Log = print) -> bool:
-    """Put the image on the node unless it is there already. True when it loaded."""
-    if not hasattr(cluster, "containerd_socket"):  # another cluster (kind): its loader skips what the node has
-        cluster.load_image(tag)
-        return True
-    if node_has(cluster, tag):
-        return False
+def load(cluster: Any, tag: str, log: Log = print) -> None:
+    """Put the image on the cluster's nodes that run pods (kind skips a node that has it already)."""
     start = time.monotonic()
-    # streamed: `docker save` of a multi-GiB image does not go through this process's memory
-    ctr = f"ctr --address {cluster.containerd_socket} --namespace k8s.io images import -"
-    r = subprocess.run(["bash", "-o", "pipefail", "-c", f"docker save {tag} | {ctr}"], capture_output=True, text=True)
-    if r.returncode != 0 or not node_has(cluster, tag):
-        raise RuntimeError(f"loading {tag} into the node failed: {r.stderr.strip()[-2000:]}")
-    log(f"loaded {tag} into the node in {time.monotonic() - start:.0f} s")
-    return True
+    cluster.load_image(tag)
+    log(f"{tag} is on the nodes ({time.monotonic() - start:.0f} s)")
 
 
 def ensure_image(cluster: Any, recipe: Recipe, tag: str | None = None) -> str:
@@ -337,8 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.no_load:
         return
     if cluster.is_up():
-        if not load(cluster, tag):
-            print(f"the node already has {tag}")
+        load(cluster, tag)
     else:
         print("the test cluster is not up: not loaded (make cluster-up, then run this again to load it)")
 

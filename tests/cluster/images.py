@@ -1,5 +1,4 @@
-"""Images without a registry: a Debian base from debootstrap, a pause image from a 15-line C file,
-both imported into Docker (started here when not running) and loaded into the node's containerd."""
+"""Images without a registry: Docker (started here when not running) and a Debian base from debootstrap."""
 
 from __future__ import annotations
 
@@ -7,7 +6,6 @@ import contextlib
 import os
 import shutil
 import subprocess
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -20,9 +18,8 @@ MIRROR = os.environ.get("CODEX_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
 
 class Images:
-    def __init__(self, state: Path, containerd_socket: str):
+    def __init__(self, state: Path):
         self.state = state
-        self.socket = containerd_socket
         self.cache = state / "cache"
         self.pid_file = state / "pids" / "dockerd.pid"
 
@@ -84,45 +81,3 @@ class Images:
                 os.replace(part, tar)
         self.docker("import", "--change", 'CMD ["/bin/bash"]', str(tar), BASE)
         return BASE
-
-    def ensure_pause(self, tag: str) -> None:
-        """The pod sandbox image, built from pause.c, in Docker and in the node's containerd."""
-        if not self.has(tag):
-            with tempfile.TemporaryDirectory() as tmp:
-                binary = Path(tmp) / "pause"
-                subprocess.run(["gcc", "-static", "-Os", "-o", str(binary), str(HERE / "pause.c")], check=True)
-                archive = Path(tmp) / "pause.tar"
-                with tarfile.open(archive, "w") as t:
-                    t.add(binary, arcname="pause")
-                self.docker("import", "--change", 'ENTRYPOINT ["/pause"]', str(archive), tag)
-        self.load(tag)
-
-    def load(self, tag: str) -> None:
-        """Copy a Docker image into the node's containerd (namespace k8s.io), as a pull would."""
-        saved = self.docker("save", tag).stdout
-        r = subprocess.run(self._ctr("images", "import", "-"), input=saved, capture_output=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"ctr import of {tag} failed: {r.stderr.decode().strip()}")
-        tag_full = tag if "/" in tag.split(":")[0] else f"docker.io/library/{tag}"
-        listed = subprocess.run(self._ctr("images", "ls", "-q"), capture_output=True, text=True).stdout.split()
-        if tag_full not in listed and tag not in listed:
-            raise RuntimeError(f"{tag} is not in containerd after import (have: {listed})")
-
-    def remove_all_containers(self) -> list[str]:
-        """Kill and delete every container of the node's containerd; returns their ids (pod sandboxes too)."""
-        tasks = subprocess.run(self._ctr("tasks", "ls", "-q"), capture_output=True, text=True).stdout.split()
-        for t in tasks:
-            subprocess.run(self._ctr("tasks", "kill", "-s", "SIGKILL", t), capture_output=True)
-        deadline = time.monotonic() + 10
-        for t in tasks:
-            while subprocess.run(self._ctr("tasks", "delete", t), capture_output=True).returncode != 0:
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.2)
-        containers = subprocess.run(self._ctr("containers", "ls", "-q"), capture_output=True, text=True).stdout.split()
-        for c in containers:
-            subprocess.run(self._ctr("containers", "delete", c), capture_output=True)
-        return containers
-
-    def _ctr(self, *args: str) -> list[str]:
-        return ["ctr", "--address", self.socket, "--namespace", "k8s.io", *args]

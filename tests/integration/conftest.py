@@ -31,7 +31,7 @@ class ExistingCluster:
         self.kubeconfig = Path(kubeconfig)
         self.kind_name = kind_name
         self.state = Path(os.environ.get("CODEX_CLUSTER_DIR", Path(__file__).resolve().parents[2] / ".cluster"))
-        self.images = Images(self.state, containerd_socket="")
+        self.images = Images(self.state)
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         r = subprocess.run(["kubectl", "--kubeconfig", str(self.kubeconfig), *args], input=input,

@@ -10,8 +10,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from images import BASE
 
-from cluster import SYSCTLS, Cluster
+from cluster import Cluster
 from support import wait_for
 
 pytestmark = pytest.mark.cluster
@@ -44,36 +45,16 @@ spec:
 """
 
 
-def _host_networking() -> dict:
-    """What the cluster's components may change on the host and `down` must put back as it was (not
-    Docker's: a dockerd the harness starts for its images leaves docker0 and its chains, as Docker does)."""
-    chains = {}
-    for tool in ("iptables", "ip6tables"):
-        out = subprocess.run([f"{tool}-save"], capture_output=True, text=True).stdout.splitlines()
-        chains[tool] = sorted(line[1:].split()[0] for line in out if line.startswith((":KUBE-", ":CNI-")))
-    sysctls = {k: (Path("/proc/sys") / k).read_text() for k in SYSCTLS if (Path("/proc/sys") / k).exists()}
-    netns = sorted(p.name for p in Path("/run/netns").iterdir()) if Path("/run/netns").is_dir() else []
-    links = json.loads(subprocess.run(["ip", "-j", "link"], capture_output=True, text=True).stdout or "[]")
-    links = sorted(link["ifname"] for link in links if link["ifname"] != "docker0")
-    return {"chains": chains, "sysctls": sysctls, "netns": netns, "links": links}
-
-
-def test_a_failed_up_leaves_nothing_behind():
-    """Runs first in this file and takes no `cluster` fixture: only while no cluster is up (a run from
-    scratch, as in CI), so it never stops one that other tests use. It starts the cluster with CoreDNS,
-    the last component, given a flag it refuses: everything before it (network, chains, containerd,
-    kubelet) is up when `up` fails, and must be gone, with the host's networking as it was, when it raises."""
+def test_a_failed_up_leaves_nothing_behind(cluster, tmp_path):
+    """A create that fails (here: an image that is no kind node) deletes what it made before it raises:
+    no node container stays, and a second cluster beside the suite's does not disturb it."""
     if os.environ.get("CODEX_KUBECONFIG"):
-        pytest.skip("tests another cluster")
-    c = Cluster(broken="coredns")
-    if c.is_up() or c.leftovers() or c.conflicts():
-        pytest.skip("a cluster is up (or its leftovers are there): this test only runs from scratch")
-    before = _host_networking()
-    with pytest.raises(RuntimeError, match="coredns"):
-        c.up()
-    assert c.leftovers() == []
-    assert not c.run_dir.exists()
-    assert _host_networking() == before
+        pytest.skip("tests the harness, not another cluster")
+    broken = Cluster(state=tmp_path, name="codex-broken", workers=0, node_image=BASE, bin_dir=cluster.bin.parent)
+    with pytest.raises(RuntimeError, match="kind create cluster"):
+        broken.up()
+    assert broken.nodes() == []
+    assert cluster.is_up()
 
 
 def pod(name: str, image: str, command: list[str], **extra) -> str:
@@ -207,9 +188,10 @@ def test_deleting_a_pvc_deletes_its_volume_and_the_volume_s_directory(cluster, n
     pv = bound_claim(cluster, namespace, "scratch")
     name = pv["metadata"]["name"]
     directory = Path(pv["spec"]["hostPath"]["path"]) if "hostPath" in pv["spec"] else None
-    local = getattr(cluster, "bin", None) is not None  # on another cluster the volume is not on this machine
+    local = hasattr(cluster, "host_path")  # on another cluster the volume is not on this machine
     if local:
-        assert directory == cluster.state / "volumes" / name and directory.is_dir()
+        directory = cluster.host_path(str(directory))
+        assert directory == cluster.volumes / name and directory.is_dir()
         assert directory.stat().st_mode & 0o777 == 0o777
     writer = with_claim(pod("writer", base_image, ["sh", "-c", "echo x > /data/x"]), "scratch")
     run_to_completion(cluster, namespace, writer, "writer")
@@ -294,7 +276,9 @@ def test_service_and_headless_pod_names_resolve_through_cluster_dns(cluster, nam
     # perl-base is in debootstrap's minbase: a one-connection TCP server on the rendezvous port
     serve = "use IO::Socket::INET; $s = IO::Socket::INET->new(LocalPort => 29500, Listen => 1, ReuseAddr => 1) " \
             "or die; while ($c = $s->accept) { print $c \"hello from w-0\\n\"; close $c }"  # fmt: skip
-    worker = json.loads(pod("w-0", base_image, ["perl", "-e", serve], hostname="w-0", subdomain="workers"))
+    nodes = schedulable_nodes(cluster)
+    worker = json.loads(pod("w-0", base_image, ["perl", "-e", serve], hostname="w-0", subdomain="workers",
+                            nodeSelector={"kubernetes.io/hostname": nodes[0]}))  # fmt: skip
     worker["metadata"]["labels"] = {"app": "w"}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(worker))
     cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "pod/w-0", "--timeout=90s")
@@ -310,6 +294,41 @@ def test_service_and_headless_pod_names_resolve_through_cluster_dns(cluster, nam
 
     # and one pod reaches another by that name: ranks connect to rank 0's store (pod-to-pod traffic
     # crosses the host's FORWARD chain, whose policy Docker sets to DROP)
+    # from another node where there is one, as rank 1 of a two-node job does
     talk = f"exec 3<>/dev/tcp/w-0.workers.{namespace}.svc.cluster.local/29500 && read -t 10 line <&3 && echo $line"
-    logs = run_to_completion(cluster, namespace, pod("talk", base_image, ["bash", "-c", talk]), "talk")
+    talker = pod("talk", base_image, ["bash", "-c", talk], nodeSelector={"kubernetes.io/hostname": nodes[-1]})
+    logs = run_to_completion(cluster, namespace, talker, "talk")
     assert "hello from w-0" in logs, logs
+
+
+def schedulable_nodes(cluster) -> list[str]:
+    """The nodes that take ordinary pods (not the control plane, where there are workers)."""
+    items = json.loads(cluster.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+    return sorted(n["metadata"]["name"] for n in items
+                  if not any(t["effect"] == "NoSchedule" for t in n["spec"].get("taints", [])))  # fmt: skip
+
+
+def test_a_volume_written_on_one_node_is_read_on_another(cluster, namespace, base_image):
+    """What a two-node job's checkpoints need: one volume mounted by pods on two nodes (ReadWriteMany)."""
+    nodes = schedulable_nodes(cluster)
+    if len(nodes) < 2:
+        pytest.skip("the cluster has one node that takes pods")
+    pvc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "shared"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "16Mi"}}},
+    }
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(pvc))
+    on = {"nodeSelector": {"kubernetes.io/hostname": nodes[0]}}
+    writer = restricted(
+        with_claim(pod("writer", base_image, ["sh", "-c", "echo from-$NODE > /data/f"], **on), "shared")
+    )
+    writer_obj = json.loads(writer)
+    writer_obj["spec"]["containers"][0]["env"] = [
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}}
+    ]
+    run_to_completion(cluster, namespace, json.dumps(writer_obj), "writer")
+    on = {"nodeSelector": {"kubernetes.io/hostname": nodes[1]}}
+    reader = restricted(with_claim(pod("reader", base_image, ["cat", "/data/f"], **on), "shared"))
+    assert run_to_completion(cluster, namespace, reader, "reader").strip() == f"from-{nodes[0]}"

@@ -15,6 +15,8 @@ import (
 	controllermanager "k8s.io/kubernetes/cmd/kube-controller-manager/app"
 	proxy "k8s.io/kubernetes/cmd/kube-proxy/app"
 	scheduler "k8s.io/kubernetes/cmd/kube-scheduler/app"
+	kubeadm "k8s.io/kubernetes/cmd/kubeadm/app"
+	kubeadmutil "k8s.io/kubernetes/cmd/kubeadm/app/util"
 	kubelet "k8s.io/kubernetes/cmd/kubelet/app"
 )
 
@@ -37,9 +39,14 @@ func main() {
 		etcdmain.Main(args)
 		return
 	}
+	if name == "kubeadm" { // it parses os.Args itself
+		os.Args = args
+		kubeadmutil.CheckErr(kubeadm.Run())
+		return
+	}
 	newCommand, ok := components[name]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "usage: k8s {etcd|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl} [flags]\n")
+		fmt.Fprintf(os.Stderr, "usage: k8s {etcd|kubeadm|kube-apiserver|kube-controller-manager|kube-scheduler|kubelet|kube-proxy|kubectl} [flags]\n")
 		os.Exit(2)
 	}
 	cmd := newCommand()
