@@ -2,11 +2,10 @@ PYTHON ?= python3
 
 .PHONY: deps install test lint unit bench example sample-data lock lock-upgrade lock-check audit secrets
 
-deps:               ## Debian packages for the test cluster's node and images (root)
+deps:               ## Debian packages for the images and the kind test cluster (root): Docker is its one dependency
 	DEBIAN_FRONTEND=noninteractive apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-		containerd runc containernetworking-plugins iptables conntrack iproute2 \
-		docker.io debootstrap gcc libc6-dev >/dev/null
+		docker.io debootstrap gcc libc6-dev patch >/dev/null
 
 install:            ## the locked dependencies (every file hash-checked), then the project itself, editable
 	$(PYTHON) -m pip install --require-hashes -r requirements/build.txt
@@ -51,31 +50,21 @@ audit:              ## pip-audit over the locks: fails on a known vulnerability 
 secrets:            ## gitleaks over the whole history and the tree: fails on a finding
 	$(PYTHON) tools/secret_scan.py
 
-# ---- the local Kubernetes cluster (tests/cluster) and the end-to-end suite
+# ---- the test cluster: kind, with a node image made here (tests/cluster), and the end-to-end suite
 
-KIND_VERSION ?= v0.33.0
-KIND ?= $(shell go env GOPATH)/bin/kind
+.PHONY: cluster-up cluster-down cluster-status e2e
 
-.PHONY: cluster-up cluster-down cluster-status e2e e2e-kind
-
-cluster-up:         ## build (cached) and start etcd, the control plane and a node; prints the KUBECONFIG
+cluster-up:         ## build kind and its node image (cached), create the cluster (a control plane, two workers); prints the KUBECONFIG
 	$(PYTHON) tests/cluster/cluster.py up
 
-cluster-down:       ## stop it and remove everything it made
+cluster-down:       ## delete it: its node containers and volumes
 	$(PYTHON) tests/cluster/cluster.py down
 
 cluster-status:
 	$(PYTHON) tests/cluster/cluster.py status
 
-e2e:                ## the integration/e2e suite on the local cluster
+e2e:                ## the integration/e2e suite on the kind cluster (created here when not up, deleted after)
 	$(PYTHON) -m pytest tests/integration
-
-e2e-kind:           ## the same suite on a kind cluster (needs Docker and a registry for kind's node image)
-	GOFLAGS= go install sigs.k8s.io/kind@$(KIND_VERSION)
-	$(KIND) create cluster --name codex-e2e --kubeconfig .cluster/kind.kubeconfig --wait 120s
-	CODEX_KUBECONFIG=$(CURDIR)/.cluster/kind.kubeconfig CODEX_KIND_CLUSTER=codex-e2e PATH=$(dir $(KIND)):$$PATH \
-		$(PYTHON) -m pytest tests/integration; status=$$?; \
-		$(KIND) delete cluster --name codex-e2e; exit $$status
 
 # ---- the CRD, generated from the spec models (codex_trainer/spec.py)
 
@@ -100,7 +89,7 @@ KWOK_VERSION ?= v0.8.0
 
 .PHONY: bench-operator
 
-bench-operator:     ## N jobs at once against the local cluster (up): create→Job, create→Running, RSS, writes per job
+bench-operator:     ## N jobs at once against the test cluster (up): create→Job, create→Running, RSS, writes per job
 	test -x .cluster/bin/kwok || GOBIN=$(CURDIR)/.cluster/bin go install sigs.k8s.io/kwok/cmd/kwok@$(KWOK_VERSION)
 	$(PYTHON) benchmarks/operator_latency.py --jobs 100 --readme
 	$(PYTHON) benchmarks/operator_latency.py --jobs 1000 --readme

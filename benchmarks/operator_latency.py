@@ -21,7 +21,7 @@ a write "besides progress".
     python benchmarks/operator_latency.py --jobs 100 [--readme]
     python benchmarks/operator_latency.py --jobs 1000 [--readme]
 
-Needs the local cluster (python tests/cluster/cluster.py up) and kwok in .cluster/bin
+Needs the test cluster (python tests/cluster/cluster.py up) and kwok in .cluster/bin
 (GOBIN=$PWD/.cluster/bin go install sigs.k8s.io/kwok/cmd/kwok@v0.8.0; `make bench-operator` does
 both). Everything it creates (namespace, fake nodes, kwok, the operator) is removed at the end, also
 on Ctrl-C or an error. It measures; it asserts nothing about the figures.
@@ -557,7 +557,7 @@ def machine() -> str:
     server = json.loads(v)["serverVersion"]["gitVersion"] if v else "?"
     return (
         f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
-        f"Kubernetes {server} (local one-node cluster) + kwok {KWOK_VERSION}, {time.strftime('%Y-%m-%d')}"
+        f"Kubernetes {server} (kind test cluster) + kwok {KWOK_VERSION}, {time.strftime('%Y-%m-%d')}"
     )
 
 

@@ -9,7 +9,7 @@ The node image follows kind's own recipe (images/base in kind's module, then `ki
 steps), with every piece from here:
 - Debian bookworm (debootstrap) with systemd, containerd, runc, the CNI plugins and iptables from
   Debian, and kind's files (entrypoint, systemd units, containerd config) from kind's module;
-- kubeadm, the kubelet and kubectl: the multi-call binary of tests/cluster/k8s;
+- kubeadm, the kubelet and kubectl: the multi-call binary of tests/cluster/k8s; crictl from cri-tools;
 - the images kubeadm asks for, made from the same binary, CoreDNS (tests/cluster/coredns) and pause.c,
   tagged as kubeadm expects and imported into the node's containerd;
 - the default StorageClass served by provisioner.py from a directory every node mounts.
@@ -32,6 +32,9 @@ from images import BASE, Images
 
 HERE = Path(__file__).resolve().parent
 KIND_VERSION = os.environ.get("CODEX_KIND_VERSION", "v0.33.0")
+# kind asks the node's crictl whether it has an image before loading it; Debian bookworm has no crictl,
+# and the module proxy serves sigs.k8s.io/cri-tools from v1.34.0 on (it talks CRI v1 to containerd 1.6)
+CRICTL_VERSION = "v1.34.0"
 PATCH = HERE / "kind-unprivileged.patch"
 VOLUMES_IN_NODE = "/var/local/codex-volumes"  # the host's <state>/volumes, in every node
 PROVISIONER_IN_NODE = "/kind/codex/provisioner.py"
@@ -122,6 +125,24 @@ def build_kind(out: Path) -> Path:
     return out
 
 
+def build_crictl(out: Path) -> Path:
+    """crictl for the node image, from the module proxy; rebuilt only when the version changes."""
+    stamp_file = out.with_suffix(".stamp")
+    if out.is_file() and stamp_file.is_file() and stamp_file.read_text() == CRICTL_VERSION:
+        return out
+    started = time.monotonic()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as gobin:
+        module = f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}"
+        env = {**os.environ, "GOBIN": gobin, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+        subprocess.run(["go", "install", "-trimpath", "-ldflags", "-s -w", module], cwd=tempfile.gettempdir(),
+                       check=True, env=env)  # fmt: skip
+        shutil.move(Path(gobin) / "crictl", out)
+    stamp_file.write_text(CRICTL_VERSION)
+    log(f"built {out} ({CRICTL_VERSION}) in {time.monotonic() - started:.0f} s")
+    return out
+
+
 def kind_base_files() -> Path:
     """images/base/files of kind's module: the node's entrypoint, systemd units and containerd config."""
     info = json.loads(subprocess.run(["go", "mod", "download", "-json", f"sigs.k8s.io/kind@{KIND_VERSION}"],
@@ -135,7 +156,15 @@ def kind_base_files() -> Path:
 
 def node_image_tag(version: str, k8s: Path, coredns: Path) -> str:
     h = hashlib.sha256()
-    for part in (KIND_VERSION, version, " ".join(PACKAGES), ENTRYPOINT, STORAGE, " ".join(UNPRIVILEGED)):
+    for part in (
+        KIND_VERSION,
+        CRICTL_VERSION,
+        version,
+        " ".join(PACKAGES),
+        ENTRYPOINT,
+        STORAGE,
+        " ".join(UNPRIVILEGED),
+    ):
         h.update(part.encode())
     for f in (k8s.with_suffix(".stamp"), coredns.with_suffix(".stamp"), HERE / "pause.c", HERE / "provisioner.py",
               Path(__file__)):  # fmt: skip
@@ -197,6 +226,7 @@ def _node_context(ctx: Path, k8s: Path, version: str) -> None:
     for p in (ctx / "files").rglob("*"):
         p.chmod(0o755 if p.is_dir() or p.parent.name == "bin" else 0o644)
     shutil.copy(k8s, ctx / "k8s")
+    shutil.copy(k8s.parent / "crictl", ctx / "crictl")
     shutil.copy(HERE / "provisioner.py", ctx / "provisioner.py")
     (ctx / "codex-entrypoint").write_text(ENTRYPOINT)
     (ctx / "default-storage.yaml").write_text(STORAGE)
@@ -221,6 +251,7 @@ RUN apt-get update -qq \\
  && systemctl mask systemd-binfmt.service \\
  && mkdir -p /etc/kubernetes/manifests /kind/manifests /kind/codex {VOLUMES_IN_NODE}
 COPY k8s /usr/bin/k8s
+COPY crictl /usr/local/bin/crictl
 COPY codex-entrypoint /usr/local/bin/codex-entrypoint
 COPY provisioner.py {PROVISIONER_IN_NODE}
 COPY default-storage.yaml /kind/manifests/default-storage.yaml

@@ -1,8 +1,8 @@
 """The cluster the integration tests run against.
 
-By default the local cluster of tests/cluster (built and started here when not already up, and
-stopped at the end if this session started it). With CODEX_KUBECONFIG set, any other cluster,
-kind for example (CODEX_KIND_CLUSTER names it, for loading images).
+By default the kind cluster of tests/cluster (built and created here when not already up, and
+deleted at the end if this session created it, unless CODEX_KEEP_CLUSTER is set). With
+CODEX_KUBECONFIG set, any other cluster (CODEX_KIND_CLUSTER names a kind cluster, for loading images).
 """
 
 from __future__ import annotations
