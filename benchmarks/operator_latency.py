@@ -2,7 +2,7 @@
 
 Starts the operator as a subprocess (as a user does on a laptop: outside the cluster, through
 $KUBECONFIG, progress read through the API server's pods/proxy), runs kwok (sigs.k8s.io/kwok) with a
-few fake nodes so that a thousand trainer pods can "run" on a one-node cluster, creates N jobs in a
+few fake nodes so that a thousand trainer pods can "run" on a two-worker cluster, creates N jobs in a
 namespace of its own as fast as the client allows, and reports from watch streams (local monotonic
 clock, taken when each event's line arrives):
 

@@ -17,14 +17,14 @@ One code path for both (a `Recipe` each: Dockerfile, locks, sources, tag):
    sources copied), so that gigabytes of wheels never pass through the repository's own context.
 3. The image, labelled with a hash of everything it is built from (Dockerfile, locks, sources, base):
    rebuilt only when that changed.
-4. The test cluster's node gets the image only when it lacks this very image (compared by image ID).
+4. The test cluster's workers get the image, each only when it lacks this very image (compared by image ID).
 
 Docker itself (started when not running) and the Debian base `codex.local/debian:bookworm` (debootstrap)
 come from the test harness's `Images` (tests/cluster/images.py), which the cluster uses as well. A build
 holds a lock per image, so that a test session and `make` building at once do not race.
 
 `ensure_trainer_image(cluster)` and `ensure_operator_image(cluster)` do 1-4 for a pytest fixture; each
-costs a few `docker` and `ctr` calls when nothing changed.
+costs a few `docker` and `crictl` calls when nothing changed.
 """
 
 from __future__ import annotations
@@ -272,14 +272,14 @@ def _git_sha(recipe: Recipe) -> str:
 
 
 def load(cluster: Any, tag: str, log: Log = print) -> None:
-    """Put the image on the cluster's nodes that run pods (kind skips a node that has it already)."""
+    """Put the image on the cluster's nodes that run pods (the cluster skips a node that has it already)."""
     start = time.monotonic()
     cluster.load_image(tag)
     log(f"{tag} is on the nodes ({time.monotonic() - start:.0f} s)")
 
 
 def ensure_image(cluster: Any, recipe: Recipe, tag: str | None = None) -> str:
-    """The image built from the current sources and present on the cluster's node; returns its tag."""
+    """The image built from the current sources and present on the cluster's workers; returns its tag."""
     tag = tag or recipe.tag
     build(cluster.images, recipe, tag)
     load(cluster, tag)

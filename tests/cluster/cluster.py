@@ -8,9 +8,11 @@ One control-plane node and CODEX_CLUSTER_WORKERS workers (default 2), each a Doc
 kubeconfig is written to <state>/kubeconfig. kind and the node image come from node_image.py (no
 registry needed; CODEX_KIND_NODE_IMAGE names another node image, kindest/node where a registry is
 reachable). After `kind create cluster` this module does what kind's default CNI and storage would:
-- each node gets a ptp CNI configuration for its pod range and a route to every other node's range
-  (the nodes share Docker's `kind` network, so no overlay is needed);
-- the default StorageClass `standard` is served by provisioner.py, run in the control-plane node, from
+- each node gets a ptp CNI configuration for its pod range, a route to every other node's range (the
+  nodes share Docker's `kind` network, so no overlay is needed) and a masquerade rule for traffic
+  leaving the pod network;
+- the default StorageClass `standard` is served by provisioner.py, a systemd unit of the control-plane
+  node, from
   <state>/volumes, which every node mounts at the same path: a volume written on one node is read on
   any other, as a ReadWriteMany class would be.
 Nothing here touches the host beyond Docker and the state directory.
@@ -37,6 +39,7 @@ REPO = Path(__file__).resolve().parents[2]
 SRC = Path(__file__).resolve().parent / "k8s"
 DNS_SRC = Path(__file__).resolve().parent / "coredns"
 ROLE_LABEL = "io.x-k8s.kind.role"
+POD_NETWORK = "10.244.0.0/16"  # kind's default podSubnet
 CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 # After `ctr images import` a node holds an image twice: its layers as imported and unpacked into snapshots. A
 # pull with containerd's discard_unpacked_layers (kind's setting) keeps only the snapshots; this does the
@@ -45,7 +48,12 @@ CLUSTER_LABEL = "io.x-k8s.kind.cluster"
 DISCARD_LAYERS = """set -eu
 digest=$(ctr -n k8s.io images ls | awk -v ref="$1" '$1 == ref || $1 == "docker.io/library/" ref {print $3; exit}')
 [ -n "$digest" ] || { echo "no image $1 on this node" >&2; exit 1; }
-layers=$(ctr -n k8s.io content get "$digest" | jq -r '.layers[].digest')
+manifest=$(ctr -n k8s.io content get "$digest")
+if [ "$(echo "$manifest" | jq -r '.manifests // empty | length')" != "" ]; then  # an index (Docker's containerd
+  digest=$(echo "$manifest" | jq -r '[.manifests[] | select(.platform.architecture == "amd64")][0].digest')  # store)
+  manifest=$(ctr -n k8s.io content get "$digest")
+fi
+layers=$(echo "$manifest" | jq -r '.layers[].digest')
 for attempt in 1 2 3 4 5 6 7 8 9 10; do  # right after an import its lease may still hold a layer
   left=""
   for layer in $layers; do
@@ -58,7 +66,6 @@ for attempt in 1 2 3 4 5 6 7 8 9 10; do  # right after an import its lease may s
 done
 echo "kept layers of $1 that containerd would not remove:$left" >&2
 """
-OWNER_FILE = "/kind/codex/owner"  # in the control-plane node: the state directory that created it
 
 
 class Cluster:
@@ -114,28 +121,63 @@ class Cluster:
             yield
 
     def up(self) -> None:
-        """Create the cluster unless it is up. A cluster of this name that is not healthy (its containers
-        stopped when the machine or Docker did) is deleted first; a failed create deletes what it made."""
+        """Create the cluster unless it is up from the current node image. A cluster of this name that
+        is not up, or was made from another image, or was left by a run that stopped (its checkout gone,
+        or its test session no longer holding `session.lock`) is deleted first; one another checkout
+        still uses is refused. A failed create deletes what it made."""
         with self._locked():
-            if self.is_up():
-                self._provisioner_up()  # gone when the node container restarted
-                return
             image = self.build()
             if self.nodes():
-                owner = self._owner()
-                if owner and owner != self.state and (owner / "kubeconfig").is_file():
+                owner = self.owner()
+                if owner is None:
                     raise RuntimeError(
-                        f"the kind cluster {self.name} is running for another checkout ({owner}): run "
+                        f"a kind cluster named {self.name} exists and was not made by this harness: delete it "
+                        f"(kind delete cluster --name {self.name}), or give this one another name (CODEX_KIND_CLUSTER)"
+                    )
+                if owner != self.state and _in_use(owner):
+                    raise RuntimeError(
+                        f"the kind cluster {self.name} is in use by another checkout ({owner}): run "
                         f"`make cluster-down` there, or give this one another name (CODEX_KIND_CLUSTER)"
                     )
-                print(f"deleting the kind cluster {self.name}, which is not up (left by a stopped run)",
-                      file=sys.stderr)  # fmt: skip
+                if owner == self.state and self.is_up() and self._image() == image:
+                    self._network_up()  # a restarted node has lost its routes, and may have a new address
+                    self._provisioner_up()
+                    return
+                print(f"deleting the kind cluster {self.name}: not up, from another node image, or left by "
+                      "a stopped run", file=sys.stderr)  # fmt: skip
                 self._kind("delete", "cluster", "--name", self.name)
             try:
                 self._create(image)
             except BaseException:
-                self._kind("delete", "cluster", "--name", self.name, check=False)
+                if self.owner() in (self.state, None):  # never another checkout's cluster of the same name
+                    self._kind("delete", "cluster", "--name", self.name, check=False)
+                self.kubeconfig.unlink(missing_ok=True)
                 raise
+
+    @contextlib.contextmanager
+    def session(self):
+        """Held by a test session for as long as it uses the cluster: another checkout's `up` then
+        refuses to delete it, and once it is released (the session ended, or was killed) does not."""
+        self.state.mkdir(parents=True, exist_ok=True)
+        with open(self.state / "session.lock", "w") as f:
+            fcntl.flock(f, fcntl.LOCK_SH)
+            yield
+
+    def owner(self) -> Path | None:
+        """The state directory of the checkout that created this cluster: the host directory its control
+        plane mounts as the volumes directory (there from the moment the container exists)."""
+        planes = self.nodes("control-plane")
+        if not planes:
+            return None
+        r = self.images.docker("inspect", "-f", "{{json .Mounts}}", planes[0], check=False)
+        mounts = json.loads(r.stdout.decode() or "[]") if r.returncode == 0 else []
+        source = next((m["Source"] for m in mounts if m["Destination"] == node_image.VOLUMES_IN_NODE), None)
+        return Path(source).parent if source else None
+
+    def _image(self) -> str:
+        planes = self.nodes("control-plane")
+        r = self.images.docker("inspect", "-f", "{{.Config.Image}}", *planes[:1], check=False)
+        return r.stdout.decode().strip()
 
     def _create(self, image: str) -> None:
         self.volumes.mkdir(parents=True, exist_ok=True)
@@ -151,7 +193,6 @@ class Cluster:
         config_file.write_text(json.dumps(config, indent=2))
         self._kind("create", "cluster", "--name", self.name, "--image", image, "--config", str(config_file),
                    "--kubeconfig", str(self.kubeconfig), capture=False)  # fmt: skip
-        self._exec(self.nodes("control-plane")[0], "sh", "-c", f"cat > {OWNER_FILE}", input=str(self.state))
         self._network_up()
         self._wait(self._nodes_ready, "every node Ready", 120)
         self._provisioner_up()
@@ -171,6 +212,10 @@ class Cluster:
     def down(self) -> None:
         """Delete the cluster (its node containers and their volumes), its kubeconfig and its volumes."""
         with self._locked():
+            owner = self.owner()
+            if owner is not None and owner != self.state and _in_use(owner):
+                raise RuntimeError(f"the kind cluster {self.name} is in use by another checkout ({owner}): "
+                                   "`make cluster-down` there")  # fmt: skip
             if self.nodes():
                 self._kind("delete", "cluster", "--name", self.name, "--kubeconfig", str(self.kubeconfig))
             self.kubeconfig.unlink(missing_ok=True)
@@ -189,19 +234,12 @@ class Cluster:
 
     def nodes(self, role: str | None = None) -> list[str]:
         """This cluster's node containers, running or not (`role`: control-plane or worker)."""
-        if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
-            return []  # no Docker daemon: no containers to speak of (up starts it)
+        self.images.ensure_docker()  # a stopped dockerd hides containers that come back when it starts
         filters = ["--filter", f"label={CLUSTER_LABEL}={self.name}"]
         if role:
             filters += ["--filter", f"label={ROLE_LABEL}={role}"]
         out = self.images.docker("ps", "-a", *filters, "--format", "{{.Names}}").stdout.decode()
         return sorted(out.split())
-
-    def _owner(self) -> Path | None:
-        """The state directory of the checkout whose `up` created this cluster, while its control plane runs."""
-        planes = self.nodes("control-plane")
-        r = self._exec(planes[0], "cat", OWNER_FILE, check=False) if planes else None
-        return Path(r.stdout.strip()) if r is not None and r.returncode == 0 and r.stdout.strip() else None
 
     def _running(self) -> bool:
         names = self.nodes()
@@ -236,18 +274,18 @@ class Cluster:
                 ],
             }  # fmt: skip
             self._exec(name, "sh", "-c", "cat > /etc/cni/net.d/10-codex.conflist", input=json.dumps(conf))
+            # traffic leaving the pod network takes the node's address, as kindnetd does
+            rule = ["POSTROUTING", "-t", "nat", "-s", POD_NETWORK, "!", "-d", POD_NETWORK, "-j", "MASQUERADE"]
+            if self._exec(name, "iptables", "-C", *rule, check=False).returncode != 0:
+                self._exec(name, "iptables", "-A", *rule)
             for other, (other_cidr, other_address) in nodes.items():
                 if other != name:
                     self._exec(name, "ip", "route", "replace", other_cidr, "via", other_address)
 
     def _provisioner_up(self) -> None:
-        node = self.nodes("control-plane")[0]
-        if self._exec(node, "pgrep", "-f", node_image.PROVISIONER_IN_NODE, check=False).returncode == 0:
-            return
-        script = (f"python3 {node_image.PROVISIONER_IN_NODE} --kubectl /usr/bin/kubectl "
-                  f"--kubeconfig /etc/kubernetes/admin.conf --volumes {node_image.VOLUMES_IN_NODE} "
-                  ">>/var/log/codex-provisioner.log 2>&1")  # fmt: skip
-        self.images.docker("exec", "-d", node, "sh", "-c", script)
+        """The provisioner's systemd unit in the control-plane node (in the node image), restarted by
+        systemd when it exits and started again with the node; its log: journalctl -u codex-provisioner."""
+        self._exec(self.nodes("control-plane")[0], "systemctl", "enable", "--now", node_image.PROVISIONER_UNIT)
 
     def _nodes_ready(self) -> bool:
         out = self.kubectl("get", "nodes", "-o", "jsonpath={.items[*].status.conditions[?(@.type=='Ready')].status}",
@@ -290,6 +328,10 @@ class Cluster:
         node at a time and its imported layers dropped once unpacked, where `kind load docker-image`
         writes an archive of it first and imports it into every node at once: for the 6 GB trainer
         image, about 18 GB of disk at the peak instead of 30."""
+        with self._locked():  # two loads into one node would drop layers the other is unpacking
+            self._load(tag)
+
+    def _load(self, tag: str) -> None:
         image_id = self.images.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.decode().strip()
         for node in self.nodes("worker") or self.nodes():
             r = self._exec(node, "crictl", "inspecti", "-o", "json", tag, check=False)
@@ -297,7 +339,7 @@ class Cluster:
                 continue
             started = time.monotonic()
             cmd = (f"docker save {shlex.quote(tag)} | docker exec -i {node} ctr --namespace=k8s.io images import "
-                   "--all-platforms --digests --snapshotter=overlayfs -")  # fmt: skip
+                   "--all-platforms --snapshotter=overlayfs -")  # fmt: skip
             r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
             if r.returncode != 0:
                 raise RuntimeError(f"loading {tag} into {node} failed: {r.stderr.strip()[-2000:]}")
@@ -315,6 +357,23 @@ class Cluster:
                 return
             time.sleep(0.5)
         raise RuntimeError(f"timed out after {timeout:.0f} s waiting for {what} on the kind cluster {self.name}")
+
+
+def _in_use(state: Path) -> bool:
+    """Whether the checkout with this state directory still uses its cluster: its kubeconfig is there, and
+    a test session holds its session lock, or no session ever ran there (`make cluster-up`)."""
+    if not (state / "kubeconfig").is_file():
+        return False
+    lock = state / "session.lock"
+    if not lock.exists():
+        return True
+    with open(lock) as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+        return False
 
 
 def _go_build(src: Path, out: Path, ldflags: list[str]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -10,9 +9,6 @@ import tempfile
 import time
 from pathlib import Path
 
-from procs import our_pid, running, write_pid_file
-
-HERE = Path(__file__).resolve().parent
 BASE = "codex.local/debian:bookworm"
 MIRROR = os.environ.get("CODEX_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 
@@ -21,7 +17,6 @@ class Images:
     def __init__(self, state: Path):
         self.state = state
         self.cache = state / "cache"
-        self.pid_file = state / "pids" / "dockerd.pid"
 
     # ------------------------------------------------------------------ docker engine
 
@@ -30,30 +25,18 @@ class Images:
         return subprocess.run(["docker", *args], input=input, capture_output=True, check=check)
 
     def ensure_docker(self) -> None:
+        """Start dockerd when it is not running (a machine's daemon is not started at boot here); it is
+        left running, as a system daemon is."""
         if subprocess.run(["docker", "info"], capture_output=True).returncode == 0:
             return
         (self.state / "logs").mkdir(parents=True, exist_ok=True)
-        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
         log = (self.state / "logs" / "dockerd.log").open("ab")
         proc = subprocess.Popen(["dockerd"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        write_pid_file(self.pid_file, proc, ["dockerd"])
         deadline = time.monotonic() + 60
         while subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"dockerd did not start; see {self.state / 'logs' / 'dockerd.log'}")
             time.sleep(0.5)
-
-    def stop_docker(self) -> None:
-        """Stop dockerd if this harness started it and it still runs (its images stay in /var/lib/docker
-        as a cache)."""
-        pid = our_pid(self.pid_file)
-        if pid is not None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, 15)
-            deadline = time.monotonic() + 20
-            while running(pid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-        self.pid_file.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ images
 

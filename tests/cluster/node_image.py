@@ -38,6 +38,7 @@ CRICTL_VERSION = "v1.34.0"
 PATCH = HERE / "kind-unprivileged.patch"
 VOLUMES_IN_NODE = "/var/local/codex-volumes"  # the host's <state>/volumes, in every node
 PROVISIONER_IN_NODE = "/kind/codex/provisioner.py"
+PROVISIONER_UNIT = "codex-provisioner.service"  # enabled on the control plane by cluster.py
 
 PACKAGES = (
     "systemd", "conntrack", "iptables", "nftables", "iproute2", "ethtool", "util-linux", "mount", "kmod",
@@ -60,6 +61,21 @@ done
 exec "$@"
 """
 
+PROVISIONER_SERVICE = f"""[Unit]
+Description=codex.ml/hostpath volume provisioner (tests/cluster/provisioner.py)
+After=kubelet.service
+
+[Service]
+ExecStartPre=/bin/sh -c 'until [ -f /etc/kubernetes/admin.conf ]; do sleep 1; done'
+ExecStart=/usr/bin/python3 {PROVISIONER_IN_NODE} --kubectl /usr/bin/kubectl --kubeconfig /etc/kubernetes/admin.conf \\
+  --volumes {VOLUMES_IN_NODE}
+Restart=always
+RestartSec=2
+
+[Install]
+WantedBy=multi-user.target
+"""
+
 STORAGE = """apiVersion: storage.k8s.io/v1
 kind: StorageClass
 metadata:
@@ -79,9 +95,13 @@ _refused: dict[str, bool] = {}
 
 
 def privileged_refused(images: Images) -> bool:
-    """Whether Docker here refuses `docker run --privileged` (kind's default for its nodes); asked once."""
+    """Whether Docker here refuses `docker run --privileged` (kind's default for its nodes) for want of a
+    capability; asked once. Any other failure is raised, not taken for that."""
     if "privileged" not in _refused:
         r = images.docker("run", "--rm", "--privileged", images.ensure_base(), "true", check=False)
+        err = r.stderr.decode()
+        if r.returncode != 0 and "unable to apply caps" not in err:
+            raise RuntimeError(f"docker run --privileged failed: {err.strip()[-2000:]}")
         _refused["privileged"] = r.returncode != 0
     return _refused["privileged"]
 
@@ -198,14 +218,19 @@ def ensure_node_image(images: Images, version: str, k8s: Path, coredns: Path) ->
             if time.monotonic() > deadline:
                 raise RuntimeError("containerd did not start in the node image's build container")
             time.sleep(0.5)
-        # streamed: one archive of every tag, imported as kind's own node-image build does
-        cmd = (
-            f"docker save {' '.join(component_images)} | docker exec -i {name} ctr --namespace=k8s.io images "
-            "import --label=io.cri-containerd.pinned=pinned --all-platforms --no-unpack --digests -"
-        )
+        # streamed: one archive of the three images, imported as kind's own node-image build does, then
+        # named as kubeadm expects in the node's containerd only (never in this machine's Docker)
+        sources = sorted(set(component_images.values()))
+        ctr = f"docker exec -i {name} ctr --namespace=k8s.io images"
+        cmd = f"docker save {' '.join(sources)} | {ctr} import --all-platforms --no-unpack -"
         r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
         if r.returncode != 0:
             raise RuntimeError(f"importing the control plane's images into the node image failed: {r.stderr}")
+        for target, source in component_images.items():
+            images.docker("exec", name, "ctr", "--namespace=k8s.io", "images", "tag", "--force", source, target)
+            images.docker("exec", name, "ctr", "--namespace=k8s.io", "images", "label", target,
+                          "io.cri-containerd.pinned=pinned")  # fmt: skip
+        images.docker("exec", name, "ctr", "--namespace=k8s.io", "images", "rm", *sources)
         listed = images.docker("exec", name, "ctr", "--namespace=k8s.io", "images", "list", "-q").stdout.decode()
         missing = [i for i in component_images if i not in listed.split()]
         if missing:
@@ -218,6 +243,9 @@ def ensure_node_image(images: Images, version: str, k8s: Path, coredns: Path) ->
         images.docker("rm", "-f", "-v", name, check=False)
         images.docker("rmi", stage, check=False)
     log(f"built the node image {tag} in {time.monotonic() - started:.0f} s")
+    listed = images.docker("images", "codex.local/kind-node", "--format", "{{.Repository}}:{{.Tag}}").stdout.decode()
+    for old in set(listed.split()) - {tag}:  # an older recipe's (a cluster still running it keeps it)
+        images.docker("rmi", old, check=False)
     return tag
 
 
@@ -230,6 +258,7 @@ def _node_context(ctx: Path, k8s: Path, version: str) -> None:
     shutil.copy(HERE / "provisioner.py", ctx / "provisioner.py")
     (ctx / "codex-entrypoint").write_text(ENTRYPOINT)
     (ctx / "default-storage.yaml").write_text(STORAGE)
+    (ctx / PROVISIONER_UNIT).write_text(PROVISIONER_SERVICE)
     (ctx / "Dockerfile").write_text(f"""FROM {BASE}
 COPY files/ /
 RUN apt-get update -qq \\
@@ -255,6 +284,7 @@ COPY crictl /usr/local/bin/crictl
 COPY codex-entrypoint /usr/local/bin/codex-entrypoint
 COPY provisioner.py {PROVISIONER_IN_NODE}
 COPY default-storage.yaml /kind/manifests/default-storage.yaml
+COPY {PROVISIONER_UNIT} /etc/systemd/system/{PROVISIONER_UNIT}
 RUN chmod 755 /usr/local/bin/codex-entrypoint /usr/local/bin/entrypoint /usr/local/bin/clean-install \\
  && for b in kubelet kubeadm kubectl; do ln -s k8s /usr/bin/$b; done && echo {version} > /kind/version
 ENV container=docker
@@ -262,9 +292,10 @@ STOPSIGNAL SIGRTMIN+3
 """)
 
 
-def _component_images(images: Images, k8s: Path, coredns: Path, required: list[str]) -> list[str]:
-    """The images kubeadm asks for, as Docker images: the control plane, kube-proxy and etcd from the
-    multi-call binary (on Debian with iptables, which kube-proxy runs), CoreDNS, and pause."""
+def _component_images(images: Images, k8s: Path, coredns: Path, required: list[str]) -> dict[str, str]:
+    """The images kubeadm asks for, built as three Docker images (the control plane, kube-proxy and etcd
+    from the multi-call binary, on Debian with iptables, which kube-proxy runs; CoreDNS; pause): each
+    name kubeadm asks for, mapped to the image that serves it. The names are given in the node only."""
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Path(tmp)
         shutil.copy(k8s, ctx / "k8s")
@@ -288,8 +319,8 @@ RUN for l in {links}; do ln -s k8s $l; done
             if r.returncode != 0:
                 raise RuntimeError(f"building {tag} failed:\n{r.stdout.decode()[-3000:]}{r.stderr.decode()}")
             built[kind] = tag
+    names = {}
     for image in required:
         name = image.rsplit(":", 1)[0].rsplit("/", 1)[-1]
-        source = built["coredns"] if name == "coredns" else built["pause"] if name == "pause" else built["components"]
-        images.docker("tag", source, image)
-    return required
+        names[image] = built.get(name, built["components"])
+    return names

@@ -1,4 +1,4 @@
-"""A host-path volume provisioner for the one-node test cluster.
+"""A host-path volume provisioner for the test cluster (run in its control-plane node by systemd).
 
     python tests/cluster/provisioner.py --kubectl K8S --kubeconfig KC --volumes DIR [--name codex.ml/hostpath]
 

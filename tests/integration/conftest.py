@@ -50,13 +50,14 @@ def cluster():
         yield ExistingCluster(os.environ["CODEX_KUBECONFIG"], os.environ.get("CODEX_KIND_CLUSTER"))
         return
     c = Cluster()
-    started_here = not c.is_up()
-    c.up()  # a failed `up` removes what it started before it raises
-    try:
-        yield c
-    finally:  # also when the session fails or is interrupted
-        if started_here and not os.environ.get("CODEX_KEEP_CLUSTER"):
-            c.down()
+    with c.session():  # another checkout's `up` leaves the cluster be while this session runs
+        started_here = not c.is_up()
+        c.up()  # a failed `up` removes what it made before it raises
+        try:
+            yield c
+        finally:  # also when the session fails or is interrupted
+            if started_here and not os.environ.get("CODEX_KEEP_CLUSTER"):
+                c.down()
 
 
 @pytest.fixture(scope="session")

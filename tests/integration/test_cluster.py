@@ -10,7 +10,6 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from images import BASE
 
 from cluster import Cluster
 from support import wait_for
@@ -45,15 +44,22 @@ spec:
 """
 
 
-def test_a_failed_up_leaves_nothing_behind(cluster, tmp_path):
-    """A create that fails (here: an image that is no kind node) deletes what it made before it raises:
-    no node container stays, and a second cluster beside the suite's does not disturb it."""
+def test_a_failed_up_leaves_nothing_behind(cluster, tmp_path, monkeypatch):
+    """An `up` that fails after kind made the nodes (here: setting up their network) deletes the
+    cluster and its kubeconfig before it raises, and a second cluster beside the suite's leaves it be."""
     if os.environ.get("CODEX_KUBECONFIG"):
         pytest.skip("tests the harness, not another cluster")
-    broken = Cluster(state=tmp_path, name="codex-broken", workers=0, node_image=BASE, bin_dir=cluster.bin.parent)
-    with pytest.raises(RuntimeError, match="kind create cluster"):
+    broken = Cluster(state=tmp_path, name="codex-broken", workers=0, bin_dir=cluster.bin.parent)
+
+    def fail() -> None:
+        assert broken.nodes() == ["codex-broken-control-plane"]  # kind's part succeeded
+        raise RuntimeError("no network for this test")
+
+    monkeypatch.setattr(broken, "_network_up", fail)
+    with pytest.raises(RuntimeError, match="no network for this test"):
         broken.up()
     assert broken.nodes() == []
+    assert not broken.kubeconfig.exists()
     assert cluster.is_up()
 
 
