@@ -229,7 +229,8 @@ def build(images: Images, recipe: Recipe, tag: str | None = None, *, base: str =
 
 
 def _docker_build(images: Images, recipe: Recipe, ctx: Path, tag: str, base: str, want: str, log: Log) -> None:
-    cmd = ["docker", "build", "-f", str(recipe.dockerfile), "-t", tag, "--label", f"{HASH_LABEL}={want}",
+    # --force-rm: a failed step's container would keep its layer (a failed trainer build's: 6 GB) for ever
+    cmd = ["docker", "build", "--force-rm", "-f", str(recipe.dockerfile), "-t", tag, "--label", f"{HASH_LABEL}={want}",
            "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"CODEX_GIT_SHA={_git_sha(recipe)}",
            str(ctx)]  # fmt: skip
     log(f"building {tag} (source hash {want}) ...")
