@@ -54,17 +54,18 @@ if [ "$(echo "$manifest" | jq -r '.manifests // empty | length')" != "" ]; then 
   manifest=$(ctr -n k8s.io content get "$digest")
 fi
 layers=$(echo "$manifest" | jq -r '.layers[].digest')
-for attempt in 1 2 3 4 5 6 7 8 9 10; do  # right after an import its lease may still hold a layer
+for attempt in 1 2 3 4 5 6 7 8 9 10; do  # right after an import a layer may still be held
+  ctr -n k8s.io content rm $layers >/dev/null 2>&1 || true
+  present=$(ctr -n k8s.io content ls -q)
   left=""
   for layer in $layers; do
-    if ctr -n k8s.io content info "$layer" >/dev/null 2>&1; then
-      ctr -n k8s.io content rm "$layer" >/dev/null 2>&1 || left="$left $layer"
-    fi
+    case "$present" in *"$layer"*) left="$left $layer" ;; esac
   done
   [ -z "$left" ] && exit 0
   sleep 2
 done
-echo "kept layers of $1 that containerd would not remove:$left" >&2
+echo "containerd kept these layers of $1 (each a copy of what is unpacked):$left" >&2
+exit 1
 """
 
 
