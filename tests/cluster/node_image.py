@@ -126,13 +126,10 @@ def build_kind(out: Path) -> Path:
     if out.is_file() and stamp_file.is_file() and stamp_file.read_text() == stamp:
         return out
     started = time.monotonic()
-    info = json.loads(subprocess.run(["go", "mod", "download", "-json", f"sigs.k8s.io/kind@{KIND_VERSION}"],
-                                     cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True,
-                                     env={**os.environ, "GOFLAGS": "-mod=mod"}).stdout)  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "kind"
-        shutil.copytree(info["Dir"], src)
+        shutil.copytree(kind_module(), src)
         for p in src.rglob("*"):  # the module cache is read-only
             p.chmod(p.stat().st_mode | 0o200)
         subprocess.run(["patch", "-p1", "-s", "-i", str(PATCH)], cwd=src, check=True)
@@ -163,12 +160,17 @@ def build_crictl(out: Path) -> Path:
     return out
 
 
-def kind_base_files() -> Path:
-    """images/base/files of kind's module: the node's entrypoint, systemd units and containerd config."""
+def kind_module() -> Path:
+    """kind's module source, from the module proxy (the module cache keeps it)."""
     info = json.loads(subprocess.run(["go", "mod", "download", "-json", f"sigs.k8s.io/kind@{KIND_VERSION}"],
                                      cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True,
                                      env={**os.environ, "GOFLAGS": "-mod=mod"}).stdout)  # fmt: skip
-    return Path(info["Dir"]) / "images" / "base" / "files"
+    return Path(info["Dir"])
+
+
+def kind_base_files() -> Path:
+    """images/base/files of kind's module: the node's entrypoint, systemd units and containerd config."""
+    return kind_module() / "images" / "base" / "files"
 
 
 # ---------------------------------------------------------------------- the node image
