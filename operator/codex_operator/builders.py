@@ -176,7 +176,7 @@ def rendezvous_env(job: Job, attempt: int) -> list[dict[str, Any]]:
         {"name": contract.ENV_MASTER_PORT, "value": str(names.MASTER_PORT)},
         {"name": contract.ENV_TERMINATION_LOG, "value": names.TERMINATION_LOG},
         # a pod of the previous attempt may still be checkpointing (its grace period): wait for its lock
-        {"name": contract.ENV_LOCK_WAIT, "value": str(GRACE_SECONDS)},
+        {"name": contract.ENV_LOCK_WAIT, "value": str(job.spec.run_policy.termination_grace_period_seconds)},
         {"name": "HOME", "value": "/tmp"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
     ]
@@ -194,8 +194,6 @@ def _resources(job: Job) -> dict[str, Any]:
         out["limits"] = limits
     return out
 
-
-GRACE_SECONDS = 120
 
 RESTRICTED_CONTAINER = {
     "runAsNonRoot": True,
@@ -253,7 +251,7 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
             "fsGroupChangePolicy": "OnRootMismatch",  # a large volume is not re-chowned on every attempt
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": GRACE_SECONDS,  # SIGTERM: finish the step, checkpoint, exit 143
+        "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,  # SIGTERM: finish the step, checkpoint, exit 143
         "containers": [container],
         "volumes": volumes,
     }
@@ -295,6 +293,8 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
     labels = {names.LABEL_ATTEMPT: str(attempt)}
     if rp.queue_name:
         labels[names.LABEL_QUEUE] = rp.queue_name
+    if rp.workload_priority_class:
+        labels[names.LABEL_PRIORITY] = rp.workload_priority_class
     spec: dict[str, Any] = {
         "completionMode": "Indexed",
         "completions": s.num_nodes,

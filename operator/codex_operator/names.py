@@ -25,6 +25,7 @@ NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"  # a DNS-1035 label: the headless
 LABEL_JOB = f"{GROUP}/job-name"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
+LABEL_PRIORITY = "kueue.x-k8s.io/priority-class"  # a Kueue WorkloadPriorityClass
 ANNOTATION_JOB_UID = f"{GROUP}/job-uid"  # on the checkpoint volume: the job it was made for (kept or not)
 
 CONTAINER = "trainer"

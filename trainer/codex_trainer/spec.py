@@ -38,14 +38,10 @@ QUANTITY_PATTERN = r"^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][-+]?[0-9]+|Ki|Mi|G
 QUANTITY = re.compile(QUANTITY_PATTERN)
 QUANTITY_MESSAGE = "must be a Kubernetes quantity such as 500m, 2, 4Gi or 1.5G"
 
-# A Kubernetes label value, not empty: runPolicy.queueName becomes the label kueue.x-k8s.io/queue-name.
+# A Kubernetes label value, not empty: runPolicy.queueName and workloadPriorityClass become Kueue labels.
 LABEL_VALUE_PATTERN = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
 LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 MAX_LABEL_VALUE = 63
-QUEUE_NAME_MESSAGE = (
-    "must be a Kubernetes label value (it becomes the label kueue.x-k8s.io/queue-name): letters, digits, "
-    f"'-', '_' and '.', beginning and ending with a letter or digit, at most {MAX_LABEL_VALUE} characters"
-)
 
 ALL_LINEAR = "all-linear"
 ALL_LINEAR_MESSAGE = "'all-linear' must be the only item when given; otherwise list module names"
@@ -371,21 +367,36 @@ class StorageSpec(_Model):
     )
 
 
-def _label_value(v: str) -> str:
-    if not LABEL_VALUE.fullmatch(v):
-        raise ValueError(QUEUE_NAME_MESSAGE)
-    return v
+def _label_value_of(label: str) -> tuple[str, Any]:
+    """A Kubernetes label value, not empty, for the label it becomes: the message names that label."""
+    message = (
+        f"must be a Kubernetes label value (it becomes the label {label}): letters, digits, "
+        f"'-', '_' and '.', beginning and ending with a letter or digit, at most {MAX_LABEL_VALUE} characters"
+    )
+
+    def check(v: str) -> str:
+        if not LABEL_VALUE.fullmatch(v):
+            raise ValueError(message)
+        return v
+
+    return message, check
 
 
-QueueName = Annotated[
-    str,
-    Field(
-        min_length=1,
-        max_length=MAX_LABEL_VALUE,
-        json_schema_extra=cel(f"self.matches('{LABEL_VALUE_PATTERN}')", QUEUE_NAME_MESSAGE),
-    ),
-    AfterValidator(_label_value),
-]
+def _label_value_type(label: str) -> Any:
+    message, check = _label_value_of(label)
+    return Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=MAX_LABEL_VALUE,
+            json_schema_extra=cel(f"self.matches('{LABEL_VALUE_PATTERN}')", message),
+        ),
+        AfterValidator(check),
+    ]
+
+
+QueueName = _label_value_type("kueue.x-k8s.io/queue-name")
+PriorityClassName = _label_value_type("kueue.x-k8s.io/priority-class")
 
 
 class RunPolicySpec(_Model):
@@ -407,6 +418,26 @@ class RunPolicySpec(_Model):
         default=None,
         ge=0,
         description="Delete the job this many seconds after it succeeds or fails (kept when unset).",
+    )
+    workload_priority_class: PriorityClassName | None = Field(
+        default=None,
+        description="Kueue WorkloadPriorityClass of the job's attempts (the label kueue.x-k8s.io/priority-class): "
+        "in a ClusterQueue that preempts, a higher one evicts a lower one, which checkpoints and waits to be "
+        "admitted again. An edit applies to attempts started after it.",
+    )
+    progress_deadline_seconds: int | None = Field(
+        default=None,
+        gt=0,
+        description="A running attempt whose step has not moved for this long is stalled: it is stopped and the "
+        "job restarts from its newest checkpoint, counted against backoffLimit. The clock starts at the "
+        "attempt's first progress reading, after the model and the data are loaded. Unset: never stalls.",
+    )
+    termination_grace_period_seconds: int = Field(
+        default=120,
+        ge=1,
+        le=86400,
+        description="How long a stopping trainer (preempted, evicted, deleted) has to finish its step and write "
+        "a checkpoint before it is killed; size it to the time a checkpoint of your model takes to write.",
     )
 
 
