@@ -44,6 +44,8 @@ class Settings:
     """Operator-wide choices (command-line flags)."""
 
     default_image: str = names.DEFAULT_IMAGE
+    # Kueue runs with manageJobsWithoutQueueName: it may suspend any Job, labelled or not
+    queue_owns_suspend: bool = False
 
 
 def owner_reference(job: Job) -> dict[str, Any]:
@@ -251,7 +253,8 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
             "fsGroupChangePolicy": "OnRootMismatch",  # a large volume is not re-chowned on every attempt
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,  # SIGTERM: finish the step, checkpoint, exit 143
+        # SIGTERM: finish the step, checkpoint, exit 143
+        "terminationGracePeriodSeconds": job.spec.run_policy.termination_grace_period_seconds,
         "containers": [container],
         "volumes": volumes,
     }
@@ -284,6 +287,14 @@ POD_FAILURE_POLICY = {
     ]
 }
 
+# A queue stops an admitted attempt by suspending its Job: the Job controller deletes the pods, and each
+# trainer finishes its step, checkpoints and exits 143. With backoffLimit 0 that would fail the Job; for a
+# queued attempt it is ignored instead, and the same Job runs again, from the checkpoint, when re-admitted.
+QUEUE_STOP_RULE = {
+    "action": "Ignore",
+    "onExitCodes": {"containerName": names.CONTAINER, "operator": "In", "values": [contract.EXIT_SIGTERM]},
+}
+
 
 def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int | None = None) -> dict[str, Any]:
     """Attempt N of the training: an indexed Job with one pod per node; any failed pod fails the whole
@@ -291,6 +302,9 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
     s = job.spec
     rp = s.run_policy
     labels = {names.LABEL_ATTEMPT: str(attempt)}
+    policy = copy.deepcopy(POD_FAILURE_POLICY)
+    if rp.queue_name or settings.queue_owns_suspend:
+        policy["rules"].append(copy.deepcopy(QUEUE_STOP_RULE))
     if rp.queue_name:
         labels[names.LABEL_QUEUE] = rp.queue_name
     if rp.workload_priority_class:
@@ -300,7 +314,7 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
         "completions": s.num_nodes,
         "parallelism": s.num_nodes,
         "backoffLimit": 0,
-        "podFailurePolicy": copy.deepcopy(POD_FAILURE_POLICY),
+        "podFailurePolicy": policy,
         "podReplacementPolicy": "Failed",  # no second pod of a rank while the first still terminates
         # Kueue admits a queued Job by unsuspending it: create it suspended and leave `suspend` to Kueue
         "suspend": bool(rp.suspend or rp.queue_name),

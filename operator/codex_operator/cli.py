@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics_port:
         metrics.serve(args.metrics_port)
     options = handlers.Options(
-        settings=Settings(default_image=args.default_image),
+        settings=Settings(default_image=args.default_image, queue_owns_suspend=args.queue_manages_all_jobs),
         progress_interval=args.progress_interval,
         progress_via=args.progress_via,
         queue_owns_suspend=args.queue_manages_all_jobs,

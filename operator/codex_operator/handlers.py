@@ -41,6 +41,7 @@ from .status import (
     Attempt,
     Plan,
     PodFailure,
+    Stall,
     attempt_from_job,
     blame,
     deadline_left,
@@ -49,6 +50,7 @@ from .status import (
     plan,
     progress_changed,
     progress_from_metrics,
+    queue_words,
     set_condition,
     waiting_reason,
 )
@@ -68,6 +70,7 @@ OWNED = (
     "restarts",
     "crashes",
     "disruptions",
+    "preemptions",
     "startTime",
     "completionTime",
     "observedGeneration",
@@ -99,6 +102,7 @@ class JobState:
     check_children: bool = False  # a child was deleted: look at every child, whatever the generation says
     failed_generation: int | None = None  # the spec generation the last failed reconcile saw
     refused: str | None = None  # the line the last failed reconcile wrote into status.message
+    moved: Stall | None = None  # the running attempt's step, and when this operator first read it
 
 
 class Operator:
@@ -174,13 +178,15 @@ class Operator:
 
     # ---------------------------------------------------------------- reconcile
 
-    async def reconcile(self, namespace: str, name: str, body: dict[str, Any] | None = None) -> None:
+    async def reconcile(
+        self, namespace: str, name: str, body: dict[str, Any] | None = None, stalled: Stall | None = None
+    ) -> None:
         key = (namespace, name)
         st = self.state(key)
         async with st.lock:
             try:
                 with metrics.reconcile_timer():
-                    await self._reconcile(key, st, body)
+                    await self._reconcile(key, st, body, stalled)
                 st.retry_at, st.backoff = None, 0.0
             except Exception as e:
                 await self._failed(key, st, e)
@@ -223,7 +229,9 @@ class Operator:
                     raise
                 log.debug("%s/%s changed since the timer looked; its write is dropped", meta["namespace"], meta["name"])
 
-    async def _reconcile(self, key: Key, st: JobState, watched: dict[str, Any] | None) -> None:
+    async def _reconcile(
+        self, key: Key, st: JobState, watched: dict[str, Any] | None, stalled: Stall | None = None
+    ) -> None:
         assert self.kube is not None
         namespace, name = key
         log.debug("reconcile %s/%s", namespace, name)
@@ -262,7 +270,12 @@ class Operator:
             now,
             *await self._how_it_ended(namespace, latest),
             may_suspend=not self.options.queue_owns_suspend,
+            queue_said=await self._queue_said(job, latest),
+            stalled=stalled,
         )
+        if p.stop_attempt is not None:
+            what = f"deleting Job {p.stop_attempt.name} (stalled)"
+            await _asking(what, self.kube.delete("Job", namespace, p.stop_attempt.name, p.stop_attempt.uid))
         if p.create_attempt is not None:
             await self._start_attempt(job, p, now)
         if p.set_suspend is not None and latest is not None:
@@ -280,6 +293,15 @@ class Operator:
         if not isinstance(job, str) and not job.spec.storage.existing_claim:
             await self._retain(job, names.pvc_name(job.name))
         await self.patch_status(meta["namespace"], meta["name"], {"observedGeneration": meta.get("generation")}, status)
+
+    async def _queue_said(self, job: Job, latest: Attempt | None) -> str:
+        """What Kueue says of a queued attempt that is suspended: why it waits, or why it was evicted."""
+        assert self.kube is not None
+        queued = job.spec.run_policy.queue_name or self.options.queue_owns_suspend
+        if latest is None or latest.outcome is not None or not latest.suspended or not queued:
+            return ""
+        read = self.kube.list_workloads(job.namespace, latest.uid)
+        return queue_words(await _asking(f"listing the Workloads of Job {latest.name}", read))
 
     async def _attempt_jobs(self, key: Key, uid: str) -> list[dict[str, Any]]:
         """A job's attempt Jobs: labelled with its name and owned by its UID (an earlier job's are not)."""
@@ -473,8 +495,13 @@ class Operator:
         try:
             if phase == "Running":
                 await self.read_progress(body)
-            elif phase in ("Pending", "Restarting"):
+                await self.check_stall(key, st, body)
+            else:
+                st.moved = None  # the stall clock runs only while the attempt runs (not while queued or preempted)
+            if phase in ("Pending", "Restarting"):
                 await self.explain_wait(body)
+            elif phase == "Suspended":
+                await self.explain_queue(body)
             elif phase in TERMINAL:
                 await self._expire(body)
         except Exception:  # kopf would back a failed timer off for a minute: log it and tick on time instead
@@ -529,6 +556,9 @@ class Operator:
         progress, checkpoint = progress_from_metrics(samples, datetime.now(UTC), status.get("progress"))
         if not progress.get("totalSteps"):
             return  # the endpoint is up but training has not started
+        st, number = self.state((ns, name)), int(status.get("attempt") or 1)
+        if st.moved is None or (st.moved.attempt, st.moved.step) != (number, progress["step"]):
+            st.moved = Stall(number, progress["step"], datetime.now(UTC))
         patch: dict[str, Any] = {}
         if progress_changed(status.get("progress"), progress):
             patch["progress"] = progress
@@ -536,6 +566,44 @@ class Operator:
             patch["checkpoint"] = checkpoint
         if patch:
             await self.timer_patch(body, patch)
+
+    async def check_stall(self, key: Key, st: JobState, body: dict[str, Any]) -> None:
+        """runPolicy.progressDeadlineSeconds: a running attempt whose step has not moved for that long is
+        stopped and the job restarts from its newest checkpoint. The clock starts at the attempt's first
+        progress reading, which the trainer publishes once its model and data are loaded; so a download or a
+        slow data read is never a stall. A trainer that stops answering (frozen, its node cut off) moves no
+        step either."""
+        deadline = ((body.get("spec") or {}).get("runPolicy") or {}).get("progressDeadlineSeconds")
+        moved, status = st.moved, body.get("status") or {}
+        if not deadline or moved is None or moved.attempt != int(status.get("attempt") or 1):
+            return
+        if (datetime.now(UTC) - moved.since).total_seconds() < deadline:
+            return
+        log.info("%s/%s: attempt %d stalled at step %d", *key, moved.attempt, moved.step)
+        st.moved = None
+        await self.reconcile(*key, stalled=moved)
+
+    async def explain_queue(self, body: dict[str, Any]) -> None:
+        """A job waiting in a queue: Kueue's own words on why (the quota it waits for) in status.message."""
+        assert self.kube is not None
+        meta, status = body["metadata"], body.get("status") or {}
+        st = self.state((meta["namespace"], meta["name"]))
+        reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Suspended"), "")
+        now = time.monotonic()
+        if reason != "Queued" or now - st.explained_at < WAIT_EXPLAIN_SECONDS:
+            return
+        st.explained_at = now
+        attempt = names.attempt_name(meta["name"], status.get("attempt") or 1)
+        job = await self.kube.get("Job", meta["namespace"], attempt)
+        if job is None:
+            return
+        said = queue_words(await self.kube.list_workloads(meta["namespace"], job["metadata"]["uid"]))
+        queue = ((body.get("spec") or {}).get("runPolicy") or {}).get("queueName")
+        message = f"waiting for admission in {f'LocalQueue {queue}' if queue else 'the queue'}" + (
+            f": {said}" if said else ""
+        )
+        if said and message != status.get("message"):
+            await self.timer_patch(body, {"message": message})
 
     async def explain_wait(self, body: dict[str, Any]) -> None:
         """Say in status.message why the pods are not running yet: an image that cannot be pulled, a pod

@@ -152,6 +152,27 @@ class Kube:
             )
         return json.loads(body)["items"]
 
+    async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
+        """Kueue's Workloads of one attempt Job (Kueue labels each with its Job's UID); none where Kueue is
+        not installed or the operator may not read them."""
+        try:
+            with metrics.api_call("list", "Workload"):
+                body = await _body(
+                    self.custom.list_namespaced_custom_object(
+                        names.KUEUE_GROUP,
+                        names.KUEUE_VERSION,
+                        namespace,
+                        "workloads",
+                        label_selector=f"{names.LABEL_KUEUE_JOB_UID}={job_uid}",
+                        _preload_content=False,
+                    )
+                )
+        except ApiException as e:
+            if e.status in (403, 404):
+                return []
+            raise
+        return json.loads(body)["items"]
+
     async def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         await self.patch("Job", namespace, name, {"spec": {"suspend": suspend}})
 

@@ -26,6 +26,8 @@ LABEL_JOB = f"{GROUP}/job-name"
 LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 LABEL_PRIORITY = "kueue.x-k8s.io/priority-class"  # a Kueue WorkloadPriorityClass
+LABEL_KUEUE_JOB_UID = "kueue.x-k8s.io/job-uid"  # on a Kueue Workload: the UID of its Job
+KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
 ANNOTATION_JOB_UID = f"{GROUP}/job-uid"  # on the checkpoint volume: the job it was made for (kept or not)
 
 CONTAINER = "trainer"

@@ -85,6 +85,7 @@ class Plan:
     status: dict[str, Any]
     create_attempt: int | None = None
     set_suspend: bool | None = None
+    stop_attempt: Attempt | None = None  # delete this live attempt's Job (its pods get their grace period)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
 
 
@@ -263,6 +264,28 @@ def failure_line(attempt: Attempt, pod: PodFailure | None) -> str:
     return f"its trainer pod is gone (deleted, or lost with its node); the Job controller said: {said}"
 
 
+@dataclass(frozen=True)
+class Stall:
+    """A running attempt whose step has not moved for runPolicy.progressDeadlineSeconds."""
+
+    attempt: int
+    step: int
+    since: datetime  # when the operator first read this step
+
+
+def queue_words(workloads: list[dict[str, Any]]) -> str:
+    """What Kueue says of an attempt's Workload, in its own words: why it was evicted (preempted, say),
+    else why it is not admitted yet (the quota it waits for)."""
+    for wl in workloads:
+        conditions = {c.get("type"): c for c in (wl.get("status") or {}).get("conditions") or []}
+        evicted, reserved = conditions.get("Evicted") or {}, conditions.get("QuotaReserved") or {}
+        if evicted.get("status") == "True" and evicted.get("message"):
+            return _capped(evicted["message"])
+        if reserved.get("status") == "False" and reserved.get("message"):
+            return _capped(reserved["message"])
+    return ""
+
+
 Decision = tuple[str, str, str]  # phase, reason, message
 
 
@@ -275,10 +298,14 @@ def plan(
     final: dict[str, Any] | None = None,
     *,
     may_suspend: bool = True,
+    queue_said: str = "",
+    stalled: Stall | None = None,
 ) -> Plan:
     """Decide the job's status and next action from its attempts (this job's own: owned by its UID, not
     being deleted; sorted or not). `status.attempt` remembers the newest attempt started, so an attempt Job
-    deleted by hand is noticed. `may_suspend` is False where a queue may own every Job's `suspend`."""
+    deleted by hand is noticed. `may_suspend` is False where a queue may own every Job's `suspend`;
+    `queue_said` is what Kueue says of the latest attempt's Workload (`queue_words`); `stalled` says the
+    running attempt made no progress for its deadline."""
     old = status or {}
     p = Plan(status=copy.deepcopy(old))
     phase_before = old.get("phase")
@@ -303,8 +330,10 @@ def plan(
         phase, reason, message = _succeeded(p, current, final, now)
     elif latest.outcome == "Failed":
         phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, p.status, now), now)
+    elif stalled is not None and stalled.attempt == current and not latest.suspended:
+        phase, reason, message = _stalled(job, p, attempts, stalled, now)
     else:
-        phase, reason, message = _live(job, p, latest, old, may_suspend)
+        phase, reason, message = _live(job, p, latest, old, may_suspend, queue_said)
 
     new = p.status
     same_attempt = new.get("attempt") == old.get("attempt")
@@ -317,6 +346,13 @@ def plan(
         new["conditions"] = set_condition(old.get("conditions") or [], phase, reason, message, now, job.generation)
         if not (phase == "Pending" and not old.get("attempt")):  # the Created event has said it
             p.events.append(_event(phase, reason, message, latest, old))
+        if reason == "Stalled" or (phase == "Running" and _condition(old, "Stalled").get("status") == "True"):
+            stalled_now = reason == "Stalled"
+            why = message if stalled_now else f"attempt {current} is running"
+            new["conditions"] = mark(
+                new["conditions"], "Stalled", stalled_now, reason if stalled_now else "Progressing", why, now,
+                job.generation,
+            )  # fmt: skip
     return p
 
 
@@ -330,7 +366,7 @@ def _first_attempt(job: Job, p: Plan, left: int | None, now: datetime) -> Decisi
     if rp.suspend and not rp.queue_name:
         return "Suspended", "Suspended", "created suspended (runPolicy.suspend)"
     if rp.queue_name:
-        return "Pending", "Created", f"queued in {rp.queue_name}; waiting for admission"
+        return "Pending", "Created", f"submitted to LocalQueue {rp.queue_name}; waiting for admission"
     return "Pending", "Created", "waiting for the trainer pods to start"
 
 
@@ -429,36 +465,81 @@ def _after_deletion(
     return _restart(p, current, "disruption", what + " (not counted against backoffLimit)")
 
 
-def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool) -> Decision:
+def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool, queue_said: str = "") -> Decision:
     rp = job.spec.run_policy
     queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
     if not queued and latest.suspended != rp.suspend:
         p.set_suspend = rp.suspend
-    if latest.suspended if queued else rp.suspend:
-        return (
-            "Suspended",
-            "Suspended",
-            ("waiting for admission by the queue" if queued else "suspended (runPolicy.suspend)"),
-        )
+    if queued and latest.suspended:
+        return _queued(job, p, latest, old, queue_said)
+    if not queued and rp.suspend:
+        return "Suspended", "Suspended", "suspended (runPolicy.suspend)"
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
     if latest.ready >= job.spec.num_nodes or was_running:
         # a rank that stops is not yet the end of the attempt: the Job's outcome says that
         message = f"attempt {latest.number}: {latest.ready} pod(s) running"
         return "Running", "Running", old.get("message", message) if was_running else message
     if latest.number > 1:
-        cond: dict[str, Any] = next(
-            (c for c in old.get("conditions") or [] if c.get("type") == "Restarting" and c.get("status") == "True"),
-            {},
-        )
+        cond = _condition(old, "Restarting")
+        if cond.get("status") != "True":
+            cond = {}
         return "Restarting", cond.get("reason", "Retrying"), cond.get("message") or f"starting attempt {latest.number}"
+    if rp.queue_name:
+        return "Pending", "Admitted", f"admitted by LocalQueue {rp.queue_name}; waiting for the trainer pods to start"
     return "Pending", "Starting", "waiting for the trainer pods to start"  # released by runPolicy.suspend or a queue
 
 
+def _queued(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], said: str) -> Decision:
+    """An attempt Job the queue keeps suspended: not admitted yet, or preempted (suspended by the queue while
+    it ran; its trainers checkpoint and stop, and the same attempt runs again when the queue admits it)."""
+    rp = job.spec.run_policy
+    queue = f"LocalQueue {rp.queue_name}" if rp.queue_name else "the queue"
+    same = old.get("attempt") == latest.number
+    if same and old.get("phase") == "Running":
+        p.status["preemptions"] = int(old.get("preemptions") or 0) + 1
+        ckpt = (old.get("checkpoint") or {}).get("step")
+        where = f"resumes from the newest checkpoint (step {ckpt} or later)" if ckpt else "starts again"
+        why = said or "the queue suspended its Job"
+        return (
+            "Suspended",
+            "Preempted",
+            f"attempt {latest.number} preempted (not a failure): {why}; it {where} when {queue} admits it again",
+        )
+    held = _condition(old, "Suspended")
+    if same and old.get("phase") == "Suspended" and held.get("reason") == "Preempted":
+        return "Suspended", "Preempted", old.get("message") or held.get("message", "")
+    return "Suspended", "Queued", f"waiting for admission in {queue}" + (f": {said}" if said else "")
+
+
+def _stalled(job: Job, p: Plan, attempts: list[Attempt], stall: Stall, now: datetime) -> Decision:
+    """No step for runPolicy.progressDeadlineSeconds: stop the attempt and start the next from the newest
+    checkpoint, counted against backoffLimit like a crash (a hung collective, a dead data mount)."""
+    rp, latest = job.spec.run_policy, attempts[-1]
+    p.stop_attempt = latest
+    counted = _count(p, attempts, "crash")
+    quiet = int((now - stall.since).total_seconds())
+    what = (
+        f"attempt {latest.number} stalled: no step for {quiet} s (runPolicy.progressDeadlineSeconds "
+        f"{rp.progress_deadline_seconds}); its last step, {stall.step}, was read at {_ts(stall.since)}"
+    )
+    if counted > rp.backoff_limit:
+        p.status["completionTime"] = _ts(now)
+        return "Failed", "BackoffLimitExceeded", f"{what} (runPolicy.backoffLimit {rp.backoff_limit} reached)"
+    phase, _, message = _restart(p, latest.number, "crash", what)
+    return phase, "Stalled", message
+
+
+def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions") or [] if c.get("type") == ctype), {})
+
+
 def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
-    if phase == "Running" and latest is not None and latest.number > 1:
+    ran_before = bool(_condition(old, "Running"))  # this attempt or an earlier one ran, then stopped
+    if phase == "Running" and latest is not None and (latest.number > 1 or ran_before):
         ckpt = (old.get("checkpoint") or {}).get("step")
         where = f"resumed from the newest checkpoint (step {ckpt} or later)" if ckpt else "resumed"
-        return "Normal", "Resumed", f"attempt {latest.number} running: {where}"
+        again = " again" if latest.number == 1 or old.get("attempt") == latest.number else ""
+        return "Normal", "Resumed", f"attempt {latest.number} running{again}: {where}"
     warning = phase in ("Failed", "Restarting")
     return ("Warning" if warning else "Normal"), reason, message
 
@@ -504,6 +585,19 @@ def set_condition(
         elif not on:
             cur["reason"], cur["message"] = "PhaseChanged", f"the job is {phase} now"
     return out
+
+
+def mark(
+    conditions: list[dict[str, Any]], ctype: str, on: bool, reason: str, message: str, now: datetime, generation: int
+) -> list[dict[str, Any]]:
+    """Set one condition that is not a phase (Stalled): True or False, with its reason and message."""
+    out = [dict(c) for c in conditions if c.get("type") != ctype]
+    cur: dict[str, Any] = next((dict(c) for c in conditions if c.get("type") == ctype), {"type": ctype})
+    status = "True" if on else "False"
+    if cur.get("status") != status:
+        cur["lastTransitionTime"] = _ts(now)
+    cur.update(status=status, reason=reason, message=message[:32768], observedGeneration=generation)
+    return [*out, cur]
 
 
 # ---------------------------------------------------------------- progress from rank 0's metrics

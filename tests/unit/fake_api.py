@@ -35,8 +35,9 @@ KINDS = {
     "events": "Event",
     "jobs": "Job",
     "codextrainingjobs": "CodexTrainingJob",
+    "workloads": "Workload",
 }
-API_VERSIONS = {"jobs": "batch/v1", "codextrainingjobs": "codex.ml/v1alpha1"}
+API_VERSIONS = {"jobs": "batch/v1", "codextrainingjobs": "codex.ml/v1alpha1", "workloads": "kueue.x-k8s.io/v1beta2"}
 
 
 def status(code: int, reason: str, message: str) -> web.Response:
@@ -125,6 +126,10 @@ class FakeAPI:
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", _now())
             meta.setdefault("generation", 1)
+        else:  # a replacement keeps who the object is
+            for k in ("uid", "creationTimestamp", "generation"):
+                if k in old["metadata"]:
+                    meta.setdefault(k, old["metadata"][k])
         obj.setdefault("kind", KINDS[plural])
         obj.setdefault("apiVersion", API_VERSIONS.get(plural, "v1"))
         meta["resourceVersion"] = str(next(self._rv))

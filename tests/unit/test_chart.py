@@ -216,6 +216,7 @@ KIND_RESOURCES = {  # the kinds the operator's metrics.api_call names, as RBAC (
     f"{names.KIND}/status": (names.GROUP, f"{names.PLURAL}/status"),
     "Lease": ("coordination.k8s.io", "leases"),
     "Event": ("", "events"),
+    "Workload": ("kueue.x-k8s.io", "workloads"),
 }
 
 # what kopf calls for the operator, and what the API server asks of it

@@ -581,7 +581,7 @@ def test_with_kueue_managing_every_job_an_unlabelled_attempt_is_left_to_it():
         c.api.put("jobs", job)
         await c.settle()
         assert c.attempt(1)["spec"]["suspend"] is True
-        assert c.status()["phase"] == "Suspended" and c.status()["message"] == "waiting for admission by the queue"
+        assert c.status()["phase"] == "Suspended" and c.status()["message"] == "waiting for admission in the queue"
         assert not [r for r in c.api.requests if r[0] == "PATCH" and "/jobs/" in r[1]]
 
     scenario(test, queue_owns_suspend=True)
@@ -597,6 +597,191 @@ def test_without_a_queue_suspend_and_resume_follow_run_policy():
         assert c.attempt(1)["spec"]["suspend"] is False
 
     scenario(test)
+
+
+def workload(c: Cluster, n: int, **conditions: tuple[str, str]) -> None:
+    """Kueue's Workload of attempt `n`, with conditions type -> (status, message)."""
+    job = c.attempt(n)
+    assert job is not None
+    c.api.put(
+        "workloads",
+        {
+            "apiVersion": f"{names.KUEUE_GROUP}/{names.KUEUE_VERSION}",
+            "kind": "Workload",
+            "metadata": {
+                "name": f"job-{job['metadata']['name']}-1a2b3",
+                "namespace": NS,
+                "labels": {names.LABEL_KUEUE_JOB_UID: job["metadata"]["uid"]},
+            },
+            "status": {
+                "conditions": [
+                    {"type": t, "status": st, "reason": t, "message": m} for t, (st, m) in conditions.items()
+                ]
+            },
+        },
+    )
+
+
+async def set_suspend(c: Cluster, n: int, suspend: bool, ready: int = 0) -> None:
+    """Kueue admits (False) or evicts (True) an attempt by its Job's suspend; the Job controller follows."""
+    job = c.attempt(n)
+    assert job is not None
+    job["spec"]["suspend"] = suspend
+    job["status"] = {"ready": ready, "active": ready}
+    c.api.put("jobs", job)
+    await c.settle()
+
+
+QUOTA = "couldn't assign flavors to pod set main: insufficient unused quota for cpu in flavor default, 1 more needed"
+EVICTED = "Preempted to accommodate a workload (UID: u1, JobUID: j1) due to prioritization in the ClusterQueue"
+
+
+def test_a_queued_job_says_which_queue_it_waits_in_and_why_in_kueues_words():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.queueName=team-a")
+        st = c.status()
+        assert st["phase"] == "Suspended" and st["message"] == "waiting for admission in LocalQueue team-a"
+        assert {"type": "Suspended", "status": "True"}.items() <= {
+            k: v for k, v in next(x for x in st["conditions"] if x["type"] == "Suspended").items()
+        }.items()
+        workload(c, 1, QuotaReserved=("False", QUOTA))  # Kueue writes its Workload, not the Job: the timer looks
+        await c.retry()
+        assert c.status()["message"] == f"waiting for admission in LocalQueue team-a: {QUOTA}"
+        await set_suspend(c, 1, False)
+        assert c.status()["phase"] == "Pending" and "admitted by LocalQueue team-a" in c.status()["message"]
+        assert ("Normal", "Admitted") in [(k, r) for k, r, _ in c.events]
+        await c.run(1)
+        assert c.status()["phase"] == "Running"
+
+    scenario(test)
+
+
+def test_a_preempted_job_is_suspended_not_failed_and_runs_again_in_the_same_attempt():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.queueName=team-a", "runPolicy.workloadPriorityClass=low")
+        assert c.attempt(1)["metadata"]["labels"][names.LABEL_PRIORITY] == "low"
+        rules = c.attempt(1)["spec"]["podFailurePolicy"]["rules"]
+        assert rules[-1] == {  # a trainer stopped by the eviction (exit 143) does not fail the Job
+            "action": "Ignore",
+            "onExitCodes": {"containerName": names.CONTAINER, "operator": "In", "values": [143]},
+        }
+        await set_suspend(c, 1, False, ready=1)
+        assert c.status()["phase"] == "Running"
+        workload(c, 1, Evicted=("True", EVICTED), QuotaReserved=("False", "Pending"))
+        await set_suspend(c, 1, True)
+        st = c.status()
+        assert st["phase"] == "Suspended" and st["preemptions"] == 1
+        assert st["message"].startswith(f"attempt 1 preempted (not a failure): {EVICTED}")
+        assert "when LocalQueue team-a admits it again" in st["message"]
+        assert next(x for x in st["conditions"] if x["type"] == "Suspended")["reason"] == "Preempted"
+        assert ("Normal", "Preempted") in [(k, r) for k, r, _ in c.events]
+        assert not st.get("crashes") and not st.get("disruptions") and st["restarts"] == 0
+        await c.retry()  # the timer keeps Kueue's reason for the preemption
+        assert c.status()["message"] == st["message"]
+
+        await set_suspend(c, 1, False, ready=1)  # re-admitted: the same Job, new pods, resumed from the volume
+        st = c.status()
+        assert st["phase"] == "Running" and st["attempt"] == 1 and st["restarts"] == 0
+        resumed = [m for _, r, m in c.events if r == "Resumed"]
+        assert resumed == ["attempt 1 running again: resumed"], c.events
+        await c.complete(1, {contract.FINAL_STEP: 300})
+        assert c.status()["phase"] == "Succeeded" and c.status()["preemptions"] == 1
+
+    scenario(test)
+
+
+def rank0_at(c: Cluster, n: int, step: int) -> None:
+    """Rank 0 of attempt `n` serves its step (out of 300) and its newest checkpoint (every 10 steps)."""
+    pod = c.pod(n, 0)
+    c.api.metrics_text[pod["metadata"]["name"]] = "".join(
+        f"{metric} {value}\n"
+        for metric, value in [
+            (contract.METRIC_STEP, step),
+            (contract.METRIC_TOTAL_STEPS, 300),
+            (contract.METRIC_CHECKPOINT_STEP, step // 10 * 10),
+        ]
+    )
+    c.op.jobs[KEY].body = c.job()
+
+
+def quiet_for(c: Cluster, seconds: float) -> None:
+    """As if the operator read the running attempt's current step `seconds` ago."""
+    st = c.op.jobs[KEY]
+    assert st.moved is not None
+    st.moved = type(st.moved)(st.moved.attempt, st.moved.step, st.moved.since - timedelta(seconds=seconds))
+
+
+def test_a_stalled_attempt_is_stopped_and_the_job_restarts_from_its_checkpoint_counted_as_a_crash():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60", "runPolicy.backoffLimit=1")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        assert c.status()["progress"]["step"] == 40
+        quiet_for(c, 30)
+        await c.retry()
+        assert c.attempt(1) is not None and c.status()["phase"] == "Running"  # not yet: 30 s < 60 s
+        rank0_at(c, 1, 41)  # the step moved: the clock starts again
+        await c.retry()
+        quiet_for(c, 59)
+        await c.retry()
+        assert c.status()["phase"] == "Running"
+        quiet_for(c, 2)
+        await c.retry()
+
+        st = c.status()
+        assert c.attempt(1) is None and c.attempt(2) is not None  # stopped; the next resumes from the volume
+        assert st["phase"] == "Restarting" and st["crashes"] == 1 and st["attempt"] == 2
+        stalled = next(x for x in st["conditions"] if x["type"] == "Stalled")
+        assert stalled["status"] == "True" and stalled["reason"] == "Stalled"
+        assert (
+            "no step for 61 s (runPolicy.progressDeadlineSeconds 60); its last step, 41, was read at"
+            in (stalled["message"])
+        )
+        warnings = [m for k, r, m in c.events if (k, r) == ("Warning", "Stalled")]
+        assert len(warnings) == 1 and "its last step, 41" in warnings[0] and "step 40 or later" in warnings[0]
+
+        await c.run(2)  # attempt 2 runs: not stalled any more
+        st = c.status()
+        assert st["phase"] == "Running"
+        assert next(x for x in st["conditions"] if x["type"] == "Stalled")["status"] == "False"
+        rank0_at(c, 2, 45)
+        await c.retry()
+        quiet_for(c, 61)
+        await c.retry()  # a second stall is one crash more than backoffLimit 1: Failed, its attempt stopped
+        st = c.status()
+        assert st["phase"] == "Failed" and "runPolicy.backoffLimit 1 reached" in st["message"]
+        assert c.attempt(2) is None and c.attempt(3) is None
+
+    scenario(test)
+
+
+def test_without_a_deadline_a_quiet_job_never_stalls_and_the_clock_stops_while_suspended():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        quiet_for(c, 10**6)
+        await c.retry()
+        assert c.status()["phase"] == "Running" and c.attempt(1) is not None
+
+    scenario(test)
+
+    async def suspended(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        await c.edit("runPolicy.suspend=true")
+        await c.retry()  # suspended: the clock is dropped
+        assert c.op.jobs[KEY].moved is None
+        await c.edit("runPolicy.suspend=false")
+        await c.run(1)
+        await c.retry()  # running again, before its first reading: a model download is not a stall
+        assert c.status()["phase"] == "Running" and c.attempt(1) is not None
+
+    scenario(suspended)
 
 
 # ---------------------------------------------------------------- 7. what a job's pod serves cannot hurt the operator

@@ -7,6 +7,7 @@ import yaml
 
 from codex_operator import builders, names
 from codex_operator.builders import Job, Settings
+from codex_trainer import contract
 from codex_trainer.manifest import apply_overrides, parse_manifest
 from support import TINY
 
@@ -209,6 +210,30 @@ def test_kueue_jobs_are_created_suspended_with_the_queue_label():
     assert attempt["spec"]["suspend"] is True
     assert attempt["metadata"]["labels"][names.LABEL_QUEUE] == "team-queue"
     assert builders.attempt_job(make_job("runPolicy.suspend=true"), 1, Settings())["spec"]["suspend"] is True
+
+
+def test_a_priority_class_and_the_grace_period_reach_the_attempt():
+    job = make_job(
+        "runPolicy.queueName=q", "runPolicy.workloadPriorityClass=high", "runPolicy.terminationGracePeriodSeconds=900"
+    )
+    attempt = builders.attempt_job(job, 1, Settings())
+    assert attempt["metadata"]["labels"][names.LABEL_PRIORITY] == "high"
+    pod = attempt["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] == 900
+    env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+    assert env[contract.ENV_LOCK_WAIT] == "900"  # the next attempt waits as long for a stopping one's checkpoint
+    plain = builders.attempt_job(make_job(), 1, Settings())
+    assert plain["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == 120
+    assert names.LABEL_PRIORITY not in plain["metadata"]["labels"]
+
+
+def test_only_a_job_a_queue_may_suspend_ignores_a_trainer_stopped_by_sigterm():
+    def ignores_143(attempt):
+        return any(r["action"] == "Ignore" for r in attempt["spec"]["podFailurePolicy"]["rules"])
+
+    assert not ignores_143(builders.attempt_job(make_job(), 1, Settings()))  # a deleted pod is a new attempt
+    assert ignores_143(builders.attempt_job(make_job("runPolicy.queueName=q"), 1, Settings()))
+    assert ignores_143(builders.attempt_job(make_job(), 1, Settings(queue_owns_suspend=True)))
 
 
 def test_the_deadline_left_becomes_the_attempts_deadline():

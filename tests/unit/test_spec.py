@@ -115,6 +115,26 @@ def test_a_queue_name_must_be_a_label_value(name, words):
     assert words in found["spec.runPolicy.queueName"]
 
 
+def test_a_priority_class_must_be_a_label_value_and_the_message_names_its_label():
+    assert parse_manifest(manifest(runPolicy={"workloadPriorityClass": "high"})).spec.run_policy.workload_priority_class
+    found = problems(manifest(runPolicy={"workloadPriorityClass": "very high"}))
+    assert list(found) == ["spec.runPolicy.workloadPriorityClass"], found
+    assert "it becomes the label kueue.x-k8s.io/priority-class" in found["spec.runPolicy.workloadPriorityClass"]
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "words"),
+    [
+        ("progressDeadlineSeconds", 0, "greater than 0"),
+        ("terminationGracePeriodSeconds", 0, "greater than or equal to 1"),
+        ("terminationGracePeriodSeconds", 86401, "less than or equal to 86400"),
+    ],
+)
+def test_deadlines_out_of_range_are_refused_naming_the_field(field, value, words):
+    found = problems(manifest(runPolicy={field: value}))
+    assert list(found) == [f"spec.runPolicy.{field}"] and words in found[f"spec.runPolicy.{field}"], found
+
+
 def test_max_disruptions_defaults_to_twenty_and_may_be_zero():
     assert parse_manifest(manifest()).spec.run_policy.max_disruptions == 20
     assert parse_manifest(manifest(runPolicy={"maxDisruptions": 0})).spec.run_policy.max_disruptions == 0

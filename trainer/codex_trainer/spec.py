@@ -367,36 +367,36 @@ class StorageSpec(_Model):
     )
 
 
-def _label_value_of(label: str) -> tuple[str, Any]:
-    """A Kubernetes label value, not empty, for the label it becomes: the message names that label."""
-    message = (
+def _label_value_message(label: str) -> str:
+    return (
         f"must be a Kubernetes label value (it becomes the label {label}): letters, digits, "
         f"'-', '_' and '.', beginning and ending with a letter or digit, at most {MAX_LABEL_VALUE} characters"
     )
 
+
+QUEUE_NAME_MESSAGE = _label_value_message("kueue.x-k8s.io/queue-name")
+PRIORITY_CLASS_MESSAGE = _label_value_message("kueue.x-k8s.io/priority-class")
+
+
+def _label_value(message: str) -> Any:
     def check(v: str) -> str:
         if not LABEL_VALUE.fullmatch(v):
             raise ValueError(message)
         return v
 
-    return message, check
+    return AfterValidator(check)
 
 
-def _label_value_type(label: str) -> Any:
-    message, check = _label_value_of(label)
-    return Annotated[
-        str,
-        Field(
-            min_length=1,
-            max_length=MAX_LABEL_VALUE,
-            json_schema_extra=cel(f"self.matches('{LABEL_VALUE_PATTERN}')", message),
-        ),
-        AfterValidator(check),
-    ]
+def _label_field(message: str) -> Any:
+    return Field(
+        min_length=1,
+        max_length=MAX_LABEL_VALUE,
+        json_schema_extra=cel(f"self.matches('{LABEL_VALUE_PATTERN}')", message),
+    )
 
 
-QueueName = _label_value_type("kueue.x-k8s.io/queue-name")
-PriorityClassName = _label_value_type("kueue.x-k8s.io/priority-class")
+QueueName = Annotated[str, _label_field(QUEUE_NAME_MESSAGE), _label_value(QUEUE_NAME_MESSAGE)]
+PriorityClassName = Annotated[str, _label_field(PRIORITY_CLASS_MESSAGE), _label_value(PRIORITY_CLASS_MESSAGE)]
 
 
 class RunPolicySpec(_Model):

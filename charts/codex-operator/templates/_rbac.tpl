@@ -29,6 +29,11 @@
 - apiGroups: [""]
   resources: [pods]
   verbs: [list]
+# Kueue's Workloads of a queued attempt (Kube.list_workloads): why it waits, or why it was preempted, in
+# Kueue's words; read only (where Kueue is not installed the list is refused and nothing is said)
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list]
 {{- if eq .Values.progress.via "proxy" }}
 # Kube.pod_metrics_via_proxy: rank 0's /metrics through the API server (progress.via: proxy)
 - apiGroups: [""]
