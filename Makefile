@@ -52,7 +52,7 @@ secrets:            ## gitleaks over the whole history and the tree: fails on a 
 
 # ---- the test cluster: kind, with a node image made here (tests/cluster), and the end-to-end suite
 
-.PHONY: cluster-up cluster-down cluster-status e2e
+.PHONY: cluster-up cluster-down cluster-status kueue kueue-down e2e
 
 cluster-up:         ## build kind and its node image (cached), create the cluster (a control plane, two workers); prints the KUBECONFIG
 	$(PYTHON) tests/cluster/cluster.py up
@@ -62,6 +62,12 @@ cluster-down:       ## delete it: its node containers and volumes
 
 cluster-status:
 	$(PYTHON) tests/cluster/cluster.py status
+
+kueue:              ## Kueue v0.17.0 onto the running test cluster: built from the Go module proxy (cached), its own manifests; MANAGE_ALL=1 for manageJobsWithoutQueueName
+	$(PYTHON) tests/cluster/kueue.py install $(if $(MANAGE_ALL),--manage-jobs-without-queue-name)
+
+kueue-down:         ## remove it: the queue objects first, then Kueue (cluster-down removes it with the rest)
+	$(PYTHON) tests/cluster/kueue.py uninstall
 
 e2e:                ## the integration/e2e suite on the kind cluster (created here when not up, deleted after)
 	$(PYTHON) -m pytest tests/integration

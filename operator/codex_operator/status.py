@@ -500,14 +500,17 @@ def _queued(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], said: str) 
         ckpt = (old.get("checkpoint") or {}).get("step")
         where = f"resumes from the newest checkpoint (step {ckpt} or later)" if ckpt else "starts again"
         why = said or "the queue suspended its Job"
+        # Kueue evicts for other reasons too (a stopped ClusterQueue, a pods-ready timeout): its words say which
+        preempted = not said or said.startswith("Preempted")
+        reason, what = ("Preempted", "preempted") if preempted else ("Evicted", "evicted")
         return (
             "Suspended",
-            "Preempted",
-            f"attempt {latest.number} preempted (not a failure): {why}; it {where} when {queue} admits it again",
+            reason,
+            f"attempt {latest.number} {what} (not a failure): {why}; it {where} when {queue} admits it again",
         )
     held = _condition(old, "Suspended")
-    if same and old.get("phase") == "Suspended" and held.get("reason") == "Preempted":
-        return "Suspended", "Preempted", old.get("message") or held.get("message", "")
+    if same and old.get("phase") == "Suspended" and held.get("reason") in ("Preempted", "Evicted"):
+        return "Suspended", held["reason"], old.get("message") or held.get("message", "")
     return "Suspended", "Queued", f"waiting for admission in {queue}" + (f": {said}" if said else "")
 
 

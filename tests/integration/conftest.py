@@ -19,6 +19,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "images"))  # build.py: the images' builds
+import kueue  # noqa: E402
 from images import Images  # noqa: E402
 
 from cluster import Cluster  # noqa: E402
@@ -53,6 +54,7 @@ def cluster():
     with c.session():  # another checkout's `up` leaves the cluster be while this session runs
         started_here = not c.is_up()
         c.up()  # a failed `up` removes what it made before it raises
+        kueue.build_in_background(c.state / "bin" / "kueue")  # test_kueue.py needs it, much later
         try:
             yield c
         finally:  # also when the session fails or is interrupted
