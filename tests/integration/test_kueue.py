@@ -229,7 +229,7 @@ def test_a_frozen_trainer_is_caught_by_the_progress_deadline_and_the_job_recover
     dead mount would freeze it."""
     if not hasattr(jobs.cluster, "nodes"):
         pytest.skip("freezing a process needs the kind harness's nodes")
-    jobs.apply(manifest("frozen", *train("500m", "training.maxSteps=100"), "runPolicy.progressDeadlineSeconds=30",
+    jobs.apply(manifest("frozen", *train("500m", "training.maxSteps=300"), "runPolicy.progressDeadlineSeconds=30",
                         "runPolicy.terminationGracePeriodSeconds=10"))  # fmt: skip
     wait_for(lambda: (jobs.status("frozen").get("checkpoint") or {}).get("step", 0) >= 10, "a checkpoint", 400)
     (pod,) = pods(jobs, "frozen")
