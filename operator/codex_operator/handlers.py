@@ -41,6 +41,7 @@ from .status import (
     Attempt,
     Plan,
     PodFailure,
+    QueueSaid,
     Stall,
     attempt_from_job,
     blame,
@@ -71,6 +72,7 @@ OWNED = (
     "crashes",
     "disruptions",
     "preemptions",
+    "ranAttempt",
     "startTime",
     "completionTime",
     "observedGeneration",
@@ -103,6 +105,7 @@ class JobState:
     failed_generation: int | None = None  # the spec generation the last failed reconcile saw
     refused: str | None = None  # the line the last failed reconcile wrote into status.message
     moved: Stall | None = None  # the running attempt's step, and when this operator first read it
+    stalled: Stall | None = None  # found stalled by a tick: the next tick_once restarts it
 
 
 class Operator:
@@ -294,12 +297,12 @@ class Operator:
             await self._retain(job, names.pvc_name(job.name))
         await self.patch_status(meta["namespace"], meta["name"], {"observedGeneration": meta.get("generation")}, status)
 
-    async def _queue_said(self, job: Job, latest: Attempt | None) -> str:
+    async def _queue_said(self, job: Job, latest: Attempt | None) -> QueueSaid:
         """What Kueue says of a queued attempt that is suspended: why it waits, or why it was evicted."""
         assert self.kube is not None
         queued = job.spec.run_policy.queue_name or self.options.queue_owns_suspend
         if latest is None or latest.outcome is not None or not latest.suspended or not queued:
-            return ""
+            return QueueSaid()
         read = self.kube.list_workloads(job.namespace, latest.uid)
         return queue_words(await _asking(f"listing the Workloads of Job {latest.name}", read))
 
@@ -522,6 +525,14 @@ class Operator:
         await asyncio.gather(
             *(one(k, st) for k, st in list(self.jobs.items()) if k not in due), *(self.reconcile(*k) for k in due)
         )
+        # so is a stalled attempt's restart (stop it, start the next, write why): never cut short halfway
+        await asyncio.gather(*(self._restart_stalled(k, st) for k, st in list(self.jobs.items()) if st.stalled))
+
+    async def _restart_stalled(self, key: Key, st: JobState) -> None:
+        stalled, st.stalled = st.stalled, None
+        await self.reconcile(*key, stalled=stalled)
+        if st.retry_at is None and st.moved is stalled:
+            st.moved = None  # done (a failed restart keeps the clock: the next tick finds it stalled again)
 
     async def tick_all(self) -> None:
         """One timer for all jobs (kopf's per-object timers would put a finalizer on every job, which
@@ -556,9 +567,9 @@ class Operator:
         progress, checkpoint = progress_from_metrics(samples, datetime.now(UTC), status.get("progress"))
         if not progress.get("totalSteps"):
             return  # the endpoint is up but training has not started
-        st, number = self.state((ns, name)), int(status.get("attempt") or 1)
-        if st.moved is None or (st.moved.attempt, st.moved.step) != (number, progress["step"]):
-            st.moved = Stall(number, progress["step"], datetime.now(UTC))
+        st, number, uid = self.state((ns, name)), int(status.get("attempt") or 1), pod["metadata"].get("uid", "")
+        if st.moved is None or (st.moved.attempt, st.moved.pod, st.moved.step) != (number, uid, progress["step"]):
+            st.moved = Stall(number, progress["step"], datetime.now(UTC), uid)
         patch: dict[str, Any] = {}
         if progress_changed(status.get("progress"), progress):
             patch["progress"] = progress
@@ -580,8 +591,7 @@ class Operator:
         if (datetime.now(UTC) - moved.since).total_seconds() < deadline:
             return
         log.info("%s/%s: attempt %d stalled at step %d", *key, moved.attempt, moved.step)
-        st.moved = None
-        await self.reconcile(*key, stalled=moved)
+        st.stalled = moved  # restarted by tick_once, outside this tick's timeout
 
     async def explain_queue(self, body: dict[str, Any]) -> None:
         """A job waiting in a queue: Kueue's own words on why (the quota it waits for) in status.message."""
@@ -597,7 +607,7 @@ class Operator:
         job = await self.kube.get("Job", meta["namespace"], attempt)
         if job is None:
             return
-        said = queue_words(await self.kube.list_workloads(meta["namespace"], job["metadata"]["uid"]))
+        said = queue_words(await self.kube.list_workloads(meta["namespace"], job["metadata"]["uid"])).message
         queue = ((body.get("spec") or {}).get("runPolicy") or {}).get("queueName")
         message = f"waiting for admission in {f'LocalQueue {queue}' if queue else 'the queue'}" + (
             f": {said}" if said else ""

@@ -271,19 +271,27 @@ class Stall:
     attempt: int
     step: int
     since: datetime  # when the operator first read this step
+    pod: str = ""  # the UID of the rank 0 pod it read: a replaced pod loads its model again, and is not a stall
 
 
-def queue_words(workloads: list[dict[str, Any]]) -> str:
-    """What Kueue says of an attempt's Workload, in its own words: why it was evicted (preempted, say),
-    else why it is not admitted yet (the quota it waits for)."""
+@dataclass(frozen=True)
+class QueueSaid:
+    """What Kueue says of an attempt's Workload: why it was evicted (`evicted`: Kueue's reason, Preempted
+    say), else why it is not admitted yet (the quota it waits for), in Kueue's own words."""
+
+    evicted: str = ""
+    message: str = ""
+
+
+def queue_words(workloads: list[dict[str, Any]]) -> QueueSaid:
     for wl in workloads:
         conditions = {c.get("type"): c for c in (wl.get("status") or {}).get("conditions") or []}
         evicted, reserved = conditions.get("Evicted") or {}, conditions.get("QuotaReserved") or {}
-        if evicted.get("status") == "True" and evicted.get("message"):
-            return _capped(evicted["message"])
+        if evicted.get("status") == "True":
+            return QueueSaid(evicted.get("reason") or "Evicted", _capped(evicted.get("message")))
         if reserved.get("status") == "False" and reserved.get("message"):
-            return _capped(reserved["message"])
-    return ""
+            return QueueSaid(message=_capped(reserved["message"]))
+    return QueueSaid()
 
 
 Decision = tuple[str, str, str]  # phase, reason, message
@@ -298,7 +306,7 @@ def plan(
     final: dict[str, Any] | None = None,
     *,
     may_suspend: bool = True,
-    queue_said: str = "",
+    queue_said: QueueSaid | None = None,
     stalled: Stall | None = None,
 ) -> Plan:
     """Decide the job's status and next action from its attempts (this job's own: owned by its UID, not
@@ -330,10 +338,17 @@ def plan(
         phase, reason, message = _succeeded(p, current, final, now)
     elif latest.outcome == "Failed":
         phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, p.status, now), now)
-    elif stalled is not None and stalled.attempt == current and not latest.suspended:
+    elif (
+        stalled
+        and job.spec.run_policy.progress_deadline_seconds
+        and stalled.attempt == current
+        and not latest.suspended
+    ):
         phase, reason, message = _stalled(job, p, attempts, stalled, now)
     else:
-        phase, reason, message = _live(job, p, latest, old, may_suspend, queue_said)
+        phase, reason, message = _live(job, p, latest, old, may_suspend, queue_said or QueueSaid())
+    if phase == "Running":
+        p.status["ranAttempt"] = current  # a later Running of this attempt is a resumption
 
     new = p.status
     same_attempt = new.get("attempt") == old.get("attempt")
@@ -346,13 +361,11 @@ def plan(
         new["conditions"] = set_condition(old.get("conditions") or [], phase, reason, message, now, job.generation)
         if not (phase == "Pending" and not old.get("attempt")):  # the Created event has said it
             p.events.append(_event(phase, reason, message, latest, old))
-        if reason == "Stalled" or (phase == "Running" and _condition(old, "Stalled").get("status") == "True"):
-            stalled_now = reason == "Stalled"
-            why = message if stalled_now else f"attempt {current} is running"
-            new["conditions"] = mark(
-                new["conditions"], "Stalled", stalled_now, reason if stalled_now else "Progressing", why, now,
-                job.generation,
-            )  # fmt: skip
+        stalled_now = p.stop_attempt is not None  # the stall path: Restarting, or Failed at the backoff limit
+        if stalled_now or _condition(old, "Stalled").get("status") == "True":
+            why = message if stalled_now else f"the job is {phase} now"
+            mark_reason = "Stalled" if stalled_now else ("Progressing" if phase == "Running" else "PhaseChanged")
+            new["conditions"] = mark(new["conditions"], "Stalled", stalled_now, mark_reason, why, now, job.generation)
     return p
 
 
@@ -465,7 +478,9 @@ def _after_deletion(
     return _restart(p, current, "disruption", what + " (not counted against backoffLimit)")
 
 
-def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool, queue_said: str = "") -> Decision:
+def _live(
+    job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool, queue_said: QueueSaid
+) -> Decision:
     rp = job.spec.run_policy
     queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
     if not queued and latest.suspended != rp.suspend:
@@ -479,39 +494,45 @@ def _live(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: 
         # a rank that stops is not yet the end of the attempt: the Job's outcome says that
         message = f"attempt {latest.number}: {latest.ready} pod(s) running"
         return "Running", "Running", old.get("message", message) if was_running else message
-    if latest.number > 1:
+    held = old.get("phase") == "Suspended"  # released by runPolicy.suspend or admitted by a queue
+    starting = old.get("attempt") == latest.number and old.get("phase") in ("Suspended", "Pending")
+    if latest.number > 1 and not starting:
         cond = _condition(old, "Restarting")
         if cond.get("status") != "True":
             cond = {}
         return "Restarting", cond.get("reason", "Retrying"), cond.get("message") or f"starting attempt {latest.number}"
-    if rp.queue_name:
-        return "Pending", "Admitted", f"admitted by LocalQueue {rp.queue_name}; waiting for the trainer pods to start"
-    return "Pending", "Starting", "waiting for the trainer pods to start"  # released by runPolicy.suspend or a queue
+    if rp.queue_name or (queued and held):
+        queue = f"LocalQueue {rp.queue_name}" if rp.queue_name else "the queue"
+        return "Pending", "Admitted", f"admitted by {queue}; waiting for the trainer pods to start"
+    return "Pending", "Starting", "waiting for the trainer pods to start"
 
 
-def _queued(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], said: str) -> Decision:
-    """An attempt Job the queue keeps suspended: not admitted yet, or preempted (suspended by the queue while
-    it ran; its trainers checkpoint and stop, and the same attempt runs again when the queue admits it)."""
+EVICTED = ("Preempted", "Evicted")  # the Suspended condition's reasons for an attempt the queue stopped
+
+
+def _queued(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], said: QueueSaid) -> Decision:
+    """An attempt Job the queue keeps suspended: not admitted yet, or evicted (suspended by the queue after
+    it was admitted; its trainers checkpoint and stop, and the same attempt runs again when the queue admits
+    it). Kueue preempts for a higher priority, and evicts for other reasons too (a stopped ClusterQueue, a
+    pods-ready timeout): its reason says which."""
     rp = job.spec.run_policy
     queue = f"LocalQueue {rp.queue_name}" if rp.queue_name else "the queue"
     same = old.get("attempt") == latest.number
-    if same and old.get("phase") == "Running":
+    held = _condition(old, "Suspended")
+    if same and old.get("phase") == "Suspended" and held.get("reason") in EVICTED:
+        return "Suspended", held["reason"], old.get("message") or held.get("message", "")
+    if same and (old.get("phase") == "Running" or said.evicted):  # said.evicted: also one the operator missed
         p.status["preemptions"] = int(old.get("preemptions") or 0) + 1
         ckpt = (old.get("checkpoint") or {}).get("step")
         where = f"resumes from the newest checkpoint (step {ckpt} or later)" if ckpt else "starts again"
-        why = said or "the queue suspended its Job"
-        # Kueue evicts for other reasons too (a stopped ClusterQueue, a pods-ready timeout): its words say which
-        preempted = not said or said.startswith("Preempted")
-        reason, what = ("Preempted", "preempted") if preempted else ("Evicted", "evicted")
+        why = said.message or "the queue suspended its Job"
+        reason = "Preempted" if said.evicted in ("", "Preempted") else "Evicted"
         return (
             "Suspended",
             reason,
-            f"attempt {latest.number} {what} (not a failure): {why}; it {where} when {queue} admits it again",
+            f"attempt {latest.number} {reason.lower()} (not a failure): {why}; it {where} when {queue} admits it again",
         )
-    held = _condition(old, "Suspended")
-    if same and old.get("phase") == "Suspended" and held.get("reason") in ("Preempted", "Evicted"):
-        return "Suspended", held["reason"], old.get("message") or held.get("message", "")
-    return "Suspended", "Queued", f"waiting for admission in {queue}" + (f": {said}" if said else "")
+    return "Suspended", "Queued", f"waiting for admission in {queue}" + (f": {said.message}" if said.message else "")
 
 
 def _stalled(job: Job, p: Plan, attempts: list[Attempt], stall: Stall, now: datetime) -> Decision:
@@ -537,12 +558,11 @@ def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 
 def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
-    ran_before = bool(_condition(old, "Running"))  # this attempt or an earlier one ran, then stopped
-    if phase == "Running" and latest is not None and (latest.number > 1 or ran_before):
+    again = latest is not None and old.get("ranAttempt") == latest.number  # after a preemption or a suspension
+    if phase == "Running" and latest is not None and (latest.number > 1 or again):
         ckpt = (old.get("checkpoint") or {}).get("step")
         where = f"resumed from the newest checkpoint (step {ckpt} or later)" if ckpt else "resumed"
-        again = " again" if latest.number == 1 or old.get("attempt") == latest.number else ""
-        return "Normal", "Resumed", f"attempt {latest.number} running{again}: {where}"
+        return "Normal", "Resumed", f"attempt {latest.number} running{' again' if again else ''}: {where}"
     warning = phase in ("Failed", "Restarting")
     return ("Warning" if warning else "Normal"), reason, message
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -599,8 +600,8 @@ def test_without_a_queue_suspend_and_resume_follow_run_policy():
     scenario(test)
 
 
-def workload(c: Cluster, n: int, **conditions: tuple[str, str]) -> None:
-    """Kueue's Workload of attempt `n`, with conditions type -> (status, message)."""
+def workload(c: Cluster, n: int, **conditions: tuple[str, ...]) -> None:
+    """Kueue's Workload of attempt `n`, with conditions type -> (status, message[, reason])."""
     job = c.attempt(n)
     assert job is not None
     c.api.put(
@@ -615,7 +616,8 @@ def workload(c: Cluster, n: int, **conditions: tuple[str, str]) -> None:
             },
             "status": {
                 "conditions": [
-                    {"type": t, "status": st, "reason": t, "message": m} for t, (st, m) in conditions.items()
+                    {"type": t, "status": v[0], "message": v[1], "reason": v[2] if len(v) > 2 else t}
+                    for t, v in conditions.items()
                 ]
             },
         },
@@ -667,7 +669,7 @@ def test_a_preempted_job_is_suspended_not_failed_and_runs_again_in_the_same_atte
         }
         await set_suspend(c, 1, False, ready=1)
         assert c.status()["phase"] == "Running"
-        workload(c, 1, Evicted=("True", EVICTED), QuotaReserved=("False", "Pending"))
+        workload(c, 1, Evicted=("True", EVICTED, "Preempted"), QuotaReserved=("False", "Pending"))
         await set_suspend(c, 1, True)
         st = c.status()
         assert st["phase"] == "Suspended" and st["preemptions"] == 1
@@ -690,6 +692,51 @@ def test_a_preempted_job_is_suspended_not_failed_and_runs_again_in_the_same_atte
     scenario(test)
 
 
+def test_an_eviction_the_operator_did_not_see_running_and_a_later_attempt_readmitted_are_told_right():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.queueName=team-a")
+        await set_suspend(c, 1, False)  # admitted; evicted before its pods ran (or while the operator was away)
+        assert c.status()["phase"] == "Pending"
+        workload(c, 1, Evicted=("True", "ClusterQueue team-cq is stopped", "ClusterQueueStopped"))
+        await set_suspend(c, 1, True)
+        st = c.status()
+        assert st["phase"] == "Suspended" and st["preemptions"] == 1
+        assert st["message"].startswith("attempt 1 evicted (not a failure): ClusterQueue team-cq is stopped")
+        assert next(x for x in st["conditions"] if x["type"] == "Suspended")["reason"] == "Evicted"
+
+        await set_suspend(c, 1, False, ready=1)
+        await c.fail(1)  # a crash: attempt 2, queued again, admitted, preempted, admitted again
+        await set_suspend(c, 2, False, ready=1)
+        assert [m for _, r, m in c.events if r == "Resumed"] == ["attempt 2 running: resumed"]
+        workload(c, 2, Evicted=("True", EVICTED, "Preempted"))
+        await set_suspend(c, 2, True)
+        assert c.status()["phase"] == "Suspended" and c.status()["preemptions"] == 2
+        c.events.clear()
+        await set_suspend(c, 2, False)
+        assert c.status()["phase"] == "Pending" and not [e for e in c.events if e[0] == "Warning"], c.events
+        await c.run(2)
+        assert [m for _, r, m in c.events if r == "Resumed"] == ["attempt 2 running again: resumed"]
+
+    scenario(test)
+
+
+def test_a_replaced_rank_0_pod_starts_the_stall_clock_again():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        quiet_for(c, 59)
+        c.api.delete("pods", NS, f"{NAME}-a1-0-x")  # replaced in the same attempt: it loads its model again
+        rank0_at(c, 1, 40)
+        await c.retry()
+        quiet_for(c, 30)
+        await c.retry()
+        assert c.status()["phase"] == "Running" and c.attempt(1) is not None
+
+    scenario(test)
+
+
 def rank0_at(c: Cluster, n: int, step: int) -> None:
     """Rank 0 of attempt `n` serves its step (out of 300) and its newest checkpoint (every 10 steps)."""
     pod = c.pod(n, 0)
@@ -708,7 +755,7 @@ def quiet_for(c: Cluster, seconds: float) -> None:
     """As if the operator read the running attempt's current step `seconds` ago."""
     st = c.op.jobs[KEY]
     assert st.moved is not None
-    st.moved = type(st.moved)(st.moved.attempt, st.moved.step, st.moved.since - timedelta(seconds=seconds))
+    st.moved = dataclasses.replace(st.moved, since=st.moved.since - timedelta(seconds=seconds))
 
 
 def test_a_stalled_attempt_is_stopped_and_the_job_restarts_from_its_checkpoint_counted_as_a_crash():
@@ -752,6 +799,7 @@ def test_a_stalled_attempt_is_stopped_and_the_job_restarts_from_its_checkpoint_c
         st = c.status()
         assert st["phase"] == "Failed" and "runPolicy.backoffLimit 1 reached" in st["message"]
         assert c.attempt(2) is None and c.attempt(3) is None
+        assert next(x for x in st["conditions"] if x["type"] == "Stalled")["status"] == "True"
 
     scenario(test)
 
