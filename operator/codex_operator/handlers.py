@@ -497,8 +497,9 @@ class Operator:
         log.debug("tick %s/%s %s", *key, phase)
         try:
             if phase == "Running":
+                # first: a frozen trainer's /metrics does not answer, and the tick's timeout may end the read
+                self.check_stall(key, st, body)
                 await self.read_progress(body)
-                await self.check_stall(key, st, body)
             else:
                 st.moved = None  # the stall clock runs only while the attempt runs (not while queued or preempted)
             if phase in ("Pending", "Restarting"):
@@ -578,7 +579,7 @@ class Operator:
         if patch:
             await self.timer_patch(body, patch)
 
-    async def check_stall(self, key: Key, st: JobState, body: dict[str, Any]) -> None:
+    def check_stall(self, key: Key, st: JobState, body: dict[str, Any]) -> None:
         """runPolicy.progressDeadlineSeconds: a running attempt whose step has not moved for that long is
         stopped and the job restarts from its newest checkpoint. The clock starts at the attempt's first
         progress reading, which the trainer publishes once its model and data are loaded; so a download or a

@@ -165,7 +165,7 @@ def test_a_preempted_job_checkpoints_and_resumes_at_that_step_with_the_weights_o
     continues at the very step it saved, and ends with the weights of the same job run undisturbed (which
     runs beside it, outside the queue: Kueue leaves a Job without a queue name alone)."""
     jobs = queued
-    same = train("1500m", "training.maxSteps=300")
+    same = train("1500m", "training.maxSteps=300", "checkpoint.keepLast=40")  # the SIGTERM checkpoint stays
     jobs.apply(manifest("low", *same, "runPolicy.queueName=team-a", f"runPolicy.workloadPriorityClass={LOW}"))
     jobs.apply(manifest("straight", *same))
     wait_for(lambda: (jobs.status("low").get("checkpoint") or {}).get("step", 0) >= 10, "a checkpoint of low", 400)

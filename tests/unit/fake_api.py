@@ -101,6 +101,7 @@ class FakeAPI:
         self.requests: list[tuple[str, str]] = []  # (method, path)
         self.rules: list[Rule] = []
         self.metrics_text: dict[str, str] = {}  # pod name -> what its /metrics serves
+        self.frozen: set[str] = set()  # pods whose /metrics never answers (a process stopped by SIGSTOP)
         self._rv = itertools.count(1)
 
     # ---------------------------------------------------------------- for tests
@@ -177,6 +178,8 @@ class FakeAPI:
                 return status(rule.code, "Refused", rule.message)
         if plural == "pods" and name and sub == "proxy/metrics":
             pod = name.split(":")[0]
+            while pod in self.frozen:  # until the test thaws it
+                await asyncio.sleep(0.05)
             if pod not in self.metrics_text:
                 return status(503, "ServiceUnavailable", "no endpoints")
             return web.Response(text=self.metrics_text[pod])

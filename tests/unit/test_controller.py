@@ -804,6 +804,24 @@ def test_a_stalled_attempt_is_stopped_and_the_job_restarts_from_its_checkpoint_c
     scenario(test)
 
 
+def test_a_trainer_whose_metrics_never_answer_is_caught_as_stalled():
+    """A frozen trainer's /metrics accepts the connection and never answers: the tick's timeout (5 s) ends
+    each read, and the stall is found all the same."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        c.api.frozen.add(f"{NAME}-a1-0-x")
+        quiet_for(c, 61)
+        await c.retry()
+        assert c.attempt(1) is None and c.status()["phase"] == "Restarting" and c.status()["crashes"] == 1
+        c.api.frozen.clear()
+
+    scenario(test, progress_interval=0.1)
+
+
 def test_without_a_deadline_a_quiet_job_never_stalls_and_the_clock_stops_while_suspended():
     async def test(c: Cluster) -> None:
         await c.apply()
