@@ -53,6 +53,7 @@ from .status import (
     progress_from_metrics,
     queue_words,
     set_condition,
+    waiting_in_queue,
     waiting_reason,
 )
 
@@ -599,9 +600,8 @@ class Operator:
         assert self.kube is not None
         meta, status = body["metadata"], body.get("status") or {}
         st = self.state((meta["namespace"], meta["name"]))
-        reason = next((c.get("reason") for c in status.get("conditions") or [] if c.get("type") == "Suspended"), "")
         now = time.monotonic()
-        if reason != "Queued" or now - st.explained_at < WAIT_EXPLAIN_SECONDS:
+        if _condition_reason(status, "Suspended") != "Queued" or now - st.explained_at < WAIT_EXPLAIN_SECONDS:
             return
         st.explained_at = now
         attempt = names.attempt_name(meta["name"], status.get("attempt") or 1)
@@ -609,10 +609,7 @@ class Operator:
         if job is None:
             return
         said = queue_words(await self.kube.list_workloads(meta["namespace"], job["metadata"]["uid"])).message
-        queue = ((body.get("spec") or {}).get("runPolicy") or {}).get("queueName")
-        message = f"waiting for admission in {f'LocalQueue {queue}' if queue else 'the queue'}" + (
-            f": {said}" if said else ""
-        )
+        message = waiting_in_queue(((body.get("spec") or {}).get("runPolicy") or {}).get("queueName"), said)
         if said and message != status.get("message"):
             await self.timer_patch(body, {"message": message})
 

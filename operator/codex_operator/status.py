@@ -532,7 +532,13 @@ def _queued(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], said: Queue
             reason,
             f"attempt {latest.number} {reason.lower()} (not a failure): {why}; it {where} when {queue} admits it again",
         )
-    return "Suspended", "Queued", f"waiting for admission in {queue}" + (f": {said.message}" if said.message else "")
+    return "Suspended", "Queued", waiting_in_queue(rp.queue_name, said.message)
+
+
+def waiting_in_queue(queue_name: str | None, said: str = "") -> str:
+    """status.message of a job the queue has not admitted, with Kueue's words on why when there are some."""
+    queue = f"LocalQueue {queue_name}" if queue_name else "the queue"
+    return f"waiting for admission in {queue}" + (f": {said}" if said else "")
 
 
 def _stalled(job: Job, p: Plan, attempts: list[Attempt], stall: Stall, now: datetime) -> Decision:
