@@ -225,6 +225,7 @@ def build(images: Images, recipe: Recipe, tag: str | None = None, *, base: str =
             _docker_build(images, recipe, ctx, tag, base, want, log)
         finally:
             shutil.rmtree(ctx, ignore_errors=True)
+        drop_stages_when_short(images, log)
     return True
 
 
@@ -244,9 +245,36 @@ def _docker_build(images: Images, recipe: Recipe, ctx: Path, tag: str, base: str
     log(f"built {tag} in {time.monotonic() - start:.0f} s")
 
 
+# What must stay free after a build for the tests that follow it: the trainer image on two workers
+# (about 5.5 GB each, and 12 GB more while one of them imports it), the README's first command's new
+# venv (about 6 GB), Kueue's build (Go's scratch cache), and a margin.
+ROOM_AFTER_BUILD = 40 * 2**30
+
+
+def drop_stages_when_short(images: Images, log: Log = print) -> None:
+    """The legacy builder keeps every stage's images as the next build's cache: for the trainer, the
+    deps stage with the wheelhouse and the venv, about 10 GB. Where less than ROOM_AFTER_BUILD is left
+    free, they are removed (`docker image prune`, untagged images only): the next build is a cold one,
+    minutes longer, instead of a test session that fills the disk (as a CI machine's did)."""
+    root = _docker_root(images)
+    if not Path(root).is_dir():  # a remote Docker's disk is not this machine's
+        return
+    before = shutil.disk_usage(root).free
+    if before >= ROOM_AFTER_BUILD:
+        return
+    images.docker("image", "prune", "--force")
+    after = shutil.disk_usage(root).free
+    log(f"{before / 2**30:.1f} GiB free after the build, less than {ROOM_AFTER_BUILD / 2**30:.0f}: removed the "
+        f"untagged stage images, {(after - before) / 2**30:.1f} GiB (the next build is a cold one)")  # fmt: skip
+
+
+def _docker_root(images: Images) -> str:
+    return images.docker("info", "-f", "{{.DockerRootDir}}", check=False).stdout.decode().strip() or "/var/lib/docker"
+
+
 def _space_hint(images: Images, recipe: Recipe) -> str:
     """What to do when Docker's disk filled during a build: how much is free, and what prune would free."""
-    root = images.docker("info", "-f", "{{.DockerRootDir}}", check=False).stdout.decode().strip() or "/var/lib/docker"
+    root = _docker_root(images)
     free = shutil.disk_usage(root).free / 2**30 if Path(root).is_dir() else float("nan")
     dangling = images.docker("images", "-q", "--filter", "dangling=true", check=False).stdout.split()
     return (f"Docker's disk ({root}) filled up: {free:.1f} GiB free now, and a cold build of the {recipe.name} "

@@ -386,8 +386,9 @@ def _go_build(src: Path, out: Path, ldflags: list[str]) -> None:
     tmp = out.with_suffix(".tmp")
     started = time.monotonic()
     flags = " ".join(["-s -w", *ldflags])
-    subprocess.run(["go", "build", "-buildvcs=false", "-trimpath", "-ldflags", flags, "-o", str(tmp), "."],
-                   cwd=src, check=True)  # fmt: skip
+    with node_image.go_env() as env:
+        subprocess.run(["go", "build", "-buildvcs=false", "-trimpath", "-ldflags", flags, "-o", str(tmp), "."],
+                       cwd=src, check=True, env=env)  # fmt: skip
     os.replace(tmp, out)
     stamp_file.write_text(stamp)
     print(f"built {out} in {time.monotonic() - started:.0f} s", file=sys.stderr)

@@ -58,14 +58,14 @@ QUEUE_KINDS = (
 )
 
 
-def _go_env() -> dict[str, str]:
-    return {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+GO_SETTINGS = {"GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
 
 
 def module_dir() -> Path:
     """Kueue's module source (its config/ has the manifests), from the module proxy's cache."""
-    out = subprocess.run(["go", "mod", "download", "-json", f"{MODULE}@{KUEUE_VERSION}"], cwd=tempfile.gettempdir(),
-                         capture_output=True, text=True, check=True, env=_go_env()).stdout  # fmt: skip
+    go = ["go", "mod", "download", "-json", f"{MODULE}@{KUEUE_VERSION}"]
+    env = {**os.environ, **GO_SETTINGS}
+    out = subprocess.run(go, cwd=tempfile.gettempdir(), capture_output=True, text=True, check=True, env=env).stdout
     return Path(json.loads(out)["Dir"])
 
 
@@ -107,10 +107,10 @@ def _build_manager(out: Path, nice: bool) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     version = f"{MODULE}/pkg/version"
     ldflags = f"-s -w -X {version}.GitVersion={KUEUE_VERSION} -X {version}.GitCommit=module-proxy"
-    with tempfile.TemporaryDirectory() as gobin:
+    with tempfile.TemporaryDirectory() as gobin, node_image.go_env(**GO_SETTINGS, GOBIN=gobin) as env:
         go = ["go", "install", "-trimpath", "-ldflags", ldflags, f"{MODULE}/cmd/kueue@{KUEUE_VERSION}"]
         r = subprocess.run(["nice", "-n", "19", *go] if nice else go, cwd=tempfile.gettempdir(),
-                           env={**_go_env(), "GOBIN": gobin}, capture_output=True, text=True)  # fmt: skip
+                           env=env, capture_output=True, text=True)  # fmt: skip
         if r.returncode != 0:
             raise RuntimeError(f"{' '.join(go)} failed: {r.stderr.strip()[-3000:]}")
         shutil.move(Path(gobin) / "kueue", out)

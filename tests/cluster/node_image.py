@@ -18,6 +18,7 @@ The image is tagged with a hash of all of that, so an unchanged recipe is never 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from images import BASE, Images
@@ -118,6 +120,16 @@ def container_flags(images: Images) -> list[str]:
 # ---------------------------------------------------------------------- kind
 
 
+@contextlib.contextmanager
+def go_env(**extra: str) -> Iterator[dict[str, str]]:
+    """The environment of one build of a tool whose binary is kept (and stamped): Go's build cache in a
+    new directory, removed afterwards. Go keeps every package it compiled in that cache (gigabytes for
+    the Kubernetes binary and for Kueue), on the disk that must also hold the trainer image twice over
+    on a CI machine; the downloads stay in the module cache."""
+    with tempfile.TemporaryDirectory(prefix="go-build-") as cache:
+        yield {**os.environ, "GOCACHE": cache, **extra}
+
+
 def build_kind(out: Path) -> Path:
     """kind from the module proxy's source with kind-unprivileged.patch applied (inert unless
     CODEX_KIND_NO_PRIVILEGED=1); rebuilt only when the version or the patch changes."""
@@ -134,8 +146,9 @@ def build_kind(out: Path) -> Path:
             p.chmod(p.stat().st_mode | 0o200)
         subprocess.run(["patch", "-p1", "-s", "-i", str(PATCH)], cwd=src, check=True)
         tmp_out = out.with_suffix(".tmp")
-        subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp_out), "."], cwd=src,
-                       check=True, env={**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"})  # fmt: skip
+        with go_env(GOFLAGS="-mod=mod", CGO_ENABLED="0") as env:
+            subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp_out), "."], cwd=src,
+                           check=True, env=env)  # fmt: skip
         os.replace(tmp_out, out)
     stamp_file.write_text(stamp)
     log(f"built {out} ({KIND_VERSION} with {PATCH.name}) in {time.monotonic() - started:.0f} s")
@@ -149,9 +162,8 @@ def build_crictl(out: Path) -> Path:
         return out
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as gobin:
+    with tempfile.TemporaryDirectory() as gobin, go_env(GOBIN=gobin, GOFLAGS="-mod=mod", CGO_ENABLED="0") as env:
         module = f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}"
-        env = {**os.environ, "GOBIN": gobin, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
         subprocess.run(["go", "install", "-trimpath", "-ldflags", "-s -w", module], cwd=tempfile.gettempdir(),
                        check=True, env=env)  # fmt: skip
         shutil.move(Path(gobin) / "crictl", out)

@@ -1,0 +1,66 @@
+"""images/build.py's disk rule, without Docker: the stage images a build leaves (the next build's cache,
+about 10 GB for the trainer) are removed only when the disk has less room left than the tests need."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from collections import namedtuple
+from pathlib import Path
+
+import pytest
+
+from support import ROOT
+
+sys.path.insert(0, str(ROOT / "images"))
+import build  # noqa: E402
+
+GiB = 2**30
+Usage = namedtuple("Usage", "total used free")
+
+
+class Docker:
+    """Answers `docker info` with a root directory and frees `freed` bytes on `docker image prune`."""
+
+    def __init__(self, root: Path, free: int, freed: int) -> None:
+        self.root, self.free, self.freed, self.calls = root, free, freed, []
+
+    def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        self.calls.append(args)
+        if args[0] == "info":
+            return subprocess.CompletedProcess(args, 0, stdout=str(self.root).encode())
+        if args[:2] == ("image", "prune"):
+            self.free += self.freed
+        return subprocess.CompletedProcess(args, 0, stdout=b"")
+
+
+@pytest.fixture
+def docker(tmp_path, monkeypatch) -> Docker:
+    d = Docker(tmp_path, free=0, freed=0)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(0, 0, d.free))
+    return d
+
+
+def test_a_short_disk_loses_the_stage_images_and_says_how_much_it_got_back(docker):
+    docker.free, docker.freed = 22 * GiB, 10 * GiB
+    said: list[str] = []
+    build.drop_stages_when_short(docker, said.append)
+    assert ("image", "prune", "--force") in docker.calls
+    assert said == [
+        "22.0 GiB free after the build, less than 40: removed the untagged stage images, 10.0 GiB "
+        "(the next build is a cold one)"
+    ]
+
+
+def test_a_roomy_disk_keeps_the_stage_images_for_the_next_build(docker):
+    docker.free = build.ROOM_AFTER_BUILD
+    said: list[str] = []
+    build.drop_stages_when_short(docker, said.append)
+    assert not any(call[0] == "image" for call in docker.calls) and said == []
+
+
+def test_a_docker_whose_disk_is_not_this_machines_is_left_alone(docker, tmp_path):
+    docker.root, docker.free = tmp_path / "elsewhere", GiB
+    build.drop_stages_when_short(docker, print)
+    assert not any(call[0] == "image" for call in docker.calls)
