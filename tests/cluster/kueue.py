@@ -1,7 +1,8 @@
 """Kueue on the kind test cluster, with every piece made here (no registry is reachable).
 
 - The manager: `go install sigs.k8s.io/kueue/cmd/kueue@v0.17.0` from the Go module proxy, into
-  `.cluster/bin/kueue` (about 11 to 18 minutes cold on 2 cores; seconds once Go's caches hold it).
+  `.cluster/bin/kueue` (about 11 to 18 minutes on 2 cores, once per version: Go's build cache for it
+  is a scratch directory, removed afterwards, so that it leaves no gigabytes behind).
 - The image `codex.local/kueue:v0.17.0`: that static binary FROM scratch, user 65532 (Kueue's
   Deployment runs as non-root), loaded onto the workers like the project's own images.
 - The manifests: the module's own `config/default` (CRDs, RBAC, Deployment, webhooks, internal
