@@ -48,7 +48,7 @@ def test_a_short_disk_loses_the_stage_images_and_says_how_much_it_got_back(docke
     build.drop_stages_when_short(docker, said.append)
     assert ("image", "prune", "--force") in docker.calls
     assert said == [
-        "22.0 GiB free after the build, less than 40: removed the untagged stage images, 10.0 GiB "
+        "22.0 GiB free after the build, less than 50: removed the untagged stage images, 10.0 GiB "
         "(the next build is a cold one)"
     ]
 
