@@ -497,6 +497,7 @@ def report(res: dict[str, Any], command: str) -> str:
     # the operator posts its Events through the same client: they are counted once, as Events (below)
     w = {k: v for k, v in res["writes_total"].items() if k[1] != "Event"}
     writes = sum(w.values())
+    after_delete = sum(v for k, v in res["writes_delete"].items() if k[1] != "Event")
     by = {}
     for (verb, kind, outcome), v in sorted(w.items()):
         key = f"{verb} {kind}" + ("" if outcome == "ok" else f" ({outcome})")
@@ -516,7 +517,7 @@ def report(res: dict[str, Any], command: str) -> str:
         "server while they run",
         f"- writes per job besides progress: **{(writes + ev + fin) / n:.2f}** = the operator's API writes "
         f"{writes / n:.2f} ({breakdown}) + Events {ev / n:.2f} ({reasons}) + kopf's finalizer patches "
-        f"{fin / n:.2f}; of the API writes {sum(res['writes_delete'].values()) / n:.2f} came after the delete",
+        f"{fin / n:.2f}; of the API writes {after_delete / n:.2f} came after the delete",
         f"- reads per job: {sum(res['reads_total'].values()) / n:.1f} "
         + "("
         + ", ".join(

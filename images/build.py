@@ -257,14 +257,21 @@ def drop_stages_when_short(images: Images, log: Log = print) -> None:
     """The legacy builder keeps every stage's images as the next build's cache: for the trainer, the
     deps stage with the wheelhouse and the venv, about 10 GB. Where less than ROOM_AFTER_BUILD is left
     free, they are removed (`docker image prune`, untagged images only): the next build is a cold one,
-    minutes longer, instead of a test session that fills the disk (as a CI machine's did)."""
+    minutes longer, instead of a test session that fills the disk (as a CI machine's did). The prune
+    removes every untagged image of this Docker, other checkouts' stages too; CODEX_KEEP_STAGE_IMAGES=1
+    keeps them."""
+    if os.environ.get("CODEX_KEEP_STAGE_IMAGES") == "1":
+        return
     root = _docker_root(images)
     if not Path(root).is_dir():  # a remote Docker's disk is not this machine's
         return
     before = shutil.disk_usage(root).free
     if before >= ROOM_AFTER_BUILD:
         return
-    images.docker("image", "prune", "--force")
+    r = images.docker("image", "prune", "--force", check=False)
+    if r.returncode != 0:  # e.g. another prune running: the build itself succeeded
+        log(f"docker image prune failed, the stage images stay: {r.stderr.decode().strip()[-300:]}")
+        return
     after = shutil.disk_usage(root).free
     log(f"{before / 2**30:.1f} GiB free after the build, less than {ROOM_AFTER_BUILD / 2**30:.0f}: removed the "
         f"untagged stage images, {(after - before) / 2**30:.1f} GiB (the next build is a cold one)")  # fmt: skip

@@ -386,7 +386,7 @@ def _go_build(src: Path, out: Path, ldflags: list[str]) -> None:
     tmp = out.with_suffix(".tmp")
     started = time.monotonic()
     flags = " ".join(["-s -w", *ldflags])
-    with node_image.go_env() as env:
+    with node_image.go_env(out) as env:
         subprocess.run(["go", "build", "-buildvcs=false", "-trimpath", "-ldflags", flags, "-o", str(tmp), "."],
                        cwd=src, check=True, env=env)  # fmt: skip
     os.replace(tmp, out)

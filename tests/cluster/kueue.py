@@ -2,7 +2,7 @@
 
 - The manager: `go install sigs.k8s.io/kueue/cmd/kueue@v0.17.0` from the Go module proxy, into
   `.cluster/bin/kueue` (about 11 to 18 minutes on 2 cores, once per version: Go's build cache for it
-  is a scratch directory, removed afterwards, so that it leaves no gigabytes behind).
+  is a directory of its own, removed once the build succeeded, so that it leaves no gigabytes behind).
 - The image `codex.local/kueue:v0.17.0`: that static binary FROM scratch, user 65532 (Kueue's
   Deployment runs as non-root), loaded onto the workers like the project's own images.
 - The manifests: the module's own `config/default` (CRDs, RBAC, Deployment, webhooks, internal
@@ -108,7 +108,7 @@ def _build_manager(out: Path, nice: bool) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     version = f"{MODULE}/pkg/version"
     ldflags = f"-s -w -X {version}.GitVersion={KUEUE_VERSION} -X {version}.GitCommit=module-proxy"
-    with tempfile.TemporaryDirectory() as gobin, node_image.go_env(**GO_SETTINGS, GOBIN=gobin) as env:
+    with tempfile.TemporaryDirectory() as gobin, node_image.go_env(out, **GO_SETTINGS, GOBIN=gobin) as env:
         go = ["go", "install", "-trimpath", "-ldflags", ldflags, f"{MODULE}/cmd/kueue@{KUEUE_VERSION}"]
         r = subprocess.run(["nice", "-n", "19", *go] if nice else go, cwd=tempfile.gettempdir(),
                            env=env, capture_output=True, text=True)  # fmt: skip

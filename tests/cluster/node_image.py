@@ -121,13 +121,15 @@ def container_flags(images: Images) -> list[str]:
 
 
 @contextlib.contextmanager
-def go_env(**extra: str) -> Iterator[dict[str, str]]:
-    """The environment of one build of a tool whose binary is kept (and stamped): Go's build cache in a
-    new directory, removed afterwards. Go keeps every package it compiled in that cache (gigabytes for
-    the Kubernetes binary and for Kueue), on the disk that must also hold the trainer image twice over
-    on a CI machine; the downloads stay in the module cache."""
-    with tempfile.TemporaryDirectory(prefix="go-build-") as cache:
-        yield {**os.environ, "GOCACHE": cache, **extra}
+def go_env(out: Path, **extra: str) -> Iterator[dict[str, str]]:
+    """The environment of the build of `out`, a tool whose binary is kept (and stamped): Go's build cache
+    in a directory of its own beside it, removed once the build succeeded. Go keeps every package it
+    compiled in that cache (gigabytes for the Kubernetes binary and for Kueue), on the disk that must
+    also hold the trainer image twice over on a CI machine. A build that failed or was cut short keeps
+    it, so the next one goes on from there; the downloads stay in the module cache."""
+    cache = out.with_name(f".{out.name}.go-build")
+    yield {**os.environ, "GOCACHE": str(cache.resolve()), **extra}
+    shutil.rmtree(cache, ignore_errors=True)
 
 
 def build_kind(out: Path) -> Path:
@@ -146,7 +148,7 @@ def build_kind(out: Path) -> Path:
             p.chmod(p.stat().st_mode | 0o200)
         subprocess.run(["patch", "-p1", "-s", "-i", str(PATCH)], cwd=src, check=True)
         tmp_out = out.with_suffix(".tmp")
-        with go_env(GOFLAGS="-mod=mod", CGO_ENABLED="0") as env:
+        with go_env(out, GOFLAGS="-mod=mod", CGO_ENABLED="0") as env:
             subprocess.run(["go", "build", "-trimpath", "-ldflags", "-s -w", "-o", str(tmp_out), "."], cwd=src,
                            check=True, env=env)  # fmt: skip
         os.replace(tmp_out, out)
@@ -162,7 +164,7 @@ def build_crictl(out: Path) -> Path:
         return out
     started = time.monotonic()
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as gobin, go_env(GOBIN=gobin, GOFLAGS="-mod=mod", CGO_ENABLED="0") as env:
+    with tempfile.TemporaryDirectory() as gobin, go_env(out, GOBIN=gobin, GOFLAGS="-mod=mod", CGO_ENABLED="0") as env:
         module = f"sigs.k8s.io/cri-tools/cmd/crictl@{CRICTL_VERSION}"
         subprocess.run(["go", "install", "-trimpath", "-ldflags", "-s -w", module], cwd=tempfile.gettempdir(),
                        check=True, env=env)  # fmt: skip

@@ -24,13 +24,15 @@ class Docker:
     """Answers `docker info` with a root directory and frees `freed` bytes on `docker image prune`."""
 
     def __init__(self, root: Path, free: int, freed: int) -> None:
-        self.root, self.free, self.freed, self.calls = root, free, freed, []
+        self.root, self.free, self.freed, self.calls, self.refuse = root, free, freed, [], ""
 
     def docker(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         self.calls.append(args)
         if args[0] == "info":
             return subprocess.CompletedProcess(args, 0, stdout=str(self.root).encode())
         if args[:2] == ("image", "prune"):
+            if self.refuse:
+                return subprocess.CompletedProcess(args, 1, stdout=b"", stderr=self.refuse.encode())
             self.free += self.freed
         return subprocess.CompletedProcess(args, 0, stdout=b"")
 
@@ -38,6 +40,7 @@ class Docker:
 @pytest.fixture
 def docker(tmp_path, monkeypatch) -> Docker:
     d = Docker(tmp_path, free=0, freed=0)
+    monkeypatch.delenv("CODEX_KEEP_STAGE_IMAGES", raising=False)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: Usage(0, 0, d.free))
     return d
 
@@ -64,3 +67,20 @@ def test_a_docker_whose_disk_is_not_this_machines_is_left_alone(docker, tmp_path
     docker.root, docker.free = tmp_path / "elsewhere", GiB
     build.drop_stages_when_short(docker, print)
     assert not any(call[0] == "image" for call in docker.calls)
+
+
+def test_a_refused_prune_is_said_and_the_build_still_counts(docker):
+    docker.free, docker.refuse = GiB, "Error response from daemon: a prune operation is already running"
+    said: list[str] = []
+    build.drop_stages_when_short(docker, said.append)
+    assert said == [
+        "docker image prune failed, the stage images stay: "
+        "Error response from daemon: a prune operation is already running"
+    ]
+
+
+def test_codex_keep_stage_images_keeps_them_however_short_the_disk(docker, monkeypatch):
+    docker.free = GiB
+    monkeypatch.setenv("CODEX_KEEP_STAGE_IMAGES", "1")
+    build.drop_stages_when_short(docker, print)
+    assert docker.calls == []
