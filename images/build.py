@@ -247,7 +247,7 @@ def _docker_build(images: Images, recipe: Recipe, ctx: Path, tag: str, base: str
 
 # What must stay free after a build for the tests that follow it: the trainer image on two workers
 # (about 5.5 GB each, and 12 GB more while one of them imports it), the README's first command's new
-# venv (about 6 GB), Kueue's build (Go's scratch cache), and a margin. On a machine with 80 GiB free
+# venv (about 6 GB), Kueue's build (its own Go cache until it succeeds), and a margin. On a machine with 80 GiB free
 # at the start, a fresh clone's `.ci/run` had 42 GiB free after the trainer build and 31 at the lowest
 # after it; a CI machine's disk filled up where the Go builds still kept their caches.
 ROOM_AFTER_BUILD = 50 * 2**30
