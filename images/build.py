@@ -13,8 +13,10 @@ One code path for both (a `Recipe` each: Dockerfile, locks, sources, tag):
    here reach no package index; the locks lie beside the wheels and the image installs from them with
    `--require-hashes` too. The key is a hash of the locks: downloaded again only when they change, and
    then a wheel another wheelhouse already holds is copied, not downloaded.
-2. The build context `.whl/context-*/`: only what the image needs (the wheelhouse hard-linked, the
-   sources copied), so that gigabytes of wheels never pass through the repository's own context.
+2. The build context `.whl/context-*/`: only what the image needs (the sources copied; for the operator
+   the wheelhouse hard-linked too), so that gigabytes of wheels never pass through the repository's own
+   context. The trainer's 3 GB wheelhouse is served to its build over HTTP on the loopback instead: no
+   context upload, no layer of wheels, and its venv is written once, in the image's own layer.
 3. The image, labelled with a hash of everything it is built from (Dockerfile, locks, sources, base):
    rebuilt only when that changed.
 4. The test cluster's workers get the image, each only when it lacks this very image (compared by image ID).
@@ -32,13 +34,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import functools
 import hashlib
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -74,6 +79,10 @@ class Recipe:
     sources: tuple[str, ...]  # what the Dockerfile copies in, relative to the repository
     tag: str
     disk: str  # what a cold build needs under Docker's root, for the message when it fills up
+    # the wheelhouse reaches the build over HTTP on the loopback (build arg WHEELS, `--network host`) instead
+    # of through the context: for the trainer's 3 GB, no context upload, no wheels layer, and no builder
+    # stage whose 6 GB venv the image would copy
+    serve_wheels: bool = False
 
 
 TRAINER = Recipe(
@@ -82,7 +91,8 @@ TRAINER = Recipe(
     locks=(REPO / "requirements" / "build.txt", REPO / "requirements" / "trainer.txt"),
     sources=("pyproject.toml", "README.md", "trainer", "operator", "configs"),
     tag=DEFAULT_IMAGE,
-    disk="about 16 GiB (the deps stage, ~10 GB, and the image, ~6.5 GB)",
+    disk="about 7 GiB (the image, ~6.5 GB, and its small project stage)",
+    serve_wheels=True,
 )
 OPERATOR = Recipe(
     name="operator",
@@ -175,10 +185,11 @@ def source_hash(recipe: Recipe, base: str = BASE) -> str:
 
 
 def stage_context(recipe: Recipe, wheels: Path) -> Path:
-    """A new `.whl/context-*/`: wheels/ (hard links) and the sources, nothing else. The caller removes it."""
+    """A new `.whl/context-*/`: the sources and, unless the recipe serves them, wheels/ (hard links); nothing
+    else. The caller removes it."""
     ctx = Path(tempfile.mkdtemp(prefix="context-", dir=WHL))
     (ctx / "wheels").mkdir()
-    for f in wheels.iterdir():
+    for f in [] if recipe.serve_wheels else wheels.iterdir():
         if f.name.endswith((".whl", ".txt")):
             try:
                 os.link(f, ctx / "wheels" / f.name)
@@ -191,6 +202,36 @@ def stage_context(recipe: Recipe, wheels: Path) -> Path:
         else:
             shutil.copytree(src, ctx / name, ignore=_IGNORED)
     return ctx
+
+
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
+        pass
+
+
+def wheels_port(wheels: Path) -> int:
+    """The wheelhouse's port: the same for the same wheelhouse, so that WHEELS, a build argument, is the same
+    and Docker reuses the cached venv layer of an earlier build."""
+    return 20000 + int(hashlib.sha256(wheels.name.encode()).hexdigest()[:8], 16) % 20000
+
+
+@contextlib.contextmanager
+def served(wheels: Path) -> Iterator[str]:
+    """The wheelhouse over HTTP on 127.0.0.1 while the block runs (a directory listing is what pip's
+    --find-links reads; every wheel is still checked against the locks' hashes); yields its URL. On its
+    own port, or on a free one when another build holds that (the venv layer is then built afresh)."""
+    handler = functools.partial(_Quiet, directory=str(wheels))
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", wheels_port(wheels)), handler)
+    except OSError:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name="wheelhouse", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def image_label(images: Images, tag: str) -> str | None:
@@ -222,18 +263,22 @@ def build(images: Images, recipe: Recipe, tag: str | None = None, *, base: str =
             return False
         ctx = stage_context(recipe, wheels)
         try:
-            _docker_build(images, recipe, ctx, tag, base, want, log)
+            with served(wheels) if recipe.serve_wheels else contextlib.nullcontext() as url:
+                _docker_build(images, recipe, ctx, tag, base, want, log, wheels_url=url)
         finally:
             shutil.rmtree(ctx, ignore_errors=True)
         drop_stages_when_short(images, log)
     return True
 
 
-def _docker_build(images: Images, recipe: Recipe, ctx: Path, tag: str, base: str, want: str, log: Log) -> None:
+def _docker_build(images: Images, recipe: Recipe, ctx: Path, tag: str, base: str, want: str, log: Log,
+                  wheels_url: str | None = None) -> None:  # fmt: skip
     # --force-rm: a failed step's container would keep its layer (a failed trainer build's: 6 GB) for ever
     cmd = ["docker", "build", "--force-rm", "-f", str(recipe.dockerfile), "-t", tag, "--label", f"{HASH_LABEL}={want}",
-           "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"CODEX_GIT_SHA={_git_sha(recipe)}",
-           str(ctx)]  # fmt: skip
+           "--build-arg", f"BASE_IMAGE={base}", "--build-arg", f"CODEX_GIT_SHA={_git_sha(recipe)}"]  # fmt: skip
+    if wheels_url:  # the build's RUN steps share the host's network, so they reach the loopback server
+        cmd += ["--network", "host", "--build-arg", f"WHEELS={wheels_url}"]
+    cmd.append(str(ctx))
     log(f"building {tag} (source hash {want}) ...")
     start = time.monotonic()
     # the legacy builder: BuildKit is a separate component that Debian's docker.io may lack
@@ -246,7 +291,7 @@ def _docker_build(images: Images, recipe: Recipe, ctx: Path, tag: str, base: str
 
 
 # What must stay free after a build for the tests that follow it: the trainer image on two workers
-# (about 5.5 GB each, and 12 GB more while one of them imports it), the README's first command's new
+# (about 5.5 GB each, and 18 GB more while one of them imports it from the archive), the README's first command's new
 # venv (about 6 GB), Kueue's build (its own Go cache until it succeeds), and a margin. On a machine with 80 GiB free
 # at the start, a fresh clone's `.ci/run` had 42 GiB free after the trainer build and 31 at the lowest
 # after it; a CI machine's disk filled up where the Go builds still kept their caches.
@@ -254,8 +299,8 @@ ROOM_AFTER_BUILD = 50 * 2**30
 
 
 def drop_stages_when_short(images: Images, log: Log = print) -> None:
-    """The legacy builder keeps every stage's images as the next build's cache: for the trainer, the
-    deps stage with the wheelhouse and the venv, about 10 GB. Where less than ROOM_AFTER_BUILD is left
+    """The legacy builder keeps every stage's images as the next build's cache: the operator's deps
+    stage, the trainer's project stage (its venv is a layer of the image itself). Where less than ROOM_AFTER_BUILD is left
     free, they are removed (`docker image prune`, untagged images only): the next build is a cold one,
     minutes longer, instead of a test session that fills the disk (as a CI machine's did). The prune
     removes every untagged image of this Docker, other checkouts' stages too; CODEX_KEEP_STAGE_IMAGES=1

@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -83,21 +82,6 @@ def _build_lock(out: Path) -> Iterator[None]:
     with open(out.with_suffix(".lock"), "w") as f:
         fcntl.flock(f, fcntl.LOCK_EX)
         yield
-
-
-def build_in_background(out: Path) -> threading.Thread:
-    """Start building the manager at low CPU priority (a cold build is minutes of compiling), so that it
-    overlaps what a test session does before it needs Kueue; `build_manager` then waits for it."""
-
-    def build() -> None:
-        try:
-            build_manager(out, nice=True)
-        except Exception as e:  # the test that needs Kueue builds it again and fails with the reason
-            node_image.log(f"building Kueue in the background failed: {e}")
-
-    thread = threading.Thread(target=build, name="kueue build", daemon=True)
-    thread.start()
-    return thread
 
 
 def _build_manager(out: Path, nice: bool) -> Path:

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -45,6 +46,28 @@ class ExistingCluster:
         subprocess.run(["kind", "load", "docker-image", tag, "--name", self.kind_name or "kind"], check=True)
 
 
+def build_in_background(kueue_manager: Path) -> threading.Thread:
+    """helm (test_helm.py needs it first) and then the Kueue manager (test_kueue.py), built at the lowest
+    CPU priority while the session builds and starts the cluster and its images: that Go build keeps both
+    cores busy, but the node image, the cluster's start and the image loads leave one idle for minutes.
+    A test that needs one of them waits for this build (each holds a lock), or builds it itself when this
+    one failed."""
+
+    def build() -> None:
+        from chart_support import helm_binary
+
+        for what, step in (("helm", lambda: helm_binary(nice=True)),
+                           ("Kueue", lambda: kueue.build_manager(kueue_manager, nice=True))):  # fmt: skip
+            try:
+                step()
+            except Exception as e:  # the test that needs it builds it again and fails with the reason
+                print(f"building {what} in the background failed: {e}", file=sys.stderr)
+
+    thread = threading.Thread(target=build, name="background builds", daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.fixture(scope="session")
 def cluster():
     if os.environ.get("CODEX_KUBECONFIG"):
@@ -53,8 +76,8 @@ def cluster():
     c = Cluster()
     with c.session():  # another checkout's `up` leaves the cluster be while this session runs
         started_here = not c.is_up()
+        build_in_background(c.state / "bin" / "kueue")  # helm and Kueue, needed later, in the up's idle time
         c.up()  # a failed `up` removes what it made before it raises
-        kueue.build_in_background(c.state / "bin" / "kueue")  # test_kueue.py needs it, much later
         try:
             yield c
         finally:  # also when the session fails or is interrupted

@@ -1,10 +1,14 @@
-"""images/build.py's disk rule, without Docker: the stage images a build leaves (the next build's cache,
-about 10 GB for the trainer) are removed only when the disk has less room left than the tests need."""
+"""images/build.py without Docker: the stage images a build leaves (the next build's cache) are removed
+only when the disk has less room left than the tests need; the wheelhouse a build reads over HTTP is
+served on its own port, lists its wheels for pip, and is gone after the build."""
 
 from __future__ import annotations
 
 import shutil
+import socket
 import subprocess
+import urllib.error
+import urllib.request
 import sys
 from collections import namedtuple
 from pathlib import Path
@@ -84,3 +88,29 @@ def test_codex_keep_stage_images_keeps_them_however_short_the_disk(docker, monke
     monkeypatch.setenv("CODEX_KEEP_STAGE_IMAGES", "1")
     build.drop_stages_when_short(docker, print)
     assert docker.calls == []
+
+
+def test_the_wheelhouse_is_served_for_pip_on_its_own_port_and_only_during_the_build(tmp_path):
+    wheels = tmp_path / "trainer-0123456789abcdef"
+    wheels.mkdir()
+    (wheels / "torch-2.0-cp311-cp311-manylinux_2_28_x86_64.whl").write_bytes(b"wheel")
+    (wheels / "trainer.txt").write_text("torch==2.0 --hash=sha256:00\n")
+    with build.served(wheels) as url:
+        assert url == f"http://127.0.0.1:{build.wheels_port(wheels)}"  # the same URL, build after build
+        listing = urllib.request.urlopen(f"{url}/").read().decode()  # what pip's --find-links reads
+        assert 'href="torch-2.0-cp311-cp311-manylinux_2_28_x86_64.whl"' in listing
+        assert urllib.request.urlopen(f"{url}/trainer.txt").read() == b"torch==2.0 --hash=sha256:00\n"
+    with pytest.raises(urllib.error.URLError):
+        urllib.request.urlopen(f"{url}/trainer.txt", timeout=5)
+
+
+def test_a_taken_port_serves_the_wheelhouse_on_another(tmp_path):
+    wheels = tmp_path / "operator-fedcba9876543210"
+    wheels.mkdir()
+    (wheels / "build.txt").write_text("pip==25.0\n")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", build.wheels_port(wheels)))
+        taken.listen()
+        with build.served(wheels) as url:
+            assert url != f"http://127.0.0.1:{build.wheels_port(wheels)}"
+            assert urllib.request.urlopen(f"{url}/build.txt").read() == b"pip==25.0\n"
