@@ -24,6 +24,7 @@ import contextlib
 import fcntl
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -66,6 +67,11 @@ done
 echo "containerd kept these layers of $1 (each a copy of what is unpacked):$left" >&2
 exit 1
 """
+
+
+# A load from an archive wants about this many times the image's size free (the archive, one node's
+# unpacked copy, the other node's import: blobs and snapshots), plus a margin; with less it is streamed.
+ARCHIVE_ROOM = 4
 
 
 class Cluster:
@@ -324,27 +330,43 @@ class Cluster:
 
     def load_image(self, tag: str) -> None:
         """Put a Docker image on the nodes that run pods (the workers), as a pull would, skipping a node
-        that has this very image (kind's own check, through the node's crictl). Docker writes it once, as
-        an archive in the volumes directory every node mounts; each node in turn imports that file and
-        drops the imported layers once unpacked. For the 6 GB trainer image that is about 24 GB of disk at
-        the peak (the archive, one node's unpacked copy, the other's import), where `kind load docker-image`
-        imports into every node at once and keeps the layers: about 30. Streaming `docker save` into
-        `docker exec` for each node needs no archive, but pushes every byte through the Docker daemon's
-        exec stream, and saves the image once per node: minutes of CPU more for the trainer image."""
+        that has this very image (kind's own check, through the node's crictl). Each node in turn imports
+        it and drops the imported layers once unpacked. Where the disk has room, Docker writes the image
+        once, as an archive in the volumes directory every node mounts, and each node imports that file:
+        for the 6 GB trainer image about 24 GB of disk at the peak (the archive, one node's unpacked copy,
+        the other's import). Where it has not, `docker save` is streamed into each node through `docker
+        exec`: about 18 GB at the peak, but the image is saved once per node and every byte passes through
+        the Docker daemon's exec stream, minutes of CPU more for the trainer image. `kind load
+        docker-image` imports into every node at once and keeps the layers: about 30 GB."""
         with self._locked():  # two loads into one node would drop layers the other is unpacking
             self._load(tag)
 
     def _load(self, tag: str) -> None:
-        image_id = self.images.docker("image", "inspect", "-f", "{{.Id}}", tag).stdout.decode().strip()
+        image = json.loads(self.images.docker("image", "inspect", tag).stdout)[0]
         nodes = []
         for node in self.nodes("worker") or self.nodes():
             r = self._exec(node, "crictl", "inspecti", "-o", "json", tag, check=False)
-            if r.returncode != 0 or json.loads(r.stdout)["status"]["id"] != image_id:
+            if r.returncode != 0 or json.loads(r.stdout)["status"]["id"] != image["Id"]:
                 nodes.append(node)
         if not nodes:
             return
+        self.volumes.mkdir(parents=True, exist_ok=True)
+        if shutil.disk_usage(self.volumes).free >= ARCHIVE_ROOM * image["Size"] + 10 * 2**30:
+            self._load_from_archive(tag, image["Id"], nodes)
+            return
+        for node in nodes:
+            started = time.monotonic()
+            cmd = (f"docker save {shlex.quote(tag)} | docker exec -i {node} ctr --namespace=k8s.io images import "
+                   "--all-platforms --snapshotter=overlayfs -")  # fmt: skip
+            r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
+            if r.returncode != 0:
+                raise RuntimeError(f"loading {tag} into {node} failed: {r.stderr.strip()[-2000:]}")
+            self._exec(node, "sh", "-s", tag, input=DISCARD_LAYERS)
+            print(f"loaded {tag} into {node} (streamed) in {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+    def _load_from_archive(self, tag: str, image_id: str, nodes: list[str]) -> None:
         archive = self.volumes / ".images" / f"{image_id.split(':')[-1][:16]}.tar"
-        archive.parent.mkdir(parents=True, exist_ok=True)
+        archive.parent.mkdir(exist_ok=True)
         in_node = f"{node_image.VOLUMES_IN_NODE}/.images/{archive.name}"
         try:
             started = time.monotonic()
