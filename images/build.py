@@ -300,11 +300,11 @@ ROOM_AFTER_BUILD = 50 * 2**30
 
 def drop_stages_when_short(images: Images, log: Log = print) -> None:
     """The legacy builder keeps every stage's images as the next build's cache: the operator's deps
-    stage, the trainer's project stage (its venv is a layer of the image itself). Where less than ROOM_AFTER_BUILD is left
-    free, they are removed (`docker image prune`, untagged images only): the next build is a cold one,
-    minutes longer, instead of a test session that fills the disk (as a CI machine's did). The prune
-    removes every untagged image of this Docker, other checkouts' stages too; CODEX_KEEP_STAGE_IMAGES=1
-    keeps them."""
+    stage, the trainer's project stage (its venv is a layer of the image itself). Where less than
+    ROOM_AFTER_BUILD is left free, they are removed (`docker image prune`, untagged images only): the
+    next build is a cold one, minutes longer, instead of a test session that fills the disk (as a CI
+    machine's did). The prune removes every untagged image of this Docker, other checkouts' stages too;
+    CODEX_KEEP_STAGE_IMAGES=1 keeps them."""
     if os.environ.get("CODEX_KEEP_STAGE_IMAGES") == "1":
         return
     root = _docker_root(images)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
-import sys
 from collections import namedtuple
 from pathlib import Path
 
