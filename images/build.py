@@ -206,7 +206,7 @@ def stage_context(recipe: Recipe, wheels: Path) -> Path:
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base class's name)
-        pass
+        """Silent: a build fetches a few hundred wheels, and a line each would bury the build's own output."""
 
 
 def wheels_port(wheels: Path) -> int:

@@ -359,10 +359,7 @@ class Cluster:
             cmd = (f"docker save {shlex.quote(tag)} | docker exec -i {node} ctr --namespace=k8s.io images import "
                    "--all-platforms --snapshotter=overlayfs -")  # fmt: skip
             r = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], capture_output=True, text=True)
-            if r.returncode != 0:
-                raise RuntimeError(f"loading {tag} into {node} failed: {r.stderr.strip()[-2000:]}")
-            self._exec(node, "sh", "-s", tag, input=DISCARD_LAYERS)
-            print(f"loaded {tag} into {node} (streamed) in {time.monotonic() - started:.0f} s", file=sys.stderr)
+            self._imported(node, tag, r, started, " (streamed)")
 
     def _load_from_archive(self, tag: str, image_id: str, nodes: list[str]) -> None:
         archive = self.volumes / ".images" / f"{image_id.split(':')[-1][:16]}.tar"
@@ -378,12 +375,16 @@ class Cluster:
                 started = time.monotonic()
                 r = self._exec(node, "ctr", "--namespace=k8s.io", "images", "import", "--all-platforms",
                                "--snapshotter=overlayfs", in_node, check=False)  # fmt: skip
-                if r.returncode != 0:
-                    raise RuntimeError(f"loading {tag} into {node} failed: {r.stderr.strip()[-2000:]}")
-                self._exec(node, "sh", "-s", tag, input=DISCARD_LAYERS)
-                print(f"loaded {tag} into {node} in {time.monotonic() - started:.0f} s", file=sys.stderr)
+                self._imported(node, tag, r, started)
         finally:
             archive.unlink(missing_ok=True)
+
+    def _imported(self, node: str, tag: str, r: subprocess.CompletedProcess, started: float, how: str = "") -> None:
+        """After `ctr images import` into `node`: its failure raised, or the imported layers dropped."""
+        if r.returncode != 0:
+            raise RuntimeError(f"loading {tag} into {node} failed: {r.stderr.strip()[-2000:]}")
+        self._exec(node, "sh", "-s", tag, input=DISCARD_LAYERS)
+        print(f"loaded {tag} into {node}{how} in {time.monotonic() - started:.0f} s", file=sys.stderr)
 
     def host_path(self, node_path: str) -> Path:
         """Where a volume's directory in the nodes is on this machine."""
