@@ -19,7 +19,7 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -32,7 +32,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from codex_trainer.errors import SpecError
 from codex_trainer.manifest import parse_manifest
 
-from . import builders, metrics, names
+from . import builders, memory, metrics, names, watched
 from .builders import Job, Settings
 from .kube import Kube, read_limited
 from .refusals import Refused, Taken, holder, next_backoff, server_message
@@ -43,7 +43,6 @@ from .status import (
     PodFailure,
     QueueSaid,
     Stall,
-    attempt_from_job,
     blame,
     deadline_left,
     failed_create,
@@ -107,6 +106,11 @@ class JobState:
     refused: str | None = None  # the line the last failed reconcile wrote into status.message
     moved: Stall | None = None  # the running attempt's step, and when this operator first read it
     stalled: Stall | None = None  # found stalled by a tick: the next tick_once restarts it
+    pending: watched.Pending = field(default_factory=watched.Pending)  # attempt Jobs the watch has not shown yet
+    parsed: tuple[tuple[str, int], Job | str] | None = None  # the spec, parsed once per (uid, generation)
+    children: int = 0  # attempt Job events seen: a reconcile's input changed
+    settled: tuple[int, int] | None = None  # (generation, children) of the last reconcile that got through
+    rank0: tuple[str, str, str] | None = None  # (attempt Job UID, pod name, pod IP) of the running rank 0
 
 
 class Operator:
@@ -118,6 +122,9 @@ class Operator:
         self.kube = kube
         self.post_event = post_event or self._post_event
         self.jobs: dict[Key, JobState] = {}
+        # the attempt Jobs by job: kopf's index on the cluster (set at startup), else fed by on_child_event
+        self.local_index: watched.Local | None = watched.Local()
+        self.watched_attempts: Callable[[Key], Iterable[watched.Seen]] = self.local_index.values_of
         self._posting: set[asyncio.Task] = set()
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
@@ -130,6 +137,12 @@ class Operator:
 
     def state(self, key: Key) -> JobState:
         return self.jobs.setdefault(key, JobState())
+
+    def use_index(self, index: Mapping[Key, Iterable[watched.Seen]]) -> None:
+        """Read the attempt Jobs from kopf's index of the Jobs watch (which kopf fills before any handler
+        runs) instead of the local one."""
+        self.local_index = None
+        self.watched_attempts = lambda key: index.get(key, ())
 
     def _post_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """An Event on the job, posted in the background (from a watch handler or the timer alike: kopf's
@@ -156,10 +169,12 @@ class Operator:
             self.jobs.pop(key, None)
             return
         st = self.state(key)
-        st.body = dict(body)
+        st.body = body = _kept(body)
         if st.retry_at is not None and self.current(st, body) and meta.get("generation") == st.failed_generation:
             return  # our own write of why it failed: the timer retries when the backoff says, not now
-        await self.reconcile(*key, dict(body))
+        if st.retry_at is None and self.current(st, body) and st.settled == (meta.get("generation"), st.children):
+            return  # our own write coming back: nothing the last reconcile saw has changed since
+        await self.reconcile(*key, body)
 
     async def on_child_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         """An attempt Job changed, or any child was deleted: reconcile its job."""
@@ -168,6 +183,14 @@ class Operator:
         if not job:
             return
         key = (meta["namespace"], job)
+        if body.get("kind") == "Job":
+            if self.local_index is not None:
+                self.local_index.feed(event_type, body)
+            if key in self.jobs:
+                st = self.jobs[key]
+                st.pending.shown(event_type, meta.get("uid", ""))
+                st.children += 1
+                st.rank0 = None  # a pod replaced changes its Job's status: look rank 0 up again
         if event_type == "DELETED":
             known = (self.jobs[key].body or {}) if key in self.jobs else {}
             uid = (known.get("metadata") or {}).get("uid")
@@ -217,8 +240,11 @@ class Operator:
         assert self.kube is not None
         st = self.state((namespace, name))
         uid = ((st.body or {}).get("metadata") or {}).get("uid")
-        await self.kube.patch_status(namespace, name, patch, resource_version, uid)
-        st.written = _merged(base, patch)
+        written = await self.kube.patch_status(namespace, name, patch, resource_version, uid)
+        if isinstance(written, dict) and "metadata" in written:
+            st.body, st.written = _kept(written), written.get("status") or {}  # no GET needed before the next reconcile
+        else:
+            st.written = _merged(base, patch)
 
     async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> None:
         """A write the timer decided from the watched body: only if the job is still what it saw."""
@@ -239,11 +265,12 @@ class Operator:
         assert self.kube is not None
         namespace, name = key
         log.debug("reconcile %s/%s", namespace, name)
+        children = st.children
         if self.current(st, watched):
             body = watched
         else:
             body = await _asking("reading the job", self.kube.get_job(namespace, name))
-            st.body = body
+            st.body = body = _kept(body) if body is not None else None
         if body is None:
             metrics.set_phase(namespace, name, None)
             return
@@ -257,12 +284,12 @@ class Operator:
             await self._finished(body)
             return
         now = datetime.now(UTC)
-        job = _job_or_problem(body)
+        job = self._parsed(st, body)
         if isinstance(job, str):
             await self._fail(body, "InvalidJob", job, now)
             return
-        found = await self._attempt_jobs(key, job.uid)
-        attempts = [attempt_from_job(j) for j in found if not j["metadata"].get("deletionTimestamp")]
+        found = self._attempt_jobs(key, job.uid)
+        attempts = [s.attempt for s in found if not s.deleting]
         latest = max(attempts, key=lambda a: a.number, default=None)
         if st.check_children or not _children_current(status, job.generation):
             await self.ensure_children(job, latest)
@@ -280,6 +307,7 @@ class Operator:
         if p.stop_attempt is not None:
             what = f"deleting Job {p.stop_attempt.name} (stalled)"
             await _asking(what, self.kube.delete("Job", namespace, p.stop_attempt.name, p.stop_attempt.uid))
+            st.pending.deleted(p.stop_attempt.uid)
         if p.create_attempt is not None:
             await self._start_attempt(job, p, now)
         if p.set_suspend is not None and latest is not None:
@@ -287,13 +315,22 @@ class Operator:
             await _asking(what, self.kube.set_suspend(namespace, latest.name, p.set_suspend))
         await self._write(body, p)
         st.refused = None
+        st.settled = (job.generation, children)
+
+    def _parsed(self, st: JobState, body: dict[str, Any]) -> Job | str:
+        """The typed job (or what is wrong with it), parsed once per generation."""
+        meta = body["metadata"]
+        version = (meta["uid"], meta.get("generation", 1))
+        if st.parsed is None or st.parsed[0] != version:
+            st.parsed = (version, _job_or_problem(body))
+        return st.parsed[1]
 
     async def _finished(self, body: dict[str, Any]) -> None:
         """A finished job acts on one edit only: storage.retain, which keeps or releases its volume."""
         meta, status = body["metadata"], body.get("status") or {}
         if meta.get("generation") == status.get("observedGeneration"):
             return
-        job = _job_or_problem(body)
+        job = self._parsed(self.state((meta["namespace"], meta["name"])), body)
         if not isinstance(job, str) and not job.spec.storage.existing_claim:
             await self._retain(job, names.pvc_name(job.name))
         await self.patch_status(meta["namespace"], meta["name"], {"observedGeneration": meta.get("generation")}, status)
@@ -307,11 +344,10 @@ class Operator:
         read = self.kube.list_workloads(job.namespace, latest.uid)
         return queue_words(await _asking(f"listing the Workloads of Job {latest.name}", read))
 
-    async def _attempt_jobs(self, key: Key, uid: str) -> list[dict[str, Any]]:
-        """A job's attempt Jobs: labelled with its name and owned by its UID (an earlier job's are not)."""
-        assert self.kube is not None
-        found = await _asking("listing the attempt Jobs", self.kube.list_jobs(*key))
-        return [j for j in found if builders.owned_by(j, uid)]
+    def _attempt_jobs(self, key: Key, uid: str) -> list[watched.Seen]:
+        """A job's attempt Jobs: labelled with its name and owned by its UID (an earlier job's are not), as
+        the watch shows them and as this operator changed them since."""
+        return self.state(key).pending.merged(self.watched_attempts(key), uid)
 
     async def _start_attempt(self, job: Job, p: Plan, now: datetime) -> None:
         assert p.create_attempt is not None and self.kube is not None
@@ -337,7 +373,10 @@ class Operator:
         held by anything else is a `Taken` (never adopted, never overwritten)."""
         assert self.kube is not None
         kind, name = obj["kind"], obj["metadata"]["name"]
-        if await _asking(f"creating {kind} {name}", self.kube.create(obj)):
+        made = await _asking(f"creating {kind} {name}", self.kube.create(obj))
+        if made is not None:
+            if kind == "Job":
+                self.state((job.namespace, job.name)).pending.created(made)
             return True
         there = await _asking(f"reading {kind} {name}", self.kube.get(kind, job.namespace, name))
         if there is None:
@@ -346,6 +385,8 @@ class Operator:
             raise Taken(kind, name, holder(there))
         if there["metadata"].get("deletionTimestamp"):
             raise Refused(f"creating {kind} {name}", 409, "the earlier one is still being deleted")
+        if kind == "Job":
+            self.state((job.namespace, job.name)).pending.created(there)
         return False
 
     async def _write(self, body: dict[str, Any], p: Plan) -> None:
@@ -412,14 +453,15 @@ class Operator:
             self.kube.list_pods(namespace, f"batch.kubernetes.io/job-name={attempt.name}"),
         )
 
-    async def _stop(self, key: Key, found: list[dict[str, Any]]) -> None:
+    async def _stop(self, key: Key, found: list[watched.Seen]) -> None:
         """A failed job keeps no pods: delete its live attempts (their pods get the grace period)."""
         assert self.kube is not None
-        for j in found:
-            if attempt_from_job(j).outcome is None and not j["metadata"].get("deletionTimestamp"):
-                log.info("%s/%s failed: stopping %s", *key, j["metadata"]["name"])
-                what = f"deleting Job {j['metadata']['name']}"
-                await _asking(what, self.kube.delete("Job", key[0], j["metadata"]["name"], j["metadata"]["uid"]))
+        for s in found:
+            a = s.attempt
+            if a.outcome is None and not s.deleting:
+                log.info("%s/%s failed: stopping %s", *key, a.name)
+                await _asking(f"deleting Job {a.name}", self.kube.delete("Job", key[0], a.name, a.uid))
+                self.state(key).pending.deleted(a.uid)
 
     def _get(self, obj: dict[str, Any]) -> Awaitable[dict[str, Any] | None]:
         assert self.kube is not None
@@ -430,7 +472,7 @@ class Operator:
         once the job says Failed nothing looks at it again, so no pod may be left to keep its node."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
-        await self._stop(key, await self._attempt_jobs(key, meta["uid"]))
+        await self._stop(key, self._attempt_jobs(key, meta["uid"]))
         conditions = set_condition(
             (body.get("status") or {}).get("conditions") or [],
             "Failed",
@@ -539,9 +581,13 @@ class Operator:
     async def tick_all(self) -> None:
         """One timer for all jobs (kopf's per-object timers would put a finalizer on every job, which
         blocks its deletion whenever the operator is down)."""
+        trimmer = memory.Trimmer()
         while True:
             await asyncio.sleep(self.options.progress_interval)
+            started = time.perf_counter()
             await self.tick_once()
+            metrics.TIMER_ROUND.set(time.perf_counter() - started)
+            trimmer.seen(len(self.jobs))
 
     async def read_progress(self, body: dict[str, Any]) -> None:
         assert self.kube is not None
@@ -549,27 +595,28 @@ class Operator:
         ns, name = meta["namespace"], meta["name"]
         attempt = names.attempt_name(name, status.get("attempt") or 1)
         port = ((body.get("spec") or {}).get("metrics") or {}).get("port") or names.METRICS_PORT
+        st = self.state((ns, name))
         try:
-            pods = await self.kube.list_pods(
-                ns, f"batch.kubernetes.io/job-name={attempt},batch.kubernetes.io/job-completion-index=0"
-            )
-            pod = next((p for p in pods if (p.get("status") or {}).get("phase") == "Running"), None)
-            if pod is None:
+            rank0 = st.rank0 or await self._rank0(ns, attempt)
+            if rank0 is None:
                 return
+            st.rank0 = rank0
+            _, pod_name, ip = rank0
             if self.in_cluster:
-                ip = pod["status"]["podIP"]
                 text = await self._get_text(f"http://{f'[{ip}]' if ':' in ip else ip}:{port}/metrics")
             else:
-                text = await self.kube.pod_metrics_via_proxy(ns, pod["metadata"]["name"], port)
+                text = await self.kube.pod_metrics_via_proxy(ns, pod_name, port)
             samples = await asyncio.to_thread(_samples, text)  # a large page must not stall other jobs
         except Exception as e:  # a trainer still loading its model has no endpoint yet: not an error worth a trace
             metrics.PROGRESS_ERRORS.inc()
             log.debug("progress of %s/%s not readable yet: %s", ns, name, e)
+            if _pod_gone(e):
+                st.rank0 = None  # look it up again next time
             return
         progress, checkpoint = progress_from_metrics(samples, datetime.now(UTC), status.get("progress"))
         if not progress.get("totalSteps"):
             return  # the endpoint is up but training has not started
-        st, number, uid = self.state((ns, name)), int(status.get("attempt") or 1), pod["metadata"].get("uid", "")
+        number, uid = int(status.get("attempt") or 1), rank0[0]
         if st.moved is None or (st.moved.attempt, st.moved.pod, st.moved.step) != (number, uid, progress["step"]):
             st.moved = Stall(number, progress["step"], datetime.now(UTC), uid)
         patch: dict[str, Any] = {}
@@ -579,6 +626,18 @@ class Operator:
             patch["checkpoint"] = checkpoint
         if patch:
             await self.timer_patch(body, patch)
+
+    async def _rank0(self, namespace: str, attempt: str) -> tuple[str, str, str] | None:
+        """The running rank-0 pod of an attempt: (its UID, name, IP). Kept until its Job changes (a pod
+        replaced changes the Job's status), so one LIST serves every progress read of one pod."""
+        assert self.kube is not None
+        pods = await self.kube.list_pods(
+            namespace, f"batch.kubernetes.io/job-name={attempt},batch.kubernetes.io/job-completion-index=0"
+        )
+        for pod in pods:
+            if (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp"):
+                return pod["metadata"].get("uid", ""), pod["metadata"]["name"], pod["status"].get("podIP") or ""
+        return None
 
     def check_stall(self, key: Key, st: JobState, body: dict[str, Any]) -> None:
         """runPolicy.progressDeadlineSeconds: a running attempt whose step has not moved for that long is
@@ -604,11 +663,10 @@ class Operator:
         if _condition_reason(status, "Suspended") != "Queued" or now - st.explained_at < WAIT_EXPLAIN_SECONDS:
             return
         st.explained_at = now
-        attempt = names.attempt_name(meta["name"], status.get("attempt") or 1)
-        job = await self.kube.get("Job", meta["namespace"], attempt)
+        job = self._live_attempt(body)
         if job is None:
             return
-        said = queue_words(await self.kube.list_workloads(meta["namespace"], job["metadata"]["uid"])).message
+        said = queue_words(await self.kube.list_workloads(meta["namespace"], job.uid)).message
         message = waiting_in_queue(((body.get("spec") or {}).get("runPolicy") or {}).get("queueName"), said)
         if said and message != status.get("message"):
             await self.timer_patch(body, {"message": message})
@@ -627,22 +685,29 @@ class Operator:
         st.explained_at = now
         pods = await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}")
         nodes = int((body.get("spec") or {}).get("numNodes") or 1)
-        why = waiting_reason(pods) or (await self._why_no_pods(ns, attempt) if len(pods) < nodes else None)
+        why = waiting_reason(pods) or (await self._why_no_pods(body) if len(pods) < nodes else None)
         if why is None:
             return
         message = f"attempt {status.get('attempt') or 1} waiting: {why}"
         if message != status.get("message"):
             await self.timer_patch(body, {"message": message})
 
-    async def _why_no_pods(self, namespace: str, attempt: str) -> str | None:
+    async def _why_no_pods(self, body: dict[str, Any]) -> str | None:
         """The Job controller's own words when it cannot create (some of) an attempt's pods (its FailedCreate
         Events)."""
         assert self.kube is not None
-        job = await self.kube.get("Job", namespace, attempt)
-        if job is None or (job.get("spec") or {}).get("suspend"):
+        job = self._live_attempt(body)
+        if job is None or job.suspended:
             return None
-        events = await self.kube.list_events(namespace, "Job", attempt, job["metadata"]["uid"])
+        events = await self.kube.list_events(body["metadata"]["namespace"], "Job", job.name, job.uid)
         return failed_create(events)
+
+    def _live_attempt(self, body: dict[str, Any]) -> Attempt | None:
+        """The job's current attempt Job as the watch shows it (None: not there, or not this job's)."""
+        meta, status = body["metadata"], body.get("status") or {}
+        want = names.attempt_name(meta["name"], status.get("attempt") or 1)
+        found = self._attempt_jobs((meta["namespace"], meta["name"]), meta["uid"])
+        return next((s.attempt for s in found if s.attempt.name == want and not s.deleting), None)
 
     async def _get_text(self, url: str) -> str:
         if self.http is None:
@@ -705,6 +770,21 @@ def _merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
+
+
+def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The job as the operator keeps it between events: without managedFields and kubectl's copy of the
+    last applied spec (together often larger than the rest, and never read)."""
+    out = dict(body)
+    meta = dict(out.get("metadata") or {})
+    meta.pop("managedFields", None)
+    if LAST_APPLIED in (meta.get("annotations") or {}):
+        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
+    out["metadata"] = meta
+    return out
+
+
 def _job_or_problem(body: dict[str, Any]) -> Job | str:
     """The typed job, or one line on what the trainer would refuse (the API server let it through)."""
     meta = body["metadata"]
@@ -725,6 +805,13 @@ def _condition_reason(status: dict[str, Any], ctype: str) -> str:
     return next((c.get("reason", "") for c in status.get("conditions") or [] if c.get("type") == ctype), "")
 
 
+def _pod_gone(e: Exception) -> bool:
+    """Whether a failed progress read says the pod itself is gone (not just its endpoint not up yet)."""
+    if isinstance(e, aiohttp.ClientConnectorError):
+        return True  # by pod IP: nothing listens at that address
+    return "answered 404" in str(e) or getattr(e, "status", None) == 404
+
+
 def _samples(text: str) -> dict[str, float]:
     out = {}
     for family in text_string_to_metric_families(text):
@@ -740,13 +827,28 @@ def _ts(t: datetime) -> str:
 # ---------------------------------------------------------------- registration
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff-base: it serves change handlers (on.create, on.update, on.field), and this operator has
+    none; kopf would otherwise copy every object's essence on every watch event only to compare it."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
+
+
 def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
     """Register the handlers with kopf (the interval comes from the command line, so not at import)."""
 
     @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+    async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        op.use_index(kwargs["attempt_jobs"])  # kopf's index of the attempt Jobs (below), by its handler's name
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=names.GROUP)
+        settings.persistence.diffbase_storage = NoDiffBase()
         settings.posting.level = logging.WARNING  # Events are ours (Kube.post_event); log lines are not Events
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
@@ -769,6 +871,13 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
     async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # the same client library as the operator's own calls: in-cluster ServiceAccount, else kubeconfig
         return await kopf.login_via_async_client(**kwargs)
+
+    @kopf.index("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
+    def attempt_jobs(body: kopf.Body, **_: Any) -> dict[Key, watched.Seen] | None:
+        # kopf fills every index from the watch before it runs any other handler, restarts included: a
+        # reconcile never sees a job without the attempts it has
+        key = watched.key_of(body)
+        return {key: watched.seen(body)} if key is not None else None
 
     @kopf.on.event(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
     async def job_event(event: kopf.RawEvent, **_: Any) -> None:

@@ -85,17 +85,17 @@ class Kube:
         }
         return calls[kind]
 
-    async def create(self, obj: dict[str, Any]) -> bool:
-        """Create a child; False when the name exists already (whose it is, `get` tells)."""
+    async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
+        """Create a child: the object as created, or None when the name exists already (whose it is, `get`
+        tells)."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
         create = self._calls(kind)["create"]
         try:
             with metrics.api_call("create", kind):
-                await _body(create(ns, obj, _preload_content=False))
-            return True
+                return json.loads(await _body(create(ns, obj, _preload_content=False)))
         except ApiException as e:
             if e.status == 409:
-                return False
+                return None
             raise
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
@@ -126,16 +126,6 @@ class Kube:
         except ApiException as e:
             if e.status not in (404, 409):
                 raise
-
-    async def list_jobs(self, namespace: str, job: str) -> list[dict[str, Any]]:
-        """The attempt Jobs labelled with a job's name (whose they are, their ownerReferences tell)."""
-        with metrics.api_call("list", "Job"):
-            body = await _body(
-                self.batch.list_namespaced_job(
-                    namespace, label_selector=f"{names.LABEL_JOB}={job}", _preload_content=False
-                )
-            )
-        return json.loads(body)["items"]
 
     async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         with metrics.api_call("list", "Pod"):
@@ -225,15 +215,15 @@ class Kube:
         status: dict[str, Any],
         resource_version: str | None = None,
         uid: str | None = None,
-    ) -> None:
-        """Merge-patch the job's status; with `resource_version`, only if the job is still that version
-        (409 otherwise: a decision made from an older view must not overwrite a newer one); with `uid`,
-        only if it is still that job (not one re-created under its name)."""
+    ) -> dict[str, Any]:
+        """Merge-patch the job's status and return the job as written; with `resource_version`, only if the
+        job is still that version (409 otherwise: a decision made from an older view must not overwrite a
+        newer one); with `uid`, only if it is still that job (not one re-created under its name)."""
         body: dict[str, Any] = {"status": status}
         if resource_version or uid:
             body["metadata"] = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v}
         with metrics.api_call("patch", f"{names.KIND}/status"):
-            await self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]  # _content_type: as above
+            return await self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]  # _content_type: as above
                 names.GROUP, names.VERSION, namespace, names.PLURAL, name, body, _content_type=MERGE
             )
 

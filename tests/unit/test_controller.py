@@ -21,7 +21,7 @@ import pytest
 import yaml
 from fake_api import FakeAPI, serve
 
-from codex_operator import names
+from codex_operator import metrics, names
 from codex_operator.handlers import Operator, Options
 from codex_operator.kube import Kube
 from codex_trainer import contract
@@ -86,6 +86,16 @@ class Cluster:
             st.explained_at = -1e9
         await self.op.tick_once()
         await self.settle()
+
+    def api_calls(self, verb: str, kind: str) -> float:
+        """The operator's own count of its API calls (every outcome), as its /metrics shows it."""
+        return sum(
+            s.value
+            for family in metrics.registry.collect()
+            if family.name == "codex_operator_api_calls"
+            for s in family.samples
+            if s.name.endswith("_total") and s.labels.get("verb") == verb and s.labels.get("kind") == kind
+        )
 
     def job(self) -> dict[str, Any]:
         found = self.api.get(names.PLURAL, NS, NAME)
@@ -407,13 +417,32 @@ def test_a_refused_child_of_each_kind_is_named_in_the_message():
     scenario(test)
 
 
-def test_an_unreadable_job_list_is_retried_with_its_message():
+def test_a_reconcile_before_the_watch_shows_a_new_attempt_neither_repeats_nor_misses_it():
+    """The attempt Jobs come from the watch, which lags the operator's own creates and deletes by an
+    event: a reconcile in between (an edit, a retry, another child's event) must count the attempt it
+    has just made, and not the one it has just deleted."""
+
     async def test(c: Cluster) -> None:
-        c.api.refuse("GET", "jobs", 503, "the server is currently unable to handle the request", times=1)
-        await c.apply()
-        assert "refused listing the attempt Jobs (HTTP 503)" in c.status()["message"]
-        await c.retry()
-        assert c.attempt(1) is not None
+        await c.apply("runPolicy.backoffLimit=3")
+        await c.run(1)
+        job = c.attempt(1)
+        assert job is not None
+        job["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+        c.api.put("jobs", job)
+        for kind, obj in c.api.drain():  # a1's failure: the operator creates a2 and says so
+            await c.op.on_child_event(kind, obj)
+        held = c.api.drain()  # a2's ADDED and the status write, not shown to the operator yet
+        assert [o["metadata"]["name"] for _, o in held if o["kind"] == "Job"] == [f"{NAME}-a2"]
+        created = c.api_calls("create", "Job")
+        for _ in range(2):  # twice, as an edit and a retry would
+            await c.op.reconcile(*KEY, c.op.jobs[KEY].body)
+        assert c.api_calls("create", "Job") == created  # a2 is not asked for again
+        status = c.status()
+        assert (status["attempt"], status["restarts"], status["phase"]) == (2, 1, "Restarting")
+        for kind, obj in held:
+            await c.op.on_child_event(kind, obj) if obj["kind"] != names.KIND else await c.op.on_job_event(kind, obj)
+        await c.settle()
+        assert c.attempt(3) is None and c.status()["restarts"] == 1
 
     scenario(test)
 
@@ -729,6 +758,7 @@ def test_a_replaced_rank_0_pod_starts_the_stall_clock_again():
         quiet_for(c, 59)
         c.api.delete("pods", NS, f"{NAME}-a1-0-x")  # replaced in the same attempt: it loads its model again
         rank0_at(c, 1, 40)
+        await c.run(1)  # the Job controller counts the replaced pod in the Job's status
         await c.retry()
         quiet_for(c, 30)
         await c.retry()
@@ -900,8 +930,12 @@ def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_label
         monkeypatch.setattr(handlers.Kube, "connect", staticmethod(connect))
         startup, cleanup, _login = (h.fn for h in registry._activities.get_all_handlers())
         settings = kopf.OperatorSettings()
-        await startup(settings=settings)
+        index: dict[Any, list[Any]] = {}  # kopf's Index: a mapping of the indexer's keys to their values
+        await startup(settings=settings, attempt_jobs=index)
         assert c.op.ticker is not None
+        # no change handler (on.create, on.update, on.field): kopf keeps no diff-base, so copies no object
+        assert not list(registry._changing.get_all_handlers())
+        assert isinstance(settings.persistence.diffbase_storage, handlers.NoDiffBase)
         selectors = {s.plural or s.any_name: v for s, v in settings.watching.label_selectors.items()}
         assert selectors == {"jobs": names.LABEL_JOB, "configmaps": names.LABEL_JOB, "services": names.LABEL_JOB}
         watchers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
@@ -909,10 +943,16 @@ def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_label
         c.api.drain()
         await next(fn for i, fn in watchers.items() if "job_event" in i)(event={"type": "ADDED", "object": job})
         assert c.status()["phase"] == "Pending" and c.attempt(1) is not None
+        (indexer,) = (h.fn for h in registry._indexing.get_all_handlers())
+        ((key, seen),) = indexer(body=c.attempt(1)).items()
+        assert key == KEY and seen.attempt.name == f"{NAME}-a1" and seen.owned_by(job["metadata"]["uid"])
+        index[key] = [seen]
+        c.op.jobs[KEY].pending.made.clear()  # from now on the operator knows a1 from the index alone
         c.api.delete("services", NS, f"{NAME}-workers")
         (_, gone), *_ = c.api.drain()
         await watchers["child-services"](event={"type": "DELETED", "object": gone})
         assert c.api.get("services", NS, f"{NAME}-workers") is not None
+        assert c.attempt(2) is None and c.status()["attempt"] == 1
         c.op.kube = None  # cleanup closes the client: the scenario closes it itself
         await cleanup()
         await asyncio.sleep(0)
@@ -1015,8 +1055,8 @@ def test_a_refusal_that_got_through_on_retry_leaves_no_stale_message():
     async def test(c: Cluster) -> None:
         await c.apply()
         await c.run(1)
-        c.api.refuse("GET", "jobs", 503, "the server is currently unable to handle the request", times=1)
-        await c.edit("training.learningRate=0.001")
+        c.api.refuse("GET", "services", 503, "the server is currently unable to handle the request", times=1)
+        await c.edit("training.learningRate=0.001")  # an edit looks at every child again
         assert "HTTP 503" in c.status()["message"]
         await c.retry()
         assert c.status()["phase"] == "Running" and "HTTP 503" not in c.status()["message"]
@@ -1091,5 +1131,28 @@ def test_events_are_posted_from_the_timer_too_as_core_events_on_the_job():
         events = [c.api.get("events", NS, n) for n in c.api.names("events")]
         assert [(e["type"], e["reason"]) for e in events] == [("Warning", "Refused"), ("Normal", "Created")]
         assert all(e["involvedObject"]["uid"] == job["metadata"]["uid"] for e in events)
+
+    scenario(test)
+
+
+def test_the_jobs_by_phase_gauge_follows_each_job_to_its_end():
+    def gauge() -> dict[str, float]:
+        return {
+            s.labels["phase"]: s.value
+            for family in metrics.registry.collect()
+            if family.name == "codex_operator_jobs"
+            for s in family.samples
+        }
+
+    async def test(c: Cluster) -> None:
+        metrics.set_phase(NS, NAME, None)  # an earlier test's job of the same name, as if deleted
+        before = gauge()
+        await c.apply()
+        assert gauge()["Pending"] == before["Pending"] + 1
+        await c.run(1)
+        assert gauge()["Pending"] == before["Pending"] and gauge()["Running"] == before["Running"] + 1
+        c.api.delete(names.PLURAL, NS, NAME)
+        await c.settle()
+        assert gauge() == before
 
     scenario(test)

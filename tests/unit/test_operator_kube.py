@@ -39,9 +39,9 @@ def serving(answer: Callable[[web.Request], Awaitable[web.Response]], call: Call
     return asyncio.run(answering(answer, call))
 
 
-@pytest.mark.parametrize(("code", "created"), [(201, True), (409, False)])
-def test_create_says_whether_it_created_the_child(code, created):
-    assert against(code, CONFIG_MAP, lambda kube: kube.create(CONFIG_MAP)) is created
+def test_create_returns_the_child_as_created_or_none_when_the_name_exists():
+    assert against(201, CONFIG_MAP, lambda kube: kube.create(CONFIG_MAP)) == CONFIG_MAP
+    assert against(409, status(409, "exists"), lambda kube: kube.create(CONFIG_MAP)) is None
 
 
 def test_a_refused_child_is_an_api_exception_with_the_servers_message():
@@ -56,8 +56,8 @@ def test_a_missing_child_is_none():
 
 
 def test_a_forbidden_list_raises_instead_of_reading_the_status_as_a_list():
-    items = [{"metadata": {"name": "j-a1"}}]
-    assert against(200, {"items": items}, lambda kube: kube.list_jobs("ns", "j")) == items
+    items = [{"metadata": {"name": "j-a1-0"}}]
+    assert against(200, {"items": items}, lambda kube: kube.list_pods("ns", "a=b")) == items
     with pytest.raises(ApiException) as e:
-        against(403, status(403, "forbidden"), lambda kube: kube.list_jobs("ns", "j"))
+        against(403, status(403, "forbidden"), lambda kube: kube.list_pods("ns", "a=b"))
     assert e.value.status == 403

@@ -1,0 +1,91 @@
+"""The attempt Jobs as the operator's watch shows them, so that a reconcile lists none.
+
+On the cluster the index is kopf's (`register` in handlers.py puts a `kopf.index` on the Jobs labelled
+with a job's name; kopf fills it from the watch before any handler runs, also after a restart). In the
+in-process tests `Local` plays that part, fed by the same watch events. Either way an index lags the
+operator's own writes by one watch event: `Pending` keeps what the operator has just created or
+deleted until the watch shows it, so a reconcile in between neither misses a new attempt nor counts a
+deleted one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import names
+from .status import Attempt, attempt_from_job
+
+Key = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class Seen:
+    """What the operator keeps of one attempt Job: the few fields a reconcile reads, not the body."""
+
+    attempt: Attempt
+    owners: frozenset[str]  # the UIDs in its ownerReferences
+    deleting: bool = False
+
+    def owned_by(self, uid: str) -> bool:
+        return uid in self.owners
+
+
+def seen(job: Mapping[str, Any]) -> Seen:
+    meta = job.get("metadata") or {}
+    owners = frozenset(ref.get("uid", "") for ref in meta.get("ownerReferences") or [])
+    return Seen(attempt_from_job(dict(job)), owners, bool(meta.get("deletionTimestamp")))
+
+
+def key_of(job: Mapping[str, Any]) -> Key | None:
+    """The job an attempt Job belongs to by its label (its owner, `Seen.owned_by` says)."""
+    meta = job.get("metadata") or {}
+    name = (meta.get("labels") or {}).get(names.LABEL_JOB)
+    return (meta.get("namespace", ""), name) if name else None
+
+
+class Local(dict[Key, dict[str, Seen]]):
+    """An index fed by watch events by hand (kopf's own does this on the cluster)."""
+
+    def feed(self, event_type: str | None, job: Mapping[str, Any]) -> None:
+        key, uid = key_of(job), (job.get("metadata") or {}).get("uid", "")
+        if key is None:
+            return
+        if event_type == "DELETED":
+            self.get(key, {}).pop(uid, None)
+            if not self.get(key, True):
+                del self[key]
+        else:
+            self.setdefault(key, {})[uid] = seen(job)
+
+    def values_of(self, key: Key) -> Iterable[Seen]:
+        return self.get(key, {}).values()
+
+
+@dataclass
+class Pending:
+    """One job's attempt Jobs that this operator created or deleted and the watch has not shown yet."""
+
+    made: dict[str, Seen] = field(default_factory=dict)  # by UID
+    gone: set[str] = field(default_factory=set)  # UIDs
+
+    def created(self, job: Mapping[str, Any]) -> None:
+        s = seen(job)
+        self.made[s.attempt.uid] = s
+
+    def deleted(self, uid: str) -> None:
+        self.gone.add(uid)
+        self.made.pop(uid, None)
+
+    def shown(self, event_type: str | None, uid: str) -> None:
+        """The watch showed this Job: from now on the index knows it."""
+        self.made.pop(uid, None)
+        if event_type == "DELETED":
+            self.gone.discard(uid)
+
+    def merged(self, watched: Iterable[Seen], owner: str) -> list[Seen]:
+        """The job's live-or-ended attempt Jobs: the watched ones, what was made since, less what was deleted."""
+        out = {s.attempt.uid: s for s in self.made.values()}
+        out.update((s.attempt.uid, s) for s in watched)
+        return [s for uid, s in out.items() if uid not in self.gone and s.owned_by(owner)]
