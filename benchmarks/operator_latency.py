@@ -19,7 +19,10 @@ progress can be read (the operator's progress reads fail and write nothing): eve
 a write "besides progress".
 
     python benchmarks/operator_latency.py --jobs 100 [--readme]
-    python benchmarks/operator_latency.py --jobs 1000 [--readme]
+    python benchmarks/operator_latency.py --jobs 1000 [--readme] [--profile]
+
+--profile samples the operator with py-spy (on PATH) and adds where its CPU goes, by package and by
+function.
 
 Needs the test cluster (python tests/cluster/cluster.py up) and kwok in .cluster/bin
 (GOBIN=$PWD/.cluster/bin go install sigs.k8s.io/kwok/cmd/kwok@v0.8.0; `make bench-operator` does
@@ -35,6 +38,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -122,6 +126,7 @@ class Run:
     metrics_port: int = field(default_factory=_free_port)
     namespace_made: bool = False
     nodes_made: list[str] = field(default_factory=list)
+    profiler: subprocess.Popen | None = None
 
     @property
     def namespace(self) -> str:
@@ -208,10 +213,36 @@ class Run:
                     out[("progress-error", "", "")] = s.value
         return out
 
+    # -------------------------------------------------------------- py-spy, where --profile asks
+
+    @property
+    def profile_path(self) -> Path:
+        return self.workdir / "operator.pyspy.txt"
+
+    def start_profile(self) -> None:
+        spy = shutil.which("py-spy")
+        if spy is None:
+            raise SystemExit("--profile needs py-spy on PATH (pip install py-spy)")
+        assert self.operator is not None
+        self.profiler = subprocess.Popen(
+            [spy, "record", "--pid", str(self.operator.pid), "--format", "raw", "--rate", str(PROFILE_RATE),
+             "--nonblocking", "--output", str(self.profile_path)],
+            stdout=subprocess.DEVNULL, stderr=(self.workdir / "py-spy.log").open("w"), start_new_session=True,
+        )  # fmt: skip
+
+    def stop_profile(self) -> None:
+        if self.profiler is not None and self.profiler.poll() is None:
+            self.profiler.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            try:
+                self.profiler.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                self.profiler.kill()
+
     # -------------------------------------------------------------- the end, whatever happened
 
     def cleanup(self) -> None:
         """Operator, namespace, pods on the fake nodes, kwok, fake nodes: in that order, each best effort."""
+        self.stop_profile()
         if self.operator is not None and self.operator.poll() is None:
             self.operator.terminate()
             try:
@@ -256,6 +287,9 @@ class Clocks:
     finalizer_writes: int = 0  # kopf's own patches: adding its finalizer, removing it on deletion
     deleted: set[str] = field(default_factory=set)
     other_phases: dict[str, str] = field(default_factory=dict)
+    phase: dict[str, str] = field(default_factory=dict)  # each job's phase as last seen
+    entered_running: dict[str, int] = field(default_factory=dict)  # times each job went into Running
+    attempts: dict[str, set[str]] = field(default_factory=dict)  # each job's attempt Jobs (any name) ever seen
 
     def on_ctj(self, kind: str, obj: dict, t: float) -> None:
         name = obj["metadata"]["name"]
@@ -271,7 +305,10 @@ class Clocks:
             self.finalizer_writes += 1
         self.finalizers[name] = fin
         phase = (obj.get("status") or {}).get("phase")
+        if phase == "Running" and self.phase.get(name) != "Running":
+            self.entered_running[name] = self.entered_running.get(name, 0) + 1
         if phase:
+            self.phase[name] = phase
             self.pending.setdefault(name, t)
         if phase == "Running":
             self.running.setdefault(name, t)
@@ -281,6 +318,8 @@ class Clocks:
     def on_job(self, kind: str, obj: dict, t: float) -> None:
         if kind == "ADDED":
             self.job.setdefault(obj["metadata"]["name"].removesuffix("-a1"), t)
+            owner = (obj["metadata"].get("labels") or {}).get("codex.ml/job-name", "?")
+            self.attempts.setdefault(owner, set()).add(obj["metadata"]["name"])
 
     def on_pod(self, kind: str, obj: dict, t: float) -> None:
         owner = (obj["metadata"].get("labels") or {}).get("codex.ml/job-name")
@@ -323,7 +362,7 @@ def job_manifest(name: str) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND, "metadata": {"name": name}, "spec": spec}
 
 
-async def measure(run: Run, timeout: float) -> dict[str, Any]:
+async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[str, Any]:
     cfg = client.Configuration()
     await config.load_kube_config(config_file=str(KUBECONFIG), client_configuration=cfg)
     cfg.connection_pool_maxsize = run.concurrency + 8
@@ -359,6 +398,8 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
         rss_idle = proc.memory_info().rss
         others_start = _others_running()
         sem = asyncio.Semaphore(run.concurrency)
+        if run_profile:
+            run.start_profile()
 
         async def create(name: str) -> None:
             async with sem:
@@ -375,6 +416,7 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
         # a quiet interval: every job's timer ticks at least once while it runs
         await asyncio.sleep(run.progress_interval + 3)
         running = run.scrape() or {}
+        children = await _children(core, ns)
         rss_running = proc.memory_info().rss
         conns_running = _api_connections(proc)
         cpu_running = sum(proc.cpu_times()[:2]) - cpu0
@@ -385,6 +427,7 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
                                                                 propagation_policy="Background")  # fmt: skip
         await _wait_deleted(c, n, batch, ns)
         t_delete = time.perf_counter() - t_del
+        run.stop_profile()
         after = run.scrape() or {}
         rss_end = proc.memory_info().rss
         cpu_total = sum(proc.cpu_times()[:2]) - cpu0
@@ -398,11 +441,33 @@ async def measure(run: Run, timeout: float) -> dict[str, Any]:
         await asyncio.gather(sampler, *watches, return_exceptions=True)
         await api.close()
 
-    ends = {"before": before, "running": running, "after": after, "events": events}
+    ends = {"before": before, "running": running, "after": after, "events": events, "children": children}
     spans = {"created": t_created, "all_running": t_all_running, "delete": t_delete}
     rss_at = {"idle": rss_idle, "peak": max([r for _, r in rss] + [rss_idle]), "running": rss_running, "end": rss_end}
     cpu = {"to_running": cpu_running, "total": cpu_total}
     return _results(c, names, ends, spans, rss_at, cpu, conns_running, (others_start, others_end))
+
+
+async def _children(core, ns: str) -> dict[str, dict[str, int]]:
+    """How many ConfigMaps and Services each job has (by the operator's label), once all run."""
+    out: dict[str, dict[str, int]] = {"ConfigMap": {}, "Service": {}}
+    for kind, fn in (("ConfigMap", core.list_namespaced_config_map), ("Service", core.list_namespaced_service)):
+        resp = await fn(ns, label_selector="codex.ml/job-name", _preload_content=False)
+        for item in json.loads(await resp.read())["items"]:
+            job = item["metadata"]["labels"]["codex.ml/job-name"]
+            out[kind][job] = out[kind].get(job, 0) + 1
+    return out
+
+
+def correctness(c: Clocks, names: list[str], children: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """Each job went into Running exactly once and has exactly one attempt Job, one ConfigMap, one Service."""
+    wrong = {
+        "Running not exactly once": [x for x in names if c.entered_running.get(x, 0) != 1],
+        "attempt Jobs not exactly one": [x for x in names if len(c.attempts.get(x, ())) != 1],
+        "ConfigMaps not exactly one": [x for x in names if children["ConfigMap"].get(x, 0) != 1],
+        "Services not exactly one": [x for x in names if children["Service"].get(x, 0) != 1],
+    }
+    return {k: v for k, v in wrong.items() if v}
 
 
 async def _wait_running(c: Clocks, n: int, watches: list[asyncio.Task], timeout: float) -> None:
@@ -477,6 +542,7 @@ def _results(c: Clocks, names: list[str], ends: dict, spans: dict, rss_at: dict,
         "finalizer_writes": c.finalizer_writes,
         "ctj_modified": sum(c.ctj_writes.values()),
         "others": {"start": others_start, "end": others_end},
+        "wrong": correctness(c, names, ends["children"]),
     }
 
 
@@ -525,11 +591,69 @@ def report(res: dict[str, Any], command: str) -> str:
         )
         + f"); progress reads that failed (kwok pods serve nothing): {res['progress_errors'] / n:.1f} per job",
         f"- CodexTrainingJob writes seen on the watch (MODIFIED, anyone's): {res['ctj_modified'] / n:.2f} per job",
+        "- each job: went into Running exactly once, one attempt Job, one ConfigMap, one Service: "
+        + (
+            f"**{n}/{n}**"
+            if not res["wrong"]
+            else "; ".join(f"**{k}: {len(v)}** (e.g. {', '.join(v[:3])})" for k, v in res["wrong"].items())
+        ),
         f"- others on the cluster at start → end: `pytest tests/integration` "
         f"{_yes(res['others']['start']['pytest tests/integration'])} → "
         f"{_yes(res['others']['end']['pytest tests/integration'])}; other operator processes "
         f"{res['others']['start']['codex_operator'] - 1} → {res['others']['end']['codex_operator'] - 1}",
     ]
+    return "\n".join(lines)
+
+
+PROFILE_RATE = 100  # py-spy samples per second: each sample of a busy thread is 10 ms of its CPU
+
+
+def profile(path: Path) -> dict[str, Any]:
+    """py-spy's raw stacks (`frame;frame;...;leaf count`, idle threads left out, so a sample is CPU time)
+    summed by the package of the leaf frame (where the time is spent), by package anywhere on the stack
+    (what it costs, callees included) and by leaf function."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    leaves: dict[str, int] = {}
+    total = 0
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        k = int(count)
+        frames = stack.split(";")
+        total += k
+        packages = [_package(f) for f in frames]
+        own[packages[-1]] = own.get(packages[-1], 0) + k
+        for pkg in set(packages):
+            inclusive[pkg] = inclusive.get(pkg, 0) + k
+        leaf = frames[-1].rsplit(":", 1)[0] + ")" if ":" in frames[-1] else frames[-1]  # the function, any line
+        leaves[leaf] = leaves.get(leaf, 0) + k
+    return {"total": total, "own": own, "inclusive": inclusive, "leaves": leaves}
+
+
+def _package(frame: str) -> str:
+    """`JSONDecoder.raw_decode (json/decoder.py:353)` → `json`."""
+    where = frame.rpartition(" (")[2].rstrip(")")
+    path = where.rsplit(":", 1)[0]
+    head = path.split("/", 1)[0] if "/" in path else path.removesuffix(".py")
+    return head or "?"
+
+
+def profile_report(prof: dict[str, Any], n: int) -> str:
+    ms = lambda k: f"{k / PROFILE_RATE * 1000 / n:.1f}"  # noqa: E731  # samples → ms of CPU per job
+    top = lambda d, m: sorted(d.items(), key=lambda kv: -kv[1])[:m]  # noqa: E731
+    lines = [
+        f"Profile (py-spy, {PROFILE_RATE} Hz, from the first create to the children collected): "
+        f"{prof['total'] / PROFILE_RATE:.1f} s of CPU sampled, {ms(prof['total'])} ms per job.",
+        "",
+        "| package | ms per job, in its own code | ms per job, with what it calls |",
+        "| --- | ---: | ---: |",
+    ]
+    for pkg, k in top(prof["own"], 12):
+        lines.append(f"| {pkg} | {ms(k)} | {ms(prof['inclusive'].get(pkg, 0))} |")
+    lines += ["", "| function (own time) | ms per job |", "| --- | ---: |"]
+    lines += [f"| `{fn}` | {ms(k)} |" for fn, k in top(prof["leaves"], 12)]
     return "\n".join(lines)
 
 
@@ -587,6 +711,7 @@ def main() -> None:
     ap.add_argument("--timeout", type=float, default=None, help="seconds to wait for all Running")
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--readme", action="store_true", help="put the table into benchmarks/README.md")
+    ap.add_argument("--profile", action="store_true", help="py-spy the operator from the first create to the end")
     args = ap.parse_args()
     command = "python benchmarks/operator_latency.py --jobs " + str(args.jobs)
     run = Run(args.jobs, args.nodes, args.progress_interval, args.image, args.concurrency)
@@ -596,10 +721,13 @@ def main() -> None:
         run.make_nodes()
         run.make_namespace()
         run.start_operator()
-        res = asyncio.run(measure(run, args.timeout or 120 + args.jobs * 0.6))
+        res = asyncio.run(measure(run, args.timeout or 120 + args.jobs * 0.6, args.profile))
     finally:
         run.cleanup()
     text = report(res, command)
+    if args.profile:
+        command += " --profile"
+        text = report(res, command) + "\n\n" + profile_report(profile(run.profile_path), args.jobs)
     print(text)
     if args.json:
         raw = {

@@ -6,9 +6,11 @@ measured (benchmarks/operator_latency.py).
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
+import random
 from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
@@ -35,9 +37,50 @@ async def _body(call: Awaitable[object]) -> bytes:
     return body
 
 
+THROTTLE_RETRIES = 6  # a call the API server throttles (429) is sent again this many times at most
+RETRY_AFTER_CAP = 10.0  # seconds: a longer Retry-After is cut to this (the reconcile's own backoff takes over after)
+
+
+def retry_after(headers: Any, attempt: int) -> float:
+    """How long to wait before sending a throttled call again: the server's Retry-After (API Priority and
+    Fairness sends one), else an exponential backoff; with jitter, so throttled calls do not return as one."""
+    said = (headers or {}).get("Retry-After")
+    try:
+        wait = float(said) if said is not None else 0.5 * 2**attempt
+    except ValueError:
+        wait = 0.5 * 2**attempt
+    return min(wait, RETRY_AFTER_CAP) + random.uniform(0, 0.25 + wait / 4)
+
+
+def obeying_retry_after(send: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """The client's request function, sending a call the API server answered 429 again after its
+    Retry-After, up to THROTTLE_RETRIES times (as client-go does); kubernetes_asyncio itself never
+    retries. Each wait is counted in codex_operator_api_throttled_total."""
+
+    async def request(method: str, url: str, *args: Any, **kwargs: Any) -> Any:
+        for attempt in range(THROTTLE_RETRIES + 1):
+            try:
+                resp = await send(method, url, *args, **kwargs)
+            except ApiException as e:  # a call made with _preload_content=True: the client raised
+                if e.status != 429 or attempt == THROTTLE_RETRIES:
+                    raise
+                wait = retry_after(e.headers, attempt)
+            else:
+                if getattr(resp, "status", 200) != 429 or attempt == THROTTLE_RETRIES:
+                    return resp
+                wait = retry_after(resp.headers, attempt)
+                resp.release()
+            metrics.API_THROTTLED.inc()
+            await asyncio.sleep(wait)
+        raise AssertionError("unreachable")
+
+    return request
+
+
 class Kube:
     def __init__(self, api: client.ApiClient):
         self.api = api
+        api.rest_client.request = obeying_retry_after(api.rest_client.request)  # type: ignore[method-assign,assignment]  # one client, wrapped once
         self.core = client.CoreV1Api(api)
         self.batch = client.BatchV1Api(api)
         self.custom = client.CustomObjectsApi(api)

@@ -21,6 +21,9 @@ RECONCILE = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
 API_CALLS = Counter("codex_operator_api_calls_total", "Calls to the Kubernetes API", ["verb", "kind", "outcome"])
+API_THROTTLED = Counter(
+    "codex_operator_api_throttled_total", "Calls the API server answered 429 (too many requests), sent again"
+)
 API_ERRORS = Counter("codex_operator_api_errors_total", "Failed calls to the Kubernetes API", ["verb", "kind"])
 LEADER = Gauge("codex_operator_leader", "1 while this replica acts (holds the Lease, or runs without election)")
 TIMER_ROUND = Gauge(

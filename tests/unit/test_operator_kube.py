@@ -61,3 +61,32 @@ def test_a_forbidden_list_raises_instead_of_reading_the_status_as_a_list():
     with pytest.raises(ApiException) as e:
         against(403, status(403, "forbidden"), lambda kube: kube.list_pods("ns", "a=b"))
     assert e.value.status == 403
+
+
+def test_a_throttled_call_is_sent_again_after_the_servers_retry_after(monkeypatch):
+    from codex_operator import kube as kube_module
+
+    monkeypatch.setattr(kube_module.random, "uniform", lambda a, b: 0.0)
+    answers = [429, 429, 201]
+
+    async def answer(request: web.Request) -> web.Response:
+        code = answers.pop(0)
+        body = CONFIG_MAP if code == 201 else status(429, "too many requests")
+        return web.json_response(body, status=code, headers={"Retry-After": "0"})
+
+    assert serving(answer, lambda kube: kube.create(CONFIG_MAP)) == CONFIG_MAP and answers == []
+
+
+def test_a_call_throttled_past_its_retries_is_refused_with_429(monkeypatch):
+    from codex_operator import kube as kube_module
+
+    monkeypatch.setattr(kube_module.random, "uniform", lambda a, b: 0.0)
+    calls = []
+
+    async def answer(request: web.Request) -> web.Response:
+        calls.append(request.method)
+        return web.json_response(status(429, "too many requests"), status=429, headers={"Retry-After": "0"})
+
+    with pytest.raises(ApiException) as e:
+        serving(answer, lambda kube: kube.get_job("ns", "j"))  # a call whose body the client reads itself
+    assert e.value.status == 429 and len(calls) == kube_module.THROTTLE_RETRIES + 1
