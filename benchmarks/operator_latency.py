@@ -82,6 +82,11 @@ def kubectl(*args: str, check: bool = True, timeout: float = 120, input: str | N
     return r
 
 
+def _as_list(docs: list[dict[str, Any]]) -> str:
+    """Objects for `kubectl create -f -`, as JSON (in YAML an all-digit run id would turn into a number)."""
+    return json.dumps({"apiVersion": "v1", "kind": "List", "items": docs})
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -127,6 +132,8 @@ class Run:
     namespace_made: bool = False
     nodes_made: list[str] = field(default_factory=list)
     profiler: subprocess.Popen | None = None
+    throttle: int = 0  # APF shares of the operator's own priority level; 0: not throttled
+    throttle_made: bool = False
 
     @property
     def namespace(self) -> str:
@@ -160,7 +167,7 @@ class Run:
                 "spec": {"taints": [{"key": FAKE, "value": "fake", "effect": "NoSchedule"}]},
                 "status": {"allocatable": capacity, "capacity": capacity},
             })  # fmt: skip
-        kubectl("create", "-f", "-", input=yaml.safe_dump_all(docs))
+        kubectl("create", "-f", "-", input=_as_list(docs))
         kubectl("wait", "--for=condition=Ready", "node", "-l", f"{BENCH_LABEL}={self.id}", "--timeout=60s")
 
     # -------------------------------------------------------------- namespace, volume, operator
@@ -180,15 +187,61 @@ class Run:
         kubectl("-n", self.namespace, "wait", "--for=jsonpath={.status.phase}=Bound", f"pvc/{CLAIM}",
                 "--timeout=60s")  # fmt: skip
 
+    # -------------------------------------------------------------- --throttle: API Priority and Fairness
+
+    @property
+    def throttled_name(self) -> str:
+        return f"codex-bench-{self.id}-throttled"
+
+    def throttle_operator(self) -> Path:
+        """A ServiceAccount for the operator (the admin kubeconfig's user is in system:masters, which APF
+        exempts), and a priority level of its own with `self.throttle` shares, no borrowing, and requests
+        over its seats refused with 429 at once. Returns the operator's kubeconfig."""
+        sa, name = "codex-bench-operator", self.throttled_name
+        kubectl("-n", self.namespace, "create", "serviceaccount", sa)
+        docs = [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "cluster-admin"},
+             "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": self.namespace}]},
+            {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "PriorityLevelConfiguration",
+             "metadata": {"name": name},
+             "spec": {"type": "Limited", "limited": {
+                 "nominalConcurrencyShares": self.throttle, "lendablePercent": 0, "borrowingLimitPercent": 0,
+                 "limitResponse": {"type": "Reject"}}}},
+            {"apiVersion": "flowcontrol.apiserver.k8s.io/v1", "kind": "FlowSchema", "metadata": {"name": name},
+             "spec": {"priorityLevelConfiguration": {"name": name}, "matchingPrecedence": 200,
+                      "distinguisherMethod": {"type": "ByUser"},
+                      "rules": [{"subjects": [{"kind": "ServiceAccount",
+                                               "serviceAccount": {"name": sa, "namespace": self.namespace}}],
+                                 "resourceRules": [{"verbs": ["*"], "apiGroups": ["*"], "resources": ["*"],
+                                                    "namespaces": ["*"], "clusterScope": True}],
+                                 "nonResourceRules": [{"verbs": ["*"], "nonResourceURLs": ["*"]}]}]}},
+        ]  # fmt: skip
+        self.throttle_made = True
+        kubectl("create", "-f", "-", input=_as_list(docs))
+        token = kubectl("-n", self.namespace, "create", "token", sa, "--duration=4h").stdout.strip()
+        admin = yaml.safe_load(KUBECONFIG.read_text())
+        cluster = admin["clusters"][0]
+        cfg = {
+            "apiVersion": "v1", "kind": "Config", "clusters": [cluster],
+            "users": [{"name": sa, "user": {"token": token}}],
+            "contexts": [{"name": sa, "context": {"cluster": cluster["name"], "user": sa}}], "current-context": sa,
+        }  # fmt: skip
+        path = self.workdir / "operator.kubeconfig"
+        path.write_text(yaml.safe_dump(cfg))
+        path.chmod(0o600)
+        return path
+
     def start_operator(self) -> None:
         # --namespace: the benchmark's only; an operator for all namespaces would also act on the jobs of
         # whoever else uses this cluster (and theirs on ours)
         log = (self.workdir / "operator.log").open("w")
+        kubeconfig = self.throttle_operator() if self.throttle else KUBECONFIG
         self.operator = subprocess.Popen(
             [sys.executable, "-m", "codex_operator.cli", "run", "--metrics-port", str(self.metrics_port),
              "--progress-via", "proxy", "--default-image", self.image, "--namespace", self.namespace,
              "--progress-interval", str(self.progress_interval)],
-            env={**os.environ, "KUBECONFIG": str(KUBECONFIG)}, stdout=log, stderr=subprocess.STDOUT,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60
@@ -211,6 +264,8 @@ class Run:
                     out[(s.labels["verb"], s.labels["kind"], s.labels["outcome"])] = s.value
                 elif s.name == "codex_operator_progress_errors_total":
                     out[("progress-error", "", "")] = s.value
+                elif s.name == "codex_operator_api_throttled_total":
+                    out[("throttled", "", "")] = s.value
         return out
 
     # -------------------------------------------------------------- py-spy, where --profile asks
@@ -266,6 +321,9 @@ class Run:
                 self.kwok.kill()
         if self.nodes_made:
             kubectl("delete", "node", "-l", f"{BENCH_LABEL}={self.id}", "--wait=false", check=False)
+        if self.throttle_made:
+            for kind in ("flowschema", "prioritylevelconfiguration", "clusterrolebinding"):
+                kubectl("delete", kind, self.throttled_name, "--ignore-not-found", check=False)
         if self.namespace_made:
             r = kubectl("wait", "--for=delete", f"namespace/{self.namespace}", "--timeout=180s", check=False)
             gone = r.returncode == 0
@@ -434,6 +492,7 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
         resp = await core.list_namespaced_event(ns, _preload_content=False)
         events = json.loads(await resp.read())["items"]
         others_end = _others_running()
+        log = _log_counts(run.workdir / "operator.log")
     finally:
         sampler.cancel()
         for w in watches:
@@ -441,11 +500,28 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
         await asyncio.gather(sampler, *watches, return_exceptions=True)
         await api.close()
 
-    ends = {"before": before, "running": running, "after": after, "events": events, "children": children}
+    ends = {"before": before, "running": running, "after": after, "events": events, "children": children, "log": log}
     spans = {"created": t_created, "all_running": t_all_running, "delete": t_delete}
     rss_at = {"idle": rss_idle, "peak": max([r for _, r in rss] + [rss_idle]), "running": rss_running, "end": rss_end}
     cpu = {"to_running": cpu_running, "total": cpu_total}
     return _results(c, names, ends, spans, rss_at, cpu, conns_running, (others_start, others_end))
+
+
+def _log_counts(path: Path) -> dict[str, Any]:
+    """The operator's log lines by level, a few of its ERROR lines, and kopf's retried requests."""
+    levels: dict[str, int] = {}
+    errors: list[str] = []
+    retried = 0
+    for line in path.read_text(errors="replace").splitlines():
+        parts = line.split(" ", 3)
+        level = parts[2] if len(parts) > 2 and parts[2].isupper() else ""
+        if level:
+            levels[level] = levels.get(level, 0) + 1
+        if level == "ERROR" and len(errors) < 3:
+            errors.append(line[:300])
+        if "will retry" in line or "Too many requests" in line or "429" in line:
+            retried += 1
+    return {"levels": levels, "errors": errors, "retry_lines": retried}
 
 
 async def _children(core, ns: str) -> dict[str, dict[str, int]]:
@@ -543,6 +619,11 @@ def _results(c: Clocks, names: list[str], ends: dict, spans: dict, rss_at: dict,
         "ctj_modified": sum(c.ctj_writes.values()),
         "others": {"start": others_start, "end": others_end},
         "wrong": correctness(c, names, ends["children"]),
+        "log": ends["log"],
+        "throttled": after.get(("throttled", "", ""), 0) - before.get(("throttled", "", ""), 0),
+        "api_errors": {
+            k: v for k, v in delta(before, after, verbs=("get", "list", *WRITE_VERBS)).items() if k[2] == "error"
+        },
     }
 
 
@@ -591,6 +672,11 @@ def report(res: dict[str, Any], command: str) -> str:
         )
         + f"); progress reads that failed (kwok pods serve nothing): {res['progress_errors'] / n:.1f} per job",
         f"- CodexTrainingJob writes seen on the watch (MODIFIED, anyone's): {res['ctj_modified'] / n:.2f} per job",
+        f"- the operator's log: {res['log']['levels'].get('ERROR', 0)} ERROR, "
+        f"{res['log']['levels'].get('WARNING', 0)} WARNING lines"
+        + (f" (first: {res['log']['errors'][0]})" if res["log"]["errors"] else "")
+        + f"; calls answered 429 and sent again: {res['throttled']:.0f} (the operator's client), log lines of "
+        f"retried requests: {res['log']['retry_lines']}; calls that failed: {sum(res['api_errors'].values()):.0f}",
         "- each job: went into Running exactly once, one attempt Job, one ConfigMap, one Service: "
         + (
             f"**{n}/{n}**"
@@ -608,20 +694,29 @@ def report(res: dict[str, Any], command: str) -> str:
 PROFILE_RATE = 100  # py-spy samples per second: each sample of a busy thread is 10 ms of its CPU
 
 
+# leaf frames that wait rather than compute (py-spy counts a thread blocked in a C call as busy): the
+# event loop's epoll, an idle worker thread's queue get, a lock or an event
+WAITING = ("EpollSelector.select (", "_PollLikeSelector.select (", "_worker (concurrent/futures/thread.py",
+           "Condition.wait (", "Event.wait (", "Thread._wait_for_tstate_lock (")  # fmt: skip
+
+
 def profile(path: Path) -> dict[str, Any]:
-    """py-spy's raw stacks (`frame;frame;...;leaf count`, idle threads left out, so a sample is CPU time)
-    summed by the package of the leaf frame (where the time is spent), by package anywhere on the stack
-    (what it costs, callees included) and by leaf function."""
+    """py-spy's raw stacks (`frame;frame;...;leaf count`) less the samples that wait (WAITING), so that a
+    sample is CPU time, summed by the package of the leaf frame (where the time is spent), by package
+    anywhere on the stack (what it costs, callees included) and by leaf function."""
     own: dict[str, int] = {}
     inclusive: dict[str, int] = {}
     leaves: dict[str, int] = {}
-    total = 0
+    total = waiting = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         k = int(count)
         frames = stack.split(";")
+        if frames[-1].startswith(WAITING):
+            waiting += k
+            continue
         total += k
         packages = [_package(f) for f in frames]
         own[packages[-1]] = own.get(packages[-1], 0) + k
@@ -629,7 +724,7 @@ def profile(path: Path) -> dict[str, Any]:
             inclusive[pkg] = inclusive.get(pkg, 0) + k
         leaf = frames[-1].rsplit(":", 1)[0] + ")" if ":" in frames[-1] else frames[-1]  # the function, any line
         leaves[leaf] = leaves.get(leaf, 0) + k
-    return {"total": total, "own": own, "inclusive": inclusive, "leaves": leaves}
+    return {"total": total, "waiting": waiting, "own": own, "inclusive": inclusive, "leaves": leaves}
 
 
 def _package(frame: str) -> str:
@@ -645,7 +740,8 @@ def profile_report(prof: dict[str, Any], n: int) -> str:
     top = lambda d, m: sorted(d.items(), key=lambda kv: -kv[1])[:m]  # noqa: E731
     lines = [
         f"Profile (py-spy, {PROFILE_RATE} Hz, from the first create to the children collected): "
-        f"{prof['total'] / PROFILE_RATE:.1f} s of CPU sampled, {ms(prof['total'])} ms per job.",
+        f"{prof['total'] / PROFILE_RATE:.1f} s of CPU sampled, {ms(prof['total'])} ms per job (and "
+        f"{prof['waiting'] / PROFILE_RATE:.1f} s of threads waiting in epoll, a lock or a queue, left out).",
         "",
         "| package | ms per job, in its own code | ms per job, with what it calls |",
         "| --- | ---: | ---: |",
@@ -687,9 +783,10 @@ def machine() -> str:
     )
 
 
-def update_readme(n: int, block: str) -> None:
+def update_readme(n: int, block: str, throttled: bool = False) -> None:
     """Replace this N's block between its markers in benchmarks/README.md (the prose around is by hand)."""
-    start, end = f"<!-- operator-latency:{n} -->", f"<!-- /operator-latency:{n} -->"
+    key = f"{n}-throttled" if throttled else str(n)
+    start, end = f"<!-- operator-latency:{key} -->", f"<!-- /operator-latency:{key} -->"
     text = README.read_text()
     new = f"{start}\n{block}\n{end}"
     if start in text:
@@ -697,7 +794,8 @@ def update_readme(n: int, block: str) -> None:
     else:
         if "## Operator latency" not in text:
             text = text.rstrip("\n") + "\n\n## Operator latency\n"
-        text = text.rstrip("\n") + f"\n\n### {n:,} jobs\n\n{new}\n"
+        title = f"{n:,} jobs" + (", the operator throttled (429s)" if throttled else "")
+        text = text.rstrip("\n") + f"\n\n### {title}\n\n{new}\n"
     README.write_text(text)
 
 
@@ -712,9 +810,14 @@ def main() -> None:
     ap.add_argument("--json", help="also write the raw results here")
     ap.add_argument("--readme", action="store_true", help="put the table into benchmarks/README.md")
     ap.add_argument("--profile", action="store_true", help="py-spy the operator from the first create to the end")
+    ap.add_argument("--throttle", type=int, default=0, metavar="SHARES",
+                    help="run the operator as a ServiceAccount whose API Priority and Fairness level has SHARES "
+                    "nominal concurrency shares, no borrowing, 429 beyond (e.g. 1: about 3 seats)")  # fmt: skip
     args = ap.parse_args()
     command = "python benchmarks/operator_latency.py --jobs " + str(args.jobs)
-    run = Run(args.jobs, args.nodes, args.progress_interval, args.image, args.concurrency)
+    run = Run(args.jobs, args.nodes, args.progress_interval, args.image, args.concurrency, throttle=args.throttle)
+    if args.throttle:
+        command += f" --throttle {args.throttle}"
     print(f"run {run.id}: {args.jobs} jobs, namespace {run.namespace}, logs in {run.workdir}", flush=True)
     try:
         run.start_kwok()
@@ -732,11 +835,15 @@ def main() -> None:
     if args.json:
         raw = {
             **res,
-            **{k: {" ".join(kk): v for kk, v in res[k].items()} for k in res if k.startswith(("writes", "reads"))},
+            **{
+                k: {" ".join(kk): v for kk, v in res[k].items()}
+                for k in res
+                if k.startswith(("writes", "reads", "api_errors"))
+            },
         }
         Path(args.json).write_text(json.dumps(raw, indent=2))
     if args.readme:
-        update_readme(args.jobs, text)
+        update_readme(args.jobs, text, throttled=bool(args.throttle))
 
 
 if __name__ == "__main__":

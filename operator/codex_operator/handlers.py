@@ -59,7 +59,8 @@ from .status import (
 T = TypeVar("T")
 
 log = logging.getLogger("codex_operator")
-WAIT_EXPLAIN_SECONDS = 30.0
+WAIT_EXPLAIN_SECONDS = 30.0  # a job waits this long before we look at why; each later look twice as long, up to
+WAIT_EXPLAIN_MAX_SECONDS = 300.0  # this (pods that wait for a reason mostly keep waiting for it)
 
 # status keys the reconcile owns; progress and checkpoint belong to the progress timer (merge patches
 # of disjoint keys cannot undo each other)
@@ -100,7 +101,8 @@ class JobState:
     written: dict[str, Any] | None = None  # the status this operator last wrote
     retry_at: float | None = None  # monotonic: when a failed reconcile is tried again
     backoff: float = 0.0
-    explained_at: float = -WAIT_EXPLAIN_SECONDS  # monotonic: when we last asked why pods wait
+    explained_at: float | None = None  # monotonic: when we last asked why pods wait (or first saw it wait)
+    explain_every: float = WAIT_EXPLAIN_SECONDS  # how long until we ask again
     check_children: bool = False  # a child was deleted: look at every child, whatever the generation says
     failed_generation: int | None = None  # the spec generation the last failed reconcile saw
     refused: str | None = None  # the line the last failed reconcile wrote into status.message
@@ -111,6 +113,21 @@ class JobState:
     children: int = 0  # attempt Job events seen: a reconcile's input changed
     settled: tuple[int, int] | None = None  # (generation, children) of the last reconcile that got through
     rank0: tuple[str, str, str] | None = None  # (attempt Job UID, pod name, pod IP) of the running rank 0
+
+    def explain_due(self, now: float) -> bool:
+        """Whether to look at why the job waits (its pods, or its queue): WAIT_EXPLAIN_SECONDS after it was
+        first seen waiting, then twice as long each time (a thousand pending jobs must not mean a thousand
+        pod LISTs every 30 s)."""
+        if self.explained_at is None:
+            self.explained_at = now  # pods take a while to start: the clock starts at the first wait seen
+            return False
+        if now - self.explained_at < self.explain_every:
+            return False
+        self.explained_at, self.explain_every = now, min(self.explain_every * 2, WAIT_EXPLAIN_MAX_SECONDS)
+        return True
+
+    def stop_explaining(self) -> None:
+        self.explained_at, self.explain_every = None, WAIT_EXPLAIN_SECONDS
 
 
 class Operator:
@@ -549,7 +566,9 @@ class Operator:
                 await self.explain_wait(body)
             elif phase == "Suspended":
                 await self.explain_queue(body)
-            elif phase in TERMINAL:
+            else:
+                st.stop_explaining()  # the next wait (a restart, a preemption) is looked at after 30 s again
+            if phase in TERMINAL:
                 await self._expire(body)
         except Exception:  # kopf would back a failed timer off for a minute: log it and tick on time instead
             log.exception("timer of %s/%s failed", *key)
@@ -660,9 +679,8 @@ class Operator:
         meta, status = body["metadata"], body.get("status") or {}
         st = self.state((meta["namespace"], meta["name"]))
         now = time.monotonic()
-        if _condition_reason(status, "Suspended") != "Queued" or now - st.explained_at < WAIT_EXPLAIN_SECONDS:
+        if _condition_reason(status, "Suspended") != "Queued" or not st.explain_due(now):
             return
-        st.explained_at = now
         job = self._live_attempt(body)
         if job is None:
             return
@@ -680,9 +698,8 @@ class Operator:
         st = self.state((ns, name))
         attempt = names.attempt_name(name, status.get("attempt") or 1)
         now = time.monotonic()
-        if now - st.explained_at < WAIT_EXPLAIN_SECONDS:
+        if not st.explain_due(now):
             return  # pods that wait for a reason keep waiting a while: look again later, not every tick
-        st.explained_at = now
         pods = await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}")
         nodes = int((body.get("spec") or {}).get("numNodes") or 1)
         why = waiting_reason(pods) or (await self._why_no_pods(body) if len(pods) < nodes else None)
@@ -872,7 +889,7 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         # the same client library as the operator's own calls: in-cluster ServiceAccount, else kubeconfig
         return await kopf.login_via_async_client(**kwargs)
 
-    @kopf.index("batch", "v1", "jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
+    @kopf.index("batch", "v1", "jobs", id="attempt_jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
     def attempt_jobs(body: kopf.Body, **_: Any) -> dict[Key, watched.Seen] | None:
         # kopf fills every index from the watch before it runs any other handler, restarts included: a
         # reconcile never sees a job without the attempts it has

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -83,7 +84,7 @@ class Cluster:
         for st in self.op.jobs.values():
             if st.retry_at is not None:
                 st.retry_at = 0.0
-            st.explained_at = -1e9
+            st.explained_at = time.monotonic() - st.explain_every  # the wait explained now, however long it was
         await self.op.tick_once()
         await self.settle()
 
@@ -1156,3 +1157,13 @@ def test_the_jobs_by_phase_gauge_follows_each_job_to_its_end():
         assert gauge() == before
 
     scenario(test)
+
+
+def test_why_a_job_waits_is_looked_at_after_30_s_then_less_and_less_often():
+    from codex_operator.handlers import JobState
+
+    st = JobState()
+    looks = [t for t in range(0, 1000, 5) if st.explain_due(float(t))]
+    assert looks == [30, 90, 210, 450, 750]  # the first look after 30 s of waiting, then doubling up to 5 min
+    st.stop_explaining()  # it ran; a later wait (a restart) starts at 30 s again
+    assert [t for t in range(1000, 1100, 5) if st.explain_due(float(t))] == [1030, 1090]
