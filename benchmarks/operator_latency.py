@@ -266,6 +266,8 @@ class Run:
                     out[("progress-error", "", "")] = s.value
                 elif s.name == "codex_operator_api_throttled_total":
                     out[("throttled", "", "")] = s.value
+                elif s.name == "codex_operator_timer_round_seconds":
+                    out[("timer-round", "", "")] = s.value
         return out
 
     # -------------------------------------------------------------- py-spy, where --profile asks
@@ -447,7 +449,17 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
         ready = asyncio.Event()
         readies.append(ready)
         watches.append(asyncio.create_task(_watch(fn, ns, cb, ready)))
+    rounds: list[tuple[int, float]] = []  # (jobs Running then, the timer's last round in seconds)
+
+    async def sample_rounds() -> None:
+        while True:
+            await asyncio.sleep(2)
+            seen = await asyncio.to_thread(run.scrape)
+            if seen and ("timer-round", "", "") in seen:
+                rounds.append((len(c.running) - len(c.deleted), seen[("timer-round", "", "")]))
+
     sampler = asyncio.create_task(sample_rss())
+    round_sampler = asyncio.create_task(sample_rounds())
     try:
         await asyncio.wait_for(asyncio.gather(*(r.wait() for r in readies)), 30)
         await asyncio.sleep(1)  # the operator's own watches are up (it served /metrics before we got here)
@@ -495,12 +507,21 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
         log = _log_counts(run.workdir / "operator.log")
     finally:
         sampler.cancel()
+        round_sampler.cancel()
         for w in watches:
             w.cancel()
-        await asyncio.gather(sampler, *watches, return_exceptions=True)
+        await asyncio.gather(sampler, round_sampler, *watches, return_exceptions=True)
         await api.close()
 
-    ends = {"before": before, "running": running, "after": after, "events": events, "children": children, "log": log}
+    ends = {
+        "before": before,
+        "running": running,
+        "after": after,
+        "events": events,
+        "children": children,
+        "log": log,
+        "rounds": rounds,
+    }
     spans = {"created": t_created, "all_running": t_all_running, "delete": t_delete}
     rss_at = {"idle": rss_idle, "peak": max([r for _, r in rss] + [rss_idle]), "running": rss_running, "end": rss_end}
     cpu = {"to_running": cpu_running, "total": cpu_total}
@@ -620,6 +641,7 @@ def _results(c: Clocks, names: list[str], ends: dict, spans: dict, rss_at: dict,
         "others": {"start": others_start, "end": others_end},
         "wrong": correctness(c, names, ends["children"]),
         "log": ends["log"],
+        "rounds_all_running": [r for k, r in ends["rounds"] if k >= n],
         "throttled": after.get(("throttled", "", ""), 0) - before.get(("throttled", "", ""), 0),
         "api_errors": {
             k: v for k, v in delta(before, after, verbs=("get", "list", *WRITE_VERBS)).items() if k[2] == "error"
@@ -672,6 +694,13 @@ def report(res: dict[str, Any], command: str) -> str:
         )
         + f"); progress reads that failed (kwok pods serve nothing): {res['progress_errors'] / n:.1f} per job",
         f"- CodexTrainingJob writes seen on the watch (MODIFIED, anyone's): {res['ctj_modified'] / n:.2f} per job",
+        "- the timer's round (every job's progress read, wait explained, retry or TTL) with all "
+        + (
+            f"{n} running: median {_pct(res['rounds_all_running'], 50):.1f} s, "
+            f"max {max(res['rounds_all_running']):.1f} s"
+            if res["rounds_all_running"]
+            else f"{n} running: not sampled"
+        ),
         f"- the operator's log: {res['log']['levels'].get('ERROR', 0)} ERROR, "
         f"{res['log']['levels'].get('WARNING', 0)} WARNING lines"
         + (f" (first: {res['log']['errors'][0]})" if res["log"]["errors"] else "")

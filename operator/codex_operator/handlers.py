@@ -890,9 +890,10 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         return await kopf.login_via_async_client(**kwargs)
 
     @kopf.index("batch", "v1", "jobs", id="attempt_jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
-    def attempt_jobs(body: kopf.Body, **_: Any) -> dict[Key, watched.Seen] | None:
+    async def attempt_jobs(body: kopf.Body, **_: Any) -> dict[Key, watched.Seen] | None:
         # kopf fills every index from the watch before it runs any other handler, restarts included: a
-        # reconcile never sees a job without the attempts it has
+        # reconcile never sees a job without the attempts it has (async: kopf would run a plain function
+        # in a thread, one hop per Job event)
         key = watched.key_of(body)
         return {key: watched.seen(body)} if key is not None else None
 

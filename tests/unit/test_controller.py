@@ -945,7 +945,7 @@ def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_label
         await next(fn for i, fn in watchers.items() if "job_event" in i)(event={"type": "ADDED", "object": job})
         assert c.status()["phase"] == "Pending" and c.attempt(1) is not None
         (indexer,) = (h.fn for h in registry._indexing.get_all_handlers())
-        ((key, seen),) = indexer(body=c.attempt(1)).items()
+        ((key, seen),) = (await indexer(body=c.attempt(1))).items()
         assert key == KEY and seen.attempt.name == f"{NAME}-a1" and seen.owned_by(job["metadata"]["uid"])
         index[key] = [seen]
         c.op.jobs[KEY].pending.made.clear()  # from now on the operator knows a1 from the index alone
