@@ -61,6 +61,10 @@ T = TypeVar("T")
 log = logging.getLogger("codex_operator")
 WAIT_EXPLAIN_SECONDS = 30.0  # a job waits this long before we look at why; each later look twice as long, up to
 WAIT_EXPLAIN_MAX_SECONDS = 300.0  # this (pods that wait for a reason mostly keep waiting for it)
+# a rank 0 whose /metrics does not answer (still loading its model, or frozen) is read again after one
+# interval, then two, four..., at most this many seconds apart: a thousand silent pods must not fill every
+# timer round with reads that time out, delaying the progress, TTLs and retries of the others
+PROGRESS_BACKOFF_MAX = 30.0
 
 # status keys the reconcile owns; progress and checkpoint belong to the progress timer (merge patches
 # of disjoint keys cannot undo each other)
@@ -113,6 +117,8 @@ class JobState:
     children: int = 0  # attempt Job events seen: a reconcile's input changed
     settled: tuple[int, int] | None = None  # (generation, children) of the last reconcile that got through
     rank0: tuple[str, str, str] | None = None  # (attempt Job UID, pod name, pod IP) of the running rank 0
+    unread: int = 0  # progress reads that failed in a row
+    unread_until: float = 0.0  # monotonic: no progress read before this (a backoff after failed reads)
 
     def explain_due(self, now: float) -> bool:
         """Whether to look at why the job waits (its pods, or its queue): WAIT_EXPLAIN_SECONDS after it was
@@ -615,6 +621,9 @@ class Operator:
         attempt = names.attempt_name(name, status.get("attempt") or 1)
         port = ((body.get("spec") or {}).get("metrics") or {}).get("port") or names.METRICS_PORT
         st = self.state((ns, name))
+        now = time.monotonic()
+        if now < st.unread_until:
+            return  # its last reads failed: try again after a backoff, so silent pods do not fill the round
         try:
             rank0 = st.rank0 or await self._rank0(ns, attempt)
             if rank0 is None:
@@ -631,7 +640,10 @@ class Operator:
             log.debug("progress of %s/%s not readable yet: %s", ns, name, e)
             if _pod_gone(e):
                 st.rank0 = None  # look it up again next time
+            st.unread += 1
+            st.unread_until = now + min(self.options.progress_interval * 2 ** (st.unread - 1), PROGRESS_BACKOFF_MAX)
             return
+        st.unread, st.unread_until = 0, 0.0
         progress, checkpoint = progress_from_metrics(samples, datetime.now(UTC), status.get("progress"))
         if not progress.get("totalSteps"):
             return  # the endpoint is up but training has not started

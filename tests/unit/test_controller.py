@@ -85,6 +85,7 @@ class Cluster:
             if st.retry_at is not None:
                 st.retry_at = 0.0
             st.explained_at = time.monotonic() - st.explain_every  # the wait explained now, however long it was
+            st.unread_until = 0.0  # and rank 0 read now, however often it failed
         await self.op.tick_once()
         await self.settle()
 
@@ -1167,3 +1168,29 @@ def test_why_a_job_waits_is_looked_at_after_30_s_then_less_and_less_often():
     assert looks == [30, 90, 210, 450, 750]  # the first look after 30 s of waiting, then doubling up to 5 min
     st.stop_explaining()  # it ran; a later wait (a restart) starts at 30 s again
     assert [t for t in range(1000, 1100, 5) if st.explain_due(float(t))] == [1030, 1090]
+
+
+def test_a_rank_0_that_does_not_answer_is_read_less_often_until_it_does():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.pod(1, 0)  # running, its /metrics not up yet (a model still loading)
+        reads = lambda: c.api_calls("get", "pods/proxy")  # noqa: E731
+        before = reads()
+        await c.op.tick_once()
+        await c.op.tick_once()  # at once again: the failed read backs off
+        assert reads() == before + 1
+        st = c.op.jobs[KEY]
+        assert st.unread_until - time.monotonic() == pytest.approx(c.op.options.progress_interval, abs=1)
+        st.unread_until = 0.0
+        await c.op.tick_once()
+        assert reads() == before + 2 and st.unread_until - time.monotonic() > 1.5 * c.op.options.progress_interval
+        rank0_at(c, 1, 40)
+        st.unread_until = 0.0
+        await c.op.tick_once()
+        await c.settle()
+        assert c.status()["progress"]["step"] == 40 and st.unread == 0
+        await c.op.tick_once()
+        assert reads() == before + 4  # answering: read every round again
+
+    scenario(test)
