@@ -481,7 +481,7 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
         await asyncio.gather(*(create(x) for x in names))
         t_created = time.perf_counter() - t0
         print(f"created {n} jobs in {t_created:.1f} s; waiting for them to run", flush=True)
-        await _wait_running(c, n, watches, timeout)
+        await _wait_running(c, n, watches, timeout, proc)
         t_all_running = time.perf_counter() - t0
         # a quiet interval: every job's timer ticks at least once while it runs
         await asyncio.sleep(run.progress_interval + 3)
@@ -567,7 +567,7 @@ def correctness(c: Clocks, names: list[str], children: dict[str, dict[str, int]]
     return {k: v for k, v in wrong.items() if v}
 
 
-async def _wait_running(c: Clocks, n: int, watches: list[asyncio.Task], timeout: float) -> None:
+async def _wait_running(c: Clocks, n: int, watches: list[asyncio.Task], timeout: float, proc: psutil.Process) -> None:
     deadline = time.perf_counter() + timeout
     last_report = time.perf_counter()
     while len(c.running) < n and time.perf_counter() < deadline:
@@ -577,13 +577,16 @@ async def _wait_running(c: Clocks, n: int, watches: list[asyncio.Task], timeout:
         await asyncio.sleep(0.2)
         if time.perf_counter() - last_report > 15:
             last_report = time.perf_counter()
-            print(f"  {len(c.job)} Jobs, {len(c.pod_running)} pods running, {len(c.running)} jobs Running", flush=True)
+            rss, cpu = proc.memory_info().rss / 2**20, sum(proc.cpu_times()[:2])
+            print(f"  {len(c.job)} Jobs, {len(c.pod_running)} pods running, {len(c.running)} jobs Running; "
+                  f"operator RSS {rss:.0f} MB, CPU {cpu:.0f} s", flush=True)  # fmt: skip
 
 
 async def _wait_deleted(c: Clocks, n: int, batch, ns: str) -> None:
     del_deadline = time.perf_counter() + 120 + n * 0.2
     while len(c.deleted) < n and time.perf_counter() < del_deadline:
         await asyncio.sleep(0.2)
+    print(f"  {len(c.deleted)} jobs deleted; waiting for the garbage collector to delete their children", flush=True)
     # the GC deletes Jobs and pods after their owners; the operator sees those events too
     while time.perf_counter() < del_deadline:
         resp = await batch.list_namespaced_job(ns, _preload_content=False)
