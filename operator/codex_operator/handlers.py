@@ -581,19 +581,27 @@ class Operator:
 
     async def tick_once(self) -> None:
         gate = asyncio.Semaphore(32)
+        limit = max(self.options.progress_interval, 5.0)
+        slow: list[Key] = []
 
         async def one(key: Key, st: JobState) -> None:
             async with gate:
                 try:  # one slow job (a rank 0 that does not answer) must not hold up the others' ticks
-                    await asyncio.wait_for(self.tick(key, st), timeout=max(self.options.progress_interval, 5.0))
+                    await asyncio.wait_for(self.tick(key, st), timeout=limit)
                 except TimeoutError:
-                    log.warning("tick of %s/%s took too long", *key)
+                    slow.append(key)
 
         due = [k for k, st in self.jobs.items() if st.retry_at is not None and time.monotonic() >= st.retry_at]
         # a retry is a whole reconcile: bounded by the API calls' own timeouts, not by the tick's
         await asyncio.gather(
             *(one(k, st) for k, st in list(self.jobs.items()) if k not in due), *(self.reconcile(*k) for k in due)
         )
+        if slow:  # one line a round, not one a job: an overloaded API server slows them all at once
+            log.warning(
+                "the timer's work for %d job(s) took over %.0f s and was cut short this round (e.g. %s/%s); "
+                "the API server or their pods answer slowly",
+                len(slow), limit, *slow[0],
+            )  # fmt: skip
         # so is a stalled attempt's restart (stop it, start the next, write why): never cut short halfway
         await asyncio.gather(*(self._restart_stalled(k, st) for k, st in list(self.jobs.items()) if st.stalled))
 
