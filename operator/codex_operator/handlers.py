@@ -120,13 +120,14 @@ class JobState:
     unread: int = 0  # progress reads that failed in a row
     unread_until: float = 0.0  # monotonic: no progress read before this (a backoff after failed reads)
 
-    def explain_due(self, now: float) -> bool:
-        """Whether to look at why the job waits (its pods, or its queue): WAIT_EXPLAIN_SECONDS after it was
-        first seen waiting, then twice as long each time (a thousand pending jobs must not mean a thousand
-        pod LISTs every 30 s)."""
+    def explain_due(self, now: float, at_once: bool = False) -> bool:
+        """Whether to look at why the job waits: WAIT_EXPLAIN_SECONDS after it was first seen waiting (pods
+        take a while to start), or `at_once` (a queue: the queue's own words on why are worth showing
+        now), then twice as long each time (a thousand pending jobs must not mean a thousand pod LISTs
+        every 30 s)."""
         if self.explained_at is None:
-            self.explained_at = now  # pods take a while to start: the clock starts at the first wait seen
-            return False
+            self.explained_at = now
+            return at_once
         if now - self.explained_at < self.explain_every:
             return False
         self.explained_at, self.explain_every = now, min(self.explain_every * 2, WAIT_EXPLAIN_MAX_SECONDS)
@@ -699,7 +700,7 @@ class Operator:
         meta, status = body["metadata"], body.get("status") or {}
         st = self.state((meta["namespace"], meta["name"]))
         now = time.monotonic()
-        if _condition_reason(status, "Suspended") != "Queued" or not st.explain_due(now):
+        if _condition_reason(status, "Suspended") != "Queued" or not st.explain_due(now, at_once=True):
             return
         job = self._live_attempt(body)
         if job is None:

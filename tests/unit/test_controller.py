@@ -1168,6 +1168,8 @@ def test_why_a_job_waits_is_looked_at_after_30_s_then_less_and_less_often():
     assert looks == [30, 90, 210, 450, 750]  # the first look after 30 s of waiting, then doubling up to 5 min
     st.stop_explaining()  # it ran; a later wait (a restart) starts at 30 s again
     assert [t for t in range(1000, 1100, 5) if st.explain_due(float(t))] == [1030, 1090]
+    st.stop_explaining()  # a queue's words are looked at as soon as the job waits in it, then alike
+    assert [t for t in range(2000, 2100, 5) if st.explain_due(float(t), at_once=True)] == [2000, 2030, 2090]
 
 
 def test_a_rank_0_that_does_not_answer_is_read_less_often_until_it_does():
