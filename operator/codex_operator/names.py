@@ -5,6 +5,7 @@ here so the operator spells them names.GROUP and so on."""
 
 from __future__ import annotations
 
+from codex_trainer.contract import DATA_DIR as DATA_DIR
 from codex_trainer.contract import DEFAULT_MASTER_PORT
 from codex_trainer.contract import GROUP as GROUP
 from codex_trainer.contract import KIND as KIND
@@ -34,7 +35,6 @@ CONTAINER = "trainer"
 CONFIG_MOUNT = "/etc/codex"
 CONFIG_FILE = "job.yaml"
 OUTPUT_DIR = "/checkpoints"
-DATA_DIR = "/data"  # where data.existingClaim is mounted, read-only
 METRICS_PORT = 9400  # rank 0's Prometheus endpoint, unless spec.metrics.port says otherwise
 MASTER_PORT = DEFAULT_MASTER_PORT
 TERMINATION_LOG = "/dev/termination-log"

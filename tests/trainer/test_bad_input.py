@@ -119,3 +119,75 @@ def test_validate_checks_data_and_model_without_training(override, line, capsys,
     captured = capsys.readouterr()
     assert captured.err.startswith(f"codex-train: {line}") and captured.err.count("\n") == 1, captured.err
     assert captured.out == ""
+
+
+# A scratch config is completed from the tokenizer in one place (model.scratch_config) for `run` and `validate`
+PHI3 = (
+    "model.config={model_type: phi3, hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, "
+    "num_attention_heads: 4, num_key_value_heads: 2, max_position_embeddings: 256}"
+)
+
+
+@pytest.mark.parametrize(
+    "override, line",
+    [
+        (
+            "model.config.vocab_size=200",
+            "invalid spec.model.config.vocab_size: is 200 but the tokenizer has 259 tokens",
+        ),
+        ("model.config.pad_token_id=300", "invalid spec.model.config: cannot build a causal LM from this config"),
+    ],
+)
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_validate_and_run_refuse_a_scratch_config_alike(command, override, line, tmp_path, capsys, in_root):
+    out = ["--output-dir", str(tmp_path / "out")] if command == "run" else []
+    assert main([command, str(TINY), *out, "--set", override, "--set", "tracking.mlflow.enabled=false"]) == 2
+    ours = [x for x in capsys.readouterr().err.splitlines() if x.startswith("codex-train:")]  # transformers warns too
+    assert len(ours) == 1 and ours[0].startswith(f"codex-train: {line}"), ours
+
+
+def test_validate_accepts_a_scratch_config_that_run_completes(capsys, in_root):
+    """phi3's default pad_token_id (32000) lies beyond the byte tokenizer's vocabulary; `run` sets the
+    tokenizer's, so `validate` must too."""
+    linear = ["--set", "peft.targetModules=[all-linear]", "--set", "peft.modulesToSave=[]"]
+    assert main(["validate", str(TINY), "--set", PHI3, *linear]) == 0, capsys.readouterr().err
+    assert json.loads(capsys.readouterr().out)["model"]["config"]["model_type"] == "phi3"
+
+
+QWEN = TINY.parent / "lora-qwen2.5-0.5b.yaml"
+
+
+def test_validate_names_what_it_cannot_check_off_the_cluster_and_passes_a_valid_job(capsys, in_root):
+    """The example's data is on data.existingClaim and its model on the Hub, which the tests cannot reach
+    (HF_HUB_OFFLINE): neither is judged, each is named, and the job is valid (exit 0, the spec printed)."""
+    assert main(["validate", str(QWEN)]) == 0
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert lines[0] == (
+        "codex-train: not checked here: spec.data.train: '/data/train.jsonl' is on data.existingClaim "
+        "'training-data', mounted at /data in the trainer pods only; the pods check it when they start"
+    )
+    assert any(
+        "not checked here: spec.model.source: could not fetch a model config 'hf://Qwen/Qwen2.5-0.5B@main'" in x
+        for x in lines
+    ), lines
+    assert "Traceback" not in captured.err and "invalid" not in captured.err
+    assert json.loads(captured.out)["data"]["existingClaim"] == "training-data"
+
+
+@pytest.mark.parametrize(
+    "overrides, line",
+    [
+        (["data.existingClaim=null"], "invalid spec.data.train: file '/data/train.jsonl' not found"),
+        (["data.train=[/elsewhere/train.jsonl]"], "invalid spec.data.train: file '/elsewhere/train.jsonl' not found"),
+        (["peft.r=0"], "invalid spec.peft.r: Input should be greater than 0"),
+    ],
+)
+def test_validate_still_refuses_what_it_can_judge_in_a_cluster_job(overrides, line, capsys, in_root):
+    """A missing file off the claim, or with no claim at all, and a bad field: exit 2 naming it."""
+    args = ["validate", str(QWEN)]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"codex-train: {line}" in err, err

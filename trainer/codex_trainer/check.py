@@ -2,69 +2,90 @@
 
 The callbacks named are installed; the data files exist and parse (every row has a string in
 data.textField); the tokenizer and the model source resolve (a Hub source is looked up, its config and
-tokenizer fetched, no weights); the model built from its config (on the meta device: no memory, no
-weights) has the peft.targetModules and modulesToSave named, an embedding as large as the tokenizer, and
-positions for data.maxSeqLength.
-Problems raise SpecError (or TransientError when the Hub cannot be reached), as `run` would later.
+tokenizer fetched, no weights); the model `run` would build (a scratch model's config completed from the
+tokenizer by model.scratch_config, as `run` completes it), made on the meta device (no memory, no
+weights), has the peft.targetModules and modulesToSave named, an embedding as large as the tokenizer,
+and positions for data.maxSeqLength.
+
+What cannot be checked from here is not judged: files on data.existingClaim (the volume is mounted in the
+pods only) that are not here, and Hub sources when the Hub cannot be reached. check_job returns one line
+for each such check; the job makes them itself when it starts. Problems raise SpecError, as `run` would.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
+from .contract import DATA_DIR
 from .data import read_texts
-from .errors import SpecError
+from .errors import TransientError
 from .plugins import check_callbacks
 from .spec import JobSpec
 
-if TYPE_CHECKING:  # imported in check_job, once the data files have been read
-    from transformers import PreTrainedConfig, PreTrainedTokenizerBase
+T = TypeVar("T")
 
 
-def check_job(spec: JobSpec, warn: Callable[[str], None]) -> None:
+def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
+    """Check the job; SpecError for a problem. Returns what could not be checked here, one line each."""
+    unchecked: list[str] = []
     check_callbacks(spec.callbacks)
-    read_texts(spec.data.train_files, spec.data.text_field, "spec.data.train")
-    if spec.data.validation_files:
-        read_texts(spec.data.validation_files, spec.data.text_field, "spec.data.validation")
+    data = spec.data
+    for field, files in (("spec.data.train", data.train_files), ("spec.data.validation", data.validation_files)):
+        here = _files_to_read(spec, field, files, unchecked)
+        if here:
+            read_texts(here, spec.data.text_field, field)
 
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from .model import _check_names, check_positions, check_vocabulary
+    from .model import _check_names, check_positions, check_vocabulary, new_model, scratch_config, source_config
     from .tokenizer import load_tokenizer
 
-    tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
-    config = _model_config(spec, tokenizer)
-    try:
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)
-    except (ValueError, TypeError, KeyError) as e:
-        raise SpecError("spec.model", f"cannot build a causal LM from its config: {e}") from None
-    check_vocabulary(model, tokenizer)
+    tokenizer = _unless_unreachable(
+        lambda: load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code), "spec.tokenizer", unchecked
+    )
+    if spec.model.source != "scratch":
+        config = _unless_unreachable(lambda: source_config(spec.model), "spec.model.source", unchecked)
+    elif tokenizer is not None:
+        config = scratch_config(spec.model, tokenizer)
+    else:
+        config = None
+        unchecked.append("spec.model.config: completed from the tokenizer, which could not be fetched")
+    if config is None:
+        return unchecked
+    with torch.device("meta"):
+        model = new_model(config, spec.model)
+    if tokenizer is not None:
+        check_vocabulary(model, tokenizer)
     if spec.peft.method == "lora":
         if isinstance(spec.peft.peft_target_modules, list):
             _check_names(model, spec.peft.target_modules, "spec.peft.targetModules")
         _check_names(model, spec.peft.modules_to_save, "spec.peft.modulesToSave")
     check_positions(model, spec.data.max_seq_length, warn)
+    return unchecked
 
 
-def _model_config(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedConfig:
-    from transformers import AutoConfig
+def _files_to_read(spec: JobSpec, field: str, files: list[str], unchecked: list[str]) -> list[str]:
+    """The files to check here: all of them, except those on data.existingClaim that this machine has not."""
+    claim = spec.data.existing_claim
+    here = []
+    for name in files:
+        if claim and PurePosixPath(name).is_relative_to(DATA_DIR) and not Path(name).exists():
+            unchecked.append(
+                f"{field}: '{name}' is on data.existingClaim '{claim}', mounted at {DATA_DIR} in the trainer "
+                "pods only; the pods check it when they start"
+            )
+        else:
+            here.append(name)
+    return here
 
-    from .sources import load_failure, resolve_source
 
-    if spec.model.source == "scratch":
-        cfg = dict(spec.model.config or {})
-        model_type = cfg.pop("model_type")
-        cfg.setdefault("vocab_size", len(tokenizer))
-        try:
-            return AutoConfig.for_model(model_type, **cfg)
-        except Exception as e:  # noqa: BLE001 - the config is the user's: any refusal (e.g. a strict field) is theirs
-            first = " ".join(str(e).split())[:200]
-            raise SpecError("spec.model.config", f"cannot build a causal LM from this config: {first}") from None
-    name, revision = resolve_source(spec.model.source, field="spec.model.source", what="a model config")
+def _unless_unreachable(load: Callable[[], T], field: str, unchecked: list[str]) -> T | None:
+    """load(), or None (noted in `unchecked`) when the Hub it needs cannot be reached from here."""
     try:
-        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=spec.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise load_failure(e, spec.model.source, "spec.model.source", "a model config") from None
+        return load()
+    except TransientError as e:
+        why = str(e).replace(" (retryable)", "").rstrip(".")
+        unchecked.append(f"{field}: {why}; the job fetches it when it starts")
+        return None

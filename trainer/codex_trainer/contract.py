@@ -40,6 +40,7 @@ ENV_NODE_RANK = "NODE_RANK"
 ENV_MASTER_ADDR = "MASTER_ADDR"
 ENV_MASTER_PORT = "MASTER_PORT"
 DEFAULT_MASTER_PORT = 29500  # what the operator sets, and what the trainer assumes when MASTER_PORT is unset
+DATA_DIR = "/data"  # where the operator mounts data.existingClaim (read-only) in every trainer pod
 
 # ---------------------------------------------------------------- rank 0's metrics
 

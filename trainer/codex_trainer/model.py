@@ -10,7 +10,13 @@ from typing import Any
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    PreTrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from .errors import SpecError
 from .files import atomic_dir
@@ -27,7 +33,7 @@ def load_base_model(
         if not (base_dir / "config.json").is_file():
             if is_main:
                 with atomic_dir(base_dir) as tmp:
-                    _new_scratch_model(spec, tokenizer).save_pretrained(tmp)
+                    new_model(scratch_config(spec, tokenizer), spec).save_pretrained(tmp)
             _barrier()
         name, revision = str(base_dir), None
     else:
@@ -60,11 +66,22 @@ def embedding_rows(model: PreTrainedModel | PeftModel) -> int | None:
     return rows if isinstance(rows, int) else None
 
 
-def _new_scratch_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
+def source_config(spec: ModelSpec) -> PreTrainedConfig:
+    """The config of a Hub or local model (no weights fetched): what `validate` builds its model from."""
+    name, revision = resolve_source(spec.source, field="spec.model.source", what="a model config")
+    try:
+        return AutoConfig.from_pretrained(name, revision=revision, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise load_failure(e, spec.source, "spec.model.source", "a model config") from None
+
+
+def scratch_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTrainedConfig:
+    """spec.model.config completed from the tokenizer: vocab_size (at least the tokenizer's size) and the
+    pad, bos and eos ids, unless the config sets them. SpecError naming the field for one run would refuse."""
     cfg = dict(spec.config or {})
     model_type = cfg.pop("model_type")
     cfg.setdefault("vocab_size", len(tokenizer))
-    if cfg["vocab_size"] < len(tokenizer):
+    if isinstance(cfg["vocab_size"], int) and cfg["vocab_size"] < len(tokenizer):
         raise SpecError(
             "spec.model.config.vocab_size",
             f"is {cfg['vocab_size']} but the tokenizer has {len(tokenizer)} tokens; raise it or leave it out",
@@ -76,11 +93,23 @@ def _new_scratch_model(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> P
     ):
         cfg.setdefault(key, tok_id)
     try:
-        config = AutoConfig.for_model(model_type, **cfg)
-        return AutoModelForCausalLM.from_config(config)
+        return AutoConfig.for_model(model_type, **cfg)
     except Exception as e:  # noqa: BLE001 - the config is the user's: any refusal (e.g. a strict field) is theirs
-        first = " ".join(str(e).split())[:200]
-        raise SpecError("spec.model.config", f"cannot build a causal LM from this config: {first}") from None
+        raise _unbuildable("spec.model.config", e) from None
+
+
+def new_model(config: PreTrainedConfig, spec: ModelSpec) -> PreTrainedModel:
+    """A causal LM with fresh weights from `config`, on torch's default device (meta in `validate`)."""
+    field = "spec.model.config" if spec.source == "scratch" else "spec.model"
+    try:
+        return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
+    except Exception as e:  # noqa: BLE001 - e.g. a pad_token_id beyond the vocabulary (an AssertionError in torch)
+        raise _unbuildable(field, e) from None
+
+
+def _unbuildable(field: str, e: Exception) -> SpecError:
+    first = " ".join(str(e).split())[:200] or type(e).__name__
+    return SpecError(field, f"cannot build a causal LM from this config: {first}")
 
 
 def _barrier() -> None:
