@@ -1,5 +1,5 @@
-"""Where progress goes: metrics.jsonl, Prometheus gauges, MLflow, TensorBoard, the console, callbacks
-(codex_trainer.plugins) and system figures.
+"""Where progress goes: metrics.jsonl, Prometheus gauges, MLflow, TensorBoard, Weights & Biases
+(codex_trainer.wandb_sink), the console, callbacks (codex_trainer.plugins) and system figures.
 
 The training loop talks to one `Sink`, which passes each figure on to all of them."""
 
@@ -28,10 +28,11 @@ from .contract import (
 from .errors import SpecError
 from .files import atomic_file, write_text_atomically
 from .plugins import Callbacks
+from .wandb_sink import Wandb
 
 
 class Sink:
-    """metrics.jsonl, Prometheus, MLflow, TensorBoard, the console and callbacks, as one. Rank 0 writes
+    """metrics.jsonl, Prometheus, MLflow, TensorBoard, W&B, the console and callbacks, as one. Rank 0 writes
     (`enabled`); on the other ranks every method does nothing. Prometheus serves from the start (its port is
     checked before anything loads); the files open with `open`, once the run knows its step; `close` ends
     all of them (and tells the callbacks, `on_end`)."""
@@ -46,6 +47,7 @@ class Sink:
         self.metrics: MetricsFile | None = None
         self.mlflow: Mlflow | None = None
         self.tensorboard: TensorBoard | None = None
+        self.wandb: Wandb | None = None
         self.stats: SystemStats | None = None
         self.last_step: int | None = None
 
@@ -56,9 +58,10 @@ class Sink:
         mlflow: Callable[[], Mlflow | None],
         use_gpu: bool,
         tensorboard: Path | None = None,
+        wandb: Callable[[], Wandb | None] | None = None,
     ) -> None:
         """Start writing metrics.jsonl (after `resume_step`), MLflow (`mlflow()` opens the run), TensorBoard
-        event files in `tensorboard` (when given) and system figures."""
+        event files in `tensorboard` (when given), W&B (`wandb()` opens the run) and system figures."""
         if not self.enabled:
             return
         self.last_step = resume_step
@@ -66,6 +69,8 @@ class Sink:
         self.mlflow = mlflow()
         if tensorboard is not None:
             self.tensorboard = TensorBoard(tensorboard, resume_step)
+        if wandb is not None:
+            self.wandb = wandb()
         self.stats = SystemStats(use_gpu)
 
     def event(self, event: str, **fields: Any) -> None:
@@ -95,6 +100,8 @@ class Sink:
         self._log(row)
         if self.tensorboard:
             self.tensorboard.scalars(row["step"], {k: row[k] for k in TensorBoard.TRAIN if k in row}, "train")
+        if self.wandb:
+            self.wandb.step(row)
         self.last_step = row["step"]
         self._callbacks("on_step", {**row, "total_steps": total_steps})
         self.console.progress(row["step"], total_steps, loss=row["loss"], tok_s=round(row["tokens_per_second"]))
@@ -107,6 +114,8 @@ class Sink:
             self.prometheus.eval_loss.set(loss)
         if self.tensorboard:
             self.tensorboard.scalars(step, {"loss": loss, "perplexity": perplexity}, "eval")
+        if self.wandb:
+            self.wandb.evaluated(step, loss, perplexity)
         self._callbacks("on_eval", {"step": step, "eval_loss": loss, "perplexity": perplexity})
         self.console.event("eval", step=step, eval_loss=round(loss, 4), perplexity=round(perplexity, 2))
 
@@ -119,12 +128,14 @@ class Sink:
         self._log({"step": step, "checkpoint": str(path)})
         if self.tensorboard:  # what a checkpoint covers is on disk: a kill after it loses no point of the curves
             self.tensorboard.flush()
+        if self.wandb:
+            self.wandb.checkpointed(step, path)
         self._callbacks("on_checkpoint", {"step": step, "path": str(path)})
         self.console.event("checkpoint", step=step, path=str(path))
 
     def close(self, status: str = "FINISHED") -> None:
         """End everything opened (safe to call twice); `status` is the MLflow run's (FINISHED, KILLED or
-        FAILED), and the callbacks' on_end gets it."""
+        FAILED), the W&B run's exit code follows it, and the callbacks' on_end gets it."""
         if self.enabled and self.callbacks:
             self._callbacks("on_end", {"status": status, "step": self.last_step})
             self.callbacks = []
@@ -139,6 +150,9 @@ class Sink:
         if self.mlflow:
             self.mlflow.close(status)
             self.mlflow = None
+        if self.wandb:
+            wandb, self.wandb = self.wandb, None
+            wandb.close(status)
         self.console.close()
 
     def _callbacks(self, hook: str, payload: dict[str, Any]) -> None:

@@ -304,8 +304,29 @@ class MlflowSpec(_Model):
     experiment: str = Field(default="codex", min_length=1, description="MLflow experiment name.")
 
 
+class WandbSpec(_Model):
+    enabled: bool = Field(default=False, description="Log metrics to Weights & Biases (rank 0).")
+    mode: Literal["offline", "online"] = Field(
+        default="offline",
+        description="offline: a run directory under <output>/wandb/, no account, nothing sent (upload later with "
+        "`wandb sync`). online: stream to W&B; the API key comes from WANDB_API_KEY in the environment (from a "
+        "Secret), never from the spec.",
+    )
+    project: str = Field(default="codex", min_length=1, max_length=128, description="W&B project.")
+    entity: str | None = Field(
+        default=None, min_length=1, max_length=128, description="W&B entity (user or team). Default: the key's own."
+    )
+    run_name: str | None = Field(
+        default=None, min_length=1, max_length=MAX_NAME, description="Display name of the run. Default: the job's name."
+    )
+
+
 class TrackingSpec(_Model):
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow tracking.")
+    wandb: WandbSpec = Field(
+        default_factory=WandbSpec,
+        description="Weights & Biases tracking (off by default). A resumed job continues the same W&B run.",
+    )
     tensorboard: bool = Field(
         default=False,
         description="Write TensorBoard scalars (loss, learning rate, tokens/s, eval loss, perplexity) under "

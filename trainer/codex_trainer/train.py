@@ -53,6 +53,7 @@ from .plugins import check_callbacks, load_callbacks
 from .runinfo import identity_changes, legacy_identity, resume_identity, training_changes, write_run_json
 from .spec import JobSpec
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
+from .wandb_sink import check_credentials, start_wandb
 
 # The loop reseeds every step from (seed, step, rank) (_step_seed), so a checkpoint holds no RNG state; it
 # records which way of seeding it was trained with. A checkpoint without the field is scheme 1.
@@ -84,6 +85,7 @@ def train(
     console = console or Console(enabled=is_main)
     console.enabled = console.enabled and is_main
     check_callbacks(spec.callbacks)  # on every rank: an unknown name stops them all alike (exit 2)
+    check_credentials(spec.tracking.wandb)  # online W&B without a key: exit 2 before anything loads
     if is_main:
         prepare_output_dir(out)
     accelerator.wait_for_everyone()
@@ -204,6 +206,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         lambda: _start_mlflow(spec, name, out),
         use_gpu=device.type == "cuda",
         tensorboard=out / "tensorboard" if spec.tracking.tensorboard else None,
+        wandb=lambda: start_wandb(spec.tracking.wandb, name, out, spec.shown()),
     )
     sink.planned(step, total_steps)
     if is_main:

@@ -1,0 +1,137 @@
+"""Weights & Biases (spec.tracking.wandb): the spec, the credentials check, and an offline run written
+through the metrics Sink and read back from W&B's own transaction log."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import psutil
+import pytest
+
+from codex_trainer.cli import main
+from codex_trainer.console import Console
+from codex_trainer.errors import SpecError
+from codex_trainer.manifest import parse_manifest
+from codex_trainer.metrics import Sink
+from codex_trainer.spec import WandbSpec
+from codex_trainer.wandb_sink import RUN_ID_FILE, check_credentials, read_history, read_records, start_wandb
+from support import TINY
+
+KEY = "k" * 40  # the form of a W&B API key
+
+
+def manifest(**tracking) -> dict:
+    return {
+        "apiVersion": "codex.ml/v1alpha1",
+        "kind": "CodexTrainingJob",
+        "metadata": {"name": "t"},
+        "spec": {
+            "model": {"source": "scratch", "config": {"model_type": "llama"}},
+            "data": {"train": ["d.jsonl"]},
+            "tracking": tracking,
+        },
+    }
+
+
+def test_wandb_is_off_by_default_and_offline_when_enabled():
+    assert parse_manifest(manifest()).spec.tracking.wandb.enabled is False
+    cfg = parse_manifest(manifest(wandb={"enabled": True, "runName": "first"})).spec.tracking.wandb
+    assert (cfg.mode, cfg.project, cfg.entity, cfg.run_name) == ("offline", "codex", None, "first")
+
+
+@pytest.mark.parametrize(
+    ("wandb", "field"),
+    [({"mode": "cloud"}, "spec.tracking.wandb.mode"), ({"apiKey": KEY}, "spec.tracking.wandb.apiKey")],
+)
+def test_a_bad_wandb_field_is_named_and_a_key_has_no_place_in_the_spec(wandb, field):
+    with pytest.raises(SpecError) as e:
+        parse_manifest(manifest(wandb=wandb))
+    assert field in dict(e.value.problems)
+
+
+def test_online_without_a_key_is_a_spec_error_that_says_the_fix(monkeypatch, tmp_path):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    with pytest.raises(SpecError) as e:
+        check_credentials(WandbSpec(enabled=True, mode="online"))
+    assert "spec.tracking.wandb.mode" in str(e.value) and "WANDB_API_KEY" in str(e.value)
+    assert "secretKeyRef" in str(e.value) and "offline" in str(e.value)
+    check_credentials(WandbSpec(enabled=True))  # offline needs nothing
+    (tmp_path / "netrc").write_text("machine api.wandb.ai login user password " + KEY + "\n")
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))  # what `wandb login` leaves
+    check_credentials(WandbSpec(enabled=True, mode="online"))
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    check_credentials(WandbSpec(enabled=True, mode="online"))
+
+
+def test_codex_train_run_online_without_a_key_exits_2_before_loading_anything(monkeypatch, tmp_path, capsys):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    out = tmp_path / "run"
+    args = ["run", str(TINY), "--output-dir", str(out), "--set", "tracking.wandb.enabled=true"]
+    assert main([*args, "--set", "tracking.wandb.mode=online"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("codex-train: invalid spec.tracking.wandb.mode:") and "WANDB_API_KEY" in err, err
+    assert not (out / "checkpoints").exists() and not (out / "wandb").exists()
+
+
+def history(out: Path) -> list[tuple[int, dict]]:
+    """Every history row of every start of the run, in the order they were written."""
+    paths = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
+    return [row for p in paths for row in read_history(p)]
+
+
+def exit_codes(out: Path) -> list[int]:
+    """The exit code each start finished its run with."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    found = []
+    for path in sorted((out / "wandb").glob("offline-run-*/run-*.wandb")):
+        for raw in read_records(path):
+            record = pb.Record.FromString(raw)
+            if record.WhichOneof("record_type") == "exit":
+                found.append(record.exit.exit_code)
+    return found
+
+
+def sink_run(out: Path, steps: range, resume_step: int, status: str) -> None:
+    sink = Sink(True, Console(enabled=False), None)
+    cfg = WandbSpec(enabled=True)
+    sink.open(out / "metrics.jsonl", resume_step, lambda: None, False, wandb=lambda: start_wandb(cfg, "job", out, {}))
+    for s in steps:
+        sink.step({"step": s, "loss": 1 / s, "learning_rate": 0.1, "tokens_per_second": 100.0}, steps.stop)
+        if s % 2 == 0:
+            sink.evaluated(s, 2 / s, 3.0)
+    sink.close(status)
+
+
+def service_processes() -> list[psutil.Process]:
+    return [p for p in psutil.Process().children(recursive=True) if "wandb" in p.name()]
+
+
+def test_an_offline_run_resumes_the_same_run_without_a_step_twice_and_leaves_no_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "online")  # the spec's mode wins over the environment
+    for name in ("WANDB_SILENT", "WANDB_ERROR_REPORTING"):  # set by the sink; restored afterwards
+        monkeypatch.setenv(name, "")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    out = tmp_path / "run"
+    out.mkdir()
+    sink_run(out, range(1, 6), 0, "KILLED")  # a run stopped at step 5 whose checkpoint is at step 3
+    assert not service_processes()
+    run_id = (out / RUN_ID_FILE).read_text().strip()
+    sink_run(out, range(4, 9), 3, "FINISHED")  # its resume redoes steps 4 and 5
+    assert not service_processes()
+
+    dirs = sorted((out / "wandb").glob("offline-run-*"))
+    assert [d.name.rsplit("-", 1)[1] for d in dirs] == [run_id, run_id]  # one run, two starts
+    rows = history(out)
+    assert [s for s, _ in rows] == list(range(1, 9))  # each step once, in order
+    assert all(r["train/loss"] == pytest.approx(1 / s) and r["_step"] == s for s, r in rows)
+    assert [(s, r["eval/loss"]) for s, r in rows if "eval/loss" in r] == [(2, 1.0), (4, 0.5), (6, 2 / 6), (8, 0.25)]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 9))  # metrics.jsonl tells the same story
+    assert exit_codes(out) == [143, 0]  # the stopped start, then the finished one
