@@ -115,7 +115,7 @@ def service_processes() -> list[psutil.Process]:
 
 def test_an_offline_run_resumes_the_same_run_without_a_step_twice_and_leaves_no_process(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "online")  # the spec's mode wins over the environment
-    for name in ("WANDB_SILENT", "WANDB_ERROR_REPORTING"):  # set by the sink; restored afterwards
+    for name in ("WANDB_SILENT", "WANDB_ERROR_REPORTING"):  # set by the sink (WANDB_MODE too); restored afterwards
         monkeypatch.setenv(name, "")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     out = tmp_path / "run"
@@ -135,3 +135,19 @@ def test_an_offline_run_resumes_the_same_run_without_a_step_twice_and_leaves_no_
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "loss" in m] == list(range(1, 9))  # metrics.jsonl tells the same story
     assert exit_codes(out) == [143, 0]  # the stopped start, then the finished one
+
+
+def test_steps_w_and_b_lost_to_a_kill_come_back_from_metrics_jsonl_on_resume(tmp_path, monkeypatch):
+    for name in ("WANDB_SILENT", "WANDB_ERROR_REPORTING", "WANDB_MODE"):
+        monkeypatch.setenv(name, "offline")
+    out = tmp_path / "run"
+    out.mkdir()
+    sink_run(out, range(1, 6), 0, "KILLED")
+    (log,) = (out / "wandb").glob("offline-run-*/run-*.wandb")
+    log.write_bytes(log.read_bytes()[:7])  # a kill before W&B's service wrote its log: the header alone
+    sink_run(out, range(4, 9), 3, "FINISHED")
+    rows = history(out)
+    assert [s for s, _ in rows] == list(range(1, 9))
+    assert all(r["train/loss"] == pytest.approx(1 / s) for s, r in rows)
+    assert [(s, r["eval/loss"]) for s, r in rows if "eval/loss" in r] == [(2, 1.0), (4, 0.5), (6, 2 / 6), (8, 0.25)]
+    assert "resources/time" not in rows[0][1] and "train/time" not in rows[0][1]

@@ -71,6 +71,8 @@ class Sink:
             self.tensorboard = TensorBoard(tensorboard, resume_step)
         if wandb is not None:
             self.wandb = wandb()
+            if self.wandb:  # what W&B lost to a kill, up to the checkpoint, from metrics.jsonl
+                self.wandb.catch_up(metrics_file, resume_step)
         self.stats = SystemStats(use_gpu)
 
     def event(self, event: str, **fields: Any) -> None:

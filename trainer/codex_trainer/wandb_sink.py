@@ -8,7 +8,9 @@ W&B's history only grows: a step lower than one it already holds is refused. A r
 steps after its checkpoint, and the run before it may have logged some of them before it was killed; so a
 start logs only the steps after the last one W&B holds for the run (read from the run's own transaction
 logs beside it, and from the server when online). The steps left out are ones already there, with the
-same losses (a resume repeats its steps exactly)."""
+same losses (a resume repeats its steps exactly). The other way round, steps up to the checkpoint that
+W&B lost to a kill (or never saw: W&B enabled on a job already under way) are logged from metrics.jsonl
+when the job resumes, so the run has every step once."""
 
 from __future__ import annotations
 
@@ -67,6 +69,7 @@ class Wandb:
 
     def __init__(self, cfg: WandbSpec, name: str, out: Path, config: dict[str, Any]):
         os.environ["WANDB_SILENT"] = "true"
+        os.environ["WANDB_MODE"] = cfg.mode  # the spec's mode, whatever the environment said
         if cfg.mode == "offline":  # no error reports (Sentry) from the library or its service process
             os.environ["WANDB_ERROR_REPORTING"] = "false"
         import wandb
@@ -118,6 +121,25 @@ class Wandb:
 
     def evaluated(self, step: int, loss: float, perplexity: float) -> None:
         self._log(step, {"eval/loss": loss, "eval/perplexity": perplexity})
+
+    def catch_up(self, metrics_file: Path, through: int) -> None:
+        """Log from metrics.jsonl the steps up to `through` (the checkpoint a job resumes from) that W&B lacks:
+        its service writes its log every 15 s, and a kill (SIGKILL, OOM) loses what it had not written."""
+        if through <= self.logged_through or not metrics_file.is_file():
+            return
+        with metrics_file.open(encoding="utf-8") as f:
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line torn by a kill
+                if not self.logged_through < row.get("step", 0) <= through:
+                    continue
+                if "loss" in row:
+                    self.step({k: v for k, v in row.items() if k != "time"})
+                elif "eval_loss" in row:
+                    self.evaluated(row["step"], row["eval_loss"], row["perplexity"])
+        self.logged_through = through
 
     def checkpointed(self, step: int, path: Path) -> None:
         if step > self.logged_through:
