@@ -79,6 +79,16 @@ def test_codex_train_run_online_without_a_key_exits_2_before_loading_anything(mo
     assert not (out / "checkpoints").exists() and not (out / "wandb").exists()
 
 
+def test_a_key_w_and_b_refuses_is_a_spec_error_that_does_not_show_it(tmp_path, monkeypatch):
+    for name in ("WANDB_SILENT", "WANDB_ERROR_REPORTING", "WANDB_MODE"):
+        monkeypatch.setenv(name, "online")
+    monkeypatch.setenv("WANDB_API_KEY", "s3cret")  # not even of a key's form: refused before any request
+    with pytest.raises(SpecError) as e:
+        start_wandb(WandbSpec(enabled=True, mode="online"), "job", tmp_path, {})
+    assert str(e.value).startswith("spec.tracking.wandb: W&B refused the credentials") and "s3cret" not in str(e.value)
+    assert not service_processes()
+
+
 def history(out: Path) -> list[tuple[int, dict]]:
     """Every history row of every start of the run, in the order they were written."""
     paths = sorted((out / "wandb").glob("offline-run-*/run-*.wandb"))
