@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import sys
 from collections.abc import Callable
@@ -360,48 +359,51 @@ def data_sources(
 def evaluate_split(
     model: Model, split: Split, s: Settings, pad_id: int, device: torch.device, autocast: Autocast
 ) -> dict[str, Any]:
-    """Token-weighted loss and next-token accuracy over the split's rows in order, batched as training's
-    evaluation batches them (rows 0..n in batches of batch_size, at most max_batches)."""
+    """Token-weighted loss (evalloss.eval_loss, as the training loop evaluates) and next-token accuracy over
+    the split's rows in order, batched as training's evaluation batches them (rows 0..n in batches of
+    batch_size, at most max_batches). Accuracy needs the logits, so each batch's loss is the model's own
+    (evalloss.model_loss), taken from the same forward pass."""
     import numpy as np
-    import torch
 
-    from .data import collate
+    from .evalloss import FORWARD_OPTIONS, IGNORE_INDEX, eval_loss
 
-    rows = np.arange(split.rows)
-    n_batches = math.ceil(len(rows) / s.batch_size)
-    if s.max_batches:
-        n_batches = min(n_batches, s.max_batches)
-    loss_sum, correct, tokens, sequences = 0.0, 0, 0, 0
-    with torch.no_grad():
-        for b in range(n_batches):
-            picked = rows[b * s.batch_size : (b + 1) * s.batch_size]
-            batch = {k: v.to(device) for k, v in collate(split, picked, pad_id).items()}
-            sequences += len(picked)
-            labels = batch["labels"][:, 1:]
-            valid = labels != -100
-            n = int(valid.sum())
-            if n == 0:
-                continue
-            with autocast():
-                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logits = logits[:, :-1].float()
-            loss_sum += float(
-                torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction="sum"
-                ).double()
-            )
-            correct += int(((logits.argmax(-1) == labels) & valid).sum())
-            tokens += n
-    return {"loss_sum": loss_sum, "correct": correct, "tokens": tokens, "sequences": sequences, "batches": n_batches}
+    hits: list[torch.Tensor] = []
+
+    def loss_and_hits(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = m(**batch, **FORWARD_OPTIONS)
+        labels = batch["labels"][:, 1:]
+        hits.append(((out.logits[:, :-1].argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum())
+        return out.loss
+
+    sums = eval_loss(
+        model,
+        split,
+        np.arange(split.rows),
+        s.batch_size,
+        pad_id,
+        device,
+        max_batches=s.max_batches,
+        loss_fn=loss_and_hits,
+        autocast=autocast,
+    )
+    return {
+        "loss_sum": sums.loss_sum,
+        "correct": int(sum(int(h) for h in hits)),
+        "tokens": sums.tokens,
+        "sequences": sums.sequences,
+        "batches": sums.batches,
+    }
 
 
 def metrics_of(t: dict[str, Any]) -> dict[str, Any]:
+    from .evalloss import perplexity
+
     if t["tokens"] == 0:
         return {"loss": None, "perplexity": None, "accuracy": None, "tokens": 0, "sequences": t["sequences"]}
     loss = t["loss_sum"] / t["tokens"]
     return {
         "loss": loss,
-        "perplexity": math.exp(min(loss, 50.0)),
+        "perplexity": perplexity(loss),
         "accuracy": t["correct"] / t["tokens"],
         "tokens": t["tokens"],
         "sequences": t["sequences"],

@@ -25,7 +25,7 @@ from torch.optim.lr_scheduler import LambdaLR
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from transformers.utils import logging as hf_logging
 
-from . import checkpoint
+from . import checkpoint, evalloss
 from .console import Console
 from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
 from .data import (
@@ -347,7 +347,7 @@ def _evaluation(
         sink.warn(f"evaluation at step {step} stopped early by a signal; not recorded")
         return previous, previous_at
     if loss is not None:
-        sink.evaluated(step, loss, _perplexity(loss))
+        sink.evaluated(step, loss, evalloss.perplexity(loss))
     return loss, step
 
 
@@ -360,34 +360,26 @@ def _evaluate(
     pad_id: int,
     stop: StopRequest,
 ) -> tuple[float | None, bool]:
-    """(token-weighted loss over the validation split, shared out across ranks; whether it ran to the end).
+    """(token-weighted loss over the validation split (evalloss.eval_loss), shared out across ranks; whether it
+    ran to the end).
 
     A signal stops it at the next batch, so SIGTERM does not wait for a long evaluation."""
     if split.rows == 0:
         return None, True
-    bs = batch_size
-    rows = np.arange(accelerator.process_index, split.rows, accelerator.num_processes)
-    n_batches = math.ceil(len(rows) / bs)
-    if max_batches:
-        n_batches = min(n_batches, max_batches)
-    totals = torch.zeros(3, dtype=torch.float64, device=accelerator.device)  # loss x tokens, tokens, stopped
-    model.eval()
-    with torch.no_grad():
-        for b in range(n_batches):
-            if stop.signum is not None:
-                totals[2] = 1
-                break
-            batch = {
-                k: v.to(accelerator.device) for k, v in collate(split, rows[b * bs : (b + 1) * bs], pad_id).items()
-            }
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            if n == 0:
-                continue
-            with accelerator.autocast():
-                loss = model(**batch).loss
-            totals[:2] += torch.tensor([loss.item() * n, n], dtype=torch.float64, device=accelerator.device)
-    model.train()
-    if accelerator.num_processes > 1:
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    sums = evalloss.eval_loss(
+        model,
+        split,
+        np.arange(rank, split.rows, world),
+        batch_size,
+        pad_id,
+        device,
+        max_batches=max_batches,
+        autocast=accelerator.autocast,
+        stop=lambda: stop.signum is not None,
+    )
+    totals = torch.tensor([sums.loss_sum, sums.tokens, sums.stopped], dtype=torch.float64, device=device)
+    if world > 1:
         torch.distributed.all_reduce(totals)
     if totals[2] > 0:
         return None, False
@@ -520,10 +512,6 @@ def _mixed_precision(precision: str) -> str:
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def _perplexity(loss: float) -> float:
-    return math.exp(min(loss, 50.0))
 
 
 def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
