@@ -100,6 +100,29 @@ def test_a_changed_batch_size_on_resume_is_refused(tmp_path, capsys):
     assert line.startswith("codex-train: invalid spec.training.batchSize: differs from the run that wrote"), line
 
 
+def test_a_checkpoint_of_the_earlier_packing_is_refused_not_resumed(tmp_path, capsys, monkeypatch):
+    """Checkpoints written before packing kept documents apart hold no packingScheme in their identity."""
+    from codex_trainer import train as train_module
+
+    real = train_module.resume_identity
+
+    def earlier(spec, digest):
+        identity = real(spec, digest)
+        del identity["data"]["packingScheme"]
+        return identity
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(train_module, "resume_identity", earlier)
+    assert run(out) == 0
+    monkeypatch.setattr(train_module, "resume_identity", real)
+    capsys.readouterr()
+    assert run(out, steps=4) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("codex-train: invalid spec.data.packing: "), line
+    assert "earlier packing" in line and "new --output-dir" in line
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]  # nothing trained on top
+
+
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_resumes(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     real_save = checkpoint.save_file

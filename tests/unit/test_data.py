@@ -12,12 +12,14 @@ import pytest
 from codex_trainer.data import (
     collate,
     data_digest,
+    label_tokens,
     load_dataset,
     micro_batch_rows,
     micro_batches_per_epoch,
     no_validation_reason,
     pack,
     read_texts,
+    row_tokens,
     split_indices,
     truncate,
 )
@@ -81,12 +83,27 @@ def test_packing_fills_every_sequence_and_keeps_document_boundaries():
     assert [unpacked.row(i).tolist() for i in range(3)] == [[1, 2, 0], [3, 4, 5, 6], [7, 0]]
 
 
+def test_packed_rows_restart_positions_at_each_document_and_never_predict_across_one():
+    docs = [np.array([1, 2, 0], np.int32), np.array([3, 4, 5, 6, 0], np.int32), np.array([7, 0], np.int32)]
+    packed = pack(docs, 4)
+    batch = collate(packed, np.array([0, 1]), pad_id=0)
+    assert batch["input_ids"].tolist() == [[1, 2, 0, 3], [4, 5, 6, 0]]
+    # the second document starts at index 3 of row 0 and goes on in row 1, which starts counting again
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0], [0, 1, 2, 3]]
+    assert batch["labels"].tolist() == [[-100, 2, 0, -100], [-100, 5, 6, 0]]
+    assert "attention_mask" not in batch  # transformers derives the block-diagonal mask from the positions
+    assert row_tokens(packed, np.array([0, 1])) == 8
+    assert label_tokens(packed, np.array([0, 1])) == int((batch["labels"][:, 1:] != -100).sum()) == 5
+
+
 def test_collate_pads_and_masks_labels():
     split = truncate([np.array([5, 6, 7], np.int32), np.array([8], np.int32)], 8)
     batch = collate(split, np.array([0, 1]), pad_id=0)
     assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert batch["labels"].tolist() == [[5, 6, 7], [8, -100, -100]]
+    assert row_tokens(split, np.array([0, 1])) == 4
+    assert label_tokens(split, np.array([0, 1])) == int((batch["labels"][:, 1:] != -100).sum()) == 2
 
 
 def test_each_epoch_visits_every_row_once_in_a_new_order():

@@ -2,6 +2,9 @@
 
 A tokenized split is two flat arrays: `tokens` (int32) and `offsets` (int64, one more than rows),
 so packed blocks and variable-length examples share one representation and one collate function.
+A packed split also keeps where each document starts (`starts`), so that a document in a block
+attends to itself alone: its position ids restart at 0 and no label asks it to predict the next
+document's first token.
 """
 
 from __future__ import annotations
@@ -26,13 +29,19 @@ if TYPE_CHECKING:  # imported when needed: reading and packing the data needs ne
     import torch
     from transformers import PreTrainedTokenizerBase
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
+# How packed blocks are built; part of the cache key and of a packed run's identity (runinfo), so a
+# checkpoint trained the earlier way (documents attending to those before them in the block) is never
+# resumed under this one.
+PACKING_SCHEME = "documents"
 
 
 @dataclass(frozen=True)
 class Split:
     tokens: np.ndarray
     offsets: np.ndarray
+    # packed splits: the sorted indices into `tokens` where documents start (0 first); None: a row is a document
+    starts: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -222,10 +231,14 @@ def tokenize(texts: list[str], tokenizer: PreTrainedTokenizerBase, eos_id: int, 
 
 
 def pack(docs: list[np.ndarray], length: int) -> Split:
-    """Concatenate documents and cut full blocks of `length`; the tail shorter than a block is dropped."""
+    """Concatenate documents and cut full blocks of `length`; the tail shorter than a block is dropped.
+
+    Where each document starts is kept (`Split.starts`): collate restarts positions there."""
     flat = np.concatenate(docs) if docs else np.zeros(0, np.int32)
     n = len(flat) // length
-    return Split(flat[: n * length].copy(), np.arange(n + 1, dtype=np.int64) * length)
+    starts = np.zeros(len(docs), dtype=np.int64)
+    np.cumsum([len(d) for d in docs[:-1]], out=starts[1:])
+    return Split(flat[: n * length].copy(), np.arange(n + 1, dtype=np.int64) * length, starts[starts < n * length])
 
 
 def truncate(docs: list[np.ndarray], length: int) -> Split:
@@ -254,7 +267,7 @@ def data_digest(spec: DataSpec) -> str:
 def cache_key(spec: DataSpec, seed: int, tokenizer_fp: str, digest: str | None = None) -> str:
     settings = spec.model_dump(mode="json", exclude={"train", "validation", "existing_claim"})
     h = hashlib.sha256()
-    h.update(json.dumps([CACHE_VERSION, settings, seed, tokenizer_fp], sort_keys=True).encode())
+    h.update(json.dumps([CACHE_VERSION, PACKING_SCHEME, settings, seed, tokenizer_fp], sort_keys=True).encode())
     h.update((digest or data_digest(spec)).encode())
     return h.hexdigest()[:20]
 
@@ -341,13 +354,19 @@ def _read_cache(path: Path, digest: str, log: Callable[[str], None] | None) -> D
     """The cached dataset if the file verifies (zip CRCs, every array present and consistent), else None."""
     try:
         with np.load(path) as z:
-            train = Split(z["train_tokens"], z["train_offsets"])
-            val = Split(z["val_tokens"], z["val_offsets"])
+            packed = "train_starts" in z
+            train = Split(z["train_tokens"], z["train_offsets"], z["train_starts"] if packed else None)
+            val = Split(z["val_tokens"], z["val_offsets"], z["val_starts"] if packed else None)
             n_train, n_val = (int(x) for x in z["examples"])
         for split in (train, val):
             offs = split.offsets
             if len(offs) < 1 or offs[0] != 0 or offs[-1] != len(split.tokens) or np.any(np.diff(offs) < 0):
                 raise ValueError("offsets do not match the tokens")
+            starts = split.starts
+            if starts is not None and len(split.tokens) and (len(starts) == 0 or starts[0] != 0):
+                raise ValueError("document starts do not match the tokens")
+            if starts is not None and (np.any(np.diff(starts) <= 0) or np.any(starts >= max(len(split.tokens), 1))):
+                raise ValueError("document starts do not match the tokens")
     except Exception as e:  # a torn zip raises BadZipFile, EOFError, OSError, ValueError, KeyError ...
         if log is not None:
             log(f"ignoring damaged tokenized cache {path} ({type(e).__name__}: {str(e)[:100]}); tokenizing again")
@@ -365,6 +384,8 @@ def _write_cache(cache_file: Path, train: Split, val: Split, examples: tuple[int
         "val_offsets": val.offsets,
         "examples": np.asarray(examples, dtype=np.int64),
     }
+    if train.starts is not None and val.starts is not None:
+        arrays |= {"train_starts": train.starts, "val_starts": val.starts}
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         with atomic_file(cache_file) as tmp:
@@ -397,10 +418,34 @@ def micro_batch_rows(rows: int, per_rank: int, world: int, rank: int, seed: int,
     return perm[start : start + per_rank]
 
 
+def row_tokens(split: Split, rows: np.ndarray) -> int:
+    """The tokens (not padding) in these rows: what a batch of them trains on, counted without the device."""
+    return int((split.offsets[rows + 1] - split.offsets[rows]).sum())
+
+
+def label_tokens(split: Split, rows: np.ndarray) -> int:
+    """The tokens these rows' loss is over (what collate's labels leave in after the shift): each row's
+    tokens but its first, and in packed rows, not a document's first token either."""
+    begins, ends = split.offsets[rows], split.offsets[rows + 1]
+    n = int(np.maximum(ends - begins - 1, 0).sum())
+    if split.starts is not None:
+        inside = np.searchsorted(split.starts, ends, side="left") - np.searchsorted(split.starts, begins, side="right")
+        n -= int(inside.sum())
+    return n
+
+
 def collate(split: Split, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
-    """input_ids / attention_mask / labels tensors, right-padded to the longest row."""
+    """The model's inputs for these rows.
+
+    Packed rows (all one length): input_ids, position_ids that restart at 0 where a document starts, and
+    labels with that first token masked (-100), so no token attends to or predicts across a document
+    boundary; no attention_mask, so that transformers builds the block-diagonal causal mask from the
+    position ids (sdpa, eager; flash-attention's varlen path on GPUs).
+    Documents (truncated, varied lengths): input_ids / attention_mask / labels, right-padded to the longest."""
     import torch
 
+    if split.starts is not None:
+        return _collate_packed(split, rows)
     seqs = [split.row(int(i)) for i in rows]
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
@@ -411,3 +456,26 @@ def collate(split: Split, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tens
     ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
     labels = ids_t.masked_fill(mask_t == 0, -100)
     return {"input_ids": ids_t, "attention_mask": mask_t, "labels": labels}
+
+
+def document_positions(starts: np.ndarray, begin: int, end: int) -> np.ndarray:
+    """Position ids of tokens[begin:end] of a packed split: the distance to the start of each one's document,
+    counted from `begin` for a document that began in an earlier block."""
+    idx = np.arange(begin, end, dtype=np.int64)
+    doc_start = starts[np.searchsorted(starts, idx, side="right") - 1] if len(starts) else np.zeros_like(idx)
+    return idx - np.maximum(doc_start, begin)
+
+
+def _collate_packed(split: Split, rows: np.ndarray) -> dict[str, torch.Tensor]:
+    import torch
+
+    assert split.starts is not None
+    begins, ends = split.offsets[rows], split.offsets[rows + 1]
+    ids = np.stack([split.tokens[b:e] for b, e in zip(begins, ends, strict=True)]).astype(np.int64)
+    positions = np.stack([document_positions(split.starts, b, e) for b, e in zip(begins, ends, strict=True)])
+    labels = np.where(positions == 0, -100, ids)
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "position_ids": torch.from_numpy(positions),
+        "labels": torch.from_numpy(labels),
+    }

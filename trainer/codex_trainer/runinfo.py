@@ -13,6 +13,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from .data import PACKING_SCHEME
 from .files import write_text_atomically
 from .spec import JobSpec
 
@@ -30,6 +31,8 @@ def resume_identity(spec: JobSpec, data_digest: str) -> dict[str, Any]:
     batch shape counts because it decides which rows each step sees."""
     d = spec.model_dump(mode="json", by_alias=True)
     data = {k: v for k, v in d["data"].items() if k not in ("train", "validation", "existingClaim")}
+    if spec.data.packing:  # checkpoints of a packed run hold what its blocks taught (data.PACKING_SCHEME)
+        data["packingScheme"] = PACKING_SCHEME
     batch = {k: d["training"][k] for k in ("batchSize", "gradientAccumulation")}
     return {
         "model": d["model"],
@@ -41,8 +44,11 @@ def resume_identity(spec: JobSpec, data_digest: str) -> dict[str, Any]:
     }
 
 
-def legacy_identity(spec: JobSpec) -> dict[str, Any]:
-    """What checkpoints written before the data was identified by content hold (data by path)."""
+def legacy_identity(spec: JobSpec) -> dict[str, Any] | None:
+    """What checkpoints written before the data was identified by content hold (data by path). Those runs
+    packed documents the earlier way, so a packed run has none: its old checkpoints are refused."""
+    if spec.data.packing:
+        return None
     d = spec.model_dump(mode="json", by_alias=True)
     return {k: d[k] for k in ("model", "tokenizer", "data", "peft")} | {"seed": spec.training.seed}
 

@@ -32,13 +32,16 @@ from .data import (
     Dataset,
     Split,
     collate,
+    label_tokens,
     load_dataset,
     micro_batch_rows,
     micro_batches_per_epoch,
     no_validation_reason,
+    row_tokens,
 )
 from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_dir
+from .loss import LanguageModelLoss
 from .metrics import Mlflow, Prometheus, Sink, flatten
 from .model import (
     adapter_base_reference,
@@ -149,7 +152,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and frozen_base else None
     base = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
     check_positions(base, spec.data.max_seq_length, sink.warn)
-    base_ref = adapter_base_reference(spec.model.source, base_dir, out / "final")
+    base_ref = adapter_base_reference(spec.model.source, base_dir)
     model = wrap_peft(base, spec.peft)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
@@ -179,7 +182,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         if found.state.get("world_size") != world:
             sink.warn(f"resuming on {world} processes, saved on {found.state['world_size']}")
         sink.event("resumed", step=step, checkpoint=str(found.path))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    # the loss wraps the model, so that a distributed wrapper sees one forward; `model` stays the PEFT model
+    net, optimizer = accelerator.prepare(LanguageModelLoss(model), optimizer)
     if found is not None and accelerator.scaler is not None and found.state.get("grad_scaler"):
         accelerator.scaler.load_state_dict(found.state["grad_scaler"])
 
@@ -213,7 +217,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         write_run_json(out / "run.json", name, spec, world, str(device), step, changes)
     evaluate = partial(
         _evaluate,
-        model,
+        net,
         data.validation,
         spec.eval.batch_size or t.batch_size,
         spec.eval.max_batches,
@@ -221,7 +225,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         tokenizer.pad_token_id,
         stop,
     )
-    trained = (model, optimizer, scheduler)
+    trained = (model, optimizer, scheduler)  # what a checkpoint saves
     saved_with = {  # what every checkpoint records besides the step's own figures
         "total_steps": total_steps,
         "world_size": world,
@@ -231,7 +235,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     }
 
     # ---- the loop
-    model.train()
+    net.train()
     ga = t.gradient_accumulation
     loop_start, loop_start_step = time.perf_counter(), step
     train_loss = None
@@ -247,31 +251,30 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         torch.manual_seed(_step_seed(t.seed, step, rank))  # dropout depends on (seed, step, rank) alone
         loss_sum = torch.zeros((), device=device)
         local_tokens = 0
+        # every label token of the step, on every rank and micro-batch, weighs the same: each loss is a sum
+        # over this share of them (DDP averages the ranks' gradients, hence × world). Counted on the host.
+        share = _step_label_tokens(data.train, t.batch_size, world, t.seed, step, ga) / world
         for micro in range(ga):
             rows = micro_batch_rows(data.train.rows, t.batch_size, world, rank, t.seed, step * ga + micro)
             batch = {k: v.to(device) for k, v in collate(data.train, rows, tokenizer.pad_token_id).items()}
-            local_tokens += int(batch["attention_mask"].sum())
+            local_tokens += row_tokens(data.train, rows)
             sync = micro == ga - 1
-            with nullcontext() if sync else accelerator.no_sync(model), accelerator.autocast():
-                loss = model(**batch).loss
-            accelerator.backward(loss / ga)
+            with nullcontext() if sync else accelerator.no_sync(net), accelerator.autocast():
+                loss = net(**batch, num_items=share)
+            accelerator.backward(loss)
             loss_sum += loss.detach().float()
-        if t.max_grad_norm > 0:
-            grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm)
+        grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm) if t.max_grad_norm > 0 else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
         epoch = step * ga / per_epoch
 
-        # all ranks agree on the mean loss, the tokens done, and whether any rank was asked to stop
-        summary = torch.tensor([loss_sum.item() / ga, local_tokens], device=device, dtype=torch.float64)
-        stop_flag = torch.tensor([stop.signum or 0], device=device)
-        if world > 1:
-            torch.distributed.all_reduce(summary)
-            torch.distributed.all_reduce(stop_flag, op=torch.distributed.ReduceOp.MAX)
-        train_loss, step_tokens = summary[0].item() / world, int(summary[1].item())
-        stop_signal = int(stop_flag.item())
+        # all ranks agree on the mean loss, the tokens done, and whether any rank was asked to stop; the one
+        # read of the device this step (the loss, the norm and the flag come back together)
+        summary, stop_flag = _step_summary(loss_sum, local_tokens, grad_norm, stop, world, device)
+        train_loss, step_tokens, norm = summary[0] / world, int(summary[1]), summary[2]
+        stop_signal = int(stop_flag)
         tokens_seen += step_tokens
         elapsed = time.perf_counter() - step_start
         rate = (step - loop_start_step) / (time.perf_counter() - loop_start)
@@ -285,8 +288,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             "step_seconds": elapsed,
             "eta_seconds": round((total_steps - step) / rate, 1),
         }
-        if t.max_grad_norm > 0:
-            row["grad_norm"] = float(grad_norm)
+        if grad_norm is not None:
+            row["grad_norm"] = norm
         sink.step(row, total_steps)
 
         # evaluate, checkpoint, stop: decided here for every step, the last included
@@ -308,7 +311,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, evaluated_at, sink)
     if is_main:
         lora = spec.peft.method == "lora"
-        _write_final(accelerator.unwrap_model(model), tokenizer, lora, spec.peft.merge, out / "final", base_ref)
+        _write_final(model, tokenizer, lora, spec.peft.merge, out / "final", base_ref)
     accelerator.wait_for_everyone()
     sink.event(
         "done", step=step, loss=train_loss, eval_loss=eval_loss, tokens_seen=tokens_seen, final=str(out / "final")
@@ -320,11 +323,12 @@ def _save_checkpoint(
     root: Path, keep_last: int, step: int, trained: tuple, accelerator: Accelerator, state: dict, sink: Sink
 ) -> None:
     """Rank 0 writes checkpoint `step` (the trainable weights, optimizer, schedule, `state` and the grad
-    scaler's) and prunes all but the newest `keep_last`; every rank waits for it."""
+    scaler's) and prunes all but the newest `keep_last`; every rank waits for it. `trained` holds the model
+    itself (not a distributed wrapper)."""
     model, optimizer, scheduler = trained
     if accelerator.is_main_process:
         scaler = accelerator.scaler.state_dict() if accelerator.scaler else None
-        weights = trainable_state(accelerator.unwrap_model(model))
+        weights = trainable_state(model)
         state = state | {"grad_scaler": scaler}
         path = checkpoint.save(root, step, weights, optimizer.state_dict(), scheduler.state_dict(), state)
         checkpoint.prune(root, keep_last)
@@ -352,7 +356,7 @@ def _evaluation(
 
 
 def _evaluate(
-    model: torch.nn.Module,  # as accelerator.prepare returned it: wrapped for several processes (DDP)
+    model: torch.nn.Module,  # LanguageModelLoss as accelerator.prepare returned it (DDP for several processes)
     split: Split,
     batch_size: int,
     max_batches: int | None,
@@ -375,6 +379,7 @@ def _evaluate(
         pad_id,
         device,
         max_batches=max_batches,
+        loss_fn=lambda net, batch: net(**batch),  # LanguageModelLoss returns the loss itself
         autocast=accelerator.autocast,
         stop=lambda: stop.signum is not None,
     )
@@ -384,6 +389,40 @@ def _evaluate(
     if totals[2] > 0:
         return None, False
     return (float(totals[0] / totals[1]) if totals[1] > 0 else None), True
+
+
+def _step_label_tokens(split: Split, batch_size: int, world: int, seed: int, step: int, ga: int) -> int:
+    """The label tokens of optimizer step `step` over all ranks and micro-batches (at least 1): the batch
+    order is a pure function, so every rank counts the same number without asking the others."""
+    n = sum(
+        label_tokens(split, micro_batch_rows(split.rows, batch_size, world, r, seed, step * ga + m))
+        for r in range(world)
+        for m in range(ga)
+    )
+    return max(n, 1)
+
+
+def _step_summary(
+    loss: torch.Tensor,
+    tokens: int,
+    grad_norm: torch.Tensor | float | None,
+    stop: StopRequest,
+    world: int,
+    device: torch.device,
+) -> tuple[list[float], int]:
+    """([loss summed over ranks, tokens summed over ranks, this rank's grad norm], the stop signal any rank
+    got): reduced across ranks, then read from the device in one transfer."""
+    norm = torch.as_tensor(0.0 if grad_norm is None else grad_norm, device=device, dtype=torch.float64)
+    summary = torch.stack(
+        [loss.to(torch.float64), torch.tensor(float(tokens), device=device, dtype=torch.float64), norm]
+    )
+    flag = torch.tensor([float(stop.signum or 0)], device=device, dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(summary)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        summary[2] = norm  # every rank clipped by the same global norm: not a sum
+    values = torch.cat([summary, flag]).tolist()
+    return values[:3], int(values[3])
 
 
 def _agreed_stop(stop: StopRequest, world: int, device: torch.device) -> int:
@@ -475,7 +514,7 @@ def _write_result(
         tokenizer.save_pretrained(tmp / "merged")
 
 
-def _check_same_job(state: dict, current: dict, legacy: dict, path: Path) -> None:
+def _check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) -> None:
     """The checkpoint's run is this job: the same identity (resume_identity) and way of seeding."""
     if state.get("seed_scheme", 1) != SEED_SCHEME:
         raise SpecError(
@@ -487,6 +526,13 @@ def _check_same_job(state: dict, current: dict, legacy: dict, path: Path) -> Non
     if saved is None or saved in (current, legacy):
         return
     changed = identity_changes(saved, current)
+    if "data.packingScheme" in changed:
+        raise SpecError(
+            "spec.data.packing",
+            f"{path} was trained with an earlier packing, where a document attended to the documents before it "
+            "in its block; this version keeps documents apart (position ids restart at each one), and resuming "
+            "would mix the two. Use a new --output-dir, or finish that run with the version that started it",
+        )
     if changed == ["data.sha256"]:
         raise SpecError(
             "spec.data",

@@ -1,0 +1,155 @@
+"""The causal-LM loss without the logits wall.
+
+`model(**batch).loss` materialises the logits of every position (batch × sequence × vocabulary, in fp32 for
+the loss): 1.2 GB per 2,048-token sequence for a 151,936-token vocabulary, then as much again for their
+gradient. `LanguageModelLoss` runs the decoder, then the output layer and the cross-entropy a chunk of
+positions at a time, so no more than one chunk's logits exist at once:
+
+- a plain `nn.Linear` head (the usual case, frozen under LoRA or trainable) goes through
+  `_LinearCrossEntropy`, which computes each chunk's gradients in the forward pass (nothing to recompute);
+- any other head (PEFT's `modules_to_save` copy, a LoRA'd head) runs each chunk under activation
+  checkpointing: its logits are recomputed, a chunk at a time, in the backward pass.
+
+The loss is the mean over the label tokens that are not -100, predicted from the position before: the same
+number as transformers' own (`ForCausalLMLoss`), and the same gradients. Models whose logits are more than
+the head's output (soft-capped, scaled) or whose loss adds terms (MoE router losses) keep their own forward.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from peft import PeftModel
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+IGNORE = -100
+# fp32 logits held at once per chunk: 64 MiB is 110 positions of a 151,936-token vocabulary, 65,536 of a
+# 256-token one; big enough that each chunk is one efficient matrix product
+CHUNK_BYTES = 64 * 2**20
+# config fields that change logits after the head, or the loss beyond cross-entropy: such models keep
+# their own forward (when the field is set to something that acts)
+_OWN_FORWARD_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
+
+
+class LanguageModelLoss(nn.Module):
+    """`forward(**batch)` → the mean next-token loss, computed in chunks of positions; wraps the model (a
+    transformers causal LM, or a PEFT model of one) so that distributed wrappers see one forward."""
+
+    def __init__(self, model: nn.Module, chunk_bytes: int = CHUNK_BYTES):
+        super().__init__()
+        self.model = model
+        self.chunk_bytes = chunk_bytes
+        causal: Any = model.get_base_model() if isinstance(model, PeftModel) else model
+        decoder = _decoder_of(causal)
+        head = causal.get_output_embeddings() if decoder is not None else None
+        # a tuple, not attributes: both are already the wrapped model's own submodules
+        self._parts = (decoder, head) if decoder is not None and head is not None else None
+        self.chunked = self._parts is not None and not _has_own_forward(causal.config)
+
+    def forward(
+        self, input_ids: torch.Tensor, labels: torch.Tensor, num_items: float | None = None, **inputs: Any
+    ) -> torch.Tensor:
+        """The summed loss over `num_items` when given (the step's label tokens: gradient accumulation and
+        several processes then weigh every token alike), else the mean over this batch's label tokens."""
+        if not self.chunked:
+            extra = {"num_items_in_batch": num_items} if num_items is not None else {}
+            return self.model(input_ids=input_ids, labels=labels, use_cache=False, **inputs, **extra).loss
+        assert self._parts is not None
+        decoder, head = self._parts
+        hidden = decoder(input_ids=input_ids, use_cache=False, **inputs)[0]
+        # position i predicts label i + 1. Every position goes through (no boolean selection: that would wait
+        # for the device to say how many); those whose label is -100 add nothing
+        targets = labels[:, 1:].reshape(-1)
+        hidden = hidden[:, :-1].reshape(len(targets), -1)
+        chunk = max(1, self.chunk_bytes // (4 * _vocab(head)))
+        if type(head) is nn.Linear and torch.is_grad_enabled():
+            total = _LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
+        else:
+            parts = [
+                checkpoint(_cross_entropy_sum, head, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
+                if torch.is_grad_enabled()
+                else _cross_entropy_sum(head, hidden[s : s + chunk], targets[s : s + chunk])
+                for s in range(0, len(targets), chunk)
+            ]
+            total = torch.stack(parts).sum()
+        if num_items is not None:
+            return total / num_items
+        # nothing to predict gives 0 (transformers' mean gives nan), and still reaches every trainable weight
+        return total / (targets != IGNORE).sum().clamp(min=1)
+
+
+def _cross_entropy_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE, reduction="sum")
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum over rows of cross_entropy(hidden @ weight.T + bias, targets), rows whose target is -100 left out,
+    chunk by chunk; the gradients of hidden, weight and bias are made in the forward pass, a chunk at a time,
+    and scaled in the backward."""
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        hidden: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        targets: torch.Tensor,
+        chunk: int,
+    ) -> torch.Tensor:
+        need_h, need_w = hidden.requires_grad, weight.requires_grad
+        need_b = bias is not None and bias.requires_grad
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        grad_h = torch.empty_like(hidden) if need_h else None
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        for s in range(0, len(targets), chunk):
+            h, y = hidden[s : s + chunk], targets[s : s + chunk]
+            counted = (y != IGNORE).float()
+            y = y.clamp(min=0)
+            logits = nn.functional.linear(h, weight, bias).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, y[:, None]).squeeze(1)) * counted).sum()
+            # d(sum of losses)/d(logits) = softmax - one-hot (0 for rows left out), made in place over the logits
+            probs = logits.sub_(lse[:, None]).exp_().mul_(counted[:, None])
+            probs[torch.arange(len(y), device=y.device), y] -= counted
+            if grad_h is not None:
+                grad_h[s : s + chunk] = (probs.to(weight.dtype) @ weight).to(h.dtype)
+            if grad_w is not None:
+                grad_w += probs.t() @ h.float()
+            if grad_b is not None:
+                grad_b += probs.sum(0)
+        ctx.save_for_backward(*(g if g is not None else torch.empty(0) for g in (grad_h, grad_w, grad_b)))
+        ctx.has = (need_h, need_w, need_b)
+        ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple:
+        grads = []
+        for g, has, dtype in zip(ctx.saved_tensors, ctx.has, ctx.dtypes, strict=True):
+            grads.append((g * grad_total).to(dtype) if has else None)
+        return (*grads, None, None)
+
+
+def _decoder_of(causal: nn.Module) -> nn.Module | None:
+    get = getattr(causal, "get_decoder", None)
+    try:
+        decoder = get() if get is not None else None
+    except (AttributeError, NotImplementedError):
+        return None
+    return decoder if isinstance(decoder, nn.Module) and decoder is not causal else None
+
+
+def _has_own_forward(config: Any) -> bool:
+    configs = [config, *(getattr(config, k, None) for k in ("text_config",))]
+    return any(bool(getattr(c, f, None)) for c in configs if c is not None for f in _OWN_FORWARD_FIELDS)
+
+
+def _vocab(head: nn.Module) -> int:
+    weight = getattr(head, "weight", None)
+    if isinstance(weight, torch.Tensor):
+        return weight.shape[0]
+    inner = [m for m in head.modules() if isinstance(m, nn.Linear)]
+    return inner[0].out_features if inner else 1
