@@ -182,7 +182,8 @@ class DataSpec(_Model):
     packing: bool = Field(
         default=True,
         description="Concatenate examples (separated by EOS) into full sequences of maxSeqLength, "
-        "so no compute is spent on padding. When false, each example is truncated and padded.",
+        "so no compute is spent on padding; each example still attends only to itself (position ids "
+        "restart at each one). When false, each example is truncated and padded.",
     )
 
     @property
