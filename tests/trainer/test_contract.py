@@ -79,9 +79,10 @@ def test_a_changed_learning_rate_on_resume_is_applied_and_recorded(tmp_path, cap
     assert info["changed_on_resume"]["training.weightDecay"] == {"was": 0.0, "now": 0.1}
     assert [s["training"]["learningRate"] for s in info["earlier_starts"]] == [0.003]
 
-    # the adapter names its base relative to itself, and loads from any working directory
+    # the adapter names its base by absolute path, which PEFT's own loaders find from any working directory;
+    # a copy of the run elsewhere loads with load_trained (from its own base-model/)
     config = json.loads((out / "final" / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == "../base-model"
+    assert config["base_model_name_or_path"] == str((out / "base-model").resolve())
     moved = tmp_path / "elsewhere" / "mounted"
     shutil.copytree(out, moved)
     monkeypatch.chdir(tmp_path / "elsewhere")
@@ -121,6 +122,22 @@ def test_a_checkpoint_of_the_earlier_packing_is_refused_not_resumed(tmp_path, ca
     assert line.startswith("codex-train: invalid spec.data.packing: "), line
     assert "earlier packing" in line and "new --output-dir" in line
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]  # nothing trained on top
+
+
+def test_compile_trains_to_the_same_loss_and_without_a_compiler_is_one_line(tmp_path, capsys, monkeypatch):
+    assert run(tmp_path / "eager", steps=2) == 0
+    assert run(tmp_path / "compiled", "training.compile=true", steps=2) == 0
+    eager, compiled = (m for m in (metrics(tmp_path / "eager"), metrics(tmp_path / "compiled")))
+    assert [r["loss"] for r in compiled if "loss" in r] == pytest.approx(
+        [r["loss"] for r in eager if "loss" in r], abs=1e-4
+    )
+
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    capsys.readouterr()
+    assert run(tmp_path / "none", "training.compile=true") == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("codex-train: invalid spec.training.compile: torch.compile needs a C++ compiler"), line
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_resumes(tmp_path, capsys, monkeypatch):

@@ -5,7 +5,10 @@ paths and mismatched adapters with one line and exit 2."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig
@@ -151,3 +154,60 @@ def test_an_adapter_that_does_not_match_its_base_exits_2(run, tmp_path):
     (adapter / "adapter_config.json").write_text(json.dumps(config))
     line = fails_with_one_line(str(adapter), "--data", str(TINY.parents[1] / "data" / "tiny-code.jsonl"))
     assert "no-such-base" in line and "not there" in line, line
+
+
+def fresh_python(code: str, cwd) -> list:
+    """Run `code` in a new Python process in `cwd`; the JSON of its last line of output."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONWARNINGS": "ignore"}
+    r = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+LOGITS = """
+ids = torch.tensor([[100, 101, 32, 102, 40, 58, 10]])
+with torch.no_grad():
+    print(json.dumps([m(ids).logits[0, :, :32].tolist() for m in models]))
+"""
+
+
+def test_the_result_loads_with_peft_alone_from_any_working_directory(run, tmp_path):
+    """As a Hugging Face user would, in a fresh process that imports nothing of ours and works in another
+    directory: AutoPeftModelForCausalLM finds the base by itself (the adapter names it by absolute path), with
+    the same logits as the adapter put on the run's base-model by hand."""
+    final, base = str(run / "final"), str(run / "base-model")
+    code = f"""import json, torch
+from peft import AutoPeftModelForCausalLM, PeftModel
+from transformers import AutoModelForCausalLM
+models = [
+    AutoPeftModelForCausalLM.from_pretrained({final!r}),
+    PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained({base!r}), {final!r}),
+]
+{LOGITS}"""
+    one_liner, by_hand = fresh_python(code, cwd=tmp_path)
+    assert one_liner == by_hand
+
+
+def test_a_moved_run_still_loads_with_load_trained(run, tmp_path):
+    """A run written in one directory (its adapter naming that directory's base-model/) and then moved: the
+    absolute path names nothing now, and load_trained takes the run's own base-model/ beside final/."""
+    written = tmp_path / "written-here"
+    shutil.copytree(run, written, ignore=shutil.ignore_patterns("cache", "checkpoints", "merged"))
+    config = json.loads((written / "final" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(run / "base-model")  # what training wrote, absolute
+    config["base_model_name_or_path"] = str(written / "base-model")  # as a run trained here would name it
+    (written / "final" / "adapter_config.json").write_text(json.dumps(config))
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    written.rename(moved)
+    (tmp_path / "cwd").mkdir()
+    code = f"""import json, torch
+from codex_trainer.model import load_trained
+from peft import AutoPeftModelForCausalLM
+models = [
+    load_trained({str(moved / "final")!r})[0],
+    AutoPeftModelForCausalLM.from_pretrained({str(run / "final")!r}),
+]
+{LOGITS}"""
+    moved_run, original = fresh_python(code, cwd=tmp_path / "cwd")
+    assert moved_run == original

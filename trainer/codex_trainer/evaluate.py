@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -173,13 +172,15 @@ def load(target: Target, device: torch.device) -> tuple[Model, PreTrainedTokeniz
     model: Model
     if target.kind == "hub":
         tokenizer = _tokenizer_for(target, None)
-        model = _from_pretrained(target.path, target.path)
+        model = _from_pretrained(target.path)
     elif target.kind == "model":
         tokenizer = _tokenizer_for(target, Path(target.path))
-        model = _from_pretrained(target.path, target.path)
+        model = _from_pretrained(target.path)
     elif target.kind == "adapter":
+        from .model import load_adapter
+
         tokenizer = _tokenizer_for(target, Path(target.path))
-        model = _load_adapter(Path(target.path))
+        model = load_adapter(Path(target.path))
     else:
         tokenizer = _tokenizer_for(target, None)
         model = _load_checkpoint(target, tokenizer)
@@ -211,58 +212,10 @@ def _tokenizer_for(target: Target, directory: Path | None) -> PreTrainedTokenize
     return tok
 
 
-def _from_pretrained(name_or_source: str, shown: str) -> PreTrainedModel:
-    from transformers import AutoModelForCausalLM
+def _from_pretrained(source: str) -> PreTrainedModel:
+    from .model import load_causal_lm
 
-    from .sources import load_failure, resolve_source
-
-    name, revision = resolve_source(name_or_source, field="", what="a causal LM")
-    try:
-        return AutoModelForCausalLM.from_pretrained(name, revision=revision)
-    except (OSError, ValueError) as e:
-        raise load_failure(e, shown, "", "a causal LM") from None
-
-
-def _load_adapter(final: Path) -> PeftModel:
-    """The adapter on the base its adapter_config.json names (as model.load_trained resolves it)."""
-    from peft import PeftModel
-
-    try:
-        config = json.loads((final / "adapter_config.json").read_text(encoding="utf-8"))
-        base = config["base_model_name_or_path"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise SpecError("", f"'{final / 'adapter_config.json'}' is not a readable adapter config ({e})") from None
-    if not base:
-        raise SpecError("", f"the adapter in '{final}' does not name its base model (base_model_name_or_path)")
-    beside = final / base
-    if not Path(base).is_absolute() and (beside / "config.json").is_file():
-        source = str(beside.resolve())
-    elif Path(base).is_dir() or not _looks_like_hub_id(base):
-        source = base
-        if not (Path(base) / "config.json").is_file():
-            where = f"'{base}'" if Path(base).is_absolute() else f"'{base}' ({beside.resolve()})"
-            raise SpecError("", f"the base model {where} that the adapter in '{final}' names is not there")
-    else:
-        rev = config.get("revision")
-        source = f"hf://{base}" + (f"@{rev}" if rev else "")
-    model = _from_pretrained(source, source)
-    try:
-        return PeftModel.from_pretrained(model, final, is_trainable=False)
-    except (RuntimeError, ValueError, KeyError) as e:
-        raise SpecError(
-            "", f"the adapter in '{final}' does not match its base model '{source}': {_first_problem(e)}"
-        ) from None
-
-
-def _first_problem(e: Exception) -> str:
-    """The first concrete problem in a load error (e.g. "size mismatch for X: ..."), on one line."""
-    text = " ".join(str(e).split())
-    m = re.search(r"size mismatch for .*?(?=\. size mismatch for |$)", text)
-    return (m.group(0) if m else text)[:300]
-
-
-def _looks_like_hub_id(name: str) -> bool:
-    return HF_SOURCE.fullmatch(f"hf://{name}") is not None and not name.startswith((".", "/", "~"))
+    return load_causal_lm(source, "")
 
 
 def _load_checkpoint(target: Target, tokenizer: PreTrainedTokenizerBase) -> Model:
@@ -271,14 +224,14 @@ def _load_checkpoint(target: Target, tokenizer: PreTrainedTokenizerBase) -> Mode
     from safetensors.torch import load_file
 
     from . import checkpoint
-    from .model import load_base_model, load_trainable_state, wrap_peft
+    from .model import BASE_MODEL_DIR, first_problem, load_base_model, load_trainable_state, wrap_peft
 
     path, spec, run_dir = Path(target.path), target.spec, target.run_dir
     assert spec is not None and run_dir is not None
     problem = checkpoint.verify(path)
     if problem:
         raise SpecError("", f"checkpoint '{path}' is incomplete or damaged: {problem}")
-    base_dir = run_dir / "base-model"
+    base_dir = run_dir / BASE_MODEL_DIR
     if spec.model.source == "scratch" and not (base_dir / "config.json").is_file():
         raise SpecError("", f"the run's scratch base model '{base_dir}' is missing; the checkpoint needs it")
     base = load_base_model(spec.model, tokenizer, base_dir, None, is_main=False)
@@ -287,7 +240,7 @@ def _load_checkpoint(target: Target, tokenizer: PreTrainedTokenizerBase) -> Mode
         load_trainable_state(model, load_file(path / checkpoint.WEIGHTS))
     except (RuntimeError, SafetensorError) as e:
         raise SpecError(
-            "", f"checkpoint '{path}' does not match the model its run.json describes: {_first_problem(e)}"
+            "", f"checkpoint '{path}' does not match the model its run.json describes: {first_problem(e)}"
         ) from None
     return model
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,23 +29,29 @@ def load_base_model(
 ) -> PreTrainedModel:
     """The base model. A scratch model is created once, saved to `base_dir` and read from there on
     every later start, so a resumed run continues from the very same base weights."""
-    if spec.source == "scratch":
-        if not (base_dir / "config.json").is_file():
-            if is_main:
-                with atomic_dir(base_dir) as tmp:
-                    new_model(scratch_config(spec, tokenizer), spec).save_pretrained(tmp)
-            _barrier()
-        name, revision = str(base_dir), None
-    else:
-        name, revision = resolve_source(spec.source, field="spec.model.source", what="a causal LM")
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            name, revision=revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
-        )
-    except (OSError, ValueError) as e:
-        raise load_failure(e, spec.source, "spec.model.source", "a causal LM") from None
+    if spec.source == "scratch" and not (base_dir / "config.json").is_file():
+        if is_main:
+            with atomic_dir(base_dir) as tmp:
+                new_model(scratch_config(spec, tokenizer), spec).save_pretrained(tmp)
+        _barrier()
+    source = str(base_dir) if spec.source == "scratch" else spec.source
+    model = load_causal_lm(source, "spec.model.source", dtype=dtype, trust_remote_code=spec.trust_remote_code)
     check_vocabulary(model, tokenizer)
     return model
+
+
+def load_causal_lm(
+    source: str,
+    field: str,
+    **kwargs: Any,  # from_pretrained's options (dtype, device_map, trust_remote_code, ...)
+) -> PreTrainedModel:
+    """A saved causal LM from a source (hf://org/name[@rev] or a local directory): SpecError under `field`
+    for a source that is wrong, TransientError when the Hub cannot be reached."""
+    name, revision = resolve_source(source, field=field, what="a causal LM")
+    try:
+        return AutoModelForCausalLM.from_pretrained(name, revision=revision, **kwargs)
+    except (OSError, ValueError) as e:
+        raise load_failure(e, source, field, "a causal LM") from None
 
 
 def check_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -198,15 +204,20 @@ def _is_position_table(name: str) -> bool:
 # ---------------------------------------------------------------- the trained result
 
 
-def adapter_base_reference(source: str, base_dir: Path, final: Path) -> tuple[str, str | None]:
-    """What adapter_config.json names as the base model, so the adapter loads anywhere: the Hub id (and
-    revision) for hf:// models; for scratch and local models a path relative to the adapter's own
-    directory (see load_trained), which survives another working directory or mount point."""
+ADAPTER_CONFIG = "adapter_config.json"  # PEFT's, in a run's final/
+BASE_MODEL_DIR = "base-model"  # a run's scratch base model, beside final/
+
+
+def adapter_base_reference(source: str, base_dir: Path) -> tuple[str, str | None]:
+    """What adapter_config.json names as the base model (base_model_name_or_path, revision), so that PEFT's
+    own loaders (AutoPeftModelForCausalLM, PeftModel) find it from any working directory: the Hub id and
+    revision for hf:// models; for scratch and local models the base's absolute path. load_trained also
+    finds a scratch base after the run directory was moved (the run's base-model/ beside final/)."""
     m = HF_SOURCE.match(source)
     if m:
         return m.group("repo"), m.group("rev")
     base = base_dir if source == "scratch" else Path(source).expanduser()
-    return os.path.relpath(base.resolve(), final.resolve()), None
+    return str(base.resolve()), None
 
 
 def load_trained(
@@ -215,19 +226,62 @@ def load_trained(
 ) -> tuple[PreTrainedModel | PeftModel, PreTrainedTokenizerBase]:
     """(model, tokenizer) from a run's final/ directory, from any working directory.
 
-    A LoRA adapter is applied to its base model, which adapter_config.json names by Hub id or by a path
-    relative to the adapter's directory; with peft.method none final/ holds the whole model."""
+    A LoRA adapter is applied to its base model (load_adapter); with peft.method none final/ holds the whole
+    model. Problems a user can fix are SpecErrors."""
     from transformers import AutoTokenizer
 
     final = Path(path).expanduser()
     tokenizer = AutoTokenizer.from_pretrained(final)
-    config_file = final / "adapter_config.json"
-    if not config_file.is_file():
-        return AutoModelForCausalLM.from_pretrained(final, **kwargs), tokenizer
-    config = json.loads(config_file.read_text())
-    base = config["base_model_name_or_path"]
-    beside = final / base
-    if not Path(base).is_absolute() and (beside / "config.json").is_file():
-        base = str(beside.resolve())
-    model = AutoModelForCausalLM.from_pretrained(base, revision=config.get("revision"), **kwargs)
-    return PeftModel.from_pretrained(model, final), tokenizer
+    if not (final / ADAPTER_CONFIG).is_file():
+        return load_causal_lm(str(final), "", **kwargs), tokenizer
+    return load_adapter(final, **kwargs), tokenizer
+
+
+def load_adapter(final: Path, **kwargs: Any) -> PeftModel:
+    """The adapter in `final` on the base model its adapter_config.json names (adapter_base), in eval mode."""
+    base = adapter_base(final)
+    model = load_causal_lm(base, "", **kwargs)
+    try:
+        return PeftModel.from_pretrained(model, final, is_trainable=False)
+    except (RuntimeError, ValueError, KeyError) as e:
+        raise SpecError(
+            "", f"the adapter in '{final}' does not match its base model '{base}': {first_problem(e)}"
+        ) from None
+
+
+def adapter_base(final: Path) -> str:
+    """The base model of the adapter in `final`, as a source (a local directory, or hf://org/name[@rev]).
+
+    adapter_config.json names it by Hub id and revision, by absolute path, or (runs written before the path
+    was made absolute) by a path relative to `final`. A run's scratch base is its base-model/ beside
+    final/: that one is taken when the adapter names a base-model/, so a run directory moved or copied
+    elsewhere still loads from its own."""
+    try:
+        config = json.loads((final / ADAPTER_CONFIG).read_text(encoding="utf-8"))
+        base = config["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise SpecError("", f"'{final / ADAPTER_CONFIG}' is not a readable adapter config ({e})") from None
+    if not base:
+        raise SpecError("", f"the adapter in '{final}' does not name its base model (base_model_name_or_path)")
+    named = final / Path(base).expanduser()  # an absolute path stays as it is
+    own = final / ".." / BASE_MODEL_DIR
+    if named.name == BASE_MODEL_DIR and (own / "config.json").is_file():
+        return str(own.resolve())
+    if (named / "config.json").is_file():
+        return str(named.resolve())
+    if _looks_like_hub_id(base):
+        rev = config.get("revision")
+        return f"hf://{base}" + (f"@{rev}" if rev else "")
+    shown = f"'{base}'" if Path(base).is_absolute() else f"'{base}' ({named.resolve()})"
+    raise SpecError("", f"the base model {shown} that the adapter in '{final}' names is not there")
+
+
+def _looks_like_hub_id(name: str) -> bool:
+    return HF_SOURCE.fullmatch(f"hf://{name}") is not None and not name.startswith((".", "/", "~"))
+
+
+def first_problem(e: Exception) -> str:
+    """The first concrete problem in a load error (e.g. "size mismatch for X: ..."), on one line."""
+    text = " ".join(str(e).split())
+    m = re.search(r"size mismatch for .*?(?=\. size mismatch for |$)", text)
+    return (m.group(0) if m else text)[:300]
