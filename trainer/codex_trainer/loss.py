@@ -48,6 +48,11 @@ class LanguageModelLoss(nn.Module):
         self._parts = (decoder, head) if decoder is not None and head is not None else None
         self.chunked = self._parts is not None and not _has_own_forward(causal.config)
 
+    def compile_model(self) -> None:
+        """torch.compile the decoder in place (the whole model when it keeps its own forward): the weights,
+        their names and the checkpoints stay as they are; the chunked head and loss stay eager."""
+        (self._parts[0] if self.chunked and self._parts is not None else self.model).compile()
+
     def forward(
         self, input_ids: torch.Tensor, labels: torch.Tensor, num_items: float | None = None, **inputs: Any
     ) -> torch.Tensor:

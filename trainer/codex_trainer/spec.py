@@ -251,6 +251,11 @@ class TrainingSpec(_Model):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="'auto' uses bf16 (or fp16) mixed precision on a GPU that has it, fp32 on CPU."
     )
+    compile: bool = Field(
+        default=False,
+        description="Compile the model's decoder with torch.compile (inductor). The first steps take longer "
+        "(tens of seconds of compiling); needs a C/C++ compiler where the trainer runs.",
+    )
 
 
 class EvalSpec(_Model):

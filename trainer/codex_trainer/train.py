@@ -8,6 +8,8 @@ evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import signal
 import time
 import warnings
@@ -183,7 +185,11 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             sink.warn(f"resuming on {world} processes, saved on {found.state['world_size']}")
         sink.event("resumed", step=step, checkpoint=str(found.path))
     # the loss wraps the model, so that a distributed wrapper sees one forward; `model` stays the PEFT model
-    net, optimizer = accelerator.prepare(LanguageModelLoss(model), optimizer)
+    loss_model = LanguageModelLoss(model)
+    if t.compile:
+        _check_compiler(device)
+        loss_model.compile_model()
+    net, optimizer = accelerator.prepare(loss_model, optimizer)
     if found is not None and accelerator.scaler is not None and found.state.get("grad_scaler"):
         accelerator.scaler.load_state_dict(found.state["grad_scaler"])
 
@@ -544,6 +550,19 @@ def _check_same_job(state: dict, current: dict, legacy: dict | None, path: Path)
         f"spec.{changed[0]}" if changed else "spec",
         f"differs from the run that wrote {path} (changed: {', '.join(names)}); resuming would mix two "
         "trainings. Use a new --output-dir, or restore the earlier settings to continue",
+    )
+
+
+def _check_compiler(device: torch.device) -> None:
+    """torch.compile builds its kernels with a C++ compiler on CPU (and Triton's launchers with a C compiler on
+    a GPU): say so at the start, naming the field, instead of failing inside the first step."""
+    names = ("gcc", "cc", "clang") if device.type == "cuda" else ("g++", "c++", "clang++")
+    if os.environ.get("CXX") or any(shutil.which(n) for n in names):
+        return
+    raise SpecError(
+        "spec.training.compile",
+        f"torch.compile needs a {'C' if device.type == 'cuda' else 'C++'} compiler ({', '.join(names)}) and none is "
+        "on PATH here; set training.compile to false, or run in an image that has one",
     )
 
 
