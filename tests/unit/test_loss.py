@@ -30,8 +30,10 @@ def _model(tie: bool = False) -> LlamaForCausalLM:
     return LlamaForCausalLM(config).float()
 
 
-def _lora(model: LlamaForCausalLM, modules_to_save: list[str] | None) -> torch.nn.Module:
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=modules_to_save)
+def _lora(model: LlamaForCausalLM, modules_to_save: list[str] | None, targets: tuple = ()) -> torch.nn.Module:
+    config = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", *targets], modules_to_save=modules_to_save
+    )
     peft = get_peft_model(model, config)
     for p in peft.parameters():  # LoRA's B starts at zero: move it, so its gradient depends on A
         if p.requires_grad:
@@ -62,6 +64,8 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
         pytest.param(lambda: _model(), id="full model, trainable head"),
         pytest.param(lambda: _lora(_model(tie=True), None), id="lora, frozen tied head"),
         pytest.param(lambda: _lora(_model(), ["lm_head", "embed_tokens"]), id="lora, head in modulesToSave"),
+        # a head that is not one plain linear layer: each chunk's logits are recomputed in the backward pass
+        pytest.param(lambda: _lora(_model(), None, ("lm_head",)), id="lora on the head itself"),
     ],
 )
 def test_chunked_loss_and_gradients_equal_transformers_own(make):

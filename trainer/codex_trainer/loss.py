@@ -5,9 +5,10 @@ the loss): 1.2 GB per 2,048-token sequence for a 151,936-token vocabulary, then 
 gradient. `LanguageModelLoss` runs the decoder, then the output layer and the cross-entropy a chunk of
 positions at a time, so no more than one chunk's logits exist at once:
 
-- a plain `nn.Linear` head (the usual case, frozen under LoRA or trainable) goes through
-  `_LinearCrossEntropy`, which computes each chunk's gradients in the forward pass (nothing to recompute);
-- any other head (PEFT's `modules_to_save` copy, a LoRA'd head) runs each chunk under activation
+- a plain `nn.Linear` head (the usual case: frozen under LoRA, or trained, PEFT's `modules_to_save` copy
+  included) goes through `_LinearCrossEntropy`, which computes each chunk's gradients in the forward pass
+  (nothing to recompute);
+- any other head (a LoRA'd head, several adapters at once) runs each chunk under activation
   checkpointing: its logits are recomputed, a chunk at a time, in the backward pass.
 
 The loss is the mean over the label tokens that are not -100, predicted from the position before: the same
@@ -21,6 +22,7 @@ from typing import Any
 
 import torch
 from peft import PeftModel
+from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -69,8 +71,9 @@ class LanguageModelLoss(nn.Module):
         targets = labels[:, 1:].reshape(-1)
         hidden = hidden[:, :-1].reshape(len(targets), -1)
         chunk = max(1, self.chunk_bytes // (4 * _vocab(head)))
-        if type(head) is nn.Linear and torch.is_grad_enabled():
-            total = _LinearCrossEntropy.apply(hidden, head.weight, head.bias, targets, chunk)
+        linear = _linear_of(head)
+        if linear is not None and torch.is_grad_enabled():
+            total = _LinearCrossEntropy.apply(hidden, linear.weight, linear.bias, targets, chunk)
         else:
             parts = [
                 checkpoint(_cross_entropy_sum, head, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
@@ -136,6 +139,20 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for g, has, dtype in zip(ctx.saved_tensors, ctx.has, ctx.dtypes, strict=True):
             grads.append((g * grad_total).to(dtype) if has else None)
         return (*grads, None, None)
+
+
+def _linear_of(head: nn.Module) -> nn.Linear | None:
+    """The plain linear layer that computes the head's output now: the head itself, or the active copy PEFT
+    trains in its place (peft.modulesToSave); None for anything else (a LoRA'd head, several adapters)."""
+    if isinstance(head, ModulesToSaveWrapper):
+        active = head.active_adapters
+        if head.disable_adapters or not active:
+            head = head.original_module
+        elif len(active) == 1 and active[0] in head.modules_to_save:
+            head = head.modules_to_save[active[0]]
+        else:
+            return None
+    return head if type(head) is nn.Linear else None
 
 
 def _decoder_of(causal: nn.Module) -> nn.Module | None:
