@@ -92,6 +92,7 @@ def test_packed_rows_restart_positions_at_each_document_and_never_predict_across
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0], [0, 1, 2, 3]]
     assert batch["labels"].tolist() == [[-100, 2, 0, -100], [-100, 5, 6, 0]]
     assert "attention_mask" not in batch  # transformers derives the block-diagonal mask from the positions
+    assert batch["document_segments"] == (((0, 3), (3, 4)), ((0, 4),))  # for attention.document_attention
     assert row_tokens(packed, np.array([0, 1])) == 8
     assert label_tokens(packed, np.array([0, 1])) == int((batch["labels"][:, 1:] != -100).sum()) == 5
 

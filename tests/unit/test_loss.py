@@ -122,9 +122,29 @@ def test_a_packed_document_gets_the_logits_and_loss_it_gets_alone():
             # the document's loss inside the block: its own labels only
             labels = torch.full_like(batch["labels"], -100)
             labels[0, start : start + len(doc)] = batch["labels"][0, start : start + len(doc)]
-            inside = loss(input_ids=batch["input_ids"], position_ids=batch["position_ids"], labels=labels)
-            assert inside.item() == pytest.approx(loss(**alone).item(), abs=1e-5)
+            packed_inputs = {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "labels": labels}
+            by_mask = loss(**packed_inputs)  # transformers' block-diagonal mask from the position ids
+            by_document = loss(**packed_inputs, document_segments=batch["document_segments"])  # attention.py
+            assert by_mask.item() == pytest.approx(loss(**alone).item(), abs=1e-5)
+            assert by_document.item() == pytest.approx(loss(**alone).item(), abs=1e-5)
             start += len(doc)
+
+
+def test_document_attention_gives_the_masks_loss_and_gradients_over_rows_of_different_layouts():
+    model = _lora(_model(), ["lm_head"])
+    split = pack(_docs(), 16)  # rows holding one, two or three documents' pieces; some rows alike
+    batch = collate(split, np.arange(split.rows), pad_id=0)
+    assert 1 < len(set(batch["document_segments"])) < split.rows
+    loss = LanguageModelLoss(model)
+    by_mask = loss(**{k: v for k, v in batch.items() if k != "document_segments"})
+    by_mask.backward()
+    want = _grads(model)
+    by_document = loss(**batch)
+    by_document.backward()
+    assert model.config._attn_implementation == "sdpa"  # switched back after the forward
+    assert by_document.item() == pytest.approx(by_mask.item(), abs=1e-6)
+    for name, grad in _grads(model).items():
+        torch.testing.assert_close(grad, want[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
 def test_without_document_positions_the_same_block_leaks_across_documents():

@@ -16,7 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -434,13 +434,15 @@ def label_tokens(split: Split, rows: np.ndarray) -> int:
     return n
 
 
-def collate(split: Split, rows: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+def collate(split: Split, rows: np.ndarray, pad_id: int) -> dict[str, Any]:
     """The model's inputs for these rows.
 
     Packed rows (all one length): input_ids, position_ids that restart at 0 where a document starts, and
     labels with that first token masked (-100), so no token attends to or predicts across a document
     boundary; no attention_mask, so that transformers builds the block-diagonal causal mask from the
-    position ids (sdpa, eager; flash-attention's varlen path on GPUs).
+    position ids (sdpa, eager; flash-attention's varlen path on GPUs); and `document_segments`, each row's
+    documents as (start, end) pairs of plain ints, for attention.document_attention (to_device keeps them
+    on the host; a model called directly must be given the batch without them).
     Documents (truncated, varied lengths): input_ids / attention_mask / labels, right-padded to the longest."""
     import torch
 
@@ -466,7 +468,7 @@ def document_positions(starts: np.ndarray, begin: int, end: int) -> np.ndarray:
     return idx - np.maximum(doc_start, begin)
 
 
-def _collate_packed(split: Split, rows: np.ndarray) -> dict[str, torch.Tensor]:
+def _collate_packed(split: Split, rows: np.ndarray) -> dict[str, Any]:
     import torch
 
     assert split.starts is not None
@@ -474,8 +476,21 @@ def _collate_packed(split: Split, rows: np.ndarray) -> dict[str, torch.Tensor]:
     ids = np.stack([split.tokens[b:e] for b, e in zip(begins, ends, strict=True)]).astype(np.int64)
     positions = np.stack([document_positions(split.starts, b, e) for b, e in zip(begins, ends, strict=True)])
     labels = np.where(positions == 0, -100, ids)
+    width = ids.shape[1]
+    segments = []
+    for row in positions:
+        starts = np.flatnonzero(row == 0).tolist()
+        segments.append(tuple(zip(starts, [*starts[1:], width], strict=True)))
     return {
         "input_ids": torch.from_numpy(ids),
         "position_ids": torch.from_numpy(positions),
         "labels": torch.from_numpy(labels),
+        "document_segments": tuple(segments),
     }
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """The batch's tensors on `device`; anything else (document_segments) stays as it is, on the host."""
+    import torch
+
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}

@@ -13,11 +13,12 @@ import math
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 
-from .data import Split, collate
+from .data import Split, collate, to_device
 
 LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 IGNORE_INDEX = -100  # a label that is not predicted (padding)
@@ -27,9 +28,14 @@ PERPLEXITY_CAP = 50.0  # exp(50) ≈ 5e21: the perplexity of a loss beyond it is
 FORWARD_OPTIONS = {"use_cache": False}
 
 
-def model_loss(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
+    """What a transformers model takes of a collated batch: all but document_segments (LanguageModelLoss's)."""
+    return {k: v for k, v in batch.items() if k != "document_segments"}
+
+
+def model_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
     """The model's own loss: transformers' mean next-token cross-entropy over the labels that are not -100."""
-    return model(**batch, **FORWARD_OPTIONS).loss
+    return model(**model_inputs(batch), **FORWARD_OPTIONS).loss
 
 
 @dataclass
@@ -87,7 +93,7 @@ def eval_loss(
                 if n == 0:
                     continue
                 with autocast():
-                    loss = loss_fn(model, {k: v.to(device) for k, v in batch.items()})
+                    loss = loss_fn(model, to_device(batch, device))
                 loss_sum += loss.detach().double() * n
                 sums.tokens += n
     finally:

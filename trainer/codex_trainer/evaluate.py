@@ -318,12 +318,12 @@ def evaluate_split(
     (evalloss.model_loss), taken from the same forward pass."""
     import numpy as np
 
-    from .evalloss import FORWARD_OPTIONS, IGNORE_INDEX, eval_loss
+    from .evalloss import FORWARD_OPTIONS, IGNORE_INDEX, eval_loss, model_inputs
 
     hits: list[torch.Tensor] = []
 
-    def loss_and_hits(m: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        out = m(**batch, **FORWARD_OPTIONS)
+    def loss_and_hits(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+        out = m(**model_inputs(batch), **FORWARD_OPTIONS)
         labels = batch["labels"][:, 1:]
         hits.append(((out.logits[:, :-1].argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum())
         return out.loss

@@ -18,6 +18,8 @@ the head's output (soft-capped, scaled) or whose loss adds terms (MoE router los
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -25,6 +27,8 @@ from peft import PeftModel
 from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+
+from .attention import DOCUMENTS
 
 IGNORE = -100
 # fp32 logits held at once per chunk: 64 MiB is 110 positions of a 151,936-token vocabulary, 65,536 of a
@@ -44,6 +48,8 @@ class LanguageModelLoss(nn.Module):
         self.model = model
         self.chunk_bytes = chunk_bytes
         causal: Any = model.get_base_model() if isinstance(model, PeftModel) else model
+        self._config = causal.config
+        self.compiled = False
         decoder = _decoder_of(causal)
         head = causal.get_output_embeddings() if decoder is not None else None
         # a tuple, not attributes: both are already the wrapped model's own submodules
@@ -54,18 +60,25 @@ class LanguageModelLoss(nn.Module):
         """torch.compile the decoder in place (the whole model when it keeps its own forward): the weights,
         their names and the checkpoints stay as they are; the chunked head and loss stay eager."""
         (self._parts[0] if self.chunked and self._parts is not None else self.model).compile()
+        self.compiled = True  # document attention's Python loop would recompile at every new layout
 
     def forward(
         self, input_ids: torch.Tensor, labels: torch.Tensor, num_items: float | None = None, **inputs: Any
     ) -> torch.Tensor:
         """The summed loss over `num_items` when given (the step's label tokens: gradient accumulation and
-        several processes then weigh every token alike), else the mean over this batch's label tokens."""
-        if not self.chunked:
-            extra = {"num_items_in_batch": num_items} if num_items is not None else {}
-            return self.model(input_ids=input_ids, labels=labels, use_cache=False, **inputs, **extra).loss
-        assert self._parts is not None
-        decoder, head = self._parts
-        hidden = decoder(input_ids=input_ids, use_cache=False, **inputs)[0]
+        several processes then weigh every token alike), else the mean over this batch's label tokens.
+
+        A packed batch's `document_segments` make attention go one document at a time (attention.py)."""
+        segments = inputs.pop("document_segments", None)
+        with self._documents(segments) as extra:
+            inputs |= extra
+            if not self.chunked:
+                if num_items is not None:
+                    inputs["num_items_in_batch"] = num_items
+                return self.model(input_ids=input_ids, labels=labels, use_cache=False, **inputs).loss
+            assert self._parts is not None
+            decoder, head = self._parts
+            hidden = decoder(input_ids=input_ids, use_cache=False, **inputs)[0]
         # position i predicts label i + 1. Every position goes through (no boolean selection: that would wait
         # for the device to say how many); those whose label is -100 add nothing
         targets = labels[:, 1:].reshape(-1)
@@ -86,6 +99,21 @@ class LanguageModelLoss(nn.Module):
             return total / num_items
         # nothing to predict gives 0 (transformers' mean gives nan), and still reaches every trainable weight
         return total / (targets != IGNORE).sum().clamp(min=1)
+
+    @contextmanager
+    def _documents(self, segments: tuple | None) -> Iterator[dict[str, Any]]:
+        """The model's attention switched to attention.DOCUMENTS for one forward, when the batch is packed
+        and the model attends with sdpa or eager (flash-attention reads the documents from the position ids)."""
+        config = self._config
+        before = config._attn_implementation
+        if segments is None or self.compiled or before not in ("sdpa", "eager"):
+            yield {}
+            return
+        config._attn_implementation = DOCUMENTS
+        try:
+            yield {"document_segments": segments}
+        finally:
+            config._attn_implementation = before
 
 
 def _cross_entropy_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

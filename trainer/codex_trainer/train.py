@@ -40,6 +40,7 @@ from .data import (
     micro_batches_per_epoch,
     no_validation_reason,
     row_tokens,
+    to_device,
 )
 from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_dir
@@ -262,7 +263,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         share = _step_label_tokens(data.train, t.batch_size, world, t.seed, step, ga) / world
         for micro in range(ga):
             rows = micro_batch_rows(data.train.rows, t.batch_size, world, rank, t.seed, step * ga + micro)
-            batch = {k: v.to(device) for k, v in collate(data.train, rows, tokenizer.pad_token_id).items()}
+            batch = to_device(collate(data.train, rows, tokenizer.pad_token_id), device)
             local_tokens += row_tokens(data.train, rows)
             sync = micro == ga - 1
             with nullcontext() if sync else accelerator.no_sync(net), accelerator.autocast():
