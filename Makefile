@@ -23,9 +23,10 @@ lint:               ## ruff, and mypy over trainer/ and operator/
 unit:               ## the fast tests only
 	$(PYTHON) -m pytest -m "not slow and not spawns and not cluster"
 
-bench:              ## throughput against the Hugging Face Trainer (see benchmarks/README.md)
-	$(PYTHON) benchmarks/trainer_throughput.py --steps 100
-	$(PYTHON) benchmarks/trainer_throughput.py --steps 100 --seq 512 --batch 4
+bench:              ## throughput against the Hugging Face Trainer and TRL, and a step's memory (see benchmarks/README.md)
+	$(PYTHON) benchmarks/trainer_throughput.py
+	$(PYTHON) benchmarks/trainer_throughput.py --example configs/examples/tiny-cpu.yaml --steps 100
+	$(PYTHON) benchmarks/loss_memory.py
 
 example:            ## the main job on this machine
 	codex-train run configs/examples/tiny-cpu.yaml
