@@ -76,7 +76,11 @@ PEAK_BF16 = {
     "A10": 125e12,
 }
 
-RUNS = ("hf-trainer", "trl-sft", "codex (no packing)", "codex (packing)")
+RUNS = ("hf-trainer", "trl-sft", "codex (no packing)", "codex (packing)", "codex (compile)")
+# codex (compile): packing with training.compile; only on request (--runs), as compiling takes a minute here.
+# Its window leaves out the first COMPILE_WARMUP steps, where torch.compile compiles (reported apart).
+DEFAULT_RUNS = RUNS[:4]
+COMPILE_WARMUP = 2
 
 
 # ---------------------------------------------------------------- the corpus
@@ -138,13 +142,13 @@ def peak_bf16_flops(device_name: str) -> float | None:
 # ---------------------------------------------------------------- the runs
 
 
-def bench_spec(manifest: Manifest, packing: bool, steps: int, seq: int) -> JobSpec:
+def bench_spec(manifest: Manifest, packing: bool, steps: int, seq: int, compile: bool = False) -> JobSpec:
     """The job as benchmarked: fixed steps, no evaluation, no checkpoint before the end, no MLflow."""
     s = manifest.spec
     return s.model_copy(
         update={
             "data": s.data.model_copy(update={"packing": packing, "max_seq_length": seq}),
-            "training": s.training.model_copy(update={"max_steps": steps, "epochs": None}),
+            "training": s.training.model_copy(update={"max_steps": steps, "epochs": None, "compile": compile}),
             "eval": s.eval.model_copy(update={"every_steps": None, "max_batches": 1}),
             "checkpoint": s.checkpoint.model_copy(update={"every_steps": 10**9}),
             "tracking": s.tracking.model_copy(
@@ -154,14 +158,18 @@ def bench_spec(manifest: Manifest, packing: bool, steps: int, seq: int) -> JobSp
     )
 
 
-def run_codex(manifest: Manifest, packing: bool, steps: int, seq: int, out: Path) -> dict:
-    spec = bench_spec(manifest, packing, steps, seq)
+def run_codex(manifest: Manifest, packing: bool, steps: int, seq: int, out: Path, compile: bool = False) -> dict:
+    spec = bench_spec(manifest, packing, steps + (COMPILE_WARMUP if compile else 0), seq, compile)
     train(spec, manifest.metadata.name, out, StopRequest(), console=Console(enabled=False))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r]
+    warmup, rows = (rows[:COMPILE_WARMUP], rows[COMPILE_WARMUP:]) if compile else ([], rows)
     window = rows[-1]["time"] - (rows[0]["time"] - rows[0]["step_seconds"])
     tokens = sum(r["tokens_per_second"] * r["step_seconds"] for r in rows)  # each step's non-padding tokens
-    return {"tokens": round(tokens), "seconds": window, "steps": len(rows), "loss": rows[-1]["loss"]}
+    result = {"tokens": round(tokens), "seconds": window, "steps": len(rows), "loss": rows[-1]["loss"]}
+    if warmup:
+        result["compile_warmup_seconds"] = sum(r["step_seconds"] for r in warmup)
+    return result
 
 
 def base_dtype(spec: JobSpec) -> torch.dtype | None:
@@ -327,7 +335,11 @@ def main() -> None:
     ap.add_argument("--seq", type=int, default=None, help="maxSeqLength (default 1024, or the example's)")
     ap.add_argument("--batch", type=int, default=None, help="batchSize (default 8, or the example's)")
     ap.add_argument("--model-config", choices=["example", "0.5b"], default="example")
-    ap.add_argument("--runs", default=",".join(RUNS), help="which of the runs, comma-separated (hf-trainer always)")
+    ap.add_argument(
+        "--runs",
+        default=",".join(DEFAULT_RUNS),
+        help=f"which of {', '.join(RUNS)}, comma-separated (hf-trainer always; default all but compile)",
+    )
     ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
     _quiet()
@@ -378,6 +390,8 @@ def main() -> None:
             results["trl-sft"] = run_trl_sft(manifest, steps, seq, tmp / "trl", base_dir)
         if "codex (no packing)" in wanted:
             results["codex (no packing)"] = run_codex(manifest, False, steps, seq, tmp / "codex-nopack")
+        if "codex (compile)" in wanted:
+            results["codex (compile)"] = run_codex(manifest, True, steps, seq, tmp / "codex-compile", compile=True)
         frozen, trained = matmul_params(peft_model(manifest.spec, base_dir))
 
     flops = lora_flops_per_token(frozen, trained)
@@ -386,6 +400,13 @@ def main() -> None:
         f"model FLOPs per token {flops / 1e6:.2f} M = 4 x {frozen:,} frozen + 6 x {trained:,} trained matmul weights "
         "(attention's QK and AV left out)"
     )
+    print_table(results, flops, peak, device, device_name)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device_name, "seq": seq, "runs": results}, indent=2))
+
+
+def print_table(results: dict[str, dict], flops: float, peak: float | None, device: str, device_name: str) -> None:
+    """One line a run, against hf-trainer; each result gains its tokens/s, ratio and MFU."""
     hf_rate = results["hf-trainer"]["tokens"] / results["hf-trainer"]["seconds"]
     print(
         f"{'run':<20} {'steps':>5} {'tokens':>10} {'seconds':>8} {'tokens/s':>10} {'vs hf':>6}" + ("  MFU" * bool(peak))
@@ -398,11 +419,11 @@ def main() -> None:
         if peak:
             r["mfu"] = flops * rate / peak
             line += f"  {r['mfu']:.1%}"
+        if "compile_warmup_seconds" in r:
+            line += f"  (after {COMPILE_WARMUP} steps taking {r['compile_warmup_seconds']:.1f} s to compile)"
         print(line)
     if device == "cuda" and not peak:
         print(f"no MFU: the dense bf16 peak of '{device_name}' is not in PEAK_BF16")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"device": device_name, "seq": seq, "runs": results}, indent=2))
 
 
 if __name__ == "__main__":
