@@ -147,6 +147,47 @@ def test_document_attention_gives_the_masks_loss_and_gradients_over_rows_of_diff
         torch.testing.assert_close(grad, want[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+def test_a_model_keeping_its_own_forward_weighs_tokens_by_the_steps_count_too():
+    batch = _batch()
+    own = _model()
+    own.config.logit_scale = 0.5  # Llama ignores it: the same logits, through the model's own forward
+    assert not LanguageModelLoss(own).chunked
+    for n in (37.0, 250.0):
+        a = LanguageModelLoss(own)(**batch, num_items=n)
+        b = LanguageModelLoss(_model())(**batch, num_items=n)
+        assert a.item() == pytest.approx(b.item(), abs=1e-5)
+
+
+def _windowed(kind: str) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    extra = {"mistral": {"sliding_window": 8}, "qwen2": {"use_sliding_window": True, "sliding_window": 8}}[kind]
+    common = {"num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 128}
+    config = AutoConfig.for_model(
+        kind, vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, **common, **extra
+    )
+    return AutoModelForCausalLM.from_config(config, attn_implementation="sdpa").float().eval()
+
+
+@pytest.mark.parametrize("kind", ["mistral", "qwen2"])
+def test_a_sliding_window_model_keeps_its_window_in_packed_rows(kind):
+    """Document attention knows no window: such models keep transformers' mask, and a document longer than
+    the window still gets inside a block the loss it gets alone."""
+    model = _windowed(kind)
+    loss = LanguageModelLoss(model)
+    assert not loss.documents
+    docs = _docs()
+    batch = collate(pack(docs, sum(map(len, docs))), np.array([0]), pad_id=0)
+    start = len(docs[0])
+    labels = torch.full_like(batch["labels"], -100)
+    labels[0, start : start + len(docs[1])] = batch["labels"][0, start : start + len(docs[1])]
+    alone = collate(truncate([docs[1]], 64), np.array([0]), pad_id=0)
+    with torch.no_grad():
+        inside = loss(**(batch | {"labels": labels}))
+        assert inside.item() == pytest.approx(loss(**alone).item(), abs=1e-5)
+
+
 def test_without_document_positions_the_same_block_leaks_across_documents():
     """The check above can fail: plain positions over the same block let the second document see the first."""
     model = _model().eval()

@@ -22,6 +22,26 @@ from transformers import AttentionInterface, AttentionMaskInterface
 DOCUMENTS = "codex_documents"
 
 Segments = tuple[tuple[int, int], ...]  # (start, end) of each document in a row, covering it
+# rows with the same documents' bounds: the bounds, the rows as a slice or an index on the device, and as ints
+Layouts = tuple[tuple[Segments, slice | torch.Tensor, tuple[int, ...]], ...]
+
+
+def layouts(document_segments: tuple[Segments, ...], device: torch.device) -> Layouts:
+    """Rows grouped by their documents' bounds, once per forward (not once per layer): an index tensor is put
+    on the device from pinned memory without waiting for it."""
+    groups: dict[Segments, list[int]] = {}
+    for row, segments in enumerate(document_segments):
+        groups.setdefault(segments, []).append(row)
+    out: list[tuple[Segments, slice | torch.Tensor, tuple[int, ...]]] = []
+    for segments, rows in groups.items():
+        if rows == list(range(rows[0], rows[-1] + 1)):
+            out.append((segments, slice(rows[0], rows[-1] + 1), tuple(rows)))
+            continue
+        index = torch.tensor(rows)
+        if device.type == "cuda":
+            index = index.pin_memory().to(device, non_blocking=True)
+        out.append((segments, index, tuple(rows)))
+    return tuple(out)
 
 
 def document_attention(
@@ -32,19 +52,18 @@ def document_attention(
     attention_mask: torch.Tensor | None,
     scaling: float | None = None,
     dropout: float = 0.0,
-    document_segments: tuple[Segments, ...] | None = None,
+    document_layouts: Layouts | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
     """query (batch, heads, seq, dim), key and value (batch, kv heads, seq, dim) → (batch, seq, heads, dim)."""
-    if document_segments is None:
-        raise ValueError(f"the {DOCUMENTS} attention needs document_segments (data.collate of packed rows)")
+    if document_layouts is None:
+        raise ValueError(f"the {DOCUMENTS} attention needs document_layouts (layouts() of collate's segments)")
+    for name in ("sliding_window", "softcap", "s_aux"):
+        if kwargs.get(name) is not None:
+            raise ValueError(f"the {DOCUMENTS} attention does not do {name}; the model must keep its own mask")
     gqa = query.shape[1] != key.shape[1]
-    layouts: dict[Segments, list[int]] = {}
-    for row, segments in enumerate(document_segments):
-        layouts.setdefault(segments, []).append(row)
     rows_out: list[torch.Tensor | None] = [None] * query.shape[0]
-    for segments, rows in layouts.items():
-        pick = slice(rows[0], rows[0] + 1) if len(rows) == 1 else torch.tensor(rows, device=query.device)
+    for segments, pick, rows in document_layouts:
         q, k, v = query[pick], key[pick], value[pick]
         parts = [
             F.scaled_dot_product_attention(

@@ -10,6 +10,7 @@ document's first token.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -413,7 +414,7 @@ def micro_batch_rows(rows: int, per_rank: int, world: int, rank: int, seed: int,
     """
     per_epoch = micro_batches_per_epoch(rows, per_rank, world)
     epoch, k = divmod(index, per_epoch)
-    perm = np.random.default_rng([seed, epoch]).permutation(rows)
+    perm = _epoch_order(rows, seed, epoch)
     start = (k * world + rank) * per_rank
     return perm[start : start + per_rank]
 
@@ -432,6 +433,14 @@ def label_tokens(split: Split, rows: np.ndarray) -> int:
         inside = np.searchsorted(split.starts, ends, side="left") - np.searchsorted(split.starts, begins, side="right")
         n -= int(inside.sum())
     return n
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(rows: int, seed: int, epoch: int) -> np.ndarray:
+    """The epoch's shuffle, drawn once (a step asks for it once per rank and micro-batch); read-only."""
+    perm = np.random.default_rng([seed, epoch]).permutation(rows)
+    perm.flags.writeable = False
+    return perm
 
 
 def collate(split: Split, rows: np.ndarray, pad_id: int) -> dict[str, Any]:
@@ -490,7 +499,12 @@ def _collate_packed(split: Split, rows: np.ndarray) -> dict[str, Any]:
 
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch's tensors on `device`; anything else (document_segments) stays as it is, on the host."""
+    """The batch's tensors on `device`; anything else (document_segments) stays as it is, on the host. To a
+    GPU through pinned memory, without waiting for the copy."""
     import torch
 
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    if device.type != "cuda":
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    return {
+        k: v.pin_memory().to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()
+    }

@@ -28,22 +28,32 @@ from peft.utils import ModulesToSaveWrapper
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .attention import DOCUMENTS
+from .attention import DOCUMENTS, layouts
 
 IGNORE = -100
-# fp32 logits held at once per chunk: 64 MiB is 110 positions of a 151,936-token vocabulary, 65,536 of a
-# 256-token one; big enough that each chunk is one efficient matrix product
-CHUNK_BYTES = 64 * 2**20
+# fp32 logits held at once per chunk: on a CPU 64 MiB (110 positions of a 151,936-token vocabulary, 65,536 of
+# a 256-token one); on a GPU 1 GiB (1,766 positions of that vocabulary), where small matrix products waste
+# the tensor cores (the GPU size is not measured yet)
+CHUNK_BYTES = {"cpu": 64 * 2**20, "cuda": 2**30}
 # config fields that change logits after the head, or the loss beyond cross-entropy: such models keep
 # their own forward (when the field is set to something that acts)
-_OWN_FORWARD_FIELDS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
+_OWN_FORWARD_FIELDS = (
+    "final_logit_softcapping",
+    "logit_scale",
+    "logits_scaling",
+    "lm_head_multiplier",
+    "output_router_logits",
+)
+# config fields that make attention more than causal within a document (a sliding window, soft-capped
+# scores): document_attention does not do them, so such models keep transformers' mask from the position ids
+_WINDOWED_FIELDS = ("sliding_window", "attn_logit_softcapping", "attention_chunk_size")
 
 
 class LanguageModelLoss(nn.Module):
     """`forward(**batch)` → the mean next-token loss, computed in chunks of positions; wraps the model (a
     transformers causal LM, or a PEFT model of one) so that distributed wrappers see one forward."""
 
-    def __init__(self, model: nn.Module, chunk_bytes: int = CHUNK_BYTES):
+    def __init__(self, model: nn.Module, chunk_bytes: int | None = None):
         super().__init__()
         self.model = model
         self.chunk_bytes = chunk_bytes
@@ -55,6 +65,8 @@ class LanguageModelLoss(nn.Module):
         # a tuple, not attributes: both are already the wrapped model's own submodules
         self._parts = (decoder, head) if decoder is not None and head is not None else None
         self.chunked = self._parts is not None and not _has_own_forward(causal.config)
+        # per document only where attention is causal within it and goes through transformers' interface
+        self.documents = bool(getattr(causal, "_supports_attention_backend", False)) and not _windowed(causal.config)
 
     def compile_model(self) -> None:
         """torch.compile the decoder in place (the whole model when it keeps its own forward): the weights,
@@ -70,12 +82,15 @@ class LanguageModelLoss(nn.Module):
 
         A packed batch's `document_segments` make attention go one document at a time (attention.py)."""
         segments = inputs.pop("document_segments", None)
-        with self._documents(segments) as extra:
+        with self._documents(segments, input_ids.device) as extra:
             inputs |= extra
             if not self.chunked:
-                if num_items is not None:
-                    inputs["num_items_in_batch"] = num_items
-                return self.model(input_ids=input_ids, labels=labels, use_cache=False, **inputs).loss
+                loss = self.model(input_ids=input_ids, labels=labels, use_cache=False, **inputs).loss
+                if num_items is None:
+                    return loss
+                # the model's mean (and any term it adds, e.g. a router loss) weighed by this batch's share of
+                # the step's label tokens: the same sum over num_items for the cross-entropy
+                return loss * (labels[:, 1:] != IGNORE).sum() / num_items
             assert self._parts is not None
             decoder, head = self._parts
             hidden = decoder(input_ids=input_ids, use_cache=False, **inputs)[0]
@@ -83,7 +98,8 @@ class LanguageModelLoss(nn.Module):
         # for the device to say how many); those whose label is -100 add nothing
         targets = labels[:, 1:].reshape(-1)
         hidden = hidden[:, :-1].reshape(len(targets), -1)
-        chunk = max(1, self.chunk_bytes // (4 * _vocab(head)))
+        budget = self.chunk_bytes or CHUNK_BYTES.get(hidden.device.type, CHUNK_BYTES["cpu"])
+        chunk = max(1, budget // (4 * _vocab(head)))
         linear = _linear_of(head)
         if linear is not None and torch.is_grad_enabled():
             total = _LinearCrossEntropy.apply(hidden, linear.weight, linear.bias, targets, chunk)
@@ -101,17 +117,19 @@ class LanguageModelLoss(nn.Module):
         return total / (targets != IGNORE).sum().clamp(min=1)
 
     @contextmanager
-    def _documents(self, segments: tuple | None) -> Iterator[dict[str, Any]]:
-        """The model's attention switched to attention.DOCUMENTS for one forward, when the batch is packed
-        and the model attends with sdpa or eager (flash-attention reads the documents from the position ids)."""
+    def _documents(self, segments: tuple | None, device: torch.device) -> Iterator[dict[str, Any]]:
+        """The model's attention switched to attention.DOCUMENTS for one forward of a packed batch. Not under
+        torch.compile, nor for models with windowed or soft-capped attention or their own attention code:
+        those get transformers' block-diagonal mask from the position ids. (Flash-attention is switched too:
+        in this transformers it reads documents from position ids only in a batch of one row.)"""
         config = self._config
         before = config._attn_implementation
-        if segments is None or self.compiled or before not in ("sdpa", "eager"):
+        if segments is None or self.compiled or not self.documents:
             yield {}
             return
         config._attn_implementation = DOCUMENTS
         try:
-            yield {"document_segments": segments}
+            yield {"document_layouts": layouts(segments, device)}
         finally:
             config._attn_implementation = before
 
@@ -190,6 +208,18 @@ def _decoder_of(causal: nn.Module) -> nn.Module | None:
     except (AttributeError, NotImplementedError):
         return None
     return decoder if isinstance(decoder, nn.Module) and decoder is not causal else None
+
+
+def _windowed(config: Any) -> bool:
+    configs = [config, *(getattr(config, k, None) for k in ("text_config",))]
+    for c in (c for c in configs if c is not None):
+        if any(getattr(c, f, None) for f in _WINDOWED_FIELDS) and getattr(c, "use_sliding_window", True) is not False:
+            return True
+        if any(getattr(c, f, None) for f in _WINDOWED_FIELDS[1:]):
+            return True
+        if any("sliding" in str(t) or "chunked" in str(t) for t in getattr(c, "layer_types", None) or ()):
+            return True
+    return False
 
 
 def _has_own_forward(config: Any) -> bool:

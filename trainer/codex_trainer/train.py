@@ -419,11 +419,16 @@ def _step_summary(
 ) -> tuple[list[float], int]:
     """([loss summed over ranks, tokens summed over ranks, this rank's grad norm], the stop signal any rank
     got): reduced across ranks, then read from the device in one transfer."""
-    norm = torch.as_tensor(0.0 if grad_norm is None else grad_norm, device=device, dtype=torch.float64)
-    summary = torch.stack(
-        [loss.to(torch.float64), torch.tensor(float(tokens), device=device, dtype=torch.float64), norm]
-    )
-    flag = torch.tensor([float(stop.signum or 0)], device=device, dtype=torch.float64)
+    # host numbers become device tensors by fill, not by copy: a copy from the host would wait for the device
+    f64 = torch.float64
+    if grad_norm is None:
+        norm = torch.zeros((), device=device, dtype=f64)
+    elif isinstance(grad_norm, torch.Tensor):
+        norm = grad_norm.to(device=device, dtype=f64)
+    else:
+        norm = torch.full((), float(grad_norm), device=device, dtype=f64)
+    summary = torch.stack([loss.to(f64), torch.full((), float(tokens), device=device, dtype=f64), norm])
+    flag = torch.full((1,), float(stop.signum or 0), device=device, dtype=f64)
     if world > 1:
         torch.distributed.all_reduce(summary)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
