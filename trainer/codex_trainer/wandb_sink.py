@@ -165,7 +165,7 @@ def _redacted(e: Exception) -> str:
 
 
 # ---- W&B's transaction log (run-<id>.wandb): LevelDB's log format behind a 7-byte header, each record a
-# protobuf wandb.proto.wandb_internal_pb2.Record. wandb 0.31 ships no Python reader of its own.
+# protobuf wandb.proto.wandb_internal_pb2.Record. wandb (0.30, 0.31) ships no Python reader of its own.
 
 HEADER = b":W&B\xe1\xbe\x00"  # ident, magic 0xBEE1 (little-endian), version 0
 BLOCK = 32 * 1024
