@@ -93,6 +93,22 @@ def test_chunked_loss_without_gradients_matches_too():
     assert got.item() == pytest.approx(expected.item(), abs=1e-5)
 
 
+@pytest.mark.parametrize("scaled", [False, True], ids=["chunked", "own forward"])
+def test_the_exact_predictions_are_counted_a_chunk_at_a_time(scaled):
+    model, batch = _model(), _batch()
+    if scaled:
+        model.config.logit_scale = 0.5  # Llama ignores it: same logits, through the model's own forward
+    with torch.no_grad():
+        logits = model(**batch).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
+        want = int(((logits.argmax(-1) == labels) & (labels != -100)).sum())
+        hits: list[torch.Tensor] = []
+        LanguageModelLoss(model, chunk_bytes=4 * VOCAB * 7)(**batch, hits=hits)
+    assert sum(int(h) for h in hits) == want > 0
+    with pytest.raises(ValueError, match="without gradients"):
+        LanguageModelLoss(model)(**batch, hits=[])
+
+
 def test_a_model_that_scales_its_logits_keeps_its_own_forward():
     model = _model()
     model.config.logit_scale = 0.5  # e.g. Cohere: logits are more than the head's output

@@ -314,22 +314,21 @@ def evaluate_split(
 ) -> dict[str, Any]:
     """Token-weighted loss (evalloss.eval_loss, as the training loop evaluates) and next-token accuracy over
     the split's rows in order, batched as training's evaluation batches them (rows 0..n in batches of
-    batch_size, at most max_batches). Accuracy needs the logits, so each batch's loss is the model's own
-    (evalloss.model_loss), taken from the same forward pass."""
+    batch_size, at most max_batches). The loss is the training loop's (loss.LanguageModelLoss: a chunk of
+    logits at a time, packed documents apart), and the accuracy is counted from the same chunks."""
     import numpy as np
 
-    from .evalloss import FORWARD_OPTIONS, IGNORE_INDEX, eval_loss, model_inputs
+    from .evalloss import eval_loss
+    from .loss import LanguageModelLoss
 
     hits: list[torch.Tensor] = []
+    net = LanguageModelLoss(model)
 
     def loss_and_hits(m: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-        out = m(**model_inputs(batch), **FORWARD_OPTIONS)
-        labels = batch["labels"][:, 1:]
-        hits.append(((out.logits[:, :-1].argmax(-1) == labels) & (labels != IGNORE_INDEX)).sum())
-        return out.loss
+        return m(**batch, hits=hits)
 
     sums = eval_loss(
-        model,
+        net,
         split,
         np.arange(split.rows),
         s.batch_size,

@@ -75,17 +75,30 @@ class LanguageModelLoss(nn.Module):
         self.compiled = True  # document attention's Python loop would recompile at every new layout
 
     def forward(
-        self, input_ids: torch.Tensor, labels: torch.Tensor, num_items: float | None = None, **inputs: Any
+        self,
+        input_ids: torch.Tensor,
+        labels: torch.Tensor,
+        num_items: float | None = None,
+        hits: list[torch.Tensor] | None = None,
+        **inputs: Any,
     ) -> torch.Tensor:
         """The summed loss over `num_items` when given (the step's label tokens: gradient accumulation and
         several processes then weigh every token alike), else the mean over this batch's label tokens.
 
-        A packed batch's `document_segments` make attention go one document at a time (attention.py)."""
+        A packed batch's `document_segments` make attention go one document at a time (attention.py).
+        `hits` (evaluation, without gradients): gets the number of label tokens the model predicts exactly
+        (argmax), counted a chunk at a time too."""
+        if hits is not None and torch.is_grad_enabled():
+            raise ValueError("hits are counted without gradients (under torch.no_grad)")
         segments = inputs.pop("document_segments", None)
         with self._documents(segments, input_ids.device) as extra:
             inputs |= extra
             if not self.chunked:
-                loss = self.model(input_ids=input_ids, labels=labels, use_cache=False, **inputs).loss
+                out = self.model(input_ids=input_ids, labels=labels, use_cache=False, **inputs)
+                loss = out.loss
+                if hits is not None:
+                    shifted = labels[:, 1:]
+                    hits.append(((out.logits[:, :-1].argmax(-1) == shifted) & (shifted != IGNORE)).sum())
                 if num_items is None:
                     return loss
                 # the model's mean (and any term it adds, e.g. a router loss) weighed by this batch's share of
@@ -107,7 +120,7 @@ class LanguageModelLoss(nn.Module):
             parts = [
                 checkpoint(_cross_entropy_sum, head, hidden[s : s + chunk], targets[s : s + chunk], use_reentrant=False)
                 if torch.is_grad_enabled()
-                else _cross_entropy_sum(head, hidden[s : s + chunk], targets[s : s + chunk])
+                else _cross_entropy_sum(head, hidden[s : s + chunk], targets[s : s + chunk], hits)
                 for s in range(0, len(targets), chunk)
             ]
             total = torch.stack(parts).sum()
@@ -134,8 +147,13 @@ class LanguageModelLoss(nn.Module):
             config._attn_implementation = before
 
 
-def _cross_entropy_sum(head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return nn.functional.cross_entropy(head(hidden).float(), targets, ignore_index=IGNORE, reduction="sum")
+def _cross_entropy_sum(
+    head: nn.Module, hidden: torch.Tensor, targets: torch.Tensor, hits: list[torch.Tensor] | None = None
+) -> torch.Tensor:
+    logits = head(hidden).float()
+    if hits is not None:
+        hits.append(((logits.argmax(-1) == targets) & (targets != IGNORE)).sum())
+    return nn.functional.cross_entropy(logits, targets, ignore_index=IGNORE, reduction="sum")
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
