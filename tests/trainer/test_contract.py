@@ -123,6 +123,11 @@ def test_a_checkpoint_of_the_earlier_packing_is_refused_not_resumed(tmp_path, ca
     assert "earlier packing" in line and "new --output-dir" in line
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-2"]  # nothing trained on top
 
+    # packing turned off under a run of this version is a plain change of settings, said as one
+    assert run(out, "data.packing=false", steps=4) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "changed: data.packing" in line and "earlier packing" not in line, line
+
 
 def test_compile_trains_to_the_same_loss_and_without_a_compiler_is_one_line(tmp_path, capsys, monkeypatch):
     assert run(tmp_path / "eager", steps=2) == 0

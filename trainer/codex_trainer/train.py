@@ -92,6 +92,8 @@ def train(
     console.enabled = console.enabled and is_main
     check_callbacks(spec.callbacks)  # on every rank: an unknown name stops them all alike (exit 2)
     check_credentials(spec.tracking.wandb)  # online W&B without a key: exit 2 before anything loads
+    if spec.training.compile:  # no compiler: exit 2 before anything loads or is written
+        _check_compiler(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if is_main:
         prepare_output_dir(out)
     accelerator.wait_for_everyone()
@@ -188,7 +190,6 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     # the loss wraps the model, so that a distributed wrapper sees one forward; `model` stays the PEFT model
     loss_model = LanguageModelLoss(model)
     if t.compile:
-        _check_compiler(device)
         loss_model.compile_model()
     net, optimizer = accelerator.prepare(loss_model, optimizer)
     if found is not None and accelerator.scaler is not None and found.state.get("grad_scaler"):
@@ -538,7 +539,8 @@ def _check_same_job(state: dict, current: dict, legacy: dict | None, path: Path)
     if saved is None or saved in (current, legacy):
         return
     changed = identity_changes(saved, current)
-    if "data.packingScheme" in changed:
+    saved_data = saved.get("data") or {}
+    if saved_data.get("packing") and "packingScheme" not in saved_data and "packingScheme" in current["data"]:
         raise SpecError(
             "spec.data.packing",
             f"{path} was trained with an earlier packing, where a document attended to the documents before it "
@@ -589,5 +591,8 @@ def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
     cfg = spec.tracking.mlflow
     if not cfg.enabled:
         return None
+    # MLflow sends usage telemetry to its own server unless told not to; a training job sends nothing the
+    # user did not ask for (set MLFLOW_DISABLE_TELEMETRY=false to allow it)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     uri = cfg.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
     return Mlflow(uri, cfg.experiment, name, out / "mlflow_run_id", flatten(spec.shown()))
