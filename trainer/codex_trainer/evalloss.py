@@ -2,9 +2,10 @@
 
 One function for the training loop's evaluations (train._evaluate: each rank its share of the rows, summed
 across ranks there) and for `codex-train eval` (every row, in order), so the two give the same number for
-the same model and rows. Each batch's loss comes from `loss_fn(model, batch)`, the mean over the batch's
-label tokens that are not -100 (each predicted from the position before); it is weighted by that count, so
-the result is the mean over every such token of the split, however the rows fall into batches.
+the same model and rows. The model is a loss.LanguageModelLoss (the training loop's loss: packed documents
+apart, a chunk of logits at a time); each batch's loss, the mean over its label tokens, is weighted by their
+number (data.label_tokens), so the result is the mean over every label token of the split, however the rows
+fall into batches.
 """
 
 from __future__ import annotations
@@ -18,24 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Split, collate, to_device
+from .data import Split, collate, label_tokens, to_device
 
-LossFn = Callable[[torch.nn.Module, dict[str, torch.Tensor]], torch.Tensor]
-IGNORE_INDEX = -100  # a label that is not predicted (padding)
+LossFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
 PERPLEXITY_CAP = 50.0  # exp(50) ≈ 5e21: the perplexity of a loss beyond it is shown as that, not as inf
-# No key-value cache: besides costing memory for nothing, with one transformers builds its attention mask
-# without reading document boundaries from position_ids, so packed documents would attend to each other
-FORWARD_OPTIONS = {"use_cache": False}
 
 
-def model_inputs(batch: dict[str, Any]) -> dict[str, Any]:
-    """What a transformers model takes of a collated batch: all but document_segments (LanguageModelLoss's)."""
-    return {k: v for k, v in batch.items() if k != "document_segments"}
-
-
-def model_loss(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
-    """The model's own loss: transformers' mean next-token cross-entropy over the labels that are not -100."""
-    return model(**model_inputs(batch), **FORWARD_OPTIONS).loss
+def _loss(net: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    return net(**batch)  # LanguageModelLoss returns the loss itself
 
 
 @dataclass
@@ -66,7 +57,7 @@ def eval_loss(
     device: torch.device,
     *,
     max_batches: int | None = None,
-    loss_fn: LossFn = model_loss,
+    loss_fn: LossFn = _loss,
     autocast: Callable[[], AbstractContextManager[object]] = nullcontext,
     stop: Callable[[], bool] = lambda: False,
 ) -> EvalSums:
@@ -87,11 +78,11 @@ def eval_loss(
                     sums.stopped = True
                     break
                 picked = rows[b * batch_size : (b + 1) * batch_size]
-                batch = collate(split, picked, pad_id)
                 sums.sequences += len(picked)
-                n = int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())  # counted on the host
+                n = label_tokens(split, picked)  # counted from the data, on the host
                 if n == 0:
                     continue
+                batch = collate(split, picked, pad_id)
                 with autocast():
                     loss = loss_fn(model, to_device(batch, device))
                 loss_sum += loss.detach().double() * n

@@ -44,9 +44,9 @@ _OWN_FORWARD_FIELDS = (
     "lm_head_multiplier",
     "output_router_logits",
 )
-# config fields that make attention more than causal within a document (a sliding window, soft-capped
-# scores): document_attention does not do them, so such models keep transformers' mask from the position ids
-_WINDOWED_FIELDS = ("sliding_window", "attn_logit_softcapping", "attention_chunk_size")
+# models whose attention is more than causal within a document (a sliding window, soft-capped scores,
+# chunked attention: _windowed) keep transformers' mask from the position ids; document_attention does not
+# do those
 
 
 class LanguageModelLoss(nn.Module):
@@ -228,12 +228,15 @@ def _decoder_of(causal: nn.Module) -> nn.Module | None:
     return decoder if isinstance(decoder, nn.Module) and decoder is not causal else None
 
 
+def _configs(config: Any) -> list[Any]:
+    """The model's config and its text model's, where it has one (multimodal configs)."""
+    return [c for c in (config, getattr(config, "text_config", None)) if c is not None]
+
+
 def _windowed(config: Any) -> bool:
-    configs = [config, *(getattr(config, k, None) for k in ("text_config",))]
-    for c in (c for c in configs if c is not None):
-        if any(getattr(c, f, None) for f in _WINDOWED_FIELDS) and getattr(c, "use_sliding_window", True) is not False:
-            return True
-        if any(getattr(c, f, None) for f in _WINDOWED_FIELDS[1:]):
+    for c in _configs(config):
+        window = getattr(c, "sliding_window", None) and getattr(c, "use_sliding_window", True) is not False
+        if window or getattr(c, "attn_logit_softcapping", None) or getattr(c, "attention_chunk_size", None):
             return True
         if any("sliding" in str(t) or "chunked" in str(t) for t in getattr(c, "layer_types", None) or ()):
             return True
@@ -241,8 +244,7 @@ def _windowed(config: Any) -> bool:
 
 
 def _has_own_forward(config: Any) -> bool:
-    configs = [config, *(getattr(config, k, None) for k in ("text_config",))]
-    return any(bool(getattr(c, f, None)) for c in configs if c is not None for f in _OWN_FORWARD_FIELDS)
+    return any(getattr(c, f, None) for c in _configs(config) for f in _OWN_FORWARD_FIELDS)
 
 
 def _vocab(head: nn.Module) -> int:

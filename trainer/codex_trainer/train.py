@@ -387,7 +387,6 @@ def _evaluate(
         pad_id,
         device,
         max_batches=max_batches,
-        loss_fn=lambda net, batch: net(**batch),  # LanguageModelLoss returns the loss itself
         autocast=accelerator.autocast,
         stop=lambda: stop.signum is not None,
     )
