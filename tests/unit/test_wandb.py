@@ -137,7 +137,8 @@ def test_an_offline_run_resumes_the_same_run_without_a_step_twice_and_leaves_no_
     assert not service_processes()
 
     dirs = sorted((out / "wandb").glob("offline-run-*"))
-    assert [d.name.rsplit("-", 1)[1] for d in dirs] == [run_id, run_id]  # one run, two starts
+    # one run, two starts (a start in the same second as the one before gets "-1" after the id)
+    assert [[f.stem for f in d.glob("run-*.wandb")] for d in dirs] == [[f"run-{run_id}"]] * 2
     rows = history(out)
     assert [s for s, _ in rows] == list(range(1, 9))  # each step once, in order
     assert all(r["train/loss"] == pytest.approx(1 / s) and r["_step"] == s for s, r in rows)

@@ -218,7 +218,8 @@ def read_history(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
 def last_logged_step(wandb_dir: Path, run_id: str) -> int:
     """The highest step in this run's transaction logs under `wandb_dir` (every start's), 0 if none."""
     last = 0
-    for path in wandb_dir.glob(f"*-{run_id}/run-{run_id}.wandb"):
+    # each start's directory is offline-run-<time>-<id>, or ...-<id>-1 when two starts share a second
+    for path in wandb_dir.glob(f"*/run-{run_id}.wandb"):
         for step, _ in read_history(path):
             last = max(last, step)
     return last
