@@ -140,8 +140,14 @@ def config_map(job: Job, attempt: int) -> dict[str, Any]:
     }
 
 
+def needs_service(job: Job) -> bool:
+    """Only pods on several nodes meet through DNS: one node's processes meet on localhost, so a
+    single-node job has no Service (nor the EndpointSlice the control plane would keep for it)."""
+    return job.spec.num_nodes > 1
+
+
 def headless_service(job: Job) -> dict[str, Any]:
-    """Gives each trainer pod a DNS name (<pod hostname>.<service>) for the rendezvous."""
+    """Gives each trainer pod of a multi-node job a DNS name (<pod hostname>.<service>) for the rendezvous."""
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -168,7 +174,9 @@ def trainer_command(job: Job) -> list[str]:
 
 
 def rendezvous_env(job: Job, attempt: int) -> list[dict[str, Any]]:
-    rank0 = f"{names.attempt_name(job.name, attempt)}-0.{names.service_name(job.name)}"
+    rank0 = "localhost"
+    if needs_service(job):
+        rank0 = f"{names.attempt_name(job.name, attempt)}-0.{names.service_name(job.name)}"
     return [
         {"name": contract.ENV_NNODES, "value": str(job.spec.num_nodes)},
         {"name": contract.ENV_NPROC_PER_NODE, "value": str(job.spec.processes_per_node)},
@@ -246,7 +254,6 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
         container["resources"] = resources
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
-        "subdomain": names.service_name(job.name),
         "automountServiceAccountToken": False,  # trainer pods hold no API rights
         "enableServiceLinks": False,
         "securityContext": {
@@ -262,6 +269,8 @@ def pod_template(job: Job, attempt: int, settings: Settings) -> dict[str, Any]:
         "containers": [container],
         "volumes": volumes,
     }
+    if needs_service(job):
+        pod["subdomain"] = names.service_name(job.name)
     if s.node_selector:
         pod["nodeSelector"] = dict(s.node_selector)
     if s.tolerations:

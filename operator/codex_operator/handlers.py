@@ -4,8 +4,8 @@ One level-triggered `reconcile` per CodexTrainingJob, run on each event of the j
 Jobs, and again after an operator restart (kopf lists every object at start). It derives everything
 from what exists (attempt numbers from the Jobs, restarts from their count), so running it twice, or
 after a SIGKILL halfway, creates nothing twice: children have fixed names and "already exists" means
-adopt. One timer task (not one per job) reads rank 0's progress while a job runs, says why pods wait,
-retries failed reconciles and deletes finished jobs after their TTL.
+adopt. One timer task (timer.py; not one per job) reads rank 0's progress while a job runs, says why
+pods wait, retries failed reconciles and deletes finished jobs after their TTL.
 
 kopf persistence: these are event handlers only, which keep no handler progress and no diff-base, so
 kopf writes nothing to the objects: no annotations, no status.kopf, and no finalizer (kopf puts one on
@@ -20,21 +20,20 @@ import logging
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
 import kopf
 from kubernetes_asyncio.client.rest import ApiException
-from prometheus_client.parser import text_string_to_metric_families
 
 from codex_trainer.errors import SpecError
 from codex_trainer.manifest import parse_manifest
 
-from . import builders, memory, metrics, names, watched
-from .builders import Job, Settings
-from .kube import Kube, read_limited
+from . import builders, metrics, names, watched
+from .builders import Job
+from .jobstate import JobState, Key, Options
+from .kube import Kube
 from .refusals import Refused, Taken, holder, next_backoff, server_message
 from .status import (
     TERMINAL,
@@ -44,28 +43,18 @@ from .status import (
     QueueSaid,
     Stall,
     blame,
+    condition_reason,
     deadline_left,
-    failed_create,
     final_numbers,
     plan,
-    progress_changed,
-    progress_from_metrics,
     queue_words,
     set_condition,
-    waiting_in_queue,
-    waiting_reason,
 )
+from .timer import Timer
 
 T = TypeVar("T")
 
 log = logging.getLogger("codex_operator")
-WAIT_EXPLAIN_SECONDS = 30.0  # a job waits this long before we look at why; each later look twice as long, up to
-WAIT_EXPLAIN_MAX_SECONDS = 300.0  # this (pods that wait for a reason mostly keep waiting for it)
-# a rank 0 whose /metrics does not answer (still loading its model, or frozen) is read again after one
-# interval, then two, four..., at most this many seconds apart: a thousand silent pods must not fill every
-# timer round with reads that time out, delaying the progress, TTLs and retries of the others
-PROGRESS_BACKOFF_MAX = 30.0
-
 # status keys the reconcile owns; progress and checkpoint belong to the progress timer (merge patches
 # of disjoint keys cannot undo each other)
 OWNED = (
@@ -83,61 +72,10 @@ OWNED = (
     "observedGeneration",
 )
 
-Key = tuple[str, str]
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
 
 
-@dataclass
-class Options:
-    settings: Settings = field(default_factory=Settings)
-    progress_interval: float = 10.0
-    progress_via: str = "auto"  # auto | pod-ip | proxy
-    # Kueue runs with manageJobsWithoutQueueName: it may own the suspend of every Job, labelled or not
-    queue_owns_suspend: bool = False
-
-
-@dataclass
-class JobState:
-    """What the operator keeps of one job between events: little, and nothing it could not rebuild."""
-
-    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    body: dict[str, Any] | None = None  # the job as last watched
-    written: dict[str, Any] | None = None  # the status this operator last wrote
-    retry_at: float | None = None  # monotonic: when a failed reconcile is tried again
-    backoff: float = 0.0
-    explained_at: float | None = None  # monotonic: when we last asked why pods wait (or first saw it wait)
-    explain_every: float = WAIT_EXPLAIN_SECONDS  # how long until we ask again
-    check_children: bool = False  # a child was deleted: look at every child, whatever the generation says
-    failed_generation: int | None = None  # the spec generation the last failed reconcile saw
-    refused: str | None = None  # the line the last failed reconcile wrote into status.message
-    moved: Stall | None = None  # the running attempt's step, and when this operator first read it
-    stalled: Stall | None = None  # found stalled by a tick: the next tick_once restarts it
-    pending: watched.Pending = field(default_factory=watched.Pending)  # attempt Jobs the watch has not shown yet
-    parsed: tuple[tuple[str, int], Job | str] | None = None  # the spec, parsed once per (uid, generation)
-    children: int = 0  # attempt Job events seen: a reconcile's input changed
-    settled: tuple[int, int] | None = None  # (generation, children) of the last reconcile that got through
-    rank0: tuple[str, str, str] | None = None  # (pod UID, pod name, pod IP) of the running rank 0
-    unread: int = 0  # progress reads that failed in a row
-    unread_until: float = 0.0  # monotonic: no progress read before this (a backoff after failed reads)
-
-    def explain_due(self, now: float, at_once: bool = False) -> bool:
-        """Whether to look at why the job waits: WAIT_EXPLAIN_SECONDS after it was first seen waiting (pods
-        take a while to start), or `at_once` (a queue: the queue's own words on why are worth showing
-        now), then twice as long each time (a thousand pending jobs must not mean a thousand pod LISTs
-        every 30 s)."""
-        if self.explained_at is None:
-            self.explained_at = now
-            return at_once
-        if now - self.explained_at < self.explain_every:
-            return False
-        self.explained_at, self.explain_every = now, min(self.explain_every * 2, WAIT_EXPLAIN_MAX_SECONDS)
-        return True
-
-    def stop_explaining(self) -> None:
-        self.explained_at, self.explain_every = None, WAIT_EXPLAIN_SECONDS
-
-
-class Operator:
+class Operator(Timer):
     """The controller: one reconcile per job event, one timer for all jobs. The API client and the Event
     poster are passed in, so the whole controller runs in-process against a fake API server."""
 
@@ -390,7 +328,7 @@ class Operator:
         if await self._create_owned(job, builders.attempt_job(job, n, self.options.settings, left)):
             metrics.ATTEMPTS.inc()
             if n > 1:
-                metrics.RESTARTS.labels(_condition_reason(p.status, "Restarting")).inc()
+                metrics.RESTARTS.labels(condition_reason(p.status, "Restarting")).inc()
 
     async def _create_owned(self, job: Job, obj: dict[str, Any]) -> bool:
         """Create a child; True if created, False if it is ours already (adopted after a restart). A name
@@ -429,12 +367,13 @@ class Operator:
         metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
 
     async def ensure_children(self, job: Job, latest: Attempt | None) -> None:
-        """The volume and the rendezvous Service (and the live attempt's job file, deleted by hand): create
-        what is missing, check that what exists is this job's, and keep or release the volume as
-        storage.retain says now."""
+        """The volume and, for several nodes, the rendezvous Service (and the live attempt's job file,
+        deleted by hand): create what is missing, check that what exists is this job's, and keep or release
+        the volume as storage.retain says now."""
         assert self.kube is not None
         claim = builders.checkpoint_claim(job)
-        children = [c for c in (claim, builders.headless_service(job)) if c is not None]
+        service = builders.headless_service(job) if builders.needs_service(job) else None
+        children = [c for c in (claim, service) if c is not None]
         if latest is not None and latest.outcome is None:
             children.append(builders.config_map(job, latest.number))
         created = await asyncio.gather(*(self._create_owned(job, c) for c in children), return_exceptions=True)
@@ -552,220 +491,6 @@ class Operator:
         except Exception:
             log.exception("%s/%s: could not record why its reconcile failed; retrying", *key)
 
-    # ---------------------------------------------------------------- the timer: progress, TTL, retries
-
-    async def tick(self, key: Key, st: JobState) -> None:
-        body = st.body
-        if st.retry_at is not None:
-            return  # tick_once runs it when its backoff is due
-        if body is None:
-            return
-        phase = (body.get("status") or {}).get("phase")
-        log.debug("tick %s/%s %s", *key, phase)
-        try:
-            if phase == "Running":
-                # first: a frozen trainer's /metrics does not answer, and the tick's timeout may end the read
-                self.check_stall(key, st, body)
-                await self.read_progress(body)
-            else:
-                st.moved = None  # the stall clock runs only while the attempt runs (not while queued or preempted)
-            if phase in ("Pending", "Restarting"):
-                await self.explain_wait(body)
-            elif phase == "Suspended":
-                await self.explain_queue(body)
-            else:
-                st.stop_explaining()  # the next wait (a restart, a preemption) is looked at after 30 s again
-            if phase in TERMINAL:
-                await self._expire(body)
-        except Exception:  # kopf would back a failed timer off for a minute: log it and tick on time instead
-            log.exception("timer of %s/%s failed", *key)
-
-    async def tick_once(self) -> None:
-        gate = asyncio.Semaphore(32)
-        limit = max(self.options.progress_interval, 5.0)
-        slow: list[Key] = []
-
-        async def one(key: Key, st: JobState) -> None:
-            async with gate:
-                try:  # one slow job (a rank 0 that does not answer) must not hold up the others' ticks
-                    await asyncio.wait_for(self.tick(key, st), timeout=limit)
-                except TimeoutError:
-                    slow.append(key)
-
-        due = [k for k, st in self.jobs.items() if st.retry_at is not None and time.monotonic() >= st.retry_at]
-        # a retry is a whole reconcile: bounded by the API calls' own timeouts, not by the tick's
-        await asyncio.gather(
-            *(one(k, st) for k, st in list(self.jobs.items()) if k not in due), *(self.reconcile(*k) for k in due)
-        )
-        if slow:  # one line a round, not one a job: an overloaded API server slows them all at once
-            log.warning(
-                "the timer's work for %d job(s) took over %.0f s and was cut short this round (e.g. %s/%s); "
-                "the API server or their pods answer slowly",
-                len(slow), limit, *slow[0],
-            )  # fmt: skip
-        # so is a stalled attempt's restart (stop it, start the next, write why): never cut short halfway
-        await asyncio.gather(*(self._restart_stalled(k, st) for k, st in list(self.jobs.items()) if st.stalled))
-
-    async def _restart_stalled(self, key: Key, st: JobState) -> None:
-        stalled, st.stalled = st.stalled, None
-        await self.reconcile(*key, stalled=stalled)
-        if st.retry_at is None and st.moved is stalled:
-            st.moved = None  # done (a failed restart keeps the clock: the next tick finds it stalled again)
-
-    async def tick_all(self) -> None:
-        """One timer for all jobs (kopf's per-object timers would put a finalizer on every job, which
-        blocks its deletion whenever the operator is down)."""
-        trimmer = memory.Trimmer()
-        while True:
-            await asyncio.sleep(self.options.progress_interval)
-            started = time.perf_counter()
-            await self.tick_once()
-            metrics.TIMER_ROUND.set(time.perf_counter() - started)
-            trimmer.seen(len(self.jobs))
-
-    async def read_progress(self, body: dict[str, Any]) -> None:
-        assert self.kube is not None
-        meta, status = body["metadata"], body.get("status") or {}
-        ns, name = meta["namespace"], meta["name"]
-        attempt = names.attempt_name(name, status.get("attempt") or 1)
-        port = ((body.get("spec") or {}).get("metrics") or {}).get("port") or names.METRICS_PORT
-        st = self.state((ns, name))
-        now = time.monotonic()
-        if now < st.unread_until:
-            return  # its last reads failed: try again after a backoff, so silent pods do not fill the round
-        try:
-            rank0 = st.rank0 or await self._rank0(ns, attempt)
-            if rank0 is None:
-                return
-            st.rank0 = rank0
-            _, pod_name, ip = rank0
-            if self.in_cluster:
-                text = await self._get_text(f"http://{f'[{ip}]' if ':' in ip else ip}:{port}/metrics")
-            else:
-                text = await self.kube.pod_metrics_via_proxy(ns, pod_name, port)
-            samples = await asyncio.to_thread(_samples, text)  # a large page must not stall other jobs
-        except Exception as e:  # a trainer still loading its model has no endpoint yet: not an error worth a trace
-            metrics.PROGRESS_ERRORS.inc()
-            log.debug("progress of %s/%s not readable yet: %s", ns, name, e)
-            if _pod_gone(e):
-                st.rank0 = None  # look it up again next time
-            st.unread += 1
-            st.unread_until = now + min(self.options.progress_interval * 2 ** (st.unread - 1), PROGRESS_BACKOFF_MAX)
-            return
-        st.unread, st.unread_until = 0, 0.0
-        progress, checkpoint = progress_from_metrics(samples, datetime.now(UTC), status.get("progress"))
-        if not progress.get("totalSteps"):
-            return  # the endpoint is up but training has not started
-        number, uid = int(status.get("attempt") or 1), rank0[0]
-        if st.moved is None or (st.moved.attempt, st.moved.pod, st.moved.step) != (number, uid, progress["step"]):
-            st.moved = Stall(number, progress["step"], datetime.now(UTC), uid)
-        patch: dict[str, Any] = {}
-        if progress_changed(status.get("progress"), progress):
-            patch["progress"] = progress
-        if checkpoint and checkpoint.get("step") != (status.get("checkpoint") or {}).get("step"):
-            patch["checkpoint"] = checkpoint
-        if patch:
-            await self.timer_patch(body, patch)
-
-    async def _rank0(self, namespace: str, attempt: str) -> tuple[str, str, str] | None:
-        """The running rank-0 pod of an attempt: (its UID, name, IP). Kept until its Job changes (a pod
-        replaced changes the Job's status), so one LIST serves every progress read of one pod."""
-        assert self.kube is not None
-        pods = await self.kube.list_pods(
-            namespace, f"batch.kubernetes.io/job-name={attempt},batch.kubernetes.io/job-completion-index=0"
-        )
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp"):
-                return pod["metadata"].get("uid", ""), pod["metadata"]["name"], pod["status"].get("podIP") or ""
-        return None
-
-    def check_stall(self, key: Key, st: JobState, body: dict[str, Any]) -> None:
-        """runPolicy.progressDeadlineSeconds: a running attempt whose step has not moved for that long is
-        stopped and the job restarts from its newest checkpoint. The clock starts at the attempt's first
-        progress reading, which the trainer publishes once its model and data are loaded; so a download or a
-        slow data read is never a stall. A trainer that stops answering (frozen, its node cut off) moves no
-        step either."""
-        deadline = ((body.get("spec") or {}).get("runPolicy") or {}).get("progressDeadlineSeconds")
-        moved, status = st.moved, body.get("status") or {}
-        if not deadline or moved is None or moved.attempt != int(status.get("attempt") or 1):
-            return
-        if (datetime.now(UTC) - moved.since).total_seconds() < deadline:
-            return
-        log.info("%s/%s: attempt %d stalled at step %d", *key, moved.attempt, moved.step)
-        st.stalled = moved  # restarted by tick_once, outside this tick's timeout
-
-    async def explain_queue(self, body: dict[str, Any]) -> None:
-        """A job waiting in a queue: Kueue's own words on why (the quota it waits for) in status.message."""
-        assert self.kube is not None
-        meta, status = body["metadata"], body.get("status") or {}
-        st = self.state((meta["namespace"], meta["name"]))
-        now = time.monotonic()
-        if _condition_reason(status, "Suspended") != "Queued" or not st.explain_due(now, at_once=True):
-            return
-        job = self._live_attempt(body)
-        if job is None:
-            return
-        said = queue_words(await self.kube.list_workloads(meta["namespace"], job.uid)).message
-        message = waiting_in_queue(((body.get("spec") or {}).get("runPolicy") or {}).get("queueName"), said)
-        if said and message != status.get("message"):
-            await self.timer_patch(body, {"message": message})
-
-    async def explain_wait(self, body: dict[str, Any]) -> None:
-        """Say in status.message why the pods are not running yet: an image that cannot be pulled, a pod
-        that cannot be scheduled, or pods the Job controller cannot create (a quota, a webhook)."""
-        assert self.kube is not None
-        meta, status = body["metadata"], body.get("status") or {}
-        ns, name = meta["namespace"], meta["name"]
-        st = self.state((ns, name))
-        attempt = names.attempt_name(name, status.get("attempt") or 1)
-        now = time.monotonic()
-        if not st.explain_due(now):
-            return  # pods that wait for a reason keep waiting a while: look again later, not every tick
-        pods = await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}")
-        nodes = int((body.get("spec") or {}).get("numNodes") or 1)
-        why = waiting_reason(pods) or (await self._why_no_pods(body) if len(pods) < nodes else None)
-        if why is None:
-            return
-        message = f"attempt {status.get('attempt') or 1} waiting: {why}"
-        if message != status.get("message"):
-            await self.timer_patch(body, {"message": message})
-
-    async def _why_no_pods(self, body: dict[str, Any]) -> str | None:
-        """The Job controller's own words when it cannot create (some of) an attempt's pods (its FailedCreate
-        Events)."""
-        assert self.kube is not None
-        job = self._live_attempt(body)
-        if job is None or job.suspended:
-            return None
-        events = await self.kube.list_events(body["metadata"]["namespace"], "Job", job.name, job.uid)
-        return failed_create(events)
-
-    def _live_attempt(self, body: dict[str, Any]) -> Attempt | None:
-        """The job's current attempt Job as the watch shows it (None: not there, or not this job's)."""
-        meta, status = body["metadata"], body.get("status") or {}
-        want = names.attempt_name(meta["name"], status.get("attempt") or 1)
-        found = self._attempt_jobs((meta["namespace"], meta["name"]), meta["uid"])
-        return next((s.attempt for s in found if s.attempt.name == want and not s.deleting), None)
-
-    async def _get_text(self, url: str) -> str:
-        if self.http is None:
-            self.http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        async with self.http.get(url) as resp:
-            resp.raise_for_status()
-            return await read_limited(resp)
-
-    async def _expire(self, body: dict[str, Any]) -> None:
-        ttl = ((body.get("spec") or {}).get("runPolicy") or {}).get("ttlSecondsAfterFinished")
-        done = (body.get("status") or {}).get("completionTime")
-        if ttl is None or not done:
-            return
-        finished = datetime.strptime(done, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-        if (datetime.now(UTC) - finished).total_seconds() >= ttl:
-            assert self.kube is not None
-            meta = body["metadata"]
-            log.info("deleting %s/%s: ttlSecondsAfterFinished (%d s) passed", meta["namespace"], meta["name"], ttl)
-            await self.kube.delete_job(meta["namespace"], meta["name"], meta["uid"])
-
 
 async def _asking(what: str, call: Awaitable[T]) -> T:
     """Await an API call; a refusal becomes a `Refused` that says what was asked."""
@@ -837,25 +562,6 @@ def _job_or_problem(body: dict[str, Any]) -> Job | str:
 def _children_current(status: dict[str, Any], generation: int) -> bool:
     created = any(c.get("type") == "Created" and c.get("status") == "True" for c in status.get("conditions") or [])
     return created and status.get("observedGeneration") == generation
-
-
-def _condition_reason(status: dict[str, Any], ctype: str) -> str:
-    return next((c.get("reason", "") for c in status.get("conditions") or [] if c.get("type") == ctype), "")
-
-
-def _pod_gone(e: Exception) -> bool:
-    """Whether a failed progress read says the pod itself is gone (not just its endpoint not up yet)."""
-    if isinstance(e, aiohttp.ClientConnectorError):
-        return True  # by pod IP: nothing listens at that address
-    return "answered 404" in str(e) or getattr(e, "status", None) == 404
-
-
-def _samples(text: str) -> dict[str, float]:
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            out[s.name] = s.value
-    return out
 
 
 def _ts(t: datetime) -> str:

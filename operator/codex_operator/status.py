@@ -610,7 +610,8 @@ def set_condition(
             cur["reason"], cur["message"] = reason, message[:32768]
         elif ctype == "Created":
             cur.setdefault("reason", "Created")
-            cur.setdefault("message", "the volume, the job file, the Service and the first attempt were created")
+            made = "the volume, the job file (and for several nodes the Service) and the first attempt were created"
+            cur.setdefault("message", made)
         elif not on:
             cur["reason"], cur["message"] = "PhaseChanged", f"the job is {phase} now"
     return out
@@ -690,3 +691,8 @@ def progress_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
     """Whether a progress write says anything new (updatedAt alone is not news)."""
     strip = lambda d: {k: v for k, v in (d or {}).items() if k != "updatedAt"}  # noqa: E731
     return strip(old) != strip(new)
+
+
+def condition_reason(status: dict[str, Any], ctype: str) -> str:
+    """The reason of the status's condition of that type ("" where it has none)."""
+    return next((c.get("reason", "") for c in status.get("conditions") or [] if c.get("type") == ctype), "")

@@ -66,7 +66,7 @@ def test_a_user_made_service_of_a_childs_name_is_never_overwritten(operator, job
         "spec": {"ports": [{"port": 80}]},
     }
     jobs.apply(json.dumps(theirs))
-    jobs.apply(manifest("mine", *HELD))
+    jobs.apply(manifest("mine", *HELD, "numNodes=2"))  # several nodes: the job needs its rendezvous Service
     st = message_says(jobs, "mine", "Service mine-workers exists and is not this job's (no owner)")
     assert st["phase"] == "Pending"
     svc = json.loads(jobs.kubectl("get", "service", "mine-workers", "-o", "json").stdout)
@@ -139,7 +139,7 @@ def test_an_admission_policy_that_refuses_the_attempt_fails_the_job_with_its_mes
 
 
 def test_a_deleted_attempt_job_service_and_job_file_are_noticed(operator, jobs):
-    jobs.apply(manifest("lost", *HELD, "runPolicy.backoffLimit=0"))
+    jobs.apply(manifest("lost", *HELD, "runPolicy.backoffLimit=0", "numNodes=2"))
     jobs.wait_phase("lost", "Suspended", timeout=60)
     jobs.kubectl("delete", "job", "lost-a1")
     st = wait_for(lambda: (s := jobs.status("lost")).get("attempt") == 2 and s, "attempt 2", 60)

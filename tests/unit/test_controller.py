@@ -205,13 +205,13 @@ def test_a_job_runs_to_succeeded_with_its_children_owned_by_its_uid():
         assert c.status()["phase"] == "Pending" and c.status()["attempt"] == 1
         for plural, name in [
             ("persistentvolumeclaims", f"{NAME}-checkpoints"),
-            ("services", f"{NAME}-workers"),
             ("configmaps", f"{NAME}-a1-config"),
             ("jobs", f"{NAME}-a1"),
         ]:
             child = c.api.get(plural, NS, name)
             assert child is not None, name
             assert [r["uid"] for r in child["metadata"]["ownerReferences"]] == [uid]
+        assert c.api.get("services", NS, f"{NAME}-workers") is None  # one node: its processes meet on localhost
         await c.run(1)
         assert c.status()["phase"] == "Running"
         await c.complete(1, {"step": 300, "loss": 0.5, "checkpoint": {"step": 300}})
@@ -225,18 +225,18 @@ def test_a_job_runs_to_succeeded_with_its_children_owned_by_its_uid():
 
 
 @pytest.mark.parametrize(
-    ("plural", "name", "says"),
+    ("plural", "name", "says", "nodes"),
     [
-        ("services", f"{NAME}-workers", "no owner"),
-        ("configmaps", f"{NAME}-a1-config", "no owner"),
-        ("persistentvolumeclaims", f"{NAME}-checkpoints", "no owner"),
+        ("services", f"{NAME}-workers", "no owner", 2),
+        ("configmaps", f"{NAME}-a1-config", "no owner", 1),
+        ("persistentvolumeclaims", f"{NAME}-checkpoints", "no owner", 1),
     ],
 )
-def test_a_same_named_object_someone_else_made_is_never_adopted_nor_overwritten(plural, name, says):
+def test_a_same_named_object_someone_else_made_is_never_adopted_nor_overwritten(plural, name, says, nodes):
     async def test(c: Cluster) -> None:
         theirs = c.api.put(plural, {"metadata": {"name": name, "namespace": NS}, "data": {"app": "config"}})
         before = copy.deepcopy(theirs)
-        await c.apply()
+        await c.apply(f"numNodes={nodes}")
         st = c.status()
         kind = {"services": "Service", "configmaps": "ConfigMap", "persistentvolumeclaims": "PersistentVolumeClaim"}
         assert (
@@ -363,6 +363,23 @@ def test_an_edit_mid_attempt_applies_from_the_next_attempt_every_rank_reading_on
     scenario(test)
 
 
+def test_a_single_node_job_edited_to_two_nodes_gets_its_rendezvous_service_before_its_next_attempt():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        assert c.api.get("services", NS, f"{NAME}-workers") is None  # one node: no Service to keep
+        await c.edit("numNodes=2")
+        c.pod(1, 0, exit_code=1, message="crashed")
+        await c.fail(1)
+        service = c.api.get("services", NS, f"{NAME}-workers")
+        pod = c.attempt(2)["spec"]["template"]["spec"]
+        assert service is not None and pod["subdomain"] == service["metadata"]["name"]
+        env = {e["name"]: e.get("value") for e in pod["containers"][0]["env"]}
+        assert env["MASTER_ADDR"] == f"{NAME}-a2-0.{NAME}-workers" and env["NNODES"] == "2"
+
+    scenario(test)
+
+
 # ---------------------------------------------------------------- 3. every refusal is shown
 
 
@@ -479,8 +496,8 @@ def test_a_deleted_attempt_job_starts_a_new_attempt_not_counted_against_backoff_
 @pytest.mark.parametrize(("plural", "name"), [("configmaps", f"{NAME}-a1-config"), ("services", f"{NAME}-workers")])
 def test_a_deleted_job_file_or_service_is_recreated(plural, name):
     async def test(c: Cluster) -> None:
-        await c.apply()
-        await c.run(1)
+        await c.apply("numNodes=2")
+        await c.run(1, ready=2)
         before = c.api.get(plural, NS, name)
         c.api.delete(plural, NS, name)
         await c.settle()
@@ -941,7 +958,7 @@ def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_label
         selectors = {s.plural or s.any_name: v for s, v in settings.watching.label_selectors.items()}
         assert selectors == {"jobs": names.LABEL_JOB, "configmaps": names.LABEL_JOB, "services": names.LABEL_JOB}
         watchers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
-        job = c.api.put(names.PLURAL, manifest())
+        job = c.api.put(names.PLURAL, manifest("numNodes=2"))
         c.api.drain()
         await next(fn for i, fn in watchers.items() if "job_event" in i)(event={"type": "ADDED", "object": job})
         assert c.status()["phase"] == "Pending" and c.attempt(1) is not None
@@ -1045,7 +1062,7 @@ def test_a_volume_made_before_the_uid_annotation_stays_the_jobs_when_retained():
         pvc = c.api.get("persistentvolumeclaims", NS, f"{NAME}-checkpoints")
         del pvc["metadata"]["annotations"]  # as the previous release made it
         await c.edit("storage.retain=true")
-        c.api.delete("services", NS, f"{NAME}-workers")  # any later look at the children
+        c.api.delete("configmaps", NS, f"{NAME}-a1-config")  # any later look at the children
         await c.settle()
         st = c.status()
         assert st["phase"] == "Running" and "not this job's" not in st["message"]
@@ -1057,7 +1074,7 @@ def test_a_refusal_that_got_through_on_retry_leaves_no_stale_message():
     async def test(c: Cluster) -> None:
         await c.apply()
         await c.run(1)
-        c.api.refuse("GET", "services", 503, "the server is currently unable to handle the request", times=1)
+        c.api.refuse("GET", "configmaps", 503, "the server is currently unable to handle the request", times=1)
         await c.edit("training.learningRate=0.001")  # an edit looks at every child again
         assert "HTTP 503" in c.status()["message"]
         await c.retry()
@@ -1125,7 +1142,7 @@ def test_events_are_posted_from_the_timer_too_as_core_events_on_the_job():
     async def test(c: Cluster) -> None:
         op = Operator(Options(progress_via="proxy"), c.op.kube)  # the Events the operator posts by itself
         c.op = op
-        c.api.refuse("POST", "services", 403, "exceeded quota: q, limited: services=0", times=1)
+        c.api.refuse("POST", "configmaps", 403, "exceeded quota: q, limited: configmaps=0", times=1)
         job = await c.apply()
         await asyncio.gather(*op._posting)
         await c.retry()  # the quota freed: the timer's retry creates everything

@@ -131,8 +131,8 @@ def test_single_node_pod_runs_the_launcher_with_one_process():
     ]
     env = env_of(pod)
     assert env["NNODES"] == "1" and env["NPROC_PER_NODE"] == "1"
-    assert env["MASTER_ADDR"] == "tiny-cpu-a1-0.tiny-cpu-workers"
-    assert pod["restartPolicy"] == "Never" and pod["subdomain"] == "tiny-cpu-workers"
+    assert env["MASTER_ADDR"] == "localhost"  # one node: its processes meet on localhost, no Service needed
+    assert pod["restartPolicy"] == "Never" and "subdomain" not in pod and not builders.needs_service(job)
     assert {m["mountPath"] for m in c["volumeMounts"]} >= {"/checkpoints", "/etc/codex"}
 
 
@@ -148,6 +148,7 @@ def test_multi_node_env_gives_each_pod_its_rank_from_the_completion_index():
         "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
     }
     assert env["MASTER_ADDR"] == "tiny-cpu-a4-0.tiny-cpu-workers" and env["MASTER_PORT"] == "29500"
+    assert spec["template"]["spec"]["subdomain"] == "tiny-cpu-workers" and builders.needs_service(job)
     assert spec["template"]["metadata"]["labels"][names.LABEL_ATTEMPT] == "4"
 
 
