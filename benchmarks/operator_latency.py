@@ -22,7 +22,9 @@ a write "besides progress".
     python benchmarks/operator_latency.py --jobs 1000 [--readme] [--profile]
 
 --profile samples the operator with py-spy (on PATH) and adds where its CPU goes, by package and by
-function.
+function. --controller-qps Q raises the controller-manager's client limit (20 requests/s per
+controller) to Q for the run, on the kind control-plane node, and puts it back at the end: 10,000 jobs
+need it to reach Running within the hour.
 
 Needs the test cluster (python tests/cluster/cluster.py up) and kwok in .cluster/bin
 (GOBIN=$PWD/.cluster/bin go install sigs.k8s.io/kwok/cmd/kwok@v0.8.0; `make bench-operator` does
@@ -74,6 +76,10 @@ CLAIM = "bench-checkpoints"
 WRITE_VERBS = ("create", "patch", "delete")
 # kopf's own writes (not in the operator's API counter): its timers put this finalizer on every job
 KOPF_FINALIZER = "kopf.zalando.org/KopfFinalizerMarker"
+
+
+CONTROLLER_MANIFEST = "/etc/kubernetes/manifests/kube-controller-manager.yaml"
+CONTROLLER_BACKUP = "/etc/kubernetes/kube-controller-manager.yaml.bench"  # outside manifests/: not a second pod
 
 
 def kubectl(*args: str, check: bool = True, timeout: float = 120, input: str | None = None):
@@ -136,6 +142,8 @@ class Run:
     profiler: subprocess.Popen | None = None
     throttle: int = 0  # APF shares of the operator's own priority level; 0: not throttled
     throttle_made: bool = False
+    controller_qps: int = 0  # the controller-manager's client limit for this run; 0: as the cluster has it
+    controller_node: str | None = None  # the node whose controller-manager cleanup puts back
 
     @property
     def namespace(self) -> str:
@@ -171,6 +179,47 @@ class Run:
             })  # fmt: skip
         kubectl("create", "-f", "-", input=_as_list(docs))
         kubectl("wait", "--for=condition=Ready", "node", "-l", f"{BENCH_LABEL}={self.id}", "--timeout=60s")
+
+    # -------------------------------------------------------------- the controller-manager's request limit
+
+    def raise_controller_qps(self) -> None:
+        """--controller-qps: each controller's client (the Job controller's, the garbage collector's) is limited
+        to 20 requests/s by default, which 10,000 pods and their Jobs' status updates take over an hour to get
+        through. The kind control plane's static pod gets --kube-api-qps (and twice that as burst) for this run;
+        cleanup puts the manifest back, and the kubelet restarts the controller-manager both times."""
+        node = kubectl("get", "nodes", "-l", "node-role.kubernetes.io/control-plane",
+                       "-o", "jsonpath={.items[0].metadata.name}").stdout.strip()  # fmt: skip
+        q = self.controller_qps
+        flags = f"\\n    - --kube-api-qps={q}\\n    - --kube-api-burst={2 * q}"
+        script = (f"cp {CONTROLLER_MANIFEST} {CONTROLLER_BACKUP} && "
+                  f"sed -i 's|^    - kube-controller-manager$|&{flags}|' {CONTROLLER_MANIFEST}")  # fmt: skip
+        subprocess.run(["docker", "exec", node, "sh", "-c", script], check=True, capture_output=True)
+        self.controller_node = node
+        self._wait_controller(node, f"--kube-api-qps={q}")
+
+    def restore_controller(self) -> None:
+        if self.controller_node is None:
+            return
+        script = f"mv {CONTROLLER_BACKUP} {CONTROLLER_MANIFEST}"
+        subprocess.run(["docker", "exec", self.controller_node, "sh", "-c", script], check=False, capture_output=True)
+        self._wait_controller(self.controller_node, None)
+        self.controller_node = None
+
+    @staticmethod
+    def _wait_controller(node: str, flag: str | None) -> None:
+        """Until the controller-manager's pod runs with (or without) `flag` and is Ready."""
+        pod = f"kube-controller-manager-{node}"
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            r = kubectl("-n", "kube-system", "get", "pod", pod, "-o", "json", check=False)
+            if r.returncode == 0:
+                got = json.loads(r.stdout)
+                command = " ".join(got["spec"]["containers"][0].get("command") or [])
+                ready = any(c["type"] == "Ready" and c["status"] == "True" for c in got["status"].get("conditions", []))
+                if ready and (flag in command if flag else "--kube-api-qps" not in command):
+                    return
+            time.sleep(2)
+        raise RuntimeError(f"the controller-manager on {node} did not come back within 180 s")
 
     # -------------------------------------------------------------- namespace, volume, operator
 
@@ -325,6 +374,7 @@ class Run:
                 self.kwok.kill()
         if self.nodes_made:
             kubectl("delete", "node", "-l", f"{BENCH_LABEL}={self.id}", "--wait=false", check=False)
+        self.restore_controller()
         if self.throttle_made:
             for kind in ("flowschema", "prioritylevelconfiguration", "clusterrolebinding"):
                 kubectl("delete", kind, self.throttled_name, "--ignore-not-found", check=False)
@@ -786,13 +836,21 @@ def main() -> None:
     ap.add_argument("--throttle", type=int, default=0, metavar="SHARES",
                     help="run the operator as a ServiceAccount whose API Priority and Fairness level has SHARES "
                     "nominal concurrency shares, no borrowing, 429 beyond (e.g. 1: about 3 seats)")  # fmt: skip
+    ap.add_argument("--controller-qps", type=int, default=0, metavar="QPS",
+                    help="raise the controller-manager's client limit (default 20 requests/s per controller) to QPS "
+                    "for this run, e.g. 200 for 10,000 jobs; put back at the end")  # fmt: skip
     args = ap.parse_args()
     command = "python benchmarks/operator_latency.py --jobs " + str(args.jobs)
-    run = Run(args.jobs, args.nodes, args.progress_interval, args.image, args.concurrency, throttle=args.throttle)
+    run = Run(args.jobs, args.nodes, args.progress_interval, args.image, args.concurrency, throttle=args.throttle,
+              controller_qps=args.controller_qps)  # fmt: skip
     if args.throttle:
         command += f" --throttle {args.throttle}"
+    if args.controller_qps:
+        command += f" --controller-qps {args.controller_qps}"
     print(f"run {run.id}: {args.jobs} jobs, namespace {run.namespace}, logs in {run.workdir}", flush=True)
     try:
+        if args.controller_qps:
+            run.raise_controller_qps()
         run.start_kwok()
         run.make_nodes()
         run.make_namespace()

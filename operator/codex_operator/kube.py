@@ -145,13 +145,14 @@ class Kube:
         return calls[kind]
 
     async def create(self, obj: dict[str, Any]) -> dict[str, Any] | None:
-        """Create a child: the object as created, or None when the name exists already (whose it is, `get`
-        tells)."""
+        """Create a child: the object as created (a Job's; of the others only that it was made: the operator
+        reads nothing from them), or None when the name exists already (whose it is, `get` tells)."""
         ns, kind = obj["metadata"]["namespace"], obj["kind"]
         create = self._calls(kind)["create"]
         try:
             with metrics.api_call("create", kind):
-                return json.loads(await _body(create(ns, obj, _preload_content=False)))
+                body = await _body(create(ns, obj, _preload_content=False))
+            return json.loads(body) if kind == "Job" else obj
         except ApiException as e:
             if e.status == 409:
                 return None
