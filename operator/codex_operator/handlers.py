@@ -33,7 +33,7 @@ from codex_trainer.manifest import parse_manifest
 from . import builders, metrics, names, watched
 from .builders import Job
 from .jobstate import JobState, Key, Options
-from .kube import Kube
+from .kube import CONNECTIONS, Kube
 from .refusals import Refused, Taken, holder, next_backoff, server_message
 from .status import (
     TERMINAL,
@@ -72,6 +72,11 @@ OWNED = (
     "observedGeneration",
 )
 
+# reconciles in flight at once: as many as the API client has connections (kube.CONNECTIONS), since more
+# could get no further; a job waiting its turn holds only its watch event, not a half-done reconcile's
+# parsed spec, manifests and request bodies (10,000 jobs created at once)
+RECONCILES_AT_ONCE = CONNECTIONS
+
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
 
 
@@ -90,6 +95,7 @@ class Operator(Timer):
         self._posting: set[asyncio.Task] = set()
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
+        self.gate = asyncio.Semaphore(RECONCILES_AT_ONCE)
 
     @property
     def in_cluster(self) -> bool:
@@ -172,7 +178,7 @@ class Operator(Timer):
     ) -> None:
         key = (namespace, name)
         st = self.state(key)
-        async with st.lock:
+        async with self.gate, st.lock:
             try:
                 with metrics.reconcile_timer():
                     await self._reconcile(key, st, body, stalled)

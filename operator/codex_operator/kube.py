@@ -21,6 +21,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from . import metrics, names
 
 MERGE = "application/merge-patch+json"
+CONNECTIONS = 64  # to the API server at most (each TLS connection holds a 128 kB read buffer, and OpenSSL its own)
 
 
 async def _body(call: Awaitable[object]) -> bytes:
@@ -104,14 +105,14 @@ class Kube:
     @classmethod
     async def connect(cls) -> Kube:
         """In a pod: its ServiceAccount; elsewhere: $KUBECONFIG or ~/.kube/config."""
+        cfg = client.Configuration()
         if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(
             "/var/run/secrets/kubernetes.io/serviceaccount/token"
         ):
-            config.load_incluster_config()
-            return cls(client.ApiClient())
-        cfg = client.Configuration()
-        await config.load_kube_config(client_configuration=cfg)
-        cfg.connection_pool_maxsize = 64
+            config.load_incluster_config(client_configuration=cfg)
+        else:
+            await config.load_kube_config(client_configuration=cfg)
+        cfg.connection_pool_maxsize = CONNECTIONS
         return cls(client.ApiClient(cfg))
 
     async def close(self) -> None:
