@@ -88,8 +88,9 @@ def test_helm_upgrade_to_two_replicas_mid_job_then_the_leader_deleted_the_standb
         wait_for(lambda: (jobs.status("handover").get("progress") or {}).get("step", 0) > step, "progress", 180)
         done = jobs.wait_phase("handover", "Succeeded", timeout=600)
         assert done["restarts"] == 0 and done["attempt"] == 1
-        for kind in ("pvc", "configmap", "service", "job"):
+        for kind in ("pvc", "configmap", "job"):
             assert len(jobs.children(kind, "handover")) == 1, kind
+        assert jobs.children("service", "handover") == []  # one node: no rendezvous Service
         posted: dict[str, int] = {}  # reason -> how many times (the API server folds repeats into one Event)
         for e in jobs.events("handover"):
             posted[e["reason"]] = posted.get(e["reason"], 0) + (e.get("count") or 1)
