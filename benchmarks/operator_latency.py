@@ -56,6 +56,7 @@ from typing import Any
 import psutil
 import yaml
 from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from pyspy_profile import PROFILE_RATE, profile, profile_report
@@ -545,8 +546,14 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
 
         # the end of the lifecycle: the user deletes the jobs (the API server's GC deletes the children)
         t_del = time.perf_counter()
-        await custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                                                propagation_policy="Background")  # fmt: skip
+        try:
+            await custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                                                    propagation_policy="Background")  # fmt: skip
+        except ApiException as e:
+            if e.status != 504:
+                raise
+            # 10,000 objects take the API server longer than its request timeout; it goes on deleting
+            print("  the delete call timed out (504); the API server goes on deleting", flush=True)
         await _wait_deleted(c, n, batch, ns)
         t_delete = time.perf_counter() - t_del
         run.stop_profile()
