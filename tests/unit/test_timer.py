@@ -1,0 +1,212 @@
+"""The operator's timer against the fake API server (the harness of test_controller.py): rank 0's
+progress, stalls and the stall clock, and how often a waiting job and a silent rank 0 are looked at."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from datetime import timedelta
+
+import pytest
+from test_controller import KEY, NAME, NS, Cluster, scenario
+
+from codex_trainer import contract
+
+
+def test_a_replaced_rank_0_pod_starts_the_stall_clock_again():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        quiet_for(c, 59)
+        c.api.delete("pods", NS, f"{NAME}-a1-0-x")  # replaced in the same attempt: it loads its model again
+        rank0_at(c, 1, 40)
+        await c.run(1)  # the Job controller counts the replaced pod in the Job's status
+        await c.retry()
+        quiet_for(c, 30)
+        await c.retry()
+        assert c.status()["phase"] == "Running" and c.attempt(1) is not None
+
+    scenario(test)
+
+
+def rank0_at(c: Cluster, n: int, step: int) -> None:
+    """Rank 0 of attempt `n` serves its step (out of 300) and its newest checkpoint (every 10 steps)."""
+    pod = c.pod(n, 0)
+    c.api.metrics_text[pod["metadata"]["name"]] = "".join(
+        f"{metric} {value}\n"
+        for metric, value in [
+            (contract.METRIC_STEP, step),
+            (contract.METRIC_TOTAL_STEPS, 300),
+            (contract.METRIC_CHECKPOINT_STEP, step // 10 * 10),
+        ]
+    )
+    c.op.jobs[KEY].body = c.job()
+
+
+def quiet_for(c: Cluster, seconds: float) -> None:
+    """As if the operator read the running attempt's current step `seconds` ago."""
+    st = c.op.jobs[KEY]
+    assert st.moved is not None
+    st.moved = dataclasses.replace(st.moved, since=st.moved.since - timedelta(seconds=seconds))
+
+
+def test_a_stalled_attempt_is_stopped_and_the_job_restarts_from_its_checkpoint_counted_as_a_crash():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60", "runPolicy.backoffLimit=1")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        assert c.status()["progress"]["step"] == 40
+        quiet_for(c, 30)
+        await c.retry()
+        assert c.attempt(1) is not None and c.status()["phase"] == "Running"  # not yet: 30 s < 60 s
+        rank0_at(c, 1, 41)  # the step moved: the clock starts again
+        await c.retry()
+        quiet_for(c, 59)
+        await c.retry()
+        assert c.status()["phase"] == "Running"
+        quiet_for(c, 2)
+        await c.retry()
+
+        st = c.status()
+        assert c.attempt(1) is None and c.attempt(2) is not None  # stopped; the next resumes from the volume
+        assert st["phase"] == "Restarting" and st["crashes"] == 1 and st["attempt"] == 2
+        stalled = next(x for x in st["conditions"] if x["type"] == "Stalled")
+        assert stalled["status"] == "True" and stalled["reason"] == "Stalled"
+        assert (
+            "no step for 61 s (runPolicy.progressDeadlineSeconds 60); its last step, 41, was read at"
+            in (stalled["message"])
+        )
+        warnings = [m for k, r, m in c.events if (k, r) == ("Warning", "Stalled")]
+        assert len(warnings) == 1 and "its last step, 41" in warnings[0] and "step 40 or later" in warnings[0]
+
+        await c.run(2)  # attempt 2 runs: not stalled any more
+        st = c.status()
+        assert st["phase"] == "Running"
+        assert next(x for x in st["conditions"] if x["type"] == "Stalled")["status"] == "False"
+        rank0_at(c, 2, 45)
+        await c.retry()
+        quiet_for(c, 61)
+        await c.retry()  # a second stall is one crash more than backoffLimit 1: Failed, its attempt stopped
+        st = c.status()
+        assert st["phase"] == "Failed" and "runPolicy.backoffLimit 1 reached" in st["message"]
+        assert c.attempt(2) is None and c.attempt(3) is None
+        assert next(x for x in st["conditions"] if x["type"] == "Stalled")["status"] == "True"
+
+    scenario(test)
+
+
+def test_a_trainer_whose_metrics_never_answer_is_caught_as_stalled():
+    """A frozen trainer's /metrics accepts the connection and never answers: the tick's timeout (5 s) ends
+    each read, and the stall is found all the same."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        c.api.frozen.add(f"{NAME}-a1-0-x")
+        quiet_for(c, 61)
+        await c.retry()
+        assert c.attempt(1) is None and c.status()["phase"] == "Restarting" and c.status()["crashes"] == 1
+        c.api.frozen.clear()
+
+    scenario(test, progress_interval=0.1)
+
+
+def test_without_a_deadline_a_quiet_job_never_stalls_and_the_clock_stops_while_suspended():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        quiet_for(c, 10**6)
+        await c.retry()
+        assert c.status()["phase"] == "Running" and c.attempt(1) is not None
+
+    scenario(test)
+
+    async def suspended(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        await c.edit("runPolicy.suspend=true")
+        await c.retry()  # suspended: the clock is dropped
+        assert c.op.jobs[KEY].moved is None
+        await c.edit("runPolicy.suspend=false")
+        await c.run(1)
+        await c.retry()  # running again, before its first reading: a model download is not a stall
+        assert c.status()["phase"] == "Running" and c.attempt(1) is not None
+
+    scenario(suspended)
+
+
+# ---------------------------------------------------------------- 7. what a job's pod serves cannot hurt the operator
+
+
+def test_progress_is_read_from_rank_0_and_an_oversized_page_is_refused():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        pod = c.pod(1, 0)
+        page = "\n".join(
+            f"{metric} {value}"
+            for metric, value in [
+                (contract.METRIC_STEP, 40),
+                (contract.METRIC_TOTAL_STEPS, 300),
+                (contract.METRIC_LOSS, 1.25),
+                (contract.METRIC_CHECKPOINT_STEP, 40),
+            ]
+        )
+        c.api.metrics_text[pod["metadata"]["name"]] = page + "\n"
+        c.op.jobs[KEY].body = c.job()
+        await c.retry()
+        st = c.status()
+        assert st["progress"]["step"] == 40 and st["progress"]["loss"] == 1.25 and st["checkpoint"]["step"] == 40
+        c.api.metrics_text[pod["metadata"]["name"]] = f"{contract.METRIC_STEP} 41\n" + "# padding\n" * 200_000
+        c.op.jobs[KEY].body = c.job()
+        await c.retry()
+        assert c.status()["progress"]["step"] == 40  # more than 1 MiB: not read, and nothing broke
+
+    scenario(test)
+
+
+def test_why_a_job_waits_is_looked_at_after_30_s_then_less_and_less_often():
+    from codex_operator.handlers import JobState
+
+    st = JobState()
+    looks = [t for t in range(0, 1000, 5) if st.explain_due(float(t))]
+    assert looks == [30, 90, 210, 450, 750]  # the first look after 30 s of waiting, then doubling up to 5 min
+    st.stop_explaining()  # it ran; a later wait (a restart) starts at 30 s again
+    assert [t for t in range(1000, 1100, 5) if st.explain_due(float(t))] == [1030, 1090]
+    st.stop_explaining()  # a queue's words are looked at as soon as the job waits in it, then alike
+    assert [t for t in range(2000, 2100, 5) if st.explain_due(float(t), at_once=True)] == [2000, 2030, 2090]
+
+
+def test_a_rank_0_that_does_not_answer_is_read_less_often_until_it_does():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.pod(1, 0)  # running, its /metrics not up yet (a model still loading)
+        reads = lambda: c.api_calls("get", "pods/proxy")  # noqa: E731
+        before = reads()
+        await c.op.tick_once()
+        await c.op.tick_once()  # at once again: the failed read backs off
+        assert reads() == before + 1
+        st = c.op.jobs[KEY]
+        assert st.unread_until - time.monotonic() == pytest.approx(c.op.options.progress_interval, abs=1)
+        st.unread_until = 0.0
+        await c.op.tick_once()
+        assert reads() == before + 2 and st.unread_until - time.monotonic() > 1.5 * c.op.options.progress_interval
+        rank0_at(c, 1, 40)
+        st.unread_until = 0.0
+        await c.op.tick_once()
+        await c.settle()
+        assert c.status()["progress"]["step"] == 40 and st.unread == 0
+        await c.op.tick_once()
+        assert reads() == before + 4  # answering: read every round again
+
+    scenario(test)
