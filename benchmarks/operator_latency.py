@@ -39,7 +39,6 @@ import asyncio
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import socket
@@ -59,6 +58,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
+from operator_report import report, update_readme
 from pyspy_profile import PROFILE_RATE, profile, profile_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,7 +69,6 @@ KWOK_VERSION = os.environ.get("KWOK_VERSION", "v0.8.0")
 STAGES = Path(__file__).resolve().parent / "kwok-stages.yaml"
 CRD_FILE = ROOT / "crds" / "codextrainingjobs.codex.ml.yaml"
 EXAMPLE = ROOT / "configs" / "examples" / "tiny-cpu.yaml"
-README = Path(__file__).resolve().parent / "README.md"
 GROUP, VERSION, PLURAL, KIND = "codex.ml", "v1alpha1", "codextrainingjobs", "CodexTrainingJob"
 FAKE = "kwok.x-k8s.io/node"
 BENCH_LABEL = "codex.ml/benchmark"
@@ -100,14 +99,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _pct(xs: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank) of xs; NaN when empty."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, int(round(q / 100 * len(s) + 0.5)) - 1))]
 
 
 def _others_running() -> dict[str, int]:
@@ -712,77 +703,6 @@ def _results(c: Clocks, names: list[str], ends: dict, spans: dict, rss_at: dict,
     }
 
 
-# ---------------------------------------------------------------- report
-
-
-def report(res: dict[str, Any], command: str) -> str:
-    n = res["jobs"]
-    mb = lambda b: f"{b / 2**20:.0f} MB"  # noqa: E731
-    lines = [f"`{command}` — {machine()}", ""]
-    lines += ["| interval | n | p50 | p95 | max |", "| --- | ---: | ---: | ---: | ---: |"]
-    for label, xs in res["latency"].items():
-        fmt = lambda x: f"{x * 1000:.0f} ms" if x < 10 else f"{x:.1f} s"  # noqa: E731
-        if xs:
-            lines.append(f"| {label} | {len(xs)} | {fmt(_pct(xs, 50))} | {fmt(_pct(xs, 95))} | {fmt(max(xs))} |")
-        else:
-            lines.append(f"| {label} | 0 | – | – | – |")
-    # the operator posts its Events through the same client: they are counted once, as Events (below)
-    w = {k: v for k, v in res["writes_total"].items() if k[1] != "Event"}
-    writes = sum(w.values())
-    after_delete = sum(v for k, v in res["writes_delete"].items() if k[1] != "Event")
-    by = {}
-    for (verb, kind, outcome), v in sorted(w.items()):
-        key = f"{verb} {kind}" + ("" if outcome == "ok" else f" ({outcome})")
-        by[key] = by.get(key, 0) + v
-    breakdown = ", ".join(f"{k} {v / n:.2f}" for k, v in by.items())
-    ev, fin = res["events_ours"], res["finalizer_writes"]
-    reasons = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(res["events_ours_by_reason"].items()))
-    lines += [
-        "",
-        f"- {n} jobs created in {res['created_in_s']:.1f} s; all Running {res['all_running_in_s']:.1f} s after the "
-        f"first create ({res['reached']['running']}/{n} reached Running"
-        + (f"; other phases: {sorted(set(res['other_phases'].values()))}" if res["other_phases"] else "")
-        + f"); deleted and the children collected in {res['delete_in_s']:.1f} s",
-        f"- operator RSS: idle {mb(res['rss']['idle'])}, peak {mb(res['rss']['peak'])}, with {n} running "
-        f"{mb(res['rss']['running'])}, end (jobs deleted) {mb(res['rss']['end'])}; CPU {res['cpu_s']['total']:.1f} s "
-        f"({res['cpu_s']['total'] / n * 1000:.0f} ms per job); {res['api_connections']} TCP connections to the API "
-        "server while they run",
-        f"- writes per job besides progress: **{(writes + ev + fin) / n:.2f}** = the operator's API writes "
-        f"{writes / n:.2f} ({breakdown}) + Events {ev / n:.2f} ({reasons}) + kopf's finalizer patches "
-        f"{fin / n:.2f}; of the API writes {after_delete / n:.2f} came after the delete",
-        f"- reads per job: {sum(res['reads_total'].values()) / n:.1f} "
-        + "("
-        + ", ".join(
-            f"{v} {k} {c / n:.1f}" for (v, k, o), c in sorted(res["reads_total"].items()) if o == "ok" or c / n >= 0.05
-        )
-        + f"); progress reads that failed (kwok pods serve nothing): {res['progress_errors'] / n:.1f} per job",
-        f"- CodexTrainingJob writes seen on the watch (MODIFIED, anyone's): {res['ctj_modified'] / n:.2f} per job",
-        "- the timer's round (every job's progress read, wait explained, retry or TTL) with all "
-        + (
-            f"{n} running: median {_pct(res['rounds_all_running'], 50):.1f} s, "
-            f"max {max(res['rounds_all_running']):.1f} s"
-            if res["rounds_all_running"]
-            else f"{n} running: not sampled"
-        ),
-        f"- the operator's log: {res['log']['levels'].get('ERROR', 0)} ERROR, "
-        f"{res['log']['levels'].get('WARNING', 0)} WARNING lines"
-        + (f" (first: {res['log']['errors'][0]})" if res["log"]["errors"] else "")
-        + f"; calls answered 429 and sent again: {res['throttled']:.0f} (the operator's client), log lines of "
-        f"retried requests: {res['log']['retry_lines']}; calls that failed: {sum(res['api_errors'].values()):.0f}",
-        "- each job: went into Running exactly once, one attempt Job, one ConfigMap, no Service: "
-        + (
-            f"**{n}/{n}**"
-            if not res["wrong"]
-            else "; ".join(f"**{k}: {len(v)}** (e.g. {', '.join(v[:3])})" for k, v in res["wrong"].items())
-        ),
-        f"- others on the cluster at start → end: `pytest tests/integration` "
-        f"{_yes(res['others']['start']['pytest tests/integration'])} → "
-        f"{_yes(res['others']['end']['pytest tests/integration'])}; other operator processes "
-        f"{res['others']['start']['codex_operator'] - 1} → {res['others']['end']['codex_operator'] - 1}",
-    ]
-    return "\n".join(lines)
-
-
 def _api_connections(proc: psutil.Process) -> int:
     """The operator's open TCP connections to the API server (each TLS connection costs memory)."""
     server = yaml.safe_load(KUBECONFIG.read_text())["clusters"][0]["cluster"]["server"]
@@ -800,10 +720,6 @@ def _count(xs) -> dict[str, int]:
     return out
 
 
-def _yes(count: int) -> str:
-    return "running" if count else "none"
-
-
 def machine() -> str:
     v = kubectl("version", "-o", "json", check=False).stdout
     server = json.loads(v)["serverVersion"]["gitVersion"] if v else "?"
@@ -811,22 +727,6 @@ def machine() -> str:
         f"{os.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, "
         f"Kubernetes {server} (kind test cluster) + kwok {KWOK_VERSION}, {time.strftime('%Y-%m-%d')}"
     )
-
-
-def update_readme(n: int, block: str, throttled: bool = False) -> None:
-    """Replace this N's block between its markers in benchmarks/README.md (the prose around is by hand)."""
-    key = f"{n}-throttled" if throttled else str(n)
-    start, end = f"<!-- operator-latency:{key} -->", f"<!-- /operator-latency:{key} -->"
-    text = README.read_text()
-    new = f"{start}\n{block}\n{end}"
-    if start in text:
-        text = re.sub(re.escape(start) + r".*?" + re.escape(end), lambda _: new, text, flags=re.S)
-    else:
-        if "## Operator latency" not in text:
-            text = text.rstrip("\n") + "\n\n## Operator latency\n"
-        title = f"{n:,} jobs" + (", the operator throttled (429s)" if throttled else "")
-        text = text.rstrip("\n") + f"\n\n### {title}\n\n{new}\n"
-    README.write_text(text)
 
 
 def main() -> None:
@@ -865,10 +765,11 @@ def main() -> None:
         res = asyncio.run(measure(run, args.timeout or 120 + args.jobs * 0.6, args.profile))
     finally:
         run.cleanup()
-    text = report(res, command)
+    where = machine()
+    text = report(res, command, where)
     if args.profile:
         command += " --profile"
-        text = report(res, command) + "\n\n" + profile_report(profile(run.profile_path), args.jobs)
+        text = report(res, command, where) + "\n\n" + profile_report(profile(run.profile_path), args.jobs)
     print(text)
     if args.json:
         raw = {
