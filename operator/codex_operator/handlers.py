@@ -32,7 +32,7 @@ from codex_trainer.manifest import parse_manifest
 
 from . import builders, metrics, names, watched
 from .builders import Job
-from .jobstate import JobState, Key, Options
+from .jobstate import JobState, Options
 from .kube import CONNECTIONS, Kube
 from .refusals import Refused, Taken, holder, next_backoff, server_message
 from .status import (
@@ -51,6 +51,7 @@ from .status import (
     set_condition,
 )
 from .timer import Timer
+from .watched import Key
 
 T = TypeVar("T")
 

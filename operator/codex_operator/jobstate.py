@@ -14,8 +14,6 @@ from .status import Stall
 WAIT_EXPLAIN_SECONDS = 30.0  # a job waits this long before we look at why; each later look twice as long, up to
 WAIT_EXPLAIN_MAX_SECONDS = 300.0  # this (pods that wait for a reason mostly keep waiting for it)
 
-Key = tuple[str, str]
-
 
 @dataclass
 class Options:

@@ -18,7 +18,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import memory, metrics, names, watched
-from .jobstate import JobState, Key, Options
+from .jobstate import JobState, Options
 from .kube import Kube, read_limited
 from .status import (
     TERMINAL,
@@ -32,6 +32,7 @@ from .status import (
     waiting_in_queue,
     waiting_reason,
 )
+from .watched import Key
 
 log = logging.getLogger("codex_operator")
 # a rank 0 whose /metrics does not answer (still loading its model, or frozen) is read again after one
@@ -41,6 +42,8 @@ PROGRESS_BACKOFF_MAX = 30.0
 
 
 class Timer:
+    """The Operator's timer half: `tick_all` runs one round for every job each progress interval."""
+
     options: Options
     kube: Kube | None
     jobs: dict[Key, JobState]
