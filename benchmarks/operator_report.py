@@ -51,6 +51,7 @@ def report(res: dict[str, Any], command: str, where: str) -> str:
         f"{mb(res['rss']['running'])}, end (jobs deleted) {mb(res['rss']['end'])}; CPU {res['cpu_s']['total']:.1f} s "
         f"({res['cpu_s']['total'] / n * 1000:.0f} ms per job); {res['api_connections']} TCP connections to the API "
         "server while they run",
+        *_burst_line(res["cpu_s"].get("burst")),
         f"- writes per job besides progress: **{(writes + ev + fin) / n:.2f}** = the operator's API writes "
         f"{writes / n:.2f} ({breakdown}) + Events {ev / n:.2f} ({reasons}) + kopf's finalizer patches "
         f"{fin / n:.2f}; of the API writes {after_delete / n:.2f} came after the delete",
@@ -85,6 +86,22 @@ def report(res: dict[str, Any], command: str, where: str) -> str:
         f"{res['others']['start']['codex_operator'] - 1} → {res['others']['end']['codex_operator'] - 1}",
     ]
     return "\n".join(lines)
+
+
+def _burst_line(burst: dict[str, Any] | None) -> list[str]:
+    """Who had the cores from the first create until every attempt Job existed (what create→Job waited on)."""
+    if not burst:
+        return []
+    wall, cores, by = burst["wall"], burst["cores"], dict(burst["by"])
+    machine = by.pop("machine")
+    parts = sorted(by.items(), key=lambda kv: -kv[1])
+    rest = machine - sum(by.values())
+    shares = ", ".join(f"{k} {v:.1f} s" for k, v in parts if v >= 0.05) + f", everything else {max(rest, 0):.1f} s"
+    return [
+        f"- CPU from the first create until every attempt Job existed ({wall:.1f} s; {cores} cores: "
+        f"{cores * wall:.0f} core-seconds): the machine was busy {machine:.1f} s "
+        f"({machine / (cores * wall):.0%}): {shares}"
+    ]
 
 
 def _yes(count: int) -> str:
