@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     options = handlers.Options(
         settings=Settings(default_image=args.default_image, queue_owns_suspend=args.queue_manages_all_jobs),
         progress_interval=args.progress_interval,
+        progress_writes_per_second=args.progress_writes_per_second,
         progress_via=args.progress_via,
         queue_owns_suspend=args.queue_manages_all_jobs,
     )
@@ -161,6 +162,11 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"trainer image for jobs that name none (default {names.DEFAULT_IMAGE})")  # fmt: skip
     run.add_argument("--progress-interval", type=float, default=float(_env("CODEX_PROGRESS_INTERVAL", "10")),
                      help="seconds between reads of a running job's progress (default 10)")  # fmt: skip
+    run.add_argument("--progress-writes-per-second", type=float,
+                     default=float(_env("CODEX_PROGRESS_WRITES_PER_SECOND", "20")),
+                     help="at most this many progress writes into the jobs' status a second, the jobs waiting "
+                     "longest first (each is a CodexTrainingJob update for the API server; 0: no limit; "
+                     "default 20)")  # fmt: skip
     run.add_argument("--progress-via", choices=["auto", "pod-ip", "proxy"], default=_env("CODEX_PROGRESS_VIA", "auto"),
                      help="reach rank 0's metrics by pod IP (in the cluster) or the API server's pods/proxy "
                      "(outside it); auto picks by where the operator runs")  # fmt: skip

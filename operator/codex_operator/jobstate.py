@@ -19,6 +19,9 @@ WAIT_EXPLAIN_MAX_SECONDS = 300.0  # this (pods that wait for a reason mostly kee
 class Options:
     settings: Settings = field(default_factory=Settings)
     progress_interval: float = 10.0
+    # each progress write is a CodexTrainingJob update (about three times a ConfigMap's cost to the API
+    # server): at most this many a second, the longest-unwritten jobs first; 0: no limit
+    progress_writes_per_second: float = 20.0
     progress_via: str = "auto"  # auto | pod-ip | proxy
     # Kueue runs with manageJobsWithoutQueueName: it may own the suspend of every Job, labelled or not
     queue_owns_suspend: bool = False
@@ -47,6 +50,8 @@ class JobState:
     rank0: tuple[str, str, str] | None = None  # (pod UID, pod name, pod IP) of the running rank 0
     unread: int = 0  # progress reads that failed in a row
     unread_until: float = 0.0  # monotonic: no progress read before this (a backoff after failed reads)
+    progress_patch: tuple[dict[str, Any], dict[str, Any]] | None = None  # this round's reading, to write
+    progress_written: float = 0.0  # monotonic: when its progress was last written (0: never)
 
     def explain_due(self, now: float, at_once: bool = False) -> bool:
         """Whether to look at why the job waits: WAIT_EXPLAIN_SECONDS after it was first seen waiting (pods

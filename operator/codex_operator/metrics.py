@@ -31,6 +31,10 @@ TIMER_ROUND = Gauge(
     "How long the last round of the timer took (every job's progress read, wait explained, retry or TTL)",
 )
 PROGRESS_ERRORS = Counter("codex_operator_progress_errors_total", "Failed reads of a trainer's progress")
+PROGRESS_DEFERRED = Counter(
+    "codex_operator_progress_writes_deferred_total",
+    "Progress readings not written this round: over --progress-writes-per-second (written in a later round)",
+)
 
 _phases: dict[tuple[str, str], str] = {}
 for _p in PHASES:

@@ -113,6 +113,7 @@ class Timer:
                 "the API server or their pods answer slowly",
                 len(slow), limit, *slow[0],
             )  # fmt: skip
+        await self._write_progress()
         # so is a stalled attempt's restart (stop it, start the next, write why): never cut short halfway
         await asyncio.gather(*(self._restart_stalled(k, st) for k, st in list(self.jobs.items()) if st.stalled))
 
@@ -175,7 +176,33 @@ class Timer:
         if checkpoint and checkpoint.get("step") != (status.get("checkpoint") or {}).get("step"):
             patch["checkpoint"] = checkpoint
         if patch:
-            await self.timer_patch(body, patch)
+            st.progress_patch = (body, patch)  # written after the round's reads, within the write budget
+
+    async def _write_progress(self) -> None:
+        """Write this round's progress readings, at most the budget (--progress-writes-per-second × the
+        interval), the jobs written longest ago first; the rest are read again and written in a later round
+        (a reading not written is not kept: the next one is newer)."""
+        todo = [(st.progress_written, key, st) for key, st in self.jobs.items() if st.progress_patch is not None]
+        rate = self.options.progress_writes_per_second
+        budget = max(1, int(rate * self.options.progress_interval)) if rate > 0 else len(todo)
+        todo.sort(key=lambda t: t[0])
+        for _, _, st in todo[budget:]:
+            st.progress_patch = None
+        if len(todo) > budget:
+            metrics.PROGRESS_DEFERRED.inc(len(todo) - budget)
+        gate = asyncio.Semaphore(32)
+
+        async def write(key: Key, st: JobState) -> None:
+            assert st.progress_patch is not None
+            (body, patch), st.progress_patch = st.progress_patch, None
+            async with gate:
+                try:
+                    await self.timer_patch(body, patch)
+                    st.progress_written = time.monotonic()
+                except Exception:  # one job's failed write (deleted meanwhile, a server error) is not the others'
+                    log.exception("progress of %s/%s not written", *key)
+
+        await asyncio.gather(*(write(key, st) for _, key, st in todo[:budget]))
 
     async def _rank0(self, namespace: str, attempt: str) -> tuple[str, str, str] | None:
         """The running rank-0 pod of an attempt: (its UID, name, IP). Kept until its Job changes (a pod

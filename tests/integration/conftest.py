@@ -132,9 +132,10 @@ class OperatorProcess:
     """`codex-operator run` as a user starts it from a laptop: outside the cluster, through $KUBECONFIG."""
 
     # the tests' namespaces only (t-*): a benchmark may run its own operator beside
-    def __init__(self, kubeconfig: Path, image: str, log: Path, namespaces: str = "t-*", via: str = "proxy"):
+    def __init__(self, kubeconfig: Path, image: str, log: Path, namespaces: str = "t-*", via: str = "proxy",
+                 extra: tuple[str, ...] = ()):  # fmt: skip
         self.kubeconfig, self.image, self.log = kubeconfig, image, log
-        self.namespaces, self.via = namespaces, via
+        self.namespaces, self.via, self.extra = namespaces, via, extra
         self.metrics_port = _free_port()
         self.proc: subprocess.Popen | None = None
 
@@ -143,7 +144,7 @@ class OperatorProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "codex_operator.cli", "run", "--progress-interval", "2",
              "--metrics-port", str(self.metrics_port), "--default-image", self.image, "--progress-via", self.via,
-             "--namespace", self.namespaces],
+             "--namespace", self.namespaces, *self.extra],
             env={**os.environ, "KUBECONFIG": str(self.kubeconfig)}, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
         from support import wait_for

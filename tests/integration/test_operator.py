@@ -353,3 +353,45 @@ def test_progress_read_through_the_api_server_by_an_operator_outside_the_cluster
     finally:
         op.stop()
         cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)
+
+
+def test_progress_writes_over_their_budget_wait_their_turn_and_every_job_shows_its_progress(
+    cluster, crd, trainer_image, tmp_path
+):
+    """An operator allowed one progress write a round (--progress-writes-per-second 0.5 × a 2 s interval)
+    and two jobs training at once: some readings wait for a later round (its deferred counter), and both
+    jobs still show their progress while they run and their final numbers. Its own namespaces (b-*)."""
+    from conftest import OperatorProcess
+
+    ns = f"b-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", ns)
+    op = OperatorProcess(Path(cluster.kubeconfig), trainer_image, tmp_path / "op.log", namespaces="b-*",
+                         extra=("--progress-writes-per-second", "0.5"))  # fmt: skip
+    op.start()
+    try:
+        jobs = Jobs(cluster, ns)
+        names = ("budget-a", "budget-b")
+        for name in names:
+            jobs.apply(manifest(name, *SHORT, "training.maxSteps=200"))
+        seen: dict[str, int] = {}
+
+        def both_moving() -> bool:
+            for name in names:
+                st = jobs.status(name)
+                if st.get("phase") == "Running" and (st.get("progress") or {}).get("step"):
+                    seen[name] = st["progress"]["step"]
+            return len(seen) == 2
+
+        wait_for(both_moving, "progress of both jobs while they run", 420, interval=1)
+        for name in names:
+            assert jobs.wait_phase(name, "Succeeded", timeout=600)["progress"]["stepText"] == "200/200"
+        deferred = [
+            float(line.split()[-1])
+            for line in (op.metrics() or "").splitlines()
+            if line.startswith("codex_operator_progress_writes_deferred_total")
+        ]
+        assert deferred and deferred[0] > 0, "no reading waited for its turn: the budget was never reached"
+    finally:
+        op.stop()
+        print("the operator's log, its end:\n" + op.log.read_text()[-4000:])  # shown when the test fails
+        cluster.kubectl("delete", "namespace", ns, "--wait=false", check=False)

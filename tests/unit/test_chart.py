@@ -471,7 +471,7 @@ EVERY_OPTION = {
     "metrics": {"port": 9100},
     "health": {"port": 9101},
     "trainer": {"image": "registry.example/codex-trainer:1.2"},
-    "progress": {"interval": 2.5, "via": "proxy"},
+    "progress": {"interval": 2.5, "via": "proxy", "writesPerSecond": 7.5},
     "verbose": True,
     "kueue": {"manageJobsWithoutQueueName": True},
 }
@@ -504,7 +504,7 @@ def test_every_operator_option_is_a_value(monkeypatch):
         True,
     )
     assert (args.leader_election, args.lease_name, args.lease_namespace) == (True, FULLNAME, NAMESPACE)
-    assert args.queue_manages_all_jobs
+    assert args.queue_manages_all_jobs and args.progress_writes_per_second == 7.5
     given = {a.split("=")[0] for a in c["args"][1:]} | {flag for flag, name in BY_ENV.items() if name in env}
     missing = set(run_options()) - given
     assert not missing, f"codex-operator run options the chart never passes: {sorted(missing)}"

@@ -8,8 +8,9 @@ import time
 from datetime import timedelta
 
 import pytest
-from test_controller import KEY, NAME, NS, Cluster, scenario
+from test_controller import KEY, NAME, NS, Cluster, manifest, scenario
 
+from codex_operator import metrics, names
 from codex_trainer import contract
 
 
@@ -210,3 +211,66 @@ def test_a_rank_0_that_does_not_answer_is_read_less_often_until_it_does():
         assert reads() == before + 4  # answering: read every round again
 
     scenario(test)
+
+
+def test_progress_writes_keep_to_their_budget_and_reach_every_job_in_turn():
+    """Each progress write is a CodexTrainingJob update, which costs the API server about three times a
+    ConfigMap's (benchmarks/README.md): with a thousand jobs one write per job per interval would take a
+    core of it. The operator writes at most `progress_writes_per_second` of them; the jobs whose progress
+    has waited longest go first, so every job's status moves, only less often."""
+    jobs, budget = 12, 4  # the budget: 2 writes a second × a 2 s interval = 4 a round
+
+    async def test(c: Cluster) -> None:
+        names_ = [f"job-{i:02d}" for i in range(jobs)]
+        for name in names_:
+            c.api.put(names.PLURAL, manifest(name=name))
+        await c.settle()
+        for name in names_:
+            attempt = c.api.get("jobs", NS, f"{name}-a1")
+            attempt["status"] = {"ready": 1, "active": 1}
+            c.api.put("jobs", attempt)
+        await c.settle()
+        assert {c.api.get(names.PLURAL, NS, n)["status"]["phase"] for n in names_} == {"Running"}
+
+        def shown() -> dict[str, int]:
+            return {n: ((c.api.get(names.PLURAL, NS, n).get("status") or {}).get("progress") or {}).get("step", 0)
+                    for n in names_}  # fmt: skip
+
+        for round_, step in enumerate((10, 20, 30, 40), start=1):
+            for name in names_:
+                serve_step(c, name, step)  # every trainer moved since the last round
+            before = shown()
+            await c.retry()
+            after = shown()
+            written = [n for n in names_ if after[n] != before[n]]
+            assert len(written) == budget, (round_, written)
+            assert all(after[n] == step for n in written)  # what a write shows is the newest reading
+            if round_ == jobs // budget:
+                assert all(after.values()), after  # every job's progress shown within jobs/budget rounds
+        # the fourth round goes to the ones written longest ago: the first round's
+        assert [n for n in names_ if after[n] == 40] == names_[:budget]
+        deferred = sum(
+            s.value for f in metrics.registry.collect() if f.name == "codex_operator_progress_writes_deferred"
+            for s in f.samples if s.name.endswith("_total")
+        )  # fmt: skip
+        assert deferred >= 4 * (jobs - budget)
+
+    scenario(test, progress_interval=2.0, progress_writes_per_second=2.0)
+
+
+def serve_step(c: Cluster, name: str, step: int) -> None:
+    """Rank 0 of `name`'s first attempt runs and serves `step` of 300 (the pod made on first use)."""
+    job = c.api.get("jobs", NS, f"{name}-a1")
+    pod = f"{name}-a1-0-x"
+    if c.api.get("pods", NS, pod) is None:
+        labels = {
+            "batch.kubernetes.io/job-name": f"{name}-a1",
+            "batch.kubernetes.io/job-completion-index": "0",
+            names.LABEL_JOB: name,
+        }
+        owner = [{"kind": "Job", "name": f"{name}-a1", "uid": job["metadata"]["uid"]}]
+        c.api.put("pods", {
+            "metadata": {"name": pod, "namespace": NS, "labels": labels, "ownerReferences": owner},
+            "status": {"phase": "Running", "containerStatuses": [{"name": names.CONTAINER, "state": {"running": {}}}]},
+        })  # fmt: skip
+    c.api.metrics_text[pod] = f"{contract.METRIC_STEP} {step}\n{contract.METRIC_TOTAL_STEPS} 300\n"
