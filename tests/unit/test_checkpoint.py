@@ -75,6 +75,25 @@ def test_prune_keeps_the_newest_and_removes_temp_dirs(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-3", "step-4"]
 
 
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_newer_checkpoint_never_pushes_a_good_one_out(tmp_path, damage):
+    """A checkpoint that fails its checksum is not one of the `keep_last`: pruning keeps the newest good
+    ones (a damaged step-99 beside good step-10..30 used to leave only step-99, and the next start began
+    at step 0)."""
+    for s in (10, 20, 30):
+        save(tmp_path, s, fill=float(s))
+    bad = save(tmp_path, 99, fill=9.0) / checkpoint.WEIGHTS
+    data = bad.read_bytes()
+    bad.write_bytes(data[:-8] if damage == "truncate" else data[:-1] + bytes([data[-1] ^ 0xFF]))
+    checkpoint.prune(tmp_path, keep_last=1)
+    kept = sorted(p.name for p in tmp_path.iterdir())
+    assert "step-30" in kept and "step-10" not in kept and "step-20" not in kept
+    ck = checkpoint.load_latest(tmp_path, log=lambda _: None)
+    assert ck.step == 30 and ck.weights["w"][0] == 30.0
+    checkpoint.prune(tmp_path, keep_last=2)  # pruning again keeps what it kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == kept
+
+
 def test_nothing_to_resume_from(tmp_path):
     assert checkpoint.load_latest(tmp_path / "absent") is None
     assert checkpoint.load_latest(tmp_path) is None

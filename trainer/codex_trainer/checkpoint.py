@@ -118,7 +118,7 @@ def load_latest(root: Path, log: Callable[[str], None] = print) -> Checkpoint | 
         if STEP_DIR.match(name) or ".tmp" in name:
             log(f"ignoring incomplete checkpoint {root / name}")
     for step, path in reversed(good):
-        problem = verify(path)
+        problem = _verified(path, again=True)  # at a start: hash them now, whatever was known
         if problem:
             log(f"ignoring damaged checkpoint {path}: {problem}")
             continue
@@ -131,6 +131,24 @@ def load_latest(root: Path, log: Callable[[str], None] = print) -> Checkpoint | 
             state=json.loads((path / STATE).read_text()),
         )
     return None
+
+
+# verify()'s answers by (checkpoint, its manifest's mtime and size): a checkpoint this process wrote or
+# already checked is not hashed again at every save's prune
+_checked: dict[tuple[str, int, int], str | None] = {}
+
+
+def _verified(path: Path, again: bool = False) -> str | None:
+    """verify(path), from _checked when the same checkpoint was checked before (unless `again`): each
+    checkpoint is hashed once after it is written, not at every later save's prune."""
+    try:
+        st = (path / MANIFEST).stat()
+    except OSError as e:
+        return f"unreadable manifest ({e})"
+    key = (str(path), st.st_mtime_ns, st.st_size)
+    if again or key not in _checked:
+        _checked[key] = verify(path)
+    return _checked[key]
 
 
 def verify(path: Path) -> str | None:
@@ -149,9 +167,15 @@ def verify(path: Path) -> str | None:
 
 
 def prune(root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` complete checkpoints and any leftover temp dirs."""
-    for _, path in complete(root)[:-keep_last]:
-        shutil.rmtree(path, ignore_errors=True)
+    """Delete all but the newest `keep_last` checkpoints that verify, and any leftover temp dirs. A damaged
+    checkpoint is not one of them: a newer damaged one never pushes a good one out (load_latest reports and
+    skips it); one older than the kept ones goes with them."""
+    kept = 0
+    for _, path in reversed(complete(root)):
+        if kept >= keep_last:
+            shutil.rmtree(path, ignore_errors=True)
+        elif _verified(path) is None:
+            kept += 1
     for d in root.iterdir() if root.is_dir() else []:
         if d.name.startswith(f".{STEP_DIR_PREFIX}") and ".tmp" in d.name:
             shutil.rmtree(d, ignore_errors=True)
