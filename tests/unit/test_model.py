@@ -85,3 +85,39 @@ def test_a_base_that_is_not_there_is_one_line_naming_it(tmp_path):
     (final / "adapter_config.json").write_text("{not json")
     with pytest.raises(SpecError, match="is not a readable adapter config"):
         adapter_base(final)
+
+
+# ---------------------------------------------------------------- a run's scratch base model
+
+
+LLAMA = {"model_type": "llama", "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1,
+         "num_attention_heads": 2, "num_key_value_heads": 1, "max_position_embeddings": 32}  # fmt: skip
+
+
+def test_a_fresh_start_with_another_model_config_or_seed_builds_a_new_base_and_a_resume_keeps_its_own(tmp_path):
+    """A run killed before its first checkpoint, restarted with a smaller model: the base is built anew
+    from the config it now names (it used to be the first one, whatever run.json said). A resume uses the
+    base its checkpoints were trained on."""
+    import torch
+
+    from codex_trainer.model import load_base_model
+    from codex_trainer.spec import ModelSpec
+    from codex_trainer.tokenizer import load_tokenizer
+
+    tok, base_dir = load_tokenizer("bytes"), tmp_path / "base-model"
+
+    def base(config: dict, seed: int, fresh: bool):
+        torch.manual_seed(seed)  # as the training loop does before it builds the model
+        spec = ModelSpec(source="scratch", config=config)
+        return load_base_model(spec, tok, base_dir, None, is_main=True, seed=seed, fresh=fresh)
+
+    first = base(LLAMA, 1, fresh=True)
+    assert base(LLAMA, 1, fresh=True).state_dict()["lm_head.weight"].equal(first.state_dict()["lm_head.weight"])
+    smaller = base(LLAMA | {"hidden_size": 8, "intermediate_size": 16}, 1, fresh=True)
+    assert smaller.config.hidden_size == 8
+    reseeded = base(LLAMA, 2, fresh=True)
+    assert reseeded.config.hidden_size == 16
+    assert not reseeded.state_dict()["lm_head.weight"].equal(first.state_dict()["lm_head.weight"])
+    # resuming (checkpoints there): the base on disk, whatever the spec now says (the run identity refuses
+    # a changed model before this)
+    assert base(LLAMA | {"hidden_size": 8, "intermediate_size": 16}, 2, fresh=False).config.hidden_size == 16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections.abc import Callable
@@ -25,19 +26,51 @@ from .spec import HF_SOURCE, ModelSpec, PeftSpec
 
 
 def load_base_model(
-    spec: ModelSpec, tokenizer: PreTrainedTokenizerBase, base_dir: Path, dtype: torch.dtype | None, is_main: bool
+    spec: ModelSpec,
+    tokenizer: PreTrainedTokenizerBase,
+    base_dir: Path,
+    dtype: torch.dtype | None,
+    is_main: bool,
+    seed: int | None = None,
+    fresh: bool = False,
 ) -> PreTrainedModel:
-    """The base model. A scratch model is created once, saved to `base_dir` and read from there on
-    every later start, so a resumed run continues from the very same base weights."""
-    if spec.source == "scratch" and not (base_dir / "config.json").is_file():
-        if is_main:
+    """The base model. A scratch model is created from its config (fresh weights from torch's generator,
+    seeded with `seed` by the caller), saved to `base_dir` and read from there on every later start, so a
+    resumed run continues from the very same base weights. On a `fresh` start (no checkpoint to resume) a
+    base made from another config or seed is made again: a run killed before its first checkpoint and
+    started with a changed model trains the model it names."""
+    if spec.source == "scratch":
+        config = scratch_config(spec, tokenizer)
+        made_from = _made_from(config, seed)
+        there = (base_dir / "config.json").is_file()
+        if is_main and (not there or (fresh and _recorded(base_dir) != made_from)):
             with atomic_dir(base_dir) as tmp:
-                new_model(scratch_config(spec, tokenizer), spec).save_pretrained(tmp)
-        _barrier()
+                new_model(config, spec).save_pretrained(tmp)
+                (tmp / BASE_RECORD).write_text(json.dumps({"madeFrom": made_from}) + "\n")
+        _barrier()  # every rank, whatever it found: rank 0 may be replacing the base
     source = str(base_dir) if spec.source == "scratch" else spec.source
     model = load_causal_lm(source, "spec.model.source", dtype=dtype, trust_remote_code=spec.trust_remote_code)
     check_vocabulary(model, tokenizer)
     return model
+
+
+BASE_RECORD = "codex-base.json"  # in a scratch base-model/: what it was made from
+
+
+def _made_from(config: PreTrainedConfig, seed: int | None) -> str:
+    """A digest of what a scratch base's weights depend on: its full config (without the library version
+    that wrote it) and the seed of its initialisation."""
+    cfg = json.loads(config.to_json_string(use_diff=False))
+    cfg.pop("transformers_version", None)
+    return hashlib.sha256(json.dumps({"config": cfg, "seed": seed}, sort_keys=True).encode()).hexdigest()
+
+
+def _recorded(base_dir: Path) -> str | None:
+    """What an existing scratch base was made from (None: not recorded, as bases before the record were)."""
+    try:
+        return json.loads((base_dir / BASE_RECORD).read_text()).get("madeFrom")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def load_causal_lm(

@@ -149,13 +149,19 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         raise _too_few_sequences(spec, data, world)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
 
+    # ---- what to resume from: known before the model is made (a fresh start makes its scratch base anew)
+    identity = resume_identity(spec, data.digest)
+    found = checkpoint.load_latest(ckpt_dir, log=sink.warn)
+    if found is not None:
+        _check_same_job(found.state, identity, legacy_identity(spec), found.path)
+
     torch.manual_seed(t.seed)
     base_dir = out / "base-model"
     # with LoRA under bf16 the frozen base can be held in bf16 (half the memory); modules trained in
     # full (modulesToSave, or peft.method none) keep fp32 master weights
     frozen_base = spec.peft.method == "lora" and not spec.peft.modules_to_save
     base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and frozen_base else None
-    base = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main)
+    base = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main, seed=t.seed, fresh=found is None)
     check_positions(base, spec.data.max_seq_length, sink.warn)
     base_ref = adapter_base_reference(spec.model.source, base_dir)
     model = wrap_peft(base, spec.peft)
@@ -165,11 +171,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
 
     # ---- resume
-    identity = resume_identity(spec, data.digest)
     step, tokens_seen, eval_loss, evaluated_at, changes = 0, 0, None, -1, {}
-    found = checkpoint.load_latest(ckpt_dir, log=sink.warn)
     if found is not None:
-        _check_same_job(found.state, identity, legacy_identity(spec), found.path)
         load_trainable_state(model, found.weights)
         optimizer.load_state_dict(found.optimizer)
         scheduler.load_state_dict(found.scheduler)
