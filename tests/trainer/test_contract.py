@@ -101,6 +101,28 @@ def test_a_changed_batch_size_on_resume_is_refused(tmp_path, capsys):
     assert line.startswith("codex-train: invalid spec.training.batchSize: differs from the run that wrote"), line
 
 
+def test_a_changed_seed_on_resume_is_refused_naming_its_field(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(out) == 0
+    assert run(out, "training.seed=7", steps=4) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("codex-train: invalid spec.training.seed: differs from the run that wrote"), line
+
+
+def test_a_run_stopped_before_its_first_checkpoint_restarts_with_the_model_it_now_names(tmp_path, capsys):
+    """Killed (say, for memory) before any checkpoint, then started again with a smaller model: it trains
+    the smaller model, and base-model/ is that model, as run.json says."""
+    out = tmp_path / "out"
+    assert run(out) == 0
+    shutil.rmtree(out / "checkpoints")  # what a kill before the first checkpoint leaves: the base, no checkpoint
+    capsys.readouterr()
+    assert run(out, "model.config.hidden_size=32", "model.config.intermediate_size=64") == 0
+    start = next(json.loads(x) for x in capsys.readouterr().out.splitlines() if '"start"' in x)
+    saved = json.loads((out / "base-model" / "config.json").read_text())
+    assert saved["hidden_size"] == 32 and saved["intermediate_size"] == 64
+    assert start["parameters"] < 156_736  # the example's model (hidden size 64) has that many
+
+
 def test_a_checkpoint_of_the_earlier_packing_is_refused_not_resumed(tmp_path, capsys, monkeypatch):
     """Checkpoints written before packing kept documents apart hold no packingScheme in their identity."""
     from codex_trainer import train as train_module

@@ -226,6 +226,17 @@ def test_unicode_line_separators_inside_json_strings_stay_in_the_row(tmp_path):
     assert read_texts([str(path)], "text", "spec.data.train") == ["a\u2028b\x0cc"]
 
 
+@pytest.mark.parametrize("name", ["d.jsonl", "d.json", "d.txt"])
+def test_a_file_saved_with_a_byte_order_mark_reads_as_without_one(tmp_path, name):
+    """Windows editors often start UTF-8 files with a BOM: it is not part of the first example."""
+    body = {"d.jsonl": '{"text": "first"}\n{"text": "second"}\n', "d.json": '[{"text": "first"}, {"text": "second"}]',
+            "d.txt": "first\nsecond\n"}[name]  # fmt: skip
+    path = tmp_path / name
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode())
+    texts = read_texts([str(path)], "text", "spec.data.train")
+    assert texts[0].startswith("first") and "\ufeff" not in "".join(texts)
+
+
 # ---------------------------------------------------------------- identity, cache, splits
 
 

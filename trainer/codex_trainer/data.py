@@ -124,10 +124,11 @@ def _missing_field(path: Path, where: str, text_field: str, fields: list[str]) -
 
 
 def _decode(path: Path) -> str:
-    """The whole file as UTF-8; a file that is not is refused with the byte offset and line of the first bad byte."""
+    """The whole file as UTF-8 (a leading byte-order mark dropped); a file that is not is refused with the byte
+    offset and line of the first bad byte."""
     raw = path.read_bytes()
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8").removeprefix("\ufeff")  # the byte-order mark some editors put first
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(

@@ -61,7 +61,7 @@ def identity_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str
         if isinstance(a, dict) and isinstance(b, dict):
             changed += [f"{key}.{k}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
         elif a != b:
-            changed.append(key)
+            changed.append("training.seed" if key == "seed" else key)  # where the field is in the spec
     return changed
 
 
