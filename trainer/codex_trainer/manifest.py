@@ -155,6 +155,8 @@ def _explain(err: ErrorDetails) -> tuple[str, str]:
     if got is not None and not isinstance(got, dict | list):
         shown = redact_credentials(got) if isinstance(got, str) else got  # an error message is no place for a password
         msg += f" (got {_short(repr(shown), 80)})"
+    if kind == "list_type" and isinstance(got, str | int | float):
+        msg += f"; write it as a list: [{_short(str(shown), 60)}]"  # e.g. train: file.jsonl for train: [file.jsonl]
     return path, msg
 
 
