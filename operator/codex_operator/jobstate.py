@@ -19,8 +19,8 @@ WAIT_EXPLAIN_MAX_SECONDS = 300.0  # this (pods that wait for a reason mostly kee
 class Options:
     settings: Settings = field(default_factory=Settings)
     progress_interval: float = 10.0
-    # each progress write is a CodexTrainingJob update (about three times a ConfigMap's cost to the API
-    # server): at most this many a second, the longest-unwritten jobs first; 0: no limit
+    # each progress write is a CodexTrainingJob update (2.5 times a ConfigMap's cost to the API server,
+    # benchmarks/api_write_cost.py): at most this many a second, the longest-unwritten jobs first; 0: no limit
     progress_writes_per_second: float = 20.0
     progress_via: str = "auto"  # auto | pod-ip | proxy
     # Kueue runs with manageJobsWithoutQueueName: it may own the suspend of every Job, labelled or not

@@ -214,9 +214,9 @@ def test_a_rank_0_that_does_not_answer_is_read_less_often_until_it_does():
 
 
 def test_progress_writes_keep_to_their_budget_and_reach_every_job_in_turn():
-    """Each progress write is a CodexTrainingJob update, which costs the API server about three times a
-    ConfigMap's (benchmarks/README.md): with a thousand jobs one write per job per interval would take a
-    core of it. The operator writes at most `progress_writes_per_second` of them; the jobs whose progress
+    """Each progress write is a CodexTrainingJob update, which costs the API server 2.5 times a
+    ConfigMap's (benchmarks/README.md): with a thousand jobs one write per job per interval would take
+    about a core of it. The operator writes at most `progress_writes_per_second` of them; the jobs whose progress
     has waited longest go first, so every job's status moves, only less often."""
     jobs, budget = 12, 4  # the budget: 2 writes a second × a 2 s interval = 4 a round
 
