@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import signal
 import sys
@@ -143,6 +144,17 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name) or default
 
 
+def _rate(text: str) -> float:
+    """A finite number ≥ 0 (argparse's type for a per-second limit; 0: none)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number, 0 or more (0: no limit)")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="codex-operator", description="Run the CodexTrainingJob operator.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,8 +174,8 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"trainer image for jobs that name none (default {names.DEFAULT_IMAGE})")  # fmt: skip
     run.add_argument("--progress-interval", type=float, default=float(_env("CODEX_PROGRESS_INTERVAL", "10")),
                      help="seconds between reads of a running job's progress (default 10)")  # fmt: skip
-    run.add_argument("--progress-writes-per-second", type=float,
-                     default=float(_env("CODEX_PROGRESS_WRITES_PER_SECOND", "20")),
+    run.add_argument("--progress-writes-per-second", type=_rate,
+                     default=_env("CODEX_PROGRESS_WRITES_PER_SECOND", "20"),
                      help="at most this many progress writes into the jobs' status a second, the jobs waiting "
                      "longest first (each is a CodexTrainingJob update for the API server; 0: no limit; "
                      "default 20)")  # fmt: skip

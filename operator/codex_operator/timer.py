@@ -113,7 +113,7 @@ class Timer:
                 "the API server or their pods answer slowly",
                 len(slow), limit, *slow[0],
             )  # fmt: skip
-        await self._write_progress()
+        await self._write_progress(limit)
         # so is a stalled attempt's restart (stop it, start the next, write why): never cut short halfway
         await asyncio.gather(*(self._restart_stalled(k, st) for k, st in list(self.jobs.items()) if st.stalled))
 
@@ -130,7 +130,10 @@ class Timer:
         while True:
             await asyncio.sleep(self.options.progress_interval)
             started = time.perf_counter()
-            await self.tick_once()
+            try:
+                await self.tick_once()
+            except Exception:  # a round that fails must not end the timer: progress, retries and TTLs live here
+                log.exception("the timer's round failed; the next one runs on time")
             metrics.TIMER_ROUND.set(time.perf_counter() - started)
             trimmer.seen(len(self.jobs))
 
@@ -178,10 +181,11 @@ class Timer:
         if patch:
             st.progress_patch = (body, patch)  # written after the round's reads, within the write budget
 
-    async def _write_progress(self) -> None:
+    async def _write_progress(self, limit: float) -> None:
         """Write this round's progress readings, at most the budget (--progress-writes-per-second × the
-        interval), the jobs written longest ago first; the rest are read again and written in a later round
-        (a reading not written is not kept: the next one is newer)."""
+        interval, at least one), the jobs written longest ago first; the rest are read again and written in a
+        later round (a reading not written is not kept: the next one is newer). Each write gets the round's
+        time limit, as a read does: a slow API server delays no stall restart or TTL by more."""
         todo = [(st.progress_written, key, st) for key, st in self.jobs.items() if st.progress_patch is not None]
         rate = self.options.progress_writes_per_second
         budget = max(1, int(rate * self.options.progress_interval)) if rate > 0 else len(todo)
@@ -197,10 +201,11 @@ class Timer:
             (body, patch), st.progress_patch = st.progress_patch, None
             async with gate:
                 try:
-                    await self.timer_patch(body, patch)
-                    st.progress_written = time.monotonic()
+                    await asyncio.wait_for(self.timer_patch(body, patch), timeout=limit)
                 except Exception:  # one job's failed write (deleted meanwhile, a server error) is not the others'
-                    log.exception("progress of %s/%s not written", *key)
+                    log.warning("progress of %s/%s not written this round", *key, exc_info=True)
+                finally:  # its turn was spent either way: a write that keeps failing must not stay first
+                    st.progress_written = time.monotonic()
 
         await asyncio.gather(*(write(key, st) for _, key, st in todo[:budget]))
 

@@ -274,3 +274,12 @@ def serve_step(c: Cluster, name: str, step: int) -> None:
             "status": {"phase": "Running", "containerStatuses": [{"name": names.CONTAINER, "state": {"running": {}}}]},
         })  # fmt: skip
     c.api.metrics_text[pod] = f"{contract.METRIC_STEP} {step}\n{contract.METRIC_TOTAL_STEPS} 300\n"
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "-1", "many"])
+def test_a_write_budget_that_is_not_a_finite_number_of_zero_or_more_is_refused_at_the_start(value, capsys):
+    from codex_operator import cli
+
+    with pytest.raises(SystemExit):
+        cli._parser().parse_args(["run", "--progress-writes-per-second", value])
+    assert "--progress-writes-per-second" in capsys.readouterr().err
