@@ -94,6 +94,33 @@ def test_a_damaged_newer_checkpoint_never_pushes_a_good_one_out(tmp_path, damage
     assert sorted(p.name for p in tmp_path.iterdir()) == kept
 
 
+def test_a_checkpoint_damaged_after_it_was_checked_or_unreadable_is_not_counted_either(tmp_path, monkeypatch):
+    for s in (10, 20, 30):
+        save(tmp_path, s, fill=float(s))
+    checkpoint.prune(tmp_path, keep_last=2)  # step-20 and step-30 checked good; step-10 goes
+    weights = tmp_path / "step-30" / checkpoint.WEIGHTS
+    data = weights.read_bytes()
+    time.sleep(0.01)  # a later write: its file's mtime moves on
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # rots after the check, same size
+    save(tmp_path, 40, fill=40.0)
+    checkpoint.prune(tmp_path, keep_last=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-20", "step-30", "step-40"]
+
+    real = checkpoint.sha256_file
+
+    def bad_sector(path):  # reading step-40's weights fails with EIO, as a bad sector does
+        if path.parent.name == "step-40" and path.name == checkpoint.WEIGHTS:
+            raise OSError(5, "Input/output error")
+        return real(path)
+
+    monkeypatch.setattr(checkpoint, "sha256_file", bad_sector)
+    save(tmp_path, 50, fill=50.0)
+    (tmp_path / "step-40" / checkpoint.WEIGHTS).touch()  # changed since its check: it is read again
+    checkpoint.prune(tmp_path, keep_last=2)  # no exception: step-40 counts as damaged
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-20", "step-30", "step-40", "step-50"]
+    assert checkpoint.load_latest(tmp_path, log=lambda _: None).step == 50
+
+
 def test_nothing_to_resume_from(tmp_path):
     assert checkpoint.load_latest(tmp_path / "absent") is None
     assert checkpoint.load_latest(tmp_path) is None

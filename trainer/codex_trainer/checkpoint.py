@@ -9,6 +9,7 @@ previous complete checkpoint is used instead.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import time
@@ -58,6 +59,8 @@ def save(
     try:
         with atomic_dir(final) as tmp:  # a rerun that reached the same step again replaces it
             _write_files(tmp, step, weights, optimizer, scheduler, state)
+        with contextlib.suppress(OSError):
+            _checked[_stats(final)] = None  # its hashes were taken from these very files as they were written
     except BaseException as e:
         needed = _tensor_bytes(weights) + _tensor_bytes(optimizer)
         # torch.save reports a full disk as a RuntimeError ("file write failed"): judge by the space left too
@@ -126,26 +129,32 @@ def load_latest(root: Path, log: Callable[[str], None] = print) -> Checkpoint | 
             path=path,
             step=step,
             weights=load_file(path / WEIGHTS),
-            optimizer=torch.load(path / OPTIMIZER, weights_only=True),
-            scheduler=torch.load(path / SCHEDULER, weights_only=True),
+            optimizer=torch.load(path / OPTIMIZER, weights_only=True, map_location="cpu"),
+            scheduler=torch.load(path / SCHEDULER, weights_only=True, map_location="cpu"),
             state=json.loads((path / STATE).read_text()),
         )
     return None
 
 
-# verify()'s answers by (checkpoint, its manifest's mtime and size): a checkpoint this process wrote or
-# already checked is not hashed again at every save's prune
-_checked: dict[tuple[str, int, int], str | None] = {}
+# verify()'s answers by checkpoint and the size and mtime of each of its files: one this process wrote or
+# already checked is not hashed again at every save's prune, and one changed since is
+_checked: dict[tuple[str, tuple[tuple[str, int, int], ...]], str | None] = {}
+
+
+def _stats(path: Path) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    files = []
+    for f in sorted(path.iterdir()):
+        st = f.stat()
+        files.append((f.name, st.st_size, st.st_mtime_ns))
+    return str(path), tuple(files)
 
 
 def _verified(path: Path, again: bool = False) -> str | None:
-    """verify(path), from _checked when the same checkpoint was checked before (unless `again`): each
-    checkpoint is hashed once after it is written, not at every later save's prune."""
+    """verify(path), from _checked when the same checkpoint, unchanged, was checked before (unless `again`)."""
     try:
-        st = (path / MANIFEST).stat()
+        key = _stats(path)
     except OSError as e:
-        return f"unreadable manifest ({e})"
-    key = (str(path), st.st_mtime_ns, st.st_size)
+        return f"unreadable ({e})"
     if again or key not in _checked:
         _checked[key] = verify(path)
     return _checked[key]
@@ -159,10 +168,13 @@ def verify(path: Path) -> str | None:
         return f"unreadable manifest ({e})"
     for name, meta in manifest["files"].items():
         f = path / name
-        if not f.is_file() or f.stat().st_size != meta["bytes"]:
-            return f"{name} is missing or truncated"
-        if sha256_file(f) != meta["sha256"]:
-            return f"{name} does not match its checksum"
+        try:
+            if not f.is_file() or f.stat().st_size != meta["bytes"]:
+                return f"{name} is missing or truncated"
+            if sha256_file(f) != meta["sha256"]:
+                return f"{name} does not match its checksum"
+        except OSError as e:  # a bad sector (EIO): damaged, like a wrong checksum, not a crash of the run
+            return f"{name} cannot be read ({e.strerror or e})"
     return None
 
 
