@@ -58,8 +58,11 @@ async def per_call(n: int, call: Callable[[int], Awaitable[Any]]) -> dict[str, f
 
 
 async def measure(n: int) -> dict[str, dict[str, float]]:
-    if cpu("kube-apiserver") == 0.0:
+    servers = sum(1 for p in psutil.process_iter(["name"]) if p.info["name"] == "kube-apiserver")
+    if servers == 0:
         raise SystemExit("no kube-apiserver process on this machine: start the test cluster first")
+    if servers > 1:
+        print(f"warning: {servers} API servers on this machine; their CPU is counted together", flush=True)
     await config.load_kube_config(config_file=str(KUBECONFIG))
     api = client.ApiClient()
     core, custom = client.CoreV1Api(api), client.CustomObjectsApi(api)
