@@ -93,20 +93,14 @@ def test_a_changed_learning_rate_on_resume_is_applied_and_recorded(tmp_path, cap
     assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
 
 
-def test_a_changed_batch_size_on_resume_is_refused(tmp_path, capsys):
+@pytest.mark.parametrize("change", ["training.batchSize=4", "training.seed=7"])
+def test_a_changed_batch_size_or_seed_on_resume_is_refused_naming_its_field(tmp_path, capsys, change):
     out = tmp_path / "out"
     assert run(out) == 0
-    assert run(out, "training.batchSize=4", steps=4) == 2
+    assert run(out, change, steps=4) == 2
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("codex-train: invalid spec.training.batchSize: differs from the run that wrote"), line
-
-
-def test_a_changed_seed_on_resume_is_refused_naming_its_field(tmp_path, capsys):
-    out = tmp_path / "out"
-    assert run(out) == 0
-    assert run(out, "training.seed=7", steps=4) == 2
-    line = one_line(capsys.readouterr().err)
-    assert line.startswith("codex-train: invalid spec.training.seed: differs from the run that wrote"), line
+    field = change.split("=")[0]
+    assert line.startswith(f"codex-train: invalid spec.{field}: differs from the run that wrote"), line
 
 
 def test_a_run_stopped_before_its_first_checkpoint_restarts_with_the_model_it_now_names(tmp_path, capsys):
