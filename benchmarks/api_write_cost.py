@@ -25,9 +25,10 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import yaml
 from kubernetes_asyncio import client, config
+
+from process_cpu import count, cpu_by_process
 
 ROOT = Path(__file__).resolve().parents[1]
 KUBECONFIG = Path(os.environ.get("KUBECONFIG") or ROOT / ".cluster" / "kubeconfig")
@@ -38,11 +39,7 @@ MERGE = "application/merge-patch+json"
 
 def cpu(name: str) -> float:
     """CPU seconds so far of every process of this name on the machine."""
-    total = 0.0
-    for p in psutil.process_iter(["name", "cpu_times"]):
-        if p.info["name"] == name and p.info["cpu_times"] is not None:
-            total += p.info["cpu_times"].user + p.info["cpu_times"].system
-    return total
+    return cpu_by_process((name,)).get(name, 0.0)
 
 
 async def per_call(n: int, call: Callable[[int], Awaitable[Any]]) -> dict[str, float]:
@@ -58,7 +55,7 @@ async def per_call(n: int, call: Callable[[int], Awaitable[Any]]) -> dict[str, f
 
 
 async def measure(n: int) -> dict[str, dict[str, float]]:
-    servers = sum(1 for p in psutil.process_iter(["name"]) if p.info["name"] == "kube-apiserver")
+    servers = count("kube-apiserver")
     if servers == 0:
         raise SystemExit("no kube-apiserver process on this machine: start the test cluster first")
     if servers > 1:

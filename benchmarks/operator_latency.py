@@ -59,6 +59,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from operator_report import report, update_readme
+from process_cpu import cpu_by_process
 from pyspy_profile import PROFILE_RATE, profile, profile_report
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -623,10 +624,10 @@ def correctness(c: Clocks, names: list[str], children: dict[str, dict[str, int]]
 async def _burst_cpu(c: Clocks, n: int, operator_pid: int) -> dict[str, Any]:
     """Who used the machine's CPU from the first create until the last attempt Job was seen: what the
     create→Job latency waited on."""
-    t0, start = time.perf_counter(), cpu_by_process(operator_pid)
+    t0, start = time.perf_counter(), _sharers_cpu(operator_pid)
     while len(c.job) < n:
         await asyncio.sleep(0.2)
-    end = cpu_by_process(operator_pid)
+    end = _sharers_cpu(operator_pid)
     by = {k: end[k] - start.get(k, 0.0) for k in end}
     return {"wall": time.perf_counter() - t0, "cores": os.cpu_count(), "by": by}
 
@@ -731,20 +732,9 @@ def _api_connections(proc: psutil.Process) -> int:
 SHARERS = ("kube-apiserver", "etcd", "kube-controller-manager", "kube-scheduler", "kubelet", "containerd", "kwok")
 
 
-def cpu_by_process(operator_pid: int) -> dict[str, float]:
+def _sharers_cpu(operator_pid: int) -> dict[str, float]:
     """CPU seconds so far of the operator, this benchmark, each control-plane program and the whole machine."""
-    out: dict[str, float] = {}
-    for p in psutil.process_iter(["name", "cpu_times"]):
-        t = p.info["cpu_times"]
-        if t is None:
-            continue
-        name = p.info["name"]
-        who = "operator" if p.pid == operator_pid else "benchmark" if p.pid == os.getpid() else name
-        if who in ("operator", "benchmark", *SHARERS):
-            out[who] = out.get(who, 0.0) + t.user + t.system
-    m = psutil.cpu_times()
-    out["machine"] = m.user + m.nice + m.system + m.irq + m.softirq + getattr(m, "steal", 0.0)
-    return out
+    return cpu_by_process(SHARERS, {operator_pid: "operator", os.getpid(): "benchmark"})
 
 
 def _count(xs) -> dict[str, int]:
