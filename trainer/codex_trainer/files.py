@@ -8,6 +8,7 @@ the target is left as it was.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import os
 import shutil
@@ -17,23 +18,55 @@ from pathlib import Path
 
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory beside `target`; on success it replaces `target` (one already there
-    is removed first)."""
+    """Yield an empty temporary directory beside `target`; on success it replaces `target`. One already
+    there is swapped with the new one in one step (renameat2's RENAME_EXCHANGE), or where the filesystem
+    cannot, renamed aside just before the new one is renamed in; it is removed only once the new one is in
+    place, so a writer stopped at any moment leaves the old directory or the new one whole at `target`.
+    What a stopped writer left beside it is removed by the next write."""
     tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    aside = target.with_name(f".{target.name}.old{os.getpid()}")
+    _remove_leftovers(target)
     try:
         tmp.mkdir(parents=True)
         yield tmp
         for f in sorted(tmp.rglob("*")):
             fsync(f)
         fsync(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        if not target.exists():
+            os.replace(tmp, target)
+        elif not _exchange(tmp, target):  # tmp now holds the old one
+            os.replace(target, aside)
+            os.replace(tmp, target)
         fsync(target.parent)
     except BaseException:
+        if aside.exists() and not target.exists():
+            os.replace(aside, target)  # stopped between the two renames: the old one goes back
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """The temporary and set-aside directories of an earlier write to `target` that was stopped."""
+    if not target.parent.is_dir():
+        return
+    prefixes = (f".{target.name}.tmp", f".{target.name}.old")
+    for p in target.parent.iterdir():
+        if p.name.startswith(prefixes) and p.name[len(prefixes[0]) :].isdigit():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False where the C library or the
+    filesystem cannot (the caller then renames one aside)."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
 @contextlib.contextmanager
