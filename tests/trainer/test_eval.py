@@ -98,7 +98,8 @@ def test_the_untrained_base_model_has_a_higher_loss(run):
 def test_data_files_are_evaluated_one_line_each(run, tmp_path):
     extra = tmp_path / "more.txt"
     extra.write_text("".join(f"def f{i}(x):\n    return x * {i}\n" for i in range(200)))
-    rows = evaluate(str(run / "final"), "--data", "configs/data/tiny-code.jsonl", str(extra), "--max-batches", "2")
+    # PATH after the files, as one types it: --data takes every word after it, the last is still the PATH
+    rows = evaluate("--data", "configs/data/tiny-code.jsonl", str(extra), str(run / "final"), "--max-batches", "2")
     summary, *files = rows
     assert [f["file"] for f in files] == ["configs/data/tiny-code.jsonl", str(extra)]
     assert all(f["batches"] == 2 and f["sequences"] == 8 for f in files)  # the run's batch size 4 for eval
@@ -126,6 +127,7 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     shutil.copytree(run / "checkpoints" / "step-10", lone)
     assert "run.json" in fails_with_one_line(str(lone))
     assert "not found" in fails_with_one_line(str(run / "final"), "--data", str(tmp_path / "missing.jsonl"))
+    assert "name what to evaluate" in fails_with_one_line("--data", "configs/data/tiny-code.jsonl")
     damaged = run.parent / "damaged"
     shutil.copytree(run, damaged, ignore=shutil.ignore_patterns("final", "cache"))
     (damaged / "checkpoints" / "step-20" / "trainable.safetensors").write_bytes(b"x" * 10)

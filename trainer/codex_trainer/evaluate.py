@@ -46,6 +46,7 @@ DEFAULT_MAX_NEW_TOKENS = 64
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "path",
+        nargs="?",  # `eval --data a.jsonl RUN` is read by run_eval: --data took RUN as one of its files
         help="a run's final/ (adapter), final/merged/ or a model directory, a checkpoint checkpoints/step-N/, "
         "or hf://org/name[@rev]",
     )
@@ -69,6 +70,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"tokens generated per prompt at most (default {DEFAULT_MAX_NEW_TOKENS})",
     )
+
+
+def path_and_data(path: str | None, data: list[str] | None) -> tuple[str, list[str] | None]:
+    """What to evaluate and on which files. `--data` takes every word after it, so in
+    `eval --data a.jsonl b.jsonl RUN` the PATH is the last of them."""
+    if path is not None:
+        return path, data
+    if data and len(data) > 1:
+        return data[-1], data[:-1]
+    raise SpecError("", "name what to evaluate: codex-train eval PATH [--data FILE ...] (PATH: a run's final/, "
+                    "a checkpoint or a model)")  # fmt: skip
 
 
 def _positive(text: str) -> int:
@@ -427,6 +439,7 @@ def run_eval(args: argparse.Namespace) -> int:
     warnings.filterwarnings("ignore", category=UserWarning, module="peft")
     if args.output and Path(args.output).is_dir():
         raise SpecError("--output", f"'{args.output}' is a directory; name a file")
+    args.path, args.data = path_and_data(args.path, args.data)
     target = locate(args.path)
     device, autocast = _device_and_autocast(target.spec)
     model, tokenizer = load(target, device)
