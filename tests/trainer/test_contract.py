@@ -97,10 +97,13 @@ def test_a_changed_learning_rate_on_resume_is_applied_and_recorded(tmp_path, cap
 def test_a_changed_batch_size_or_seed_on_resume_is_refused_naming_its_field(tmp_path, capsys, change):
     out = tmp_path / "out"
     assert run(out) == 0
+    capsys.readouterr()
     assert run(out, change, steps=4) == 2
-    line = one_line(capsys.readouterr().err)
+    refused = capsys.readouterr()
+    line = one_line(refused.err)
     field = change.split("=")[0]
     assert line.startswith(f"codex-train: invalid spec.{field}: differs from the run that wrote"), line
+    assert '"event": "data"' not in refused.out  # refused before the data is read and tokenized, not after
 
 
 def test_a_run_stopped_before_its_first_checkpoint_restarts_with_the_model_it_now_names(tmp_path, capsys):

@@ -130,6 +130,13 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     device = accelerator.device
     ckpt_dir = out / CHECKPOINTS_DIR
 
+    # ---- what to resume from, checked against the spec before the data is tokenized (which can take long);
+    # the data's contents are checked once they are read, below
+    found = checkpoint.load_latest(ckpt_dir, log=sink.warn)
+    if found is not None:
+        as_saved = resume_identity(spec, _saved_digest(found.state))  # the data as the checkpoint's, for now
+        _check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
+
     # ---- data and model
     tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
     with accelerator.main_process_first():  # rank 0 tokenizes and caches; the others read the cache
@@ -149,9 +156,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         raise _too_few_sequences(spec, data, world)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
 
-    # ---- what to resume from: known before the model is made (a fresh start makes its scratch base anew)
+    # ---- known before the model is made (a fresh start makes its scratch base anew)
     identity = resume_identity(spec, data.digest)
-    found = checkpoint.load_latest(ckpt_dir, log=sink.warn)
     if found is not None:
         _check_same_job(found.state, identity, legacy_identity(spec), found.path)
 
@@ -527,6 +533,11 @@ def _write_result(
         merged = model.merge_and_unload()
         merged.save_pretrained(tmp / "merged")
         tokenizer.save_pretrained(tmp / "merged")
+
+
+def _saved_digest(state: dict) -> str:
+    """The data digest a checkpoint's identity holds ('' where it has none)."""
+    return str(((state.get("identity") or {}).get("data") or {}).get("sha256", ""))
 
 
 def _check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) -> None:
