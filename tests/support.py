@@ -13,11 +13,11 @@ EXAMPLES = ROOT / "configs" / "examples"
 TINY = EXAMPLES / "tiny-cpu.yaml"
 
 
-def run_cli(*args: str, timeout: float = 300, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `codex-train ARGS` from the repository root, as a user would."""
+def run_cli(*args: str, timeout: float = 300, env: dict | None = None, cwd=ROOT) -> subprocess.CompletedProcess:
+    """Run `codex-train ARGS` from the repository root (or `cwd`), as a user would."""
     return subprocess.run(
         [sys.executable, "-m", "codex_trainer.cli", *args],
-        cwd=ROOT,
+        cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,

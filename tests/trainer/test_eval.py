@@ -59,8 +59,9 @@ def fails_with_one_line(*args: str) -> str:
 
 
 def test_eval_of_final_reproduces_the_runs_last_eval_loss(run, tmp_path):
+    """From another directory than the run's: the run's relative data paths are read from where it ran."""
     out_file = tmp_path / "eval.jsonl"
-    r = run_cli("eval", str(run / "final"), "--output", str(out_file))
+    r = run_cli("eval", str(run / "final"), "--output", str(out_file), cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout == ""
     summary, split = [json.loads(line) for line in out_file.read_text().splitlines()]

@@ -146,11 +146,29 @@ def _find_run(p: Path) -> tuple[Path | None, JobSpec | None]:
         f = d / RUN_JSON
         if f.is_file():
             try:
-                return d, JobSpec.model_validate(json.loads(f.read_text(encoding="utf-8"))["spec"])
+                info = json.loads(f.read_text(encoding="utf-8"))
+                spec = JobSpec.model_validate(info["spec"])
             except (OSError, ValueError, KeyError, TypeError) as e:
                 first = " ".join(str(e).split())[:200]
                 raise SpecError("", f"'{f}' is not a readable run.json ({type(e).__name__}: {first})") from None
+            return d, _data_read_from(spec, info.get("workdir"))
     return None, None
+
+
+def _data_read_from(spec: JobSpec, workdir: Any) -> JobSpec:
+    """The run's spec with each relative data path that is not found here but is in the directory the run
+    read it from (run.json's workdir) made absolute: eval of a run's final/ from another directory
+    evaluates the run's own validation split."""
+    if not isinstance(workdir, str):
+        return spec
+
+    def found(name: str) -> str:
+        there = Path(workdir) / name
+        return str(there) if not Path(name).is_absolute() and not Path(name).exists() and there.exists() else name
+
+    train, validation = [found(n) for n in spec.data.train], [found(n) for n in spec.data.validation]
+    data = spec.data.model_copy(update={"train": train, "validation": validation})
+    return spec.model_copy(update={"data": data})
 
 
 def _checkpoint_step(p: Path) -> int | None:

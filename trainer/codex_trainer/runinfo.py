@@ -88,6 +88,7 @@ def write_run_json(
         "name": name,
         "spec": spec.shown(),  # env values hidden; spec_sha256 still tells one spec from another
         "spec_sha256": spec_hash(spec),
+        "workdir": str(Path.cwd()),  # where the spec's relative data paths were read from (eval reads them there)
         "seed": spec.training.seed,
         "world_size": world_size,
         "device": device,
