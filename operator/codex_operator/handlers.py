@@ -1,7 +1,9 @@
 """kopf handlers: observe, call the pure builders and the status function, apply, patch status.
 
-One level-triggered `reconcile` per CodexTrainingJob, run on each event of the job and of its attempt
-Jobs, and again after an operator restart (kopf lists every object at start). It derives everything
+One level-triggered `reconcile` per CodexTrainingJob, run after events of the job and of its attempt
+Jobs, and again after an operator restart (kopf lists every object at start). A watch event only keeps
+what it says and queues its job; a fixed set of workers reconciles the queued jobs, each once however
+many events it had meanwhile, from the newest body (`queue`). It derives everything
 from what exists (attempt numbers from the Jobs, restarts from their count), so running it twice, or
 after a SIGKILL halfway, creates nothing twice: children have fixed names and "already exists" means
 adopt. One timer task (timer.py; not one per job) reads rank 0's progress while a job runs, says why
@@ -73,9 +75,10 @@ OWNED = (
     "observedGeneration",
 )
 
-# reconciles in flight at once: as many as the API client has connections (kube.CONNECTIONS), since more
-# could get no further; a job waiting its turn holds only its watch event, not a half-done reconcile's
-# parsed spec, manifests and request bodies (10,000 jobs created at once)
+# reconciles in flight at once, and the workers that run the queued ones: as many as the API client has
+# connections (kube.CONNECTIONS), since more could get no further; a job waiting its turn is a key in the
+# queue, not a watch event held or a half-done reconcile's parsed spec, manifests and request bodies
+# (10,000 jobs created at once)
 RECONCILES_AT_ONCE = CONNECTIONS
 
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
@@ -97,6 +100,10 @@ class Operator(Timer):
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
         self.gate = asyncio.Semaphore(RECONCILES_AT_ONCE)
+        # the jobs due a reconcile, in the order their events came, each once (`queue`), and its workers
+        self.due: asyncio.Queue[Key] = asyncio.Queue()
+        self.waiting: dict[Key, bool] = {}  # queued job -> read it afresh (a child was deleted)
+        self.workers: list[asyncio.Task] = []
 
     @property
     def in_cluster(self) -> bool:
@@ -130,27 +137,30 @@ class Operator(Timer):
 
     # ---------------------------------------------------------------- watch events
 
-    async def on_job_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+    def take_job_event(self, event_type: str | None, body: dict[str, Any]) -> Key | None:
+        """Keep what a watch event of the job says; its key when a reconcile is due, None when nothing the
+        last reconcile saw has changed (the operator's own status write coming back, say)."""
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
             metrics.set_phase(*key, None)
             self.jobs.pop(key, None)
-            return
+            return None
         st = self.state(key)
         st.body = body = _kept(body)
         if st.retry_at is not None and self.current(st, body) and meta.get("generation") == st.failed_generation:
-            return  # our own write of why it failed: the timer retries when the backoff says, not now
+            return None  # our own write of why it failed: the timer retries when the backoff says, not now
         if st.retry_at is None and self.current(st, body) and st.settled == (meta.get("generation"), st.children):
-            return  # our own write coming back: nothing the last reconcile saw has changed since
-        await self.reconcile(*key, body)
+            return None  # our own write coming back: nothing the last reconcile saw has changed since
+        return key
 
-    async def on_child_event(self, event_type: str | None, body: dict[str, Any]) -> None:
-        """An attempt Job changed, or any child was deleted: reconcile its job."""
+    def take_child_event(self, event_type: str | None, body: dict[str, Any]) -> tuple[Key, bool] | None:
+        """Keep what an attempt Job's event says, or that a child was deleted; (the job's key, whether the
+        job must be read afresh) when its job is due a reconcile."""
         meta = body["metadata"]
         job = (meta.get("labels") or {}).get(names.LABEL_JOB)
         if not job:
-            return
+            return None
         key = (meta["namespace"], job)
         if body.get("kind") == "Job":
             if self.local_index is not None:
@@ -164,13 +174,55 @@ class Operator(Timer):
             known = (self.jobs[key].body or {}) if key in self.jobs else {}
             uid = (known.get("metadata") or {}).get("uid")
             if not uid or not builders.owned_by(body, uid):
-                return  # the job is gone (its children go with it), or it was another job's child
+                return None  # the job is gone (its children go with it), or it was another job's child
             self.state(key).check_children = True
-            await self.reconcile(*key)  # read the job afresh: it may be being deleted itself
-            return
+            return key, True  # read the job afresh: it may be being deleted itself
         if body.get("kind") != "Job":
-            return  # a ConfigMap or Service changing is nothing to act on; only its deletion is
-        await self.reconcile(*key, self.jobs[key].body if key in self.jobs else None)  # read afresh unless current
+            return None  # a ConfigMap or Service changing is nothing to act on; only its deletion is
+        return key, False
+
+    async def on_job_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """A watch event of the job, reconciled before this returns (the in-process tests' way; on the
+        cluster the event is queued instead: `queue`)."""
+        if (key := self.take_job_event(event_type, body)) is not None:
+            await self.reconcile(*key, self.jobs[key].body)
+
+    async def on_child_event(self, event_type: str | None, body: dict[str, Any]) -> None:
+        """An attempt Job changed, or any child was deleted: reconcile its job before this returns."""
+        if (due := self.take_child_event(event_type, body)) is not None:
+            await self.reconcile(*due[0], None if due[1] else self._known(due[0]))
+
+    def _known(self, key: Key) -> dict[str, Any] | None:
+        return self.jobs[key].body if key in self.jobs else None
+
+    # ---------------------------------------------------------------- the work queue
+
+    def queue(self, key: Key, afresh: bool = False) -> None:
+        """Reconcile the job soon, by one of the workers. A job already waiting is not queued twice: the
+        reconcile reads the newest body when its turn comes, so a burst of events costs one reconcile,
+        and a watch event is let go at once instead of being held until a reconcile can start."""
+        if key in self.waiting:
+            self.waiting[key] |= afresh
+            return
+        self.waiting[key] = afresh
+        self.due.put_nowait(key)
+
+    async def work(self) -> None:
+        """One worker: reconcile the queued jobs, one at a time (`start_workers` starts them)."""
+        while True:
+            key = await self.due.get()
+            afresh = self.waiting.pop(key, False)
+            try:
+                await self.reconcile(*key, None if afresh else self._known(key))
+            except Exception:
+                log.exception("%s/%s: reconcile failed unexpectedly", *key)
+            finally:
+                self.due.task_done()  # `await op.due.join()`: every queued job reconciled
+
+    def start_workers(self) -> None:
+        self.workers = [
+            asyncio.create_task(self.work(), name=f"codex-operator reconciles {i}") for i in range(RECONCILES_AT_ONCE)
+        ]
 
     # ---------------------------------------------------------------- reconcile
 
@@ -195,7 +247,11 @@ class Operator(Timer):
         if body is None:
             return False
         if st.written is not None:
-            return st.written == (body.get("status") or {})
+            status = body.get("status") or {}
+            if st.written != status:
+                return False
+            st.written = status  # the same, as the watch shows it: one copy kept, not two
+            return True
         return not body.get("status")
 
     async def patch_status(
@@ -608,11 +664,13 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         op.kube = await Kube.connect()
 
         op.ticker = asyncio.create_task(op.tick_all(), name="codex-operator ticks")
+        op.start_workers()
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        if op.ticker is not None:
-            op.ticker.cancel()
+        for task in [op.ticker, *op.workers]:
+            if task is not None:
+                task.cancel()
         if op.http is not None:
             await op.http.close()
         if op.kube is not None:
@@ -633,7 +691,8 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
 
     @kopf.on.event(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
     async def job_event(event: kopf.RawEvent, **_: Any) -> None:
-        await op.on_job_event(event.get("type"), dict(event["object"]))
+        if (key := op.take_job_event(event.get("type"), dict(event["object"]))) is not None:
+            op.queue(key)
 
     # the attempt Jobs (any change), and the job file and the rendezvous Service (their deletion): only
     # objects labelled with a job's name, selected by the API server (settings.watching.label_selectors)
@@ -643,4 +702,5 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
             group, version, plural, id=f"child-{plural}", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry
         )
         async def child_event(event: kopf.RawEvent, **_: Any) -> None:
-            await op.on_child_event(event.get("type"), dict(event["object"]))
+            if (due := op.take_child_event(event.get("type"), dict(event["object"]))) is not None:
+                op.queue(*due)

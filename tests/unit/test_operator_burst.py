@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import web
 from fake_api import FakeAPI, answering
+from prometheus_client import REGISTRY
 from test_controller import NS, manifest
 
 from codex_operator import handlers, names
@@ -41,3 +42,44 @@ def test_a_burst_of_jobs_all_start_with_a_bounded_number_of_requests_in_flight(m
         assert api.get("jobs", NS, f"j{i}-a1") is not None, f"j{i}"
         assert (api.get(names.PLURAL, NS, f"j{i}").get("status") or {}).get("phase") == "Pending"
     assert most <= 4, most
+
+
+def test_a_burst_of_events_is_let_go_at_once_and_costs_each_job_one_reconcile(monkeypatch):
+    """On the cluster a watch event only queues its job (kopf's handler returns before any request, so
+    no event waits holding its body), and a job with several events queued is reconciled once."""
+    monkeypatch.setattr(handlers, "RECONCILES_AT_ONCE", 4)
+    api = FakeAPI()
+    requests: list[str] = []
+
+    async def counting(request: web.Request) -> web.StreamResponse:
+        requests.append(f"{request.method} {request.path}")
+        await asyncio.sleep(0.01)
+        return await api.answer(request)
+
+    def reconciles() -> float:
+        return REGISTRY.get_sample_value("codex_operator_reconcile_seconds_count") or 0.0
+
+    before = reconciles()
+
+    async def burst(kube: Any) -> None:
+        op = Operator(Options(progress_via="proxy"), kube, post_event=lambda *_: None)
+        op.start_workers()
+        jobs = [api.put(names.PLURAL, manifest(name=f"j{i}")) for i in range(40)]
+        api.drain()
+        for _ in range(3):  # each job's event seen three times before any reconcile ran
+            for job in jobs:
+                key = op.take_job_event("ADDED", job)
+                assert key is not None
+                op.queue(key)
+        assert not requests, "a watch event made a request before the handler returned"
+        await asyncio.wait_for(op.due.join(), 30)
+        for task in op.workers:
+            task.cancel()
+
+    asyncio.run(answering(counting, burst))
+    for i in range(40):
+        assert api.get("jobs", NS, f"j{i}-a1") is not None, f"j{i}"
+        assert (api.get(names.PLURAL, NS, f"j{i}").get("status") or {}).get("phase") == "Pending"
+    creates = [r for r in requests if r.startswith("POST") and r.endswith("/jobs")]
+    assert len(creates) == 40, creates
+    assert reconciles() - before == 40, "a job queued three times was reconciled more than once"
