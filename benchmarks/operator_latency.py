@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import psutil
 import yaml
 from kubernetes_asyncio import client, config
@@ -434,7 +435,7 @@ class Clocks:
 
 async def _watch(list_fn, namespace: str, on_event, ready: asyncio.Event) -> None:
     """Watch a namespaced collection from now on, calling on_event(type, obj, t) for each line."""
-    first = await list_fn(namespace, _preload_content=False)
+    first = await list_fn(namespace, limit=1, _preload_content=False)  # only its resourceVersion
     rv = json.loads(await first.read())["metadata"]["resourceVersion"]
     while True:
         resp = await list_fn(namespace, watch=True, resource_version=rv, allow_watch_bookmarks=True,
@@ -540,22 +541,14 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
 
         # the end of the lifecycle: the user deletes the jobs (the API server's GC deletes the children)
         t_del = time.perf_counter()
-        try:
-            await custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
-                                                                    propagation_policy="Background")  # fmt: skip
-        except ApiException as e:
-            if e.status != 504:
-                raise
-            # 10,000 objects take the API server longer than its request timeout; it goes on deleting
-            print("  the delete call timed out (504); the API server goes on deleting", flush=True)
+        await _delete_all(custom, ns, sem)
         await _wait_deleted(c, n, batch, ns)
         t_delete = time.perf_counter() - t_del
         run.stop_profile()
         after = run.scrape() or {}
         rss_end = proc.memory_info().rss
         cpu_total = sum(proc.cpu_times()[:2]) - cpu0
-        resp = await core.list_namespaced_event(ns, _preload_content=False)
-        events = json.loads(await resp.read())["items"]
+        events = await _items(core.list_namespaced_event, ns)
         others_end = _others_running()
         log = _log_counts(run.workdir / "operator.log")
     finally:
@@ -598,12 +591,50 @@ def _log_counts(path: Path) -> dict[str, Any]:
     return {"levels": levels, "errors": errors, "retry_lines": retried}
 
 
+async def _delete_all(custom, ns: str, sem: asyncio.Semaphore) -> None:
+    """Delete every job in one call, as `kubectl delete ctj --all -n NS` would (the API server's GC deletes the
+    children). 10,000 objects take the API server longer than its request timeout (60 s): it answers 504
+    or closes the connection, and may stop there; what is left is then deleted one by one."""
+    try:
+        await custom.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, PLURAL,
+                                                                propagation_policy="Background")  # fmt: skip
+        return
+    except (ApiException, aiohttp.ServerDisconnectedError) as e:
+        if isinstance(e, ApiException) and e.status != 504:
+            raise
+        print(f"  the delete call ran out of time ({e.__class__.__name__}); deleting the rest one by one", flush=True)
+
+    async def delete(name: str) -> None:
+        async with sem:
+            try:
+                await custom.delete_namespaced_custom_object(GROUP, VERSION, ns, PLURAL, name,
+                                                             propagation_policy="Background")  # fmt: skip
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+    lister = lambda namespace, **kw: custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw)  # noqa: E731
+    left = await _items(lister, ns)
+    await asyncio.gather(*(delete(item["metadata"]["name"]) for item in left))
+
+
+async def _items(list_fn, ns: str, **kw: Any) -> list[dict[str, Any]]:
+    """A whole collection, 500 at a time: 10,000 job files in one response take the loaded API server
+    past its 60 s request timeout."""
+    items, token = [], None
+    while True:
+        resp = await list_fn(ns, limit=500, _continue=token, _preload_content=False, **kw)
+        page = json.loads(await resp.read())
+        items += page["items"]
+        if not (token := page["metadata"].get("continue")):
+            return items
+
+
 async def _children(core, ns: str) -> dict[str, dict[str, int]]:
     """How many ConfigMaps and Services each job has (by the operator's label), once all run."""
     out: dict[str, dict[str, int]] = {"ConfigMap": {}, "Service": {}}
     for kind, fn in (("ConfigMap", core.list_namespaced_config_map), ("Service", core.list_namespaced_service)):
-        resp = await fn(ns, label_selector="codex.ml/job-name", _preload_content=False)
-        for item in json.loads(await resp.read())["items"]:
+        for item in await _items(fn, ns, label_selector="codex.ml/job-name"):
             job = item["metadata"]["labels"]["codex.ml/job-name"]
             out[kind][job] = out[kind].get(job, 0) + 1
     return out
@@ -654,7 +685,7 @@ async def _wait_deleted(c: Clocks, n: int, batch, ns: str) -> None:
     print(f"  {len(c.deleted)} jobs deleted; waiting for the garbage collector to delete their children", flush=True)
     # the GC deletes Jobs and pods after their owners; the operator sees those events too
     while time.perf_counter() < del_deadline:
-        resp = await batch.list_namespaced_job(ns, _preload_content=False)
+        resp = await batch.list_namespaced_job(ns, limit=1, _preload_content=False)
         if not json.loads(await resp.read())["items"]:
             break
         await asyncio.sleep(1)
