@@ -3,7 +3,7 @@
 One level-triggered `reconcile` per CodexTrainingJob, run after events of the job and of its attempt
 Jobs, and again after an operator restart (kopf lists every object at start). A watch event only keeps
 what it says and queues its job; a fixed set of workers reconciles the queued jobs, each once however
-many events it had meanwhile, from the newest body (`queue`). It derives everything
+many events it had meanwhile, from the newest body (workqueue.py). It derives everything
 from what exists (attempt numbers from the Jobs, restarts from their count), so running it twice, or
 after a SIGKILL halfway, creates nothing twice: children have fixed names and "already exists" means
 adopt. One timer task (timer.py; not one per job) reads rank 0's progress while a job runs, says why
@@ -54,6 +54,7 @@ from .status import (
 )
 from .timer import Timer
 from .watched import Key
+from .workqueue import WorkQueue
 
 T = TypeVar("T")
 
@@ -100,10 +101,8 @@ class Operator(Timer):
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
         self.gate = asyncio.Semaphore(RECONCILES_AT_ONCE)
-        # the jobs due a reconcile, in the order their events came, each once (`queue`), and its workers
-        self.due: asyncio.Queue[Key] = asyncio.Queue()
-        self.waiting: dict[Key, bool] = {}  # queued job -> read it afresh (a child was deleted)
-        self.workers: list[asyncio.Task] = []
+        # the jobs due a reconcile, in the order their events came, each once (on the cluster)
+        self.queue = WorkQueue(lambda key, afresh: self.reconcile(*key, None if afresh else self._known(key)))
 
     @property
     def in_cluster(self) -> bool:
@@ -183,7 +182,7 @@ class Operator(Timer):
 
     async def on_job_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event of the job, reconciled before this returns (the in-process tests' way; on the
-        cluster the event is queued instead: `queue`)."""
+        cluster the event is queued instead: workqueue.py)."""
         if (key := self.take_job_event(event_type, body)) is not None:
             await self.reconcile(*key, self.jobs[key].body)
 
@@ -194,35 +193,6 @@ class Operator(Timer):
 
     def _known(self, key: Key) -> dict[str, Any] | None:
         return self.jobs[key].body if key in self.jobs else None
-
-    # ---------------------------------------------------------------- the work queue
-
-    def queue(self, key: Key, afresh: bool = False) -> None:
-        """Reconcile the job soon, by one of the workers. A job already waiting is not queued twice: the
-        reconcile reads the newest body when its turn comes, so a burst of events costs one reconcile,
-        and a watch event is let go at once instead of being held until a reconcile can start."""
-        if key in self.waiting:
-            self.waiting[key] |= afresh
-            return
-        self.waiting[key] = afresh
-        self.due.put_nowait(key)
-
-    async def work(self) -> None:
-        """One worker: reconcile the queued jobs, one at a time (`start_workers` starts them)."""
-        while True:
-            key = await self.due.get()
-            afresh = self.waiting.pop(key, False)
-            try:
-                await self.reconcile(*key, None if afresh else self._known(key))
-            except Exception:
-                log.exception("%s/%s: reconcile failed unexpectedly", *key)
-            finally:
-                self.due.task_done()  # `await op.due.join()`: every queued job reconciled
-
-    def start_workers(self) -> None:
-        self.workers = [
-            asyncio.create_task(self.work(), name=f"codex-operator reconciles {i}") for i in range(RECONCILES_AT_ONCE)
-        ]
 
     # ---------------------------------------------------------------- reconcile
 
@@ -664,13 +634,13 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         op.kube = await Kube.connect()
 
         op.ticker = asyncio.create_task(op.tick_all(), name="codex-operator ticks")
-        op.start_workers()
+        op.queue.start(RECONCILES_AT_ONCE)
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
-        for task in [op.ticker, *op.workers]:
-            if task is not None:
-                task.cancel()
+        if op.ticker is not None:
+            op.ticker.cancel()
+        op.queue.stop()
         if op.http is not None:
             await op.http.close()
         if op.kube is not None:
@@ -692,7 +662,7 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
     @kopf.on.event(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
     async def job_event(event: kopf.RawEvent, **_: Any) -> None:
         if (key := op.take_job_event(event.get("type"), dict(event["object"]))) is not None:
-            op.queue(key)
+            op.queue.put(key)
 
     # the attempt Jobs (any change), and the job file and the rendezvous Service (their deletion): only
     # objects labelled with a job's name, selected by the API server (settings.watching.label_selectors)
@@ -703,4 +673,4 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         )
         async def child_event(event: kopf.RawEvent, **_: Any) -> None:
             if (due := op.take_child_event(event.get("type"), dict(event["object"]))) is not None:
-                op.queue(*due)
+                op.queue.put(*due)

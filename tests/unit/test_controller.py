@@ -800,7 +800,7 @@ def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_label
         c.api.drain()
         await next(fn for i, fn in watchers.items() if "job_event" in i)(event={"type": "ADDED", "object": job})
         assert c.attempt(1) is None  # the handler only queued the job: the workers reconcile it
-        await asyncio.wait_for(c.op.due.join(), 10)
+        await asyncio.wait_for(c.op.queue.join(), 10)
         assert c.status()["phase"] == "Pending" and c.attempt(1) is not None
         (indexer,) = (h.fn for h in registry._indexing.get_all_handlers())
         ((key, seen),) = (await indexer(body=c.attempt(1))).items()
@@ -810,13 +810,13 @@ def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_label
         c.api.delete("services", NS, f"{NAME}-workers")
         (_, gone), *_ = c.api.drain()
         await watchers["child-services"](event={"type": "DELETED", "object": gone})
-        await asyncio.wait_for(c.op.due.join(), 10)
+        await asyncio.wait_for(c.op.queue.join(), 10)
         assert c.api.get("services", NS, f"{NAME}-workers") is not None
         assert c.attempt(2) is None and c.status()["attempt"] == 1
         c.op.kube = None  # cleanup closes the client: the scenario closes it itself
         await cleanup()
         await asyncio.sleep(0)
-        assert c.op.ticker.cancelled() and all(task.cancelled() for task in c.op.workers)
+        assert c.op.ticker.cancelled() and all(task.cancelled() for task in c.op.queue.workers)
 
     scenario(test)
 

@@ -63,18 +63,17 @@ def test_a_burst_of_events_is_let_go_at_once_and_costs_each_job_one_reconcile(mo
 
     async def burst(kube: Any) -> None:
         op = Operator(Options(progress_via="proxy"), kube, post_event=lambda *_: None)
-        op.start_workers()
+        op.queue.start(4)
         jobs = [api.put(names.PLURAL, manifest(name=f"j{i}")) for i in range(40)]
         api.drain()
         for _ in range(3):  # each job's event seen three times before any reconcile ran
             for job in jobs:
                 key = op.take_job_event("ADDED", job)
                 assert key is not None
-                op.queue(key)
+                op.queue.put(key)
         assert not requests, "a watch event made a request before the handler returned"
-        await asyncio.wait_for(op.due.join(), 30)
-        for task in op.workers:
-            task.cancel()
+        await asyncio.wait_for(op.queue.join(), 30)
+        op.queue.stop()
 
     asyncio.run(answering(counting, burst))
     for i in range(40):
