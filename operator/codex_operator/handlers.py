@@ -81,6 +81,10 @@ OWNED = (
 # queue, not a watch event held or a half-done reconcile's parsed spec, manifests and request bodies
 # (10,000 jobs created at once)
 RECONCILES_AT_ONCE = CONNECTIONS
+# Events posted at once: the rest wait in a line of their own. Posted in the background, in a burst they
+# number in the hundreds, and waiting for the client's connections they would be ahead of every job's
+# creates (1,000 jobs at once: ConfigMap creates waited up to 8 s behind 350 Event posts)
+EVENTS_AT_ONCE = 4
 
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
 
@@ -101,6 +105,7 @@ class Operator(Timer):
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
         self.gate = asyncio.Semaphore(RECONCILES_AT_ONCE)
+        self.events_gate = asyncio.Semaphore(EVENTS_AT_ONCE)
         # the jobs due a reconcile, in the order their events came, each once (on the cluster)
         self.queue = WorkQueue(lambda key, afresh: self.reconcile(*key, None if afresh else self._known(key)))
 
@@ -121,8 +126,11 @@ class Operator(Timer):
 
     def _post_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """An Event on the job, posted in the background (from a watch handler or the timer alike: kopf's
-        own kopf.event works only inside its handlers); a failed post is logged, never fatal."""
-        task = asyncio.get_running_loop().create_task(self._send_event(body, kind, reason, message))
+        own kopf.event works only inside its handlers), EVENTS_AT_ONCE at a time; a failed post is logged,
+        never fatal."""
+        meta = body["metadata"]
+        about = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}  # not the whole job, held
+        task = asyncio.get_running_loop().create_task(self._send_event(about, kind, reason, message))
         self._posting.add(task)
         task.add_done_callback(self._posting.discard)
 
@@ -130,9 +138,15 @@ class Operator(Timer):
         meta = body["metadata"]
         try:
             assert self.kube is not None
-            await self.kube.post_event(body, kind, reason, message)
+            async with self.events_gate:
+                await self.kube.post_event(body, kind, reason, message)
         except Exception as e:
             log.warning("could not post the Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e)
+
+    async def events_posted(self) -> None:
+        """Until every Event asked for so far has been posted (or failed)."""
+        while self._posting:
+            await asyncio.gather(*self._posting)
 
     # ---------------------------------------------------------------- watch events
 

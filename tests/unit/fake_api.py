@@ -257,9 +257,12 @@ async def serve(api: FakeAPI, call: Callable[[Kube], Awaitable[Any]]) -> Any:
 
 
 async def answering(
-    answer: Callable[[web.Request], Awaitable[web.StreamResponse]], call: Callable[[Kube], Awaitable[Any]]
+    answer: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    call: Callable[[Kube], Awaitable[Any]],
+    connections: int = 100,
 ) -> Any:
-    """Run `call` with a Kube whose API server answers each request as `answer` does."""
+    """Run `call` with a Kube whose API server answers each request as `answer` does, through a pool of
+    `connections` (the client's default 100; the operator's own is kube.CONNECTIONS)."""
     app = web.Application()
     app.router.add_route("*", "/{path:.*}", answer)
     runner = web.AppRunner(app)
@@ -267,7 +270,9 @@ async def answering(
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     await web.SockSite(runner, sock).start()
-    kube = Kube(client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{sock.getsockname()[1]}")))
+    cfg = client.Configuration(host=f"http://127.0.0.1:{sock.getsockname()[1]}")
+    cfg.connection_pool_maxsize = connections
+    kube = Kube(client.ApiClient(cfg))
     try:
         return await call(kube)
     finally:

@@ -82,3 +82,55 @@ def test_a_burst_of_events_is_let_go_at_once_and_costs_each_job_one_reconcile(mo
     creates = [r for r in requests if r.startswith("POST") and r.endswith("/jobs")]
     assert len(creates) == 40, creates
     assert reconciles() - before == 40, "a job queued three times was reconciled more than once"
+
+
+def test_events_the_api_server_is_slow_to_take_never_hold_up_a_jobs_start(monkeypatch):
+    """An Event is posted in the background, and in a burst there are hundreds waiting: they must wait
+    in a line of their own, not for the API client's connections, where every job's creates would queue
+    behind them (on the cluster, 1,000 jobs at once: ConfigMap creates waited up to 8 s for a connection
+    behind 350 Event posts). Here the API server takes no Event until every job has its attempt Job: a
+    pool of 8 connections, all held by Events, would start none."""
+    monkeypatch.setattr(handlers, "RECONCILES_AT_ONCE", 4)
+    api = FakeAPI()
+    started = asyncio.Event()
+    jobs_made = 0
+    events_in_flight, most_events = 0, 0
+
+    async def events_wait(request: web.Request) -> web.StreamResponse:
+        nonlocal jobs_made, events_in_flight, most_events
+        if request.path.endswith("/events"):
+            events_in_flight += 1
+            most_events = max(most_events, events_in_flight)
+            try:
+                await started.wait()
+            finally:
+                events_in_flight -= 1
+        response = await api.answer(request)
+        if request.method == "POST" and request.path.endswith("/jobs"):
+            jobs_made += 1
+            if jobs_made == 20:
+                started.set()
+        return response
+
+    async def burst(kube: Any) -> None:
+        op = Operator(Options(progress_via="proxy"), kube)  # its own Event poster, through the same client
+        op.queue.start(4)
+        for job in [api.put(names.PLURAL, manifest(name=f"j{i}")) for i in range(20)]:
+            key = op.take_job_event("ADDED", job)
+            assert key is not None
+            op.queue.put(key)
+        api.drain()
+        try:
+            await asyncio.wait_for(started.wait(), 10)
+        finally:
+            started.set()  # (so that a failure ends here, not when the server gives up on the Events held)
+        await asyncio.wait_for(op.queue.join(), 30)
+        op.queue.stop()
+        await asyncio.wait_for(op.events_posted(), 30)
+
+    asyncio.run(answering(events_wait, burst, connections=8))
+    for i in range(20):
+        assert api.get("jobs", NS, f"j{i}-a1") is not None, f"j{i}"
+    created = [e for e in api.names("events") if e.startswith("j")]
+    assert len(created) == 20, created  # and every Event got there in the end
+    assert most_events <= handlers.EVENTS_AT_ONCE, most_events
