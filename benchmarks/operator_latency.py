@@ -586,7 +586,8 @@ def _log_counts(path: Path) -> dict[str, Any]:
             levels[level] = levels.get(level, 0) + 1
         if level == "ERROR" and len(errors) < 3:
             errors.append(line[:300])
-        if "will retry" in line or "Too many requests" in line or "429" in line:
+        # (not a bare "429": job names such as bench-0429 have it)
+        if "will retry" in line or "Too many requests" in line or "HTTP 429" in line or "status=429" in line:
             retried += 1
     return {"levels": levels, "errors": errors, "retry_lines": retried}
 
