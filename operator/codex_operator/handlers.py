@@ -655,6 +655,10 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         if op.ticker is not None:
             op.ticker.cancel()
         op.queue.stop()
+        try:  # the Events already asked for, before the client closes (a stop mid-burst may have hundreds)
+            await asyncio.wait_for(op.events_posted(), 5)
+        except TimeoutError:
+            log.warning("stopping with %d Event(s) not posted", len(op._posting))
         if op.http is not None:
             await op.http.close()
         if op.kube is not None:
