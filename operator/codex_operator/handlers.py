@@ -34,6 +34,7 @@ from codex_trainer.manifest import parse_manifest
 
 from . import builders, metrics, names, watched
 from .builders import Job
+from .eventline import EventLine
 from .jobstate import JobState, Options
 from .kube import CONNECTIONS, Kube
 from .refusals import Refused, Taken, holder, next_backoff, server_message
@@ -81,10 +82,6 @@ OWNED = (
 # queue, not a watch event held or a half-done reconcile's parsed spec, manifests and request bodies
 # (10,000 jobs created at once)
 RECONCILES_AT_ONCE = CONNECTIONS
-# Events posted at once: the rest wait in a line of their own. Posted in the background, in a burst they
-# number in the hundreds, and waiting for the client's connections they would be ahead of every job's
-# creates (1,000 jobs at once: ConfigMap creates waited up to 8 s behind 350 Event posts)
-EVENTS_AT_ONCE = 4
 
 EventPoster = Callable[[dict[str, Any], str, str, str], None]
 
@@ -96,16 +93,15 @@ class Operator(Timer):
     def __init__(self, options: Options, kube: Kube | None = None, post_event: EventPoster | None = None):
         self.options = options
         self.kube = kube
-        self.post_event = post_event or self._post_event
+        self.events = EventLine(self._send_event)
+        self.post_event = post_event or self.events.post
         self.jobs: dict[Key, JobState] = {}
         # the attempt Jobs by job: kopf's index on the cluster (set at startup), else fed by on_child_event
         self.local_index: watched.Local | None = watched.Local()
         self.watched_attempts: Callable[[Key], Iterable[watched.Seen]] = self.local_index.values_of
-        self._posting: set[asyncio.Task] = set()
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
         self.gate = asyncio.Semaphore(RECONCILES_AT_ONCE)
-        self.events_gate = asyncio.Semaphore(EVENTS_AT_ONCE)
         # the jobs due a reconcile, in the order their events came, each once (on the cluster)
         self.queue = WorkQueue(lambda key, afresh: self.reconcile(*key, None if afresh else self._known(key)))
 
@@ -124,29 +120,10 @@ class Operator(Timer):
         self.local_index = None
         self.watched_attempts = lambda key: index.get(key, ())
 
-    def _post_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        """An Event on the job, posted in the background (from a watch handler or the timer alike: kopf's
-        own kopf.event works only inside its handlers), EVENTS_AT_ONCE at a time; a failed post is logged,
-        never fatal."""
-        meta = body["metadata"]
-        about = {"metadata": {k: meta.get(k) for k in ("name", "namespace", "uid")}}  # not the whole job, held
-        task = asyncio.get_running_loop().create_task(self._send_event(about, kind, reason, message))
-        self._posting.add(task)
-        task.add_done_callback(self._posting.discard)
-
     async def _send_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
-        meta = body["metadata"]
-        try:
-            assert self.kube is not None
-            async with self.events_gate:
-                await self.kube.post_event(body, kind, reason, message)
-        except Exception as e:
-            log.warning("could not post the Event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], e)
-
-    async def events_posted(self) -> None:
-        """Until every Event asked for so far has been posted (or failed)."""
-        while self._posting:
-            await asyncio.gather(*self._posting)
+        """An Event on the job, through the operator's API client (the EventLine posts it in the background)."""
+        assert self.kube is not None
+        await self.kube.post_event(body, kind, reason, message)
 
     # ---------------------------------------------------------------- watch events
 
@@ -656,9 +633,9 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
             op.ticker.cancel()
         op.queue.stop()
         try:  # the Events already asked for, before the client closes (a stop mid-burst may have hundreds)
-            await asyncio.wait_for(op.events_posted(), 5)
+            await asyncio.wait_for(op.events.posted(), 5)
         except TimeoutError:
-            log.warning("stopping with %d Event(s) not posted", len(op._posting))
+            log.warning("stopping with %d Event(s) not posted", len(op.events.waiting))
         if op.http is not None:
             await op.http.close()
         if op.kube is not None:

@@ -985,9 +985,9 @@ def test_events_are_posted_from_the_timer_too_as_core_events_on_the_job():
         c.op = op
         c.api.refuse("POST", "configmaps", 403, "exceeded quota: q, limited: configmaps=0", times=1)
         job = await c.apply()
-        await asyncio.gather(*op._posting)
+        await op.events.posted()
         await c.retry()  # the quota freed: the timer's retry creates everything
-        await asyncio.gather(*op._posting)
+        await op.events.posted()
         events = [c.api.get("events", NS, n) for n in c.api.names("events")]
         assert [(e["type"], e["reason"]) for e in events] == [("Warning", "Refused"), ("Normal", "Created")]
         assert all(e["involvedObject"]["uid"] == job["metadata"]["uid"] for e in events)

@@ -12,7 +12,7 @@ from fake_api import FakeAPI, answering
 from prometheus_client import REGISTRY
 from test_controller import NS, manifest
 
-from codex_operator import handlers, names
+from codex_operator import eventline, handlers, names
 from codex_operator.handlers import Operator, Options
 
 
@@ -126,11 +126,11 @@ def test_events_the_api_server_is_slow_to_take_never_hold_up_a_jobs_start(monkey
             started.set()  # (so that a failure ends here, not when the server gives up on the Events held)
         await asyncio.wait_for(op.queue.join(), 30)
         op.queue.stop()
-        await asyncio.wait_for(op.events_posted(), 30)
+        await asyncio.wait_for(op.events.posted(), 30)
 
     asyncio.run(answering(events_wait, burst, connections=8))
     for i in range(20):
         assert api.get("jobs", NS, f"j{i}-a1") is not None, f"j{i}"
     created = [e for e in api.names("events") if e.startswith("j")]
     assert len(created) == 20, created  # and every Event got there in the end
-    assert most_events <= handlers.EVENTS_AT_ONCE, most_events
+    assert most_events <= eventline.EVENTS_AT_ONCE, most_events
