@@ -10,7 +10,7 @@ from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from codex_trainer.data import collate, pack, truncate
-from codex_trainer.loss import LanguageModelLoss
+from codex_trainer.loss import LanguageModelLoss, per_document
 
 VOCAB = 300
 
@@ -214,3 +214,12 @@ def test_without_document_positions_the_same_block_leaks_across_documents():
         leaked = model(input_ids=ids).logits[0, len(docs[0]) : len(docs[0]) + len(docs[1])]
         alone = model(input_ids=torch.from_numpy(docs[1].astype(np.int64))[None]).logits[0]
     assert (leaked - alone).abs().max() > 1e-3
+
+
+def test_packed_rows_go_by_document_on_a_cpu_and_through_the_mask_on_a_gpu_except_with_flash_attention():
+    """The faster of the two equal ways for the device (benchmarks/document_attention.py); flash-attention
+    takes no mask, so it always goes by document (never across documents)."""
+    cpu, gpu = torch.device("cpu"), torch.device("cuda", 0)
+    assert per_document("sdpa", cpu) and per_document("eager", cpu)
+    assert not per_document("sdpa", gpu) and not per_document("eager", gpu)
+    assert per_document("flash_attention_2", gpu) and per_document("flash_attention_3", gpu)

@@ -7,6 +7,10 @@ own causal attention (`scaled_dot_product_attention(is_causal=True)` on its slic
 documents' bounds computed on the host from the data (`document_segments`, made by data.collate), so the
 device is never asked where they are. Rows with the same bounds go through together.
 
+On a CPU that is faster than the mask; on a GPU it is slower (many small launches against one fused kernel),
+and loss.per_document() keeps the mask there, except for flash-attention, which takes none
+(`benchmarks/document_attention.py` has the figures).
+
 Registered with transformers' attention interface as DOCUMENTS; loss.LanguageModelLoss switches a model to
 it for a forward that has `document_segments`, and back.
 """
