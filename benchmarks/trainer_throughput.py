@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import sysconfig
 import tempfile
 import time
@@ -382,16 +383,21 @@ def main() -> None:
 
         base_dir = tmp / "codex-packing" / "base-model"
         # codex (packing) goes first: it writes the base model the others start from
-        results["codex (packing)"] = run_codex(manifest, True, steps, seq, tmp / "codex-packing")
+        runs = {
+            "codex (packing)": lambda: run_codex(manifest, True, steps, seq, tmp / "codex-packing"),
+            "hf-trainer": lambda: run_hf_trainer(manifest, steps, seq, tmp / "hf", base_dir),
+            "trl-sft": lambda: run_trl_sft(manifest, steps, seq, tmp / "trl", base_dir),
+            "codex (no packing)": lambda: run_codex(manifest, False, steps, seq, tmp / "codex-nopack"),
+            "codex (compile)": lambda: run_codex(manifest, True, steps, seq, tmp / "codex-compile", compile=True),
+        }
+        for name, run in runs.items():
+            if name in wanted or name == "codex (packing)":
+                results[name] = run()
+                r = results[name]
+                # each run's line as it ends, so that a run cut short still leaves the ones before it
+                print(f"  {name}: {r['tokens']} tokens in {r['seconds']:.2f} s", file=sys.stderr, flush=True)
         if "codex (packing)" not in wanted:
             del results["codex (packing)"]
-        results["hf-trainer"] = run_hf_trainer(manifest, steps, seq, tmp / "hf", base_dir)
-        if "trl-sft" in wanted:
-            results["trl-sft"] = run_trl_sft(manifest, steps, seq, tmp / "trl", base_dir)
-        if "codex (no packing)" in wanted:
-            results["codex (no packing)"] = run_codex(manifest, False, steps, seq, tmp / "codex-nopack")
-        if "codex (compile)" in wanted:
-            results["codex (compile)"] = run_codex(manifest, True, steps, seq, tmp / "codex-compile", compile=True)
         frozen, trained = matmul_params(peft_model(manifest.spec, base_dir))
 
     flops = lora_flops_per_token(frozen, trained)
