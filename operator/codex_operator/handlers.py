@@ -112,7 +112,10 @@ class Operator(Timer):
         return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
 
     def state(self, key: Key) -> JobState:
-        return self.jobs.setdefault(key, JobState())
+        st = self.jobs.get(key)  # not setdefault: that would build a JobState (and its lock) on every call
+        if st is None:
+            st = self.jobs[key] = JobState()
+        return st
 
     def use_index(self, index: Mapping[Key, Iterable[watched.Seen]]) -> None:
         """Read the attempt Jobs from kopf's index of the Jobs watch (which kopf fills before any handler
