@@ -74,6 +74,7 @@ EXAMPLE = ROOT / "configs" / "examples" / "tiny-cpu.yaml"
 GROUP, VERSION, PLURAL, KIND = "codex.ml", "v1alpha1", "codextrainingjobs", "CodexTrainingJob"
 FAKE = "kwok.x-k8s.io/node"
 BENCH_LABEL = "codex.ml/benchmark"
+SETTLE_SECONDS = 30  # after the delete, before the RSS called settled
 CLAIM = "bench-checkpoints"
 WRITE_VERBS = ("create", "patch", "delete")
 # kopf's own writes (not in the operator's API counter): its timers put this finalizer on every job
@@ -547,6 +548,9 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
         run.stop_profile()
         after = run.scrape() or {}
         rss_end = proc.memory_info().rss
+        # idle connections close after aiohttp's keep-alive (15 s), and with them their TLS buffers
+        await asyncio.sleep(SETTLE_SECONDS)
+        rss_settled, conns_settled = proc.memory_info().rss, _api_connections(proc)
         cpu_total = sum(proc.cpu_times()[:2]) - cpu0
         events = await _items(core.list_namespaced_event, ns)
         others_end = _others_running()
@@ -570,6 +574,7 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
     }
     spans = {"created": t_created, "all_running": t_all_running, "delete": t_delete}
     rss_at = {"idle": rss_idle, "peak": max([r for _, r in rss] + [rss_idle]), "running": rss_running, "end": rss_end}
+    rss_at |= {"settled": rss_settled, "settled_connections": conns_settled, "settled_after_s": SETTLE_SECONDS}
     cpu = {"to_running": cpu_running, "total": cpu_total, "burst": burst_cpu}
     return _results(c, names, ends, spans, rss_at, cpu, conns_running, (others_start, others_end))
 

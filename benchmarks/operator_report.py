@@ -48,7 +48,14 @@ def report(res: dict[str, Any], command: str, where: str) -> str:
         + (f"; other phases: {sorted(set(res['other_phases'].values()))}" if res["other_phases"] else "")
         + f"); deleted and the children collected in {res['delete_in_s']:.1f} s",
         f"- operator RSS: idle {mb(res['rss']['idle'])}, peak {mb(res['rss']['peak'])}, with {n} running "
-        f"{mb(res['rss']['running'])}, end (jobs deleted) {mb(res['rss']['end'])}; CPU {res['cpu_s']['total']:.1f} s "
+        f"{mb(res['rss']['running'])}, end (jobs deleted) {mb(res['rss']['end'])}"
+        + (
+            f", {res['rss']['settled_after_s']} s later {mb(res['rss']['settled'])} "
+            f"({res['rss']['settled_connections']} connections)"
+            if "settled" in res["rss"]
+            else ""
+        )
+        + f"; CPU {res['cpu_s']['total']:.1f} s "
         f"({res['cpu_s']['total'] / n * 1000:.0f} ms per job); {res['api_connections']} TCP connections to the API "
         "server while they run",
         *_burst_line(res["cpu_s"].get("burst")),
