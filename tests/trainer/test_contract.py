@@ -12,14 +12,17 @@ import pathlib
 import queue
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 
 import pytest
+from transformers import PreTrainedModel
 
 from codex_trainer import checkpoint
+from codex_trainer import metrics as metrics_module
 from codex_trainer.cli import main
 from support import ROOT, TINY, run_cli, wait_for
 
@@ -184,6 +187,61 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_resumes(tmp_p
     monkeypatch.setattr(checkpoint, "save_file", real_save)
     assert run(out, steps=6) == 0
     assert '"resumed", "step": 2' in capsys.readouterr().out
+
+
+class _SafetensorsFull(Exception):
+    """How safetensors reports a full disk: its own exception, not an OSError."""
+
+
+def test_a_full_disk_while_writing_the_scratch_model_is_one_line_and_the_rerun_trains(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "out"
+    real_save = PreTrainedModel.save_pretrained
+
+    def full(self, path, *a, **k):
+        (path / "model.safetensors").write_bytes(b"partial")
+        raise _SafetensorsFull("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", full)
+    assert run(out) == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"codex-train: disk full: writing the scratch model (base-model/) in {out} needed about"), (
+        line
+    )
+    assert not [p.name for p in out.iterdir() if p.name.startswith("base-model")]  # nothing half-written left
+
+    monkeypatch.setattr(PreTrainedModel, "save_pretrained", real_save)
+    assert run(out) == 0
+
+
+def test_an_mlflow_database_left_half_made_is_made_again_and_a_full_disk_there_is_one_line(
+    tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "out"
+    out.mkdir()
+    # what a full disk (or a kill) in the middle of MLflow building its tables leaves: some tables, no run
+    with sqlite3.connect(out / "mlflow.db") as db:
+        db.execute("CREATE TABLE secrets (id INTEGER)")
+    assert run(out, "tracking.mlflow.enabled=true") == 0
+    assert (out / "mlflow_run_id").is_file()
+    with sqlite3.connect(out / "mlflow.db") as db:
+        assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
+
+    again = tmp_path / "again"
+    real_start = metrics_module.Mlflow.__init__
+
+    def full(self, *a, **k):
+        (again / "mlflow.db").write_bytes(b"SQLite format 3\0half")
+        raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
+
+    monkeypatch.setattr(metrics_module.Mlflow, "__init__", full)
+    capsys.readouterr()
+    assert run(again, "tracking.mlflow.enabled=true") == 1
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"codex-train: disk full: writing the MLflow database (mlflow.db) in {again}"), line
+    monkeypatch.setattr(metrics_module.Mlflow, "__init__", real_start)
+    assert run(again, "tracking.mlflow.enabled=true") == 0  # the half-made database, with no run in it, made again
+    with sqlite3.connect(again / "mlflow.db") as db:
+        assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
 
 
 def test_a_second_run_on_the_same_directory_exits_2_and_a_killed_runs_lock_is_taken_over(tmp_path, capsys):

@@ -80,14 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last complete checkpoint stays
         print("codex-train: stopped at once by a second Ctrl-C; the last complete checkpoint stays", file=sys.stderr)
         return SIGNAL_EXIT_BASE + signal.SIGINT
-    except OSError as e:
-        if not is_disk_full(e):
-            raise
-        message = f"disk full: {e.strerror} writing {e.filename or 'a file'}; free space there (retryable)"
-        print(f"codex-train: {message}", file=sys.stderr)
-        write_termination_message(message)
-        return EXIT_RETRYABLE
-    except Exception as e:  # a crash: the traceback goes to stderr as before, one line to the operator
+    except Exception as e:
+        if is_disk_full(e):  # a write no step above expected to fail: still one line, and retryable
+            where = f" writing {e.filename}" if isinstance(e, OSError) and e.filename else ""
+            message = f"disk full{where}: {str(e).splitlines()[0]}; free space there (retryable)"
+            print(f"codex-train: {message}", file=sys.stderr)
+            write_termination_message(message)
+            return EXIT_RETRYABLE
+        # a crash: the traceback goes to stderr as before, one line to the operator
         write_termination_message(f"crashed: {type(e).__name__}: {e}".splitlines()[0])
         raise
 

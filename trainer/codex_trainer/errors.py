@@ -40,8 +40,22 @@ class DiskFullError(TransientError):
     last complete checkpoint once there is room."""
 
 
+# how libraries that do not raise OSError say it: safetensors (its Rust io error), SQLite (MLflow's database)
+_FULL_WORDS = ("No space left on device", "Disk quota exceeded", "database or disk is full")
+
+
 def is_disk_full(e: BaseException) -> bool:
-    return isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)
+    """A full disk (or quota), as an OSError or as a library's own exception, or as the cause of either."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(w in str(cur) for w in _FULL_WORDS):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def disk_full(what: str, where: Path, needed: int) -> DiskFullError:

@@ -19,7 +19,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from .errors import SpecError
+from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_dir
 from .sources import load_failure, resolve_source
 from .spec import HF_SOURCE, ModelSpec, PeftSpec
@@ -44,9 +44,17 @@ def load_base_model(
         made_from = _made_from(config, seed)
         there = (base_dir / "config.json").is_file()
         if is_main and (not there or (fresh and _recorded(base_dir) != made_from)):
-            with atomic_dir(base_dir) as tmp:
-                new_model(config, spec).save_pretrained(tmp)
-                (tmp / BASE_RECORD).write_text(json.dumps({"madeFrom": made_from}) + "\n")
+            model = new_model(config, spec)
+            try:
+                with atomic_dir(base_dir) as tmp:
+                    model.save_pretrained(tmp)
+                    (tmp / BASE_RECORD).write_text(json.dumps({"madeFrom": made_from}) + "\n")
+            except BaseException as e:
+                if is_disk_full(e):
+                    size = sum(p.numel() * p.element_size() for p in model.parameters())
+                    raise disk_full("the scratch model (base-model/)", base_dir.parent, size) from None
+                raise
+            del model
         _barrier()  # every rank, whatever it found: rank 0 may be replacing the base
     source = str(base_dir) if spec.source == "scratch" else spec.source
     model = load_causal_lm(source, "spec.model.source", dtype=dtype, trust_remote_code=spec.trust_remote_code)

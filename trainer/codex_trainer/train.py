@@ -7,10 +7,12 @@ evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import shutil
 import signal
+import sqlite3
 import time
 import warnings
 from collections.abc import Callable
@@ -607,5 +609,27 @@ def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
     # MLflow sends usage telemetry to its own server unless told not to; a training job sends nothing the
     # user did not ask for (set MLFLOW_DISABLE_TELEMETRY=false to allow it)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    uri = cfg.tracking_uri or f"sqlite:///{(out / 'mlflow.db').resolve()}"
-    return Mlflow(uri, cfg.experiment, name, out / "mlflow_run_id", flatten(spec.shown()))
+    db, run_id = out / "mlflow.db", out / "mlflow_run_id"
+    uri = cfg.tracking_uri or f"sqlite:///{db.resolve()}"
+    if not cfg.tracking_uri and db.exists() and not run_id.exists() and not _mlflow_runs(db):
+        # no run in it: left half-made by a full disk or a kill while MLflow built its tables (MLflow would
+        # fail on it at every later start): made again, losing nothing
+        db.unlink()
+    try:
+        return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()))
+    except Exception as e:
+        if is_disk_full(e):
+            raise disk_full("the MLflow database (mlflow.db)", out, MLFLOW_DB_BYTES) from None
+        raise
+
+
+def _mlflow_runs(db: Path) -> int:
+    """How many runs an MLflow SQLite database holds (0 for one whose tables were never made)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+            return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+    except sqlite3.Error:
+        return 0
+
+
+MLFLOW_DB_BYTES = 2**21  # about what a new MLflow database takes once its tables are made
