@@ -49,7 +49,7 @@ CASES = {
     "unknown module to save": (["peft.modulesToSave=[wte]"], "spec.peft.modulesToSave", "wte"),
     "tokenizer path absent": (["tokenizer=/no/such/tokenizer"], "spec.tokenizer", "neither hf://"),
     "data path is a directory": (["data.train=[{folder}]"], "spec.data.train", "is a directory"),
-    "row without the text field": (["data.train=[{gap}]"], "spec.data.textField", "gap.jsonl line 2"),
+    "row without the text field": (["data.train=[{gap}]"], "spec.data.textField", "gap.jsonl' line 2"),
     "null text": (["data.train=[{null}]"], "spec.data.train", "line 2: field 'text' is null, not a string"),
     "txt not UTF-8": (["data.train=[{latin}]"], "spec.data.train", "not UTF-8 text: byte 0xe9 at offset 3"),
     "validationFraction leaves no training batch": (
@@ -111,6 +111,7 @@ def test_a_hub_model_that_cannot_be_fetched_is_retryable_not_a_spec_error(tmp_pa
     [
         ("data.train=[/no/such.jsonl]", "invalid spec.data.train: file '/no/such.jsonl' not found"),
         ("peft.targetModules=[nope_proj]", "invalid spec.peft.targetModules: no module named nope_proj"),
+        ("peft.modulesToSave=[embed]", "invalid spec.peft.modulesToSave: no module named embed in this model; its"),
         ("model.config.hidden_size=lots", "invalid spec.model.config: cannot build"),
     ],
 )

@@ -53,7 +53,9 @@ def test_the_data_is_identified_by_content_not_by_path(tmp_path, capsys, monkeyp
     shutil.copy(ROOT / "configs/data/tiny-code.jsonl", data)
     out = tmp_path / "out"
     assert run(out, f"data.train=[{data}]", "data.validationFraction=0") == 0
-    assert "no validation sequences, so evaluation will not run: validationFraction is 0" in capsys.readouterr().out
+    out_text = capsys.readouterr().out
+    assert "no validation sequences, so evaluation will not run: validationFraction is 0" in out_text
+    assert '"evaluating"' not in out_text  # and it does not say it evaluates
 
     monkeypatch.chdir(tmp_path)  # the same file, named relatively: the same data, so the run resumes
     assert run(out, "data.train=[train.jsonl]", "data.validationFraction=0", steps=4) == 0
@@ -301,7 +303,10 @@ def test_a_read_only_output_directory_exits_2(tmp_path, capsys, monkeypatch):
         monkeypatch.setattr(pathlib.Path, "write_bytes", refuse)
     assert run(out) == 2
     line = one_line(capsys.readouterr().err)
-    assert line == f"codex-train: invalid --output-dir: cannot write to '{out}' as uid {os.getuid()}: Permission denied"
+    assert line == (
+        f"codex-train: invalid --output-dir: cannot write to '{out}' as uid {os.getuid()}: Permission denied; "
+        "choose a writable --output-dir"
+    )
 
 
 def test_a_metrics_port_in_use_exits_2_before_loading_anything(tmp_path, capsys):

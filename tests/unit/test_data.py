@@ -177,7 +177,11 @@ BAD_ROWS = {
     "jsonl not UTF-8": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "d.jsonl", "byte 0xe9 at offset 28 (line 2)"),
     "txt not UTF-8": (b"fine\n\xff\xfeoops\n", "d.txt", "not UTF-8 text: byte 0xff at offset 5 (line 2)"),
     "json item null": (b'[{"text": "a"}, {"text": null}]', "d.json", "item 1: field 'text' is null"),
-    "not JSON": (b'{"text": "a"}\n{text}\n', "d.jsonl", "line 2 is not JSON"),
+    "not JSON": (
+        b'{"text": "a"}\n{text}\n',
+        "d.jsonl",
+        "line 2 is not JSON: Expecting property name enclosed in double quotes (column 2)",
+    ),
 }
 
 
@@ -198,7 +202,8 @@ def test_a_row_missing_the_text_field_gives_its_line(tmp_path):
     with pytest.raises(SpecError) as e:
         read_texts([str(path)], "text", "spec.data.train")
     ((field, msg),) = e.value.problems
-    assert field == "spec.data.textField" and "d.jsonl line 2" in msg and "fields there: body" in msg
+    assert field == "spec.data.textField" and f"'{path}' line 2" in msg and "fields there: body" in msg
+    assert msg.endswith("set data.textField to the field that holds the text in every row, or give that row 'text'")
 
 
 def test_a_parquet_column_that_is_not_strings_is_refused(tmp_path):

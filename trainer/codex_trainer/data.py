@@ -118,8 +118,8 @@ def check_data_path(name: str, field: str) -> None:
 def _missing_field(path: Path, where: str, text_field: str, fields: list[str]) -> SpecError:
     return SpecError(
         "spec.data.textField",
-        f"'{text_field}' is not a field of {path.name} {where} (fields there: {', '.join(fields) or 'none'}); "
-        f"set data.textField to the one holding the text",
+        f"'{text_field}' is not a field of '{path}' {where} (fields there: {', '.join(fields) or 'none'}); "
+        f"set data.textField to the field that holds the text in every row, or give that row '{text_field}'",
     )
 
 
@@ -145,7 +145,7 @@ def read_jsonl(path: Path, text_field: str) -> list[str]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"'{path}' line {n} is not JSON: {e.msg}") from None
+            raise DataError(f"'{path}' line {n} is not JSON: {e.msg} (column {e.colno})") from None
         out.append(_text_of(row, path, f"line {n}", text_field))
     return [t for t in out if t]
 

@@ -191,10 +191,14 @@ def _check_names(model: torch.nn.Module, names: list[str], field: str) -> None:
     present = {n.rsplit(".", 1)[-1] for n, _ in model.named_modules() if n}
     missing = [n for n in names if n not in present]
     if missing:
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)})
+
+        def named(kind: type) -> str:
+            return ", ".join(sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, kind)}))
+
         raise SpecError(
             field,
-            f"no module named {', '.join(missing)} in this model; its linear layers are {', '.join(linear)}",
+            f"no module named {', '.join(missing)} in this model; its linear layers are {named(torch.nn.Linear)}, "
+            f"its embeddings {named(torch.nn.Embedding)}",
         )
 
 

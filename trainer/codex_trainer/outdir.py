@@ -35,7 +35,9 @@ def prepare_output_dir(out: Path, field: str = "--output-dir") -> None:
     except OSError as e:
         if is_disk_full(e):
             raise disk_full("a first file", out, 2) from None
-        raise SpecError(field, f"cannot write to '{out}' as uid {os.getuid()}: {e.strerror or e}") from None
+        raise SpecError(
+            field, f"cannot write to '{out}' as uid {os.getuid()}: {e.strerror or e}; choose a writable --output-dir"
+        ) from None
 
 
 @contextlib.contextmanager

@@ -260,6 +260,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     train_loss = None
 
     def eval_due(at: int) -> bool:
+        if not data.validation.rows:  # nothing to evaluate (said once, above)
+            return False
         return at == total_steps or bool(spec.eval.every_steps and at % spec.eval.every_steps == 0)
 
     # a run stopped at an evaluation step before that evaluation finished: its rerun evaluates first
@@ -326,7 +328,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
 
     # ---- the result. A run that a signal stopped at its last step checkpointed without evaluating: its
     # rerun (which starts here, at the last step) evaluates now.
-    if evaluated_at != step:
+    if evaluated_at != step and data.validation.rows:
         eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, evaluated_at, sink)
     if is_main:
         lora = spec.peft.method == "lora"
