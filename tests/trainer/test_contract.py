@@ -246,6 +246,24 @@ def test_an_mlflow_database_left_half_made_is_made_again_and_a_full_disk_there_i
         assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
 
 
+def test_steps_a_killed_run_logged_after_its_last_checkpoint_are_in_mlflow_once_after_the_resume(tmp_path):
+    import mlflow
+
+    out = tmp_path / "out"
+    assert run(out, "tracking.mlflow.enabled=true", steps=4) == 0
+    # as a run killed after logging steps 3 and 4 but before checkpointing step 4 leaves its directory
+    shutil.rmtree(out / "checkpoints" / "step-4")
+    shutil.rmtree(out / "final")
+    assert run(out, "tracking.mlflow.enabled=true", steps=4) == 0  # resumes from step 2, does 3 and 4 again
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    history = client.get_metric_history((out / "mlflow_run_id").read_text().strip(), "loss")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4]
+    assert [json.loads(x)["step"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x] == [
+        1, 2, 3, 4
+    ]  # fmt: skip
+
+
 def test_a_second_run_on_the_same_directory_exits_2_and_a_killed_runs_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

@@ -330,9 +330,22 @@ class Mlflow:
         if run_id is None:
             run_id_file.write_text(run.info.run_id)
             mlflow.log_params(params)
+        self.run_id, self.resumed = run.info.run_id, run_id is not None
+        # a resumed run: the last step of each metric MLflow already has. A run killed after its last checkpoint
+        # logged the steps after it, which the resumed run does again (with the same figures): not logged twice
+        self.logged: dict[str, int] = {}
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        self.mlflow.log_metrics(metrics, step=step)
+        if self.resumed:
+            metrics = {k: v for k, v in metrics.items() if step > self._last_logged(k)}
+        if metrics:
+            self.mlflow.log_metrics(metrics, step=step)
+
+    def _last_logged(self, key: str) -> int:
+        if key not in self.logged:
+            history = self.mlflow.MlflowClient().get_metric_history(self.run_id, key)
+            self.logged[key] = max((m.step for m in history), default=-1)
+        return self.logged[key]
 
     def close(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
