@@ -17,5 +17,17 @@ def test_memory_is_given_back_once_the_jobs_fall_to_half_their_peak_and_not_befo
     assert not t.seen(0) and trims == [1, 1]  # 120 is below the floor: too few to be worth a trim
 
 
+def test_each_trim_is_followed_by_one_more_once_the_bursts_connections_have_closed(monkeypatch):
+    trims: list[float] = []
+    t = memory.Trimmer(floor=200)
+    monkeypatch.setattr(memory, "_malloc_trim", lambda: trims.append(now) or True)
+    for now, jobs in ((0, 1000), (10, 400)):
+        t.seen(jobs, now)
+    assert trims == [10]
+    for now, jobs in ((20, 390), (29, 380), (30, 380), (40, 370), (80, 370)):
+        t.seen(jobs, now)
+    assert trims == [10, 30]  # AGAIN_AFTER (20 s) after the first, once
+
+
 def test_malloc_trim_runs_here():
     assert memory._malloc_trim()  # glibc: the operator image is Debian's
