@@ -83,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if is_disk_full(e):  # a write no step above expected to fail: still one line, and retryable
             where = f" writing {e.filename}" if isinstance(e, OSError) and e.filename else ""
-            message = f"disk full{where}: {str(e).splitlines()[0]}; free space there (retryable)"
+            said = (str(e).splitlines() or [type(e).__name__])[0]
+            message = f"disk full{where}: {said}; free space there (retryable)"
             print(f"codex-train: {message}", file=sys.stderr)
             write_termination_message(message)
             return EXIT_RETRYABLE

@@ -634,4 +634,4 @@ def _mlflow_runs(db: Path) -> int:
         return 0
 
 
-MLFLOW_DB_BYTES = 2**21  # about what a new MLflow database takes once its tables are made
+MLFLOW_DB_BYTES = 2**21  # a new MLflow database is about 1 MiB once its tables are made; room for its first run
