@@ -13,7 +13,7 @@ import sys
 import pytest
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from support import TINY, run_cli
+from support import ROOT, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -76,6 +76,15 @@ def test_eval_of_final_reproduces_the_runs_last_eval_loss(run, tmp_path):
     assert split["type"] == "file" and split["split"] == "validation" and split["loss"] == summary["loss"]
 
 
+def test_eval_from_a_directory_with_another_file_of_the_same_name_still_reads_the_runs_data(run, tmp_path):
+    shadow = tmp_path / "configs" / "data" / "tiny-code.jsonl"  # the run's relative data path, other contents
+    shadow.parent.mkdir(parents=True)
+    shadow.write_text("".join((ROOT / "configs/data/tiny-code.jsonl").read_text().splitlines(True)[:700]))
+    r = run_cli("eval", str(run / "final"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.splitlines()[0])["loss"] == pytest.approx(last_eval_loss(run), rel=1e-6, abs=0)
+
+
 def test_a_checkpoint_and_the_merged_model_give_the_same_loss(run):
     """The first test of this file pays for the module's training run (the `run` fixture, 20 steps with a
     merged model), then evaluates two models in two processes that each import torch."""
@@ -129,6 +138,12 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     assert "run.json" in fails_with_one_line(str(lone))
     assert "not found" in fails_with_one_line(str(run / "final"), "--data", str(tmp_path / "missing.jsonl"))
     assert "name what to evaluate" in fails_with_one_line("--data", "configs/data/tiny-code.jsonl")
+    short = tmp_path / "short.jsonl"
+    short.write_text('{"text": "x = 1"}\n{"text": "y = 2"}\n')
+    assert fails_with_one_line(str(run / "final"), "--data", str(short)) == (
+        f"codex-train: invalid --data: '{short}' makes 12 tokens, fewer than one packed sequence of 128; "
+        "lower --max-seq-length or add data"
+    )
     damaged = run.parent / "damaged"
     shutil.copytree(run, damaged, ignore=shutil.ignore_patterns("final", "cache"))
     (damaged / "checkpoints" / "step-20" / "trainable.safetensors").write_bytes(b"x" * 10)

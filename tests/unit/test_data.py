@@ -216,6 +216,12 @@ def test_a_parquet_column_that_is_not_strings_is_refused(tmp_path):
         assert words in e.value.problems[0][1], e.value.problems
 
 
+def test_a_parquet_text_column_stored_as_categories_reads_as_its_strings(tmp_path):
+    path = tmp_path / "categorical.parquet"  # what pandas writes for a categorical column
+    pq.write_table(pa.table({"text": pa.array(["def f(): pass", "x = 1", "def f(): pass"]).dictionary_encode()}), path)
+    assert read_texts([str(path)], "text", "spec.data.train") == ["def f(): pass", "x = 1", "def f(): pass"]
+
+
 def test_a_directory_is_not_a_data_file(tmp_path):
     (tmp_path / "data.jsonl").mkdir()
     with pytest.raises(SpecError) as e:

@@ -203,13 +203,21 @@ def read_parquet(path: Path, text_field: str) -> list[str]:
     if text_field not in table.column_names:
         raise _missing_field(path, "", text_field, table.column_names)
     column = table.column(text_field)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+    if pa.types.is_dictionary(column.type) and _is_text(column.type.value_type):  # a pandas categorical column
+        column = column.cast(column.type.value_type)
+    if not _is_text(column.type):
         raise DataError(f"'{path}': column '{text_field}' holds {column.type}, not strings")
     values = column.to_pylist()
     for i, v in enumerate(values):
         if v is None:
             raise DataError(f"'{path}' row {i}: column '{text_field}' is null, not a string")
     return [t for t in values if t]
+
+
+def _is_text(t: Any) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_string(t) or pa.types.is_large_string(t))
 
 
 # ---------------------------------------------------------------- split, tokenize, pack

@@ -156,15 +156,15 @@ def _find_run(p: Path) -> tuple[Path | None, JobSpec | None]:
 
 
 def _data_read_from(spec: JobSpec, workdir: Any) -> JobSpec:
-    """The run's spec with each relative data path that is not found here but is in the directory the run
-    read it from (run.json's workdir) made absolute: eval of a run's final/ from another directory
-    evaluates the run's own validation split."""
+    """The run's spec with each relative data path read from the directory the run read it from (run.json's
+    workdir) where it is still there, else from here: eval of a run's final/ from another directory
+    evaluates the run's own validation split, not a file of the same name here."""
     if not isinstance(workdir, str):
         return spec
 
     def found(name: str) -> str:
         there = Path(workdir) / name
-        return str(there) if not Path(name).is_absolute() and not Path(name).exists() and there.exists() else name
+        return str(there) if not Path(name).is_absolute() and there.exists() else name
 
     train, validation = [found(n) for n in spec.data.train], [found(n) for n in spec.data.validation]
     data = spec.data.model_copy(update={"train": train, "validation": validation})
@@ -314,7 +314,16 @@ def data_sources(
         out = []
         for name in args.data:
             texts = read_texts([name], s.text_field, "--data")
-            out.append(({"file": name}, shape(tokenize(texts, tokenizer, tokenizer.eos_token_id), s.max_seq_length)))
+            docs = tokenize(texts, tokenizer, tokenizer.eos_token_id)
+            split = shape(docs, s.max_seq_length)
+            if split.rows == 0:  # nothing to score: a loss of None would read as a result
+                tokens = sum(len(d) for d in docs)
+                raise SpecError(
+                    "--data",
+                    f"'{name}' makes {tokens} tokens, fewer than one packed sequence of {s.max_seq_length}; "
+                    "lower --max-seq-length or add data",
+                )
+            out.append(({"file": name}, split))
         return out
     if target.spec is None:
         if args.prompts:
