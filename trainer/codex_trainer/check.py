@@ -1,11 +1,12 @@
 """`codex-train validate`: what can be checked without training, in seconds.
 
 The callbacks named are installed; the data files exist and parse (every row has a string in
-data.textField); the tokenizer and the model source resolve (a Hub source is looked up, its config and
-tokenizer fetched, no weights); the model `run` would build (a scratch model's config completed from the
-tokenizer by model.scratch_config, as `run` completes it), made on the meta device (no memory, no
-weights), has the peft.targetModules and modulesToSave named, an embedding as large as the tokenizer,
-and positions for data.maxSeqLength.
+data.textField) and, tokenized, make at least one training sequence of data.maxSeqLength; the tokenizer
+and the model source resolve (a Hub source is looked up, its config and tokenizer fetched, no weights);
+the model `run` would build (a scratch model's config completed from the tokenizer by
+model.scratch_config, as `run` completes it), made on the meta device (no memory, no weights), has the
+peft.targetModules and modulesToSave named, an embedding as large as the tokenizer, and positions for
+data.maxSeqLength.
 
 What cannot be checked from here is not judged: files on data.existingClaim (the volume is mounted in the
 pods only) that are not here, and Hub sources when the Hub cannot be reached. check_job returns one line
@@ -32,8 +33,10 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     unchecked: list[str] = []
     check_callbacks(spec.callbacks)
     data = spec.data
+    all_here = True
     for field, files in (("spec.data.train", data.train_files), ("spec.data.validation", data.validation_files)):
         here = _files_to_read(spec, field, files, unchecked)
+        all_here = all_here and len(here) == len(files)
         if here:
             read_texts(here, spec.data.text_field, field)
 
@@ -45,6 +48,11 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     tokenizer = _unless_unreachable(
         lambda: load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code), "spec.tokenizer", unchecked
     )
+    if tokenizer is not None and all_here:  # the sequences `run` would make: enough for one (as run checks)?
+        from .data import load_dataset
+        from .tokenizer import tokenizer_fingerprint
+
+        load_dataset(data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
     if spec.model.source != "scratch":
         config = _unless_unreachable(lambda: source_config(spec.model), "spec.model.source", unchecked)
     elif tokenizer is not None:
