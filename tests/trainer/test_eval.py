@@ -138,6 +138,11 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     assert "run.json" in fails_with_one_line(str(lone))
     assert "not found" in fails_with_one_line(str(run / "final"), "--data", str(tmp_path / "missing.jsonl"))
     assert "name what to evaluate" in fails_with_one_line("--data", "configs/data/tiny-code.jsonl")
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"code": "x = 1"}\n')
+    assert fails_with_one_line(str(run / "final"), "--data", str(other), "--text-field", "text").startswith(
+        f"codex-train: invalid --text-field: 'text' is not a field of '{other}' line 1 (fields there: code)"
+    )
     short = tmp_path / "short.jsonl"
     short.write_text('{"text": "x = 1"}\n{"text": "y = 2"}\n')
     assert fails_with_one_line(str(run / "final"), "--data", str(short)) == (

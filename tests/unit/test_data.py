@@ -203,7 +203,10 @@ def test_a_row_missing_the_text_field_gives_its_line(tmp_path):
         read_texts([str(path)], "text", "spec.data.train")
     ((field, msg),) = e.value.problems
     assert field == "spec.data.textField" and f"'{path}' line 2" in msg and "fields there: body" in msg
-    assert msg.endswith("set data.textField to the field that holds the text in every row, or give that row 'text'")
+    assert msg.endswith(
+        "name the field that holds the text in every row (data.textField; --text-field for codex-train eval), "
+        "or give that row 'text'"
+    )
 
 
 def test_a_parquet_column_that_is_not_strings_is_refused(tmp_path):

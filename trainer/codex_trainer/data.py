@@ -119,7 +119,8 @@ def _missing_field(path: Path, where: str, text_field: str, fields: list[str]) -
     return SpecError(
         "spec.data.textField",
         f"'{text_field}' is not a field of '{path}' {where} (fields there: {', '.join(fields) or 'none'}); "
-        f"set data.textField to the field that holds the text in every row, or give that row '{text_field}'",
+        f"name the field that holds the text in every row (data.textField; --text-field for codex-train eval), "
+        f"or give that row '{text_field}'",
     )
 
 

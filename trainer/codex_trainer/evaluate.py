@@ -313,7 +313,12 @@ def data_sources(
         shape = pack if s.packing else truncate
         out = []
         for name in args.data:
-            texts = read_texts([name], s.text_field, "--data")
+            try:
+                texts = read_texts([name], s.text_field, "--data")
+            except SpecError as e:  # the field eval reads is its --text-field, not the job's data.textField
+                raise SpecError(
+                    [("--text-field" if f == "spec.data.textField" else f, m) for f, m in e.problems]
+                ) from None
             docs = tokenize(texts, tokenizer, tokenizer.eos_token_id)
             split = shape(docs, s.max_seq_length)
             if split.rows == 0:  # nothing to score: a loss of None would read as a result
