@@ -548,10 +548,10 @@ async def measure(run: Run, timeout: float, run_profile: bool = False) -> dict[s
         run.stop_profile()
         after = run.scrape() or {}
         rss_end = proc.memory_info().rss
+        cpu_total = sum(proc.cpu_times()[:2]) - cpu0  # the lifecycle's: before the settle below
         # idle connections close after aiohttp's keep-alive (15 s), and with them their TLS buffers
         await asyncio.sleep(SETTLE_SECONDS)
         rss_settled, conns_settled = proc.memory_info().rss, _api_connections(proc)
-        cpu_total = sum(proc.cpu_times()[:2]) - cpu0
         events = await _items(core.list_namespaced_event, ns)
         others_end = _others_running()
         log = _log_counts(run.workdir / "operator.log")

@@ -112,7 +112,12 @@ def test_a_hub_model_that_cannot_be_fetched_is_retryable_not_a_spec_error(tmp_pa
         ("data.train=[/no/such.jsonl]", "invalid spec.data.train: file '/no/such.jsonl' not found"),
         ("peft.targetModules=[nope_proj]", "invalid spec.peft.targetModules: no module named nope_proj"),
         ("data.maxSeqLength=1000000", "invalid spec.data.maxSeqLength: the training data makes"),
-        ("peft.modulesToSave=[embed]", "invalid spec.peft.modulesToSave: no module named embed in this model; its"),
+        ("training.batchSize=100000", "invalid spec.training.batchSize: the training data makes"),
+        (
+            "peft.modulesToSave=[embed]",
+            "invalid spec.peft.modulesToSave: no module named embed in this model; its linear layers are down_proj, "
+            "gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj, its embeddings embed_tokens",
+        ),
         ("model.config.hidden_size=lots", "invalid spec.model.config: cannot build"),
     ],
 )

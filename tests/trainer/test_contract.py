@@ -264,6 +264,25 @@ def test_steps_a_killed_run_logged_after_its_last_checkpoint_are_in_mlflow_once_
     ]  # fmt: skip
 
 
+def test_a_run_that_starts_again_from_step_0_gets_a_new_mlflow_run_with_its_own_figures(tmp_path):
+    import mlflow
+
+    out = tmp_path / "out"
+    assert run(out, "tracking.mlflow.enabled=true", "training.learningRate=0.0001", steps=4) == 0
+    first = (out / "mlflow_run_id").read_text().strip()
+    # as a start killed before its first checkpoint leaves its directory; the job is edited, and run again
+    shutil.rmtree(out / "checkpoints")
+    shutil.rmtree(out / "final")
+    assert run(out, "tracking.mlflow.enabled=true", "training.learningRate=0.01", steps=4) == 0
+
+    client = mlflow.MlflowClient(f"sqlite:///{out / 'mlflow.db'}")
+    second = (out / "mlflow_run_id").read_text().strip()
+    assert second != first and client.get_run(first).info.status == "KILLED"
+    logged = {m.step: m.value for m in client.get_metric_history(second, "learning_rate")}
+    written = {r["step"]: r["learning_rate"] for r in metrics(out) if "learning_rate" in r}
+    assert logged == pytest.approx(written) and len(logged) == 4
+
+
 def test_a_second_run_on_the_same_directory_exits_2_and_a_killed_runs_lock_is_taken_over(tmp_path, capsys):
     out = tmp_path / "out"
     out.mkdir()

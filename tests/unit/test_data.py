@@ -219,6 +219,20 @@ def test_a_parquet_column_that_is_not_strings_is_refused(tmp_path):
         assert words in e.value.problems[0][1], e.value.problems
 
 
+def test_a_parquet_file_without_the_text_column_names_its_columns(tmp_path):
+    path = tmp_path / "other.parquet"
+    pq.write_table(pa.table({"body": ["x = 1"]}), path)
+    with pytest.raises(SpecError) as e:
+        read_texts([str(path)], "text", "spec.data.train")
+    assert e.value.problems == [
+        (
+            "spec.data.textField",
+            f"'text' is not a field of '{path}' (fields there: body); name the field that holds the text "
+            "(data.textField; --text-field for codex-train eval)",
+        )
+    ]
+
+
 def test_a_parquet_text_column_stored_as_categories_reads_as_its_strings(tmp_path):
     path = tmp_path / "categorical.parquet"  # what pandas writes for a categorical column
     pq.write_table(pa.table({"text": pa.array(["def f(): pass", "x = 1", "def f(): pass"]).dictionary_encode()}), path)

@@ -1,7 +1,7 @@
 """`codex-train validate`: what can be checked without training, in seconds.
 
 The callbacks named are installed; the data files exist and parse (every row has a string in
-data.textField) and, tokenized, make at least one training sequence of data.maxSeqLength; the tokenizer
+data.textField) and, tokenized, make a batch of sequences of data.maxSeqLength for every process; the tokenizer
 and the model source resolve (a Hub source is looked up, its config and tokenizer fetched, no weights);
 the model `run` would build (a scratch model's config completed from the tokenizer by
 model.scratch_config, as `run` completes it), made on the meta device (no memory, no weights), has the
@@ -48,11 +48,15 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     tokenizer = _unless_unreachable(
         lambda: load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code), "spec.tokenizer", unchecked
     )
-    if tokenizer is not None and all_here:  # the sequences `run` would make: enough for one (as run checks)?
-        from .data import load_dataset
+    if tokenizer is not None and all_here:  # the sequences `run` would make: a batch for every process?
+        from .data import load_dataset, micro_batches_per_epoch
         from .tokenizer import tokenizer_fingerprint
+        from .train import too_few_sequences
 
-        load_dataset(data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
+        ds = load_dataset(data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
+        world = spec.num_nodes * spec.processes_per_node
+        if micro_batches_per_epoch(ds.train.rows, spec.training.batch_size, world) == 0:
+            raise too_few_sequences(spec, ds, world)
     if spec.model.source != "scratch":
         config = _unless_unreachable(lambda: source_config(spec.model), "spec.model.source", unchecked)
     elif tokenizer is not None:

@@ -116,11 +116,14 @@ def check_data_path(name: str, field: str) -> None:
 
 
 def _missing_field(path: Path, where: str, text_field: str, fields: list[str]) -> SpecError:
+    """`where`: the row ("line 6"), or "" for a file of columns (parquet)."""
+    row = f" {where}" if where else ""
+    give = f", or give that row '{text_field}'" if where else ""
     return SpecError(
         "spec.data.textField",
-        f"'{text_field}' is not a field of '{path}' {where} (fields there: {', '.join(fields) or 'none'}); "
-        f"name the field that holds the text in every row (data.textField; --text-field for codex-train eval), "
-        f"or give that row '{text_field}'",
+        f"'{text_field}' is not a field of '{path}'{row} (fields there: {', '.join(fields) or 'none'}); "
+        f"name the field that holds the text{' in every row' if where else ''} (data.textField; --text-field "
+        f"for codex-train eval){give}",
     )
 
 

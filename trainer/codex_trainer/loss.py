@@ -149,7 +149,7 @@ class LanguageModelLoss(nn.Module):
 
 def per_document(attn_implementation: str | None, device: torch.device) -> bool:
     """Whether a packed batch's attention goes one document at a time (attention.DOCUMENTS) rather than through
-    transformers' block-diagonal mask. On a CPU the loop is the faster (1.4-2.3x, fp32); on a GPU sdpa's fused
+    transformers' block-diagonal mask. On a CPU the loop is the faster (1.3-2.3x, fp32); on a GPU sdpa's fused
     kernel with the mask is (4.8x over the loop for the standard library's files, 16x for short documents:
     one layer of Qwen2.5-0.5B, bf16, 8 rows of 1,024, H200; `benchmarks/document_attention.py`). Flash-attention
     takes no mask, and in this transformers reads documents from position ids only in a batch of one row: it

@@ -5,6 +5,7 @@ The training loop talks to one `Sink`, which passes each figure on to all of the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -315,7 +316,9 @@ class SystemStats:
 class Mlflow:
     """One MLflow run per output directory; a resumed run logs into the same MLflow run."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, run_id_file: Path, params: dict[str, Any]):
+    def __init__(
+        self, uri: str, experiment: str, run_name: str, run_id_file: Path, params: dict[str, Any], resume: bool = True
+    ):
         import logging
 
         import mlflow
@@ -326,6 +329,10 @@ class Mlflow:
         mlflow.set_tracking_uri(uri)
         mlflow.set_experiment(experiment)
         run_id = run_id_file.read_text().strip() if run_id_file.is_file() else None
+        if run_id and not resume:  # the earlier start left no checkpoint: its run ends, a new one begins
+            with contextlib.suppress(Exception):  # a run this tracking server does not have: nothing to end
+                mlflow.MlflowClient().set_terminated(run_id, "KILLED")
+            run_id = None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         if run_id is None:
             run_id_file.write_text(run.info.run_id)

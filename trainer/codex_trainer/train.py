@@ -155,7 +155,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         sink.warn(f"no validation sequences, so evaluation will not run: {no_validation}")
     per_epoch = micro_batches_per_epoch(data.train.rows, t.batch_size, world)
     if per_epoch == 0:
-        raise _too_few_sequences(spec, data, world)
+        raise too_few_sequences(spec, data, world)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
 
     # ---- known before the model is made (a fresh start makes its scratch base anew)
@@ -226,7 +226,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     sink.open(
         out / "metrics.jsonl",
         step,
-        lambda: _start_mlflow(spec, name, out),
+        lambda: _start_mlflow(spec, name, out, resumed=step > 0),
         use_gpu=device.type == "cuda",
         tensorboard=out / "tensorboard" if spec.tracking.tensorboard else None,
         wandb=lambda: start_wandb(spec.tracking.wandb, name, out, spec.shown()),
@@ -458,7 +458,7 @@ def _agreed_stop(stop: StopRequest, world: int, device: torch.device) -> int:
     return int(flag.item())
 
 
-def _too_few_sequences(spec: JobSpec, data: Dataset, world: int) -> SpecError:
+def too_few_sequences(spec: JobSpec, data: Dataset, world: int) -> SpecError:
     t, d = spec.training, spec.data
     need = t.batch_size * world
     if not d.validation_files and d.validation_fraction > 0 and data.train.rows + data.validation.rows >= need:
@@ -604,7 +604,9 @@ def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
 
 
-def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
+def _start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow | None:
+    """The MLflow run: the same one when resuming from a checkpoint; a new one for a run that starts at step
+    0 (an earlier start that made no checkpoint left a run whose figures the new one does not continue)."""
     cfg = spec.tracking.mlflow
     if not cfg.enabled:
         return None
@@ -613,25 +615,26 @@ def _start_mlflow(spec: JobSpec, name: str, out: Path) -> Mlflow | None:
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     db, run_id = out / "mlflow.db", out / "mlflow_run_id"
     uri = cfg.tracking_uri or f"sqlite:///{db.resolve()}"
-    if not cfg.tracking_uri and db.exists() and not run_id.exists() and not _mlflow_runs(db):
+    if not cfg.tracking_uri and db.exists() and not run_id.exists() and _mlflow_runs(db) == 0:
         # no run in it: left half-made by a full disk or a kill while MLflow built its tables (MLflow would
         # fail on it at every later start): made again, losing nothing
         db.unlink()
     try:
-        return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()))
+        return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed)
     except Exception as e:
-        if is_disk_full(e):
+        if is_disk_full(e) and not cfg.tracking_uri:  # a tracking server's own full disk is not ours to free
             raise disk_full("the MLflow database (mlflow.db)", out, MLFLOW_DB_BYTES) from None
         raise
 
 
 def _mlflow_runs(db: Path) -> int:
-    """How many runs an MLflow SQLite database holds (0 for one whose tables were never made)."""
+    """How many runs an MLflow SQLite database holds: 0 for one whose tables were never made (or not a
+    database at all); -1 when it cannot be read now (locked, say), so that it is left alone."""
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as conn:
+        with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as conn:
             return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
-    except sqlite3.Error:
-        return 0
+    except sqlite3.DatabaseError as e:
+        return 0 if "no such table" in str(e) or "not a database" in str(e) else -1
 
 
 MLFLOW_DB_BYTES = 2**21  # a new MLflow database is about 1 MiB once its tables are made; room for its first run
