@@ -49,9 +49,8 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
         lambda: load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code), "spec.tokenizer", unchecked
     )
     if tokenizer is not None and all_here:  # the sequences `run` would make: a batch for every process?
-        from .data import load_dataset, micro_batches_per_epoch
+        from .data import load_dataset, micro_batches_per_epoch, too_few_sequences
         from .tokenizer import tokenizer_fingerprint
-        from .train import too_few_sequences
 
         ds = load_dataset(data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
         world = spec.num_nodes * spec.processes_per_node

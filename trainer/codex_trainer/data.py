@@ -24,7 +24,7 @@ import numpy as np
 from .errors import DataError, SpecError, disk_full, is_disk_full
 from .files import atomic_file, sha256_file
 from .plugins import READERS, reader_extensions, reader_for
-from .spec import DataSpec
+from .spec import DataSpec, JobSpec
 
 if TYPE_CHECKING:  # imported when needed: reading and packing the data needs neither
     import torch
@@ -347,6 +347,23 @@ def _no_training_sequence(spec: DataSpec, train_tokens: int, val_tokens: int, he
         "spec.data.maxSeqLength",
         f"the training data makes {train_tokens} tokens, fewer than one sequence of "
         f"{spec.max_seq_length}; lower maxSeqLength or add data",
+    )
+
+
+def too_few_sequences(spec: JobSpec, data: Dataset, world: int) -> SpecError:
+    t, d = spec.training, spec.data
+    need = t.batch_size * world
+    if not d.validation_files and d.validation_fraction > 0 and data.train.rows + data.validation.rows >= need:
+        return SpecError(
+            "spec.data.validationFraction",
+            f"{d.validation_fraction} holds out {data.examples[1]} examples for validation, leaving "
+            f"{data.train.rows} training sequences, fewer than batchSize × processes = {need}; lower "
+            "validationFraction or batchSize, or add data",
+        )
+    return SpecError(
+        "spec.training.batchSize",
+        f"the training data makes {data.train.rows} sequences, fewer than batchSize × processes "
+        f"= {need}; lower batchSize or maxSeqLength, or add data",
     )
 
 

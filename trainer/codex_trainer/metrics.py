@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,9 +27,10 @@ from .contract import (
     METRIC_TOKENS_PER_SECOND,
     METRIC_TOTAL_STEPS,
 )
-from .errors import SpecError
+from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_file, write_text_atomically
 from .plugins import Callbacks
+from .spec import JobSpec
 from .wandb_sink import Wandb
 
 
@@ -356,6 +358,42 @@ class Mlflow:
 
     def close(self, status: str = "FINISHED") -> None:
         self.mlflow.end_run(status=status)
+
+
+def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow | None:
+    """The MLflow run: the same one when resuming from a checkpoint; a new one for a run that starts at step
+    0 (an earlier start that made no checkpoint left a run whose figures the new one does not continue)."""
+    cfg = spec.tracking.mlflow
+    if not cfg.enabled:
+        return None
+    # MLflow sends usage telemetry to its own server unless told not to; a training job sends nothing the
+    # user did not ask for (set MLFLOW_DISABLE_TELEMETRY=false to allow it)
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    db, run_id = out / "mlflow.db", out / "mlflow_run_id"
+    uri = cfg.tracking_uri or f"sqlite:///{db.resolve()}"
+    if not cfg.tracking_uri and db.exists() and not run_id.exists() and _mlflow_runs(db) == 0:
+        # no run in it: left half-made by a full disk or a kill while MLflow built its tables (MLflow would
+        # fail on it at every later start): made again, losing nothing
+        db.unlink()
+    try:
+        return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed)
+    except Exception as e:
+        if is_disk_full(e) and not cfg.tracking_uri:  # a tracking server's own full disk is not ours to free
+            raise disk_full("the MLflow database (mlflow.db)", out, MLFLOW_DB_BYTES) from None
+        raise
+
+
+def _mlflow_runs(db: Path) -> int:
+    """How many runs an MLflow SQLite database holds: 0 for one whose tables were never made (or not a
+    database at all); -1 when it cannot be read now (locked, say), so that it is left alone."""
+    try:
+        with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as conn:
+            return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
+    except sqlite3.DatabaseError as e:
+        return 0 if "no such table" in str(e) or "not a database" in str(e) else -1
+
+
+MLFLOW_DB_BYTES = 2**21  # a new MLflow database is about 1 MiB once its tables are made; room for its first run
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:

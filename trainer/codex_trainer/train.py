@@ -7,12 +7,10 @@ evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import shutil
 import signal
-import sqlite3
 import time
 import warnings
 from collections.abc import Callable
@@ -33,7 +31,6 @@ from . import checkpoint, evalloss
 from .console import Console
 from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
 from .data import (
-    Dataset,
     Split,
     collate,
     label_tokens,
@@ -43,11 +40,12 @@ from .data import (
     no_validation_reason,
     row_tokens,
     to_device,
+    too_few_sequences,
 )
 from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_dir
 from .loss import LanguageModelLoss
-from .metrics import Mlflow, Prometheus, Sink, flatten
+from .metrics import Prometheus, Sink, start_mlflow
 from .model import (
     adapter_base_reference,
     check_positions,
@@ -226,7 +224,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     sink.open(
         out / "metrics.jsonl",
         step,
-        lambda: _start_mlflow(spec, name, out, resumed=step > 0),
+        lambda: start_mlflow(spec, name, out, resumed=step > 0),
         use_gpu=device.type == "cuda",
         tensorboard=out / "tensorboard" if spec.tracking.tensorboard else None,
         wandb=lambda: start_wandb(spec.tracking.wandb, name, out, spec.shown()),
@@ -458,23 +456,6 @@ def _agreed_stop(stop: StopRequest, world: int, device: torch.device) -> int:
     return int(flag.item())
 
 
-def too_few_sequences(spec: JobSpec, data: Dataset, world: int) -> SpecError:
-    t, d = spec.training, spec.data
-    need = t.batch_size * world
-    if not d.validation_files and d.validation_fraction > 0 and data.train.rows + data.validation.rows >= need:
-        return SpecError(
-            "spec.data.validationFraction",
-            f"{d.validation_fraction} holds out {data.examples[1]} examples for validation, leaving "
-            f"{data.train.rows} training sequences, fewer than batchSize × processes = {need}; lower "
-            "validationFraction or batchSize, or add data",
-        )
-    return SpecError(
-        "spec.training.batchSize",
-        f"the training data makes {data.train.rows} sequences, fewer than batchSize × processes "
-        f"= {need}; lower batchSize or maxSeqLength, or add data",
-    )
-
-
 def _apply_training_settings(
     spec: JobSpec, optimizer: torch.optim.Optimizer, scheduler: LambdaLR, saved: dict | None
 ) -> dict:
@@ -602,39 +583,3 @@ def _mixed_precision(precision: str) -> str:
 
 def _step_seed(seed: int, step: int, rank: int) -> int:
     return int(np.random.SeedSequence([seed, step, rank]).generate_state(1)[0])
-
-
-def _start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow | None:
-    """The MLflow run: the same one when resuming from a checkpoint; a new one for a run that starts at step
-    0 (an earlier start that made no checkpoint left a run whose figures the new one does not continue)."""
-    cfg = spec.tracking.mlflow
-    if not cfg.enabled:
-        return None
-    # MLflow sends usage telemetry to its own server unless told not to; a training job sends nothing the
-    # user did not ask for (set MLFLOW_DISABLE_TELEMETRY=false to allow it)
-    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
-    db, run_id = out / "mlflow.db", out / "mlflow_run_id"
-    uri = cfg.tracking_uri or f"sqlite:///{db.resolve()}"
-    if not cfg.tracking_uri and db.exists() and not run_id.exists() and _mlflow_runs(db) == 0:
-        # no run in it: left half-made by a full disk or a kill while MLflow built its tables (MLflow would
-        # fail on it at every later start): made again, losing nothing
-        db.unlink()
-    try:
-        return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed)
-    except Exception as e:
-        if is_disk_full(e) and not cfg.tracking_uri:  # a tracking server's own full disk is not ours to free
-            raise disk_full("the MLflow database (mlflow.db)", out, MLFLOW_DB_BYTES) from None
-        raise
-
-
-def _mlflow_runs(db: Path) -> int:
-    """How many runs an MLflow SQLite database holds: 0 for one whose tables were never made (or not a
-    database at all); -1 when it cannot be read now (locked, say), so that it is left alone."""
-    try:
-        with contextlib.closing(sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True)) as conn:
-            return int(conn.execute("SELECT count(*) FROM runs").fetchone()[0])
-    except sqlite3.DatabaseError as e:
-        return 0 if "no such table" in str(e) or "not a database" in str(e) else -1
-
-
-MLFLOW_DB_BYTES = 2**21  # a new MLflow database is about 1 MiB once its tables are made; room for its first run
