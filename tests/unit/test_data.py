@@ -177,6 +177,11 @@ BAD_ROWS = {
     "jsonl not UTF-8": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "d.jsonl", "byte 0xe9 at offset 28 (line 2)"),
     "txt not UTF-8": (b"fine\n\xff\xfeoops\n", "d.txt", "not UTF-8 text: byte 0xff at offset 5 (line 2)"),
     "json item null": (b'[{"text": "a"}, {"text": null}]', "d.json", "item 1: field 'text' is null"),
+    "JSON Lines named .json": (
+        b'{"text": "a"}\n{"text": "b"}\n',
+        "d.json",
+        "is not JSON: Extra data (line 2, column 1); it holds one JSON object per line: name it .jsonl",
+    ),
     "not JSON": (
         b'{"text": "a"}\n{text}\n',
         "d.jsonl",

@@ -158,7 +158,10 @@ def read_json(path: Path, text_field: str) -> list[str]:
     try:
         rows = json.loads(_decode(path))
     except json.JSONDecodeError as e:
-        raise DataError(f"'{path}' is not JSON: {e.msg} (line {e.lineno})") from None
+        # one object per line, after the first line: JSON Lines under the wrong name
+        lines = e.msg == "Extra data" and e.lineno > 1
+        hint = "; it holds one JSON object per line: name it .jsonl" if lines else ""
+        raise DataError(f"'{path}' is not JSON: {e.msg} (line {e.lineno}, column {e.colno}){hint}") from None
     if not isinstance(rows, list):
         raise DataError(f"'{path}' must hold a JSON list of objects")
     return [t for t in (_text_of(r, path, f"item {i}", text_field) for i, r in enumerate(rows)) if t]

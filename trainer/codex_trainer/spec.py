@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "codex.ml/v1alpha1"
@@ -70,9 +70,17 @@ def _quantity(v: str) -> str:
     return v
 
 
+def _quantity_as_written(v: object) -> object:
+    """A bare number (`cpu: 2`, which a Pod takes) is refused with the fix: the CRD types quantities as strings."""
+    if isinstance(v, int | float) and not isinstance(v, bool):
+        raise ValueError(f"write the quantity in quotes, '{v}': quantities here are strings")
+    return v
+
+
 Quantity = Annotated[
     str,
     Field(max_length=MAX_QUANTITY, json_schema_extra=cel(QUANTITY_RULE, QUANTITY_MESSAGE)),
+    BeforeValidator(_quantity_as_written),
     AfterValidator(_quantity),
 ]
 DataPath = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
