@@ -112,6 +112,7 @@ def test_a_hub_model_that_cannot_be_fetched_is_retryable_not_a_spec_error(tmp_pa
         ("data.train=[/no/such.jsonl]", "invalid spec.data.train: file '/no/such.jsonl' not found"),
         ("peft.targetModules=[nope_proj]", "invalid spec.peft.targetModules: no module named nope_proj"),
         ("data.maxSeqLength=1000000", "invalid spec.data.maxSeqLength: the training data makes"),
+        ("data.train[0]=x.jsonl", "invalid --set: 'data.train[0]=x.jsonl': a list is set whole, not item by item"),
         ("resources.requests.cpu=2", "invalid spec.resources.requests.cpu: write the quantity in quotes, '2'"),
         ("training.batchSize=100000", "invalid spec.training.batchSize: the training data makes"),
         (

@@ -117,6 +117,12 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise SpecError("--set", f"'{item}' is not PATH=VALUE (e.g. --set training.maxSteps=20)")
+        if "[" in key:
+            raise SpecError(
+                "--set",
+                f"'{_short(item, 80)}': a list is set whole, not item by item "
+                "(e.g. --set 'data.train=[a.jsonl, b.jsonl]')",
+            )
         parts = key.split(".")
         if parts[0] not in ("spec", "metadata"):
             parts = ["spec", *parts]
