@@ -33,12 +33,9 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     unchecked: list[str] = []
     check_callbacks(spec.callbacks)
     data = spec.data
-    all_here = True
-    for field, files in (("spec.data.train", data.train_files), ("spec.data.validation", data.validation_files)):
-        here = _files_to_read(spec, field, files, unchecked)
-        all_here = all_here and len(here) == len(files)
-        if here:
-            read_texts(here, spec.data.text_field, field)
+    files = {"spec.data.train": data.train_files, "spec.data.validation": data.validation_files}
+    readable = {field: _files_to_read(spec, field, names, unchecked) for field, names in files.items()}
+    all_here = all(len(readable[field]) == len(names) for field, names in files.items())
 
     import torch
 
@@ -48,7 +45,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     tokenizer = _unless_unreachable(
         lambda: load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code), "spec.tokenizer", unchecked
     )
-    if tokenizer is not None and all_here:  # the sequences `run` would make: a batch for every process?
+    if tokenizer is not None and all_here:  # read and made into sequences as `run` would: a batch a process?
         from .data import load_dataset, micro_batches_per_epoch, too_few_sequences
         from .tokenizer import tokenizer_fingerprint
 
@@ -56,6 +53,10 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
         world = spec.num_nodes * spec.processes_per_node
         if micro_batches_per_epoch(ds.train.rows, spec.training.batch_size, world) == 0:
             raise too_few_sequences(spec, ds, world)
+    else:  # the files that are here, read and parsed
+        for field, here in readable.items():
+            if here:
+                read_texts(here, spec.data.text_field, field)
     if spec.model.source != "scratch":
         config = _unless_unreachable(lambda: source_config(spec.model), "spec.model.source", unchecked)
     elif tokenizer is not None:
