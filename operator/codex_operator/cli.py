@@ -55,9 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         progress_via=args.progress_via,
         queue_owns_suspend=args.queue_manages_all_jobs,
     )
-    registry = kopf.OperatorRegistry()
-    handlers.register(handlers.Operator(options), registry)
     namespaces = args.namespace or [n for n in _env("CODEX_NAMESPACES").split(",") if n]
+    registry = kopf.OperatorRegistry()
+    handlers.register(handlers.Operator(options), registry, namespaces)
     run = partial(
         kopf.operator,
         registry=registry,

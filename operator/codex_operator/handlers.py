@@ -1,7 +1,9 @@
 """kopf handlers: observe, call the pure builders and the status function, apply, patch status.
 
 One level-triggered `reconcile` per CodexTrainingJob, run after events of the job and of its attempt
-Jobs, and again after an operator restart (kopf lists every object at start). A watch event only keeps
+Jobs, and again after an operator restart (kopf lists every job at start). kopf watches the jobs; the
+children are watched by the operator's own informers (informer.py), which cost a fraction of kopf's
+per-event work. A watch event only keeps
 what it says and queues its job; a fixed set of workers reconciles the queued jobs, each once however
 many events it had meanwhile, from the newest body (workqueue.py). It derives everything
 from what exists (attempt numbers from the Jobs, restarts from their count), so running it twice, or
@@ -32,7 +34,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from codex_trainer.errors import SpecError
 from codex_trainer.manifest import parse_manifest
 
-from . import builders, metrics, names, watched
+from . import builders, informer, metrics, names, watched
 from .builders import Job
 from .eventline import EventLine
 from .jobstate import JobState, Options
@@ -96,9 +98,8 @@ class Operator(Timer):
         self.events = EventLine(self._send_event)
         self.post_event = post_event or self.events.post
         self.jobs: dict[Key, JobState] = {}
-        # the attempt Jobs by job: kopf's index on the cluster (set at startup), else fed by on_child_event
-        self.local_index: watched.Local | None = watched.Local()
-        self.watched_attempts: Callable[[Key], Iterable[watched.Seen]] = self.local_index.values_of
+        self.index = watched.Local()  # the attempt Jobs by job, fed by their watch events
+        self.children: informer.Children | None = None  # the informers, on the cluster (started at startup)
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
         self.gate = asyncio.Semaphore(RECONCILES_AT_ONCE)
@@ -117,11 +118,24 @@ class Operator(Timer):
             st = self.jobs[key] = JobState()
         return st
 
-    def use_index(self, index: Mapping[Key, Iterable[watched.Seen]]) -> None:
-        """Read the attempt Jobs from kopf's index of the Jobs watch (which kopf fills before any handler
-        runs) instead of the local one."""
-        self.local_index = None
-        self.watched_attempts = lambda key: index.get(key, ())
+    def watch_children(self, namespaces: Iterable[str]) -> None:
+        """Start the informers of the children; the workers and the timer start once the attempt Jobs have
+        been listed, so that a reconcile never sees a job without the attempts it has (restarts included)."""
+        assert self.kube is not None
+        self.children = informer.Children(self.kube.watch_client(), list(namespaces), self.take_watched)
+        self.children.start()
+        self.ticker = asyncio.create_task(self._after_listing(), name="codex-operator ticks")
+
+    async def _after_listing(self) -> None:
+        assert self.children is not None
+        await self.children.listed()
+        self.queue.start(RECONCILES_AT_ONCE)
+        await self.tick_all()
+
+    async def stop_watching(self) -> None:
+        if self.children is not None:
+            await self.children.stop()
+            await self.children.api.close()
 
     async def _send_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """An Event on the job, through the operator's API client (the EventLine posts it in the background)."""
@@ -156,8 +170,7 @@ class Operator(Timer):
             return None
         key = (meta["namespace"], job)
         if body.get("kind") == "Job":
-            if self.local_index is not None:
-                self.local_index.feed(event_type, body)
+            self.index.feed(event_type, body)
             if key in self.jobs:
                 st = self.jobs[key]
                 st.pending.shown(event_type, meta.get("uid", ""))
@@ -173,6 +186,11 @@ class Operator(Timer):
         if body.get("kind") != "Job":
             return None  # a ConfigMap or Service changing is nothing to act on; only its deletion is
         return key, False
+
+    def take_watched(self, event_type: str, body: dict[str, Any]) -> None:
+        """A child's watch event, from an informer: its job is queued when a reconcile is due."""
+        if (due := self.take_child_event(event_type, body)) is not None:
+            self.queue.put(*due)
 
     async def on_job_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         """A watch event of the job, reconciled before this returns (the in-process tests' way; on the
@@ -336,7 +354,7 @@ class Operator(Timer):
     def _attempt_jobs(self, key: Key, uid: str) -> list[watched.Seen]:
         """A job's attempt Jobs: labelled with its name and owned by its UID (an earlier job's are not), as
         the watch shows them and as this operator changed them since."""
-        return self.state(key).pending.merged(self.watched_attempts(key), uid)
+        return self.state(key).pending.merged(self.index.values_of(key), uid)
 
     async def _start_attempt(self, job: Job, p: Plan, now: datetime) -> None:
         assert p.create_attempt is not None and self.kube is not None
@@ -612,29 +630,26 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
-def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
-    """Register the handlers with kopf (the interval comes from the command line, so not at import)."""
+def register(op: Operator, registry: kopf.OperatorRegistry, namespaces: Iterable[str] = ()) -> None:
+    """Register the handlers with kopf (the interval comes from the command line, so not at import); the
+    children are watched in `namespaces` (all when none), as kopf watches the jobs."""
 
     @kopf.on.startup(registry=registry)
-    async def startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
-        op.use_index(kwargs["attempt_jobs"])  # kopf's index of the attempt Jobs (below), by its handler's name
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
         settings.persistence.diffbase_storage = NoDiffBase()
         settings.posting.level = logging.WARNING  # Events are ours (Kube.post_event); log lines are not Events
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
-        for child in (("batch", "jobs"), ("v1", "configmaps"), ("v1", "services")):
-            settings.watching.label_selectors[child] = names.LABEL_JOB
         op.kube = await Kube.connect()
-
-        op.ticker = asyncio.create_task(op.tick_all(), name="codex-operator ticks")
-        op.queue.start(RECONCILES_AT_ONCE)
+        op.watch_children(namespaces)  # then the reconciles and the timer, once the children are listed
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         if op.ticker is not None:
             op.ticker.cancel()
         op.queue.stop()
+        await op.stop_watching()
         try:  # the Events already asked for, before the client closes (a stop mid-burst may have hundreds)
             await asyncio.wait_for(op.events.posted(), 5)
         except TimeoutError:
@@ -649,26 +664,7 @@ def register(op: Operator, registry: kopf.OperatorRegistry) -> None:
         # the same client library as the operator's own calls: in-cluster ServiceAccount, else kubeconfig
         return await kopf.login_via_async_client(**kwargs)
 
-    @kopf.index("batch", "v1", "jobs", id="attempt_jobs", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry)
-    async def attempt_jobs(body: kopf.Body, **_: Any) -> dict[Key, watched.Seen] | None:
-        # kopf fills every index from the watch before it runs any other handler, restarts included: a
-        # reconcile never sees a job without the attempts it has (async: kopf would run a plain function
-        # in a thread, one hop per Job event)
-        key = watched.key_of(body)
-        return {key: watched.seen(body)} if key is not None else None
-
     @kopf.on.event(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
     async def job_event(event: kopf.RawEvent, **_: Any) -> None:
         if (key := op.take_job_event(event.get("type"), dict(event["object"]))) is not None:
             op.queue.put(key)
-
-    # the attempt Jobs (any change), and the job file and the rendezvous Service (their deletion): only
-    # objects labelled with a job's name, selected by the API server (settings.watching.label_selectors)
-    for group, version, plural in (("batch", "v1", "jobs"), ("", "v1", "configmaps"), ("", "v1", "services")):
-
-        @kopf.on.event(
-            group, version, plural, id=f"child-{plural}", labels={names.LABEL_JOB: kopf.PRESENT}, registry=registry
-        )
-        async def child_event(event: kopf.RawEvent, **_: Any) -> None:
-            if (due := op.take_child_event(event.get("type"), dict(event["object"]))) is not None:
-                op.queue.put(*due)

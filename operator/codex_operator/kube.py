@@ -115,6 +115,19 @@ class Kube:
         cfg.connection_pool_maxsize = CONNECTIONS
         return cls(client.ApiClient(cfg))
 
+    def watch_client(self) -> client.ApiClient:
+        """A client of its own for the watches (informer.py), with the same credentials: each watch holds
+        a connection for minutes, which the calls' pool of CONNECTIONS must not lose."""
+        cfg = self.api.configuration
+        size, cfg.connection_pool_maxsize = cfg.connection_pool_maxsize, 0  # aiohttp: no limit
+        try:
+            api = client.ApiClient(cfg)
+        finally:
+            cfg.connection_pool_maxsize = size
+        without_env_lookups(api.rest_client)
+        api.rest_client.request = obeying_retry_after(api.rest_client.request)  # type: ignore[method-assign,assignment]  # as above
+        return api
+
     async def close(self) -> None:
         await self.api.close()
 

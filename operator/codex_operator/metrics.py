@@ -62,7 +62,7 @@ def api_call(verb: str, kind: str) -> Iterator[None]:
         yield
     except Exception as e:
         status = getattr(e, "status", None)
-        if status in (404, 409):  # "not there" and "already exists" are answers, not failures
+        if status in (404, 409, 410):  # "not there", "already exists", "too old": answers, not failures
             API_CALLS.labels(verb, kind, str(status)).inc()
         else:
             API_CALLS.labels(verb, kind, "error").inc()

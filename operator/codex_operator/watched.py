@@ -1,9 +1,8 @@
 """The attempt Jobs as the operator's watch shows them, so that a reconcile lists none.
 
-On the cluster the index is kopf's (`register` in handlers.py puts a `kopf.index` on the Jobs labelled
-with a job's name; kopf fills it from the watch before any handler runs, also after a restart). In the
-in-process tests `Local` plays that part, fed by the same watch events. Either way an index lags the
-operator's own writes by one watch event: `Pending` keeps what the operator has just created or
+`Local` is fed by the watch events of the Jobs labelled with a job's name (informer.py on the cluster,
+which lists them before any reconcile runs, also after a restart; the in-process tests by hand). An
+index lags the operator's own writes by one watch event: `Pending` keeps what the operator has just created or
 deleted until the watch shows it, so a reconcile in between neither misses a new attempt nor counts a
 deleted one.
 """
@@ -46,7 +45,7 @@ def key_of(job: Mapping[str, Any]) -> Key | None:
 
 
 class Local(dict[Key, dict[str, Seen]]):
-    """An index fed by watch events by hand (kopf's own does this on the cluster)."""
+    """The attempt Jobs by job, fed by their watch events."""
 
     def feed(self, event_type: str | None, job: Mapping[str, Any]) -> None:
         key, uid = key_of(job), (job.get("metadata") or {}).get("uid", "")

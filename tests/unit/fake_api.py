@@ -2,7 +2,8 @@
 operator's controller: create (409 AlreadyExists), get (404), list by label and field selectors, JSON
 merge patch (a resourceVersion precondition: 409 Conflict; the status subresource apart from the rest;
 a spec change bumps metadata.generation), delete with a UID precondition and the garbage collector's
-cascade (or `orphan`), and a record of every change as a watch event.
+cascade (or `orphan`), a record of every change as a watch event, and watches (`?watch=true` from a
+resourceVersion, in a namespace or the cluster's, as metadata only when asked).
 
 What it does not do, a test does by hand: the Job controller (`finish`, `pod`), the kubelet, admission.
 Refusals are set up with `refuse`: the next matching requests get that status and message, as a quota,
@@ -12,6 +13,7 @@ a webhook or an overloaded server would answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import itertools
 import json
@@ -103,6 +105,10 @@ class FakeAPI:
         self.metrics_text: dict[str, str] = {}  # pod name -> what its /metrics serves
         self.frozen: set[str] = set()  # pods whose /metrics never answers (a process stopped by SIGSTOP)
         self._rv = itertools.count(1)
+        self.version = 0  # the newest resourceVersion
+        self.history: list[tuple[int, str, str, dict[str, Any]]] = []  # (version, plural, event, object)
+        self.listeners: set[asyncio.Event] = set()  # one per watch being served, set on each change
+        self.watches: list[dict[str, str]] = []  # the query of each watch request
 
     # ---------------------------------------------------------------- for tests
 
@@ -133,15 +139,26 @@ class FakeAPI:
                     meta.setdefault(k, old["metadata"][k])
         obj.setdefault("kind", KINDS[plural])
         obj.setdefault("apiVersion", API_VERSIONS.get(plural, "v1"))
-        meta["resourceVersion"] = str(next(self._rv))
+        meta["resourceVersion"] = str(self._next())
         self.objects[key] = obj
-        self.watch.append((event or ("ADDED" if old is None else "MODIFIED"), copy.deepcopy(obj)))
+        self._record(plural, event or ("ADDED" if old is None else "MODIFIED"), obj)
         return obj
+
+    def _next(self) -> int:
+        self.version = next(self._rv)
+        return self.version
+
+    def _record(self, plural: str, event: str, obj: dict[str, Any]) -> None:
+        self.watch.append((event, copy.deepcopy(obj)))
+        self.history.append((self.version, plural, event, copy.deepcopy(obj)))
+        for changed in self.listeners:
+            changed.set()
 
     def delete(self, plural: str, namespace: str, name: str, propagation: str = "Background") -> None:
         """Delete an object; the garbage collector then deletes what it owned (or, orphan, unlinks it)."""
         obj = self.objects.pop((plural, namespace, name))
-        self.watch.append(("DELETED", obj))
+        obj["metadata"]["resourceVersion"] = str(self._next())
+        self._record(plural, "DELETED", obj)
         uid = obj["metadata"]["uid"]
         for (p, ns, n), child in list(self.objects.items()):
             refs = child["metadata"].get("ownerReferences") or []
@@ -161,14 +178,9 @@ class FakeAPI:
 
     # ---------------------------------------------------------------- HTTP
 
-    async def answer(self, request: web.Request) -> web.Response:
+    async def answer(self, request: web.Request) -> web.StreamResponse:
         self.requests.append((request.method, request.path))
-        parts = request.path.strip("/").split("/")
-        # /api/v1/namespaces/NS/PLURAL[/NAME[/SUB...]] or /apis/G/V/namespaces/NS/PLURAL[/NAME[/SUB]]
-        rest = parts[2:] if parts[0] == "api" else parts[3:]
-        ns, plural = rest[1], rest[2]
-        name = rest[3] if len(rest) > 3 else None
-        sub = "/".join(rest[4:]) if len(rest) > 4 else None
+        ns, plural, name, sub = _route(request.path)
         for rule in self.rules:
             if rule.method == request.method and rule.plural == plural and rule.name in (None, name):
                 if rule.times is not None:
@@ -183,9 +195,9 @@ class FakeAPI:
             if pod not in self.metrics_text:
                 return status(503, "ServiceUnavailable", "no endpoints")
             return web.Response(text=self.metrics_text[pod])
-        if name is None:
-            if request.method == "GET":
-                return self._list(plural, ns, request.query)
+        if name is None or ns is None:
+            if request.method == "GET" or ns is None:
+                return await self._list_or_watch(request, plural, ns)
             return self._create(plural, ns, await request.json())
         key = (plural, ns, name)
         if key not in self.objects:
@@ -204,16 +216,58 @@ class FakeAPI:
             return web.json_response(obj)
         return status(405, "MethodNotAllowed", request.method)
 
-    def _list(self, plural: str, ns: str, query: Any) -> web.Response:
-        items = [
-            o
-            for (p, n, _), o in sorted(self.objects.items())
-            if p == plural
-            and n == ns
-            and _labels_match(o["metadata"].get("labels") or {}, query.get("labelSelector", ""))
-            and _fields_match(o, query.get("fieldSelector", ""))
-        ]
-        return web.json_response({"kind": "List", "items": items, "metadata": {}})
+    def _selected(self, obj: dict[str, Any], ns: str | None, query: Any) -> bool:
+        return (
+            ns in (None, obj["metadata"]["namespace"])
+            and _labels_match(obj["metadata"].get("labels") or {}, query.get("labelSelector", ""))
+            and _fields_match(obj, query.get("fieldSelector", ""))
+        )
+
+    async def _list_or_watch(self, request: web.Request, plural: str, ns: str | None) -> web.StreamResponse:
+        accept = request.headers.get("Accept", "")
+        as_metadata = "as=PartialObjectMetadata" in accept
+        watching = request.query.get("watch") in ("true", "1")
+        if as_metadata and ("as=PartialObjectMetadataList" in accept) == watching:  # the real server's answer
+            return status(
+                406, "NotAcceptable", "you requested PartialObjectMetadata, but the requested object is a list"
+            )
+
+        def shown(obj: dict[str, Any]) -> dict[str, Any]:
+            if as_metadata:
+                return {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj["metadata"]}
+            return obj
+
+        if not watching:
+            items = [
+                {k: v for k, v in shown(o).items() if k not in ("kind", "apiVersion")}  # as a LIST's items
+                for (p, _, _), o in sorted(self.objects.items())
+                if p == plural and self._selected(o, ns, request.query)
+            ]
+            return web.json_response(
+                {"kind": "List", "items": items, "metadata": {"resourceVersion": str(self.version)}}
+            )
+        self.watches.append(dict(request.query))
+        since = int(request.query.get("resourceVersion") or 0)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        deadline = asyncio.get_running_loop().time() + float(request.query.get("timeoutSeconds") or 60)
+        seen, changed = 0, asyncio.Event()
+        self.listeners.add(changed)
+        try:
+            while (left := deadline - asyncio.get_running_loop().time()) > 0:
+                changed.clear()
+                new, seen = self.history[seen:], len(self.history)
+                for version, p, event, obj in new:
+                    if version > since and p == plural and self._selected(obj, ns, request.query):
+                        await resp.write(json.dumps({"type": event, "object": shown(obj)}).encode() + b"\n")
+                if request.transport is None or request.transport.is_closing():
+                    return resp  # the client went away
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(changed.wait(), min(left, 0.2))
+            await resp.write_eof()
+        finally:
+            self.listeners.discard(changed)
+        return resp
 
     def _create(self, plural: str, ns: str, obj: dict[str, Any]) -> web.Response:
         if "name" not in obj["metadata"]:  # generateName
@@ -245,6 +299,16 @@ class FakeAPI:
             if new.get("spec") != old.get("spec"):
                 new["metadata"]["generation"] = old["metadata"].get("generation", 1) + 1
         return web.json_response(self.put(key[0], new))
+
+
+def _route(path: str) -> tuple[str | None, str, str | None, str | None]:
+    """(namespace, plural, name, subresource) of /api/v1/namespaces/NS/PLURAL[/NAME[/SUB...]] or
+    /apis/G/V/namespaces/NS/PLURAL[/NAME[/SUB]]; the namespace is None for the cluster's /api/v1/PLURAL."""
+    parts = path.strip("/").split("/")
+    rest = parts[2:] if parts[0] == "api" else parts[3:]
+    if rest[0] != "namespaces":
+        return None, rest[0], None, None
+    return rest[1], rest[2], rest[3] if len(rest) > 3 else None, "/".join(rest[4:]) if len(rest) > 4 else None
 
 
 def _now() -> str:

@@ -17,7 +17,7 @@ from prometheus_client.metrics import MetricWrapperBase
 
 import chart_support
 from chart_support import CHART, NAMESPACE, RELEASE, VALUE_SETS, render, template
-from codex_operator import builders, cli, crd, names
+from codex_operator import builders, cli, crd, informer, names
 from codex_operator import metrics as operator_metrics
 from codex_trainer.manifest import parse_manifest
 from codex_trainer.metrics import Prometheus
@@ -223,12 +223,6 @@ KIND_RESOURCES = {  # the kinds the operator's metrics.api_call names, as RBAC (
 KOPF = {
     (names.GROUP, names.PLURAL, "list"),  # @kopf.on.event: list + watch of the jobs (handlers.job_event)
     (names.GROUP, names.PLURAL, "watch"),
-    ("batch", "jobs", "list"),  # ... and of the children (Operator.on_child_event)
-    ("batch", "jobs", "watch"),
-    ("", "configmaps", "list"),
-    ("", "configmaps", "watch"),
-    ("", "services", "list"),
-    ("", "services", "watch"),
     ("", "events", "create"),  # Kube.post_event posts core/v1 Events
     ("apiextensions.k8s.io", "customresourcedefinitions", "list"),  # kopf's resource observer
     ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
@@ -256,6 +250,8 @@ def _strings(node: ast.expr, func: ast.AST) -> list[str]:
 def _kinds(node: ast.expr, verb: str, func: ast.AST) -> list[str]:
     """The kinds an api_call names: a kind passed in (Kube.create, get, patch) is any kind whose client
     calls (Kube._calls) include that verb."""
+    if isinstance(node, ast.Attribute) and ast.unparse(node) == "self.source.kind":  # an informer's
+        return [source.kind for source in informer.CHILDREN]
     params = {a.arg for a in func.args.args} if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef) else set()
     dicts = any(isinstance(d, ast.Dict) for d in ast.walk(func))
     if isinstance(node, ast.Name) and (node.id in params or not dicts):

@@ -770,14 +770,21 @@ def test_an_eviction_the_operator_did_not_see_running_and_a_later_attempt_readmi
 # ---------------------------------------------------------------- kopf's side: what it hands the controller
 
 
-def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_labelled_children(monkeypatch):
+def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_controller(monkeypatch):
     import kopf
 
     from codex_operator import handlers
 
+    async def until(check: Callable[[], Any], what: str) -> None:
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"never: {what}")
+
     async def test(c: Cluster) -> None:
         registry = kopf.OperatorRegistry()
-        handlers.register(c.op, registry)
+        handlers.register(c.op, registry, [NS])
         kube = c.op.kube
 
         async def connect() -> Kube:
@@ -787,36 +794,42 @@ def test_kopfs_handlers_hand_watch_events_to_the_controller_and_watch_only_label
         monkeypatch.setattr(handlers.Kube, "connect", staticmethod(connect))
         startup, cleanup, _login = (h.fn for h in registry._activities.get_all_handlers())
         settings = kopf.OperatorSettings()
-        index: dict[Any, list[Any]] = {}  # kopf's Index: a mapping of the indexer's keys to their values
-        await startup(settings=settings, attempt_jobs=index)
-        assert c.op.ticker is not None
+        earlier = c.api.put(names.PLURAL, manifest(name="earlier"))  # a job and its attempt from before a restart
+        owner = [{"uid": earlier["metadata"]["uid"]}]
+        labels = {names.LABEL_JOB: "earlier"}
+        c.api.put("jobs", {"metadata": {"name": "earlier-a1", "labels": labels, "ownerReferences": owner}, "spec": {}})
+        await startup(settings=settings)
         # no change handler (on.create, on.update, on.field): kopf keeps no diff-base, so copies no object
         assert not list(registry._changing.get_all_handlers())
         assert isinstance(settings.persistence.diffbase_storage, handlers.NoDiffBase)
-        selectors = {s.plural or s.any_name: v for s, v in settings.watching.label_selectors.items()}
-        assert selectors == {"jobs": names.LABEL_JOB, "configmaps": names.LABEL_JOB, "services": names.LABEL_JOB}
+        # kopf watches the jobs only; the children are the informers', only those labelled with a job's name
         watchers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
+        assert [i.rsplit(".", 1)[-1] for i in watchers] == ["job_event"]
+        assert not list(registry._indexing.get_all_handlers())
+        await until(lambda: len(c.api.watches) == 3, "a watch of each kind of child")
+        assert {w["labelSelector"] for w in c.api.watches} == {names.LABEL_JOB}
+        assert [s.attempt.name for s in c.op.index.values_of((NS, "earlier"))] == ["earlier-a1"]  # listed first
         job = c.api.put(names.PLURAL, manifest("numNodes=2"))
         c.api.drain()
-        await next(fn for i, fn in watchers.items() if "job_event" in i)(event={"type": "ADDED", "object": job})
-        assert c.attempt(1) is None  # the handler only queued the job: the workers reconcile it
+        await next(iter(watchers.values()))(event={"type": "ADDED", "object": job})
+        await until(lambda: c.attempt(1) is not None, "attempt 1 created by a worker")
         await asyncio.wait_for(c.op.queue.join(), 10)
-        assert c.status()["phase"] == "Pending" and c.attempt(1) is not None
-        (indexer,) = (h.fn for h in registry._indexing.get_all_handlers())
-        ((key, seen),) = (await indexer(body=c.attempt(1))).items()
-        assert key == KEY and seen.attempt.name == f"{NAME}-a1" and seen.owned_by(job["metadata"]["uid"])
-        index[key] = [seen]
+        assert c.status()["phase"] == "Pending"
+        await until(lambda: list(c.op.index.values_of(KEY)), "the attempt Job in the index, from its watch")
+        (seen,) = c.op.index.values_of(KEY)
+        assert seen.attempt.name == f"{NAME}-a1" and seen.owned_by(job["metadata"]["uid"])
         c.op.jobs[KEY].pending.made.clear()  # from now on the operator knows a1 from the index alone
-        c.api.delete("services", NS, f"{NAME}-workers")
-        (_, gone), *_ = c.api.drain()
-        await watchers["child-services"](event={"type": "DELETED", "object": gone})
+        c.api.delete("services", NS, f"{NAME}-workers")  # seen on the (metadata-only) watch of Services
+        await until(lambda: c.api.get("services", NS, f"{NAME}-workers") is not None, "the Service re-created")
         await asyncio.wait_for(c.op.queue.join(), 10)
-        assert c.api.get("services", NS, f"{NAME}-workers") is not None
         assert c.attempt(2) is None and c.status()["attempt"] == 1
+        ticker = c.op.ticker
+        assert ticker is not None
         c.op.kube = None  # cleanup closes the client: the scenario closes it itself
         await cleanup()
         await asyncio.sleep(0)
-        assert c.op.ticker.cancelled() and all(task.cancelled() for task in c.op.queue.workers)
+        assert ticker.cancelled() and all(task.cancelled() for task in c.op.queue.workers)
+        assert c.op.children is not None and all(t.done() for t in c.op.children.tasks)
 
     scenario(test)
 

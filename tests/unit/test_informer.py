@@ -1,0 +1,162 @@
+"""The informers that watch the operator's children (codex_operator/informer.py), against a scripted API
+server: what the operator is told when a watch ends, when its version is too old, when the server
+refuses, and which namespaces it hears of."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+import pytest
+from aiohttp import web
+from fake_api import answering
+from kopf._cogs.structs.references import match_namespace
+
+from codex_operator import informer, names
+from codex_operator.kube import Kube
+
+JOBS = informer.CHILDREN[0]
+_real_sleep = asyncio.sleep
+PATH = "/apis/batch/v1/namespaces/team-a/jobs"
+
+
+def job(name: str, uid: str, version: int, ns: str = "team-a") -> dict[str, Any]:
+    meta = {"name": name, "namespace": ns, "uid": uid, "resourceVersion": str(version)}
+    return {"metadata": meta | {"labels": {names.LABEL_JOB: name.rsplit("-", 1)[0]}}, "status": {}}
+
+
+def line(kind: str, obj: dict[str, Any]) -> bytes:
+    return json.dumps({"type": kind, "object": obj}).encode() + b"\n"
+
+
+class Script:
+    """Answers each request with the next scripted answer of its kind (list or watch), recording each."""
+
+    def __init__(self, lists: list[Any], watches: list[Any]):
+        self.lists, self.watches = lists, watches
+        self.asked: list[tuple[str, dict[str, str], str]] = []  # (list|watch, query, Accept)
+        self.done = asyncio.Event()
+
+    async def answer(self, request: web.Request) -> web.StreamResponse:
+        watch = request.query.get("watch") == "true"
+        self.asked.append(("watch" if watch else "list", dict(request.query), request.headers.get("Accept", "")))
+        answers = self.watches if watch else self.lists
+        if not answers:  # the script is over: hold the request until the informer is stopped
+            self.done.set()
+            while request.transport is not None and not request.transport.is_closing():
+                await _real_sleep(0.05)
+            return web.Response()
+        said = answers.pop(0)
+        if isinstance(said, int):  # an HTTP status
+            return web.json_response({"kind": "Status", "code": said, "message": f"said {said}"}, status=said)
+        if not watch:
+            return web.json_response(said)
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        for chunk in said:  # split lines across writes, as TCP may
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+
+
+def run(script: Script, source: informer.Source = JOBS, path: str = PATH, patterns: tuple[str, ...] = ()) -> list:
+    got: list[tuple[str, str]] = []
+
+    async def main(kube: Kube) -> None:
+        inf = informer.Informer(kube.api, source, path, lambda t, o: got.append((t, o["metadata"]["name"])), patterns)
+        task = asyncio.create_task(inf.run())
+        await asyncio.wait_for(script.done.wait(), 20)
+        task.cancel()
+        assert all(o["kind"] == source.kind for o in inf.known.values())
+
+    asyncio.run(answering(script.answer, main))
+    return got
+
+
+def test_an_informer_lists_page_by_page_then_watches_on_from_the_newest_version_it_saw():
+    a, b, c = job("x-a1", "u1", 5), job("y-a1", "u2", 6), job("z-a1", "u3", 9)
+    watch = line("MODIFIED", job("x-a1", "u1", 11)) + line("BOOKMARK", {"metadata": {"resourceVersion": "15"}})
+    script = Script(
+        [
+            {"items": [a], "metadata": {"continue": "page2", "resourceVersion": "10"}},
+            {"items": [b], "metadata": {"resourceVersion": "10"}},
+        ],
+        [[watch[:7], watch[7:40], watch[40:]], [line("ADDED", c), line("DELETED", job("y-a1", "u2", 16))]],
+    )
+    got = run(script)
+    assert got == [("ADDED", "x-a1"), ("ADDED", "y-a1"), ("MODIFIED", "x-a1"), ("ADDED", "z-a1"), ("DELETED", "y-a1")]
+    lists = [q for k, q, _ in script.asked if k == "list"]
+    assert [q.get("continue") for q in lists] == [None, "page2"]
+    assert all(q["labelSelector"] == names.LABEL_JOB for _, q, _ in script.asked)
+    versions = [q["resourceVersion"] for k, q, _ in script.asked if k == "watch"]
+    assert versions == ["10", "15", "16"]  # from the LIST; after the server ended a watch, from its bookmark
+    assert all(q["allowWatchBookmarks"] == "true" for k, q, _ in script.asked if k == "watch")
+
+
+def test_a_version_too_old_lists_again_and_says_deleted_for_what_went_unseen():
+    a, b = job("x-a1", "u1", 5), job("y-a1", "u2", 6)
+    gone = {"kind": "Status", "code": 410, "message": "too old resource version: 10 (400)"}
+    script = Script(
+        [
+            {"items": [a, b], "metadata": {"resourceVersion": "10"}},
+            {"items": [job("y-a1", "u2", 30)], "metadata": {"resourceVersion": "40"}},  # x-a1 went meanwhile
+            {"items": [job("y-a1", "u2", 30)], "metadata": {"resourceVersion": "50"}},
+        ],
+        [[line("ERROR", gone)], 410],  # 410 as an ERROR event, then as the watch's own status
+    )
+    got = run(script)
+    assert got == [
+        ("ADDED", "x-a1"),
+        ("ADDED", "y-a1"),
+        ("MODIFIED", "y-a1"),
+        ("DELETED", "x-a1"),
+        ("MODIFIED", "y-a1"),
+    ]
+    assert [k for k, _, _ in script.asked] == ["list", "watch", "list", "watch", "list", "watch"]
+
+
+def test_a_refusal_is_logged_with_the_servers_words_and_tried_again(caplog, monkeypatch):
+    monkeypatch.setattr(informer.random, "uniform", lambda a, b: 0.0)
+    monkeypatch.setattr(informer.asyncio, "sleep", _fast_sleep)
+    script = Script([403, {"items": [], "metadata": {"resourceVersion": "3"}}], [500, []])
+    with caplog.at_level(logging.WARNING, "codex_operator"):
+        assert run(script) == []
+    said = [r.getMessage() for r in caplog.records]
+    assert said[0] == f"watching {PATH} failed (HTTP 403: said 403); trying again in 1 s"
+    assert said[1] == f"watching {PATH} failed (HTTP 500: said 500); trying again in 1 s"
+    assert [k for k, _, _ in script.asked] == ["list", "list", "watch", "watch", "watch"]
+
+
+async def _fast_sleep(delay: float, *args: Any) -> Any:
+    return await _real_sleep(min(delay, 0.01), *args)
+
+
+def test_job_files_and_services_are_watched_as_metadata_only():
+    cm = {"metadata": {"name": "x-a1-config", "namespace": "team-a", "uid": "c1", "labels": {names.LABEL_JOB: "x"}}}
+    script = Script([{"items": [cm], "metadata": {"resourceVersion": "1"}}], [[line("DELETED", cm)]])
+    got = run(script, informer.CHILDREN[1], "/api/v1/namespaces/team-a/configmaps")
+    assert got == [("ADDED", "x-a1-config"), ("DELETED", "x-a1-config")]
+    accepts = [accept for _, _, accept in script.asked]  # a LIST, then watches
+    assert accepts[0] == informer.METADATA_LIST and set(accepts[1:]) == {informer.METADATA_ONLY}
+
+
+def test_with_namespace_patterns_the_clusters_children_are_watched_and_only_matching_ones_delivered():
+    assert informer.collections(JOBS, ["team-a", "team-b"]) == [
+        "/apis/batch/v1/namespaces/team-a/jobs",
+        "/apis/batch/v1/namespaces/team-b/jobs",
+    ]
+    assert informer.collections(JOBS, []) == informer.collections(JOBS, ["team-*"]) == ["/apis/batch/v1/jobs"]
+    items = [job("x-a1", "u1", 1, "team-a"), job("y-a1", "u2", 2, "other"), job("z-a1", "u3", 3, "team-pr-1")]
+    script = Script([{"items": items, "metadata": {"resourceVersion": "3"}}], [[]])
+    got = run(script, path="/apis/batch/v1/jobs", patterns=("team-*, !*-pr-*",))
+    assert got == [("ADDED", "x-a1")]
+
+
+@pytest.mark.parametrize(
+    "pattern", ["team-*", "!kube-*", "team-*, !*-pr-*", "!*-pr-*, *pr-123", "team-a", "a?c", "x,y", "*"]
+)
+def test_namespace_patterns_mean_what_they_mean_to_kopf(pattern):
+    for ns in ["team-a", "team-pr-123", "team-pr-4", "kube-system", "abc", "x", "y", "other-pr-123"]:
+        assert informer.namespace_matches(ns, [pattern]) == match_namespace(ns, pattern), (ns, pattern)
