@@ -34,23 +34,29 @@ def service_of(pid: int) -> list[psutil.Process]:
     return found
 
 
-def test_an_offline_run_killed_and_resumed_is_one_wandb_run_matching_metrics_jsonl(tmp_path):
-    out = tmp_path / "run"
-    env = {"WANDB_API_KEY": "", "WANDB_MODE": "online", "HOME": str(tmp_path)}  # no account: the spec's offline wins
-    args = [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *ARGS]
+def run_and_kill_at(out, step: int, args: list[str], env: dict) -> None:
+    """`codex-train run` killed (SIGKILL) once metrics.jsonl has `step`; returns when W&B's service is gone too."""
+    cmd = [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *args]
     proc = subprocess.Popen(
-        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env={**os.environ, **env}
     )
     metrics = out / "metrics.jsonl"
 
-    def reached(step: int) -> bool:
+    def reached() -> bool:
         return metrics.is_file() and any(f'"step": {step},' in line for line in metrics.read_text().splitlines())
 
-    wait_for(lambda: proc.poll() is not None or reached(6), "step 6", 180, interval=0.05)
+    wait_for(lambda: proc.poll() is not None or reached(), f"step {step}", 180, interval=0.05)
     assert proc.poll() is None, proc.communicate()[1][-3000:]
-    proc.kill()  # between checkpoints: the resume redoes the steps after 4, some of which W&B may have
+    proc.kill()
     proc.communicate(timeout=60)
     wait_for(lambda: not service_of(proc.pid), "W&B's service to end with the killed trainer", 30)
+
+
+def test_an_offline_run_killed_and_resumed_is_one_wandb_run_matching_metrics_jsonl(tmp_path):
+    out = tmp_path / "run"
+    env = {"WANDB_API_KEY": "", "WANDB_MODE": "online", "HOME": str(tmp_path)}  # no account: the spec's offline wins
+    run_and_kill_at(out, 6, ARGS, env)  # between checkpoints: the resume redoes the steps after 4, some W&B has
+    metrics = out / "metrics.jsonl"
 
     r = run_cli("run", str(TINY), "--output-dir", str(out), *ARGS, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -84,3 +90,26 @@ def test_an_offline_run_killed_and_resumed_is_one_wandb_run_matching_metrics_jso
     training = json.loads(next(i.value_json for i in run.config.update if i.key == "training"))
     assert training["maxSteps"] == 10  # the config is the spec, as run.json shows it
     assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [0]
+
+
+def test_a_job_killed_before_its_first_checkpoint_starts_a_new_wandb_run_matching_metrics_jsonl(tmp_path):
+    """No checkpoint to resume: the next start is a fresh one, in W&B too (a new run holding its own figures)."""
+    out = tmp_path / "run"
+    env = {"WANDB_API_KEY": "", "HOME": str(tmp_path)}
+    no_checkpoint = [*ARGS, "--set", "checkpoint.everySteps=100"]
+    run_and_kill_at(out, 5, no_checkpoint, env)
+    killed = (out / RUN_ID_FILE).read_text().strip()
+
+    again = [*no_checkpoint, "--set", "training.learningRate=0.001", "--set", "training.maxSteps=4"]
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *again, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+
+    fresh = (out / RUN_ID_FILE).read_text().strip()
+    assert fresh != killed
+    (log,) = (out / "wandb").glob(f"offline-run-*/run-{fresh}.wandb")
+    rows = dict(read_history(log))
+    train = {m["step"]: m for m in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "loss" in m}
+    assert sorted(rows) == sorted(train) == [1, 2, 3, 4]
+    for step, row in rows.items():
+        assert row["train/learning_rate"] == pytest.approx(train[step]["learning_rate"], rel=1e-6), step
+        assert row["train/loss"] == pytest.approx(train[step]["loss"], rel=1e-5), step

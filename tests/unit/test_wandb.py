@@ -84,7 +84,7 @@ def test_a_key_w_and_b_refuses_is_a_spec_error_that_does_not_show_it(tmp_path, m
         monkeypatch.setenv(name, "online")
     monkeypatch.setenv("WANDB_API_KEY", "s3cret")  # not even of a key's form: refused before any request
     with pytest.raises(SpecError) as e:
-        start_wandb(WandbSpec(enabled=True, mode="online"), "job", tmp_path, {})
+        start_wandb(WandbSpec(enabled=True, mode="online"), "job", tmp_path, {}, resumed=False)
     assert str(e.value).startswith("spec.tracking.wandb: W&B refused the credentials") and "s3cret" not in str(e.value)
     assert not service_processes()
 
@@ -108,12 +108,14 @@ def exit_codes(out: Path) -> list[int]:
     return found
 
 
-def sink_run(out: Path, steps: range, resume_step: int, status: str) -> None:
+def sink_run(out: Path, steps: range, resume_step: int, status: str, lr: float = 0.1) -> None:
+    """A start of a job, as train.py opens its Sink: resuming from a checkpoint at `resume_step`, if not 0."""
     sink = Sink(True, Console(enabled=False), None)
     cfg = WandbSpec(enabled=True)
-    sink.open(out / "metrics.jsonl", resume_step, lambda: None, False, wandb=lambda: start_wandb(cfg, "job", out, {}))
+    wandb = lambda: start_wandb(cfg, "job", out, {}, resumed=resume_step > 0)  # noqa: E731
+    sink.open(out / "metrics.jsonl", resume_step, lambda: None, False, wandb=wandb)
     for s in steps:
-        sink.step({"step": s, "loss": 1 / s, "learning_rate": 0.1, "tokens_per_second": 100.0}, steps.stop)
+        sink.step({"step": s, "loss": 1 / s, "learning_rate": lr, "tokens_per_second": 100.0}, steps.stop)
         if s % 2 == 0:
             sink.evaluated(s, 2 / s, 3.0)
     sink.close(status)
@@ -162,3 +164,26 @@ def test_steps_w_and_b_lost_to_a_kill_come_back_from_metrics_jsonl_on_resume(tmp
     assert all(r["train/loss"] == pytest.approx(1 / s) for s, r in rows)
     assert [(s, r["eval/loss"]) for s, r in rows if "eval/loss" in r] == [(2, 1.0), (4, 0.5), (6, 2 / 6), (8, 0.25)]
     assert "resources/time" not in rows[0][1] and "train/time" not in rows[0][1]
+
+
+def test_a_start_again_at_step_0_is_a_new_wandb_run_with_the_new_figures(tmp_path, monkeypatch):
+    """Killed before its first checkpoint, a job starts afresh: W&B gets a new run holding that start's figures
+    (as metrics.jsonl does), not the killed start's run with its numbers kept and the new ones refused."""
+    for name in ("WANDB_SILENT", "WANDB_ERROR_REPORTING", "WANDB_MODE"):
+        monkeypatch.setenv(name, "offline")
+    out = tmp_path / "run"
+    out.mkdir()
+    sink_run(out, range(1, 6), 0, "KILLED", lr=0.1)  # no checkpoint yet
+    killed = (out / RUN_ID_FILE).read_text().strip()
+    sink_run(out, range(1, 4), 0, "FINISHED", lr=0.001)  # started again with another learning rate
+    fresh = (out / RUN_ID_FILE).read_text().strip()
+    assert fresh != killed  # the output directory's run is the new one, which a later resume continues
+    (log,) = (out / "wandb").glob(f"offline-run-*/run-{fresh}.wandb")
+    rows = list(read_history(log))
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s, _ in rows] == [m["step"] for m in metrics if "loss" in m] == [1, 2, 3]
+    assert [r["train/learning_rate"] for _, r in rows] == [m["learning_rate"] for m in metrics if "loss" in m]
+    assert {r["train/learning_rate"] for _, r in rows} == {0.001}
+    assert [(s, r["eval/loss"]) for s, r in rows if "eval/loss" in r] == [(2, 1.0)]
+    (old,) = (out / "wandb").glob(f"offline-run-*/run-{killed}.wandb")
+    assert [s for s, _ in read_history(old)] == [1, 2, 3, 4, 5]  # the killed start's run, left as it was

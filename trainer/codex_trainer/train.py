@@ -227,7 +227,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         lambda: start_mlflow(spec, name, out, resumed=step > 0),
         use_gpu=device.type == "cuda",
         tensorboard=out / "tensorboard" if spec.tracking.tensorboard else None,
-        wandb=lambda: start_wandb(spec.tracking.wandb, name, out, spec.shown()),
+        wandb=lambda: start_wandb(spec.tracking.wandb, name, out, spec.shown(), resumed=step > 0),
     )
     sink.planned(step, total_steps)
     if is_main:

@@ -2,7 +2,9 @@
 
 Offline, a run directory under `<output>/wandb/` and nothing sent anywhere; online, the key comes from the
 environment (WANDB_API_KEY), never from the spec. One W&B run per output directory: its id is kept in
-`<output>/wandb_run_id` and every start resumes it.
+`<output>/wandb_run_id` and every start that resumes from a checkpoint resumes it. A start with no checkpoint
+(one killed before its first) is a fresh one: a new run, and a new id in the file; the killed start's run
+stays under `<output>/wandb/` as the kill left it (offline W&B has no way to mark a run after the fact).
 
 W&B's history only grows: a step lower than one it already holds is refused. A resumed job redoes the
 steps after its checkpoint, and the run before it may have logged some of them before it was killed; so a
@@ -65,9 +67,10 @@ def _netrc_has_key() -> bool:
 
 
 class Wandb:
-    """One W&B run per output directory; a resumed job continues it without logging a step twice."""
+    """One W&B run per output directory; a resumed job continues it without logging a step twice, a job that
+    starts again at step 0 begins a new one (`resumed` False)."""
 
-    def __init__(self, cfg: WandbSpec, name: str, out: Path, config: dict[str, Any]):
+    def __init__(self, cfg: WandbSpec, name: str, out: Path, config: dict[str, Any], resumed: bool = True):
         os.environ["WANDB_SILENT"] = "true"
         os.environ["WANDB_MODE"] = cfg.mode  # the spec's mode, whatever the environment said
         if cfg.mode == "offline":  # no error reports (Sentry) from the library or its service process
@@ -75,7 +78,8 @@ class Wandb:
         import wandb
 
         id_file = out / RUN_ID_FILE
-        run_id = id_file.read_text().strip() if id_file.is_file() else ""
+        # a start with no checkpoint to resume is a fresh one: a new run (the earlier start's stays as it was)
+        run_id = id_file.read_text().strip() if resumed and id_file.is_file() else ""
         if not run_id:
             run_id = "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(8))
             write_text_atomically(id_file, run_id + "\n")
@@ -225,5 +229,6 @@ def last_logged_step(wandb_dir: Path, run_id: str) -> int:
     return last
 
 
-def start_wandb(cfg: WandbSpec, name: str, out: Path, config: dict[str, Any]) -> Wandb | None:
-    return Wandb(cfg, name, out, config) if cfg.enabled else None
+def start_wandb(cfg: WandbSpec, name: str, out: Path, config: dict[str, Any], resumed: bool) -> Wandb | None:
+    """The W&B run: the output directory's own when resuming from a checkpoint; a new one for a start at step 0."""
+    return Wandb(cfg, name, out, config, resumed) if cfg.enabled else None
