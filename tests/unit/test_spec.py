@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 
 import pytest
@@ -9,7 +10,7 @@ import yaml
 
 from codex_trainer.errors import SpecError
 from codex_trainer.manifest import apply_overrides, load_manifest, parse_manifest
-from support import EXAMPLES, TINY
+from support import EXAMPLES, ROOT, TINY
 
 
 def manifest(**spec) -> dict:
@@ -86,6 +87,51 @@ def test_bad_fields_are_named_with_a_reason(spec, field, words):
     found = problems(manifest(**spec))
     assert field in found, found
     assert words in found[field]
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "words"),
+    [
+        ({"training": {"maxSteps": "20"}}, "spec.training.maxSteps", "write the number without quotes, 20:"),
+        ({"data": {"train": ["d.jsonl"], "packing": "on"}}, "spec.data.packing", "write true without quotes:"),
+        ({"tracking": {"tensorboard": "yes"}}, "spec.tracking.tensorboard", "write true without quotes:"),
+        ({"tracking": {"wandb": {"enabled": "false"}}}, "spec.tracking.wandb.enabled", "write false without quotes:"),
+        ({"metrics": {"port": "9400"}}, "spec.metrics.port", "write the number without quotes, 9400:"),
+        ({"resources": {"gpus": " 1 "}}, "spec.resources.gpus", "write the number without quotes, 1:"),
+    ],
+)
+def test_a_quoted_number_or_boolean_is_refused_as_the_crd_refuses_it(spec, field, words):
+    """The CRD types these fields integer and boolean, so kubectl apply refuses a string there."""
+    found = problems(manifest(**spec))
+    assert list(found) == [field], found
+    assert found[field].startswith(words) and "not a string" in found[field], found[field]
+
+
+def test_a_quoted_number_in_a_file_is_refused_naming_the_field(tmp_path):
+    job = yaml.safe_load(TINY.read_text())
+    job["spec"]["training"]["maxSteps"] = "300"
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(job))
+    with pytest.raises(SpecError) as e:
+        load_manifest(tmp_path / "job.yaml")
+    assert [f for f, _ in e.value.problems] == ["spec.training.maxSteps"]
+
+
+def test_a_float_written_as_yaml_1_1_reads_it_still_parses():
+    """PyYAML reads an unquoted 1e-4 as a string (YAML 1.1): float fields take numbers written as strings."""
+    raw = yaml.safe_load("learningRate: 1e-4\nweightDecay: 1e-2")
+    assert raw == {"learningRate": "1e-4", "weightDecay": "1e-2"}
+    training = parse_manifest(manifest(training=raw)).spec.training
+    assert (training.learning_rate, training.weight_decay) == (1e-4, 1e-2)
+
+
+def test_the_yaml_in_docs_jobs_md_is_valid():
+    text = (ROOT / "docs" / "jobs.md").read_text()
+    blocks = [yaml.safe_load(b) for b in re.findall(r"```yaml\n(.*?)```", text, re.S)]
+    assert blocks
+    for block in blocks:
+        if "apiVersion" not in block:  # a fragment of a spec: added to a whole job
+            block = manifest(**block["spec"])
+        parse_manifest(block)
 
 
 QUEUE_NAME = (

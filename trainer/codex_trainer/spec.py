@@ -10,9 +10,23 @@ server and `codex-train validate` accept and refuse the same manifests.
 from __future__ import annotations
 
 import re
+import types
+import typing
+from functools import cache
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 API_VERSION = "codex.ml/v1alpha1"
@@ -100,6 +114,44 @@ class _Model(BaseModel):
         extra="forbid",
         frozen=True,
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_quoted_scalars(cls, v: Any, info: ValidationInfo) -> Any:
+        if isinstance(v, str) and info.field_name:
+            _unquoted(v, _scalar_type(cls.model_fields[info.field_name].annotation))
+        return v
+
+
+def _scalar_type(annotation: Any) -> type | None:
+    """int or bool for a field of that type (or that type or None), else None."""
+    if annotation in (int, bool):
+        return typing.cast(type, annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1 and args[0] in (int, bool):
+            return typing.cast(type, args[0])
+    return None
+
+
+@cache
+def _adapter(kind: type) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)
+
+
+def _unquoted(v: str, kind: type | None) -> None:
+    """A string pydantic would read as an integer or boolean ('20', 'yes') is refused with the fix: the CRD
+    types these fields integer and boolean, so the API server refuses a string there. (Floats stay lax:
+    PyYAML reads an unquoted 1e-4 as a string, and a float field must take it.)"""
+    if kind is None:
+        return
+    try:
+        value = _adapter(kind).validate_python(v)
+    except ValidationError:
+        return  # not a number (or boolean) at all: pydantic's own message says so
+    if kind is bool:
+        raise ValueError(f"write {str(value).lower()} without quotes: this field is true or false, not a string")
+    raise ValueError(f"write the number without quotes, {value}: this field is an integer, not a string")
 
 
 class ModelSpec(_Model):
