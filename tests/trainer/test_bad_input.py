@@ -200,3 +200,47 @@ def test_validate_still_refuses_what_it_can_judge_in_a_cluster_job(overrides, li
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"codex-train: {line}" in err, err
+
+
+@pytest.mark.parametrize(
+    "overrides, fields",
+    [
+        (["data.train=[nope.jsonl]", "data.validation=[nope2.jsonl]"], ["spec.data.train", "spec.data.validation"]),
+        (
+            ["peft.targetModules=[qproj]", "peft.modulesToSave=[embed]"],
+            ["spec.peft.targetModules", "spec.peft.modulesToSave"],
+        ),
+        (
+            ["callbacks=[nope]", "data.train=[nope.jsonl]", "peft.modulesToSave=[embed]"],
+            ["spec.callbacks", "spec.data.train", "spec.peft.modulesToSave"],
+        ),
+    ],
+    ids=["train and validation files", "targetModules and modulesToSave", "callbacks, data and model"],
+)
+def test_validate_names_every_problem_not_only_the_first(overrides, fields, capsys, in_root):
+    args = ["validate", str(TINY)]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert [line.split(":")[1].removeprefix(" invalid ") for line in lines] == fields, captured.err
+    assert captured.out == ""
+
+
+@pytest.mark.parametrize("command", ["validate", "run"])
+def test_validation_data_that_makes_no_sequence_is_refused_before_training(command, tmp_path, capsys, in_root):
+    """Given data.validation, evaluation is asked for: data that cannot make one sequence is an input error,
+    as too little training data is, not a warning followed by a run without evaluation."""
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"text": "abc"}) + "\n")  # 3 tokens and an EOS
+    out = ["--output-dir", str(tmp_path / "out")] if command == "run" else []
+    args = [command, str(TINY), *out, "--set", f"data.validation=[{short}]", "--set", "tracking.mlflow.enabled=false"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "codex-train: invalid spec.data.validation: the validation data (1 example) is shorter than one sequence "
+        "of maxSeqLength 128, so there would be no evaluation; add validation data, lower maxSeqLength, or remove "
+        "data.validation to hold out validationFraction of the training data instead"
+    ], err
+    assert not (tmp_path / "out" / "checkpoints").exists()

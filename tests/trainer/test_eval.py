@@ -155,6 +155,19 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     assert "damaged" in fails_with_one_line(str(damaged / "checkpoints" / "step-20"))
 
 
+def test_a_run_without_validation_sequences_says_to_pass_data(run, tmp_path):
+    """No --data given: the message names no option the user did not pass, and says which one to pass."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("cache", "checkpoints"))
+    info = json.loads((copy / "run.json").read_text())
+    info["spec"]["data"]["validationFraction"] = 0.0
+    (copy / "run.json").write_text(json.dumps(info))
+    assert fails_with_one_line(str(copy / "final")) == (
+        "codex-train: the run has no validation sequences (validationFraction is 0 and there is no "
+        "data.validation); pass --data FILE to evaluate on files of your own"
+    )
+
+
 def test_an_adapter_that_does_not_match_its_base_exits_2(run, tmp_path):
     other = LlamaConfig(
         hidden_size=32,

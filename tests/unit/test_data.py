@@ -65,6 +65,30 @@ def test_file_problems_name_the_field_and_the_fix(tmp_path, jsonl):
         assert got_path == path and words in msg, (got_path, msg)
 
 
+def test_a_file_whose_rows_all_have_empty_text_is_not_called_empty(tmp_path):
+    blank = tmp_path / "blank.jsonl"
+    blank.write_text((json.dumps({"text": ""}) + "\n") * 3)
+    with pytest.raises(SpecError) as e:
+        read_texts([str(blank)], "text", "spec.data.train")
+    assert e.value.problems == [
+        ("spec.data.train", f"'{blank}' has no examples with text: 'text' is empty in all 3 rows; give them text")
+    ]
+
+
+def test_every_bad_data_file_is_named_not_only_the_first(tmp_path, jsonl):
+    missing, folder, missing_val = tmp_path / "a.jsonl", tmp_path / "dir.jsonl", tmp_path / "v.jsonl"
+    folder.mkdir()
+    spec = DataSpec(train=[str(missing), str(jsonl), str(folder)], validation=[str(missing_val)])
+    tok = byte_tokenizer()
+    with pytest.raises(SpecError) as e:
+        load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, None)
+    assert [(field, msg.split("'")[1]) for field, msg in e.value.problems] == [
+        ("spec.data.train", str(missing)),
+        ("spec.data.train", str(folder)),
+        ("spec.data.validation", str(missing_val)),
+    ]
+
+
 def test_split_is_fixed_for_a_seed_disjoint_and_complete():
     tr, va = split_indices(100, 0.1, seed=7)
     tr2, va2 = split_indices(100, 0.1, seed=7)

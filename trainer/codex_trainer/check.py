@@ -1,7 +1,8 @@
 """`codex-train validate`: what can be checked without training, in seconds.
 
 The callbacks named are installed; the data files exist and parse (every row has a string in
-data.textField) and, tokenized, make a batch of sequences of data.maxSeqLength for every process; the tokenizer
+data.textField) and, tokenized, make a batch of sequences of data.maxSeqLength for every process (and
+data.validation, when given, one sequence at least: data.check_sequences, as `run` checks); the tokenizer
 and the model source resolve (a Hub source is looked up, its config and tokenizer fetched, no weights);
 the model `run` would build (a scratch model's config completed from the tokenizer by
 model.scratch_config, as `run` completes it), made on the meta device (no memory, no weights), has the
@@ -10,28 +11,34 @@ data.maxSeqLength.
 
 What cannot be checked from here is not judged: files on data.existingClaim (the volume is mounted in the
 pods only) that are not here, and Hub sources when the Hub cannot be reached. check_job returns one line
-for each such check; the job makes them itself when it starts. Problems raise SpecError, as `run` would.
+for each such check; the job makes them itself when it starts. Problems raise one SpecError naming
+each.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from .contract import DATA_DIR
 from .data import read_texts
-from .errors import TransientError
+from .errors import SpecError, TransientError
 from .plugins import check_callbacks
 from .spec import JobSpec
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
 
 T = TypeVar("T")
 
 
 def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
-    """Check the job; SpecError for a problem. Returns what could not be checked here, one line each."""
+    """Check the job; a SpecError naming every problem found (each check runs unless it needs what an earlier
+    one found wrong). Returns what could not be checked here, one line each."""
     unchecked: list[str] = []
-    check_callbacks(spec.callbacks)
+    problems: list[tuple[str, str]] = []
+    _collect(problems, lambda: check_callbacks(spec.callbacks))
     data = spec.data
     files = {"spec.data.train": data.train_files, "spec.data.validation": data.validation_files}
     readable = {field: _files_to_read(spec, field, names, unchecked) for field, names in files.items()}
@@ -42,40 +49,63 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     from .model import _check_names, check_positions, check_vocabulary, new_model, scratch_config, source_config
     from .tokenizer import load_tokenizer
 
-    tokenizer = _unless_unreachable(
-        lambda: load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code), "spec.tokenizer", unchecked
+    before = len(problems)
+    tokenizer = _collect(
+        problems,
+        lambda: _unless_unreachable(
+            lambda: load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code), "spec.tokenizer", unchecked
+        ),
     )
+    bad_tokenizer = len(problems) > before  # rather than one the Hub could not give
     if tokenizer is not None and all_here:  # read and made into sequences as `run` would: a batch a process?
-        from .data import load_dataset, micro_batches_per_epoch, too_few_sequences
-        from .tokenizer import tokenizer_fingerprint
-
-        ds = load_dataset(data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
-        world = spec.num_nodes * spec.processes_per_node
-        if micro_batches_per_epoch(ds.train.rows, spec.training.batch_size, world) == 0:
-            raise too_few_sequences(spec, ds, world)
+        _collect(problems, lambda: _check_sequences(spec, tokenizer))
     else:  # the files that are here, read and parsed
         for field, here in readable.items():
             if here:
-                read_texts(here, spec.data.text_field, field)
+                _collect(problems, lambda: read_texts(here, spec.data.text_field, field))  # noqa: B023 (called now)
     if spec.model.source != "scratch":
-        config = _unless_unreachable(lambda: source_config(spec.model), "spec.model.source", unchecked)
+        config = _collect(
+            problems, lambda: _unless_unreachable(lambda: source_config(spec.model), "spec.model.source", unchecked)
+        )
     elif tokenizer is not None:
-        config = scratch_config(spec.model, tokenizer)
+        config = _collect(problems, lambda: scratch_config(spec.model, tokenizer))
     else:
         config = None
-        unchecked.append("spec.model.config: completed from the tokenizer, which could not be fetched")
-    if config is None:
-        return unchecked
-    with torch.device("meta"):
-        model = new_model(config, spec.model)
-    if tokenizer is not None:
-        check_vocabulary(model, tokenizer)
-    if spec.peft.method == "lora":
-        if isinstance(spec.peft.peft_target_modules, list):
-            _check_names(model, spec.peft.target_modules, "spec.peft.targetModules")
-        _check_names(model, spec.peft.modules_to_save, "spec.peft.modulesToSave")
-    check_positions(model, spec.data.max_seq_length, warn)
+        if not bad_tokenizer:
+            unchecked.append("spec.model.config: completed from the tokenizer, which could not be fetched")
+    model = None
+    if config is not None:
+        with torch.device("meta"):
+            model = _collect(problems, lambda: new_model(config, spec.model))
+    if model is not None:
+        if tokenizer is not None:
+            _collect(problems, lambda: check_vocabulary(model, tokenizer))
+        if spec.peft.method == "lora":
+            if isinstance(spec.peft.peft_target_modules, list):
+                _collect(problems, lambda: _check_names(model, spec.peft.target_modules, "spec.peft.targetModules"))
+            _collect(problems, lambda: _check_names(model, spec.peft.modules_to_save, "spec.peft.modulesToSave"))
+        if not any(field == "spec.data.maxSeqLength" for field, _ in problems):  # said once is enough
+            _collect(problems, lambda: check_positions(model, spec.data.max_seq_length, warn))
+    if problems:
+        raise SpecError(problems)
     return unchecked
+
+
+def _check_sequences(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> None:
+    from .data import check_sequences, load_dataset
+    from .tokenizer import tokenizer_fingerprint
+
+    ds = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
+    check_sequences(spec, ds, spec.num_nodes * spec.processes_per_node)
+
+
+def _collect(problems: list[tuple[str, str]], check: Callable[[], T]) -> T | None:
+    """check(), or None with its SpecError's problems added to `problems`."""
+    try:
+        return check()
+    except SpecError as e:
+        problems.extend(e.problems)
+        return None
 
 
 def _files_to_read(spec: JobSpec, field: str, files: list[str], unchecked: list[str]) -> list[str]:

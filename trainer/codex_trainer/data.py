@@ -69,22 +69,37 @@ def read_texts(files: list[str], text_field: str, field: str) -> list[str]:
 
     The reader comes from the file's extension (codex_trainer.plugins: the built-in ones and any installed
     through the codex_trainer.readers entry points). Every value of `text_field` must be a string: null,
-    numbers and booleans are refused, not trained as their spelling. Empty strings are skipped."""
+    numbers and booleans are refused, not trained as their spelling. Empty strings are skipped. Every file is
+    read: the SpecError names each bad one."""
     texts: list[str] = []
+    problems: list[tuple[str, str]] = []
     for name in files:
-        path = Path(name)
-        found = reader_for(path.suffix, field)
-        if found is None:
-            raise SpecError(
-                field,
-                f"'{name}' has an unsupported extension; readers are installed for {', '.join(reader_extensions())} "
-                f"(add one through the {READERS} entry points)",
-            )
-        check_data_path(name, field)
-        got = _read_with(found, path, text_field, field)
-        if not got:
-            raise SpecError(field, f"'{name}' has no examples with text; it is empty")
-        texts.extend(got)
+        try:
+            texts.extend(_read_file(name, text_field, field))
+        except SpecError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise SpecError(problems)
+    return texts
+
+
+def _read_file(name: str, text_field: str, field: str) -> list[str]:
+    path = Path(name)
+    found = reader_for(path.suffix, field)
+    if found is None:
+        raise SpecError(
+            field,
+            f"'{name}' has an unsupported extension; readers are installed for {', '.join(reader_extensions())} "
+            f"(add one through the {READERS} entry points)",
+        )
+    check_data_path(name, field)
+    got = _read_with(found, path, text_field, field)
+    texts = [t for t in got if t]
+    if not got:
+        raise SpecError(field, f"'{name}' has no examples with text; it is empty")
+    if not texts:
+        rows = f"all {len(got)} rows" if len(got) > 1 else "its one row"
+        raise SpecError(field, f"'{name}' has no examples with text: '{text_field}' is empty in {rows}; give them text")
     return texts
 
 
@@ -101,7 +116,7 @@ def _read_with(found: tuple, path: Path, text_field: str, field: str) -> list[st
     for i, text in enumerate(got):
         if not isinstance(text, str):
             raise SpecError(field, f"'{path}': {origin} returned {type(text).__name__} for example {i}, not a string")
-    return [t for t in got if t]
+    return got
 
 
 def check_data_path(name: str, field: str) -> None:
@@ -151,7 +166,7 @@ def read_jsonl(path: Path, text_field: str) -> list[str]:
         except json.JSONDecodeError as e:
             raise DataError(f"'{path}' line {n} is not JSON: {e.msg} (column {e.colno})") from None
         out.append(_text_of(row, path, f"line {n}", text_field))
-    return [t for t in out if t]
+    return out  # empty texts too: read_texts skips them, and says so when a file holds nothing else
 
 
 def read_json(path: Path, text_field: str) -> list[str]:
@@ -164,7 +179,7 @@ def read_json(path: Path, text_field: str) -> list[str]:
         raise DataError(f"'{path}' is not JSON: {e.msg} (line {e.lineno}, column {e.colno}){hint}") from None
     if not isinstance(rows, list):
         raise DataError(f"'{path}' must hold a JSON list of objects")
-    return [t for t in (_text_of(r, path, f"item {i}", text_field) for i, r in enumerate(rows)) if t]
+    return [_text_of(r, path, f"item {i}", text_field) for i, r in enumerate(rows)]
 
 
 def _text_of(row: object, path: Path, where: str, text_field: str) -> str:
@@ -218,7 +233,7 @@ def read_parquet(path: Path, text_field: str) -> list[str]:
     for i, v in enumerate(values):
         if v is None:
             raise DataError(f"'{path}' row {i}: column '{text_field}' is null, not a string")
-    return [t for t in values if t]
+    return values
 
 
 def _is_text(t: Any) -> bool:
@@ -315,10 +330,9 @@ def load_dataset(
             if cached is not None:
                 return cached
 
-    texts = read_texts(spec.train_files, spec.text_field, "spec.data.train")
+    texts, given = read_splits(spec)
     if spec.validation_files:
-        train_texts = texts
-        val_texts = read_texts(spec.validation_files, spec.text_field, "spec.data.validation")
+        train_texts, val_texts = texts, given
     else:
         tr, va = split_indices(len(texts), spec.validation_fraction, seed)
         train_texts, val_texts = [texts[i] for i in tr], [texts[i] for i in va]
@@ -336,6 +350,21 @@ def load_dataset(
     if cache_file is not None:
         _write_cache(cache_file, train, val, examples)
     return Dataset(train, val, from_cache=False, digest=digest, examples=examples)
+
+
+def read_splits(spec: DataSpec) -> tuple[list[str], list[str]]:
+    """The texts of data.train and of data.validation (none when it is not given); the SpecError names every
+    bad file of both."""
+    out: list[list[str]] = []
+    problems: list[tuple[str, str]] = []
+    for field, files in (("spec.data.train", spec.train_files), ("spec.data.validation", spec.validation_files)):
+        try:
+            out.append(read_texts(files, spec.text_field, field))
+        except SpecError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise SpecError(problems)
+    return out[0], out[1]
 
 
 def _no_training_sequence(spec: DataSpec, train_tokens: int, val_tokens: int, held_out: int) -> SpecError:
@@ -368,6 +397,27 @@ def too_few_sequences(spec: JobSpec, data: Dataset, world: int) -> SpecError:
         f"the training data makes {data.train.rows} sequences, fewer than batchSize × processes "
         f"= {need}; lower batchSize or maxSeqLength, or add data",
     )
+
+
+def check_sequences(spec: JobSpec, data: Dataset, world: int) -> None:
+    """The sequences make a batch for every process, and data.validation, when given, makes one sequence at
+    least (it asks for evaluation): SpecError naming each that does not. `validate` and `run` both call it."""
+    problems: list[tuple[str, str]] = []
+    if micro_batches_per_epoch(data.train.rows, spec.training.batch_size, world) == 0:
+        problems.extend(too_few_sequences(spec, data, world).problems)
+    d = spec.data
+    if d.validation_files and data.validation.rows == 0:
+        n = data.examples[1]
+        problems.append(
+            (
+                "spec.data.validation",
+                f"the validation data ({n} example{'s' if n != 1 else ''}) is shorter than one sequence of "
+                f"maxSeqLength {d.max_seq_length}, so there would be no evaluation; add validation data, lower "
+                "maxSeqLength, or remove data.validation to hold out validationFraction of the training data instead",
+            )
+        )
+    if problems:
+        raise SpecError(problems)
 
 
 def no_validation_reason(spec: DataSpec, data: Dataset) -> str | None:

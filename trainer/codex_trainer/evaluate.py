@@ -343,7 +343,11 @@ def data_sources(
     if ds.validation.rows == 0:
         from .data import no_validation_reason
 
-        raise SpecError("--data", f"the run has no validation split ({no_validation_reason(data_spec, ds)})")
+        raise SpecError(  # no --data was given: say which to give
+            "",
+            f"the run has no validation sequences ({no_validation_reason(data_spec, ds)}); pass --data FILE to "
+            "evaluate on files of your own",
+        )
     origin = list(spec.data.validation) or [
         f"{f} (validationFraction {spec.data.validation_fraction})" for f in spec.data.train
     ]

@@ -32,6 +32,7 @@ from .console import Console
 from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
 from .data import (
     Split,
+    check_sequences,
     collate,
     label_tokens,
     load_dataset,
@@ -40,7 +41,6 @@ from .data import (
     no_validation_reason,
     row_tokens,
     to_device,
-    too_few_sequences,
 )
 from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_dir
@@ -148,12 +148,11 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         train_tokens=int(data.train.offsets[-1]),
         cached=data.from_cache,
     )
+    check_sequences(spec, data, world)  # a batch for every process; data.validation, when given, evaluates
     no_validation = no_validation_reason(spec.data, data)
     if no_validation:
         sink.warn(f"no validation sequences, so evaluation will not run: {no_validation}")
     per_epoch = micro_batches_per_epoch(data.train.rows, t.batch_size, world)
-    if per_epoch == 0:
-        raise too_few_sequences(spec, data, world)
     total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
 
     # ---- known before the model is made (a fresh start makes its scratch base anew)
