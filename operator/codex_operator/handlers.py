@@ -99,6 +99,7 @@ class Operator(Timer):
         self.post_event = post_event or self.events.post
         self.jobs: dict[Key, JobState] = {}
         self.index = watched.Local()  # the attempt Jobs by job, fed by their watch events
+        self.pods = watched.Pods()  # their pods, by attempt, fed by theirs
         self.children: informer.Children | None = None  # the informers, on the cluster (started at startup)
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
@@ -165,6 +166,9 @@ class Operator(Timer):
         """Keep what an attempt Job's event says, or that a child was deleted; (the job's key, whether the
         job must be read afresh) when its job is due a reconcile."""
         meta = body["metadata"]
+        if body.get("kind") == "Pod":  # read by the timer; the pod's Job changes too when it matters
+            self.pods.feed(event_type, body)
+            return None
         job = (meta.get("labels") or {}).get(names.LABEL_JOB)
         if not job:
             return None
@@ -175,7 +179,6 @@ class Operator(Timer):
                 st = self.jobs[key]
                 st.pending.shown(event_type, meta.get("uid", ""))
                 st.children += 1
-                st.rank0 = None  # a pod replaced changes its Job's status: look rank 0 up again
         if event_type == "DELETED":
             known = (self.jobs[key].body or {}) if key in self.jobs else {}
             uid = (known.get("metadata") or {}).get("uid")

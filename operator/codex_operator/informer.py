@@ -1,8 +1,9 @@
-"""The operator's children (attempt Jobs, job files, rendezvous Services) watched without kopf.
+"""The operator's children (attempt Jobs, job files, rendezvous Services) and their pods, watched without kopf.
 
 kopf hands each watch event to a worker of its object, with its causes, loggers and handler machinery,
 and the children bring most of a job's events (an attempt Job changes 4 to 6 times in its life) while
-the operator needs little of them: an attempt Job's few fields (watched.seen), and of a job file or a
+the operator needs little of them: an attempt Job's few fields (watched.seen), of a pod what the timer
+reads (watched.pod_kept: rank 0's IP, why it waits) instead of a LIST each time, and of a job file or a
 Service only that it was deleted. So they are read here, as client-go's informers read: LIST, then
 WATCH from the list's resourceVersion with bookmarks; after the server ends a watch (every
 SERVER_TIMEOUT) it starts again from the last version seen, and when that version is too old (410
@@ -27,7 +28,7 @@ import aiohttp
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
-from . import metrics, names
+from . import metrics, names, watched
 
 log = logging.getLogger("codex_operator")
 
@@ -51,6 +52,7 @@ CHILDREN = (
     Source("Job", "/apis/batch/v1", "jobs", False),
     Source("ConfigMap", "/api/v1", "configmaps", True),
     Source("Service", "/api/v1", "services", True),
+    Source("Pod", "/api/v1", "pods", False),  # the timer's: rank 0, and why a pod waits (watched.Pods)
 )
 
 
@@ -91,10 +93,11 @@ def collections(source: Source, namespaces: Sequence[str]) -> list[str]:
 
 def skeleton(obj: dict[str, Any]) -> dict[str, Any]:
     """What is kept of an object to say later that it was deleted (what take_child_event reads of a
-    deletion: its kind, name, namespace, UID, job label and owners)."""
+    deletion: its kind, name, namespace, UID, owners, and the labels that name its job and attempt)."""
     meta = obj["metadata"]
     kept = {k: meta[k] for k in ("name", "namespace", "uid", "ownerReferences") if k in meta}
-    kept["labels"] = {names.LABEL_JOB: (meta.get("labels") or {}).get(names.LABEL_JOB, "")}
+    labels = meta.get("labels") or {}
+    kept["labels"] = {k: labels[k] for k in (names.LABEL_JOB, watched.POD_JOB) if k in labels}
     return {"kind": obj["kind"], "metadata": kept}
 
 
@@ -252,8 +255,9 @@ class Children:
         self.tasks = [asyncio.create_task(i.run(), name=f"codex-operator watches {i.path}") for i in self.informers]
 
     async def listed(self) -> None:
-        """Until the attempt Jobs have been listed once (a reconcile never sees a job without its attempts)."""
-        await asyncio.gather(*(i.listed.wait() for i in self.informers if i.source.kind == "Job"))
+        """Until the attempt Jobs and their pods have been listed once (a reconcile never sees a job without its
+        attempts, nor the timer an attempt without its pods)."""
+        await asyncio.gather(*(i.listed.wait() for i in self.informers if i.source.kind in ("Job", "Pod")))
 
     async def stop(self) -> None:
         for task in self.tasks:

@@ -47,7 +47,6 @@ class JobState:
     parsed: tuple[tuple[str, int], Job | str] | None = None  # the spec, parsed once per (uid, generation)
     children: int = 0  # attempt Job events seen: a reconcile's input changed
     settled: tuple[int, int] | None = None  # (generation, children) of the last reconcile that got through
-    rank0: tuple[str, str, str] | None = None  # (pod UID, pod name, pod IP) of the running rank 0
     unread: int = 0  # progress reads that failed in a row
     unread_until: float = 0.0  # monotonic: no progress read before this (a backoff after failed reads)
     progress_patch: tuple[dict[str, Any], dict[str, Any]] | None = None  # this round's reading, to write

@@ -47,6 +47,7 @@ class Timer:
     options: Options
     kube: Kube | None
     jobs: dict[Key, JobState]
+    pods: watched.Pods
     http: aiohttp.ClientSession | None
 
     if TYPE_CHECKING:  # the reconcile's half (handlers.Operator)
@@ -148,10 +149,9 @@ class Timer:
         if now < st.unread_until:
             return  # its last reads failed: try again after a backoff, so silent pods do not fill the round
         try:
-            rank0 = st.rank0 or await self._rank0(ns, attempt)
+            rank0 = self._rank0(ns, attempt)
             if rank0 is None:
                 return
-            st.rank0 = rank0
             _, pod_name, ip = rank0
             if self.in_cluster:
                 text = await self._get_text(f"http://{f'[{ip}]' if ':' in ip else ip}:{port}/metrics")
@@ -161,8 +161,6 @@ class Timer:
         except Exception as e:  # a trainer still loading its model has no endpoint yet: not an error worth a trace
             metrics.PROGRESS_ERRORS.inc()
             log.debug("progress of %s/%s not readable yet: %s", ns, name, e)
-            if _pod_gone(e):
-                st.rank0 = None  # look it up again next time
             st.unread += 1
             st.unread_until = now + min(self.options.progress_interval * 2 ** (st.unread - 1), PROGRESS_BACKOFF_MAX)
             return
@@ -209,16 +207,13 @@ class Timer:
 
         await asyncio.gather(*(write(key, st) for _, key, st in todo[:budget]))
 
-    async def _rank0(self, namespace: str, attempt: str) -> tuple[str, str, str] | None:
-        """The running rank-0 pod of an attempt: (its UID, name, IP). Kept until its Job changes (a pod
-        replaced changes the Job's status), so one LIST serves every progress read of one pod."""
-        assert self.kube is not None
-        pods = await self.kube.list_pods(
-            namespace, f"batch.kubernetes.io/job-name={attempt},batch.kubernetes.io/job-completion-index=0"
-        )
-        for pod in pods:
-            if (pod.get("status") or {}).get("phase") == "Running" and not pod["metadata"].get("deletionTimestamp"):
-                return pod["metadata"].get("uid", ""), pod["metadata"]["name"], pod["status"].get("podIP") or ""
+    def _rank0(self, namespace: str, attempt: str) -> tuple[str, str, str] | None:
+        """The running rank-0 pod of an attempt, as the pods' watch shows it: (its UID, name, IP)."""
+        for pod in self.pods.of(namespace, attempt):
+            meta, status = pod["metadata"], pod["status"]
+            running = status.get("phase") == "Running" and not meta.get("deletionTimestamp")
+            if running and meta["labels"].get(watched.POD_INDEX) == "0":
+                return meta.get("uid", ""), meta["name"], status.get("podIP") or ""
         return None
 
     def check_stall(self, key: Key, st: JobState, body: dict[str, Any]) -> None:
@@ -263,7 +258,7 @@ class Timer:
         now = time.monotonic()
         if not st.explain_due(now):
             return  # pods that wait for a reason keep waiting a while: look again later, not every tick
-        pods = await self.kube.list_pods(ns, f"batch.kubernetes.io/job-name={attempt}")
+        pods = self.pods.of(ns, attempt)
         nodes = int((body.get("spec") or {}).get("numNodes") or 1)
         why = waiting_reason(pods) or (await self._why_no_pods(body) if len(pods) < nodes else None)
         if why is None:
@@ -307,13 +302,6 @@ class Timer:
             meta = body["metadata"]
             log.info("deleting %s/%s: ttlSecondsAfterFinished (%d s) passed", meta["namespace"], meta["name"], ttl)
             await self.kube.delete_job(meta["namespace"], meta["name"], meta["uid"])
-
-
-def _pod_gone(e: Exception) -> bool:
-    """Whether a failed progress read says the pod itself is gone (not just its endpoint not up yet)."""
-    if isinstance(e, aiohttp.ClientConnectorError):
-        return True  # by pod IP: nothing listens at that address
-    return "answered 404" in str(e) or getattr(e, "status", None) == 404
 
 
 def _samples(text: str) -> dict[str, float]:

@@ -88,3 +88,47 @@ class Pending:
         out = {s.attempt.uid: s for s in self.made.values()}
         out.update((s.attempt.uid, s) for s in watched)
         return [s for uid, s in out.items() if uid not in self.gone and s.owned_by(owner)]
+
+
+POD_JOB = "batch.kubernetes.io/job-name"  # set by the Job controller on every pod of an attempt Job
+POD_INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+def pod_kept(pod: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator keeps of a pod: what the timer reads (rank 0 and its IP, why a pod waits), not its spec
+    or managedFields (a pod is kilobytes; 10,000 of them would be tens of MB)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    labels = meta.get("labels") or {}
+    kept_meta = {k: meta[k] for k in ("name", "namespace", "uid", "deletionTimestamp") if k in meta}
+    kept_meta["labels"] = {k: labels[k] for k in (POD_JOB, POD_INDEX, names.LABEL_JOB) if k in labels}
+    kept_status = {k: status[k] for k in ("phase", "podIP") if k in status}
+    kept_status["conditions"] = [
+        {k: c[k] for k in ("type", "status", "reason", "message") if k in c} for c in status.get("conditions") or []
+    ]
+    kept_status["containerStatuses"] = [
+        {"name": cs.get("name"), "state": cs.get("state") or {}} for cs in status.get("containerStatuses") or []
+    ]
+    return {"kind": "Pod", "metadata": kept_meta, "status": kept_status}
+
+
+class Pods(dict[Key, dict[str, dict[str, Any]]]):
+    """The pods of the attempt Jobs, by (namespace, attempt Job name), fed by their watch events: what the timer
+    reads instead of a LIST a lookup. (How an attempt ended is read with a LIST: the pod's last change must be
+    in what is read, and a watch may be a moment behind the Job's.)"""
+
+    def feed(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
+        meta = pod.get("metadata") or {}
+        attempt = (meta.get("labels") or {}).get(POD_JOB)
+        if not attempt:
+            return
+        key, uid = (meta.get("namespace", ""), attempt), meta.get("uid", "")
+        if event_type == "DELETED":
+            self.get(key, {}).pop(uid, None)
+            if not self.get(key, True):
+                del self[key]
+        else:
+            self.setdefault(key, {})[uid] = pod_kept(pod)
+
+    def of(self, namespace: str, attempt: str) -> list[dict[str, Any]]:
+        """An attempt Job's pods, by name."""
+        return sorted(self.get((namespace, attempt), {}).values(), key=lambda p: p["metadata"]["name"])

@@ -51,7 +51,7 @@ class Cluster:
         )
 
     async def settle(self, rounds: int = 30) -> None:
-        """Deliver every watch event to the operator, as kopf would, until nothing changes."""
+        """Deliver every watch event to the operator, as kopf and its informers would, until nothing changes."""
         for _ in range(rounds):
             changes = self.api.drain()
             if not changes:
@@ -59,7 +59,7 @@ class Cluster:
             for kind, obj in changes:
                 if obj["kind"] == names.KIND:
                     await self.op.on_job_event(kind, obj)
-                elif obj["kind"] in ("Job", "ConfigMap", "Service"):
+                elif obj["kind"] in ("Job", "ConfigMap", "Service", "Pod"):
                     await self.op.on_child_event(kind, obj)
         raise AssertionError("the operator kept changing things")
 
@@ -85,6 +85,7 @@ class Cluster:
                 st.retry_at = 0.0
             st.explained_at = time.monotonic() - st.explain_every  # the wait explained now, however long it was
             st.unread_until = 0.0  # and rank 0 read now, however often it failed
+        await self.settle()  # what the watches have shown by now (the pods the kubelet changed)
         await self.op.tick_once()
         await self.settle()
 
@@ -798,6 +799,7 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
         owner = [{"uid": earlier["metadata"]["uid"]}]
         labels = {names.LABEL_JOB: "earlier"}
         c.api.put("jobs", {"metadata": {"name": "earlier-a1", "labels": labels, "ownerReferences": owner}, "spec": {}})
+        pod_lists = c.api_calls("list", "Pod")
         await startup(settings=settings)
         # no change handler (on.create, on.update, on.field): kopf keeps no diff-base, so copies no object
         assert not list(registry._changing.get_all_handlers())
@@ -806,9 +808,25 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
         watchers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
         assert [i.rsplit(".", 1)[-1] for i in watchers] == ["job_event"]
         assert not list(registry._indexing.get_all_handlers())
-        await until(lambda: len(c.api.watches) == 3, "a watch of each kind of child")
+        await until(lambda: len(c.api.watches) == 4, "a watch of each kind of child, and of their pods")
         assert {w["labelSelector"] for w in c.api.watches} == {names.LABEL_JOB}
         assert [s.attempt.name for s in c.op.index.values_of((NS, "earlier"))] == ["earlier-a1"]  # listed first
+        pod_labels = labels | {
+            "batch.kubernetes.io/job-name": "earlier-a1",
+            "batch.kubernetes.io/job-completion-index": "0",
+        }
+        c.api.put("pods", {"metadata": {"name": "earlier-a1-0-x", "labels": pod_labels, "managedFields": [{}] * 50},
+                           "spec": {"containers": [{"name": "trainer", "image": "x" * 1000}]},
+                           "status": {"phase": "Running", "podIP": "10.0.0.7"}})  # fmt: skip
+        await until(lambda: c.op.pods.of(NS, "earlier-a1"), "rank 0 from the pods' watch, with no LIST")
+        assert c.op._rank0(NS, "earlier-a1") == (
+            c.api.get("pods", NS, "earlier-a1-0-x")["metadata"]["uid"],
+            "earlier-a1-0-x",
+            "10.0.0.7",
+        )
+        assert (
+            "spec" not in c.op.pods.of(NS, "earlier-a1")[0] and c.api_calls("list", "Pod") == pod_lists + 1
+        )  # its informer's
         job = c.api.put(names.PLURAL, manifest("numNodes=2"))
         c.api.drain()
         await next(iter(watchers.values()))(event={"type": "ADDED", "object": job})

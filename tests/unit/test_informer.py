@@ -117,6 +117,38 @@ def test_a_version_too_old_lists_again_and_says_deleted_for_what_went_unseen():
     assert [k for k, _, _ in script.asked] == ["list", "watch", "list", "watch", "list", "watch"]
 
 
+def test_a_pod_deleted_while_no_watch_was_open_leaves_the_timers_pods_and_rank_0_comes_from_the_watch():
+    from codex_operator import watched
+
+    def pod(name: str, uid: str, version: int) -> dict[str, Any]:
+        attempt, index = name.rsplit("-", 2)[0], name.rsplit("-", 2)[1]
+        labels = {names.LABEL_JOB: attempt.rsplit("-", 1)[0], watched.POD_JOB: attempt, watched.POD_INDEX: index}
+        meta = {"name": name, "namespace": "team-a", "uid": uid, "resourceVersion": str(version), "labels": labels}
+        return {"metadata": meta, "spec": {"containers": [{"name": "trainer"}]}, "status": {"phase": "Running"}}
+
+    script = Script(
+        [
+            {"items": [pod("x-a1-0-p", "u1", 5), pod("x-a1-1-p", "u2", 6)], "metadata": {"resourceVersion": "10"}},
+            {"items": [pod("x-a1-1-p", "u2", 6)], "metadata": {"resourceVersion": "40"}},  # rank 0 went meanwhile
+        ],
+        [410],
+    )
+    pods = watched.Pods()
+    source = next(s for s in informer.CHILDREN if s.kind == "Pod")
+
+    async def main(kube: Kube) -> None:
+        inf = informer.Informer(kube.api, source, "/api/v1/namespaces/team-a/pods", pods.feed)
+        task = asyncio.create_task(inf.run())
+        await asyncio.wait_for(inf.listed.wait(), 20)
+        assert [p["metadata"]["name"] for p in pods.of("team-a", "x-a1")] == ["x-a1-0-p", "x-a1-1-p"]
+        assert all("spec" not in p for p in pods.of("team-a", "x-a1"))  # a few fields each, not the pod
+        await asyncio.wait_for(script.done.wait(), 20)
+        task.cancel()
+
+    asyncio.run(answering(script.answer, main))
+    assert [p["metadata"]["name"] for p in pods.of("team-a", "x-a1")] == ["x-a1-1-p"]
+
+
 def test_a_refusal_is_logged_with_the_servers_words_and_tried_again(caplog, monkeypatch):
     monkeypatch.setattr(informer.random, "uniform", lambda a, b: 0.0)
     monkeypatch.setattr(informer.asyncio, "sleep", _fast_sleep)

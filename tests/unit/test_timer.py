@@ -192,6 +192,7 @@ def test_a_rank_0_that_does_not_answer_is_read_less_often_until_it_does():
         await c.apply()
         await c.run(1)
         c.pod(1, 0)  # running, its /metrics not up yet (a model still loading)
+        await c.settle()  # the pods' watch shows it
         reads = lambda: c.api_calls("get", "pods/proxy")  # noqa: E731
         before = reads()
         await c.op.tick_once()

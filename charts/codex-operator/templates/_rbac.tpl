@@ -25,10 +25,11 @@
 - apiGroups: [batch]
   resources: [jobs]
   verbs: [create, get, list, watch, patch, delete]
-# trainer pods: Kube.list_pods (rank 0's progress and final numbers, why pods wait, which pod failed)
+# trainer pods: the pods' informer (informer.Informer: rank 0's IP, why pods wait) and Kube.list_pods
+# (how an attempt ended: rank 0's final numbers, which pod failed)
 - apiGroups: [""]
   resources: [pods]
-  verbs: [list]
+  verbs: [list, watch]
 # Kueue's Workloads of a queued attempt (Kube.list_workloads): why it waits, or why it was preempted, in
 # Kueue's words; read only (where Kueue is not installed the list is refused and nothing is said)
 - apiGroups: [kueue.x-k8s.io]
