@@ -29,6 +29,7 @@ from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
 from . import metrics, names, watched
+from .kube import api_error
 
 log = logging.getLogger("codex_operator")
 
@@ -218,10 +219,7 @@ class Informer:
             resp.release()
             raise Gone()
         if not 200 <= resp.status <= 299:
-            body = await resp.read()
-            error = ApiException(status=resp.status, reason=resp.reason)
-            error.body, error.headers = body, resp.headers
-            raise error
+            raise await api_error(resp)
         return resp
 
     async def _get(self, query: dict[str, Any]) -> bytes:

@@ -30,12 +30,16 @@ async def _body(call: Awaitable[object]) -> bytes:
     kubernetes_asyncio checks the status only when it parses the body itself, and its stubs give the
     parsed model as the result either way. Reading the body also hands the connection back to the pool."""
     resp = cast(aiohttp.ClientResponse, await call)
-    body = await resp.read()
     if not 200 <= resp.status <= 299:
-        error = ApiException(status=resp.status, reason=resp.reason)
-        error.body, error.headers = body, resp.headers
-        raise error
-    return body
+        raise await api_error(resp)
+    return await resp.read()
+
+
+async def api_error(resp: aiohttp.ClientResponse) -> ApiException:
+    """The ApiException for an error response (its body read, so the connection goes back to the pool)."""
+    error = ApiException(status=resp.status, reason=resp.reason)
+    error.body, error.headers = await resp.read(), resp.headers
+    return error
 
 
 THROTTLE_RETRIES = 6  # a call the API server throttles (429) is sent again this many times at most
