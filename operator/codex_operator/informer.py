@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 import aiohttp
+import orjson
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -151,7 +152,7 @@ class Informer:
         query: dict[str, Any] = {"labelSelector": names.LABEL_JOB, "limit": PAGE}
         while True:  # page by page, each delivered before the next is read
             with metrics.api_call("list", self.source.kind):
-                page = json.loads(await self._get(query))
+                page = orjson.loads(await self._get(query))
             for obj in page.get("items") or []:
                 uid = obj["metadata"]["uid"]
                 listed.add(uid)
@@ -183,7 +184,7 @@ class Informer:
                     line = bytes(pending[:end])
                     del pending[: end + 1]
                     if line.strip():
-                        self._event(json.loads(line))
+                        self._event(orjson.loads(line))
         finally:
             resp.release()
 

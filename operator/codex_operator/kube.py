@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import aiohttp
+import orjson
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.rest import ApiException
 
@@ -170,7 +171,7 @@ class Kube:
         try:
             with metrics.api_call("create", kind):
                 body = await _body(create(ns, obj, _preload_content=False))
-            return json.loads(body) if kind == "Job" else obj
+            return orjson.loads(body) if kind == "Job" else obj
         except ApiException as e:
             if e.status == 409:
                 return None
