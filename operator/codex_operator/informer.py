@@ -254,9 +254,10 @@ class Children:
         self.tasks = [asyncio.create_task(i.run(), name=f"codex-operator watches {i.path}") for i in self.informers]
 
     async def listed(self) -> None:
-        """Until the attempt Jobs and their pods have been listed once (a reconcile never sees a job without its
-        attempts, nor the timer an attempt without its pods)."""
-        await asyncio.gather(*(i.listed.wait() for i in self.informers if i.source.kind in ("Job", "Pod")))
+        """Until the attempt Jobs have been listed once (a reconcile never sees a job without its attempts).
+        Not the pods: until they are listed the timer finds no rank 0 to read and no pod that waits, which only
+        delays what it says, and a pods' watch the API server refuses must not stop every job from starting."""
+        await asyncio.gather(*(i.listed.wait() for i in self.informers if i.source.kind == "Job"))
 
     async def stop(self) -> None:
         for task in self.tasks:
