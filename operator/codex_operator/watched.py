@@ -9,9 +9,9 @@ deleted one.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from . import names
 from .status import Attempt, attempt_from_job
@@ -44,19 +44,28 @@ def key_of(job: Mapping[str, Any]) -> Key | None:
     return (meta.get("namespace", ""), name) if name else None
 
 
-class Local(dict[Key, dict[str, Seen]]):
-    """The attempt Jobs by job, fed by their watch events."""
+V = TypeVar("V")
 
-    def feed(self, event_type: str | None, job: Mapping[str, Any]) -> None:
-        key, uid = key_of(job), (job.get("metadata") or {}).get("uid", "")
-        if key is None:
-            return
+
+class _ByKey(dict[Key, dict[str, V]]):
+    """Objects by a key and their UID, fed by watch events: a DELETED one goes, with its key when it was the last."""
+
+    def _take(self, event_type: str | None, key: Key, uid: str, kept: Callable[[], V]) -> None:
         if event_type == "DELETED":
             self.get(key, {}).pop(uid, None)
             if not self.get(key, True):
                 del self[key]
         else:
-            self.setdefault(key, {})[uid] = seen(job)
+            self.setdefault(key, {})[uid] = kept()
+
+
+class Local(_ByKey[Seen]):
+    """The attempt Jobs by job, fed by their watch events."""
+
+    def feed(self, event_type: str | None, job: Mapping[str, Any]) -> None:
+        key, uid = key_of(job), (job.get("metadata") or {}).get("uid", "")
+        if key is not None:
+            self._take(event_type, key, uid, lambda: seen(job))
 
     def values_of(self, key: Key) -> Iterable[Seen]:
         return self.get(key, {}).values()
@@ -111,7 +120,7 @@ def pod_kept(pod: Mapping[str, Any]) -> dict[str, Any]:
     return {"kind": "Pod", "metadata": kept_meta, "status": kept_status}
 
 
-class Pods(dict[Key, dict[str, dict[str, Any]]]):
+class Pods(_ByKey[dict[str, Any]]):
     """The pods of the attempt Jobs, by (namespace, attempt Job name), fed by their watch events: what the timer
     reads instead of a LIST a lookup. (How an attempt ended is read with a LIST: the pod's last change must be
     in what is read, and a watch may be a moment behind the Job's.)"""
@@ -121,13 +130,7 @@ class Pods(dict[Key, dict[str, dict[str, Any]]]):
         attempt = (meta.get("labels") or {}).get(POD_JOB)
         if not attempt:
             return
-        key, uid = (meta.get("namespace", ""), attempt), meta.get("uid", "")
-        if event_type == "DELETED":
-            self.get(key, {}).pop(uid, None)
-            if not self.get(key, True):
-                del self[key]
-        else:
-            self.setdefault(key, {})[uid] = pod_kept(pod)
+        self._take(event_type, (meta.get("namespace", ""), attempt), meta.get("uid", ""), lambda: pod_kept(pod))
 
     def of(self, namespace: str, attempt: str) -> list[dict[str, Any]]:
         """An attempt Job's pods, by name."""
