@@ -142,14 +142,13 @@ class Timer:
         assert self.kube is not None
         meta, status = body["metadata"], body.get("status") or {}
         ns, name = meta["namespace"], meta["name"]
-        attempt = names.attempt_name(name, status.get("attempt") or 1)
         port = ((body.get("spec") or {}).get("metrics") or {}).get("port") or names.METRICS_PORT
         st = self.state((ns, name))
         now = time.monotonic()
         if now < st.unread_until:
             return  # its last reads failed: try again after a backoff, so silent pods do not fill the round
         try:
-            rank0 = self._rank0(ns, attempt)
+            rank0 = self._rank0(body)
             if rank0 is None:
                 return
             _, pod_name, ip = rank0
@@ -207,14 +206,18 @@ class Timer:
 
         await asyncio.gather(*(write(key, st) for _, key, st in todo[:budget]))
 
-    def _rank0(self, namespace: str, attempt: str) -> tuple[str, str, str] | None:
-        """The running rank-0 pod of an attempt, as the pods' watch shows it: (its UID, name, IP)."""
-        for pod in self.pods.of(namespace, attempt):
+    def _rank0(self, body: dict[str, Any]) -> tuple[str, str, str] | None:
+        """The running rank-0 pod of the job's current attempt, as the pods' watch shows it: (UID, name, IP)."""
+        for pod in self._live_pods(body):
             meta, status = pod["metadata"], pod["status"]
-            running = status.get("phase") == "Running" and not meta.get("deletionTimestamp")
-            if running and meta["labels"].get(watched.POD_INDEX) == "0":
+            if status.get("phase") == "Running" and meta["labels"].get(watched.POD_INDEX) == "0":
                 return meta.get("uid", ""), meta["name"], status.get("podIP") or ""
         return None
+
+    def _live_pods(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """The pods of the job's current attempt Job, as the pods' watch shows them (none being deleted)."""
+        job = self._live_attempt(body)
+        return [] if job is None else self.pods.of(body["metadata"]["namespace"], job.name, job.uid)
 
     def check_stall(self, key: Key, st: JobState, body: dict[str, Any]) -> None:
         """runPolicy.progressDeadlineSeconds: a running attempt whose step has not moved for that long is
@@ -254,11 +257,10 @@ class Timer:
         meta, status = body["metadata"], body.get("status") or {}
         ns, name = meta["namespace"], meta["name"]
         st = self.state((ns, name))
-        attempt = names.attempt_name(name, status.get("attempt") or 1)
         now = time.monotonic()
         if not st.explain_due(now):
             return  # pods that wait for a reason keep waiting a while: look again later, not every tick
-        pods = self.pods.of(ns, attempt)
+        pods = self._live_pods(body)
         nodes = int((body.get("spec") or {}).get("numNodes") or 1)
         why = waiting_reason(pods) or (await self._why_no_pods(body) if len(pods) < nodes else None)
         if why is None:

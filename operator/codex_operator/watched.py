@@ -110,12 +110,14 @@ def pod_kept(pod: Mapping[str, Any]) -> dict[str, Any]:
     labels = meta.get("labels") or {}
     kept_meta = {k: meta[k] for k in ("name", "namespace", "uid", "deletionTimestamp") if k in meta}
     kept_meta["labels"] = {k: labels[k] for k in (POD_JOB, POD_INDEX, names.LABEL_JOB) if k in labels}
+    kept_meta["ownerReferences"] = [{"uid": r.get("uid", "")} for r in meta.get("ownerReferences") or []]
     kept_status = {k: status[k] for k in ("phase", "podIP") if k in status}
     kept_status["conditions"] = [
         {k: c[k] for k in ("type", "status", "reason", "message") if k in c} for c in status.get("conditions") or []
     ]
-    kept_status["containerStatuses"] = [
-        {"name": cs.get("name"), "state": cs.get("state") or {}} for cs in status.get("containerStatuses") or []
+    kept_status["containerStatuses"] = [  # why it waits, not how it ended (a LIST reads that)
+        {"name": cs.get("name"), "state": {k: v for k, v in (cs.get("state") or {}).items() if k == "waiting"}}
+        for cs in status.get("containerStatuses") or []
     ]
     return {"kind": "Pod", "metadata": kept_meta, "status": kept_status}
 
@@ -132,6 +134,13 @@ class Pods(_ByKey[dict[str, Any]]):
             return
         self._take(event_type, (meta.get("namespace", ""), attempt), meta.get("uid", ""), lambda: pod_kept(pod))
 
-    def of(self, namespace: str, attempt: str) -> list[dict[str, Any]]:
-        """An attempt Job's pods, by name."""
-        return sorted(self.get((namespace, attempt), {}).values(), key=lambda p: p["metadata"]["name"])
+    def of(self, namespace: str, attempt: str, owner: str) -> list[dict[str, Any]]:
+        """The live pods of the attempt Job of that name and UID, by name: not those being deleted, nor those of
+        an earlier Job of the same name (a job deleted and created again) still terminating."""
+        pods = (
+            p
+            for p in self.get((namespace, attempt), {}).values()
+            if not p["metadata"].get("deletionTimestamp")
+            and any(r["uid"] == owner for r in p["metadata"]["ownerReferences"])
+        )
+        return sorted(pods, key=lambda p: p["metadata"]["name"])

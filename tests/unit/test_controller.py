@@ -815,17 +815,20 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
             "batch.kubernetes.io/job-name": "earlier-a1",
             "batch.kubernetes.io/job-completion-index": "0",
         }
-        c.api.put("pods", {"metadata": {"name": "earlier-a1-0-x", "labels": pod_labels, "managedFields": [{}] * 50},
+        a1 = [{"uid": c.api.get("jobs", NS, "earlier-a1")["metadata"]["uid"]}]
+        c.api.put("pods", {"metadata": {"name": "earlier-a1-0-x", "labels": pod_labels, "managedFields": [{}] * 50,
+                                        "ownerReferences": a1},
                            "spec": {"containers": [{"name": "trainer", "image": "x" * 1000}]},
                            "status": {"phase": "Running", "podIP": "10.0.0.7"}})  # fmt: skip
-        await until(lambda: c.op.pods.of(NS, "earlier-a1"), "rank 0 from the pods' watch, with no LIST")
-        assert c.op._rank0(NS, "earlier-a1") == (
+        await until(lambda: c.op.pods.get((NS, "earlier-a1")), "rank 0 from the pods' watch, with no LIST")
+        assert c.op._rank0(earlier) == (
             c.api.get("pods", NS, "earlier-a1-0-x")["metadata"]["uid"],
             "earlier-a1-0-x",
             "10.0.0.7",
         )
         assert (
-            "spec" not in c.op.pods.of(NS, "earlier-a1")[0] and c.api_calls("list", "Pod") == pod_lists + 1
+            "spec" not in c.op.pods.of(NS, "earlier-a1", a1[0]["uid"])[0]
+            and c.api_calls("list", "Pod") == pod_lists + 1
         )  # its informer's
         job = c.api.put(names.PLURAL, manifest("numNodes=2"))
         c.api.drain()

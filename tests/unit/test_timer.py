@@ -3,6 +3,7 @@ progress, stalls and the stall clock, and how often a waiting job and a silent r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from datetime import timedelta
@@ -185,6 +186,26 @@ def test_why_a_job_waits_is_looked_at_after_30_s_then_less_and_less_often():
     assert [t for t in range(1000, 1100, 5) if st.explain_due(float(t))] == [1030, 1090]
     st.stop_explaining()  # a queue's words are looked at as soon as the job waits in it, then alike
     assert [t for t in range(2000, 2100, 5) if st.explain_due(float(t), at_once=True)] == [2000, 2030, 2090]
+
+
+def test_why_a_pod_waits_comes_from_the_pods_watch_and_not_from_a_pod_of_an_earlier_job_of_that_name():
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        pod = c.pod(1, 0)
+        pod["status"] = {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "False",
+                         "reason": "Unschedulable", "message": "0/3 nodes have enough memory"}]}  # fmt: skip
+        c.api.put("pods", pod)
+        earlier = copy.deepcopy(pod)  # the same attempt name, a Job deleted before: its pod still terminating
+        earlier["metadata"] |= {"name": f"{NAME}-a1-0-a", "uid": "earlier", "ownerReferences": [{"uid": "gone"}]}
+        pulling = {"waiting": {"reason": "ImagePullBackOff", "message": "no such image"}}
+        earlier["status"] = {"phase": "Pending", "containerStatuses": [{"name": names.CONTAINER, "state": pulling}]}
+        c.api.put("pods", earlier)
+        lists = c.api_calls("list", "Pod")
+        await c.retry()
+        said = f"attempt 1 waiting: pod {NAME}-a1-0-x cannot be scheduled: 0/3 nodes have enough memory"
+        assert c.status()["message"] == said and c.api_calls("list", "Pod") == lists  # from the watch, no LIST
+
+    scenario(test)
 
 
 def test_a_rank_0_that_does_not_answer_is_read_less_often_until_it_does():
