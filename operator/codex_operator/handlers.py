@@ -461,7 +461,7 @@ class Operator(Timer):
         assert self.kube is not None
         return await _asking(
             f"listing the pods of Job {attempt.name}",
-            self.kube.list_pods(namespace, f"batch.kubernetes.io/job-name={attempt.name}"),
+            self.kube.list_pods(namespace, f"{watched.POD_JOB}={attempt.name}"),
         )
 
     async def _stop(self, key: Key, found: list[watched.Seen]) -> None:
@@ -555,7 +555,7 @@ def _owned_by_uid(obj: dict[str, Any], uid: str) -> bool:
 
 
 def _index(pod: dict[str, Any]) -> str | None:
-    return (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-completion-index")
+    return (pod["metadata"].get("labels") or {}).get(watched.POD_INDEX)
 
 
 def _deleting(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:

@@ -124,7 +124,7 @@ def pod_kept(pod: Mapping[str, Any]) -> dict[str, Any]:
 
 class Pods(_ByKey[dict[str, Any]]):
     """The pods of the attempt Jobs, by (namespace, attempt Job name), fed by their watch events: what the timer
-    reads instead of a LIST a lookup. (How an attempt ended is read with a LIST: the pod's last change must be
+    reads instead of a LIST per lookup. (How an attempt ended is read with a LIST: the pod's last change must be
     in what is read, and a watch may be a moment behind the Job's.)"""
 
     def feed(self, event_type: str | None, pod: Mapping[str, Any]) -> None:
