@@ -3,7 +3,8 @@
 Same model (built from the tiny-cpu example's config, same initial weights), same data, same LoRA model
 (codex_trainer.model.wrap_peft for all), seed, per-device batch, sequence length, step count and optimizer
 settings (AdamW, learning rate, schedule, warmup, clipping). Reports non-padding tokens per second over the
-training loop (first step start to last step end; no evaluation or checkpoint inside the window) for:
+training loop (second step start to last step end: each run trains one step more, and its first step, which
+loads kernels and sets the device up, is left out; no evaluation or checkpoint inside the window) for:
 
   hf-trainer         transformers.Trainer, examples truncated and padded per batch (its usual setup)
   trl-sft            trl.SFTTrainer, packing=True (best-fit decreasing) with padding_free=True (position ids)
@@ -79,8 +80,11 @@ PEAK_BF16 = {
 
 RUNS = ("hf-trainer", "trl-sft", "codex (no packing)", "codex (packing)", "codex (compile)")
 # codex (compile): packing with training.compile; only on request (--runs), as compiling takes a minute here.
-# Its window leaves out the first COMPILE_WARMUP steps, where torch.compile compiles (reported apart).
 DEFAULT_RUNS = RUNS[:4]
+# Every run's window leaves out its first WARMUP steps: the first step of a process on a GPU loads kernels and
+# sets up its libraries (a second or more, which went to whichever run came first); with torch.compile the first
+# COMPILE_WARMUP steps, which compile (reported apart).
+WARMUP = 1
 COMPILE_WARMUP = 2
 
 
@@ -160,15 +164,16 @@ def bench_spec(manifest: Manifest, packing: bool, steps: int, seq: int, compile:
 
 
 def run_codex(manifest: Manifest, packing: bool, steps: int, seq: int, out: Path, compile: bool = False) -> dict:
-    spec = bench_spec(manifest, packing, steps + (COMPILE_WARMUP if compile else 0), seq, compile)
+    warm = COMPILE_WARMUP if compile else WARMUP
+    spec = bench_spec(manifest, packing, steps + warm, seq, compile)
     train(spec, manifest.metadata.name, out, StopRequest(), console=Console(enabled=False))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r]
-    warmup, rows = (rows[:COMPILE_WARMUP], rows[COMPILE_WARMUP:]) if compile else ([], rows)
+    warmup, rows = rows[:warm], rows[warm:]
     window = rows[-1]["time"] - (rows[0]["time"] - rows[0]["step_seconds"])
     tokens = sum(r["tokens_per_second"] * r["step_seconds"] for r in rows)  # each step's non-padding tokens
     result = {"tokens": round(tokens), "seconds": window, "steps": len(rows), "loss": rows[-1]["loss"]}
-    if warmup:
+    if compile:
         result["compile_warmup_seconds"] = sum(r["step_seconds"] for r in warmup)
     return result
 
@@ -201,21 +206,21 @@ def count_tokens(model: torch.nn.Module) -> dict:
     return counted
 
 
-def _clock() -> Any:
+def _clock(counted: dict) -> Any:
     from transformers import TrainerCallback
 
     class Clock(TrainerCallback):
-        """First step start to last step end, as our loop's window."""
+        """From the end of step WARMUP to the end of the last, as our loop's window; the tokens counted from
+        there on."""
 
         start: float | None = None
         end: float | None = None
 
-        def on_step_begin(self, args, state, control, **kw):
-            if self.start is None:
-                self.start = time.perf_counter()
-
         def on_step_end(self, args, state, control, **kw):
             self.end = time.perf_counter()
+            if state.global_step == WARMUP:
+                self.start = self.end
+                counted["tokens"] = 0
 
     return Clock()
 
@@ -261,8 +266,8 @@ def run_hf_trainer(manifest: Manifest, steps: int, seq: int, out: Path, base_dir
 
     model = peft_model(spec, base_dir)
     counted = count_tokens(model)
-    clock = _clock()
-    args = TrainingArguments(**_common_args(spec, steps, out))
+    clock = _clock(counted)
+    args = TrainingArguments(**_common_args(spec, steps + WARMUP, out))
     collator = DataCollatorForLanguageModeling(tok, mlm=False)
     trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[clock])
     return _train_hf(trainer, clock, counted)
@@ -282,9 +287,9 @@ def run_trl_sft(manifest: Manifest, steps: int, seq: int, out: Path, base_dir: P
 
     model = peft_model(spec, base_dir)
     counted = count_tokens(model)
-    clock = _clock()
+    clock = _clock(counted)
     args = SFTConfig(
-        **_common_args(spec, steps, out),
+        **_common_args(spec, steps + WARMUP, out),
         max_length=seq,
         packing=True,
         padding_free=True,
@@ -306,7 +311,7 @@ def _train_hf(trainer: Any, clock: Any, counted: dict) -> dict:
     return {
         "tokens": counted["tokens"],
         "seconds": seconds,
-        "steps": trainer.state.global_step,
+        "steps": trainer.state.global_step - WARMUP,
         "loss": result.training_loss,
     }
 
