@@ -3,14 +3,14 @@
 Builds the Qwen2-shaped ~0.5B model of trainer_throughput's `--model-config 0.5b` from config (bf16, LoRA on
 the seven projections as the tiny-cpu example sets it, nothing trained in full), and trains it with our loss
 (`LanguageModelLoss`: the decoder, then the chunked head and cross-entropy) and fused AdamW on random tokens
-in full rows of `--seq` (one causal block a row, or with --packed several documents a row). For each batch
-size: the step's wall time (mean of `--steps` after warm-up, the device synchronised once at the end), then
-a profile of 3 steps giving the time the GPU spent in kernels and how many it ran a step. busy = kernel time /
-wall time: far under 100% means the host, not the GPU, sets the pace.
+in rows of `--seq` (one causal block a row; or padded, or packed with several documents a row: --rows). For
+each batch size: the step's wall time (mean of `--steps` after warm-up, the device synchronised once at the
+end), then a profile of 3 steps giving the time the GPU spent in kernels and how many it ran a step. busy =
+kernel time / wall time: far under 100% means the host, not the GPU, sets the pace.
 
     python benchmarks/gpu_step_profile.py                  # batch 8 and 32, eager, three ways to hold the adapters
-    python benchmarks/gpu_step_profile.py --packed         # packed rows (transformers' block-diagonal mask)
-    python benchmarks/gpu_step_profile.py --compile        # the decoder under torch.compile
+    python benchmarks/gpu_step_profile.py --modes autocast --batches 8 --rows full,padded,packed
+    python benchmarks/gpu_step_profile.py --compile --batches 8   # the decoder under torch.compile
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def step(loss_model: LanguageModelLoss, opt: torch.optim.Optimizer, batch: dict,
 
 
 def packed_positions(rows: int, seq: int) -> torch.Tensor:
-    """Position ids of rows filled with documents of 30 to 1,500 tokens (a fixed draw), the last one cut at
+    """Position ids of rows filled with documents of 30 to 1,499 tokens (a fixed draw), the last one cut at
     the row's end."""
     gen = torch.Generator().manual_seed(0)
     out = []
@@ -72,13 +72,38 @@ def packed_positions(rows: int, seq: int) -> torch.Tensor:
     return torch.stack(out)
 
 
-def measure(batch_size: int, seq: int, steps: int, compile: bool, mode: str, packed: bool) -> dict:
+def padding_mask(rows: int, seq: int) -> torch.Tensor:
+    """An attention mask as padded rows have: every other row ends in a tenth of padding."""
+    mask = torch.ones(rows, seq, dtype=torch.long)
+    mask[1::2, seq - seq // 10 :] = 0
+    return mask
+
+
+# kernel kinds, by a word in the kernel's name (first match wins)
+KINDS = (
+    ("attention", ("flash", "fmha", "attention", "sdpa")),  # before "cutlass": the mem-efficient kernel is fmha_cutlass
+    ("matrix products", ("gemm", "nvjet", "xmma", "cutlass", "cublas")),
+    ("dropout", ("dropout",)),
+    ("casts and copies", ("copy", "memcpy")),
+)
+
+
+def kind_of(kernel: str) -> str:
+    name = kernel.lower()
+    return next((kind for kind, words in KINDS if any(w in name for w in words)), "the rest")
+
+
+def measure(batch_size: int, seq: int, steps: int, compile: bool, mode: str, rows: str) -> dict:
     loss_model, opt, flops = build(compile, mode)
     autocast = mode == "autocast"
     ids = torch.randint(0, CONFIG_0_5B["vocab_size"], (batch_size, seq), device="cuda")
     batch = {"input_ids": ids, "labels": ids.clone()}
-    if packed:  # as our loop's packed rows reach a GPU model: position ids restarting at each document
+    if rows == "packed":  # as our loop's packed rows reach a GPU model: position ids restarting at each document
         batch["position_ids"] = packed_positions(batch_size, seq).cuda()
+    elif rows == "padded":  # as our loop's unpacked rows: a padding mask, its padding labelled -100
+        mask = padding_mask(batch_size, seq).cuda()
+        batch["attention_mask"] = mask
+        batch["labels"] = ids.masked_fill(mask == 0, -100)
     for _ in range(3 if not compile else 5):
         step(loss_model, opt, batch, autocast)
     torch.cuda.synchronize()
@@ -97,6 +122,9 @@ def measure(batch_size: int, seq: int, steps: int, compile: bool, mode: str, pac
     busy = sum(e.self_device_time_total for e in kernels) / 3 / 1e6
     launches = sum(e.count for e in kernels) / 3
     top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]
+    by_kind: dict[str, float] = {}
+    for e in kernels:
+        by_kind[kind_of(e.key)] = by_kind.get(kind_of(e.key), 0.0) + e.self_device_time_total / 3 / 1e3
     peak = peak_bf16_flops(torch.cuda.get_device_name())
     tokens = batch_size * seq
     result = {
@@ -107,12 +135,20 @@ def measure(batch_size: int, seq: int, steps: int, compile: bool, mode: str, pac
         "tokens_per_s": tokens / wall,
         "mfu": flops * tokens / wall / peak if peak else None,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-        "top": [(e.key[:70], e.self_device_time_total / 3 / 1e3, e.count / 3) for e in top],
+        "by_kind": by_kind,
+        "top": [(_short(e.key), e.self_device_time_total / 3 / 1e3, e.count / 3) for e in top],
     }
     del loss_model, opt
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     return result
+
+
+def _short(kernel: str) -> str:
+    """A kernel's name without the prefixes every ATen kernel shares, long enough to tell them apart."""
+    for prefix in ("void ", "at::native::", "(anonymous namespace)::"):
+        kernel = kernel.replace(prefix, "")
+    return kernel[:150]
 
 
 def main() -> None:
@@ -122,35 +158,40 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument(
         "--modes",
-        default="autocast,fp32,bf16",
-        help="autocast: fp32 adapters under bf16 autocast (our loop's, through Accelerate); fp32: fp32 adapters, no "
-        "autocast (PEFT's default dtype); bf16: the adapters cast to bf16, no autocast",
+        default=None,
+        help="comma-separated (default autocast,fp32,bf16; with --compile autocast): autocast: fp32 adapters under "
+        "bf16 autocast (our loop's, through Accelerate); fp32: fp32 adapters, no autocast (PEFT's default dtype); "
+        "bf16: the adapters cast to bf16, no autocast",
     )
-    ap.add_argument("--packed", action="store_true", help="packed rows: position ids restart at each document")
+    ap.add_argument(
+        "--rows",
+        default="full",
+        help="comma-separated: full (one causal block a row, no mask), padded (a padding mask, as our unpacked "
+        "rows), packed (position ids restarting at each document, as our packed rows: transformers' mask)",
+    )
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="the decoder under torch.compile (its first steps, which compile, left out)",
+        help="the decoder under torch.compile (its first steps, which compile, left out; a minute or more cold)",
     )
     args = ap.parse_args()
     if not torch.cuda.is_available():
         sys.exit("needs a GPU")
-    print(
-        f"device={torch.cuda.get_device_name()} torch={torch.__version__} seq={args.seq} packed={args.packed}",
-        flush=True,
-    )
-    for compile in (True,) if args.compile else (False,):
-        for mode, b in ((m, int(x)) for m in args.modes.split(",") for x in args.batches.split(",")):
-            r = measure(b, args.seq, args.steps, compile, mode, args.packed)
-            mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
-            print(
-                f"{'compiled' if compile else 'eager'} {mode:<8} batch {b:>3}: step {r['wall_ms']:.1f} ms, kernels "
-                f"{r['kernel_ms']:.1f} ms (busy {r['kernel_ms'] / r['wall_ms']:.0%}), {r['kernels']:.0f} kernels, "
-                f"{r['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak {r['peak_mem_gib']:.1f} GiB",
-                flush=True,
-            )
-            for key, ms, count in r["top"]:
-                print(f"    {ms:8.2f} ms {count:6.0f}x  {key}", flush=True)
+    modes = (args.modes or ("autocast" if args.compile else "autocast,fp32,bf16")).split(",")
+    print(f"device={torch.cuda.get_device_name()} torch={torch.__version__} seq={args.seq}", flush=True)
+    for rows, mode, b in ((r, m, int(x)) for r in args.rows.split(",") for m in modes for x in args.batches.split(",")):
+        r = measure(b, args.seq, args.steps, args.compile, mode, rows)
+        mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "-"
+        print(
+            f"{'compiled' if args.compile else 'eager'} {mode} {rows} rows, batch {b}: step {r['wall_ms']:.1f} ms, "
+            f"kernels {r['kernel_ms']:.1f} ms (busy {r['kernel_ms'] / r['wall_ms']:.0%}), {r['kernels']:.0f} kernels "
+            f"(and copies), {r['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak {r['peak_mem_gib']:.1f} GiB",
+            flush=True,
+        )
+        kinds = sorted(r["by_kind"].items(), key=lambda kv: -kv[1])
+        print("    kernel time by kind: " + ", ".join(f"{k} {ms:.1f} ms" for k, ms in kinds), flush=True)
+        for key, ms, count in r["top"]:
+            print(f"    {ms:8.2f} ms {count:6.0f}x  {key}", flush=True)
 
 
 if __name__ == "__main__":

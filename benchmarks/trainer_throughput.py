@@ -81,9 +81,9 @@ PEAK_BF16 = {
 RUNS = ("hf-trainer", "trl-sft", "codex (no packing)", "codex (packing)", "codex (compile)")
 # codex (compile): packing with training.compile; only on request (--runs), as compiling takes a minute here.
 DEFAULT_RUNS = RUNS[:4]
-# Every run's window leaves out its first WARMUP steps: the first step of a process on a GPU loads kernels and
-# sets up its libraries (a second or more, which went to whichever run came first); with torch.compile the first
-# COMPILE_WARMUP steps, which compile (reported apart).
+# Every run's window leaves out its first WARMUP steps (at least 1: the Trainers' clock starts at its end): a
+# first step loads kernels and sets libraries up (0.2 to 0.5 s a run on the H200, benchmarks/README.md); with
+# torch.compile the first COMPILE_WARMUP steps, which compile (reported apart).
 WARMUP = 1
 COMPILE_WARMUP = 2
 
