@@ -37,12 +37,34 @@ STAND_IN_CRDS = [
 ]  # fmt: skip
 
 
+# where the value sets put the chart's namespaced objects
+DRY_RUN_NAMESPACES = ("codex-system", "team-a", "team-b")
+
+
+@pytest.fixture(scope="module")
+def dry_run_targets(cluster):
+    """The namespaces and prometheus-operator's kinds the dry runs need, made where missing and removed after:
+    only what this made (a real ServiceMonitor CRD is never replaced), and a namespace only while it holds no
+    Deployment, pod or Secret (the suite's operator may have been installed into codex-system meanwhile)."""
+
+    def made(*args: str, input: str | None = None) -> bool:
+        return cluster.kubectl("create", *args, input=input, check=False).returncode == 0  # False: it was there
+
+    made_crds = [doc["metadata"]["name"] for doc in STAND_IN_CRDS if made("-f", "-", input=json.dumps(doc))]
+    for name in made_crds:
+        cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
+    made_ns = [ns for ns in DRY_RUN_NAMESPACES if made("namespace", ns)]
+    yield
+    for ns in made_ns:
+        held = cluster.kubectl("get", "deployments,pods,secrets", "-n", ns, "-o", "name", check=False)
+        if held.returncode == 0 and not held.stdout.strip():
+            cluster.kubectl("delete", "namespace", ns, "--timeout=60s", check=False)
+    for name in made_crds:
+        cluster.kubectl("delete", "crd", name, "--timeout=60s", check=False)
+
+
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
-def test_what_the_chart_renders_is_accepted_by_the_api_server(cluster, crd, name):
-    for doc in STAND_IN_CRDS:
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(doc))
-    for ns in ("codex-system", "team-a", "team-b"):
-        cluster.kubectl("create", "namespace", ns, check=False)
+def test_what_the_chart_renders_is_accepted_by_the_api_server(cluster, crd, dry_run_targets, name):
     docs = render(VALUE_SETS[name])
     r = cluster.kubectl("apply", "--dry-run=server", "-f", "-", input=yaml.safe_dump_all(docs), check=False)
     assert r.returncode == 0, r.stderr
