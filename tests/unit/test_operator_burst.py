@@ -8,9 +8,9 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
+from controller_harness import NS, manifest
 from fake_api import FakeAPI, answering
 from prometheus_client import REGISTRY
-from test_controller import NS, manifest
 
 from codex_operator import eventline, handlers, names
 from codex_operator.handlers import Operator, Options

@@ -1,4 +1,4 @@
-"""The operator's timer against the fake API server (the harness of test_controller.py): rank 0's
+"""The operator's timer against the fake API server (controller_harness.py): rank 0's
 progress, stalls and the stall clock, and how often a waiting job and a silent rank 0 are looked at."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from test_controller import KEY, NAME, NS, Cluster, manifest, scenario
+from controller_harness import KEY, NAME, NS, Cluster, manifest, scenario
 
 from codex_operator import metrics, names
 from codex_trainer import contract

@@ -1,0 +1,122 @@
+"""What kopf hands the controller (the jobs' events, the informers' children's) and how the command line
+runs kopf with it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from controller_harness import KEY, NAME, NS, Cluster, manifest, scenario
+
+from codex_operator import names
+from codex_operator.kube import Kube
+
+# ---------------------------------------------------------------- kopf's side: what it hands the controller
+
+
+def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_controller(monkeypatch):
+    import kopf
+
+    from codex_operator import handlers
+
+    async def until(check: Callable[[], Any], what: str) -> None:
+        for _ in range(200):
+            if check():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"never: {what}")
+
+    async def test(c: Cluster) -> None:
+        registry = kopf.OperatorRegistry()
+        handlers.register(c.op, registry, [NS])
+        kube = c.op.kube
+
+        async def connect() -> Kube:
+            assert kube is not None
+            return kube
+
+        monkeypatch.setattr(handlers.Kube, "connect", staticmethod(connect))
+        startup, cleanup, _login = (h.fn for h in registry._activities.get_all_handlers())
+        settings = kopf.OperatorSettings()
+        earlier = c.api.put(names.PLURAL, manifest(name="earlier"))  # a job and its attempt from before a restart
+        owner = [{"uid": earlier["metadata"]["uid"]}]
+        labels = {names.LABEL_JOB: "earlier"}
+        c.api.put("jobs", {"metadata": {"name": "earlier-a1", "labels": labels, "ownerReferences": owner}, "spec": {}})
+        pod_lists = c.api_calls("list", "Pod")
+        await startup(settings=settings)
+        # no change handler (on.create, on.update, on.field): kopf keeps no diff-base, so copies no object
+        assert not list(registry._changing.get_all_handlers())
+        assert isinstance(settings.persistence.diffbase_storage, handlers.NoDiffBase)
+        # kopf watches the jobs only; the children are the informers', only those labelled with a job's name
+        watchers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
+        assert [i.rsplit(".", 1)[-1] for i in watchers] == ["job_event"]
+        assert not list(registry._indexing.get_all_handlers())
+        await until(lambda: len(c.api.watches) == 4, "a watch of each kind of child, and of their pods")
+        assert {w["labelSelector"] for w in c.api.watches} == {names.LABEL_JOB}
+        assert [s.attempt.name for s in c.op.index.values_of((NS, "earlier"))] == ["earlier-a1"]  # listed first
+        pod_labels = labels | {
+            "batch.kubernetes.io/job-name": "earlier-a1",
+            "batch.kubernetes.io/job-completion-index": "0",
+        }
+        a1 = [{"uid": c.api.get("jobs", NS, "earlier-a1")["metadata"]["uid"]}]
+        c.api.put("pods", {"metadata": {"name": "earlier-a1-0-x", "labels": pod_labels, "managedFields": [{}] * 50,
+                                        "ownerReferences": a1},
+                           "spec": {"containers": [{"name": "trainer", "image": "x" * 1000}]},
+                           "status": {"phase": "Running", "podIP": "10.0.0.7"}})  # fmt: skip
+        await until(lambda: c.op.pods.get((NS, "earlier-a1")), "rank 0 from the pods' watch, with no LIST")
+        assert c.op._rank0(earlier) == (
+            c.api.get("pods", NS, "earlier-a1-0-x")["metadata"]["uid"],
+            "earlier-a1-0-x",
+            "10.0.0.7",
+        )
+        assert (
+            "spec" not in c.op.pods.of(NS, "earlier-a1", a1[0]["uid"])[0]
+            and c.api_calls("list", "Pod") == pod_lists + 1
+        )  # its informer's
+        job = c.api.put(names.PLURAL, manifest("numNodes=2"))
+        c.api.drain()
+        await next(iter(watchers.values()))(event={"type": "ADDED", "object": job})
+        await until(lambda: c.attempt(1) is not None, "attempt 1 created by a worker")
+        await asyncio.wait_for(c.op.queue.join(), 10)
+        assert c.status()["phase"] == "Pending"
+        await until(lambda: list(c.op.index.values_of(KEY)), "the attempt Job in the index, from its watch")
+        (seen,) = c.op.index.values_of(KEY)
+        assert seen.attempt.name == f"{NAME}-a1" and seen.owned_by(job["metadata"]["uid"])
+        c.op.jobs[KEY].pending.made.clear()  # from now on the operator knows a1 from the index alone
+        c.api.delete("services", NS, f"{NAME}-workers")  # seen on the (metadata-only) watch of Services
+        await until(lambda: c.api.get("services", NS, f"{NAME}-workers") is not None, "the Service re-created")
+        await asyncio.wait_for(c.op.queue.join(), 10)
+        assert c.attempt(2) is None and c.status()["attempt"] == 1
+        ticker = c.op.ticker
+        assert ticker is not None
+        c.op.kube = None  # cleanup closes the client: the scenario closes it itself
+        await cleanup()
+        await asyncio.sleep(0)
+        assert ticker.cancelled() and all(task.cancelled() for task in c.op.queue.workers)
+        assert c.op.children is not None and all(t.done() for t in c.op.children.tasks)
+
+    scenario(test)
+
+
+def test_the_command_line_runs_kopf_with_the_controller_it_describes(monkeypatch):
+    import kopf
+
+    from codex_operator import cli, handlers
+
+    ran: dict[str, Any] = {}
+
+    async def operator(**kwargs: Any) -> None:
+        ran.update(kwargs)
+
+    made: list[handlers.Operator] = []
+    monkeypatch.setattr(kopf, "operator", operator)
+    real = handlers.Operator
+    monkeypatch.setattr(handlers, "Operator", lambda options: made.append(real(options)) or made[-1])
+    argv = ["run", "--metrics-port=0", "-n", "team-*", "--queue-manages-all-jobs", "--progress-interval=3"]
+    assert cli.main(argv) == 0
+    assert ran["namespaces"] == ["team-*"] and not ran["clusterwide"] and ran["standalone"]
+    (op,) = made
+    assert op.options.queue_owns_suspend and op.options.progress_interval == 3
+    monkeypatch.setenv("CODEX_NAMESPACES", "")
+    assert cli.main(["run", "--metrics-port=0"]) == 0 and ran["clusterwide"]
