@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     import kopf
 
-    from . import handlers, metrics
+    from . import handlers, metrics, registration
     from .builders import Settings
 
     logging.basicConfig(
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     namespaces = args.namespace or [n for n in _env("CODEX_NAMESPACES").split(",") if n]
     registry = kopf.OperatorRegistry()
-    handlers.register(handlers.Operator(options), registry, namespaces)
+    registration.register(handlers.Operator(options), registry, namespaces)
     run = partial(
         kopf.operator,
         registry=registry,

@@ -18,7 +18,7 @@ from codex_operator.kube import Kube
 def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_controller(monkeypatch):
     import kopf
 
-    from codex_operator import handlers
+    from codex_operator import handlers, registration
 
     async def until(check: Callable[[], Any], what: str) -> None:
         for _ in range(200):
@@ -29,7 +29,7 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
 
     async def test(c: Cluster) -> None:
         registry = kopf.OperatorRegistry()
-        handlers.register(c.op, registry, [NS])
+        registration.register(c.op, registry, [NS])
         kube = c.op.kube
 
         async def connect() -> Kube:
@@ -47,7 +47,7 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
         await startup(settings=settings)
         # no change handler (on.create, on.update, on.field): kopf keeps no diff-base, so copies no object
         assert not list(registry._changing.get_all_handlers())
-        assert isinstance(settings.persistence.diffbase_storage, handlers.NoDiffBase)
+        assert isinstance(settings.persistence.diffbase_storage, registration.NoDiffBase)
         # kopf watches the jobs only; the children are the informers', only those labelled with a job's name
         watchers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
         assert [i.rsplit(".", 1)[-1] for i in watchers] == ["job_event"]

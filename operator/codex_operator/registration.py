@@ -1,0 +1,72 @@
+"""The controller registered with kopf: what kopf sets up at start (its settings, the API client, the children's
+informers), tears down at stop, and hands the controller (each CodexTrainingJob watch event, as a key to
+reconcile). Everything else, the children included, is the controller's own (handlers.Operator)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+import kopf
+
+from . import names
+from .handlers import Operator
+from .kube import Kube
+
+log = logging.getLogger("codex_operator")
+
+
+class NoDiffBase(kopf.DiffBaseStorage):
+    """No diff-base: it serves change handlers (on.create, on.update, on.field), and this operator has
+    none; kopf would otherwise copy every object's essence on every watch event only to compare it."""
+
+    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
+        return None
+
+    def fetch(self, *, body: kopf.Body) -> None:
+        return None
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
+        return None
+
+
+def register(op: Operator, registry: kopf.OperatorRegistry, namespaces: Iterable[str] = ()) -> None:
+    """Register the handlers with kopf (the interval comes from the command line, so not at import); the
+    children are watched in `namespaces` (all when none), as kopf watches the jobs."""
+
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
+        settings.persistence.diffbase_storage = NoDiffBase()
+        settings.posting.level = logging.WARNING  # Events are ours (Kube.post_event); log lines are not Events
+        settings.watching.server_timeout = 300
+        settings.networking.request_timeout = 60
+        op.kube = await Kube.connect()
+        op.watch_children(namespaces)  # then the reconciles and the timer, once the children are listed
+
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        if op.ticker is not None:
+            op.ticker.cancel()
+        op.queue.stop()
+        await op.stop_watching()
+        try:  # the Events already asked for, before the client closes (a stop mid-burst may have hundreds)
+            await asyncio.wait_for(op.events.posted(), 5)
+        except TimeoutError:
+            log.warning("stopping with %d Event(s) not posted", len(op.events.waiting))
+        if op.http is not None:
+            await op.http.close()
+        if op.kube is not None:
+            await op.kube.close()
+
+    @kopf.on.login(registry=registry)
+    async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        # the same client library as the operator's own calls: in-cluster ServiceAccount, else kubeconfig
+        return await kopf.login_via_async_client(**kwargs)
+
+    @kopf.on.event(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
+    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
+        if (key := op.take_job_event(event.get("type"), dict(event["object"]))) is not None:
+            op.queue.put(key)
