@@ -44,7 +44,10 @@ API_VERSIONS = {"jobs": "batch/v1", "codextrainingjobs": "codex.ml/v1alpha1", "w
 
 def status(code: int, reason: str, message: str) -> web.Response:
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "message": message, "reason": reason}
-    return web.json_response(body | {"code": code}, status=code)
+    # a throttled call may come again at once (the real server says 1 s): without the header the client backs
+    # off 0.5 s, 1 s, 2 s ... and a test of a refusal that never ends would wait half a minute
+    headers = {"Retry-After": "0"} if code == 429 else None
+    return web.json_response(body | {"code": code}, status=code, headers=headers)
 
 
 def merge(base: Any, patch: Any) -> Any:
