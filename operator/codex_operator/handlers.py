@@ -1,4 +1,4 @@
-"""kopf handlers: observe, call the pure builders and the status function, apply, patch status.
+"""The controller: observe, call the pure builders and the status function, apply, patch status.
 
 One level-triggered `reconcile` per CodexTrainingJob, run after events of the job and of its attempt
 Jobs, and again after an operator restart (kopf lists every job at start). kopf watches the jobs; the
@@ -11,8 +11,8 @@ after a SIGKILL halfway, creates nothing twice: children have fixed names and "a
 adopt. One timer task (timer.py; not one per job) reads rank 0's progress while a job runs, says why
 pods wait, retries failed reconciles and deletes finished jobs after their TTL.
 
-kopf persistence: these are event handlers only, which keep no handler progress and no diff-base, so
-kopf writes nothing to the objects: no annotations, no status.kopf, and no finalizer (kopf puts one on
+kopf persistence (registration.py registers it): event handlers only, which keep no handler progress and no
+diff-base, so kopf writes nothing to the objects: no annotations, no status.kopf, and no finalizer (kopf puts one on
 every object that has a kopf timer or daemon, which would block `kubectl delete` while the operator
 is down; hence the one timer task of our own).
 """
