@@ -116,6 +116,31 @@ def test_a_quoted_number_in_a_file_is_refused_naming_the_field(tmp_path):
     assert [f for f, _ in e.value.problems] == ["spec.training.maxSteps"]
 
 
+@pytest.mark.parametrize(
+    "extra, key",
+    [
+        ("  training:\n    maxSteps: 7\n", "training"),  # a second block would replace the first whole
+        ("", "maxSteps"),  # the same field twice in one block: one of the two values would be lost
+    ],
+)
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, extra, key):
+    text = TINY.read_text()
+    if not extra:
+        text = text.replace("    maxSteps:", "    maxSteps: 9\n    maxSteps:", 1)
+    (tmp_path / "job.yaml").write_text(text + extra)
+    lines = (tmp_path / "job.yaml").read_text().splitlines()
+    first = 1 + next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:"))
+    second = 1 + next(i for i, line in enumerate(lines) if line.strip().startswith(f"{key}:") and i + 1 > first)
+    with pytest.raises(SpecError) as e:
+        load_manifest(tmp_path / "job.yaml")
+    assert f"'{key}' is given twice (lines {first} and {second})" in str(e.value), str(e.value)
+
+
+def test_a_key_given_twice_in_a_set_value_is_refused():
+    with pytest.raises(SpecError, match="'maxSteps' is given twice"):
+        apply_overrides(yaml.safe_load(TINY.read_text()), ["training={maxSteps: 5, maxSteps: 6}"])
+
+
 def test_a_float_written_as_yaml_1_1_reads_it_still_parses():
     """PyYAML reads an unquoted 1e-4 as a string (YAML 1.1): float fields take numbers written as strings."""
     raw = yaml.safe_load("learningRate: 1e-4\nweightDecay: 1e-2")

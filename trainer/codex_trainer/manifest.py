@@ -54,10 +54,35 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+class _UniqueKeys(yaml.SafeLoader):
+    """safe_load's loader, refusing a key given twice in one mapping. YAML says a mapping's keys are unique;
+    PyYAML would keep the last one silently, so a second `training:` block would replace the first whole."""
+
+
+def _mapping_once(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    lines: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *defaults`: what it brings in may be overridden, as YAML means
+        key, line = loader.construct_object(key_node, deep=deep), key_node.start_mark.line + 1
+        try:
+            first = lines.get(key)
+        except TypeError:
+            continue  # an unhashable key: construct_mapping says so
+        if first is not None:
+            where = f"lines {first} and {line}" if first != line else f"line {line}"
+            raise yaml.constructor.ConstructorError(None, None, f"{str(key)!r} is given twice ({where})")
+        lines[key] = line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """One YAML document, bounded in size and depth; SpecError with a one-line reason otherwise."""
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader: plain data only
     except yaml.YAMLError as e:
         raise SpecError(source, f"not valid YAML: {_yaml_problem(e)}") from None
     except RecursionError:
