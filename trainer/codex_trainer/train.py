@@ -117,9 +117,10 @@ def _start_prometheus(cli_port: int | None, spec: JobSpec, name: str) -> Prometh
     port = cli_port if cli_port is not None else spec.metrics.port
     try:
         return Prometheus(port, name)
-    except OSError as e:
+    except (OSError, OverflowError) as e:  # OverflowError: a port past 65535 (the flag takes any integer)
         field = "--metrics-port" if cli_port is not None else "spec.metrics.port"
-        raise SpecError(field, f"cannot serve metrics on port {port}: {e.strerror or e}; choose another port") from None
+        why = (getattr(e, "strerror", None) or str(e).replace("bind(): ", "")).rstrip(".")
+        raise SpecError(field, f"cannot serve metrics on port {port}: {why}; choose another port") from None
 
 
 def _train(  # noqa: C901 - the training loop, kept in one piece to read top to bottom
