@@ -155,6 +155,23 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     assert "damaged" in fails_with_one_line(str(damaged / "checkpoints" / "step-20"))
 
 
+def test_eval_refuses_the_runs_own_split_once_its_data_files_changed(run, tmp_path):
+    """The split drawn from other contents would hold other rows, some of them trained on: said, not evaluated."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("cache", "checkpoints"))
+    grown = tmp_path / "tiny-code.jsonl"  # the run's file with rows added since, where the run read it
+    rows = (ROOT / "configs/data/tiny-code.jsonl").read_text().splitlines(True)
+    grown.write_text("".join(rows + rows[:100]))
+    info = json.loads((copy / "run.json").read_text())
+    assert len(info["data_sha256"]) == 64
+    info["spec"]["data"]["train"] = [str(grown)]
+    (copy / "run.json").write_text(json.dumps(info))
+    line = fails_with_one_line(str(copy / "final"))
+    assert line.startswith("codex-train: the run's data files changed since it ran (sha256 "), line
+    assert line.endswith("pass --data FILE to evaluate on files of your own"), line
+    assert evaluate(str(copy / "final"), "--data", str(grown))[0]["type"] == "summary"  # the way out works
+
+
 def test_a_run_without_validation_sequences_says_to_pass_data(run, tmp_path):
     """No --data given: the message names no option the user did not pass, and says which one to pass."""
     copy = tmp_path / "run"

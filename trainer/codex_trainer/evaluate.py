@@ -23,7 +23,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from .contract import CHECKPOINT_MANIFEST, CHECKPOINTS_DIR, STEP_DIR_PREFIX
 from .errors import SpecError
@@ -153,6 +153,11 @@ def _find_run(p: Path) -> tuple[Path | None, JobSpec | None]:
                 raise SpecError("", f"'{f}' is not a readable run.json ({type(e).__name__}: {first})") from None
             return d, _data_read_from(spec, info.get("workdir"))
     return None, None
+
+
+def _run_info(run_dir: Path) -> dict[str, Any]:
+    """run.json as written (locate has read it already: it is valid JSON)."""
+    return cast(dict[str, Any], json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8")))
 
 
 def _data_read_from(spec: JobSpec, workdir: Any) -> JobSpec:
@@ -340,6 +345,13 @@ def data_sources(
     )
     fp = tokenizer_fingerprint(tokenizer)
     ds = load_dataset(data_spec, tokenizer, fp, spec.training.seed, cache_dir=None)
+    ran_on = _run_info(target.run_dir).get("data_sha256") if target.run_dir is not None else None
+    if ran_on and ran_on != ds.digest:  # a run.json written before the digest was kept has none: not checked
+        raise SpecError(  # the split drawn now would hold other rows, some of them trained on
+            "",
+            f"the run's data files changed since it ran (sha256 {ran_on[:12]}… then, {ds.digest[:12]}… now): its "
+            "validation split cannot be rebuilt as it was; pass --data FILE to evaluate on files of your own",
+        )
     if ds.validation.rows == 0:
         from .data import no_validation_reason
 

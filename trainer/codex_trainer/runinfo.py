@@ -81,13 +81,16 @@ def write_run_json(
     device: str,
     resumed_from: int = 0,
     changes: dict[str, Any] | None = None,
+    data_sha256: str = "",
 ) -> None:
-    """run.json tells what runs now; on resume, from which step, what changed, and what earlier starts ran."""
+    """run.json tells what runs now; on resume, from which step, what changed, and what earlier starts ran;
+    and the data's digest (data.data_digest), by which eval knows whether the run's split can be rebuilt."""
     earlier = _earlier_starts(path)
     info = {
         "name": name,
         "spec": spec.shown(),  # env values hidden; spec_sha256 still tells one spec from another
         "spec_sha256": spec_hash(spec),
+        "data_sha256": data_sha256,
         "workdir": str(Path.cwd()),  # where the spec's relative data paths were read from (eval reads them there)
         "seed": spec.training.seed,
         "world_size": world_size,

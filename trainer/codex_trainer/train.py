@@ -231,7 +231,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     )
     sink.planned(step, total_steps)
     if is_main:
-        write_run_json(out / "run.json", name, spec, world, str(device), step, changes)
+        write_run_json(out / "run.json", name, spec, world, str(device), step, changes, data.digest)
     evaluate = partial(
         _evaluate,
         net,
