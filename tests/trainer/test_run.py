@@ -90,6 +90,22 @@ def test_the_example_trains_and_the_loss_falls(tmp_path):
     assert last_line["event"] == "done" and last_line["step"] == 300
 
 
+def test_an_output_dir_with_url_characters_in_its_name_keeps_the_mlflow_database_inside(tmp_path):
+    """`?` and `#` are a file name's characters, not a URI's query or fragment: the database is not written
+    beside the directory, nor shared by two runs whose names differ after a `?`."""
+    out = tmp_path / "odd" / "a?b#c"
+    r = run_cli("run", str(TINY), "--output-dir", str(out), "--set", "training.maxSteps=2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert sorted(p.name for p in out.parent.iterdir()) == ["a?b#c"]
+    from urllib.parse import quote
+
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{quote(str(out / 'mlflow.db'))}")
+    run = client.get_run((out / "mlflow_run_id").read_text())
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2
+
+
 def test_the_trained_adapter_loads_with_peft_and_generates(tmp_path, monkeypatch):
     from codex_trainer.model import load_trained
 

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import psutil
 from prometheus_client import CollectorRegistry, Gauge, start_http_server
@@ -370,7 +371,7 @@ def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow |
     # user did not ask for (set MLFLOW_DISABLE_TELEMETRY=false to allow it)
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     db, run_id = out / "mlflow.db", out / "mlflow_run_id"
-    uri = cfg.tracking_uri or f"sqlite:///{db.resolve()}"
+    uri = cfg.tracking_uri or f"sqlite:///{quote(str(db.resolve()))}"  # a `?` or `#` in the path is the path's
     if not cfg.tracking_uri and db.exists() and not run_id.exists() and _mlflow_runs(db) == 0:
         # no run in it: left half-made by a full disk or a kill while MLflow built its tables (MLflow would
         # fail on it at every later start): made again, losing nothing
