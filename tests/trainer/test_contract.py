@@ -116,7 +116,8 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_with_the_model_it_no
     the smaller model, and base-model/ is that model, as run.json says."""
     out = tmp_path / "out"
     assert run(out) == 0
-    shutil.rmtree(out / "checkpoints")  # what a kill before the first checkpoint leaves: the base, no checkpoint
+    for made_later in ("checkpoints", "final"):  # what a kill before the first checkpoint leaves: the base alone
+        shutil.rmtree(out / made_later)
     capsys.readouterr()
     assert run(out, "model.config.hidden_size=32", "model.config.intermediate_size=64") == 0
     start = next(json.loads(x) for x in capsys.readouterr().out.splitlines() if '"start"' in x)

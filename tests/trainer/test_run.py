@@ -212,6 +212,21 @@ def test_a_finished_run_is_not_trained_again(straight, tmp_path):
     assert (out / "metrics.jsonl").read_bytes() == before_metrics  # no output opened
 
 
+def test_a_finished_runs_result_without_its_checkpoints_is_never_trained_over(straight, tmp_path):
+    """Its checkpoints deleted (or another run's final/ in the directory): a run from step 0 would replace the
+    result; it exits 2 saying so, before anything is loaded, and the result stays as it was."""
+    out = shutil.copytree(straight, tmp_path / "run", ignore=shutil.ignore_patterns("checkpoints"))
+    before = (out / "final" / "adapter_model.safetensors").read_bytes()
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT[:2])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        f"codex-train: invalid --output-dir: '{out}' holds an earlier run's result (final/) and no checkpoint to "
+        f"resume from: a new run would replace it; give another --output-dir, or move {out / 'final'} away to "
+        "train again"
+    ]
+    assert (out / "final" / "adapter_model.safetensors").read_bytes() == before
+
+
 def test_changing_the_data_under_a_run_is_refused(straight, tmp_path):
     out = shutil.copytree(straight, tmp_path / "run")
     r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT, "--set", "data.maxSeqLength=64")

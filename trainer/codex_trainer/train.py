@@ -134,6 +134,13 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     # ---- what to resume from, checked against the spec before the data is tokenized (which can take long);
     # the data's contents are checked once they are read, below
     found = checkpoint.load_latest(ckpt_dir, log=sink.warn)
+    final = out / "final"
+    if found is None and final.is_dir() and any(final.iterdir()):  # a finished run always checkpoints its last step
+        raise SpecError(
+            "--output-dir",
+            f"'{out}' holds an earlier run's result (final/) and no checkpoint to resume from: a new run would "
+            f"replace it; give another --output-dir, or move {final} away to train again",
+        )
     if found is not None:
         as_saved = resume_identity(spec, _saved_digest(found.state))  # the data as the checkpoint's, for now
         _check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
