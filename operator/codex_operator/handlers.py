@@ -23,17 +23,14 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
 
-from codex_trainer.errors import SpecError
-from codex_trainer.manifest import parse_manifest
-
-from . import builders, informer, metrics, names, watched
+from . import bodies, builders, informer, metrics, names, watched
 from .builders import Job
 from .eventline import EventLine
 from .jobstate import JobState, Options
@@ -53,6 +50,7 @@ from .status import (
     plan,
     queue_words,
     set_condition,
+    ts,
 )
 from .timer import Timer
 from .watched import Key
@@ -154,7 +152,7 @@ class Operator(Timer):
             self.jobs.pop(key, None)
             return None
         st = self.state(key)
-        st.body = body = _kept(body)
+        st.body = body = bodies.kept(body)
         if st.retry_at is not None and self.current(st, body) and meta.get("generation") == st.failed_generation:
             return None  # our own write of why it failed: the timer retries when the backoff says, not now
         if st.retry_at is None and self.current(st, body) and st.settled == (meta.get("generation"), st.children):
@@ -251,18 +249,18 @@ class Operator(Timer):
         uid = ((st.body or {}).get("metadata") or {}).get("uid")
         written = await self.kube.patch_status(namespace, name, patch, resource_version, uid)
         if isinstance(written, dict) and "metadata" in written:
-            st.body, st.written = _kept(written), written.get("status") or {}  # no GET needed before the next reconcile
+            # no GET needed before the next reconcile
+            st.body, st.written = bodies.kept(written), written.get("status") or {}
         else:
-            st.written = _merged(base, patch)
+            st.written = bodies.merged(base, patch)
 
     async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> None:
         """A write the timer decided from the watched body: only if the job is still what it saw."""
         meta, status = body["metadata"], body.get("status") or {}
         async with self.state((meta["namespace"], meta["name"])).lock:
             try:
-                await self.patch_status(
-                    meta["namespace"], meta["name"], _deleting(status, patch), status, meta.get("resourceVersion")
-                )
+                patch = bodies.with_deletions(status, patch)
+                await self.patch_status(meta["namespace"], meta["name"], patch, status, meta.get("resourceVersion"))
             except ApiException as e:
                 if e.status != 409:
                     raise
@@ -279,7 +277,7 @@ class Operator(Timer):
             body = watched
         else:
             body = await _asking("reading the job", self.kube.get_job(namespace, name))
-            st.body = body = _kept(body) if body is not None else None
+            st.body = body = bodies.kept(body) if body is not None else None
         if body is None:
             metrics.set_phase(namespace, name, None)
             return
@@ -300,7 +298,7 @@ class Operator(Timer):
         found = self._attempt_jobs(key, job.uid)
         attempts = [s.attempt for s in found if not s.deleting]
         latest = max(attempts, key=lambda a: a.number, default=None)
-        if st.check_children or not _children_current(status, job.generation):
+        if st.check_children or not bodies.children_current(status, job.generation):
             await self.ensure_children(job, latest)
             st.check_children = False
         p = plan(
@@ -331,7 +329,7 @@ class Operator(Timer):
         meta = body["metadata"]
         version = (meta["uid"], meta.get("generation", 1))
         if st.parsed is None or st.parsed[0] != version:
-            st.parsed = (version, _job_or_problem(body))
+            st.parsed = (version, bodies.job_or_problem(body))
         return st.parsed[1]
 
     async def _finished(self, body: dict[str, Any]) -> None:
@@ -406,7 +404,7 @@ class Operator(Timer):
             if key in p.status and p.status[key] != status.get(key):
                 patch[key] = p.status[key]
         if patch:
-            write = self.patch_status(meta["namespace"], meta["name"], _deleting(status, patch), status)
+            write = self.patch_status(meta["namespace"], meta["name"], bodies.with_deletions(status, patch), status)
             await _asking("writing the job's status", write)
         for kind, reason, message in p.events:
             self.post_event(body, kind, reason, message)
@@ -495,7 +493,7 @@ class Operator(Timer):
         await self.patch_status(
             meta["namespace"],
             meta["name"],
-            {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": _ts(now)},
+            {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": ts(now)},
             body.get("status") or {},
         )
         self.post_event(body, "Warning", reason, problem)
@@ -555,61 +553,3 @@ def _owned_by_uid(obj: dict[str, Any], uid: str) -> bool:
 
 def _index(pod: dict[str, Any]) -> str | None:
     return (pod["metadata"].get("labels") or {}).get(watched.POD_INDEX)
-
-
-def _deleting(old: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """A merge patch merges nested objects: say null for what a new progress or checkpoint leaves out
-    (an ETA at the end, say), or the old value would stay."""
-    out = dict(patch)
-    for key in ("progress", "checkpoint"):
-        if isinstance(patch.get(key), dict) and isinstance(old.get(key), dict):
-            out[key] = {**{k: None for k in old[key] if k not in patch[key]}, **patch[key]}
-    return out
-
-
-def _merged(base: dict[str, Any], patch: dict[str, Any]) -> dict[str, Any]:
-    """What a JSON merge patch makes of `base` (RFC 7386): objects merge, null deletes."""
-    out = dict(base)
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        elif isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = _merged(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
-LAST_APPLIED = "kubectl.kubernetes.io/last-applied-configuration"
-
-
-def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
-    """The job as the operator keeps it between events: without managedFields and kubectl's copy of the
-    last applied spec (together often larger than the rest, and never read)."""
-    out = dict(body)
-    meta = dict(out.get("metadata") or {})
-    meta.pop("managedFields", None)
-    if LAST_APPLIED in (meta.get("annotations") or {}):
-        meta["annotations"] = {k: v for k, v in meta["annotations"].items() if k != LAST_APPLIED}
-    out["metadata"] = meta
-    return out
-
-
-def _job_or_problem(body: dict[str, Any]) -> Job | str:
-    """The typed job, or one line on what the trainer would refuse (the API server let it through)."""
-    meta = body["metadata"]
-    raw = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": meta["name"]}}
-    try:
-        manifest = parse_manifest({**raw, "spec": body.get("spec") or {}})
-    except SpecError as e:
-        return "invalid job: " + "; ".join(f"{p}: {m}" if p else m for p, m in e.problems)
-    return Job(meta["name"], meta["namespace"], meta["uid"], manifest.spec, meta.get("generation", 1))
-
-
-def _children_current(status: dict[str, Any], generation: int) -> bool:
-    created = any(c.get("type") == "Created" and c.get("status") == "True" for c in status.get("conditions") or [])
-    return created and status.get("observedGeneration") == generation
-
-
-def _ts(t: datetime) -> str:
-    return t.strftime("%Y-%m-%dT%H:%M:%SZ")

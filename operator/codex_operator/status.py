@@ -235,7 +235,7 @@ def checkpoint_path(step: int) -> str:
     return f"{names.OUTPUT_DIR}/{contract.checkpoint_dir(step)}"
 
 
-def _ts(t: datetime) -> str:
+def ts(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -374,7 +374,7 @@ def _first_attempt(job: Job, p: Plan, left: int | None, now: datetime) -> Decisi
     if left is not None and left <= 0:
         return "Failed", "DeadlineExceeded", "activeDeadlineSeconds passed before it started"
     p.create_attempt = p.status["attempt"] = 1
-    p.status.setdefault("startTime", _ts(now))
+    p.status.setdefault("startTime", ts(now))
     p.events.append(("Normal", "Created", f"created attempt 1 ({names.attempt_name(job.name, 1)})"))
     if rp.suspend and not rp.queue_name:
         return "Suspended", "Suspended", "created suspended (runPolicy.suspend)"
@@ -386,7 +386,7 @@ def _first_attempt(job: Job, p: Plan, left: int | None, now: datetime) -> Decisi
 def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: datetime) -> Decision:
     """The trainer's own last numbers (its termination message), else the last progress read."""
     new, final = p.status, final or {}
-    new["completionTime"] = _ts(now)
+    new["completionTime"] = ts(now)
     prog = dict(new.get("progress") or {})
     for key, name in ((contract.FINAL_LOSS, "loss"), (contract.FINAL_EVAL_LOSS, "evalLoss")):
         if isinstance(final.get(key), int | float):
@@ -441,7 +441,7 @@ def _after_failure(
     else:
         why = "disrupted (not counted against backoffLimit)" if kind == "disruption" else "failed"
         return _restart(p, latest.number, kind, f"attempt {latest.number} {why}: {line}")
-    p.status["completionTime"] = _ts(now)
+    p.status["completionTime"] = ts(now)
     return decision
 
 
@@ -470,10 +470,10 @@ def _after_deletion(
     what = f"attempt {current}'s Job {gone.name} was deleted"
     limit = f"(attempt {current}; runPolicy.maxDisruptions {rp.max_disruptions} reached)"
     if left is not None and left <= 0:
-        p.status["completionTime"] = _ts(now)
+        p.status["completionTime"] = ts(now)
         return "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
     if disruptions > rp.max_disruptions:
-        p.status["completionTime"] = _ts(now)
+        p.status["completionTime"] = ts(now)
         return "Failed", "DisruptionLimitExceeded", f"{what} {limit}"
     return _restart(p, current, "disruption", what + " (not counted against backoffLimit)")
 
@@ -550,10 +550,10 @@ def _stalled(job: Job, p: Plan, attempts: list[Attempt], stall: Stall, now: date
     quiet = int((now - stall.since).total_seconds())
     what = (
         f"attempt {latest.number} stalled: no step for {quiet} s (runPolicy.progressDeadlineSeconds "
-        f"{rp.progress_deadline_seconds}); its last step, {stall.step}, was read at {_ts(stall.since)}"
+        f"{rp.progress_deadline_seconds}); its last step, {stall.step}, was read at {ts(stall.since)}"
     )
     if counted > rp.backoff_limit:
-        p.status["completionTime"] = _ts(now)
+        p.status["completionTime"] = ts(now)
         return "Failed", "BackoffLimitExceeded", f"{what} (runPolicy.backoffLimit {rp.backoff_limit} reached)"
     phase, _, message = _restart(p, latest.number, "crash", what)
     return phase, "Stalled", message
@@ -603,7 +603,7 @@ def set_condition(
         elif cur.get("status") == status and not on:
             continue
         if cur.get("status") != status:
-            cur["lastTransitionTime"] = _ts(now)
+            cur["lastTransitionTime"] = ts(now)
         cur["status"] = status
         cur["observedGeneration"] = generation
         if on and ctype == phase:
@@ -625,7 +625,7 @@ def mark(
     cur: dict[str, Any] = next((dict(c) for c in conditions if c.get("type") == ctype), {"type": ctype})
     status = "True" if on else "False"
     if cur.get("status") != status:
-        cur["lastTransitionTime"] = _ts(now)
+        cur["lastTransitionTime"] = ts(now)
     cur.update(status=status, reason=reason, message=message[:32768], observedGeneration=generation)
     return [*out, cur]
 
@@ -655,13 +655,13 @@ def progress_from_metrics(
         prog["eta"] = _duration((total - step) * pace)
     elif previous and previous.get("eta") and step == before:
         prog["eta"] = previous["eta"]
-    prog["updatedAt"] = _ts(now)
+    prog["updatedAt"] = ts(now)
     ckpt = None
     if samples.get(contract.METRIC_CHECKPOINT_STEP):
         n = int(samples[contract.METRIC_CHECKPOINT_STEP])
         ckpt = {"step": n, "path": checkpoint_path(n)}
         if samples.get(contract.METRIC_CHECKPOINT_TIME):
-            ckpt["savedAt"] = _ts(datetime.fromtimestamp(samples[contract.METRIC_CHECKPOINT_TIME], UTC))
+            ckpt["savedAt"] = ts(datetime.fromtimestamp(samples[contract.METRIC_CHECKPOINT_TIME], UTC))
     return prog, ckpt
 
 

@@ -53,9 +53,9 @@ def test_the_start_time_survives_an_operator_stopped_right_after_the_first_creat
         c.api.drain()
         # the attempt exists, with no status written: the operator stopped between the two
         from codex_operator import builders
-        from codex_operator.handlers import _job_or_problem
+        from codex_operator.bodies import job_or_problem
 
-        parsed = _job_or_problem(job)
+        parsed = job_or_problem(job)
         assert not isinstance(parsed, str)
         attempt = builders.attempt_job(parsed, 1, builders.Settings(), 600)
         attempt["metadata"]["creationTimestamp"] = started
