@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from codex_trainer.loss import LanguageModelLoss  # noqa: E402
 from codex_trainer.manifest import load_manifest  # noqa: E402
 from codex_trainer.model import wrap_peft  # noqa: E402
+from kernel_profile import print_summary, summary  # noqa: E402
 from trainer_throughput import CONFIG_0_5B, TINY_CPU, lora_flops_per_token, matmul_params, peak_bf16_flops  # noqa: E402
 
 
@@ -79,20 +80,6 @@ def padding_mask(rows: int, seq: int) -> torch.Tensor:
     return mask
 
 
-# kernel kinds, by a word in the kernel's name (first match wins)
-KINDS = (
-    ("attention", ("flash", "fmha", "attention", "sdpa")),  # before "cutlass": the mem-efficient kernel is fmha_cutlass
-    ("matrix products", ("gemm", "nvjet", "xmma", "cutlass", "cublas")),
-    ("dropout", ("dropout",)),
-    ("casts and copies", ("copy", "memcpy")),
-)
-
-
-def kind_of(kernel: str) -> str:
-    name = kernel.lower()
-    return next((kind for kind, words in KINDS if any(w in name for w in words)), "the rest")
-
-
 def measure(batch_size: int, seq: int, steps: int, compile: bool, mode: str, rows: str) -> dict:
     loss_model, opt, flops = build(compile, mode)
     autocast = mode == "autocast"
@@ -118,37 +105,20 @@ def measure(batch_size: int, seq: int, steps: int, compile: bool, mode: str, row
         for _ in range(3):
             step(loss_model, opt, batch, autocast)
         torch.cuda.synchronize()
-    kernels = [e for e in prof.key_averages() if e.device_type == torch.autograd.DeviceType.CUDA]
-    busy = sum(e.self_device_time_total for e in kernels) / 3 / 1e6
-    launches = sum(e.count for e in kernels) / 3
-    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:8]
-    by_kind: dict[str, float] = {}
-    for e in kernels:
-        by_kind[kind_of(e.key)] = by_kind.get(kind_of(e.key), 0.0) + e.self_device_time_total / 3 / 1e3
+    prof_summary = summary(prof, 3)
     peak = peak_bf16_flops(torch.cuda.get_device_name())
     tokens = batch_size * seq
     result = {
         "batch": batch_size,
         "wall_ms": wall * 1e3,
-        "kernel_ms": busy * 1e3,
-        "kernels": launches,
         "tokens_per_s": tokens / wall,
         "mfu": flops * tokens / wall / peak if peak else None,
         "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
-        "by_kind": by_kind,
-        "top": [(_short(e.key), e.self_device_time_total / 3 / 1e3, e.count / 3) for e in top],
-    }
+    } | prof_summary
     del loss_model, opt
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     return result
-
-
-def _short(kernel: str) -> str:
-    """A kernel's name without the prefixes every ATen kernel shares, long enough to tell them apart."""
-    for prefix in ("void ", "at::native::", "(anonymous namespace)::"):
-        kernel = kernel.replace(prefix, "")
-    return kernel[:150]
 
 
 def main() -> None:
@@ -188,10 +158,7 @@ def main() -> None:
             f"(and copies), {r['tokens_per_s']:,.0f} tokens/s, MFU {mfu}, peak {r['peak_mem_gib']:.1f} GiB",
             flush=True,
         )
-        kinds = sorted(r["by_kind"].items(), key=lambda kv: -kv[1])
-        print("    kernel time by kind: " + ", ".join(f"{k} {ms:.1f} ms" for k, ms in kinds), flush=True)
-        for key, ms, count in r["top"]:
-            print(f"    {ms:8.2f} ms {count:6.0f}x  {key}", flush=True)
+        print_summary(r)
 
 
 if __name__ == "__main__":

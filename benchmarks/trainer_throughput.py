@@ -32,6 +32,8 @@ import sysconfig
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +48,9 @@ from codex_trainer.model import wrap_peft
 from codex_trainer.spec import JobSpec, Manifest
 from codex_trainer.tokenizer import load_tokenizer
 from codex_trainer.train import StopRequest, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from kernel_profile import print_summary, summary  # noqa: E402
 
 TINY_CPU = "configs/examples/tiny-cpu.yaml"
 REALISTIC = {"seq": 1024, "steps": 10, "batch": 8}  # 3-5 minutes for the four runs on 2 CPU cores
@@ -86,6 +91,8 @@ DEFAULT_RUNS = RUNS[:4]
 # torch.compile the first COMPILE_WARMUP steps, which compile (reported apart).
 WARMUP = 1
 COMPILE_WARMUP = 2
+# --profile: optimizer steps profiled a run (our loop's runs only)
+PROFILE_STEPS = 3
 
 
 # ---------------------------------------------------------------- the corpus
@@ -163,10 +170,13 @@ def bench_spec(manifest: Manifest, packing: bool, steps: int, seq: int, compile:
     )
 
 
-def run_codex(manifest: Manifest, packing: bool, steps: int, seq: int, out: Path, compile: bool = False) -> dict:
+def run_codex(
+    manifest: Manifest, packing: bool, steps: int, seq: int, out: Path, compile: bool = False, profile: bool = False
+) -> dict:
     warm = COMPILE_WARMUP if compile else WARMUP
     spec = bench_spec(manifest, packing, steps + warm, seq, compile)
-    train(spec, manifest.metadata.name, out, StopRequest(), console=Console(enabled=False))
+    with _profiled(profile, warm, steps) as prof:
+        train(spec, manifest.metadata.name, out, StopRequest(), console=Console(enabled=False))
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "loss" in r]
     warmup, rows = rows[:warm], rows[warm:]
@@ -175,7 +185,36 @@ def run_codex(manifest: Manifest, packing: bool, steps: int, seq: int, out: Path
     result = {"tokens": round(tokens), "seconds": window, "steps": len(rows), "loss": rows[-1]["loss"]}
     if compile:
         result["compile_warmup_seconds"] = sum(r["step_seconds"] for r in warmup)
+    if prof is not None:
+        active = min(PROFILE_STEPS, steps - 1)
+        # the profiled steps: the ones after the warm-up and one more (the profiler's own warm-up)
+        profiled = rows[1 : 1 + active]
+        result["profile"] = summary(prof, active) | {"step_ms": 1e3 * sum(r["step_seconds"] for r in profiled) / active}
     return result
+
+
+@contextmanager
+def _profiled(on: bool, skip: int, steps: int) -> Iterator[Any]:
+    """torch.profiler over PROFILE_STEPS optimizer steps of a run (after its first `skip` and one more), stepped
+    by a hook on every optimizer's step; None when off."""
+    if not on:
+        yield None
+        return
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    from torch.profiler import ProfilerActivity, profile, schedule
+
+    active = min(PROFILE_STEPS, steps - 1)
+    if active < 1:
+        raise SystemExit("--profile needs --steps 2 or more")
+    with profile(
+        activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * torch.cuda.is_available(),
+        schedule=schedule(wait=skip, warmup=1, active=active, repeat=1),
+    ) as prof:
+        hook = register_optimizer_step_post_hook(lambda *_: prof.step())
+        try:
+            yield prof
+        finally:
+            hook.remove()
 
 
 def base_dtype(spec: JobSpec) -> torch.dtype | None:
@@ -318,11 +357,15 @@ def _train_hf(trainer: Any, clock: Any, counted: dict) -> dict:
 
 def _quiet() -> None:
     """No progress bars or advice from transformers, datasets and TRL between the table's lines."""
-    import datasets
     from transformers.utils import logging as hf_logging
 
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
+    try:  # TRL's; a machine without it runs the other trainers
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.logging.set_verbosity_error()
+    except ImportError:
+        pass
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     for name in ("trl", "accelerate", "peft"):
@@ -347,6 +390,12 @@ def main() -> None:
         help=f"which of {', '.join(RUNS)}, comma-separated (hf-trainer always; default all but compile)",
     )
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument(
+        "--profile",
+        action="store_true",
+        help=f"profile {PROFILE_STEPS} steps of each of our loop's runs (torch.profiler, GPU kernels and host "
+        "operators) and print where their time went",
+    )
     args = ap.parse_args()
     _quiet()
 
@@ -389,10 +438,14 @@ def main() -> None:
         base_dir = tmp / "codex-packing" / "base-model"
         # codex (packing) goes first: it writes the base model the others start from
         runs = {
-            "codex (packing)": lambda: run_codex(manifest, True, steps, seq, tmp / "codex-packing"),
+            "codex (packing)": lambda: run_codex(
+                manifest, True, steps, seq, tmp / "codex-packing", profile=args.profile
+            ),
             "hf-trainer": lambda: run_hf_trainer(manifest, steps, seq, tmp / "hf", base_dir),
             "trl-sft": lambda: run_trl_sft(manifest, steps, seq, tmp / "trl", base_dir),
-            "codex (no packing)": lambda: run_codex(manifest, False, steps, seq, tmp / "codex-nopack"),
+            "codex (no packing)": lambda: run_codex(
+                manifest, False, steps, seq, tmp / "codex-nopack", profile=args.profile
+            ),
             "codex (compile)": lambda: run_codex(manifest, True, steps, seq, tmp / "codex-compile", compile=True),
         }
         for name, run in runs.items():
@@ -412,6 +465,14 @@ def main() -> None:
         "(attention's QK and AV left out)"
     )
     print_table(results, flops, peak, device, device_name)
+    for name, r in results.items():
+        if "profile" in r:
+            p = r["profile"]
+            print(
+                f"{name}, profiled: step {p['step_ms']:.1f} ms (under the profiler), kernels {p['kernel_ms']:.1f} ms, "
+                f"{p['kernels']:.0f} kernels (and copies) a step"
+            )
+            print_summary(p)
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device_name, "seq": seq, "runs": results}, indent=2))
 
