@@ -81,6 +81,14 @@ def test_tokenizer_defaults_to_the_models_own():
         ({"env": [{"value": "x"}]}, "spec.env.0.name", "required field is missing"),
         ({"tokenizer": "hf://a b"}, "spec.tokenizer", "hf://org/name"),
         ({"model": {"source": "hf://Qwen/Qwen2.5-0.5B", "config": {"model_type": "qwen2"}}}, "spec.model", "only used"),
+        ({"training": {"learningRate": float("inf")}}, "spec.training.learningRate", "finite number"),
+        ({"training": {"epochs": float("inf")}}, "spec.training.epochs", "finite number"),
+        ({"peft": {"alpha": float("nan")}}, "spec.peft.alpha", "finite number"),
+        (
+            {"data": {"train": ["d.jsonl"], "validation": ["./d.jsonl"]}},
+            "spec.data.validation",
+            "also a training file",
+        ),
     ],
 )
 def test_bad_fields_are_named_with_a_reason(spec, field, words):

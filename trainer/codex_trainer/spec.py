@@ -9,6 +9,7 @@ server and `codex-train validate` accept and refuse the same manifests.
 
 from __future__ import annotations
 
+import posixpath
 import re
 import types
 import typing
@@ -113,6 +114,7 @@ class _Model(BaseModel):
         populate_by_name=True,
         extra="forbid",
         frozen=True,
+        allow_inf_nan=False,  # YAML's .inf and .nan: a learning rate or epochs of inf would train for ever or diverge
     )
 
     @field_validator("*", mode="before")
@@ -245,6 +247,19 @@ class DataSpec(_Model):
         "so no compute is spent on padding; each example still attends only to itself (position ids "
         "restart at each one). When false, each example is truncated and padded.",
     )
+
+    @field_validator("validation")
+    @classmethod
+    def _not_a_training_file(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        train = {posixpath.normpath(p) for p in info.data.get("train") or ()}
+        for path in v:
+            if posixpath.normpath(path) in train:
+                raise ValueError(
+                    f"'{path}' is also a training file: its rows would be scored as validation after the model "
+                    "trained on them; give a file of its own, or leave validation empty to hold out "
+                    "validationFraction of the training rows"
+                )
+        return v
 
     @property
     def train_files(self) -> list[str]:
