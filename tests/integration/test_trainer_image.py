@@ -59,6 +59,19 @@ def test_the_trainer_image_trains_as_uid_1000(cluster, namespace, trainer_image)
     assert '"event": "done", "step": 5' in logs
 
 
+def test_training_compile_works_in_the_image(cluster, namespace, trainer_image):
+    """training.compile needs a C++ compiler and Python's headers (a C compiler for Triton on a GPU): the image
+    carries them, so a compiled run trains, as uid 1000 with its cache under HOME, where it would otherwise
+    stop at once naming the field."""
+    args = ["run", "configs/examples/tiny-cpu.yaml", "--set", "training.maxSteps=3", "--set", "training.compile=true"]
+    pod = finish(
+        cluster, namespace, "compiled", trainer_pod("compiled", trainer_image, [*args, "--output-dir", "/tmp/out"])
+    )
+    logs = cluster.kubectl("logs", "-n", namespace, "compiled").stdout
+    assert pod["status"]["phase"] == "Succeeded", logs
+    assert '"event": "done", "step": 3' in logs
+
+
 def test_a_bad_job_exits_2_with_its_message_as_the_termination_message(cluster, namespace, trainer_image):
     args = [
         "launch",
