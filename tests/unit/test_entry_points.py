@@ -97,3 +97,19 @@ def test_resume_drops_tensorboard_events_after_the_step_and_a_torn_record(tmp_pa
     size = path.stat().st_size
     drop_events_after(path, 6)  # nothing more to drop: left as it is
     assert path.stat().st_size == size
+
+
+@pytest.mark.parametrize(("command", "said"), [("run", "before training began; nothing was written"), ("validate", "")])
+def test_a_ctrl_c_before_training_began_is_not_called_a_second_one(command, said, monkeypatch, capsys):
+    """Ctrl-C while the job is read or torch imports (the first seconds of a run) comes before the run's own
+    handler: one Ctrl-C, nothing written, exit 130, no traceback."""
+    from codex_trainer import cli
+
+    def interrupted(*_):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "load_manifest", interrupted)
+    assert cli.main([command, "job.yaml"]) == 130
+    err = capsys.readouterr().err
+    assert err.strip() == f"codex-train: stopped by Ctrl-C {said}".strip(), err
+    assert "second" not in err

@@ -77,8 +77,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"codex-train: {e}", file=sys.stderr)
         write_termination_message(str(e))
         return EXIT_RETRYABLE
-    except KeyboardInterrupt:  # a second Ctrl-C: stopped at once, the last complete checkpoint stays
+    except _StopNow:
         print("codex-train: stopped at once by a second Ctrl-C; the last complete checkpoint stays", file=sys.stderr)
+        return SIGNAL_EXIT_BASE + signal.SIGINT
+    except KeyboardInterrupt:  # before a run set its own handler (reading the job, importing torch), or not a run
+        began = " before training began; nothing was written" if args.command == "run" else ""
+        print(f"codex-train: stopped by Ctrl-C{began}", file=sys.stderr)
         return SIGNAL_EXIT_BASE + signal.SIGINT
     except Exception as e:
         if is_disk_full(e):  # a write no step above expected to fail: still one line, and retryable
@@ -93,6 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         raise
 
 
+class _StopNow(KeyboardInterrupt):
+    """A second Ctrl-C during a run: stop at once."""
+
+
 def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
     """Train in this process (`codex-train run`, and `launch` with one process in all)."""
     from .train import StopRequest, train  # torch is imported only when training
@@ -101,7 +109,7 @@ def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
 
     def on_signal(signum, _frame):
         if stop.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt  # a second Ctrl-C: stop now, the last checkpoint stays
+            raise _StopNow  # a second Ctrl-C: stop now, the last checkpoint stays
         stop.signum = signum
         print(
             f"codex-train: {signal.Signals(signum).name} received: finishing this step and checkpointing "
