@@ -185,6 +185,18 @@ def test_a_run_without_validation_sequences_says_to_pass_data(run, tmp_path):
     )
 
 
+def test_a_longer_max_seq_length_than_the_split_makes_is_named_as_the_cause(run):
+    """The run's own split makes sequences at its length: a --max-seq-length past its texts is what to change."""
+    r = run_cli("eval", str(run / "final"), "--max-seq-length", "100000")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    warning, problem = r.stderr.strip().splitlines()  # the model's 256 positions are said first, as for a run
+    assert warning.startswith("codex-train: warning: data.maxSeqLength 100000 is beyond the 256 positions"), warning
+    assert problem == (
+        "codex-train: invalid --max-seq-length: the run's validation split makes no sequence of 100000 tokens (the "
+        "run trained on 128); lower --max-seq-length, or pass --data FILE with longer texts"
+    )
+
+
 def test_an_adapter_that_does_not_match_its_base_exits_2(run, tmp_path):
     other = LlamaConfig(
         hidden_size=32,

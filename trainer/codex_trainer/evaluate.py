@@ -352,6 +352,22 @@ def data_sources(
             f"the run's data files changed since it ran (sha256 {ran_on[:12]}… then, {ds.digest[:12]}… now): its "
             "validation split cannot be rebuilt as it was; pass --data FILE to evaluate on files of your own",
         )
+    if (
+        ds.validation.rows == 0
+        and (args.max_seq_length or 0) > spec.data.max_seq_length
+        and load_dataset(
+            data_spec.model_copy(update={"max_seq_length": spec.data.max_seq_length}),
+            tokenizer,
+            fp,
+            spec.training.seed,
+            None,
+        ).validation.rows
+    ):
+        raise SpecError(  # the split makes sequences at the run's own length: the longer one is the cause
+            "--max-seq-length",
+            f"the run's validation split makes no sequence of {args.max_seq_length} tokens (the run trained on "
+            f"{spec.data.max_seq_length}); lower --max-seq-length, or pass --data FILE with longer texts",
+        )
     if ds.validation.rows == 0:
         from .data import no_validation_reason
 
