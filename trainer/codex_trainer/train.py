@@ -42,6 +42,7 @@ from .data import (
     row_tokens,
     to_device,
 )
+from .dropout import cheapen_lora_dropout
 from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_dir
 from .loss import LanguageModelLoss
@@ -178,6 +179,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     check_positions(base, spec.data.max_seq_length, sink.warn)
     base_ref = adapter_base_reference(spec.model.source, base_dir)
     model = wrap_peft(base, spec.peft)
+    cheapen_lora_dropout(model)  # the same dropout, a sixth of a CPU step less (dropout.py)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
