@@ -458,3 +458,28 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
     assert proc.returncode == 130, stderr[-2000:]
     assert "stopped at once by a second Ctrl-C; the last complete checkpoint stays" in stderr
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
+
+
+def test_peft_merge_asked_of_a_finished_run_writes_the_merged_model_without_training_again(tmp_path, capsys):
+    """peft.merge changes what is written, not what is trained: a finished run rerun with it keeps its steps
+    and adapter, and gains final/merged, which gives the adapter's logits; asked again, there is nothing to do."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from codex_trainer.model import load_trained
+
+    out = tmp_path / "out"
+    assert run(out) == 0
+    adapter = (out / "final" / "adapter_model.safetensors").read_bytes()
+    steps = [r["step"] for r in metrics(out) if "loss" in r]
+    capsys.readouterr()
+    assert run(out, "peft.merge=true") == 0
+    assert (out / "final" / "adapter_model.safetensors").read_bytes() == adapter
+    assert [r["step"] for r in metrics(out) if "loss" in r] == steps  # no step trained again
+    merged = AutoModelForCausalLM.from_pretrained(out / "final" / "merged")
+    trained, _ = load_trained(out / "final")
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    assert torch.allclose(merged(ids).logits, trained(ids).logits, atol=1e-4)
+    capsys.readouterr()
+    assert run(out, "peft.merge=true") == 0
+    assert "already complete at step 2; nothing to do" in capsys.readouterr().out

@@ -53,8 +53,14 @@ def legacy_identity(spec: JobSpec) -> dict[str, Any] | None:
     return {k: d[k] for k in ("model", "tokenizer", "data", "peft")} | {"seed": spec.training.seed}
 
 
+# in an identity, but what they change is only what the result writes (final/merged), not what is trained:
+# a finished run asked for them again writes its result again
+OUTPUT_ONLY = frozenset({"peft.merge"})
+
+
 def identity_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """Dotted paths (under spec) where two identities differ, e.g. ['data.sha256', 'peft.r']."""
+    """Dotted paths (under spec) where two identities differ, e.g. ['data.sha256', 'peft.r']; OUTPUT_ONLY
+    fields are left out."""
     changed = []
     for key in current:
         a, b = saved.get(key), current[key]
@@ -62,7 +68,7 @@ def identity_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str
             changed += [f"{key}.{k}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]
         elif a != b:
             changed.append("training.seed" if key == "seed" else key)  # where the field is in the spec
-    return changed
+    return [c for c in changed if c not in OUTPUT_ONLY]
 
 
 def training_changes(saved: dict[str, Any] | None, spec: JobSpec) -> dict[str, dict[str, Any]]:

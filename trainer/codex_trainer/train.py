@@ -225,7 +225,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         output=str(out),
         **({"metrics_port": sink.prometheus.port} if sink.prometheus and sink.prometheus.port else {}),
     )
-    if step >= total_steps and (out / "final").is_dir():
+    # complete, and its result as asked (peft.merge on a finished run: written below, nothing trained)
+    if step >= total_steps and (out / "final").is_dir() and (not spec.peft.merge or (out / "final/merged").is_dir()):
         sink.event("done", message=f"already complete at step {step}; nothing to do", output=str(out))
         return EXIT_OK
 
@@ -546,6 +547,8 @@ def _check_same_job(state: dict, current: dict, legacy: dict | None, path: Path)
     if saved is None or saved in (current, legacy):
         return
     changed = identity_changes(saved, current)
+    if not changed:  # only output settings differ (runinfo.OUTPUT_ONLY)
+        return
     saved_data = saved.get("data") or {}
     if saved_data.get("packing") and "packingScheme" not in saved_data and "packingScheme" in current["data"]:
         raise SpecError(
