@@ -31,27 +31,14 @@ import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
 
 from . import bodies, builders, informer, metrics, names, watched
+from .attempts import Attempt, PodFailure, blame, final_numbers
 from .builders import Job
 from .eventline import EventLine
 from .jobstate import JobState, Options
 from .kube import CONNECTIONS, Kube
+from .progress import ts
 from .refusals import Refused, Taken, holder, next_backoff, server_message
-from .status import (
-    TERMINAL,
-    Attempt,
-    Plan,
-    PodFailure,
-    QueueSaid,
-    Stall,
-    blame,
-    condition_reason,
-    deadline_left,
-    final_numbers,
-    plan,
-    queue_words,
-    set_condition,
-    ts,
-)
+from .status import TERMINAL, Plan, QueueSaid, Stall, condition_reason, deadline_left, plan, queue_words, set_condition
 from .timer import Timer
 from .watched import Key
 from .workqueue import WorkQueue

@@ -16,68 +16,19 @@ The trainer's exit-code contract (codex_trainer.contract) decides a failed attem
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any, Literal
+from datetime import datetime
+from typing import Any
 
 from codex_trainer import contract
 
 from . import names
+from .attempts import Attempt, FailureKind, PodFailure, capped, classify
 from .builders import Job
+from .progress import checkpoint_path, parse_ts, round4, ts, with_step
 
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
 TERMINAL = ("Succeeded", "Failed")
-FailureKind = Literal["user-error", "disruption", "deadline", "crash"]
-Outcome = Literal["Complete", "Failed"]
-
-
-@dataclass(frozen=True)
-class Attempt:
-    """One attempt Job as the status function needs it."""
-
-    number: int
-    name: str
-    uid: str = ""
-    created: str = ""  # creationTimestamp
-    suspended: bool = False
-    ready: int = 0
-    active: int = 0
-    outcome: Outcome | None = None
-    reason: str = ""  # the Job's Failed condition reason: PodFailurePolicy, BackoffLimitExceeded, DeadlineExceeded
-    message: str = ""
-
-    @property
-    def failure(self) -> FailureKind | None:
-        """How an earlier attempt ended, from its Job alone. A `podFailurePolicy` ending (FailJob) is exit 2
-        or a disruption, and exit 2 ends the whole job, so an attempt that was followed by another one
-        and ended that way was disrupted. The latest attempt is judged from its pods (`classify`)."""
-        if self.outcome != "Failed":
-            return None
-        if self.reason == "DeadlineExceeded":
-            return "deadline"
-        return "disruption" if self.reason == "PodFailurePolicy" else "crash"
-
-
-@dataclass(frozen=True)
-class PodFailure:
-    """What the failed pod of an attempt said: its exit code, termination message, and why it stopped."""
-
-    pod: str
-    exit_code: int | None = None
-    reason: str = ""  # OOMKilled, Error, Evicted...
-    message: str = ""
-    finished_at: str = ""
-    disrupted: bool = False  # the pod carries DisruptionTarget (evicted, preempted, its node lost)
-
-    @property
-    def blame_order(self) -> tuple:
-        """Sort key: the rank to blame first. Exit 2 (the user's to fix) wins; then a rank the OOM killer
-        ended (the others' collectives fail because of it, often sooner); then the earliest to end, ranks
-        stopped by a signal (killed after another rank failed) last."""
-        stopped = self.exit_code in (contract.EXIT_SIGKILL, contract.EXIT_SIGTERM) or self.exit_code is None
-        oom = self.reason == "OOMKilled"
-        return (self.exit_code != contract.EXIT_USER_ERROR, not oom, stopped, self.finished_at or "~")
 
 
 @dataclass
@@ -89,166 +40,12 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
 
 
-def attempt_from_job(obj: dict[str, Any]) -> Attempt:
-    """Read an attempt Job (as the API returns it) into an Attempt."""
-    meta, spec, st = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status") or {}
-    outcome: Outcome | None = None
-    reason, message = "", ""
-    # Kubernetes sets FailureTarget / SuccessCriteriaMet first and Failed / Complete once every pod has
-    # ended (a rank may take its grace period to checkpoint): the outcome is known from the first
-    outcomes: dict[str, Outcome] = {
-        "Failed": "Failed",
-        "FailureTarget": "Failed",
-        "Complete": "Complete",
-        "SuccessCriteriaMet": "Complete",
-    }
-    for c in st.get("conditions") or []:
-        if c.get("type") in outcomes and c.get("status") == "True" and outcome is None:
-            outcome, reason, message = outcomes[c["type"]], c.get("reason", ""), c.get("message", "")
-    return Attempt(
-        number=int(meta.get("labels", {}).get(names.LABEL_ATTEMPT, "0")),
-        name=meta.get("name", ""),
-        uid=meta.get("uid", ""),
-        created=meta.get("creationTimestamp", ""),
-        suspended=bool(spec.get("suspend")),
-        ready=int(st.get("ready") or 0),
-        active=int(st.get("active") or 0),
-        outcome=outcome,
-        reason=reason,
-        message=message,
-    )
-
-
-MESSAGE_LIMIT = 1024  # what of a pod's own words goes into status.message and an Event
-
-
-def _capped(text: str | None) -> str:
-    text = (text or "").strip()
-    return text if len(text) <= MESSAGE_LIMIT else text[: MESSAGE_LIMIT - 3] + "..."
-
-
-def pod_failure(pod: dict[str, Any]) -> PodFailure | None:
-    """The trainer container's end, from a failed pod (None when it has not terminated)."""
-    st = pod.get("status") or {}
-    disrupted = any(
-        c.get("type") == "DisruptionTarget" and c.get("status") == "True" for c in st.get("conditions") or []
-    )
-    for cs in st.get("containerStatuses") or []:
-        if cs.get("name") != names.CONTAINER:
-            continue
-        term = (cs.get("state") or {}).get("terminated") or (cs.get("lastState") or {}).get("terminated")
-        if term:
-            return PodFailure(
-                pod=pod["metadata"]["name"],
-                exit_code=term.get("exitCode"),
-                reason=term.get("reason", "") or "",
-                message=_last_lines(term.get("message")),
-                finished_at=term.get("finishedAt") or "",
-                disrupted=disrupted,
-            )
-    if st.get("phase") == "Failed" or disrupted:
-        reason, message = st.get("reason", "") or "", _capped(st.get("message"))
-        return PodFailure(pod=pod["metadata"]["name"], reason=reason, message=message, disrupted=disrupted)
-    return None
-
-
-def _last_lines(text: str | None) -> str:
-    """The end of a termination message (the kubelet keeps up to 4 KiB; the last line is the trainer's
-    own verdict), capped."""
-    text = (text or "")[-contract.TERMINATION_MESSAGE_LIMIT :].strip()
-    return _capped(text.splitlines()[-1]) if text else ""
-
-
-def blame(pods: list[dict[str, Any]]) -> PodFailure | None:
-    """The pod to blame for a failed attempt (exit 2 first, then the OOM-killed rank, then the first to
-    end), marked disrupted when any pod of the attempt was (the Job ended because of that pod)."""
-    ended = [f for f in map(pod_failure, pods) if f is not None and (f.exit_code != 0 or f.disrupted)]
-    if not ended:
-        return None
-    if any(f.disrupted for f in ended) and not any(f.exit_code == contract.EXIT_USER_ERROR for f in ended):
-        return min((f for f in ended if f.disrupted), key=lambda f: f.blame_order)
-    return min(ended, key=lambda f: f.blame_order)
-
-
-def classify(attempt: Attempt, pod: PodFailure | None) -> FailureKind | None:
-    """How the latest attempt failed: from the exit code and the conditions of its pods where they are
-    at hand, else from its Job (`Attempt.failure`)."""
-    if attempt.outcome != "Failed":
-        return None
-    if attempt.reason == "DeadlineExceeded":
-        return "deadline"
-    if pod is not None and pod.exit_code == contract.EXIT_USER_ERROR:
-        return "user-error"
-    if pod is not None and pod.disrupted:
-        return "disruption"
-    if attempt.reason == "PodFailurePolicy" and pod is None:
-        # no pod left to ask (deleted by hand): the Job controller's message names the rule that matched,
-        # and its index is ours: 0 is the exit code rule, 1 the disruption rule (builders.POD_FAILURE_POLICY)
-        return "user-error" if attempt.message.endswith("rule at index 0") else "disruption"
-    return attempt.failure
-
-
-# waiting reasons that are only the normal way to start
-_STARTING = {"ContainerCreating", "PodInitializing"}
-
-
-def waiting_reason(pods: list[dict[str, Any]]) -> str | None:
-    """Why a trainer pod has not started, in the words the user needs (None: it is just starting)."""
-    for pod in sorted(pods, key=lambda p: p["metadata"]["name"]):
-        st = pod.get("status") or {}
-        for c in st.get("conditions") or []:
-            if c.get("type") == "PodScheduled" and c.get("status") == "False" and c.get("reason") == "Unschedulable":
-                return f"pod {pod['metadata']['name']} cannot be scheduled: {c.get('message', '')}".strip()
-        for cs in st.get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") and waiting["reason"] not in _STARTING:
-                msg = (waiting.get("message") or "").strip()
-                return f"pod {pod['metadata']['name']}: {waiting['reason']}" + (f": {msg}" if msg else "")
-    return None
-
-
-def failed_create(events: list[dict[str, Any]]) -> str | None:
-    """Why the Job controller cannot create an attempt's pods, from its newest FailedCreate Event (a pod
-    quota, a priority class that does not exist, Pod Security admission, a webhook): None if it has not said."""
-    failed = [e for e in events if e.get("reason") == "FailedCreate" and e.get("type") == "Warning"]
-    if not failed:
-        return None
-    newest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
-    return f"the Job controller cannot create the pods: {_capped(newest.get('message'))}"
-
-
-def final_numbers(pod: dict[str, Any]) -> dict[str, Any] | None:
-    """What rank 0 said when it finished: {"step", "loss", "evalLoss"} (its termination message)."""
-    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
-        term = (cs.get("state") or {}).get("terminated") or {}
-        if cs.get("name") == names.CONTAINER and term.get("exitCode") == 0:
-            try:
-                found = json.loads(term.get("message") or "")
-            except ValueError:
-                return None
-            return found if isinstance(found, dict) else None
-    return None
-
-
-def checkpoint_path(step: int) -> str:
-    """Where a checkpoint is in the trainer pod (status.checkpoint.path)."""
-    return f"{names.OUTPUT_DIR}/{contract.checkpoint_dir(step)}"
-
-
-def ts(t: datetime) -> str:
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _parse_ts(s: str | None) -> datetime | None:
-    return datetime.strptime(s, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC) if s else None
-
-
 def deadline_left(job: Job, status: dict[str, Any], now: datetime) -> int | None:
     """Seconds left of runPolicy.activeDeadlineSeconds, counted from the job's start (None: no deadline)."""
     limit = job.spec.run_policy.active_deadline_seconds
     if limit is None:
         return None
-    start = _parse_ts(status.get("startTime")) or now
+    start = parse_ts(status.get("startTime")) or now
     return int(limit - (now - start).total_seconds())
 
 
@@ -288,9 +85,9 @@ def queue_words(workloads: list[dict[str, Any]]) -> QueueSaid:
         conditions = {c.get("type"): c for c in (wl.get("status") or {}).get("conditions") or []}
         evicted, reserved = conditions.get("Evicted") or {}, conditions.get("QuotaReserved") or {}
         if evicted.get("status") == "True":
-            return QueueSaid(evicted.get("reason") or "Evicted", _capped(evicted.get("message")))
+            return QueueSaid(evicted.get("reason") or "Evicted", capped(evicted.get("message")))
         if reserved.get("status") == "False" and reserved.get("message"):
-            return QueueSaid(message=_capped(reserved["message"]))
+            return QueueSaid(message=capped(reserved["message"]))
     return QueueSaid()
 
 
@@ -390,11 +187,11 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
     prog = dict(new.get("progress") or {})
     for key, name in ((contract.FINAL_LOSS, "loss"), (contract.FINAL_EVAL_LOSS, "evalLoss")):
         if isinstance(final.get(key), int | float):
-            prog[name] = _round(final[key])
+            prog[name] = round4(final[key])
     step = final.get(contract.FINAL_STEP) or prog.get("totalSteps")
     if step:
         prog.setdefault("totalSteps", step)
-        new["progress"] = _with_step(prog, step)
+        new["progress"] = with_step(prog, step)
     ckpt = final.get(contract.FINAL_CHECKPOINT)
     if isinstance(ckpt, dict) and ckpt.get(contract.FINAL_CHECKPOINT_STEP):
         n = int(ckpt[contract.FINAL_CHECKPOINT_STEP])
@@ -628,69 +425,6 @@ def mark(
         cur["lastTransitionTime"] = ts(now)
     cur.update(status=status, reason=reason, message=message[:32768], observedGeneration=generation)
     return [*out, cur]
-
-
-# ---------------------------------------------------------------- progress from rank 0's metrics
-
-
-def progress_from_metrics(
-    samples: dict[str, float], now: datetime, previous: dict[str, Any] | None = None
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Turn rank 0's Prometheus gauges into status.progress and status.checkpoint; the ETA comes from
-    the pace since the previous reading."""
-    step = int(samples.get(contract.METRIC_STEP, 0))
-    total = int(samples.get(contract.METRIC_TOTAL_STEPS, 0))
-    prog: dict[str, Any] = {"step": step, "totalSteps": total}
-    if contract.METRIC_LOSS in samples:
-        prog["loss"] = _round(samples[contract.METRIC_LOSS])
-    if samples.get(contract.METRIC_EVAL_LOSS):
-        prog["evalLoss"] = _round(samples[contract.METRIC_EVAL_LOSS])
-    tps = samples.get(contract.METRIC_TOKENS_PER_SECOND)
-    if tps:
-        prog["tokensPerSecond"] = round(tps)
-    prog = _with_step(prog, step)
-    before, when = (previous or {}).get("step"), _parse_ts((previous or {}).get("updatedAt"))
-    if before is not None and when is not None and before < step < total:
-        pace = (now - when).total_seconds() / (step - before)
-        prog["eta"] = _duration((total - step) * pace)
-    elif previous and previous.get("eta") and step == before:
-        prog["eta"] = previous["eta"]
-    prog["updatedAt"] = ts(now)
-    ckpt = None
-    if samples.get(contract.METRIC_CHECKPOINT_STEP):
-        n = int(samples[contract.METRIC_CHECKPOINT_STEP])
-        ckpt = {"step": n, "path": checkpoint_path(n)}
-        if samples.get(contract.METRIC_CHECKPOINT_TIME):
-            ckpt["savedAt"] = ts(datetime.fromtimestamp(samples[contract.METRIC_CHECKPOINT_TIME], UTC))
-    return prog, ckpt
-
-
-def _with_step(prog: dict[str, Any], step: int) -> dict[str, Any]:
-    total = prog.get("totalSteps") or 0
-    out = dict(prog, step=step)
-    if total:
-        pct = min(100, int(100 * step / total))
-        out.update(percent=pct, percentText=f"{pct}%", stepText=f"{step}/{total}")
-        if step >= total:
-            out.pop("eta", None)
-    return out
-
-
-def _round(x: float) -> float:
-    return float(f"{x:.4g}")
-
-
-def _duration(seconds: float) -> str:
-    s = int(seconds)
-    h, rem = divmod(s, 3600)
-    m, sec = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else (f"{m}m{sec:02d}s" if m else f"{sec}s")
-
-
-def progress_changed(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
-    """Whether a progress write says anything new (updatedAt alone is not news)."""
-    strip = lambda d: {k: v for k, v in (d or {}).items() if k != "updatedAt"}  # noqa: E731
-    return strip(old) != strip(new)
 
 
 def condition_reason(status: dict[str, Any], ctype: str) -> str:

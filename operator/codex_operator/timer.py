@@ -18,20 +18,11 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import memory, metrics, names, watched
+from .attempts import Attempt, failed_create, waiting_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
-from .status import (
-    TERMINAL,
-    Attempt,
-    Stall,
-    condition_reason,
-    failed_create,
-    progress_changed,
-    progress_from_metrics,
-    queue_words,
-    waiting_in_queue,
-    waiting_reason,
-)
+from .progress import progress_changed, progress_from_metrics
+from .status import TERMINAL, Stall, condition_reason, queue_words, waiting_in_queue
 from .watched import Key
 
 log = logging.getLogger("codex_operator")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from . import names
-from .status import Attempt, attempt_from_job
+from .attempts import Attempt, attempt_from_job
 
 Key = tuple[str, str]
 

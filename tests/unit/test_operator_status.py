@@ -8,17 +8,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from test_operator_builders import make_job
 
-from codex_operator.status import (
-    Attempt,
-    PodFailure,
-    attempt_from_job,
-    final_numbers,
-    plan,
-    pod_failure,
-    progress_changed,
-    progress_from_metrics,
-    waiting_reason,
-)
+from codex_operator.attempts import Attempt, PodFailure, attempt_from_job, final_numbers, pod_failure, waiting_reason
+from codex_operator.progress import progress_changed, progress_from_metrics
+from codex_operator.status import plan
 
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 

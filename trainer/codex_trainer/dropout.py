@@ -11,6 +11,8 @@ before. Elsewhere than on a CPU (a GPU's dropout kernel draws its own bits, fast
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -48,13 +50,13 @@ class _Masked(torch.autograd.Function):
     """x · mask · scale, keeping only the boolean mask (a byte an element) for the backward pass."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx: Any, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(mask)
         ctx.scale = scale
         return x * mask * scale
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (mask,) = ctx.saved_tensors
         return grad * mask * ctx.scale, None, None
 
