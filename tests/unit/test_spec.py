@@ -54,7 +54,8 @@ def test_tokenizer_defaults_to_the_models_own():
     [
         ({"training": {"learningRate": -1}}, "spec.training.learningRate", "greater than 0"),
         ({"training": {"maxSteps": "twenty"}}, "spec.training.maxSteps", "valid integer"),
-        ({"data": {"train": ["d.jsonl"], "maxSeqLength": 0}}, "spec.data.maxSeqLength", "greater than 0"),
+        ({"data": {"train": ["d.jsonl"], "maxSeqLength": 0}}, "spec.data.maxSeqLength", "greater than or equal to 2"),
+        ({"data": {"train": ["d.jsonl"], "maxSeqLength": 1}}, "spec.data.maxSeqLength", "greater than or equal to 2"),
         ({"peft": {"r": 0}}, "spec.peft.r", "greater than 0"),
         ({"peft": {"method": "qlora"}}, "spec.peft.method", "'lora' or 'none'"),
         ({"training": {"batchSze": 4}}, "spec.training.batchSze", "did you mean 'batchSize'"),

@@ -60,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="FILE", help="write the NDJSON lines here instead of stdout")
     p.add_argument("--max-batches", type=_positive, metavar="N", help="at most N batches per file")
     p.add_argument("--batch-size", type=_positive, metavar="N", help="sequences per batch (default: the run's)")
-    p.add_argument("--max-seq-length", type=_positive, metavar="N", help="tokens per sequence (default: the run's)")
+    p.add_argument(
+        "--max-seq-length", type=_at_least_2, metavar="N", help="tokens per sequence, at least 2 (default: the run's)"
+    )
     p.add_argument("--text-field", metavar="NAME", help="the field holding the text (default: the run's)")
     p.add_argument("--prompts", metavar="FILE", help="one prompt per line: write each one's greedy completion")
     p.add_argument(
@@ -81,6 +83,14 @@ def path_and_data(path: str | None, data: list[str] | None) -> tuple[str, list[s
         return data[-1], data[:-1]
     raise SpecError("", "name what to evaluate: codex-train eval PATH [--data FILE ...] (PATH: a run's final/, "
                     "a checkpoint or a model)")  # fmt: skip
+
+
+def _at_least_2(text: str) -> int:
+    """A sequence length: a token and the one it predicts, at least."""
+    value = _positive(text)
+    if value < 2:
+        raise argparse.ArgumentTypeError("must be at least 2 (a token and the one it predicts)")
+    return value
 
 
 def _positive(text: str) -> int:

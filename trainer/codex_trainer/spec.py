@@ -240,7 +240,12 @@ class DataSpec(_Model):
     validation_fraction: float = Field(
         default=0.05, ge=0.0, lt=1.0, description="Share of training examples held out for evaluation, in [0, 1)."
     )
-    max_seq_length: int = Field(default=512, gt=0, le=1_048_576, description="Tokens per training sequence.")
+    max_seq_length: int = Field(
+        default=512,
+        ge=2,  # a token and the one it predicts: one token alone gives nothing to learn
+        le=1_048_576,
+        description="Tokens per training sequence, at least 2.",
+    )
     packing: bool = Field(
         default=True,
         description="Concatenate examples (separated by EOS) into full sequences of maxSeqLength, "
