@@ -483,3 +483,23 @@ def test_peft_merge_asked_of_a_finished_run_writes_the_merged_model_without_trai
     capsys.readouterr()
     assert run(out, "peft.merge=true") == 0
     assert "already complete at step 2; nothing to do" in capsys.readouterr().out
+
+
+def test_an_mlflow_server_that_cannot_be_reached_is_one_retryable_line_soon(tmp_path, capsys, monkeypatch):
+    """Nothing listens at the tracking URI: the run says so in one line naming the field (its own exit code
+    for a retry: the server may come back), within seconds, not after MLflow's minutes of retries."""
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    args = ["run", str(TINY), "--output-dir", str(tmp_path / "out"), "--set", "training.maxSteps=2"]
+    args += ["--set", f"tracking.mlflow.trackingUri=http://127.0.0.1:{port}"]
+    started = time.monotonic()
+    assert main(args) == 1
+    assert time.monotonic() - started < 60
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"codex-train: the MLflow tracking server at http://127.0.0.1:{port} cannot be used: "), line
+    assert "spec.tracking.mlflow.trackingUri" in line and "retryable" in line, line
+    assert not (tmp_path / "out" / "checkpoints").exists()

@@ -338,7 +338,16 @@ def test_round_trip_through_yaml_keeps_camel_case():
 
 
 @pytest.mark.parametrize(
-    "uri", ["https://alice:s3cret-pw@mlflow.example.com", "http://s3cret-pw@mlflow:5000/", "databricks://s3cret-pw@ws"]
+    "uri",
+    [
+        "https://alice:s3cret-pw@mlflow.example.com",
+        "http://s3cret-pw@mlflow:5000/",
+        "databricks://s3cret-pw@ws",
+        "http://mlflow:5000/?token=s3cret-pw",
+        "https://mlflow.example.com/api?team=a&Access_Token=s3cret-pw",
+        "http://mlflow:5000/?api-key=s3cret-pw#x",
+        "http://mlflow:5000/?password=s3cret-pw",
+    ],
 )
 def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
     found = problems(manifest(tracking={"mlflow": {"trackingUri": uri}}))
@@ -347,7 +356,9 @@ def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
     assert "s3cret-pw" not in str(found)
 
 
-@pytest.mark.parametrize("uri", ["http://mlflow:5000", "https://h/path@v2", "sqlite:///runs/mlflow.db", "databricks"])
+@pytest.mark.parametrize(
+    "uri", ["http://mlflow:5000", "https://h/path@v2", "sqlite:///runs/mlflow.db", "databricks", "http://h/?team=a"]
+)
 def test_tracking_uris_without_credentials_are_accepted(uri):
     assert parse_manifest(manifest(tracking={"mlflow": {"trackingUri": uri}})).spec.tracking.mlflow.tracking_uri == uri
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,10 +29,10 @@ from .contract import (
     METRIC_TOKENS_PER_SECOND,
     METRIC_TOTAL_STEPS,
 )
-from .errors import SpecError, disk_full, is_disk_full
+from .errors import SpecError, TransientError, disk_full, is_disk_full
 from .files import atomic_file, write_text_atomically
 from .plugins import Callbacks
-from .spec import JobSpec
+from .spec import JobSpec, redact_credentials
 from .wandb_sink import Wandb
 
 
@@ -377,11 +378,42 @@ def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow |
         # fail on it at every later start): made again, losing nothing
         db.unlink()
     try:
-        return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed)
+        with _patient_for(START_RETRIES if cfg.tracking_uri else None):
+            return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed)
     except Exception as e:
         if is_disk_full(e) and not cfg.tracking_uri:  # a tracking server's own full disk is not ours to free
             raise disk_full("the MLflow database (mlflow.db)", out, MLFLOW_DB_BYTES) from None
-        raise
+        if not cfg.tracking_uri:
+            raise
+        said = _why(str(e).strip()) or type(e).__name__
+        raise TransientError(  # the server may be down for a while: a retry, not a traceback (nor a secret)
+            f"the MLflow tracking server at {redact_credentials(uri)} cannot be used: {said}; check "
+            "spec.tracking.mlflow.trackingUri and that the server answers from here (retryable)"
+        ) from None
+
+
+def _why(text: str) -> str:
+    """The root of an HTTP client's failure (`[Errno 111] Connection refused`, a name that does not resolve)
+    where it says one, else its last line, shortened; credentials masked."""
+    errno = re.findall(r"\[Errno -?\d+\] [^'\")\]]+", text)
+    return redact_credentials(errno[-1].strip() if errno else (text.splitlines() or [""])[-1][:200])
+
+
+# the first calls to a tracking server: MLflow's own default (7 retries, backing off to minutes) would keep a
+# run that cannot reach it silent for minutes before saying so; a user's MLFLOW_HTTP_REQUEST_* wins
+START_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+
+
+@contextlib.contextmanager
+def _patient_for(settings: dict[str, str] | None) -> Iterator[None]:
+    """The environment with `settings` where the user set none of them, restored afterwards."""
+    added = {k: v for k, v in (settings or {}).items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
 
 
 def _mlflow_runs(db: Path) -> int:

@@ -349,10 +349,13 @@ class CheckpointSpec(_Model):
     keep_last: int = Field(default=2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
 
 
-# user:password@ or token@ in a URI: it would land in the job's ConfigMap, run.json and logs
-CREDENTIALS_PATTERN = "^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*@"
+# user:password@ or token@ in a URI, or a query parameter named like a credential (?token=, &api_key=,
+# ?password=...): it would land in the job's ConfigMap, run.json and logs. RE2 (the CRD's CEL) and Python alike
+_SCHEME = "[A-Za-z][A-Za-z0-9+.-]*://"
+_SECRET_PARAM = "[?&][^=&#]*(?i:token|passw|secret|key|auth|sig|cred)[^=&#]*="
+CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|[^#]*{_SECRET_PARAM})"
 CREDENTIALS_MESSAGE = (
-    "must not carry credentials (user:password@ or token@): keep them in a Secret and pass "
+    "must not carry credentials (user:password@, token@ or a ?token= query): keep them in a Secret and pass "
     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
     "through env valueFrom.secretKeyRef"
 )
@@ -362,8 +365,10 @@ HIDDEN = "(set, not shown)"
 
 
 def redact_credentials(text: str) -> str:
-    """`text` with a URI's user:password@ shown as ***@, for error messages."""
-    return re.sub(CREDENTIALS_PATTERN[:-1] + "@", lambda m: m.group(0).split("://")[0] + "://***@", text)
+    """`text` with a URI's user:password@ shown as ***@ and its credential-like query values as ***, for error
+    messages."""
+    text = re.sub(f"^({_SCHEME})[^/?#]*@", r"\1***@", text)
+    return re.sub(f"({_SECRET_PARAM})[^&#]*", r"\1***", text)
 
 
 def _no_credentials(v: str) -> str:
