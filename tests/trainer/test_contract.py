@@ -503,3 +503,12 @@ def test_an_mlflow_server_that_cannot_be_reached_is_one_retryable_line_soon(tmp_
     assert line.startswith(f"codex-train: the MLflow tracking server at http://127.0.0.1:{port} cannot be used: "), line
     assert "spec.tracking.mlflow.trackingUri" in line and "retryable" in line, line
     assert not (tmp_path / "out" / "checkpoints").exists()
+
+
+def test_a_constant_rate_warms_up_and_each_step_reports_the_rate_it_trained_at(tmp_path):
+    """warmupSteps applies to every scheduler (transformers' "constant" has none), and metrics.jsonl's
+    learning_rate is the rate the step used, not the next step's: a linear warmup from 0 over 4 steps."""
+    out = tmp_path / "out"
+    assert run(out, "training.scheduler=constant", "training.warmupSteps=4", steps=6) == 0
+    rates = [r["learning_rate"] for r in metrics(out) if "loss" in r]
+    assert rates == pytest.approx([0.0, 0.00075, 0.0015, 0.00225, 0.003, 0.003])

@@ -183,7 +183,9 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
+    # transformers' "constant" takes no warmup: warmupSteps would be dropped without a word
+    kind = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
+    scheduler = get_scheduler(kind, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
 
     # ---- resume
     step, tokens_seen, eval_loss, evaluated_at, changes = 0, 0, None, -1, {}
@@ -293,6 +295,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             accelerator.backward(loss)
             loss_sum += loss.detach().float()
         grad_norm = accelerator.clip_grad_norm_(params, t.max_grad_norm) if t.max_grad_norm > 0 else None
+        step_lr = optimizer.param_groups[0]["lr"]  # the rate this step trains at (get_last_lr after the step: the next)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
@@ -311,7 +314,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             "step": step,
             "epoch": round(epoch, 4),
             "loss": train_loss,
-            "learning_rate": scheduler.get_last_lr()[0],
+            "learning_rate": step_lr,
             "tokens_per_second": step_tokens / elapsed,
             "tokens_seen": tokens_seen,
             "step_seconds": elapsed,
