@@ -60,6 +60,18 @@ def test_the_trainers_endpoint_serves_every_metric_the_operator_reads():
     assert (samples[contract.METRIC_STEP].value, samples[contract.METRIC_CHECKPOINT_STEP].value) == (42, 40)
 
 
+def test_a_figure_not_measured_yet_is_absent_not_0():
+    """Before the first evaluation and checkpoint a scraper sees no eval loss and no checkpoint step (a 0 would
+    read as a perfect loss, and a checkpoint at step 0); each appears with its first value."""
+    prom = Prometheus(None, "job-a")
+    prom.step.set(101)
+    samples = served(prom)
+    assert contract.METRIC_STEP in samples
+    assert not {contract.METRIC_EVAL_LOSS, contract.METRIC_CHECKPOINT_STEP, contract.METRIC_LOSS} & set(samples)
+    prom.eval_loss.set(2.5)
+    assert served(prom)[contract.METRIC_EVAL_LOSS].value == 2.5
+
+
 # ---------------------------------------------------------------- the output directory
 
 

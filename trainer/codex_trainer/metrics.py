@@ -253,6 +253,20 @@ def drop_events_after(path: Path, step: int) -> None:
         writer.flush()
 
 
+class Series:
+    """One labelled gauge's series, served from its first value on: before an evaluation or a checkpoint there
+    is no eval loss or checkpoint step, and a 0 would read as a perfect loss or a checkpoint at step 0."""
+
+    def __init__(self, gauge: Gauge, labels: dict[str, str]):
+        self._gauge, self._labels = gauge, labels
+        self._child: Any = None
+
+    def set(self, value: float) -> None:
+        if self._child is None:
+            self._child = self._gauge.labels(**self._labels)
+        self._child.set(value)
+
+
 class Prometheus:
     """Gauges a scraper (or the operator) reads: step, loss, throughput, last checkpoint."""
 
@@ -260,8 +274,8 @@ class Prometheus:
         self.registry = CollectorRegistry()
         labels = {"job_name": job}
 
-        def gauge(name: str, doc: str) -> Gauge:
-            return Gauge(name, doc, list(labels), registry=self.registry).labels(**labels)
+        def gauge(name: str, doc: str) -> Series:
+            return Series(Gauge(name, doc, list(labels), registry=self.registry), labels)
 
         # the operator reads these (contract.METRIC_*); the two below are for a scraper only
         self.step = gauge(METRIC_STEP, "Optimizer steps completed")
