@@ -120,7 +120,7 @@ def test_data_files_are_evaluated_one_line_each(run, tmp_path):
 
 def test_prompts_write_greedy_completions(run, tmp_path):
     prompts = tmp_path / "prompts.txt"
-    prompts.write_text("def add(a, b):\n\nimport os\n")
+    prompts.write_text("\ufeffdef add(a, b):\r\n\r\nimport os\n", encoding="utf-8")  # an editor's BOM and CRLF
     rows = evaluate(str(run / "final"), "--prompts", str(prompts), "--max-new-tokens", "7", "--max-batches", "1")
     completions = [r for r in rows if r["type"] == "completion"]
     assert [c["prompt"] for c in completions] == ["def add(a, b):", "import os"]

@@ -460,6 +460,7 @@ def complete_prompts(
         text = Path(prompts_file).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SpecError("--prompts", f"'{prompts_file}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = text.removeprefix("\ufeff")  # the byte-order mark some editors put first, as the data readers drop it
     prompts = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
     if not prompts:
         raise SpecError("--prompts", f"'{prompts_file}' holds no prompts (one per line)")
