@@ -151,7 +151,7 @@ def test_a_checkpoint_of_the_earlier_packing_is_refused_not_resumed(tmp_path, ca
     # packing turned off under a run of this version is a plain change of settings, said as one
     assert run(out, "data.packing=false", steps=4) == 2
     line = one_line(capsys.readouterr().err)
-    assert "changed: data.packing" in line and "earlier packing" not in line, line
+    assert "changed: data.packing)" in line and "earlier packing" not in line, line  # packingScheme: not a field
 
 
 def test_compile_trains_to_the_same_loss_and_without_a_compiler_is_one_line(tmp_path, capsys, monkeypatch):
@@ -512,3 +512,14 @@ def test_a_constant_rate_warms_up_and_each_step_reports_the_rate_it_trained_at(t
     assert run(out, "training.scheduler=constant", "training.warmupSteps=4", steps=6) == 0
     rates = [r["learning_rate"] for r in metrics(out) if "loss" in r]
     assert rates == pytest.approx([0.0, 0.00075, 0.0015, 0.00225, 0.003, 0.003])
+
+
+def test_a_max_steps_lowered_below_the_newest_checkpoint_is_said(tmp_path, capsys):
+    out = tmp_path / "out"
+    assert run(out, steps=4) == 0
+    shutil.rmtree(out / "final")  # as a run stopped after its last checkpoint, before its result
+    capsys.readouterr()
+    assert run(out, steps=2) == 0
+    said = capsys.readouterr().out
+    assert "the newest checkpoint, step 4, is past the 2 steps the job now asks for" in said, said[-2000:]
+    assert (out / "final" / "adapter_model.safetensors").is_file()

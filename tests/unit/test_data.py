@@ -268,12 +268,13 @@ def test_a_parquet_text_column_stored_as_categories_reads_as_its_strings(tmp_pat
     assert read_texts([str(path)], "text", "spec.data.train") == ["def f(): pass", "x = 1", "def f(): pass"]
 
 
-def test_a_directory_is_not_a_data_file(tmp_path):
-    (tmp_path / "data.jsonl").mkdir()
+@pytest.mark.parametrize("name", ["data.jsonl", "data"])  # with a data file's extension, or none
+def test_a_directory_is_not_a_data_file(tmp_path, name):
+    (tmp_path / name).mkdir()
     with pytest.raises(SpecError) as e:
-        read_texts([str(tmp_path / "data.jsonl")], "text", "spec.data.validation")
+        read_texts([str(tmp_path / name)], "text", "spec.data.validation")
     assert e.value.problems == [
-        ("spec.data.validation", f"'{tmp_path / 'data.jsonl'}' is a directory; name the data files in it")
+        ("spec.data.validation", f"'{tmp_path / name}' is a directory; name the data files in it")
     ]
 
 
@@ -370,3 +371,26 @@ def test_an_empty_validation_split_is_explained(tmp_path, jsonl):
     assert "validationFraction 0.01 holds out 1 examples" in no_validation_reason(spec, data)
     none = spec.model_copy(update={"validation_fraction": 0.0})
     assert "validationFraction is 0" in no_validation_reason(none, load_dataset(none, tok, "fp", 0, None))
+
+
+# ---------------------------------------------------------------- what the settings make of the data
+
+
+def test_a_step_bigger_than_the_epochs_asked_for_and_a_warmup_that_never_ends_are_said():
+    from codex_trainer.data import planned_steps, schedule_warnings
+    from codex_trainer.spec import TrainingSpec
+
+    big = TrainingSpec(batch_size=2, gradient_accumulation=100)  # 200 sequences a step, 63 in the data
+    assert planned_steps(big, 63, 1) == 1
+    (line,) = schedule_warnings(big, 63, 1)
+    assert "= 200 sequences and the training data makes 63: the run's 1 optimizer step(s) cover 3.2 epochs" in line
+    assert "not training.epochs 1; lower training.gradientAccumulation" in line
+
+    short = TrainingSpec(batch_size=2, epochs=0.5, warmup_steps=100, learning_rate=3e-3)
+    assert planned_steps(short, 63, 1) == 16
+    (line,) = schedule_warnings(short, 63, 1)
+    assert line.startswith("training.warmupSteps 100 is not less than the run's 16 steps: the rate never reaches")
+    assert "(its last step trains at 0.00045)" in line
+
+    assert schedule_warnings(TrainingSpec(batch_size=2, warmup_steps=5), 63, 1) == []
+    assert schedule_warnings(TrainingSpec(batch_size=2, gradient_accumulation=100, max_steps=3), 63, 1) == []

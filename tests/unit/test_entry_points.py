@@ -113,3 +113,21 @@ def test_a_ctrl_c_before_training_began_is_not_called_a_second_one(command, said
     err = capsys.readouterr().err
     assert err.strip() == f"codex-train: stopped by Ctrl-C {said}".strip(), err
     assert "second" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["run", "job.yaml", "--metrics-port", "abc"], "argument --metrics-port: invalid int value: 'abc'"),
+        (["eval", "runs/x", "--max-new-tokens", "0"], "argument --max-new-tokens: must be positive, got 0"),
+        (["eval", "runs/x", "--max-seq-length", "1"], "argument --max-seq-length: must be at least 2"),
+    ],
+)
+def test_a_wrong_option_is_one_line_naming_it(argv, said, capsys):
+    from codex_trainer import cli
+
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"codex-train: {said}") and "--help lists the options" in err, err

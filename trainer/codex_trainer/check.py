@@ -50,6 +50,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     from .tokenizer import load_tokenizer
 
     before = len(problems)
+    notes: list[str] = []
     tokenizer = _collect(
         problems,
         lambda: _unless_unreachable(
@@ -58,7 +59,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     )
     bad_tokenizer = len(problems) > before  # rather than one the Hub could not give
     if tokenizer is not None and all_here:  # read and made into sequences as `run` would: a batch a process?
-        _collect(problems, lambda: _check_sequences(spec, tokenizer))
+        notes = _collect(problems, lambda: _check_sequences(spec, tokenizer)) or []
     else:  # the files that are here, read and parsed
         for field, here in readable.items():
             if here:
@@ -88,15 +89,21 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
             _collect(problems, lambda: check_positions(model, spec.data.max_seq_length, warn))
     if problems:
         raise SpecError(problems)
+    for line in notes:  # what the run would say of its settings, once nothing stops it
+        warn(line)
     return unchecked
 
 
-def _check_sequences(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> None:
-    from .data import check_sequences, load_dataset
+def _check_sequences(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    """The data made into sequences as `run` makes them: a batch for every process (SpecError); returns what
+    `run` would warn of its training settings against them (data.schedule_warnings)."""
+    from .data import check_sequences, load_dataset, schedule_warnings
     from .tokenizer import tokenizer_fingerprint
 
     ds = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
-    check_sequences(spec, ds, spec.num_nodes * spec.processes_per_node)
+    world = spec.num_nodes * spec.processes_per_node
+    check_sequences(spec, ds, world)
+    return schedule_warnings(spec.training, ds.train.rows, world)
 
 
 def _collect(problems: list[tuple[str, str]], check: Callable[[], T]) -> T | None:

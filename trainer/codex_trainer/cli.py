@@ -19,6 +19,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from .contract import (
     CHECKPOINT_MANIFEST,
@@ -173,8 +174,16 @@ def _step_of(checkpoint: Path) -> int:
     return int(checkpoint.name.removeprefix(STEP_DIR_PREFIX))
 
 
+class _Parser(argparse.ArgumentParser):
+    """A wrong option or value in one line, as every other refusal (exit 2); --help still shows the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"codex-train: {message} ({self.prog} --help lists the options)", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="codex-train", description="Fine-tune a causal LM from a CodexTrainingJob file.")
+    p = _Parser(prog="codex-train", description="Fine-tune a causal LM from a CodexTrainingJob file.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="train (resuming from the newest complete checkpoint, if any)")
     launch = sub.add_parser(

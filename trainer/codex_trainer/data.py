@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 from .errors import DataError, SpecError, disk_full, is_disk_full
 from .files import atomic_file, sha256_file
 from .plugins import READERS, reader_extensions, reader_for
-from .spec import DataSpec, JobSpec
+from .spec import DataSpec, JobSpec, TrainingSpec
 
 if TYPE_CHECKING:  # imported when needed: reading and packing the data needs neither
     import torch
@@ -85,6 +86,8 @@ def read_texts(files: list[str], text_field: str, field: str) -> list[str]:
 
 def _read_file(name: str, text_field: str, field: str) -> list[str]:
     path = Path(name)
+    if path.is_dir():  # said as such, not as a name without a known extension
+        check_data_path(name, field)
     found = reader_for(path.suffix, field)
     if found is None:
         raise SpecError(
@@ -487,6 +490,35 @@ def _write_cache(cache_file: Path, train: Split, val: Split, examples: tuple[int
 
 def micro_batches_per_epoch(rows: int, per_rank: int, world: int) -> int:
     return rows // (per_rank * world)
+
+
+def planned_steps(t: TrainingSpec, rows: int, world: int) -> int:
+    """Optimizer steps of the run: maxSteps, else enough for `epochs` (1) passes over the rows, one at least."""
+    per_epoch = micro_batches_per_epoch(rows, t.batch_size, world)
+    return t.max_steps or max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
+
+
+def schedule_warnings(t: TrainingSpec, rows: int, world: int) -> list[str]:
+    """What of the training settings the run cannot do as written (valid, but not what was asked), one line
+    each: one step bigger than the epochs asked for, a warmup that never ends."""
+    out = []
+    steps = planned_steps(t, rows, world)
+    per_step = t.batch_size * world * t.gradient_accumulation
+    epochs = steps * per_step / rows if rows else 0.0
+    if t.max_steps is None and epochs > 1.5 * (t.epochs or 1.0):
+        out.append(
+            f"one optimizer step takes batchSize × gradientAccumulation × processes = {per_step} sequences and the "
+            f"training data makes {rows}: the run's {steps} optimizer step(s) cover {epochs:.2g} epochs, not "
+            f"training.epochs {t.epochs or 1.0:g}; lower training.gradientAccumulation or "
+            "batchSize, or add data"
+        )
+    if t.warmup_steps >= steps:
+        peak = t.learning_rate * (steps - 1) / t.warmup_steps
+        out.append(
+            f"training.warmupSteps {t.warmup_steps} is not less than the run's {steps} steps: the rate never reaches "
+            f"learningRate {t.learning_rate:g} (its last step trains at {peak:.3g}); lower warmupSteps"
+        )
+    return out
 
 
 def micro_batch_rows(rows: int, per_rank: int, world: int, rank: int, seed: int, index: int) -> np.ndarray:

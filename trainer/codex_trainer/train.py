@@ -7,7 +7,6 @@ evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter
 
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import signal
@@ -39,7 +38,9 @@ from .data import (
     micro_batch_rows,
     micro_batches_per_epoch,
     no_validation_reason,
+    planned_steps,
     row_tokens,
+    schedule_warnings,
     to_device,
 )
 from .dropout import cheapen_lora_dropout
@@ -162,7 +163,9 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     if no_validation:
         sink.warn(f"no validation sequences, so evaluation will not run: {no_validation}")
     per_epoch = micro_batches_per_epoch(data.train.rows, t.batch_size, world)
-    total_steps = t.max_steps or max(1, math.ceil((t.epochs or 1.0) * per_epoch / t.gradient_accumulation))
+    total_steps = planned_steps(t, data.train.rows, world)
+    for line in schedule_warnings(t, data.train.rows, world):
+        sink.warn(line)
 
     # ---- known before the model is made (a fresh start makes its scratch base anew)
     identity = resume_identity(spec, data.digest)
@@ -207,6 +210,11 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         if found.state.get("world_size") != world:
             sink.warn(f"resuming on {world} processes, saved on {found.state['world_size']}")
         sink.event("resumed", step=step, checkpoint=str(found.path))
+        if step > total_steps:  # maxSteps (or epochs) lowered below what the run had done
+            sink.warn(
+                f"the newest checkpoint, step {step}, is past the {total_steps} steps the job now asks for "
+                "(training.maxSteps, or epochs): nothing is trained; the result is the checkpoint's"
+            )
     # the loss wraps the model, so that a distributed wrapper sees one forward; `model` stays the PEFT model
     loss_model = LanguageModelLoss(model)
     if t.compile:
@@ -567,6 +575,8 @@ def _check_same_job(state: dict, current: dict, legacy: dict | None, path: Path)
             "mix two trainings. Use a new --output-dir, or restore the earlier files to continue",
         )
     names = [c.replace("data.sha256", "data (the files' contents)") for c in changed]
+    if "data.packing" in changed:  # the scheme is not a field of the job: packing is what the user changed
+        names = [n for n in names if n != "data.packingScheme"]
     raise SpecError(
         f"spec.{changed[0]}" if changed else "spec",
         f"differs from the run that wrote {path} (changed: {', '.join(names)}); resuming would mix two "
