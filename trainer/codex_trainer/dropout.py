@@ -43,7 +43,7 @@ def keep_mask(shape: torch.Size, keep: int) -> torch.Tensor:
     16-bit halves of int32 draws, the upper one's top bit (always 0) masked off from both."""
     n = shape.numel()
     bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_().view(torch.int16)[:n]
-    return ((bits & (LEVELS - 1)) < keep).view(shape)
+    return (bits.bitwise_and_(LEVELS - 1) < keep).view(shape)  # the draws are ours: masked in place
 
 
 class _Masked(torch.autograd.Function):
@@ -53,12 +53,12 @@ class _Masked(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        return x * mask * scale
+        return (x * mask).mul_(scale)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (mask,) = ctx.saved_tensors
-        return grad * mask * ctx.scale, None, None
+        return (grad * mask).mul_(ctx.scale), None, None
 
 
 def cheapen_lora_dropout(model: nn.Module) -> int:
