@@ -523,3 +523,12 @@ def test_a_max_steps_lowered_below_the_newest_checkpoint_is_said(tmp_path, capsy
     said = capsys.readouterr().out
     assert "the newest checkpoint, step 4, is past the 2 steps the job now asks for" in said, said[-2000:]
     assert (out / "final" / "adapter_model.safetensors").is_file()
+
+
+def test_a_finished_full_fine_tune_with_merge_asked_has_nothing_to_do(tmp_path, capsys):
+    """peft.merge means nothing to a full fine-tune (final/ is the whole model): a rerun writes nothing again."""
+    out = tmp_path / "out"
+    assert run(out, "peft.method=none", "peft.merge=true", "peft.modulesToSave=[]") == 0
+    capsys.readouterr()
+    assert run(out, "peft.method=none", "peft.merge=true", "peft.modulesToSave=[]") == 0
+    assert "already complete at step 2; nothing to do" in capsys.readouterr().out

@@ -20,7 +20,7 @@ from chart_support import CHART, NAMESPACE, RELEASE, VALUE_SETS, render, templat
 from codex_operator import builders, cli, crd, informer, names
 from codex_operator import metrics as operator_metrics
 from codex_trainer.manifest import parse_manifest
-from codex_trainer.metrics import Prometheus
+from codex_trainer.metrics import Prometheus, Series
 from support import ROOT, TINY
 
 FULLNAME = f"{RELEASE}-codex-operator"
@@ -591,7 +591,7 @@ def exported() -> dict[str, set[str]]:
     """Every series name the operator and the trainer export -> its label names, read from the metric
     objects themselves (prometheus_client keeps a metric's label names in `_labelnames` only)."""
     metrics = [v for v in vars(operator_metrics).values() if isinstance(v, MetricWrapperBase)]
-    metrics += [v for v in vars(Prometheus(None, "job")).values() if isinstance(v, MetricWrapperBase)]
+    metrics += [v.gauge for v in vars(Prometheus(None, "job")).values() if isinstance(v, Series)]
     out = {}
     for m in metrics:
         family = m.describe()[0]

@@ -86,7 +86,7 @@ def test_tokenizer_defaults_to_the_models_own():
         ({"training": {"epochs": float("inf")}}, "spec.training.epochs", "finite number"),
         ({"peft": {"alpha": float("nan")}}, "spec.peft.alpha", "finite number"),
         (
-            {"data": {"train": ["d.jsonl"], "validation": ["./d.jsonl"]}},
+            {"data": {"train": ["d.jsonl"], "validation": ["v.jsonl", "d.jsonl"]}},
             "spec.data.validation",
             "also a training file",
         ),
@@ -347,6 +347,9 @@ def test_round_trip_through_yaml_keeps_camel_case():
         "https://mlflow.example.com/api?team=a&Access_Token=s3cret-pw",
         "http://mlflow:5000/?api-key=s3cret-pw#x",
         "http://mlflow:5000/?password=s3cret-pw",
+        "http://mlflow:5000/?pwd=s3cret-pw",
+        "http://mlflow:5000/path;token=s3cret-pw",
+        "http://mlflow:5000/?X.Auth=s3cret-pw",
     ],
 )
 def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
@@ -357,7 +360,15 @@ def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
 
 
 @pytest.mark.parametrize(
-    "uri", ["http://mlflow:5000", "https://h/path@v2", "sqlite:///runs/mlflow.db", "databricks", "http://h/?team=a"]
+    "uri",
+    [
+        "http://mlflow:5000",
+        "https://h/path@v2",
+        "sqlite:///runs/mlflow.db",
+        "databricks",
+        "http://h/?team=a",
+        "http://h/?design=x&author=y&monkey=z",
+    ],
 )
 def test_tracking_uris_without_credentials_are_accepted(uri):
     assert parse_manifest(manifest(tracking={"mlflow": {"trackingUri": uri}})).spec.tracking.mlflow.tracking_uri == uri

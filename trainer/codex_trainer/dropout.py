@@ -1,12 +1,13 @@
 """LoRA's input dropout, cheaper on a CPU.
 
 PEFT drops each adapted projection's input with `nn.Dropout`: on a CPU its mask costs one random draw of the
-global generator per element (`bernoulli_`), about a sixth of a training step of the tiny example
+global generator per element (`bernoulli_`), about a fifth of a training step of the tiny example
 (benchmarks/README.md). `CheapDropout` draws 32 random bits once for two elements and keeps an element when its
 15 bits fall under round((1 - p) · 32768): the same Bernoulli mask, with the keep probability rounded to 1/32,768
 (0.95 for p = 0.05 becomes 31,130/32,768 = 0.950012) and the kept values scaled by its exact inverse, so the
 expected value is kept exactly. It uses the global generator, so a step's masks depend on the seed alone, as
-before. Elsewhere than on a CPU (a GPU's dropout kernel draws its own bits, fast) it is `nn.functional.dropout`.
+before. Elsewhere than on a CPU (a GPU's dropout kernel draws its own bits, fast), and where the rounding would
+move p by more than 1% of it (p under about 0.0008, or as near 1), it is `nn.functional.dropout`.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ class CheapDropout(nn.Module):
             raise ValueError(f"dropout probability must be in [0, 1), got {p}")
         self.p = p
         self.keep = round((1.0 - p) * LEVELS)  # kept where the 15-bit draw is below this
+        # the probability rounded to 1/LEVELS is p's own to within 1% (and 0 < keep < LEVELS)
+        self.cheap = 0 < self.keep < LEVELS and abs((1.0 - self.keep / LEVELS) - p) <= 0.01 * p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return x
-        if x.device.type != "cpu":
+        if x.device.type != "cpu" or not self.cheap:
             return nn.functional.dropout(x, self.p, training=True)
         return _Masked.apply(x, keep_mask(x.shape, self.keep), LEVELS / self.keep)
 

@@ -258,12 +258,12 @@ class Series:
     is no eval loss or checkpoint step, and a 0 would read as a perfect loss or a checkpoint at step 0."""
 
     def __init__(self, gauge: Gauge, labels: dict[str, str]):
-        self._gauge, self._labels = gauge, labels
+        self.gauge, self._labels = gauge, labels
         self._child: Any = None
 
     def set(self, value: float) -> None:
         if self._child is None:
-            self._child = self._gauge.labels(**self._labels)
+            self._child = self.gauge.labels(**self._labels)
         self._child.set(value)
 
 
@@ -397,9 +397,9 @@ def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow |
     except Exception as e:
         if is_disk_full(e) and not cfg.tracking_uri:  # a tracking server's own full disk is not ours to free
             raise disk_full("the MLflow database (mlflow.db)", out, MLFLOW_DB_BYTES) from None
-        if not cfg.tracking_uri:
+        said = _why(str(e).strip()) if cfg.tracking_uri else ""
+        if not said:  # not the server out of reach (a refusal, a bug): as it is
             raise
-        said = _why(str(e).strip()) or type(e).__name__
         raise TransientError(  # the server may be down for a while: a retry, not a traceback (nor a secret)
             f"the MLflow tracking server at {redact_credentials(uri)} cannot be used: {said}; check "
             "spec.tracking.mlflow.trackingUri and that the server answers from here (retryable)"
@@ -407,15 +407,18 @@ def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow |
 
 
 def _why(text: str) -> str:
-    """The root of an HTTP client's failure (`[Errno 111] Connection refused`, a name that does not resolve)
-    where it says one, else its last line, shortened; credentials masked."""
+    """Why the server could not be reached, from an HTTP client's failure (`[Errno 111] Connection refused`, a
+    name that does not resolve, a timeout), credentials masked; "" when the failure is not of that kind."""
     errno = re.findall(r"\[Errno -?\d+\] [^'\")\]]+", text)
-    return redact_credentials(errno[-1].strip() if errno else (text.splitlines() or [""])[-1][:200])
+    if errno:
+        return redact_credentials(errno[-1].strip())
+    timed_out = re.search(r"(Read|Connect)?\s*timed out[^'\")\]]*", text)
+    return redact_credentials(timed_out.group(0).strip()) if timed_out else ""
 
 
 # the first calls to a tracking server: MLflow's own default (7 retries, backing off to minutes) would keep a
 # run that cannot reach it silent for minutes before saying so; a user's MLFLOW_HTTP_REQUEST_* wins
-START_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+START_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}
 
 
 @contextlib.contextmanager

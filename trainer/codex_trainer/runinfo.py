@@ -62,7 +62,7 @@ def identity_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str
     """Dotted paths (under spec) where two identities differ, e.g. ['data.sha256', 'peft.r']; OUTPUT_ONLY
     fields are left out."""
     changed = []
-    for key in current:
+    for key in [*current, *(k for k in saved if k not in current)]:  # a key only the checkpoint has is a change
         a, b = saved.get(key), current[key]
         if isinstance(a, dict) and isinstance(b, dict):
             changed += [f"{key}.{k}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)]

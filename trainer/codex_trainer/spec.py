@@ -9,7 +9,6 @@ server and `codex-train validate` accept and refuse the same manifests.
 
 from __future__ import annotations
 
-import posixpath
 import re
 import types
 import typing
@@ -213,7 +212,25 @@ class ModelSpec(_Model):
         return self
 
 
+VALIDATION_IS_TRAINING = (
+    "is also a training file: its rows would be scored as validation after the model trained on them; give a "
+    "file of its own, or leave validation empty to hold out validationFraction of the training rows"
+)
+
+
 class DataSpec(_Model):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.validation) || self.validation.all(v, !(v in self.train))",
+                    "message": f"a validation file {VALIDATION_IS_TRAINING}",
+                    "fieldPath": ".validation",
+                }
+            ]
+        }
+    )
+
     train: list[DataPath] = Field(
         min_length=1,
         max_length=MAX_LIST,
@@ -256,14 +273,10 @@ class DataSpec(_Model):
     @field_validator("validation")
     @classmethod
     def _not_a_training_file(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        train = {posixpath.normpath(p) for p in info.data.get("train") or ()}
+        train = set(info.data.get("train") or ())  # as written, as the CRD's rule compares them
         for path in v:
-            if posixpath.normpath(path) in train:
-                raise ValueError(
-                    f"'{path}' is also a training file: its rows would be scored as validation after the model "
-                    "trained on them; give a file of its own, or leave validation empty to hold out "
-                    "validationFraction of the training rows"
-                )
+            if path in train:
+                raise ValueError(f"'{path}' {VALIDATION_IS_TRAINING}")
         return v
 
     @property
@@ -352,7 +365,12 @@ class CheckpointSpec(_Model):
 # user:password@ or token@ in a URI, or a query parameter named like a credential (?token=, &api_key=,
 # ?password=...): it would land in the job's ConfigMap, run.json and logs. RE2 (the CRD's CEL) and Python alike
 _SCHEME = "[A-Za-z][A-Za-z0-9+.-]*://"
-_SECRET_PARAM = "[?&][^=&#]*(?i:token|passw|secret|key|auth|sig|cred)[^=&#]*="
+# a parameter named by one of these words, alone or after a separator (access_token, api-key, X.Auth):
+# design=, author= and monkey= are not credentials
+_SECRET_PARAM = (
+    "[?&;]([A-Za-z0-9_.-]*[_.-])?"
+    "(?i:token|secret|passwd|password|pwd|pass|key|apikey|auth|authorization|sig|signature|credential|credentials)="
+)
 CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|[^#]*{_SECRET_PARAM})"
 CREDENTIALS_MESSAGE = (
     "must not carry credentials (user:password@, token@ or a ?token= query): keep them in a Secret and pass "
@@ -367,8 +385,8 @@ HIDDEN = "(set, not shown)"
 def redact_credentials(text: str) -> str:
     """`text` with a URI's user:password@ shown as ***@ and its credential-like query values as ***, for error
     messages."""
-    text = re.sub(f"^({_SCHEME})[^/?#]*@", r"\1***@", text)
-    return re.sub(f"({_SECRET_PARAM})[^&#]*", r"\1***", text)
+    text = re.sub(f"({_SCHEME})[^/?#@\\s]*@", r"\1***@", text)
+    return re.sub(f"({_SECRET_PARAM})[^&#;\\s]*", r"\1***", text)
 
 
 def _no_credentials(v: str) -> str:

@@ -182,7 +182,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     check_positions(base, spec.data.max_seq_length, sink.warn)
     base_ref = adapter_base_reference(spec.model.source, base_dir)
     model = wrap_peft(base, spec.peft)
-    cheapen_lora_dropout(model)  # the same dropout, a sixth of a CPU step less (dropout.py)
+    cheapen_lora_dropout(model)  # the same dropout, fewer random draws on a CPU (dropout.py)
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
@@ -235,8 +235,10 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         output=str(out),
         **({"metrics_port": sink.prometheus.port} if sink.prometheus and sink.prometheus.port else {}),
     )
-    # complete, and its result as asked (peft.merge on a finished run: written below, nothing trained)
-    if step >= total_steps and (out / "final").is_dir() and (not spec.peft.merge or (out / "final/merged").is_dir()):
+    # complete, and its result as asked (peft.merge on a finished LoRA run: written below, nothing trained;
+    # a full fine-tune's final/ is the whole model, merge or not)
+    merge_owed = spec.peft.merge and spec.peft.method == "lora" and not (out / "final/merged").is_dir()
+    if step >= total_steps and (out / "final").is_dir() and not merge_owed:
         sink.event("done", message=f"already complete at step {step}; nothing to do", output=str(out))
         return EXIT_OK
 
