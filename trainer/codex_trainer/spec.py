@@ -364,11 +364,13 @@ class CheckpointSpec(_Model):
 
 # user:password@ or token@ in a URI, or a query parameter named like a credential (?token=, &api_key=,
 # ?password=...): it would land in the job's ConfigMap, run.json and logs. RE2 (the CRD's CEL) and Python alike
-_SCHEME = "[A-Za-z][A-Za-z0-9+.-]*://"
+# bounded repeats: redact_credentials searches whole messages, where an unbounded one backtracks over a long
+# value (a 500,000-character name took minutes)
+_SCHEME = "[A-Za-z][A-Za-z0-9+.-]{0,31}://"
 # a parameter named by one of these words, alone or after a separator (access_token, api-key, X.Auth):
 # design=, author= and monkey= are not credentials
 _SECRET_PARAM = (
-    "[?&;]([A-Za-z0-9_.-]*[_.-])?"
+    "[?&;]([A-Za-z0-9_.-]{0,63}[_.-])?"
     "(?i:token|secret|passwd|password|pwd|pass|key|apikey|auth|authorization|sig|signature|credential|credentials)="
 )
 CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|[^#]*{_SECRET_PARAM})"
