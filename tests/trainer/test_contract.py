@@ -532,3 +532,21 @@ def test_a_finished_full_fine_tune_with_merge_asked_has_nothing_to_do(tmp_path, 
     capsys.readouterr()
     assert run(out, "peft.method=none", "peft.merge=true", "peft.modulesToSave=[]") == 0
     assert "already complete at step 2; nothing to do" in capsys.readouterr().out
+
+
+def test_a_constant_run_checkpointed_without_its_warmup_keeps_going_without_it(tmp_path, monkeypatch):
+    """Checkpoints of a constant schedule made before warmupSteps applied to it: resumed, the rate does not
+    drop back into a warmup the run never had."""
+    from codex_trainer import train as train_module
+
+    real = train_module.get_scheduler
+
+    def as_before(kind, *args, **kwargs):  # what the trainer built for 'constant' before: no warmup
+        return real("constant" if kind == "constant_with_warmup" else kind, *args, **kwargs)
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(train_module, "get_scheduler", as_before)
+    assert run(out, "training.scheduler=constant", "training.warmupSteps=10") == 0
+    monkeypatch.setattr(train_module, "get_scheduler", real)
+    assert run(out, "training.scheduler=constant", "training.warmupSteps=10", steps=4) == 0
+    assert [r["learning_rate"] for r in metrics(out) if "loss" in r] == pytest.approx([0.003] * 4)

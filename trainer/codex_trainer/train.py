@@ -186,8 +186,11 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     params = [p for p in model.parameters() if p.requires_grad]
     n_trainable, n_total = sum(p.numel() for p in params), sum(p.numel() for p in model.parameters())
     optimizer = torch.optim.AdamW(params, lr=t.learning_rate, weight_decay=t.weight_decay)
-    # transformers' "constant" takes no warmup: warmupSteps would be dropped without a word
-    kind = "constant_with_warmup" if t.scheduler == "constant" else t.scheduler
+    # transformers' "constant" takes no warmup: warmupSteps would be dropped without a word. A run whose
+    # checkpoints were made that way (their schedule's function saved as None, not a partial's dict) keeps
+    # going that way: a warmup begun mid-run would drop its rate back
+    old_constant = found is not None and t.scheduler == "constant" and found.scheduler.get("lr_lambdas") == [None]
+    kind = "constant_with_warmup" if t.scheduler == "constant" and not old_constant else t.scheduler
     scheduler = get_scheduler(kind, optimizer, num_warmup_steps=t.warmup_steps, num_training_steps=total_steps)
 
     # ---- resume
