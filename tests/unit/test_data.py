@@ -9,17 +9,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from codex_trainer.batches import collate, label_tokens, micro_batch_rows, row_tokens
 from codex_trainer.data import (
-    collate,
     data_digest,
-    label_tokens,
     load_dataset,
-    micro_batch_rows,
     micro_batches_per_epoch,
     no_validation_reason,
     pack,
     read_texts,
-    row_tokens,
     split_indices,
     truncate,
 )
@@ -379,7 +376,7 @@ def test_an_empty_validation_split_is_explained(tmp_path, jsonl):
 
 
 def test_a_step_bigger_than_the_epochs_asked_for_and_a_warmup_that_never_ends_are_said():
-    from codex_trainer.data import planned_steps, schedule_warnings
+    from codex_trainer.batches import planned_steps, schedule_warnings
     from codex_trainer.spec import TrainingSpec
 
     big = TrainingSpec(batch_size=2, gradient_accumulation=100)  # 200 sequences a step, 63 in the data

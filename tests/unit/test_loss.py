@@ -9,7 +9,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from codex_trainer.data import collate, pack, truncate
+from codex_trainer.batches import collate
+from codex_trainer.data import pack, truncate
 from codex_trainer.loss import LanguageModelLoss, per_document
 
 VOCAB = 300

@@ -4,7 +4,7 @@ A packed row holds several documents that must not attend to one another. Given 
 transformers builds a block-diagonal mask over the whole row and `sdpa` computes every score of the row,
 masked ones included: twice the work of a causal row, and no fast causal kernel. Here each document is its
 own causal attention (`scaled_dot_product_attention(is_causal=True)` on its slice of the row), with the
-documents' bounds computed on the host from the data (`document_segments`, made by data.collate), so the
+documents' bounds computed on the host from the data (`document_segments`, made by batches.collate), so the
 device is never asked where they are. Rows with the same bounds go through together.
 
 On a CPU that is faster than the mask; on a GPU it is slower (many small launches against one fused kernel),

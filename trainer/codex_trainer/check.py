@@ -96,8 +96,9 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
 
 def _check_sequences(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The data made into sequences as `run` makes them: a batch for every process (SpecError); returns what
-    `run` would warn of its training settings against them (data.schedule_warnings)."""
-    from .data import check_sequences, load_dataset, schedule_warnings
+    `run` would warn of its training settings against them (batches.schedule_warnings)."""
+    from .batches import schedule_warnings
+    from .data import check_sequences, load_dataset
     from .tokenizer import tokenizer_fingerprint
 
     ds = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)

@@ -4,7 +4,7 @@ One function for the training loop's evaluations (train._evaluate: each rank its
 across ranks there) and for `codex-train eval` (every row, in order), so the two give the same number for
 the same model and rows. The model is a loss.LanguageModelLoss (the training loop's loss: packed documents
 apart, a chunk of logits at a time); each batch's loss, the mean over its label tokens, is weighted by their
-number (data.label_tokens), so the result is the mean over every label token of the split, however the rows
+number (batches.label_tokens), so the result is the mean over every label token of the split, however the rows
 fall into batches.
 """
 
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Split, collate, label_tokens, to_device
+from .batches import collate, label_tokens, to_device
+from .data import Split
 
 LossFn = Callable[[torch.nn.Module, dict[str, Any]], torch.Tensor]
 PERPLEXITY_CAP = 50.0  # exp(50) ≈ 5e21: the perplexity of a loss beyond it is shown as that, not as inf

@@ -27,22 +27,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
 from transformers.utils import logging as hf_logging
 
 from . import checkpoint, evalloss
+from .batches import collate, label_tokens, micro_batch_rows, planned_steps, row_tokens, schedule_warnings, to_device
 from .console import Console
 from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
-from .data import (
-    Split,
-    check_sequences,
-    collate,
-    label_tokens,
-    load_dataset,
-    micro_batch_rows,
-    micro_batches_per_epoch,
-    no_validation_reason,
-    planned_steps,
-    row_tokens,
-    schedule_warnings,
-    to_device,
-)
+from .data import Split, check_sequences, load_dataset, micro_batches_per_epoch, no_validation_reason
 from .dropout import cheapen_lora_dropout
 from .errors import SpecError, disk_full, is_disk_full
 from .files import atomic_dir
