@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from codex_trainer.errors import SpecError
-from codex_trainer.manifest import apply_overrides, load_manifest, parse_manifest
+from codex_trainer.manifest import apply_overrides, load_manifest, parse_manifest, parse_yaml
 from support import EXAMPLES, ROOT, TINY
 
 
@@ -150,12 +150,29 @@ def test_a_key_given_twice_in_a_set_value_is_refused():
         apply_overrides(yaml.safe_load(TINY.read_text()), ["training={maxSteps: 5, maxSteps: 6}"])
 
 
-def test_a_float_written_as_yaml_1_1_reads_it_still_parses():
-    """PyYAML reads an unquoted 1e-4 as a string (YAML 1.1): float fields take numbers written as strings."""
-    raw = yaml.safe_load("learningRate: 1e-4\nweightDecay: 1e-2")
-    assert raw == {"learningRate": "1e-4", "weightDecay": "1e-2"}
-    training = parse_manifest(manifest(training=raw)).spec.training
-    assert (training.learning_rate, training.weight_decay) == (1e-4, 1e-2)
+def test_a_quoted_float_is_refused_as_the_crd_refuses_it():
+    """An unquoted 1e-4 is a number (below); a quoted one is a string, which the API server refuses for a
+    number field, so validate does too, with the fix."""
+    found = problems(manifest(training={"learningRate": "2e-4", "weightDecay": 0.01}))
+    assert list(found) == ["spec.training.learningRate"], found
+    assert found["spec.training.learningRate"].startswith("write the number without quotes, 0.0002: this field is a number")
+
+
+@pytest.mark.parametrize("written, value", [("1e-6", 1e-6), ("1E+5", 1e5), ("-2e3", -2000.0), ("1.5e6", 1.5e6), (".5e-1", 0.05)])
+def test_a_number_with_an_exponent_is_a_number_as_kubectl_reads_it(tmp_path, written, value):
+    """kubectl reads YAML 1.2, where 1e-6 is a number; PyYAML (1.1) wants a dot and a signed exponent. A
+    model.config copied from a config.json (`rms_norm_eps: 1e-06`) must build the same model locally as on
+    the cluster, not fail as a string."""
+    text = TINY.read_text().replace("      tie_word_embeddings: false", f"      tie_word_embeddings: false\n      rms_norm_eps: {written}")
+    (tmp_path / "job.yaml").write_text(text)
+    spec = load_manifest(tmp_path / "job.yaml", [f"training.learningRate={written.lstrip('-')}"]).spec
+    assert spec.model.config["rms_norm_eps"] == value and isinstance(spec.model.config["rms_norm_eps"], float)
+    assert spec.training.learning_rate == abs(value)
+
+
+@pytest.mark.parametrize("written", ["1e", "e5", "1e-6x", "1.2.3", "1e 5", "1_0e5"])
+def test_what_is_not_a_number_stays_a_string(tmp_path, written):
+    assert parse_yaml(f"name: {written}", "t")["name"] == written
 
 
 def test_the_yaml_in_docs_jobs_md_is_valid():

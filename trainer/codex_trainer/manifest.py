@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,14 @@ def _mapping_once(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = Fals
 
 
 _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+# YAML 1.2's numbers with an exponent (1e-6, 1E+5, 1.5e6), which kubectl reads as numbers and PyYAML's 1.1 rules
+# (a dot and a signed exponent) as strings: a model.config copied from a config.json builds the same model here
+# as on the cluster. Checked after PyYAML's own rules, so what they read as a number or a date stays so.
+_UniqueKeys.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 def parse_yaml(text: str, source: str) -> Any:

@@ -125,12 +125,12 @@ class _Model(BaseModel):
 
 
 def _scalar_type(annotation: Any) -> type | None:
-    """int or bool for a field of that type (or that type or None), else None."""
-    if annotation in (int, bool):
+    """int, float or bool for a field of that type (or that type or None), else None."""
+    if annotation in (int, float, bool):
         return typing.cast(type, annotation)
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and args[0] in (int, bool):
+        if len(args) == 1 and args[0] in (int, float, bool):
             return typing.cast(type, args[0])
     return None
 
@@ -141,9 +141,9 @@ def _adapter(kind: type) -> TypeAdapter[Any]:
 
 
 def _unquoted(v: str, kind: type | None) -> None:
-    """A string pydantic would read as an integer or boolean ('20', 'yes') is refused with the fix: the CRD
-    types these fields integer and boolean, so the API server refuses a string there. (Floats stay lax:
-    PyYAML reads an unquoted 1e-4 as a string, and a float field must take it.)"""
+    """A string pydantic would read as a number or boolean ('20', '2e-4', 'yes') is refused with the fix: the
+    CRD types these fields integer, number and boolean, so the API server refuses a string there. (An unquoted
+    1e-4 is a number: manifest.py reads YAML's numbers as kubectl does.)"""
     if kind is None:
         return
     try:
@@ -152,7 +152,8 @@ def _unquoted(v: str, kind: type | None) -> None:
         return  # not a number (or boolean) at all: pydantic's own message says so
     if kind is bool:
         raise ValueError(f"write {str(value).lower()} without quotes: this field is true or false, not a string")
-    raise ValueError(f"write the number without quotes, {value}: this field is an integer, not a string")
+    what = "an integer" if kind is int else "a number"
+    raise ValueError(f"write the number without quotes, {value}: this field is {what}, not a string")
 
 
 class ModelSpec(_Model):
