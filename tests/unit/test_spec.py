@@ -155,15 +155,21 @@ def test_a_quoted_float_is_refused_as_the_crd_refuses_it():
     number field, so validate does too, with the fix."""
     found = problems(manifest(training={"learningRate": "2e-4", "weightDecay": 0.01}))
     assert list(found) == ["spec.training.learningRate"], found
-    assert found["spec.training.learningRate"].startswith("write the number without quotes, 0.0002: this field is a number")
+    assert found["spec.training.learningRate"].startswith(
+        "write the number without quotes, 0.0002: this field is a number"
+    )
 
 
-@pytest.mark.parametrize("written, value", [("1e-6", 1e-6), ("1E+5", 1e5), ("-2e3", -2000.0), ("1.5e6", 1.5e6), (".5e-1", 0.05)])
+@pytest.mark.parametrize(
+    "written, value", [("1e-6", 1e-6), ("1E+5", 1e5), ("-2e3", -2000.0), ("1.5e6", 1.5e6), (".5e-1", 0.05)]
+)
 def test_a_number_with_an_exponent_is_a_number_as_kubectl_reads_it(tmp_path, written, value):
     """kubectl reads YAML 1.2, where 1e-6 is a number; PyYAML (1.1) wants a dot and a signed exponent. A
     model.config copied from a config.json (`rms_norm_eps: 1e-06`) must build the same model locally as on
     the cluster, not fail as a string."""
-    text = TINY.read_text().replace("      tie_word_embeddings: false", f"      tie_word_embeddings: false\n      rms_norm_eps: {written}")
+    text = TINY.read_text().replace(
+        "      tie_word_embeddings: false", f"      tie_word_embeddings: false\n      rms_norm_eps: {written}"
+    )
     (tmp_path / "job.yaml").write_text(text)
     spec = load_manifest(tmp_path / "job.yaml", [f"training.learningRate={written.lstrip('-')}"]).spec
     assert spec.model.config["rms_norm_eps"] == value and isinstance(spec.model.config["rms_norm_eps"], float)
