@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import json
 import os
 import random
 from collections.abc import Awaitable, Callable
@@ -182,7 +181,7 @@ class Kube:
         read = self._calls(kind)["get"]
         try:
             with metrics.api_call("get", kind):
-                return json.loads(await _body(read(name, namespace, _preload_content=False)))
+                return orjson.loads(await _body(read(name, namespace, _preload_content=False)))
         except ApiException as e:
             if e.status == 404:
                 return None
@@ -210,7 +209,7 @@ class Kube:
         with metrics.api_call("list", "Pod"):
             pods = self.core.list_namespaced_pod(namespace, label_selector=selector, _preload_content=False)
             body = await _body(pods)
-        return json.loads(body)["items"]
+        return orjson.loads(body)["items"]
 
     async def list_events(self, namespace: str, kind: str, name: str, uid: str) -> list[dict[str, Any]]:
         """The Events about one object (the Job controller's FailedCreate on an attempt, say)."""
@@ -219,7 +218,7 @@ class Kube:
             body = await _body(
                 self.core.list_namespaced_event(namespace, field_selector=selector, _preload_content=False)
             )
-        return json.loads(body)["items"]
+        return orjson.loads(body)["items"]
 
     async def list_workloads(self, namespace: str, job_uid: str) -> list[dict[str, Any]]:
         """Kueue's Workloads of one attempt Job (Kueue labels each with its Job's UID); none where Kueue is
@@ -240,7 +239,7 @@ class Kube:
             if e.status in (403, 404):
                 return []
             raise
-        return json.loads(body)["items"]
+        return orjson.loads(body)["items"]
 
     async def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         await self.patch("Job", namespace, name, {"spec": {"suspend": suspend}})
@@ -279,8 +278,12 @@ class Kube:
     async def get_job(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             with metrics.api_call("get", names.KIND):
-                return await self.custom.get_namespaced_custom_object(
-                    names.GROUP, names.VERSION, namespace, names.PLURAL, name
+                return orjson.loads(
+                    await _body(
+                        self.custom.get_namespaced_custom_object(
+                            names.GROUP, names.VERSION, namespace, names.PLURAL, name, _preload_content=False
+                        )
+                    )
                 )
         except ApiException as e:
             if e.status == 404:
@@ -302,9 +305,17 @@ class Kube:
         if resource_version or uid:
             body["metadata"] = {k: v for k, v in (("resourceVersion", resource_version), ("uid", uid)) if v}
         with metrics.api_call("patch", f"{names.KIND}/status"):
-            return await self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]  # _content_type: as above
-                names.GROUP, names.VERSION, namespace, names.PLURAL, name, body, _content_type=MERGE
+            patched = self.custom.patch_namespaced_custom_object_status(  # type: ignore[call-arg]  # _content_type: as above
+                names.GROUP,
+                names.VERSION,
+                namespace,
+                names.PLURAL,
+                name,
+                body,
+                _content_type=MERGE,
+                _preload_content=False,
             )
+            return orjson.loads(await _body(patched))  # the job with its managedFields, decoded by orjson
 
     async def delete_job(self, namespace: str, name: str, uid: str) -> None:
         """Delete the job of that UID (a job re-created under the same name since is left alone: 409)."""

@@ -55,6 +55,24 @@ def test_a_missing_child_is_none():
     assert against(200, CONFIG_MAP, lambda kube: kube.get("ConfigMap", "ns", "cm")) == CONFIG_MAP
 
 
+def test_a_status_write_sends_its_preconditions_and_returns_the_job_as_written():
+    job = {"apiVersion": "codex.ml/v1alpha1", "kind": "CodexTrainingJob", "metadata": {"name": "j", "uid": "u"}}
+    sent: list[tuple[str, str, Any]] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        sent.append((request.method, request.content_type, await request.json()))
+        return web.json_response({**job, "status": {"phase": "Running"}})
+
+    written = serving(answer, lambda kube: kube.patch_status("ns", "j", {"phase": "Running"}, "41", "u"))
+    assert written == {**job, "status": {"phase": "Running"}}
+    patch = {"status": {"phase": "Running"}, "metadata": {"resourceVersion": "41", "uid": "u"}}
+    assert sent == [("PATCH", "application/merge-patch+json", patch)]
+    with pytest.raises(ApiException) as e:  # written from an older view: the caller reads the job again
+        against(409, status(409, "the object has been modified"), lambda kube: kube.patch_status("ns", "j", {}, "41"))
+    assert e.value.status == 409
+    assert against(404, status(404, "not found"), lambda kube: kube.get_job("ns", "j")) is None
+
+
 def test_a_forbidden_list_raises_instead_of_reading_the_status_as_a_list():
     items = [{"metadata": {"name": "j-a1-0"}}]
     assert against(200, {"items": items}, lambda kube: kube.list_pods("ns", "a=b")) == items
