@@ -261,7 +261,10 @@ class Cluster:
 
         def ranges_assigned() -> bool:
             listed = json.loads(self.kubectl("get", "nodes", "-o", "json").stdout)["items"]
+            ours = set(self.nodes())  # not the fake nodes a benchmark's kwok may be running meanwhile
             for n in listed:
+                if n["metadata"]["name"] not in ours:
+                    continue
                 address = next(a["address"] for a in n["status"]["addresses"] if a["type"] == "InternalIP")
                 if n["spec"].get("podCIDR"):
                     nodes[n["metadata"]["name"]] = (n["spec"]["podCIDR"], address)
