@@ -116,6 +116,30 @@ def test_a_quoted_number_or_boolean_is_refused_as_the_crd_refuses_it(spec, field
     assert found[field].startswith(words) and "not a string" in found[field], found[field]
 
 
+@pytest.mark.parametrize(
+    "spec, field, words",
+    [
+        ({"training": {"maxSteps": True}}, "spec.training.maxSteps", "write a number, not true: this field is an"),
+        ({"training": {"learningRate": False}}, "spec.training.learningRate", "write a number, not false:"),
+        ({"checkpoint": {"keepLast": True}}, "spec.checkpoint.keepLast", "write a number, not true:"),
+        ({"data": {"train": ["d.jsonl"], "packing": 1}}, "spec.data.packing", "write true or false, not 1:"),
+        ({"tracking": {"tensorboard": 0.0}}, "spec.tracking.tensorboard", "write true or false, not 0.0:"),
+    ],
+)
+def test_a_boolean_for_a_number_or_a_number_for_a_boolean_is_refused_as_the_crd_refuses_it(spec, field, words):
+    """YAML reads `on` and `yes` as true, and pydantic would take true as 1 (maxSteps: on trained one step); the
+    CRD types these fields integer, number and boolean, so the API server refuses both."""
+    found = problems(manifest(**spec))
+    assert list(found) == [field], found
+    assert found[field].startswith(words), found[field]
+
+
+def test_a_boolean_for_a_number_in_a_set_value_is_refused():
+    with pytest.raises(SpecError) as e:
+        load_manifest(TINY, ["training.maxSteps=on"])
+    assert [f for f, _ in e.value.problems] == ["spec.training.maxSteps"]
+
+
 def test_a_quoted_number_in_a_file_is_refused_naming_the_field(tmp_path):
     job = yaml.safe_load(TINY.read_text())
     job["spec"]["training"]["maxSteps"] = "300"

@@ -119,8 +119,12 @@ class _Model(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _no_quoted_scalars(cls, v: Any, info: ValidationInfo) -> Any:
-        if isinstance(v, str) and info.field_name:
-            _unquoted(v, _scalar_type(cls.model_fields[info.field_name].annotation))
+        if info.field_name and isinstance(v, str | int | float):
+            kind = _scalar_type(cls.model_fields[info.field_name].annotation)
+            if isinstance(v, str):
+                _unquoted(v, kind)
+            else:
+                _typed(v, kind)
         return v
 
 
@@ -154,6 +158,18 @@ def _unquoted(v: str, kind: type | None) -> None:
         raise ValueError(f"write {str(value).lower()} without quotes: this field is true or false, not a string")
     what = "an integer" if kind is int else "a number"
     raise ValueError(f"write the number without quotes, {value}: this field is {what}, not a string")
+
+
+def _typed(v: int | float, kind: type | None) -> None:
+    """true for a number or 1 for a boolean is refused as the API server refuses it (pydantic would take true as
+    1: `maxSteps: on`, which YAML reads as true, would train one step)."""
+    if kind is bool and not isinstance(v, bool):
+        raise ValueError(f"write true or false, not {v}: this field is true or false, not a number")
+    if kind in (int, float) and isinstance(v, bool):
+        what = "an integer" if kind is int else "a number"
+        raise ValueError(
+            f"write a number, not {str(v).lower()}: this field is {what} (YAML reads on, yes and true as true)"
+        )
 
 
 class ModelSpec(_Model):
