@@ -169,6 +169,30 @@ def test_tokenized_data_is_cached_and_the_cache_follows_the_data(tmp_path, jsonl
     assert not other_len.from_cache and other_len.train.row(0).shape == (8,)
 
 
+@pytest.mark.parametrize("spelling", ["dot", "double slash", "absolute", "symlink", "hard link"])
+def test_a_validation_file_that_is_a_training_file_under_another_name_is_refused(
+    tmp_path, jsonl, monkeypatch, spelling
+):
+    """The manifest's check (and the API server's) compares the names; here the files themselves are at hand."""
+    monkeypatch.chdir(tmp_path)
+    if spelling == "symlink":
+        (tmp_path / "link.jsonl").symlink_to(jsonl)
+    if spelling == "hard link":
+        (tmp_path / "hard.jsonl").hardlink_to(jsonl)
+    other = {
+        "dot": "./d.jsonl",
+        "double slash": f"{tmp_path}//d.jsonl",
+        "absolute": str(jsonl),
+        "symlink": "link.jsonl",
+        "hard link": "hard.jsonl",
+    }[spelling]
+    spec = DataSpec(train=["d.jsonl"], validation=[other], max_seq_length=16)
+    with pytest.raises(SpecError) as e:
+        load_dataset(spec, byte_tokenizer(), "fp", seed=0, cache_dir=None)
+    assert [f for f, _ in e.value.problems] == ["spec.data.validation"]
+    assert f"'{other}' is the training file 'd.jsonl' under another name" in str(e.value)
+
+
 def test_too_little_data_for_one_sequence_names_max_seq_length(tmp_path):
     path = tmp_path / "short.jsonl"
     path.write_text(json.dumps({"text": "hi"}) + "\n")

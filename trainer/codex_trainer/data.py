@@ -23,7 +23,7 @@ import numpy as np
 from .errors import DataError, SpecError, disk_full, is_disk_full
 from .files import atomic_file, sha256_file
 from .plugins import READERS, reader_extensions, reader_for
-from .spec import DataSpec, JobSpec
+from .spec import VALIDATION_IS_TRAINING, DataSpec, JobSpec
 
 if TYPE_CHECKING:  # imported when needed: reading and packing the data needs neither
     from transformers import PreTrainedTokenizerBase
@@ -321,6 +321,7 @@ def load_dataset(
     """Read, split, tokenize and pack; reuse the cache when data, tokenizer and settings are unchanged.
 
     A cache file that does not verify (torn, truncated, altered) is reported through `log` and rebuilt."""
+    check_validation_is_not_training(spec)
     digest = data_digest(spec)
     cache_file = None
     if cache_dir is not None:
@@ -350,6 +351,23 @@ def load_dataset(
     if cache_file is not None:
         _write_cache(cache_file, train, val, examples)
     return Dataset(train, val, from_cache=False, digest=digest, examples=examples)
+
+
+def check_validation_is_not_training(spec: DataSpec) -> None:
+    """No validation file is a training file under another name (./a.jsonl, a link): the manifest's check, like
+    the API server's, compares names only."""
+    why = VALIDATION_IS_TRAINING.removeprefix("is also a training file: ")
+    problems = []
+    for name in spec.validation_files:
+        for train in spec.train_files:
+            with contextlib.suppress(OSError):  # a file that is not there: reading it says so
+                if os.path.samefile(name, train):
+                    problems.append(
+                        ("spec.data.validation", f"'{name}' is the training file '{train}' under another name: {why}")
+                    )
+                    break
+    if problems:
+        raise SpecError(problems)
 
 
 def read_splits(spec: DataSpec) -> tuple[list[str], list[str]]:
