@@ -10,7 +10,7 @@ import pytest
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from codex_trainer.errors import SpecError
-from codex_trainer.model import adapter_base, adapter_base_reference, check_vocabulary
+from codex_trainer.model import BASE_RECORD, adapter_base, adapter_base_reference, check_vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +121,38 @@ def test_a_fresh_start_with_another_model_config_or_seed_builds_a_new_base_and_a
     # resuming (checkpoints there): the base on disk, whatever the spec now says (the run identity refuses
     # a changed model before this)
     assert base(LLAMA | {"hidden_size": 8, "intermediate_size": 16}, 2, fresh=False).config.hidden_size == 16
+
+
+def test_an_adapter_whose_base_was_made_again_since_is_refused_not_loaded_onto_other_weights(tmp_path):
+    """final/ copied alone names its run's base-model/ by absolute path; a new run in that directory makes
+    another base there. The adapter records what its base was made from, and the loader compares."""
+    lone = a_run(tmp_path / "lone", str(tmp_path / "run" / "base-model"))
+    (tmp_path / "lone" / "base-model" / "config.json").unlink()
+    (tmp_path / "lone" / "base-model").rmdir()  # only final/ was copied
+    base = tmp_path / "run" / "base-model"
+    base.mkdir(parents=True)
+    (base / "config.json").write_text("{}")
+    (lone / BASE_RECORD).write_text(json.dumps({"madeFrom": "first"}))
+    (base / BASE_RECORD).write_text(json.dumps({"madeFrom": "first"}))
+    assert adapter_base(lone) == str(base)
+    (base / BASE_RECORD).write_text(json.dumps({"madeFrom": "second"}))
+    with pytest.raises(SpecError, match="was made again since this adapter was trained on it"):
+        adapter_base(lone)
+    (base / BASE_RECORD).unlink()  # a base from before the record: nothing to compare
+    assert adapter_base(lone) == str(base)
+
+
+def test_the_result_records_what_its_scratch_base_was_made_from(tmp_path):
+    import torch
+
+    from codex_trainer.model import load_base_model, wrap_peft
+    from codex_trainer.spec import ModelSpec, PeftSpec
+    from codex_trainer.tokenizer import load_tokenizer
+    from codex_trainer.train import _write_result
+
+    tok, base_dir = load_tokenizer("bytes"), tmp_path / "base-model"
+    torch.manual_seed(0)
+    model = load_base_model(ModelSpec(source="scratch", config=LLAMA), tok, base_dir, None, True, seed=0, fresh=True)
+    peft = wrap_peft(model, PeftSpec(target_modules=["q_proj", "v_proj"]))
+    _write_result(peft, tok, lora=True, merge=False, tmp=tmp_path / "final", base_ref=(str(base_dir), None))
+    assert (tmp_path / "final" / BASE_RECORD).read_text() == (base_dir / BASE_RECORD).read_text()

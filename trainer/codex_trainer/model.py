@@ -311,14 +311,29 @@ def adapter_base(final: Path) -> str:
     named = final / Path(base).expanduser()  # an absolute path stays as it is
     own = final / ".." / BASE_MODEL_DIR
     if named.name == BASE_MODEL_DIR and (own / "config.json").is_file():
-        return str(own.resolve())
+        return _same_base(final, own.resolve())
     if (named / "config.json").is_file():
-        return str(named.resolve())
+        return _same_base(final, named.resolve())
     if _looks_like_hub_id(base):
         rev = config.get("revision")
         return f"hf://{base}" + (f"@{rev}" if rev else "")
     shown = f"'{base}'" if Path(base).is_absolute() else f"'{base}' ({named.resolve()})"
     raise SpecError("", f"the base model {shown} that the adapter in '{final}' names is not there")
+
+
+def _same_base(final: Path, base: Path) -> str:
+    """`base`, unless it is a scratch base made again (another config or seed) since the adapter in `final` was
+    trained on it: final/ copied alone names its run's base-model/ by absolute path, and a new run there makes
+    another one. Either side without the record (runs before it) is taken as it is."""
+    trained_on, now = _recorded(final), _recorded(base)
+    if trained_on and now and trained_on != now:
+        raise SpecError(
+            "",
+            f"the base model '{base}' that the adapter in '{final}' names was made again since this adapter was "
+            f"trained on it (another model config or seed), so its weights are not the ones the adapter needs; "
+            f"copy the adapter's whole run directory, {BASE_MODEL_DIR}/ beside final/, and load it from there",
+        )
+    return str(base)
 
 
 def _looks_like_hub_id(name: str) -> bool:

@@ -37,6 +37,7 @@ from .files import atomic_dir
 from .loss import LanguageModelLoss
 from .metrics import Prometheus, Sink, start_mlflow
 from .model import (
+    BASE_RECORD,
     adapter_base_reference,
     check_positions,
     load_base_model,
@@ -528,6 +529,9 @@ def _write_result(
     # the vocabulary is never resized, and "auto" would look base_ref up on the Hub (and warn)
     model.save_pretrained(str(tmp), save_embedding_layers=False)
     tokenizer.save_pretrained(tmp)
+    record = Path(base_ref[0]) / BASE_RECORD  # a scratch base's: what it was made from (model.adapter_base checks)
+    if base_ref[1] is None and record.is_file():
+        shutil.copyfile(record, tmp / BASE_RECORD)
     if merge:
         merged = model.merge_and_unload()
         merged.save_pretrained(tmp / "merged")
