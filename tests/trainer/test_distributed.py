@@ -76,3 +76,10 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         json.loads(x)["eval_loss"] for x in (one / "metrics.jsonl").read_text().splitlines() if "eval_loss" in x
     ]
     assert evals_two == pytest.approx(evals_one, abs=1e-5)
+
+    # resumed on one process: allowed (a node lost), but said with what changes and how to keep the training
+    more = [*COMMON, "--set", "training.maxSteps=22", "--set", "training.batchSize=4"]
+    r2 = run_cli("run", str(TINY), "--output-dir", str(two), *more)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    said = "resuming on 1 processes, saved on 2: a step now trains 4 sequences instead of 8"
+    assert said in r2.stdout and "resume on 2 processes to continue the same training" in r2.stdout

@@ -199,8 +199,14 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             )
         step, tokens_seen = found.step, found.state["tokens_seen"]
         eval_loss, evaluated_at = found.state.get("eval_loss"), found.state.get("evaluated_at", step)
-        if found.state.get("world_size") != world:
-            sink.warn(f"resuming on {world} processes, saved on {found.state['world_size']}")
+        saved_world = found.state.get("world_size")
+        if saved_world != world:
+            per = t.batch_size * t.gradient_accumulation  # sequences a process trains a step
+            sink.warn(
+                f"resuming on {world} processes, saved on {saved_world}: a step now trains {per * world} sequences "
+                f"instead of {per * (saved_world or 1)}, in another order than the saved run's; resume on "
+                f"{saved_world} processes to continue the same training"
+            )
         sink.event("resumed", step=step, checkpoint=str(found.path))
         if step > total_steps:  # maxSteps (or epochs) lowered below what the run had done
             sink.warn(
