@@ -64,7 +64,7 @@ def test_the_data_is_identified_by_content_not_by_path(tmp_path, capsys, monkeyp
     data.write_text("".join(json.dumps({"text": f"def other_{i}(): return {i}"}) + "\n" for i in range(400)))
     assert run(out, "data.train=[train.jsonl]", "data.validationFraction=0", steps=6) == 2
     line = one_line(capsys.readouterr().err)
-    assert line.startswith("codex-train: invalid spec.data: the data files' contents differ from those the run")
+    assert line.startswith("codex-train: invalid spec.data: the data files' contents, or their order, differ from")
     assert max(r["step"] for r in metrics(out)) == 4
 
 

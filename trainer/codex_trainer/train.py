@@ -574,8 +574,9 @@ def _check_same_job(state: dict, current: dict, legacy: dict | None, path: Path)
     if changed == ["data.sha256"]:
         raise SpecError(
             "spec.data",
-            f"the data files' contents differ from those the run that wrote {path} trained on; resuming would "
-            "mix two trainings. Use a new --output-dir, or restore the earlier files to continue",
+            f"the data files' contents, or their order, differ from those the run that wrote {path} trained on; "
+            "resuming would mix two trainings. Use a new --output-dir, or restore the earlier files, in their "
+            "order, to continue",
         )
     names = [c.replace("data.sha256", "data (the files' contents)") for c in changed]
     if "data.packing" in changed:  # the scheme is not a field of the job: packing is what the user changed
