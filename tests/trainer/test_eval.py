@@ -190,7 +190,7 @@ def test_a_longer_max_seq_length_than_the_split_makes_is_named_as_the_cause(run)
     r = run_cli("eval", str(run / "final"), "--max-seq-length", "100000")
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
     warning, problem = r.stderr.strip().splitlines()  # the model's 256 positions are said first, as for a run
-    assert warning.startswith("codex-train: warning: data.maxSeqLength 100000 is beyond the 256 positions"), warning
+    assert warning.startswith("codex-train: warning: --max-seq-length 100000 is beyond the 256 positions"), warning
     assert problem == (
         "codex-train: invalid --max-seq-length: the run's validation split makes no sequence of 100000 tokens (the "
         "run trained on 128); lower --max-seq-length, or pass --data FILE with longer texts"

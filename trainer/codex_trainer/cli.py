@@ -208,10 +208,14 @@ def _parser() -> argparse.ArgumentParser:
             metavar="PATH=VALUE",
             help="override a spec field, e.g. --set training.maxSteps=20 (repeatable)",
         )
-    run.add_argument("--output-dir", help="where checkpoints, metrics and the result go (default runs/<name>)")
-    launch.add_argument("--output-dir", required=True, help="where checkpoints, metrics and the result go")
+    run.add_argument(
+        "--output-dir", type=_directory, help="where checkpoints, metrics and the result go (default runs/<name>)"
+    )
+    launch.add_argument(
+        "--output-dir", type=_directory, required=True, help="where checkpoints, metrics and the result go"
+    )
     for s in (run, launch):
-        s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (rank 0)")
+        s.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on this port (rank 0)")
     add_eval_arguments(
         sub.add_parser(
             "eval",
@@ -220,6 +224,22 @@ def _parser() -> argparse.ArgumentParser:
         )
     )
     return p
+
+
+def _directory(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a directory, or leave the option out for runs/<name>")
+    return text
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1 to 65535)")
+    return value
 
 
 if __name__ == "__main__":

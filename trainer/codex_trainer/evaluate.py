@@ -522,10 +522,13 @@ def run_eval(args: argparse.Namespace) -> int:
     if target.kind != "hub" or args.max_seq_length:
         from .model import check_positions
 
+        flag = "--max-seq-length" if args.max_seq_length else "data.maxSeqLength"
         try:
-            check_positions(model, s.max_seq_length, lambda m: print(f"codex-train: warning: {m}", file=sys.stderr))
+            check_positions(
+                model, s.max_seq_length, lambda m: print(f"codex-train: warning: {m}", file=sys.stderr), flag
+            )
         except SpecError as e:
-            raise SpecError("", e.problems[0][1]) from None
+            raise SpecError(flag if args.max_seq_length else "", e.problems[0][1]) from None
     sources = data_sources(args, target, tokenizer, s)
 
     per_file, total = [], {"loss_sum": 0.0, "correct": 0, "tokens": 0, "sequences": 0, "batches": 0}

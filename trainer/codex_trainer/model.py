@@ -221,9 +221,12 @@ def load_trainable_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor
 # ---------------------------------------------------------------- positions
 
 
-def check_positions(model: torch.nn.Module, max_seq_length: int, warn: Callable[[str], None]) -> None:
+def check_positions(
+    model: torch.nn.Module, max_seq_length: int, warn: Callable[[str], None], field: str = "data.maxSeqLength"
+) -> None:
     """Refuse a maxSeqLength the model cannot represent (learned absolute positions, e.g. GPT-2's
-    n_positions); warn when it can (rotary, relative) but was configured for fewer positions."""
+    n_positions); warn when it can (rotary, relative) but was configured for fewer positions. `field`: where
+    the length was given (eval's --max-seq-length)."""
     config = model.config
     limit = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
     if not isinstance(limit, int) or max_seq_length <= limit:
@@ -231,12 +234,12 @@ def check_positions(model: torch.nn.Module, max_seq_length: int, warn: Callable[
     learned = [n for n, m in model.named_modules() if isinstance(m, torch.nn.Embedding) and _is_position_table(n)]
     if learned:
         raise SpecError(
-            "spec.data.maxSeqLength",
+            field if field.startswith("--") else f"spec.{field}",
             f"is {max_seq_length} but this model has learned position embeddings ({learned[0]}) for {limit} "
-            f"positions only; set maxSeqLength to {limit} or less",
+            f"positions only; set {field.rpartition('.')[2]} to {limit} or less",
         )
     warn(
-        f"data.maxSeqLength {max_seq_length} is beyond the {limit} positions this model is configured for "
+        f"{field} {max_seq_length} is beyond the {limit} positions this model is configured for "
         "(max_position_embeddings); its positions extend, but it was not trained for them"
     )
 
