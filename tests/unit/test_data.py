@@ -221,7 +221,7 @@ BAD_ROWS = {
     "lone surrogate": (b'{"text": "a \\ud800 b"}\n', "d.jsonl", "line 1: field 'text' holds a lone surrogate"),
     "jsonl not UTF-8": (b'{"text": "ok"}\n{"text": "caf\xe9"}\n', "d.jsonl", "byte 0xe9 at offset 28 (line 2)"),
     "txt not UTF-8": (b"fine\n\xff\xfeoops\n", "d.txt", "not UTF-8 text: byte 0xff at offset 5 (line 2)"),
-    "json item null": (b'[{"text": "a"}, {"text": null}]', "d.json", "item 1: field 'text' is null"),
+    "json item null": (b'[{"text": "a"}, {"text": null}]', "d.json", "item 2 (index 1): field 'text' is null"),
     "JSON Lines named .json": (
         b'{"text": "a"}\n{"text": "b"}\n',
         "d.json",
@@ -263,7 +263,7 @@ def test_a_parquet_column_that_is_not_strings_is_refused(tmp_path):
     ints, nulls = tmp_path / "ints.parquet", tmp_path / "nulls.parquet"
     pq.write_table(pa.table({"text": [1, 2, 3]}), ints)
     pq.write_table(pa.table({"text": ["a", None]}), nulls)
-    for path, words in ((ints, "holds int64, not strings"), (nulls, "row 1: column 'text' is null")):
+    for path, words in ((ints, "holds int64, not strings"), (nulls, "row 2 (index 1): column 'text' is null")):
         with pytest.raises(SpecError) as e:
             read_texts([str(path)], "text", "spec.data.train")
         assert words in e.value.problems[0][1], e.value.problems

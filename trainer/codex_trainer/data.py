@@ -179,7 +179,8 @@ def read_json(path: Path, text_field: str) -> list[str]:
         raise DataError(f"'{path}' is not JSON: {e.msg} (line {e.lineno}, column {e.colno}){hint}") from None
     if not isinstance(rows, list):
         raise DataError(f"'{path}' must hold a JSON list of objects")
-    return [_text_of(r, path, f"item {i}", text_field) for i, r in enumerate(rows)]
+    # counted from 1, as lines are, and the index beside it for code that reads the list
+    return [_text_of(r, path, f"item {i + 1} (index {i})", text_field) for i, r in enumerate(rows)]
 
 
 def _text_of(row: object, path: Path, where: str, text_field: str) -> str:
@@ -232,7 +233,7 @@ def read_parquet(path: Path, text_field: str) -> list[str]:
     values = column.to_pylist()
     for i, v in enumerate(values):
         if v is None:
-            raise DataError(f"'{path}' row {i}: column '{text_field}' is null, not a string")
+            raise DataError(f"'{path}' row {i + 1} (index {i}): column '{text_field}' is null, not a string")
     return values
 
 
