@@ -23,7 +23,10 @@ def data_files(tmp_path):
     latin = tmp_path / "latin.txt"
     latin.write_bytes("caf\u00e9\n".encode("latin-1"))
     (tmp_path / "folder.jsonl").mkdir()
-    files = {"empty": empty, "other": other, "gap": gap, "null": null, "latin": latin}
+    adapter = tmp_path / "final"  # a run's result: an adapter, no model
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "x"}))
+    files = {"empty": empty, "other": other, "gap": gap, "null": null, "latin": latin, "adapter": adapter}
     return {k: str(v) for k, v in files.items()} | {
         "missing": str(tmp_path / "missing.jsonl"),
         "folder": str(tmp_path / "folder.jsonl"),
@@ -56,6 +59,11 @@ CASES = {
         ["data.validationFraction=0.999"],
         "spec.data.validationFraction",
         "lower validationFraction",
+    ),
+    "an adapter as the model": (
+        ["model={{source: '{adapter}'}}"],
+        "spec.model.source",
+        "holds a PEFT adapter (adapter_config.json), not a causal LM: name the adapter's base model here",
     ),
     "positions beyond GPT-2's n_positions": (
         [GPT2_64, "peft={{targetModules: [c_attn]}}"],

@@ -55,6 +55,12 @@ def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
     while c is not None and len(chain) < 10:
         chain.append(c)
         c = c.__cause__ or c.__context__
+    if not HF_SOURCE.match(source) and (Path(source).expanduser() / "adapter_config.json").is_file():
+        return SpecError(
+            field,
+            f"'{source}' holds a PEFT adapter (adapter_config.json), not {what}: name the adapter's base model "
+            "here, or a merged model (a run with peft.merge: true writes one to final/merged)",
+        )
     if not HF_SOURCE.match(source) or any(isinstance(c, permanent) for c in chain):
         return SpecError(field, f"cannot load {what} from '{source}': {str(e).splitlines()[0]}")
     return TransientError(f"could not fetch {what} '{source}' from the Hub (retryable): {str(e).splitlines()[0]}")
