@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from codex_operator import crd, names
+from codex_trainer import fields as F
 from codex_trainer import spec as S
 from codex_trainer.runinfo import identity_changes, resume_identity
 from support import EXAMPLES, without_empties
@@ -81,7 +82,7 @@ def test_names_come_from_the_shared_module(generated):
     assert s["names"]["kind"] == names.KIND and s["names"]["plural"] == names.PLURAL
     assert s["names"]["shortNames"] == names.SHORT_NAMES and s["names"]["categories"] == names.CATEGORIES
     assert s["versions"][0]["subresources"] == {"status": {}}
-    assert (S.NAME_PATTERN, S.MAX_NAME_LENGTH) == (names.NAME_PATTERN, names.MAX_NAME_LENGTH)
+    assert (F.NAME_PATTERN, F.MAX_NAME_LENGTH) == (names.NAME_PATTERN, names.MAX_NAME_LENGTH)
     spec = schema_of(generated)["properties"]["spec"]
     assert f"at {names.DATA_DIR} in every trainer pod" in at(spec, "data.existingClaim")["description"]
 
@@ -184,12 +185,12 @@ def test_cel_rules_for_what_the_structure_cannot_say(generated):
     spec = root["properties"]["spec"]
     assert any("scratch" in r and "has(self.config)" in r for r in cel_rules(at(spec, "model")))
     hf = [r for r in cel_rules(at(spec, "model.source")) if "matches" in r]
-    assert hf and S.HF_PATTERN in hf[0] and hf == [r for r in cel_rules(at(spec, "tokenizer")) if "matches" in r]
+    assert hf and F.HF_PATTERN in hf[0] and hf == [r for r in cel_rules(at(spec, "tokenizer")) if "matches" in r]
     assert any("all-linear" in r for r in cel_rules(at(spec, "peft.targetModules")))
     for quantity in (at(spec, "storage.size"), at(spec, "resources.requests")["additionalProperties"]):
         assert any("isQuantity(self)" in r for r in cel_rules(quantity))
     assert f"self.metadata.name.size() <= {names.MAX_NAME_LENGTH}" in cel_rules(root)
-    assert any(S.LABEL_VALUE_PATTERN in r for r in cel_rules(at(spec, "runPolicy.queueName")))
+    assert any(F.LABEL_VALUE_PATTERN in r for r in cel_rules(at(spec, "runPolicy.queueName")))
     assert at(spec, "runPolicy.queueName")["maxLength"] == 63
 
 
@@ -350,7 +351,7 @@ def test_cel_iterations_and_matches_are_bounded(generated):
             assert "maxProperties" in node, path
 
 
-@pytest.mark.parametrize("pattern", [S.HF_PATTERN, S.QUANTITY_PATTERN, S.NAME_PATTERN, S.LABEL_VALUE_PATTERN])
+@pytest.mark.parametrize("pattern", [F.HF_PATTERN, F.QUANTITY_PATTERN, F.NAME_PATTERN, F.LABEL_VALUE_PATTERN])
 def test_patterns_are_re2_safe_for_cel(pattern):
     """CEL `matches` uses RE2 inside a single-quoted CEL string: no backslashes, no quotes, no lookaround."""
     assert "\\" not in pattern and "'" not in pattern and "(?=" not in pattern

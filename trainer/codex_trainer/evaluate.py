@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .contract import CHECKPOINT_MANIFEST, CHECKPOINTS_DIR, STEP_DIR_PREFIX
 from .errors import SpecError
-from .spec import HF_SOURCE, DataSpec, JobSpec
+from .fields import HF_SOURCE
+from .spec import DataSpec, JobSpec
 
 if TYPE_CHECKING:  # imported only when evaluating
     import torch

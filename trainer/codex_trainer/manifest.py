@@ -15,7 +15,8 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from .errors import SpecError
-from .spec import Manifest, redact_credentials
+from .fields import redact_credentials
+from .spec import Manifest
 
 MAX_MANIFEST_BYTES = 1 << 20  # a Kubernetes object is at most about 1.5 MB; a job file is a few hundred bytes
 MAX_VALUES = 100_000  # after YAML aliases are expanded: a few dozen levels of `&a [*b, *b]` would be billions

@@ -30,9 +30,10 @@ from .contract import (
     METRIC_TOTAL_STEPS,
 )
 from .errors import SpecError, TransientError, disk_full, is_disk_full
+from .fields import redact_credentials
 from .files import atomic_file, write_text_atomically
 from .plugins import Callbacks
-from .spec import JobSpec, redact_credentials
+from .spec import JobSpec
 from .wandb_sink import Wandb
 
 

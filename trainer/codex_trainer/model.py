@@ -20,9 +20,10 @@ from transformers import (
 )
 
 from .errors import SpecError, disk_full, is_disk_full
+from .fields import HF_SOURCE
 from .files import atomic_dir
 from .sources import load_failure, resolve_source
-from .spec import HF_SOURCE, ModelSpec, PeftSpec
+from .spec import ModelSpec, PeftSpec
 
 
 def load_base_model(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .errors import SpecError, TransientError
-from .spec import HF_SOURCE
+from .fields import HF_SOURCE
 
 HUB_PROBE_TIMEOUT = 10.0  # seconds for the one look-up that tells whether the Hub answers at all
 _answered: set[tuple[str, str | None]] = set()

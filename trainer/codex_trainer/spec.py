@@ -4,175 +4,48 @@ Importable without torch. Field names are snake_case in Python and camelCase in 
 fields are refused so a typo is an error instead of a silently ignored setting. Descriptions are
 written for `kubectl explain`. Every field has one type, and every check here is also in the
 generated CRD (`codex_operator.crd`: the structural schema, or a CEL rule beside it), so the API
-server and `codex-train validate` accept and refuse the same manifests.
+server and `codex-train validate` accept and refuse the same manifests. The field types and the
+strictness every model shares are in fields.py; the fields only a cluster uses in cluster_spec.py.
 """
 
 from __future__ import annotations
 
 import re
-import types
-import typing
-from functools import cache
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    BeforeValidator,
     ConfigDict,
     Field,
-    TypeAdapter,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
+
+from .cluster_spec import EnvVar, LocalObjectReference, ResourcesSpec, RunPolicySpec, StorageSpec, Toleration
+from .fields import (
+    ALL_LINEAR,
+    ALL_LINEAR_MESSAGE,
+    HF_RULE,
+    HIDDEN,
+    MAX_LIST,
+    MAX_NAME,
+    MAX_NAME_LENGTH,
+    MAX_SOURCE,
+    NAME_PATTERN,
+    DataPath,
+    Name,
+    SpecModel,
+    TrackingUri,
+    cel,
+    hf_form,
+)
 
 API_VERSION = "codex.ml/v1alpha1"
 KIND = "CodexTrainingJob"
 
-# The job name: kept in step with codex_operator.names (asserted by tests/unit/test_crd.py); copied
-# here because the trainer must not import the operator package.
-NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-MAX_NAME_LENGTH = 40
 
-# hf://org/name[@revision]: the one pattern for validating and for parsing (codex_trainer.sources),
-# and for the CRD's CEL rule (RE2): so no backslashes and no Unicode classes.
-HF_PATTERN = r"^hf://(?P<repo>[A-Za-z0-9][A-Za-z0-9_.-]*(/[A-Za-z0-9_.-]+)?)(@(?P<rev>[A-Za-z0-9_./-]+))?$"
-HF_SOURCE = re.compile(HF_PATTERN)
-HF_FORM_MESSAGE = "must be of the form hf://org/name or hf://org/name@revision"
-
-# The patterns here are used with fullmatch: Python's `$` also matches before a final newline, RE2's does not.
-
-# A Kubernetes resource quantity, without a sign (negative sizes make no sense). The API server's
-# isQuantity() alone is more lenient than its documented grammar ("Gi" and "." parse as 0), so the
-# CEL rule applies this pattern too; written without backslashes to sit in a CEL string.
-QUANTITY_PATTERN = r"^[+]?([0-9]+([.][0-9]*)?|[.][0-9]+)([eE][-+]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?$"
-QUANTITY = re.compile(QUANTITY_PATTERN)
-QUANTITY_MESSAGE = "must be a Kubernetes quantity such as 500m, 2, 4Gi or 1.5G"
-
-# A Kubernetes label value, not empty: runPolicy.queueName and workloadPriorityClass become Kueue labels.
-LABEL_VALUE_PATTERN = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
-LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
-MAX_LABEL_VALUE = 63
-
-ALL_LINEAR = "all-linear"
-ALL_LINEAR_MESSAGE = "'all-linear' must be the only item when given; otherwise list module names"
-
-# Bounds on lists and strings: they keep the API server's CEL cost estimate within its limits.
-MAX_LIST = 256
-MAX_PATH = 4096
-MAX_SOURCE = 1024
-MAX_NAME = 253
-MAX_QUANTITY = 64
-MAX_RESOURCES = 32
-
-
-def cel(rule: str, message: str) -> dict[str, Any]:
-    """A CEL rule for the CRD (x-kubernetes-validations), written beside the Python check it mirrors."""
-    return {"x-kubernetes-validations": [{"rule": rule, "message": message}]}
-
-
-QUANTITY_RULE = f"isQuantity(self) && self.matches('{QUANTITY_PATTERN}')"
-HF_RULE = cel(f"!self.startsWith('hf://') || self.matches('{HF_PATTERN}')", HF_FORM_MESSAGE)
-
-
-def _quantity(v: str) -> str:
-    if not QUANTITY.fullmatch(v):
-        raise ValueError(QUANTITY_MESSAGE)
-    return v
-
-
-def _quantity_as_written(v: object) -> object:
-    """A bare number (`cpu: 2`, which a Pod takes) is refused with the fix: the CRD types quantities as strings."""
-    if isinstance(v, int | float) and not isinstance(v, bool):
-        raise ValueError(f"write the quantity in quotes, '{v}': quantities here are strings")
-    return v
-
-
-Quantity = Annotated[
-    str,
-    Field(max_length=MAX_QUANTITY, json_schema_extra=cel(QUANTITY_RULE, QUANTITY_MESSAGE)),
-    BeforeValidator(_quantity_as_written),
-    AfterValidator(_quantity),
-]
-DataPath = Annotated[str, Field(min_length=1, max_length=MAX_PATH)]
-Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME)]
-
-
-def _hf_form(v: str) -> str:
-    if v.startswith("hf://") and not HF_SOURCE.fullmatch(v):
-        raise ValueError(HF_FORM_MESSAGE)
-    return v
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel,
-        populate_by_name=True,
-        extra="forbid",
-        frozen=True,
-        allow_inf_nan=False,  # YAML's .inf and .nan: a learning rate or epochs of inf would train for ever or diverge
-    )
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_quoted_scalars(cls, v: Any, info: ValidationInfo) -> Any:
-        if info.field_name and isinstance(v, str | int | float):
-            kind = _scalar_type(cls.model_fields[info.field_name].annotation)
-            if isinstance(v, str):
-                _unquoted(v, kind)
-            else:
-                _typed(v, kind)
-        return v
-
-
-def _scalar_type(annotation: Any) -> type | None:
-    """int, float or bool for a field of that type (or that type or None), else None."""
-    if annotation in (int, float, bool):
-        return typing.cast(type, annotation)
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(annotation) if a is not type(None)]
-        if len(args) == 1 and args[0] in (int, float, bool):
-            return typing.cast(type, args[0])
-    return None
-
-
-@cache
-def _adapter(kind: type) -> TypeAdapter[Any]:
-    return TypeAdapter(kind)
-
-
-def _unquoted(v: str, kind: type | None) -> None:
-    """A string pydantic would read as a number or boolean ('20', '2e-4', 'yes') is refused with the fix: the
-    CRD types these fields integer, number and boolean, so the API server refuses a string there. (An unquoted
-    1e-4 is a number: manifest.py reads YAML's numbers as kubectl does.)"""
-    if kind is None:
-        return
-    try:
-        value = _adapter(kind).validate_python(v)
-    except ValidationError:
-        return  # not a number (or boolean) at all: pydantic's own message says so
-    if kind is bool:
-        raise ValueError(f"write {str(value).lower()} without quotes: this field is true or false, not a string")
-    what = "an integer" if kind is int else "a number"
-    raise ValueError(f"write the number without quotes, {value}: this field is {what}, not a string")
-
-
-def _typed(v: int | float, kind: type | None) -> None:
-    """true for a number or 1 for a boolean is refused as the API server refuses it (pydantic would take true as
-    1: `maxSteps: on`, which YAML reads as true, would train one step)."""
-    if kind is bool and not isinstance(v, bool):
-        raise ValueError(f"write true or false, not {v}: this field is true or false, not a number")
-    if kind in (int, float) and isinstance(v, bool):
-        what = "an integer" if kind is int else "a number"
-        raise ValueError(
-            f"write a number, not {str(v).lower()}: this field is {what} (YAML reads on, yes and true as true)"
-        )
-
-
-class ModelSpec(_Model):
+class ModelSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -214,7 +87,7 @@ class ModelSpec(_Model):
     @field_validator("source")
     @classmethod
     def _source_form(cls, v: str) -> str:
-        return _hf_form(v)
+        return hf_form(v)
 
     @model_validator(mode="after")
     def _scratch_needs_config(self) -> ModelSpec:
@@ -235,7 +108,7 @@ VALIDATION_IS_TRAINING = (
 )
 
 
-class DataSpec(_Model):
+class DataSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra={
             "x-kubernetes-validations": [
@@ -305,7 +178,7 @@ class DataSpec(_Model):
         return list(self.validation)
 
 
-class PeftSpec(_Model):
+class PeftSpec(SpecModel):
     method: Literal["lora", "none"] = Field(
         default="lora", description="'lora' trains low-rank adapters; 'none' trains every weight."
     )
@@ -341,7 +214,7 @@ class PeftSpec(_Model):
         return ALL_LINEAR if self.target_modules == [ALL_LINEAR] else list(self.target_modules)
 
 
-class TrainingSpec(_Model):
+class TrainingSpec(SpecModel):
     max_steps: int | None = Field(
         default=None, gt=0, description="Optimizer steps to run. Overrides epochs when both are set."
     )
@@ -368,60 +241,18 @@ class TrainingSpec(_Model):
     )
 
 
-class EvalSpec(_Model):
+class EvalSpec(SpecModel):
     every_steps: int | None = Field(default=None, gt=0, description="Evaluate every N steps (and always at the end).")
     batch_size: int | None = Field(default=None, gt=0, description="Eval batch size (default training.batchSize).")
     max_batches: int | None = Field(default=None, gt=0, description="Cap on eval batches per evaluation.")
 
 
-class CheckpointSpec(_Model):
+class CheckpointSpec(SpecModel):
     every_steps: int = Field(default=100, gt=0, description="Save a checkpoint every N steps (and at the end).")
     keep_last: int = Field(default=2, ge=1, description="Complete checkpoints kept; older ones are deleted.")
 
 
-# user:password@ or token@ in a URI, or a query parameter named like a credential (?token=, &api_key=,
-# ?password=...): it would land in the job's ConfigMap, run.json and logs. RE2 (the CRD's CEL) and Python alike
-# bounded repeats: redact_credentials searches whole messages, where an unbounded one backtracks over a long
-# value (a 500,000-character name took minutes)
-_SCHEME = "[A-Za-z][A-Za-z0-9+.-]{0,31}://"
-# a parameter named by one of these words, alone or after a separator (access_token, api-key, X.Auth):
-# design=, author= and monkey= are not credentials
-_SECRET_PARAM = (
-    "[?&;]([A-Za-z0-9_.-]{0,63}[_.-])?"
-    "(?i:token|secret|passwd|password|pwd|pass|key|apikey|auth|authorization|sig|signature|credential|credentials)="
-)
-CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|[^#]*{_SECRET_PARAM})"
-CREDENTIALS_MESSAGE = (
-    "must not carry credentials (user:password@, token@ or a ?token= query): keep them in a Secret and pass "
-    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
-    "through env valueFrom.secretKeyRef"
-)
-
-
-HIDDEN = "(set, not shown)"
-
-
-def redact_credentials(text: str) -> str:
-    """`text` with a URI's user:password@ shown as ***@ and its credential-like query values as ***, for error
-    messages."""
-    text = re.sub(f"({_SCHEME})[^/?#@\\s]*@", r"\1***@", text)
-    return re.sub(f"({_SECRET_PARAM})[^&#;\\s]*", r"\1***", text)
-
-
-def _no_credentials(v: str) -> str:
-    if re.match(CREDENTIALS_PATTERN, v):
-        raise ValueError(CREDENTIALS_MESSAGE)
-    return v
-
-
-TrackingUri = Annotated[
-    str,
-    Field(max_length=MAX_PATH, json_schema_extra=cel(f"!self.matches('{CREDENTIALS_PATTERN}')", CREDENTIALS_MESSAGE)),
-    AfterValidator(_no_credentials),
-]
-
-
-class MlflowSpec(_Model):
+class MlflowSpec(SpecModel):
     enabled: bool = Field(default=True, description="Log params and metrics to MLflow.")
     tracking_uri: TrackingUri | None = Field(
         default=None,
@@ -432,7 +263,7 @@ class MlflowSpec(_Model):
     experiment: str = Field(default="codex", min_length=1, description="MLflow experiment name.")
 
 
-class WandbSpec(_Model):
+class WandbSpec(SpecModel):
     enabled: bool = Field(default=False, description="Log metrics to Weights & Biases (rank 0).")
     mode: Literal["offline", "online"] = Field(
         default="offline",
@@ -449,7 +280,7 @@ class WandbSpec(_Model):
     )
 
 
-class TrackingSpec(_Model):
+class TrackingSpec(SpecModel):
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec, description="MLflow tracking.")
     wandb: WandbSpec = Field(
         default_factory=WandbSpec,
@@ -462,180 +293,13 @@ class TrackingSpec(_Model):
     )
 
 
-class MetricsSpec(_Model):
+class MetricsSpec(SpecModel):
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port (off when unset)."
     )
 
 
-# ---------------------------------------------------------------- cluster only (ignored by the local trainer)
-
-TOLERATION_NO_KEY = "a toleration without a key must use operator Exists (it then tolerates every taint)"
-TOLERATION_EXISTS_VALUE = "a toleration with operator Exists matches any value: remove value"
-
-
-class ResourcesSpec(_Model):
-    requests: dict[str, Quantity] = Field(
-        default_factory=dict,
-        max_length=MAX_RESOURCES,
-        description="Container resource requests per pod, as in a Pod (e.g. {cpu: '8', memory: 32Gi}).",
-    )
-    limits: dict[str, Quantity] = Field(
-        default_factory=dict,
-        max_length=MAX_RESOURCES,
-        description="Container resource limits per pod, as in a Pod (e.g. {memory: 48Gi}).",
-    )
-    gpus: int = Field(
-        default=0,
-        ge=0,
-        description="NVIDIA GPUs per pod: becomes the nvidia.com/gpu limit (and request). Usually equal "
-        "to processesPerNode.",
-    )
-
-
-class StorageSpec(_Model):
-    size: Quantity = Field(
-        default="10Gi", description="Size of the checkpoint volume (a quantity, e.g. 20Gi). Immutable."
-    )
-    storage_class_name: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_NAME,
-        description="StorageClass of the checkpoint volume (default: the cluster's). Immutable.",
-    )
-    existing_claim: str | None = Field(
-        default=None,
-        min_length=1,
-        max_length=MAX_NAME,
-        description="Keep checkpoints on this existing PersistentVolumeClaim instead of creating one. Immutable.",
-    )
-    retain: bool = Field(
-        default=False,
-        description="Keep the checkpoint volume when the job is deleted (by default it is deleted with the job); "
-        "may be changed at any time.",
-    )
-
-
-def _label_value_message(label: str) -> str:
-    return (
-        f"must be a Kubernetes label value (it becomes the label {label}): letters, digits, "
-        f"'-', '_' and '.', beginning and ending with a letter or digit, at most {MAX_LABEL_VALUE} characters"
-    )
-
-
-QUEUE_NAME_MESSAGE = _label_value_message("kueue.x-k8s.io/queue-name")
-PRIORITY_CLASS_MESSAGE = _label_value_message("kueue.x-k8s.io/priority-class")
-
-
-def _label_value(message: str) -> Any:
-    def check(v: str) -> str:
-        if not LABEL_VALUE.fullmatch(v):
-            raise ValueError(message)
-        return v
-
-    return AfterValidator(check)
-
-
-def _label_field(message: str) -> Any:
-    return Field(
-        min_length=1,
-        max_length=MAX_LABEL_VALUE,
-        json_schema_extra=cel(f"self.matches('{LABEL_VALUE_PATTERN}')", message),
-    )
-
-
-QueueName = Annotated[str, _label_field(QUEUE_NAME_MESSAGE), _label_value(QUEUE_NAME_MESSAGE)]
-PriorityClassName = Annotated[str, _label_field(PRIORITY_CLASS_MESSAGE), _label_value(PRIORITY_CLASS_MESSAGE)]
-
-
-class RunPolicySpec(_Model):
-    backoff_limit: int = Field(default=3, ge=0, description="Retries after a crash (pod disruptions do not count).")
-    max_disruptions: int = Field(
-        default=20,
-        ge=0,
-        description="Attempts ended by a disruption (eviction, preemption, node loss, a deleted attempt Job) that "
-        "are retried without counting against backoffLimit; one more fails the job.",
-    )
-    active_deadline_seconds: int | None = Field(default=None, gt=0, description="Fail the job after this long.")
-    suspend: bool = Field(default=False, description="Create the job suspended (for Kueue and other queues).")
-    queue_name: QueueName | None = Field(
-        default=None,
-        description="Kueue LocalQueue to submit to: becomes the label kueue.x-k8s.io/queue-name of the job's "
-        "attempts, so it must be a label value. Immutable.",
-    )
-    ttl_seconds_after_finished: int | None = Field(
-        default=None,
-        ge=0,
-        description="Delete the job this many seconds after it succeeds or fails (kept when unset).",
-    )
-    workload_priority_class: PriorityClassName | None = Field(
-        default=None,
-        description="Kueue WorkloadPriorityClass of the job's attempts (the label kueue.x-k8s.io/priority-class): "
-        "in a ClusterQueue that preempts, a higher one evicts a lower one, which checkpoints and waits to be "
-        "admitted again. An edit applies to attempts started after it.",
-    )
-    progress_deadline_seconds: int | None = Field(
-        default=None,
-        gt=0,
-        description="A running attempt whose step has not moved for this long is stalled: it is stopped and the "
-        "job restarts from its newest checkpoint, counted against backoffLimit. The clock starts at the "
-        "attempt's first progress reading, after the model and the data are loaded. Unset: never stalls.",
-    )
-    termination_grace_period_seconds: int = Field(
-        default=120,
-        ge=1,
-        le=86400,
-        description="How long a stopping trainer (preempted, evicted, deleted) has to finish its step and write "
-        "a checkpoint before it is killed; size it to the time a checkpoint of your model takes to write.",
-    )
-
-
-class Toleration(_Model):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {"rule": "has(self.key) || self.operator == 'Exists'", "message": TOLERATION_NO_KEY},
-                {"rule": "self.operator != 'Exists' || !has(self.value)", "message": TOLERATION_EXISTS_VALUE},
-            ]
-        }
-    )
-
-    key: str | None = Field(default=None, description="The taint key this toleration matches; empty matches all keys.")
-    operator: Literal["Exists", "Equal"] = Field(
-        default="Equal", description="'Equal' matches the taint's value; 'Exists' matches any value."
-    )
-    value: str | None = Field(default=None, description="The taint value to match (with operator Equal).")
-    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
-        default=None, description="The taint effect to match; empty matches all effects."
-    )
-    toleration_seconds: int | None = Field(
-        default=None, description="With effect NoExecute: how long the pod stays bound after the taint appears."
-    )
-
-    @model_validator(mode="after")
-    def _as_a_pod_would(self) -> Toleration:
-        if self.key is None and self.operator != "Exists":
-            raise ValueError(TOLERATION_NO_KEY)
-        if self.operator == "Exists" and self.value is not None:
-            raise ValueError(TOLERATION_EXISTS_VALUE)
-        return self
-
-
-class LocalObjectReference(_Model):
-    name: Name = Field(description="The name of the Secret in the job's namespace.")
-
-
-class EnvVar(_Model):
-    name: Name = Field(description="Name of the environment variable.")
-    value: str | None = Field(default=None, description="Its value.")
-    value_from: dict[str, Any] | None = Field(
-        default=None,
-        description="A source for the value, as in a Pod (secretKeyRef, configMapKeyRef, fieldRef, "
-        "resourceFieldRef); checked by the API server when the pod is created.",
-    )
-
-
-class JobSpec(_Model):
+class JobSpec(SpecModel):
     """What a CodexTrainingJob asks for."""
 
     model: ModelSpec = Field(description="The base model. Immutable once the job is created.")
@@ -721,7 +385,7 @@ class JobSpec(_Model):
     @field_validator("tokenizer")
     @classmethod
     def _tokenizer_form(cls, v: str | None) -> str | None:
-        return v if v is None else _hf_form(v)
+        return v if v is None else hf_form(v)
 
 
 NAME_MESSAGE = (
