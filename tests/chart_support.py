@@ -81,3 +81,27 @@ def render(values: dict[str, Any] | None = None, *, release: str = RELEASE, name
     if r.returncode != 0:
         raise ValueError(f"helm template refused {json.dumps(values)}:\n{r.stderr}")
     return [doc for doc in yaml.safe_load_all(r.stdout) if doc]
+
+
+# ---------------------------------------------------------------- reading what it renders
+
+FULLNAME = f"{RELEASE}-codex-operator"
+
+
+def kinds(manifests: list[dict]) -> list[tuple[str, str | None]]:
+    return sorted((m["kind"], m["metadata"].get("namespace")) for m in manifests)
+
+
+def one(manifests: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [m for m in manifests if m["kind"] == kind and name in (None, m["metadata"]["name"])]
+    assert len(found) == 1, f"{len(found)} {kind} named {name}: {kinds(manifests)}"
+    return found[0]
+
+
+def container(manifests: list[dict]) -> dict:
+    (c,) = one(manifests, "Deployment")["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+def env_of(manifests: list[dict]) -> dict[str, dict]:
+    return {e["name"]: e for e in container(manifests).get("env", [])}
