@@ -146,13 +146,13 @@ def test_the_result_records_what_its_scratch_base_was_made_from(tmp_path):
     import torch
 
     from codex_trainer.model import load_base_model, wrap_peft
+    from codex_trainer.result import write_final
     from codex_trainer.spec import ModelSpec, PeftSpec
     from codex_trainer.tokenizer import load_tokenizer
-    from codex_trainer.train import _write_result
 
     tok, base_dir = load_tokenizer("bytes"), tmp_path / "base-model"
     torch.manual_seed(0)
     model = load_base_model(ModelSpec(source="scratch", config=LLAMA), tok, base_dir, None, True, seed=0, fresh=True)
     peft = wrap_peft(model, PeftSpec(target_modules=["q_proj", "v_proj"]))
-    _write_result(peft, tok, lora=True, merge=False, tmp=tmp_path / "final", base_ref=(str(base_dir), None))
+    write_final(peft, tok, lora=True, merge=False, final=tmp_path / "final", base_ref=(str(base_dir), None))
     assert (tmp_path / "final" / BASE_RECORD).read_text() == (base_dir / BASE_RECORD).read_text()

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .data import PACKING_SCHEME
+from .errors import SpecError
 from .files import write_text_atomically
 from .spec import JobSpec
 
@@ -151,3 +152,54 @@ def _git_sha() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+# ---------------------------------------------------------------- a checkpoint's run is this job
+
+# The loop reseeds every step from (seed, step, rank) (train._step_seed), so a checkpoint holds no RNG state;
+# it records which way of seeding it was trained with. A checkpoint without the field is scheme 1.
+SEED_SCHEME = 1
+
+
+def saved_digest(state: dict) -> str:
+    """The data digest a checkpoint's identity holds ('' where it has none)."""
+    return str(((state.get("identity") or {}).get("data") or {}).get("sha256", ""))
+
+
+def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) -> None:
+    """The checkpoint's run is this job: the same identity (resume_identity) and way of seeding."""
+    if state.get("seed_scheme", 1) != SEED_SCHEME:
+        raise SpecError(
+            "",
+            f"{path} was written with seed scheme {state['seed_scheme']}, which this version does not know; "
+            "resume it with the version that wrote it, or use a new --output-dir",
+        )
+    saved = state.get("identity")
+    if saved is None or saved in (current, legacy):
+        return
+    changed = identity_changes(saved, current)
+    if not changed:  # only output settings differ (runinfo.OUTPUT_ONLY)
+        return
+    saved_data = saved.get("data") or {}
+    if saved_data.get("packing") and "packingScheme" not in saved_data and "packingScheme" in current["data"]:
+        raise SpecError(
+            "spec.data.packing",
+            f"{path} was trained with an earlier packing, where a document attended to the documents before it "
+            "in its block; this version keeps documents apart (position ids restart at each one), and resuming "
+            "would mix the two. Use a new --output-dir, or finish that run with the version that started it",
+        )
+    if changed == ["data.sha256"]:
+        raise SpecError(
+            "spec.data",
+            f"the data files' contents, or their order, differ from those the run that wrote {path} trained on; "
+            "resuming would mix two trainings. Use a new --output-dir, or restore the earlier files, in their "
+            "order, to continue",
+        )
+    names = [c.replace("data.sha256", "data (the files' contents)") for c in changed]
+    if "data.packing" in changed:  # the scheme is not a field of the job: packing is what the user changed
+        names = [n for n in names if n != "data.packingScheme"]
+    raise SpecError(
+        f"spec.{changed[0]}" if changed else "spec",
+        f"differs from the run that wrote {path} (changed: {', '.join(names)}); resuming would mix two "
+        "trainings. Use a new --output-dir, or restore the earlier settings to continue",
+    )

@@ -21,9 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from peft import PeftModel
 from torch.optim.lr_scheduler import LambdaLR
-from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_scheduler
+from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
 
 from . import checkpoint, evalloss
@@ -32,12 +31,10 @@ from .console import Console
 from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
 from .data import Split, check_sequences, load_dataset, micro_batches_per_epoch, no_validation_reason
 from .dropout import cheapen_lora_dropout
-from .errors import SpecError, disk_full, is_disk_full
-from .files import atomic_dir
+from .errors import SpecError
 from .loss import LanguageModelLoss
 from .metrics import Prometheus, Sink, start_mlflow
 from .model import (
-    BASE_RECORD,
     adapter_base_reference,
     check_positions,
     load_base_model,
@@ -47,14 +44,19 @@ from .model import (
 )
 from .outdir import output_lock, prepare_output_dir
 from .plugins import check_callbacks, load_callbacks
-from .runinfo import identity_changes, legacy_identity, resume_identity, training_changes, write_run_json
+from .result import write_final
+from .runinfo import (
+    SEED_SCHEME,
+    check_same_job,
+    legacy_identity,
+    resume_identity,
+    saved_digest,
+    training_changes,
+    write_run_json,
+)
 from .spec import JobSpec
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 from .wandb_sink import check_credentials, start_wandb
-
-# The loop reseeds every step from (seed, step, rank) (_step_seed), so a checkpoint holds no RNG state; it
-# records which way of seeding it was trained with. A checkpoint without the field is scheme 1.
-SEED_SCHEME = 1
 
 
 @dataclass
@@ -133,8 +135,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             f"replace it; give another --output-dir, or move {final} away to train again",
         )
     if found is not None:
-        as_saved = resume_identity(spec, _saved_digest(found.state))  # the data as the checkpoint's, for now
-        _check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
+        as_saved = resume_identity(spec, saved_digest(found.state))  # the data as the checkpoint's, for now
+        check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
 
     # ---- data and model
     tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
@@ -159,7 +161,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     # ---- known before the model is made (a fresh start makes its scratch base anew)
     identity = resume_identity(spec, data.digest)
     if found is not None:
-        _check_same_job(found.state, identity, legacy_identity(spec), found.path)
+        check_same_job(found.state, identity, legacy_identity(spec), found.path)
 
     torch.manual_seed(t.seed)
     base_dir = out / "base-model"
@@ -351,7 +353,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, evaluated_at, sink)
     if is_main:
         lora = spec.peft.method == "lora"
-        _write_final(model, tokenizer, lora, spec.peft.merge, out / "final", base_ref)
+        write_final(model, tokenizer, lora, spec.peft.merge, out / "final", base_ref)
     accelerator.wait_for_everyone()
     sink.event(
         "done", step=step, loss=train_loss, eval_loss=eval_loss, tokens_seen=tokens_seen, final=str(out / "final")
@@ -493,99 +495,6 @@ def _apply_training_settings(
         group["weight_decay"] = t.weight_decay
         group["lr"] = t.learning_rate * factor(scheduler.last_epoch)
     return training_changes(saved, spec)
-
-
-def _write_final(
-    model: PreTrainedModel | PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    lora: bool,
-    merge: bool,
-    final: Path,
-    base_ref: tuple[str, str | None],
-) -> None:
-    """final/: the adapter (or the full model when peft.method is none) and tokenizer; final/merged with peft.merge.
-
-    The adapter names its base so that it loads from anywhere (model.adapter_base_reference)."""
-    try:
-        with atomic_dir(final) as tmp:
-            _write_result(model, tokenizer, lora, merge, tmp, base_ref)
-    except BaseException as e:
-        if is_disk_full(e):
-            whole = not lora or merge  # final/ holds every tensor, else the trainable ones
-            size = sum(p.numel() * p.element_size() for p in model.parameters() if whole or p.requires_grad)
-            raise disk_full("the result (final/)", final.parent, size) from None
-        raise
-
-
-def _write_result(
-    model: PreTrainedModel | PeftModel,
-    tokenizer: PreTrainedTokenizerBase,
-    lora: bool,
-    merge: bool,
-    tmp: Path,
-    base_ref: tuple[str, str | None],
-) -> None:
-    if not lora:
-        model.save_pretrained(str(tmp))  # str: PeftModel.save_pretrained, in the union, is annotated to take one
-        tokenizer.save_pretrained(tmp)
-        return
-    assert isinstance(model, PeftModel)  # wrap_peft made it one (peft.method lora)
-    for config in model.peft_config.values():
-        config.base_model_name_or_path, config.revision = base_ref
-    # the vocabulary is never resized, and "auto" would look base_ref up on the Hub (and warn)
-    model.save_pretrained(str(tmp), save_embedding_layers=False)
-    tokenizer.save_pretrained(tmp)
-    record = Path(base_ref[0]) / BASE_RECORD  # a scratch base's: what it was made from (model.adapter_base checks)
-    if base_ref[1] is None and record.is_file():
-        shutil.copyfile(record, tmp / BASE_RECORD)
-    if merge:
-        merged = model.merge_and_unload()
-        merged.save_pretrained(tmp / "merged")
-        tokenizer.save_pretrained(tmp / "merged")
-
-
-def _saved_digest(state: dict) -> str:
-    """The data digest a checkpoint's identity holds ('' where it has none)."""
-    return str(((state.get("identity") or {}).get("data") or {}).get("sha256", ""))
-
-
-def _check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) -> None:
-    """The checkpoint's run is this job: the same identity (resume_identity) and way of seeding."""
-    if state.get("seed_scheme", 1) != SEED_SCHEME:
-        raise SpecError(
-            "",
-            f"{path} was written with seed scheme {state['seed_scheme']}, which this version does not know; "
-            "resume it with the version that wrote it, or use a new --output-dir",
-        )
-    saved = state.get("identity")
-    if saved is None or saved in (current, legacy):
-        return
-    changed = identity_changes(saved, current)
-    if not changed:  # only output settings differ (runinfo.OUTPUT_ONLY)
-        return
-    saved_data = saved.get("data") or {}
-    if saved_data.get("packing") and "packingScheme" not in saved_data and "packingScheme" in current["data"]:
-        raise SpecError(
-            "spec.data.packing",
-            f"{path} was trained with an earlier packing, where a document attended to the documents before it "
-            "in its block; this version keeps documents apart (position ids restart at each one), and resuming "
-            "would mix the two. Use a new --output-dir, or finish that run with the version that started it",
-        )
-    if changed == ["data.sha256"]:
-        raise SpecError(
-            "spec.data",
-            f"the data files' contents, or their order, differ from those the run that wrote {path} trained on; "
-            "resuming would mix two trainings. Use a new --output-dir, or restore the earlier files, in their "
-            "order, to continue",
-        )
-    names = [c.replace("data.sha256", "data (the files' contents)") for c in changed]
-    if "data.packing" in changed:  # the scheme is not a field of the job: packing is what the user changed
-        names = [n for n in names if n != "data.packingScheme"]
-    raise SpecError(
-        f"spec.{changed[0]}" if changed else "spec",
-        f"differs from the run that wrote {path} (changed: {', '.join(names)}); resuming would mix two "
-        "trainings. Use a new --output-dir, or restore the earlier settings to continue",
-    )
 
 
 def _check_compiler(device: torch.device) -> None:
