@@ -12,10 +12,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import yaml
+
 from codex_trainer import contract
 from codex_trainer.spec import JobSpec
 
-from . import names, yamltext
+from . import names
 
 
 @dataclass(frozen=True)
@@ -110,6 +112,10 @@ def claim_name(job: Job) -> str:
 POD_ONLY = ("env", "envFrom", "imagePullSecrets", "affinity", "tolerations", "nodeSelector", "priorityClassName")
 
 
+# libyaml's emitter where PyYAML has it (the wheels do): the same text as safe_dump's, a tenth of the CPU
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
 def job_file(job: Job) -> str:
     """The resolved job file the trainer runs: the same manifest, every default filled in."""
     spec = job.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
@@ -119,7 +125,7 @@ def job_file(job: Job) -> str:
         "metadata": {"name": job.name, "namespace": job.namespace},
         "spec": {k: v for k, v in spec.items() if k not in POD_ONLY},
     }
-    return yamltext.dump(manifest)
+    return yaml.dump(manifest, Dumper=_DUMPER, sort_keys=False)
 
 
 def config_map(job: Job, attempt: int) -> dict[str, Any]:
