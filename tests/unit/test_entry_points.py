@@ -120,7 +120,7 @@ def test_a_ctrl_c_before_training_began_is_not_called_a_second_one(command, said
     [
         (["run", "job.yaml", "--metrics-port", "abc"], "argument --metrics-port: 'abc' is not a port number (1 to"),
         (["run", "job.yaml", "--metrics-port", "-5"], "argument --metrics-port: '-5' is not a port number (1 to"),
-        (["launch", "job.yaml", "--output-dir", "x", "--metrics-port", "0"], "argument --metrics-port: '0' is not"),
+        (["launch", "job.yaml", "--output-dir", "x", "--metrics-port", "70000"], "argument --metrics-port: '70000'"),
         (["run", "job.yaml", "--output-dir", ""], "argument --output-dir: is empty; name a directory, or leave"),
         (["eval", "runs/x", "--max-new-tokens", "0"], "argument --max-new-tokens: must be positive, got 0"),
         (["eval", "runs/x", "--max-seq-length", "1"], "argument --max-seq-length: must be at least 2"),

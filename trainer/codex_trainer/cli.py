@@ -215,7 +215,11 @@ def _parser() -> argparse.ArgumentParser:
         "--output-dir", type=_directory, required=True, help="where checkpoints, metrics and the result go"
     )
     for s in (run, launch):
-        s.add_argument("--metrics-port", type=_port, help="serve Prometheus metrics on this port (rank 0)")
+        s.add_argument(
+            "--metrics-port",
+            type=_port,
+            help="serve Prometheus metrics on this port (rank 0); 0: a free port, named in the start event",
+        )
     add_eval_arguments(
         sub.add_parser(
             "eval",
@@ -236,9 +240,9 @@ def _port(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        value = 0
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1 to 65535)")
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a port number (1 to 65535, or 0 for a free one)")
     return value
 
 
