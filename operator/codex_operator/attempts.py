@@ -30,6 +30,7 @@ class Attempt:
     outcome: Outcome | None = None
     reason: str = ""  # the Job's Failed condition reason: PodFailurePolicy, BackoffLimitExceeded, DeadlineExceeded
     message: str = ""
+    spec_sha256: str = ""  # builders.pod_fingerprint of the spec it was made from ("": made before the record)
 
     @property
     def failure(self) -> FailureKind | None:
@@ -91,6 +92,7 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
         outcome=outcome,
         reason=reason,
         message=message,
+        spec_sha256=(meta.get("annotations") or {}).get(names.ANNOTATION_SPEC, ""),
     )
 
 

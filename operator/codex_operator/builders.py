@@ -8,6 +8,8 @@ checkpoint volume when `storage.retain` asks to keep it.
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -335,9 +337,19 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
     }
     if deadline_left is not None:
         spec["activeDeadlineSeconds"] = max(1, deadline_left)
-    return {
-        "apiVersion": "batch/v1",
-        "kind": "Job",
-        "metadata": _metadata(job, names.attempt_name(job.name, attempt), labels=labels),
-        "spec": spec,
-    }
+    meta = _metadata(job, names.attempt_name(job.name, attempt), labels=labels)
+    meta["annotations"] = {names.ANNOTATION_SPEC: pod_fingerprint(job)}
+    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+# runPolicy fields the pods or their Job carry; the others (suspend, retries, deadlines, TTL) the operator applies
+POD_RUN_POLICY = ("terminationGracePeriodSeconds", "queueName", "workloadPriorityClass")
+
+
+def pod_fingerprint(job: Job) -> str:
+    """sha256 of what of the job's spec its attempt's pods are made from (the job file and the pod template):
+    an attempt whose pods never started is replaced when it differs (status.plan)."""
+    spec = job.spec.model_dump(mode="json", by_alias=True)
+    spec["runPolicy"] = {k: spec["runPolicy"].get(k) for k in POD_RUN_POLICY}
+    spec["storage"].pop("retain", None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()

@@ -299,7 +299,7 @@ class Operator(Timer):
             stalled=stalled,
         )
         if p.stop_attempt is not None:
-            what = f"deleting Job {p.stop_attempt.name} (stalled)"
+            what = f"deleting Job {p.stop_attempt.name} ({p.status['message']})"
             await _asking(what, self.kube.delete("Job", namespace, p.stop_attempt.name, p.stop_attempt.uid))
             st.pending.deleted(p.stop_attempt.uid)
         if p.create_attempt is not None:

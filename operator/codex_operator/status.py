@@ -24,7 +24,7 @@ from codex_trainer import contract
 
 from . import names
 from .attempts import Attempt, FailureKind, PodFailure, capped, classify
-from .builders import Job
+from .builders import Job, pod_fingerprint
 from .progress import checkpoint_path, parse_ts, round4, ts, with_step
 
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
@@ -287,6 +287,9 @@ def _live(
     if not queued and rp.suspend:
         return "Suspended", "Suspended", "suspended (runPolicy.suspend)"
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
+    fingerprint = latest.spec_sha256
+    if not (latest.ready or latest.suspended or was_running) and fingerprint not in ("", pod_fingerprint(job)):
+        return _replace(job, p, latest)
     if latest.ready >= job.spec.num_nodes or was_running:
         # a rank that stops is not yet the end of the attempt: the Job's outcome says that
         message = f"attempt {latest.number}: {latest.ready} pod(s) running"
@@ -302,6 +305,22 @@ def _live(
         queue = f"LocalQueue {rp.queue_name}" if rp.queue_name else "the queue"
         return "Pending", "Admitted", f"admitted by {queue}; waiting for the trainer pods to start"
     return "Pending", "Starting", "waiting for the trainer pods to start"
+
+
+def _replace(job: Job, p: Plan, latest: Attempt) -> Decision:
+    """An attempt whose pods never started, made from a spec edited since (a request no node can meet, an image
+    that cannot be pulled: the fixes the README gives): it has nothing to lose, so it is stopped and the next
+    starts with the edit, counted against neither backoffLimit nor maxDisruptions."""
+    p.stop_attempt = latest
+    nxt = latest.number + 1
+    p.create_attempt = p.status["attempt"] = nxt
+    p.status["restarts"] = latest.number
+    return (
+        "Restarting" if latest.number > 1 else "Pending",
+        "SpecChanged",
+        f"attempt {latest.number} had started no pod when the spec was edited (generation {job.generation}): "
+        f"attempt {nxt} starts with the edit",
+    )
 
 
 EVICTED = ("Preempted", "Evicted")  # the Suspended condition's reasons for an attempt the queue stopped

@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from test_operator import Jobs, manifest
+from test_operator import SHORT, Jobs, manifest
 
 from support import wait_for
 
@@ -167,3 +167,21 @@ def test_storage_retain_switched_on_a_live_job_keeps_the_volume(operator, jobs):
     jobs.kubectl("delete", "ctj", "later")
     wait_for(lambda: not jobs.children("job", "later"), "the attempt deleted", 60)
     assert [p["metadata"]["name"] for p in jobs.children("pvc", "later")] == ["later-checkpoints"]
+
+
+def test_a_job_stuck_pending_takes_the_fix_the_readme_gives(operator, jobs, trainer_image):
+    """README, Troubleshooting: a pod no node can fit stays Pending; lower spec.resources.requests. The edit
+    must reach the pods: the attempt that never started is replaced by one made from the edited spec, and the
+    job trains to the end, with no crash or disruption counted."""
+    jobs.apply(manifest("stuck", *SHORT, "resources={requests: {cpu: '64', memory: 1Gi}, limits: {memory: 3Gi}}"))
+    wait_for(lambda: "Insufficient cpu" in jobs.status("stuck").get("message", ""), "the reason it waits", 180)
+    fix = {"spec": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}}}}
+    jobs.kubectl("patch", "ctj", "stuck", "--type=merge", "-p", json.dumps(fix))
+
+    done = jobs.wait_phase("stuck", "Succeeded", timeout=600)
+    assert done["attempt"] == 2 and not done.get("crashes") and not done.get("disruptions"), done
+    assert [j["metadata"]["name"] for j in jobs.children("job", "stuck")] == ["stuck-a2"]
+    said = [e["message"] for e in jobs.events("stuck") if e["reason"] == "SpecChanged"]
+    assert said == [
+        "attempt 1 had started no pod when the spec was edited (generation 2): attempt 2 starts with the edit"
+    ]

@@ -290,3 +290,50 @@ def test_success_reports_the_final_checkpoint():
         "path": "/checkpoints/checkpoints/step-300",
         "savedAt": "2026-11-28T11:59:59Z",
     }
+
+
+def made_from(job, n: int, *, ready: int = 0, suspend: bool = False) -> Attempt:
+    """Attempt n's Job as the operator made it for `job` (its spec fingerprint annotated), then seen back."""
+    from codex_operator import builders
+
+    obj = builders.attempt_job(job, n, builders.Settings(default_image="trainer:1"))
+    obj["spec"]["suspend"] = suspend
+    obj["status"] = {"ready": ready, "active": 1}
+    return attempt_from_job(obj)
+
+
+def test_an_attempt_whose_pods_never_started_is_replaced_when_the_spec_is_edited():
+    """The README's fix for a job stuck Pending (lower spec.resources.requests, set spec.image) must reach
+    the pods: an attempt that never ran has nothing to lose, so it is replaced, counted as nothing."""
+    stuck = make_job("resources.requests.cpu='64'")
+    edited = make_job("resources.requests.cpu=500m")
+    old = {"phase": "Pending", "attempt": 1, "message": "cannot be scheduled: 0/3 nodes: Insufficient cpu"}
+    p = plan(edited, old, [made_from(stuck, 1)], NOW)
+    assert p.stop_attempt is not None and p.stop_attempt.number == 1 and p.create_attempt == 2
+    assert p.status["phase"] == "Pending" and p.status["attempt"] == 2
+    assert "crashes" not in p.status and "disruptions" not in p.status
+    assert p.status["message"] == (
+        "attempt 1 had started no pod when the spec was edited (generation 3): attempt 2 starts with the edit"
+    )
+    assert [e[1] for e in p.events] == ["SpecChanged"]
+
+
+@pytest.mark.parametrize(
+    "why",
+    ["the same spec", "a pod running", "suspended", "an edit the pods do not see", "made before the fingerprint"],
+)
+def test_an_attempt_is_left_alone_when_replacing_it_would_lose_something_or_change_nothing(why):
+    job = make_job()
+    edited = {
+        "the same spec": job,
+        "a pod running": make_job("training.maxSteps=500"),
+        "suspended": make_job("training.maxSteps=500"),
+        "an edit the pods do not see": make_job("runPolicy.ttlSecondsAfterFinished=60"),
+        "made before the fingerprint": make_job("training.maxSteps=500"),
+    }[why]
+    latest = made_from(job, 1, ready=int(why == "a pod running"), suspend=why == "suspended")
+    if why == "made before the fingerprint":
+        latest = attempts(job_obj(1))[0]
+    old = {"phase": "Running" if why == "a pod running" else "Pending", "attempt": 1}
+    p = plan(edited, old, [latest], NOW)
+    assert p.stop_attempt is None and p.create_attempt is None, why
