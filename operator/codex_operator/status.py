@@ -190,7 +190,9 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
             prog[name] = round4(final[key])
     step = final.get(contract.FINAL_STEP) or prog.get("totalSteps")
     if step:
-        prog.setdefault("totalSteps", step)
+        # the step the run ended at is its last: maxSteps lowered below the step reached ends it there
+        prog["totalSteps"] = step if final.get(contract.FINAL_STEP) else prog.get("totalSteps", step)
+        prog.pop("eta", None)
         new["progress"] = with_step(prog, step)
     ckpt = final.get(contract.FINAL_CHECKPOINT)
     if isinstance(ckpt, dict) and ckpt.get(contract.FINAL_CHECKPOINT_STEP):

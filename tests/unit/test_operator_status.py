@@ -337,3 +337,13 @@ def test_an_attempt_is_left_alone_when_replacing_it_would_lose_something_or_chan
     old = {"phase": "Running" if why == "a pod running" else "Pending", "attempt": 1}
     p = plan(edited, old, [latest], NOW)
     assert p.stop_attempt is None and p.create_attempt is None, why
+
+
+def test_success_after_maxsteps_was_lowered_below_the_step_shows_the_run_done():
+    """maxSteps lowered to 100 after step 355: the trainer trains nothing more and ends at 355. The finished
+    job shows 355/355 and 100%, not 88% of the old 400 with an ETA."""
+    status = {"phase": "Running", "progress": {"step": 352, "totalSteps": 400, "eta": "5s", "percent": 88}}
+    p = plan(make_job(), status, attempts(job_obj(2, cond=COMPLETE)), NOW, final={"step": 355})
+    prog = p.status["progress"]
+    assert (prog["stepText"], prog["percentText"], prog["totalSteps"]) == ("355/355", "100%", 355)
+    assert "eta" not in prog
