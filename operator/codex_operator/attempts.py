@@ -31,6 +31,7 @@ class Attempt:
     reason: str = ""  # the Job's Failed condition reason: PodFailurePolicy, BackoffLimitExceeded, DeadlineExceeded
     message: str = ""
     spec_sha256: str = ""  # builders.pod_fingerprint of the spec it was made from ("": made before the record)
+    length: str = ""  # builders.training_length it was started with ("": made before the record)
 
     @property
     def failure(self) -> FailureKind | None:
@@ -93,6 +94,7 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
         reason=reason,
         message=message,
         spec_sha256=(meta.get("annotations") or {}).get(names.ANNOTATION_SPEC, ""),
+        length=(meta.get("annotations") or {}).get(names.ANNOTATION_LENGTH, ""),
     )
 
 

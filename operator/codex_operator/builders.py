@@ -338,8 +338,18 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
     if deadline_left is not None:
         spec["activeDeadlineSeconds"] = max(1, deadline_left)
     meta = _metadata(job, names.attempt_name(job.name, attempt), labels=labels)
-    meta["annotations"] = {names.ANNOTATION_SPEC: pod_fingerprint(job)}
+    meta["annotations"] = {names.ANNOTATION_SPEC: pod_fingerprint(job), names.ANNOTATION_LENGTH: training_length(job)}
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
+
+
+def training_length(job: Job) -> str:
+    """How long the job trains, as an attempt's annotation: a finished attempt started with another length is
+    followed by one that trains on (status.plan)."""
+    t = job.spec.training
+    if t.max_steps is not None:
+        return f"{t.max_steps} step{'s' * (t.max_steps != 1)}"
+    epochs = t.epochs or 1
+    return f"{epochs:g} epoch{'s' * (epochs != 1)}"
 
 
 # runPolicy fields the pods or their Job carry; the others (suspend, retries, deadlines, TTL) the operator applies

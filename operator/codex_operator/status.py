@@ -24,7 +24,7 @@ from codex_trainer import contract
 
 from . import names
 from .attempts import Attempt, FailureKind, PodFailure, capped, classify
-from .builders import Job, pod_fingerprint
+from .builders import Job, pod_fingerprint, training_length
 from .progress import checkpoint_path, parse_ts, round4, ts, with_step
 
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
@@ -131,6 +131,8 @@ def plan(
         phase, reason, message = _first_attempt(job, p, deadline_left(job, old, now), now)
     elif latest is None:
         phase, reason, message = _after_deletion(job, p, attempts, current, deadline_left(job, p.status, now), now)
+    elif latest.outcome == "Complete" and latest.length not in ("", training_length(job)):
+        phase, reason, message = _train_on(job, p, latest)
     elif latest.outcome == "Complete":
         phase, reason, message = _succeeded(p, current, final, now)
     elif latest.outcome == "Failed":
@@ -201,6 +203,21 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
         if ckpt.get(contract.FINAL_CHECKPOINT_SAVED_AT):
             new["checkpoint"]["savedAt"] = ckpt[contract.FINAL_CHECKPOINT_SAVED_AT]
     return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
+
+
+def _train_on(job: Job, p: Plan, latest: Attempt) -> Decision:
+    """The attempt finished the training it was started with, and the spec has asked for another length since
+    (training.maxSteps or epochs edited while it ran): the next attempt resumes from the newest checkpoint and
+    trains to the new end (or, for a shorter one, ends at once with the result it has)."""
+    nxt = latest.number + 1
+    p.create_attempt = p.status["attempt"] = nxt
+    p.status["restarts"] = latest.number
+    return (
+        "Restarting",
+        "SpecChanged",
+        f"attempt {latest.number} finished the {latest.length} it was started with; the spec now asks for "
+        f"{training_length(job)} (generation {job.generation}): attempt {nxt} trains on from the newest checkpoint",
+    )
 
 
 COUNTED = {"crash": "crashes", "disruption": "disruptions"}  # the status keys that count each kind of ending

@@ -185,3 +185,18 @@ def test_a_job_stuck_pending_takes_the_fix_the_readme_gives(operator, jobs, trai
     assert said == [
         "attempt 1 had started no pod when the spec was edited (generation 2): attempt 2 starts with the edit"
     ]
+
+
+def test_max_steps_raised_while_it_runs_trains_to_the_new_end(operator, jobs, trainer_image):
+    """docs/jobs.md: training.maxSteps may be changed and training goes on from the checkpoints. Raised as soon
+    as attempt 1 runs, its job file saying 150: attempt 1 ends at 150, attempt 2 trains on to 170."""
+    jobs.apply(manifest("longer", *SHORT, "training.maxSteps=150", "checkpoint.everySteps=50"))
+    jobs.wait_phase("longer", "Running", timeout=300)
+    jobs.kubectl("patch", "ctj", "longer", "--type=merge", "-p", json.dumps({"spec": {"training": {"maxSteps": 170}}}))
+
+    done = jobs.wait_phase("longer", "Succeeded", timeout=600)
+    assert done["attempt"] == 2 and done["progress"]["stepText"] == "170/170", done
+    said = [e["message"] for e in jobs.events("longer") if e["reason"] == "SpecChanged"]
+    assert said and said[0].startswith("attempt 1 finished the 150 steps it was started with; the spec now"), said
+    resumed = [json.loads(line) for line in jobs.logs("longer-a2").splitlines() if '"resumed"' in line]
+    assert resumed and resumed[0]["step"] == 150, jobs.logs("longer-a2")[-2000:]

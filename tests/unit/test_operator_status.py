@@ -347,3 +347,26 @@ def test_success_after_maxsteps_was_lowered_below_the_step_shows_the_run_done():
     prog = p.status["progress"]
     assert (prog["stepText"], prog["percentText"], prog["totalSteps"]) == ("355/355", "100%", 355)
     assert "eta" not in prog
+
+
+def test_an_attempt_that_finished_an_older_length_of_training_is_followed_by_one_that_trains_on():
+    """training.maxSteps raised while attempt 1 ran (its job file says 300): it finishes at 300, and the job is
+    not Succeeded with the edit lost; attempt 2 resumes from the checkpoint and trains to the new end."""
+    from codex_operator import builders
+
+    def finished(job) -> Attempt:
+        obj = builders.attempt_job(job, 1, builders.Settings(default_image="trainer:1"))
+        obj["status"] = {"conditions": [{"type": "Complete", "status": "True", "reason": "CompletionsReached"}]}
+        return attempt_from_job(obj)
+
+    raised = make_job("training.maxSteps=320")
+    old = {"phase": "Running", "attempt": 1, "progress": {"step": 300, "totalSteps": 300}}
+    p = plan(raised, old, [finished(make_job())], NOW, final={"step": 300})
+    assert p.create_attempt == 2 and p.status["phase"] == "Restarting", p.status
+    assert p.status["message"] == (
+        "attempt 1 finished the 300 steps it was started with; the spec now asks for 320 steps "
+        "(generation 3): attempt 2 trains on from the newest checkpoint"
+    )
+    assert [e[1] for e in p.events] == ["SpecChanged"] and "crashes" not in p.status
+    same = plan(make_job("resources.requests.cpu='2'"), old, [finished(make_job())], NOW, final={"step": 300})
+    assert same.status["phase"] == "Succeeded" and same.create_attempt is None  # the length is unchanged
