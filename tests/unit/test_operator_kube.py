@@ -108,3 +108,14 @@ def test_a_call_throttled_past_its_retries_is_refused_with_429(monkeypatch):
     with pytest.raises(ApiException) as e:
         serving(answer, lambda kube: kube.get_job("ns", "j"))  # a call whose body the client reads itself
     assert e.value.status == 429 and len(calls) == kube_module.THROTTLE_RETRIES + 1
+
+
+def test_the_error_count_of_a_call_is_exported_at_zero_before_any_error():
+    """The chart's dashboard graphs codex_operator_api_errors_total by verb and kind: a call that never failed
+    shows 0, not "No data"."""
+    from prometheus_client import generate_latest
+
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "s", "namespace": "ns"}}
+    assert against(200, service, lambda kube: kube.get("Service", "ns", "s")) == service
+    exported = generate_latest().decode()
+    assert 'codex_operator_api_errors_total{kind="Service",verb="get"} 0.0' in exported, exported[-3000:]
