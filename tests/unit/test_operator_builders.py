@@ -253,3 +253,15 @@ def test_names_stay_within_kubernetes_limits_for_the_longest_job_name():
     assert len(pod_hostname) <= 63 and len(pod_hostname + "-abcde") <= 63
     assert len(builders.headless_service(job)["metadata"]["name"]) <= 63
     assert len(builders.checkpoint_claim(job)["metadata"]["name"]) <= 253
+
+
+def test_a_string_that_reads_as_a_number_stays_a_string_in_the_job_file():
+    """The trainer reads 1e3 as a number, as kubectl does; a string that looks like one is quoted in the job
+    file, so the pod reads the string the API server stored (an experiment named 1e3, a model.config value)."""
+    from codex_trainer.manifest import parse_yaml
+
+    job = make_job("tracking.mlflow.experiment='1e3'", "model.config.rope_scaling_type='2E-5'")
+    text = builders.config_map(job, 1)["data"][names.CONFIG_FILE]
+    again = parse_manifest(parse_yaml(text, "job file")).spec
+    assert again.tracking.mlflow.experiment == "1e3" and again.model.config["rope_scaling_type"] == "2E-5"
+    assert again.model.config["max_position_embeddings"] == 256 and again.training.learning_rate == 3e-3
