@@ -32,6 +32,7 @@ class Attempt:
     message: str = ""
     spec_sha256: str = ""  # builders.pod_fingerprint of the spec it was made from ("": made before the record)
     length: str = ""  # builders.training_length it was started with ("": made before the record)
+    generation: int = 0  # the job's metadata.generation it was made from (0: made before the record)
 
     @property
     def failure(self) -> FailureKind | None:
@@ -95,6 +96,7 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
         message=message,
         spec_sha256=(meta.get("annotations") or {}).get(names.ANNOTATION_SPEC, ""),
         length=(meta.get("annotations") or {}).get(names.ANNOTATION_LENGTH, ""),
+        generation=int((meta.get("annotations") or {}).get(names.ANNOTATION_GENERATION) or 0),
     )
 
 

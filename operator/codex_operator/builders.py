@@ -343,7 +343,11 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
     if deadline_left is not None:
         spec["activeDeadlineSeconds"] = max(1, deadline_left)
     meta = _metadata(job, names.attempt_name(job.name, attempt), labels=labels)
-    meta["annotations"] = {names.ANNOTATION_SPEC: pod_fingerprint(job), names.ANNOTATION_LENGTH: training_length(job)}
+    meta["annotations"] = {
+        names.ANNOTATION_SPEC: pod_fingerprint(job),
+        names.ANNOTATION_LENGTH: training_length(job),
+        names.ANNOTATION_GENERATION: str(job.generation),
+    }
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 
 

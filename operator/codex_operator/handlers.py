@@ -38,7 +38,7 @@ from .jobstate import JobState, Options
 from .kube import CONNECTIONS, Kube
 from .progress import ts
 from .refusals import Refused, Taken, holder, next_backoff, server_message
-from .status import TERMINAL, Plan, QueueSaid, Stall, condition_reason, deadline_left, plan, queue_words, set_condition
+from .status import TERMINAL, Plan, QueueSaid, Stall, deadline_left, plan, queue_words, set_condition
 from .timer import Timer
 from .watched import Key
 from .workqueue import WorkQueue
@@ -360,7 +360,7 @@ class Operator(Timer):
         if await self._create_owned(job, builders.attempt_job(job, n, self.options.settings, left)):
             metrics.ATTEMPTS.inc()
             if n > 1:
-                metrics.RESTARTS.labels(condition_reason(p.status, "Restarting")).inc()
+                metrics.RESTARTS.labels(p.reason).inc()
 
     async def _create_owned(self, job: Job, obj: dict[str, Any]) -> bool:
         """Create a child; True if created, False if it is ours already (adopted after a restart). A name

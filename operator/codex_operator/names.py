@@ -32,6 +32,7 @@ KUEUE_GROUP, KUEUE_VERSION = "kueue.x-k8s.io", "v1beta2"
 ANNOTATION_JOB_UID = f"{GROUP}/job-uid"  # on the checkpoint volume: the job it was made for (kept or not)
 ANNOTATION_SPEC = f"{GROUP}/spec-sha256"  # on an attempt Job: what of the job's spec its pods were made from
 ANNOTATION_LENGTH = f"{GROUP}/training-length"  # on an attempt Job: training.maxSteps/epochs it was started with
+ANNOTATION_GENERATION = f"{GROUP}/generation"  # on an attempt Job: the job's metadata.generation it was made from
 
 CONTAINER = "trainer"
 CONFIG_MOUNT = "/etc/codex"

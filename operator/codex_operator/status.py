@@ -37,6 +37,8 @@ class Plan:
     create_attempt: int | None = None
     set_suspend: bool | None = None
     stop_attempt: Attempt | None = None  # delete this live attempt's Job (its pods get their grace period)
+    stalled: bool = False  # stop_attempt because it made no progress (the Stalled condition)
+    reason: str = ""  # the reason of the phase decided
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
 
 
@@ -131,7 +133,7 @@ def plan(
         phase, reason, message = _first_attempt(job, p, deadline_left(job, old, now), now)
     elif latest is None:
         phase, reason, message = _after_deletion(job, p, attempts, current, deadline_left(job, p.status, now), now)
-    elif latest.outcome == "Complete" and latest.length not in ("", training_length(job)):
+    elif latest.outcome == "Complete" and _trains_longer(job, latest, deadline_left(job, p.status, now)):
         phase, reason, message = _train_on(job, p, latest)
     elif latest.outcome == "Complete":
         phase, reason, message = _succeeded(p, current, final, now)
@@ -155,12 +157,13 @@ def plan(
         message = old["message"]  # the timer may have said why the pods wait: keep that
     new["phase"] = phase
     new["message"] = message
+    p.reason = reason
     new["observedGeneration"] = job.generation
     if phase != phase_before or not same_attempt:
         new["conditions"] = set_condition(old.get("conditions") or [], phase, reason, message, now, job.generation)
         if not (phase == "Pending" and not old.get("attempt")):  # the Created event has said it
             p.events.append(_event(phase, reason, message, latest, old))
-        stalled_now = p.stop_attempt is not None  # the stall path: Restarting, or Failed at the backoff limit
+        stalled_now = p.stalled  # the stall path: Restarting, or Failed at the backoff limit
         if stalled_now or _condition(old, "Stalled").get("status") == "True":
             why = message if stalled_now else f"the job is {phase} now"
             mark_reason = "Stalled" if stalled_now else ("Progressing" if phase == "Running" else "PhaseChanged")
@@ -203,6 +206,16 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
         if ckpt.get(contract.FINAL_CHECKPOINT_SAVED_AT):
             new["checkpoint"]["savedAt"] = ckpt[contract.FINAL_CHECKPOINT_SAVED_AT]
     return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
+
+
+def _trains_longer(job: Job, latest: Attempt, left: int | None) -> bool:
+    """Whether a finished attempt is followed by one that trains on: the spec, edited since it was made, asks
+    for a longer training (more steps, more epochs, or the other measure) and the deadline leaves time."""
+    now = training_length(job)
+    if not 0 < latest.generation < job.generation or latest.length in ("", now) or (left is not None and left <= 0):
+        return False
+    (was, was_unit), (wants, unit) = (x.split(" ", 1) for x in (latest.length, now))
+    return was_unit.rstrip("s") != unit.rstrip("s") or float(wants) > float(was)
 
 
 def _train_on(job: Job, p: Plan, latest: Attempt) -> Decision:
@@ -306,8 +319,8 @@ def _live(
     if not queued and rp.suspend:
         return "Suspended", "Suspended", "suspended (runPolicy.suspend)"
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
-    fingerprint = latest.spec_sha256
-    if not (latest.ready or latest.suspended or was_running) and fingerprint not in ("", pod_fingerprint(job)):
+    edited = 0 < latest.generation < job.generation  # an operator upgrade alone may change the fingerprint
+    if edited and not (latest.ready or latest.suspended or was_running) and latest.spec_sha256 != pod_fingerprint(job):
         return _replace(job, p, latest)
     if latest.ready >= job.spec.num_nodes or was_running:
         # a rank that stops is not yet the end of the attempt: the Job's outcome says that
@@ -380,7 +393,7 @@ def _stalled(job: Job, p: Plan, attempts: list[Attempt], stall: Stall, now: date
     """No step for runPolicy.progressDeadlineSeconds: stop the attempt and start the next from the newest
     checkpoint, counted against backoffLimit like a crash (a hung collective, a dead data mount)."""
     rp, latest = job.spec.run_policy, attempts[-1]
-    p.stop_attempt = latest
+    p.stop_attempt, p.stalled = latest, True
     counted = _count(p, attempts, "crash")
     quiet = int((now - stall.since).total_seconds())
     what = (
@@ -404,7 +417,7 @@ def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: d
         ckpt = (old.get("checkpoint") or {}).get("step")
         where = f"resumed from the newest checkpoint (step {ckpt} or later)" if ckpt else "resumed"
         return "Normal", "Resumed", f"attempt {latest.number} running{' again' if again else ''}: {where}"
-    warning = phase in ("Failed", "Restarting")
+    warning = phase in ("Failed", "Restarting") and reason != "SpecChanged"  # the user's edit, taking effect
     return ("Warning" if warning else "Normal"), reason, message
 
 

@@ -3,6 +3,7 @@ deadline — from Job and pod objects shaped as the API server returns them."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -305,7 +306,7 @@ def made_from(job, n: int, *, ready: int = 0, suspend: bool = False) -> Attempt:
 def test_an_attempt_whose_pods_never_started_is_replaced_when_the_spec_is_edited():
     """The README's fix for a job stuck Pending (lower spec.resources.requests, set spec.image) must reach
     the pods: an attempt that never ran has nothing to lose, so it is replaced, counted as nothing."""
-    stuck = make_job("resources.requests.cpu='64'")
+    stuck = dataclasses.replace(make_job("resources.requests.cpu='64'"), generation=2)
     edited = make_job("resources.requests.cpu=500m")
     old = {"phase": "Pending", "attempt": 1, "message": "cannot be scheduled: 0/3 nodes: Insufficient cpu"}
     p = plan(edited, old, [made_from(stuck, 1)], NOW)
@@ -315,12 +316,21 @@ def test_an_attempt_whose_pods_never_started_is_replaced_when_the_spec_is_edited
     assert p.status["message"] == (
         "attempt 1 had started no pod when the spec was edited (generation 3): attempt 2 starts with the edit"
     )
-    assert [e[1] for e in p.events] == ["SpecChanged"]
+    assert [e[:2] for e in p.events] == [("Normal", "SpecChanged")]
+    assert [c["type"] for c in p.status["conditions"] if c["status"] == "True"] != ["Stalled"], p.status
+    assert not any(c["type"] == "Stalled" and c["status"] == "True" for c in p.status["conditions"])
 
 
 @pytest.mark.parametrize(
     "why",
-    ["the same spec", "a pod running", "suspended", "an edit the pods do not see", "made before the fingerprint"],
+    [
+        "the same spec",
+        "a pod running",
+        "suspended",
+        "an edit the pods do not see",
+        "made before the fingerprint",
+        "the same generation, another fingerprint (an operator upgrade)",
+    ],
 )
 def test_an_attempt_is_left_alone_when_replacing_it_would_lose_something_or_change_nothing(why):
     job = make_job()
@@ -330,10 +340,15 @@ def test_an_attempt_is_left_alone_when_replacing_it_would_lose_something_or_chan
         "suspended": make_job("training.maxSteps=500"),
         "an edit the pods do not see": make_job("runPolicy.ttlSecondsAfterFinished=60"),
         "made before the fingerprint": make_job("training.maxSteps=500"),
+        "the same generation, another fingerprint (an operator upgrade)": make_job("training.maxSteps=500"),
     }[why]
-    latest = made_from(job, 1, ready=int(why == "a pod running"), suspend=why == "suspended")
+    latest = made_from(
+        dataclasses.replace(job, generation=2), 1, ready=int(why == "a pod running"), suspend=why == "suspended"
+    )
     if why == "made before the fingerprint":
         latest = attempts(job_obj(1))[0]
+    if why.startswith("the same generation"):
+        edited = dataclasses.replace(edited, generation=2)  # the attempt's own generation
     old = {"phase": "Running" if why == "a pod running" else "Pending", "attempt": 1}
     p = plan(edited, old, [latest], NOW)
     assert p.stop_attempt is None and p.create_attempt is None, why
@@ -361,12 +376,19 @@ def test_an_attempt_that_finished_an_older_length_of_training_is_followed_by_one
 
     raised = make_job("training.maxSteps=320")
     old = {"phase": "Running", "attempt": 1, "progress": {"step": 300, "totalSteps": 300}}
-    p = plan(raised, old, [finished(make_job())], NOW, final={"step": 300})
+    first = finished(dataclasses.replace(make_job(), generation=2))
+    p = plan(raised, old, [first], NOW, final={"step": 300})
     assert p.create_attempt == 2 and p.status["phase"] == "Restarting", p.status
     assert p.status["message"] == (
         "attempt 1 finished the 300 steps it was started with; the spec now asks for 320 steps "
         "(generation 3): attempt 2 trains on from the newest checkpoint"
     )
     assert [e[1] for e in p.events] == ["SpecChanged"] and "crashes" not in p.status
-    same = plan(make_job("resources.requests.cpu='2'"), old, [finished(make_job())], NOW, final={"step": 300})
+    same = plan(make_job("resources.requests.cpu='2'"), old, [first], NOW, final={"step": 300})
     assert same.status["phase"] == "Succeeded" and same.create_attempt is None  # the length is unchanged
+    lowered = plan(make_job("training.maxSteps=200"), old, [first], NOW, final={"step": 300})
+    assert lowered.status["phase"] == "Succeeded" and lowered.create_attempt is None  # nothing more to train
+    late = make_job("training.maxSteps=320", "runPolicy.activeDeadlineSeconds=60")
+    started = {**old, "startTime": "2026-11-28T10:00:00Z"}
+    ended = plan(late, started, [first], NOW, final={"step": 300})
+    assert ended.status["phase"] == "Succeeded" and ended.create_attempt is None  # no time left to train on
