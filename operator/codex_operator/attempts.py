@@ -83,6 +83,7 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
     for c in st.get("conditions") or []:
         if c.get("type") in outcomes and c.get("status") == "True" and outcome is None:
             outcome, reason, message = outcomes[c["type"]], c.get("reason", ""), c.get("message", "")
+    notes = meta.get("annotations") or {}
     return Attempt(
         number=int(meta.get("labels", {}).get(names.LABEL_ATTEMPT, "0")),
         name=meta.get("name", ""),
@@ -94,9 +95,9 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
         outcome=outcome,
         reason=reason,
         message=message,
-        spec_sha256=(meta.get("annotations") or {}).get(names.ANNOTATION_SPEC, ""),
-        length=(meta.get("annotations") or {}).get(names.ANNOTATION_LENGTH, ""),
-        generation=int((meta.get("annotations") or {}).get(names.ANNOTATION_GENERATION) or 0),
+        spec_sha256=notes.get(names.ANNOTATION_SPEC, ""),
+        length=notes.get(names.ANNOTATION_LENGTH, ""),
+        generation=int(notes.get(names.ANNOTATION_GENERATION) or 0),
     )
 
 

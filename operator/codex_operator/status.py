@@ -222,9 +222,7 @@ def _train_on(job: Job, p: Plan, latest: Attempt) -> Decision:
     """The attempt finished the training it was started with, and the spec has asked for another length since
     (training.maxSteps or epochs edited while it ran): the next attempt resumes from the newest checkpoint and
     trains to the new end (or, for a shorter one, ends at once with the result it has)."""
-    nxt = latest.number + 1
-    p.create_attempt = p.status["attempt"] = nxt
-    p.status["restarts"] = latest.number
+    nxt = _next_attempt(p, latest.number)
     return (
         "Restarting",
         "SpecChanged",
@@ -274,10 +272,16 @@ def _after_failure(
     return decision
 
 
-def _restart(p: Plan, number: int, kind: FailureKind | None, what: str) -> Decision:
+def _next_attempt(p: Plan, number: int) -> int:
+    """Attempt number + 1 is to be started: the plan creates it and the status names it."""
     nxt = number + 1
     p.create_attempt = p.status["attempt"] = nxt
     p.status["restarts"] = number
+    return nxt
+
+
+def _restart(p: Plan, number: int, kind: FailureKind | None, what: str) -> Decision:
+    nxt = _next_attempt(p, number)
     ckpt = (p.status.get("checkpoint") or {}).get("step")
     # the newest checkpoint is at least the one rank 0 last reported: a stopping pod writes one more
     resume = (
@@ -344,9 +348,7 @@ def _replace(job: Job, p: Plan, latest: Attempt) -> Decision:
     that cannot be pulled: the fixes the README gives): it has nothing to lose, so it is stopped and the next
     starts with the edit, counted against neither backoffLimit nor maxDisruptions."""
     p.stop_attempt = latest
-    nxt = latest.number + 1
-    p.create_attempt = p.status["attempt"] = nxt
-    p.status["restarts"] = latest.number
+    nxt = _next_attempt(p, latest.number)
     return (
         "Restarting" if latest.number > 1 else "Pending",
         "SpecChanged",
