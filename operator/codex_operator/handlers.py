@@ -58,6 +58,7 @@ OWNED = (
     "disruptions",
     "preemptions",
     "ranAttempt",
+    "stoppedAttempt",
     "startTime",
     "completionTime",
     "observedGeneration",
@@ -299,6 +300,9 @@ class Operator(Timer):
             stalled=stalled,
         )
         if p.stop_attempt is not None:
+            # the status first: cut short after the delete, the next reconcile reads that the operator stopped
+            # this attempt itself (status.stoppedAttempt, or Failed), not that someone deleted it
+            await self._write(body, p)
             what = f"deleting Job {p.stop_attempt.name} ({p.status['message']})"
             await _asking(what, self.kube.delete("Job", namespace, p.stop_attempt.name, p.stop_attempt.uid))
             st.pending.deleted(p.stop_attempt.uid)
@@ -307,7 +311,8 @@ class Operator(Timer):
         if p.set_suspend is not None and latest is not None:
             what = f"{'suspending' if p.set_suspend else 'resuming'} Job {latest.name}"
             await _asking(what, self.kube.set_suspend(namespace, latest.name, p.set_suspend))
-        await self._write(body, p)
+        if p.stop_attempt is None:
+            await self._write(body, p)
         st.refused = None
         st.settled = (job.generation, children)
 
@@ -320,8 +325,11 @@ class Operator(Timer):
         return st.parsed[1]
 
     async def _finished(self, body: dict[str, Any]) -> None:
-        """A finished job acts on one edit only: storage.retain, which keeps or releases its volume."""
+        """A finished job keeps no live attempt (one whose delete was refused after the status said Failed is
+        deleted now) and acts on one edit only: storage.retain, which keeps or releases its volume."""
         meta, status = body["metadata"], body.get("status") or {}
+        key = (meta["namespace"], meta["name"])
+        await self._stop(key, self._attempt_jobs(key, meta["uid"]))
         if meta.get("generation") == status.get("observedGeneration"):
             return
         job = self._parsed(self.state((meta["namespace"], meta["name"])), body)
@@ -387,6 +395,7 @@ class Operator(Timer):
         """The status keys that changed, then the Events."""
         meta, status = body["metadata"], body.get("status") or {}
         patch = {k: p.status[k] for k in OWNED if k in p.status and p.status.get(k) != status.get(k)}
+        patch |= {k: None for k in OWNED if k in status and k not in p.status}  # stoppedAttempt, once done
         for key in ("progress", "checkpoint"):  # the final numbers on success
             if key in p.status and p.status[key] != status.get(key):
                 patch[key] = p.status[key]

@@ -121,6 +121,8 @@ def plan(
     attempts = sorted(attempts, key=lambda a: a.number)
     current = max([int(old.get("attempt") or 0), *(a.number for a in attempts)])
     latest = next((a for a in attempts if a.number == current), None)
+    if latest is not None:
+        p.status.pop("stoppedAttempt", None)  # the attempt that replaced it exists: done
     p.status["attempt"] = current
     p.status["restarts"] = max(0, current - 1)
     created = [a.created for a in attempts if a.created]
@@ -131,6 +133,8 @@ def plan(
 
     if current == 0:
         phase, reason, message = _first_attempt(job, p, deadline_left(job, old, now), now)
+    elif latest is None and old.get("stoppedAttempt") == current - 1:
+        phase, reason, message = _start_after_stop(p, attempts, current, old)
     elif latest is None:
         phase, reason, message = _after_deletion(job, p, attempts, current, deadline_left(job, p.status, now), now)
     elif latest.outcome == "Complete" and _trains_longer(job, latest, deadline_left(job, p.status, now)):
@@ -292,6 +296,18 @@ def _restart(p: Plan, number: int, kind: FailureKind | None, what: str) -> Decis
     return "Restarting", ("Disrupted" if kind == "disruption" else "Retrying"), f"{what}{resume}"
 
 
+def _start_after_stop(p: Plan, attempts: list[Attempt], current: int, old: dict[str, Any]) -> Decision:
+    """The status says the operator stopped attempt `current - 1` to start `current` (a replacement, a stall),
+    and `current` does not exist: the reconcile that decided it was cut short (a refused delete or create, an
+    operator restart). Finish it, counting nothing again: the attempt was not deleted by anyone else."""
+    before = next((a for a in attempts if a.number == current - 1 and a.outcome is None), None)
+    p.stop_attempt = before  # still there if its delete was refused
+    p.create_attempt = current
+    phase = old.get("phase") or "Restarting"
+    said = _condition(old, phase)  # Restarting's says why; a replaced attempt 1 (Pending) has none
+    return phase, said.get("reason") or "SpecChanged", said.get("message") or f"starting attempt {current}"
+
+
 def _after_deletion(
     job: Job, p: Plan, attempts: list[Attempt], current: int, left: int | None, now: datetime
 ) -> Decision:
@@ -347,7 +363,8 @@ def _replace(job: Job, p: Plan, latest: Attempt) -> Decision:
     """An attempt whose pods never started, made from a spec edited since (a request no node can meet, an image
     that cannot be pulled: the fixes the README gives): it has nothing to lose, so it is stopped and the next
     starts with the edit, counted against neither backoffLimit nor maxDisruptions."""
-    p.stop_attempt = latest
+    p.stop_attempt, p.set_suspend = latest, None
+    p.status["stoppedAttempt"] = latest.number
     nxt = _next_attempt(p, latest.number)
     return (
         "Restarting" if latest.number > 1 else "Pending",
@@ -405,6 +422,7 @@ def _stalled(job: Job, p: Plan, attempts: list[Attempt], stall: Stall, now: date
     if counted > rp.backoff_limit:
         p.status["completionTime"] = ts(now)
         return "Failed", "BackoffLimitExceeded", f"{what} (runPolicy.backoffLimit {rp.backoff_limit} reached)"
+    p.status["stoppedAttempt"] = latest.number
     phase, _, message = _restart(p, latest.number, "crash", what)
     return phase, "Stalled", message
 

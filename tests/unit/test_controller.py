@@ -348,6 +348,29 @@ def test_a_failed_job_whose_attempt_cannot_be_stopped_yet_is_not_marked_failed_u
     scenario(test)
 
 
+@pytest.mark.parametrize("refused", ["DELETE", "POST"])
+def test_a_replacement_cut_short_by_a_refusal_finishes_without_counting_a_disruption(refused):
+    """An attempt whose pods never started is replaced after an edit; the delete of the old attempt or the
+    create of the new one is refused once: the next try finishes it, and nothing is counted (maxDisruptions 0
+    would fail the job), nor is the old attempt left running beside the new one."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.maxDisruptions=0")
+        assert c.attempt(1) is not None
+        code, message = (500, "etcdserver: leader changed") if refused == "DELETE" else (403, "exceeded quota: jobs")
+        c.api.refuse(refused, "jobs", code, message, times=1)
+        await c.edit("resources.requests.memory=1Gi")
+        assert any(r == "Refused" and f"(HTTP {code})" in m for _, r, m in c.events)
+        await c.retry()
+        st = c.status()
+        assert c.attempt(1) is None and c.attempt(2) is not None
+        assert st["phase"] == "Pending" and st["attempt"] == 2 and "starting attempt 2" in st["message"]
+        assert "disruptions" not in st and "stoppedAttempt" not in st
+        assert reasons(c).count("SpecChanged") == 1
+
+    scenario(test)
+
+
 def test_limits_count_attempts_whose_jobs_were_deleted_since():
     async def test(c: Cluster) -> None:
         await c.apply("runPolicy.backoffLimit=1", "runPolicy.maxDisruptions=1")

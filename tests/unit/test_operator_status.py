@@ -321,6 +321,25 @@ def test_an_attempt_whose_pods_never_started_is_replaced_when_the_spec_is_edited
     assert not any(c["type"] == "Stalled" and c["status"] == "True" for c in p.status["conditions"])
 
 
+def test_a_replacement_the_operator_was_cut_short_in_is_finished_not_counted_as_a_disruption():
+    """The status names attempt 2 and the stopped attempt 1 (written first), then the operator stopped: attempt 1
+    still there or already deleted, attempt 2 never created. Read as someone else deleting attempt 2, it would
+    count a disruption (and fail a job with maxDisruptions 0)."""
+    stuck = dataclasses.replace(make_job("resources.requests.cpu='64'"), generation=2)
+    edited = make_job("resources.requests.cpu=500m", "runPolicy.maxDisruptions=0")
+    p = plan(edited, {"phase": "Pending", "attempt": 1}, [made_from(stuck, 1)], NOW)
+    written = p.status
+    assert written["stoppedAttempt"] == 1 and written["attempt"] == 2
+    for left in ([made_from(stuck, 1)], []):  # its delete refused; or deleted, the create not made
+        again = plan(edited, written, left, NOW)
+        assert again.create_attempt == 2 and again.status["phase"] == "Pending"
+        assert (again.stop_attempt is not None) == bool(left)
+        assert "disruptions" not in again.status and not again.events
+    done = plan(edited, written, [made_from(edited, 2)], NOW)
+    assert "stoppedAttempt" not in done.status and done.create_attempt is None
+    assert plan(edited, {"phase": "Pending", "attempt": 2}, [], NOW).status["phase"] == "Failed"  # a real deletion
+
+
 @pytest.mark.parametrize(
     "why",
     [

@@ -305,3 +305,44 @@ def test_a_write_budget_that_is_not_a_finite_number_of_zero_or_more_is_refused_a
     with pytest.raises(SystemExit):
         cli._parser().parse_args(["run", "--progress-writes-per-second", value])
     assert "--progress-writes-per-second" in capsys.readouterr().err
+
+
+def test_a_stall_restart_cut_short_by_a_refused_create_finishes_without_counting_a_disruption():
+    """The stalled attempt is deleted, then the next one's create is refused: the job must not read that as
+    its attempt deleted by someone else (maxDisruptions 0 would fail it)."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60", "runPolicy.maxDisruptions=0")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        c.api.refuse("POST", "jobs", 403, "exceeded quota: count/jobs.batch, requested: 1", times=1)
+        quiet_for(c, 61)
+        await c.retry()
+        assert any(r == "Refused" and "refused creating Job tiny-cpu-a2 (HTTP 403)" in m for _, r, m in c.events)
+        await c.retry()
+        st = c.status()
+        assert c.attempt(2) is not None
+        assert st["phase"] == "Restarting" and st["attempt"] == 2 and st["crashes"] == 1
+        assert "disruptions" not in st and "stoppedAttempt" not in st
+        await c.run(2)
+        assert c.status()["phase"] == "Running"
+
+    scenario(test)
+
+
+def test_a_stall_at_the_backoff_limit_whose_delete_is_refused_ends_failed_with_no_pod_left():
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60", "runPolicy.backoffLimit=0")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        c.api.refuse("DELETE", "jobs", 500, "etcdserver: leader changed", times=1)
+        quiet_for(c, 61)
+        await c.retry()
+        await c.retry()
+        st = c.status()
+        assert st["phase"] == "Failed" and "runPolicy.backoffLimit 0 reached" in st["message"]
+        assert c.attempt(1) is None
+
+    scenario(test)
