@@ -259,6 +259,7 @@ class Timer:
         message = f"attempt {status.get('attempt') or 1} waiting: {why}"
         if message != status.get("message"):
             await self.timer_patch(body, {"message": message})
+            self.post_event(body, "Warning", "Waiting", message)  # `kubectl describe ctj` shows it too
 
     async def _why_no_pods(self, body: dict[str, Any]) -> str | None:
         """The Job controller's own words when it cannot create (some of) an attempt's pods (its FailedCreate

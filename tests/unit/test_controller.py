@@ -293,6 +293,7 @@ def test_pods_the_job_controller_cannot_create_are_explained():
         said = c.failed_create(1, 0)
         await c.retry()
         assert c.status()["message"] == f"attempt 1 waiting: the Job controller cannot create the pods: {said}"
+        assert ("Warning", "Waiting", c.status()["message"]) in c.events
 
     scenario(test)
 

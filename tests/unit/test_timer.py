@@ -204,6 +204,9 @@ def test_why_a_pod_waits_comes_from_the_pods_watch_and_not_from_a_pod_of_an_earl
         await c.retry()
         said = f"attempt 1 waiting: pod {NAME}-a1-0-x cannot be scheduled: 0/3 nodes have enough memory"
         assert c.status()["message"] == said and c.api_calls("list", "Pod") == lists  # from the watch, no LIST
+        assert ("Warning", "Waiting", said) in c.events  # for `kubectl describe ctj`, once
+        await c.retry()
+        assert c.events.count(("Warning", "Waiting", said)) == 1
 
     scenario(test)
 
