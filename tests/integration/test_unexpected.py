@@ -175,6 +175,10 @@ def test_a_job_stuck_pending_takes_the_fix_the_readme_gives(operator, jobs, trai
     job trains to the end, with no crash or disruption counted."""
     jobs.apply(manifest("stuck", *SHORT, "resources={requests: {cpu: '64', memory: 1Gi}, limits: {memory: 3Gi}}"))
     wait_for(lambda: "Insufficient cpu" in jobs.status("stuck").get("message", ""), "the reason it waits", 180)
+    waiting = wait_for(
+        lambda: [e for e in jobs.events("stuck") if e["reason"] == "Waiting"], "the Waiting Event", 30
+    )  # what `kubectl describe ctj` shows
+    assert waiting[0]["type"] == "Warning" and "Insufficient cpu" in waiting[0]["message"], waiting
     fix = {"spec": {"resources": {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"memory": "3Gi"}}}}
     jobs.kubectl("patch", "ctj", "stuck", "--type=merge", "-p", json.dumps(fix))
 
