@@ -227,6 +227,22 @@ def test_a_finished_runs_result_without_its_checkpoints_is_never_trained_over(st
     assert (out / "final" / "adapter_model.safetensors").read_bytes() == before
 
 
+def test_a_base_model_directory_no_run_made_is_never_replaced(tmp_path):
+    """--output-dir . in a project that keeps its own base-model/: the scratch model would replace it."""
+    out = tmp_path / "project"
+    (out / "base-model").mkdir(parents=True)
+    (out / "base-model" / "config.json").write_text('{"mine": true}')
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT[:2])
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines() == [
+        f"codex-train: invalid --output-dir: '{out}' has a base-model/ that no codex-train run made (no "
+        "codex-base.json in it, no run.json beside it): this run would replace it with its scratch model; give "
+        f"another --output-dir, or move {out / 'base-model'} away"
+    ]
+    assert (out / "base-model" / "config.json").read_text() == '{"mine": true}'
+    assert sorted(p.name for p in (out / "base-model").iterdir()) == ["config.json"]
+
+
 def test_changing_the_data_under_a_run_is_refused(straight, tmp_path):
     out = shutil.copytree(straight, tmp_path / "run")
     r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT, "--set", "data.maxSeqLength=64")

@@ -66,6 +66,14 @@ def load_base_model(
 BASE_RECORD = "codex-base.json"  # in a scratch base-model/: what it was made from
 
 
+def not_a_runs_base(base_dir: Path, out: Path) -> bool:
+    """`base_dir` exists and no run made it: no record of what it was made from, and no run.json beside it (a
+    base from before the record has one). A user's own base-model/ in the output directory, say."""
+    if not base_dir.exists():
+        return False
+    return not (base_dir / BASE_RECORD).is_file() and not (out / "run.json").is_file()
+
+
 def _made_from(config: PreTrainedConfig, seed: int | None) -> str:
     """A digest of what a scratch base's weights depend on: its full config (without the library version
     that wrote it) and the seed of its initialisation."""

@@ -35,10 +35,13 @@ from .errors import SpecError
 from .loss import LanguageModelLoss
 from .metrics import Prometheus, Sink, start_mlflow
 from .model import (
+    BASE_MODEL_DIR,
+    BASE_RECORD,
     adapter_base_reference,
     check_positions,
     load_base_model,
     load_trainable_state,
+    not_a_runs_base,
     trainable_state,
     wrap_peft,
 )
@@ -134,6 +137,14 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             f"'{out}' holds an earlier run's result (final/) and no checkpoint to resume from: a new run would "
             f"replace it; give another --output-dir, or move {final} away to train again",
         )
+    base_dir = out / BASE_MODEL_DIR
+    if found is None and spec.model.source == "scratch" and not_a_runs_base(base_dir, out):
+        raise SpecError(
+            "--output-dir",
+            f"'{out}' has a {BASE_MODEL_DIR}/ that no codex-train run made (no {BASE_RECORD} in it, no run.json "
+            f"beside it): this run would replace it with its scratch model; give another --output-dir, or move "
+            f"{base_dir} away",
+        )
     if found is not None:
         as_saved = resume_identity(spec, saved_digest(found.state))  # the data as the checkpoint's, for now
         check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
@@ -164,7 +175,6 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         check_same_job(found.state, identity, legacy_identity(spec), found.path)
 
     torch.manual_seed(t.seed)
-    base_dir = out / "base-model"
     # with LoRA under bf16 the frozen base can be held in bf16 (half the memory); modules trained in
     # full (modulesToSave, or peft.method none) keep fp32 master weights
     frozen_base = spec.peft.method == "lora" and not spec.peft.modules_to_save
