@@ -133,10 +133,8 @@ def plan(
 
     if current == 0:
         phase, reason, message = _first_attempt(job, p, deadline_left(job, old, now), now)
-    elif latest is None and old.get("stoppedAttempt") == current - 1:
-        phase, reason, message = _start_after_stop(p, attempts, current, old)
     elif latest is None:
-        phase, reason, message = _after_deletion(job, p, attempts, current, deadline_left(job, p.status, now), now)
+        phase, reason, message = _not_there(job, p, attempts, current, old, now)
     elif latest.outcome == "Complete" and _trains_longer(job, latest, deadline_left(job, p.status, now)):
         phase, reason, message = _train_on(job, p, latest)
     elif latest.outcome == "Complete":
@@ -294,6 +292,15 @@ def _restart(p: Plan, number: int, kind: FailureKind | None, what: str) -> Decis
         else f"; starting attempt {nxt}"
     )
     return "Restarting", ("Disrupted" if kind == "disruption" else "Retrying"), f"{what}{resume}"
+
+
+def _not_there(
+    job: Job, p: Plan, attempts: list[Attempt], current: int, old: dict[str, Any], now: datetime
+) -> Decision:
+    """The attempt the status names has no Job: the operator's own replacement, cut short; else a deletion."""
+    if old.get("stoppedAttempt") == current - 1:
+        return _start_after_stop(p, attempts, current, old)
+    return _after_deletion(job, p, attempts, current, deadline_left(job, p.status, now), now)
 
 
 def _start_after_stop(p: Plan, attempts: list[Attempt], current: int, old: dict[str, Any]) -> Decision:

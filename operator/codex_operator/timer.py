@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ class Timer:
     jobs: dict[Key, JobState]
     pods: watched.Pods
     http: aiohttp.ClientSession | None
+    post_event: Callable[[dict[str, Any], str, str, str], None]  # (body, Normal|Warning, reason, message)
 
     if TYPE_CHECKING:  # the reconcile's half (handlers.Operator)
 
