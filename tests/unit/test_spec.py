@@ -397,6 +397,8 @@ def test_round_trip_through_yaml_keeps_camel_case():
         "http://mlflow:5000/?pwd=s3cret-pw",
         "http://mlflow:5000/path;token=s3cret-pw",
         "http://mlflow:5000/?X.Auth=s3cret-pw",
+        "https://mlflow.example.com/#access_token=s3cret-pw",
+        "https://mlflow.example.com/?team=a#state=x&id_token=s3cret-pw",
     ],
 )
 def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
@@ -415,6 +417,7 @@ def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
         "databricks",
         "http://h/?team=a",
         "http://h/?design=x&author=y&monkey=z",
+        "http://h/#section-2",
     ],
 )
 def test_tracking_uris_without_credentials_are_accepted(uri):

@@ -166,18 +166,18 @@ def _typed(v: int | float, kind: type | None) -> None:
         )
 
 
-# user:password@ or token@ in a URI, or a query parameter named like a credential (?token=, &api_key=,
-# ?password=...): it would land in the job's ConfigMap, run.json and logs. RE2 (the CRD's CEL) and Python alike
-# bounded repeats: redact_credentials searches whole messages, where an unbounded one backtracks over a long
-# value (a 500,000-character name took minutes)
+# user:password@ or token@ in a URI, or a query or fragment parameter named like a credential (?token=,
+# &api_key=, ?password=, #access_token=...): it would land in the job's ConfigMap, run.json and logs. RE2 (the
+# CRD's CEL) and Python alike. Bounded repeats: redact_credentials searches whole messages, where an unbounded
+# one backtracks over a long value (a 500,000-character name took minutes)
 _SCHEME = "[A-Za-z][A-Za-z0-9+.-]{0,31}://"
 # a parameter named by one of these words, alone or after a separator (access_token, api-key, X.Auth):
 # design=, author= and monkey= are not credentials
 _SECRET_PARAM = (
-    "[?&;]([A-Za-z0-9_.-]{0,63}[_.-])?"
+    "[?&;#]([A-Za-z0-9_.-]{0,63}[_.-])?"
     "(?i:token|secret|passwd|password|pwd|pass|key|apikey|auth|authorization|sig|signature|credential|credentials)="
 )
-CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|[^#]*{_SECRET_PARAM})"
+CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|.*{_SECRET_PARAM})"  # a fragment too: #access_token=, as OAuth gives
 CREDENTIALS_MESSAGE = (
     "must not carry credentials (user:password@, token@ or a ?token= query): keep them in a Secret and pass "
     "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
