@@ -5,6 +5,7 @@ status.plan() decides from them."""
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -187,6 +188,13 @@ def waiting_reason(pods: list[dict[str, Any]]) -> str | None:
                 msg = (waiting.get("message") or "").strip()
                 return f"pod {pod['metadata']['name']}: {waiting['reason']}" + (f": {msg}" if msg else "")
     return None
+
+
+def waiting_kind(why: str) -> str:
+    """What a `waiting_reason` (or `failed_create`) line says without its counts and the pull's back-off state:
+    "0/3 nodes ... 3 Insufficient cpu" and "0/4 nodes ... 4 Insufficient cpu" are one kind of wait, and so are
+    ErrImagePull and ImagePullBackOff, which alternate while an image cannot be pulled."""
+    return re.sub(r"\d+", "N", why.replace("ImagePullBackOff", "ErrImagePull"))
 
 
 def failed_create(events: list[dict[str, Any]]) -> str | None:

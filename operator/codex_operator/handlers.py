@@ -242,8 +242,9 @@ class Operator(Timer):
         else:
             st.written = bodies.merged(base, patch)
 
-    async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> None:
-        """A write the timer decided from the watched body: only if the job is still what it saw."""
+    async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> bool:
+        """A write the timer decided from the watched body: only if the job is still what it saw (False: it
+        changed since, and the write was dropped)."""
         meta, status = body["metadata"], body.get("status") or {}
         async with self.state((meta["namespace"], meta["name"])).lock:
             try:
@@ -253,6 +254,8 @@ class Operator(Timer):
                 if e.status != 409:
                     raise
                 log.debug("%s/%s changed since the timer looked; its write is dropped", meta["namespace"], meta["name"])
+                return False
+        return True
 
     async def _reconcile(
         self, key: Key, st: JobState, watched: dict[str, Any] | None, stalled: Stall | None = None
@@ -489,7 +492,8 @@ class Operator(Timer):
         await self.patch_status(
             meta["namespace"],
             meta["name"],
-            {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": ts(now)},
+            {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": ts(now)}
+            | ({"stoppedAttempt": None} if "stoppedAttempt" in (body.get("status") or {}) else {}),
             body.get("status") or {},
         )
         self.post_event(body, "Warning", reason, problem)
@@ -515,6 +519,10 @@ class Operator(Timer):
                 return
             status = body.get("status") or {}
             if status.get("phase") in TERMINAL:
+                # its live attempt not stopped yet (the status is written first): say so, once, and retry
+                if st.refused != e.line():
+                    st.refused = e.line()
+                    self.post_event(body, "Warning", "Refused", e.line())
                 return
             if not e.transient:
                 try:

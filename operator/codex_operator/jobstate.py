@@ -48,6 +48,7 @@ class JobState:
     children: int = 0  # attempt Job events seen: a reconcile's input changed
     settled: tuple[int, int] | None = None  # (generation, children) of the last reconcile that got through
     unread: int = 0  # progress reads that failed in a row
+    waiting_said: tuple[int, str] | None = None  # (attempt, waiting_kind) of the last Waiting Event posted
     unread_until: float = 0.0  # monotonic: no progress read before this (a backoff after failed reads)
     progress_patch: tuple[dict[str, Any], dict[str, Any]] | None = None  # this round's reading, to write
     progress_written: float = 0.0  # monotonic: when its progress was last written (0: never)

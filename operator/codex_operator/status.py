@@ -298,9 +298,16 @@ def _not_there(
     job: Job, p: Plan, attempts: list[Attempt], current: int, old: dict[str, Any], now: datetime
 ) -> Decision:
     """The attempt the status names has no Job: the operator's own replacement, cut short; else a deletion."""
-    if old.get("stoppedAttempt") == current - 1:
+    left = deadline_left(job, p.status, now)
+    if old.get("stoppedAttempt") != current - 1:
+        return _after_deletion(job, p, attempts, current, left, now)
+    if left is None or left > 0:
         return _start_after_stop(p, attempts, current, old)
-    return _after_deletion(job, p, attempts, current, deadline_left(job, p.status, now), now)
+    # past the deadline meanwhile: nothing more is started (and nothing counted)
+    p.stop_attempt = next((a for a in attempts if a.number == current - 1 and a.outcome is None), None)
+    p.status.pop("stoppedAttempt", None)
+    p.status["completionTime"] = ts(now)
+    return "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
 
 
 def _start_after_stop(p: Plan, attempts: list[Attempt], current: int, old: dict[str, Any]) -> Decision:

@@ -19,7 +19,7 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import memory, metrics, names, watched
-from .attempts import Attempt, failed_create, waiting_reason
+from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
 from .progress import progress_changed, progress_from_metrics
@@ -54,7 +54,7 @@ class Timer:
             self, namespace: str, name: str, body: dict[str, Any] | None = None, stalled: Stall | None = None
         ) -> None: ...
 
-        async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> None: ...
+        async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> bool: ...
 
         def _attempt_jobs(self, key: Key, uid: str) -> list[watched.Seen]: ...
 
@@ -258,10 +258,13 @@ class Timer:
         why = waiting_reason(pods) or (await self._why_no_pods(body) if len(pods) < nodes else None)
         if why is None:
             return
-        message = f"attempt {status.get('attempt') or 1} waiting: {why}"
-        if message != status.get("message"):
-            await self.timer_patch(body, {"message": message})
-            self.post_event(body, "Warning", "Waiting", message)  # `kubectl describe ctj` shows it too
+        attempt = status.get("attempt") or 1
+        message = f"attempt {attempt} waiting: {why}"
+        if message != status.get("message") and await self.timer_patch(body, {"message": message}):
+            said = (attempt, waiting_kind(why))
+            if st.waiting_said != said:  # once per attempt and kind of wait, not for every count the scheduler gives
+                st.waiting_said = said
+                self.post_event(body, "Warning", "Waiting", message)  # `kubectl describe ctj` shows it too
 
     async def _why_no_pods(self, body: dict[str, Any]) -> str | None:
         """The Job controller's own words when it cannot create (some of) an attempt's pods (its FailedCreate

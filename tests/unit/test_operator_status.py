@@ -338,6 +338,12 @@ def test_a_replacement_the_operator_was_cut_short_in_is_finished_not_counted_as_
     done = plan(edited, written, [made_from(edited, 2)], NOW)
     assert "stoppedAttempt" not in done.status and done.create_attempt is None
     assert plan(edited, {"phase": "Pending", "attempt": 2}, [], NOW).status["phase"] == "Failed"  # a real deletion
+    # the operator came back past activeDeadlineSeconds: nothing more is started, the stopped attempt is stopped
+    timed = make_job("resources.requests.cpu=500m", "runPolicy.activeDeadlineSeconds=60")
+    late = plan(timed, {**written, "startTime": "2026-11-28T11:58:00Z"}, [made_from(stuck, 1)], NOW)
+    assert late.status["phase"] == "Failed" and late.status["message"] == "runPolicy.activeDeadlineSeconds reached"
+    assert late.create_attempt is None and late.stop_attempt is not None and "stoppedAttempt" not in late.status
+    assert "disruptions" not in late.status
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import time
 from datetime import timedelta
 
 import pytest
-from controller_harness import KEY, NAME, NS, Cluster, manifest, scenario
+from controller_harness import KEY, NAME, NS, Cluster, manifest, reasons, scenario
 
 from codex_operator import metrics, names
 from codex_trainer import contract
@@ -207,6 +207,11 @@ def test_why_a_pod_waits_comes_from_the_pods_watch_and_not_from_a_pod_of_an_earl
         assert ("Warning", "Waiting", said) in c.events  # for `kubectl describe ctj`, once
         await c.retry()
         assert c.events.count(("Warning", "Waiting", said)) == 1
+        pod["status"]["conditions"][0]["message"] = "0/4 nodes have enough memory"  # a node more: the same wait
+        c.api.put("pods", pod)
+        await c.retry()
+        assert c.status()["message"].endswith("0/4 nodes have enough memory")
+        assert [r for r in reasons(c) if r == "Waiting"] == ["Waiting"]
 
     scenario(test)
 
@@ -347,5 +352,31 @@ def test_a_stall_at_the_backoff_limit_whose_delete_is_refused_ends_failed_with_n
         st = c.status()
         assert st["phase"] == "Failed" and "runPolicy.backoffLimit 0 reached" in st["message"]
         assert c.attempt(1) is None
+
+    scenario(test)
+
+
+def test_a_stall_at_the_backoff_limit_whose_attempt_cannot_be_deleted_says_so():
+    """Failed is written first; a delete the API server keeps refusing (no RBAC to delete Jobs) leaves the pods
+    running: a Warning Event says why (not at every retry), and the delete is retried."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60", "runPolicy.backoffLimit=0")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        c.api.refuse("DELETE", "jobs", 403, 'jobs.batch "tiny-cpu-a1" is forbidden: cannot delete resource', times=None)
+        quiet_for(c, 61)
+        await c.retry()
+        await c.retry()
+        assert c.status()["phase"] == "Failed" and c.attempt(1) is not None
+        refused = [m for k, r, m in c.events if (k, r) == ("Warning", "Refused")]
+        assert refused and all("refused deleting Job tiny-cpu-a1" in m and "(HTTP 403)" in m for m in refused)
+        await c.retry()
+        await c.retry()
+        assert len([r for r in reasons(c) if r == "Refused"]) == len(refused) <= 2  # not one per retry
+        c.api.rules.clear()
+        await c.retry()
+        assert c.attempt(1) is None and c.status()["phase"] == "Failed"
 
     scenario(test)

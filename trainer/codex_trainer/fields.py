@@ -177,10 +177,12 @@ _SECRET_PARAM = (
     "[?&;#]([A-Za-z0-9_.-]{0,63}[_.-])?"
     "(?i:token|secret|passwd|password|pwd|pass|key|apikey|auth|authorization|sig|signature|credential|credentials)="
 )
-CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|.*{_SECRET_PARAM})"  # a fragment too: #access_token=, as OAuth gives
+# (?s:.*): a newline must not hide what follows it (no backslash: the pattern goes into a CEL string); a
+# fragment too: #access_token=, as OAuth gives
+CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|(?s:.*){_SECRET_PARAM})"
 CREDENTIALS_MESSAGE = (
-    "must not carry credentials (user:password@, token@ or a ?token= query): keep them in a Secret and pass "
-    "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
+    "must not carry credentials (user:password@, token@, a ?token= query or #token= fragment): keep them in a "
+    "Secret and pass MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
     "through env valueFrom.secretKeyRef"
 )
 
