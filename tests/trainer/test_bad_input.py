@@ -153,6 +153,10 @@ PHI3 = (
             "invalid spec.model.config.vocab_size: is 200 but the tokenizer has 259 tokens",
         ),
         ("model.config.pad_token_id=300", "invalid spec.model.config: cannot build a causal LM from this config"),
+        (  # builds, then fails at the first step: exit 1, retried as a crash on a cluster
+            "model.config.num_key_value_heads=3",
+            "invalid spec.model.config: a model built from this config cannot run: ",
+        ),
     ],
 )
 @pytest.mark.parametrize("command", ["validate", "run"])
@@ -161,6 +165,21 @@ def test_validate_and_run_refuse_a_scratch_config_alike(command, override, line,
     assert main([command, str(TINY), *out, "--set", override, "--set", "tracking.mlflow.enabled=false"]) == 2
     ours = [x for x in capsys.readouterr().err.splitlines() if x.startswith("codex-train:")]  # transformers warns too
     assert len(ours) == 1 and ours[0].startswith(f"codex-train: {line}"), ours
+
+
+def test_validate_says_what_run_would_say_of_fp16_on_a_cpu_and_of_no_validation(tmp_path, capsys, in_root):
+    """Neither makes the job invalid (fp16 is right on a GPU node; a run without evaluation runs), but `run` here
+    would refuse the one and warn of the other: `validate` says both."""
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"text": "def f(x):\n    return x * 2\n" * 8}) + "\n")
+    sets = ["--set", "training.precision=fp16", "--set", f"data.train=[{one}]", "--set", "data.maxSeqLength=32"]
+    assert main(["validate", str(TINY), *sets, "--set", "training.batchSize=1"]) == 0, capsys.readouterr().err
+    err = capsys.readouterr().err
+    import torch
+
+    gpu = torch.cuda.is_available()
+    assert gpu or "not checked here: spec.training.precision: fp16 needs a GPU, which this machine has not" in err
+    assert "no validation sequences, so evaluation will not run" in err
 
 
 def test_validate_accepts_a_scratch_config_that_run_completes(capsys, in_root):

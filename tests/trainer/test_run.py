@@ -227,6 +227,17 @@ def test_a_finished_runs_result_without_its_checkpoints_is_never_trained_over(st
     assert (out / "final" / "adapter_model.safetensors").read_bytes() == before
 
 
+def test_a_start_killed_before_its_first_checkpoint_changes_nothing_the_next_start_trains(straight, tmp_path):
+    """All such a start leaves is the scratch base it made: the next start, finding it, trains the very model an
+    uninterrupted run trains (the same seed gives the same adapter)."""
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copytree(straight / "base-model", out / "base-model")
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert_same_weights(adapter(out), adapter(straight))
+
+
 def test_a_base_model_directory_no_run_made_is_never_replaced(tmp_path):
     """--output-dir . in a project that keeps its own base-model/: the scratch model would replace it."""
     out = tmp_path / "project"

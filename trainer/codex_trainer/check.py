@@ -46,7 +46,15 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
 
     import torch
 
-    from .model import _check_names, check_positions, check_vocabulary, new_model, scratch_config, source_config
+    from .model import (
+        _check_names,
+        check_forward,
+        check_positions,
+        check_vocabulary,
+        new_model,
+        scratch_config,
+        source_config,
+    )
     from .tokenizer import load_tokenizer
 
     before = len(problems)
@@ -79,6 +87,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
         with torch.device("meta"):
             model = _collect(problems, lambda: new_model(config, spec.model))
     if model is not None:
+        _collect(problems, lambda: check_forward(model, spec.model))
         if tokenizer is not None:
             _collect(problems, lambda: check_vocabulary(model, tokenizer))
         if spec.peft.method == "lora":
@@ -87,6 +96,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
             _collect(problems, lambda: _check_names(model, spec.peft.modules_to_save, "spec.peft.modulesToSave"))
         if not any(field == "spec.data.maxSeqLength" for field, _ in problems):  # said once is enough
             _collect(problems, lambda: check_positions(model, spec.data.max_seq_length, warn))
+    unchecked.extend(_needs_a_gpu(spec))
     if problems:
         raise SpecError(problems)
     for line in notes:  # what the run would say of its settings, once nothing stops it
@@ -94,17 +104,32 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     return unchecked
 
 
+def _needs_a_gpu(spec: JobSpec) -> list[str]:
+    """fp16 is right for a GPU node, but `run` on this machine refuses it when it has no GPU."""
+    import torch
+
+    if spec.training.precision == "fp16" and not torch.cuda.is_available():
+        return [
+            "spec.training.precision: fp16 needs a GPU, which this machine has not: `run` here refuses it "
+            "(use fp32 or bf16 on a CPU)"
+        ]
+    return []
+
+
 def _check_sequences(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> list[str]:
     """The data made into sequences as `run` makes them: a batch for every process (SpecError); returns what
     `run` would warn of its training settings against them (batches.schedule_warnings)."""
     from .batches import schedule_warnings
-    from .data import check_sequences, load_dataset
+    from .data import check_sequences, load_dataset, no_validation_reason
     from .tokenizer import tokenizer_fingerprint
 
     ds = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
     world = spec.num_nodes * spec.processes_per_node
     check_sequences(spec, ds, world)
-    return schedule_warnings(spec.training, ds.train.rows, world)
+    no_validation = no_validation_reason(spec.data, ds)  # as `run` says it
+    return [f"no validation sequences, so evaluation will not run: {no_validation}"] * bool(no_validation) + (
+        schedule_warnings(spec.training, ds.train.rows, world)
+    )
 
 
 def _collect(problems: list[tuple[str, str]], check: Callable[[], T]) -> T | None:

@@ -44,8 +44,14 @@ def load_base_model(
         config = scratch_config(spec, tokenizer)
         made_from = _made_from(config, seed)
         there = (base_dir / "config.json").is_file()
+        if not there or fresh:  # made here now: checked before its weights are (on every rank alike)
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                check_forward(new_model(config, spec), spec)
         if is_main and (not there or (fresh and _recorded(base_dir) != made_from)):
-            model = new_model(config, spec)
+            # its draws leave the caller's generator as it was: the LoRA weights made next are the same whether
+            # this start made the base or found it (a start killed before its first checkpoint made it)
+            with torch.random.fork_rng(devices=[]):
+                model = new_model(config, spec)
             try:
                 with atomic_dir(base_dir) as tmp:
                     model.save_pretrained(tmp)
@@ -161,6 +167,26 @@ def new_model(config: PreTrainedConfig, spec: ModelSpec) -> PreTrainedModel:
         return AutoModelForCausalLM.from_config(config, trust_remote_code=spec.trust_remote_code)
     except Exception as e:  # noqa: BLE001 - e.g. a pad_token_id beyond the vocabulary (an AssertionError in torch)
         raise _unbuildable(field, e) from None
+
+
+def check_forward(model: PreTrainedModel, spec: ModelSpec) -> None:
+    """A forward pass of two tokens through a model made on the meta device (no memory, no arithmetic): a config
+    that builds but cannot run (num_key_value_heads not dividing num_attention_heads, say) is refused naming the
+    field, not found by the first training step (exit 1, retried as a crash). An operation the meta device lacks
+    (a model that reads a value on the host) leaves it unchecked."""
+    if spec.trust_remote_code:
+        return  # the model's own code: not ours to run here
+    field = "spec.model.config" if spec.source == "scratch" else "spec.model"
+    try:
+        with torch.no_grad():
+            model(input_ids=torch.zeros(1, 2, dtype=torch.long, device="meta"))
+    except NotImplementedError:
+        return
+    except Exception as e:  # noqa: BLE001 - any other refusal is the config's
+        first = " ".join(str(e).split())[:200] or type(e).__name__
+        if "meta" in first.lower():  # what the meta device cannot do (Tensor.item() on it, say), not the config
+            return
+        raise SpecError(field, f"a model built from this config cannot run: {first}") from None
 
 
 def _unbuildable(field: str, e: Exception) -> SpecError:
