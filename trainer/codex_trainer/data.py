@@ -23,7 +23,7 @@ import numpy as np
 from .errors import DataError, SpecError, disk_full, is_disk_full
 from .files import atomic_file, sha256_file
 from .plugins import READERS, reader_extensions, reader_for
-from .spec import VALIDATION_IS_TRAINING, DataSpec, JobSpec
+from .spec import LISTED_TWICE, VALIDATION_IS_TRAINING, DataSpec, JobSpec
 
 if TYPE_CHECKING:  # imported when needed: reading and packing the data needs neither
     from transformers import PreTrainedTokenizerBase
@@ -355,8 +355,8 @@ def load_dataset(
 
 
 def check_validation_is_not_training(spec: DataSpec) -> None:
-    """No validation file is a training file under another name (./a.jsonl, a link): the manifest's check, like
-    the API server's, compares names only."""
+    """No validation file is a training file under another name (./a.jsonl, a link), and no file is listed twice
+    under two names: the manifest's checks, like the API server's, compare names only."""
     why = VALIDATION_IS_TRAINING.removeprefix("is also a training file: ")
     problems = []
     for name in spec.validation_files:
@@ -367,8 +367,21 @@ def check_validation_is_not_training(spec: DataSpec) -> None:
                         ("spec.data.validation", f"'{name}' is the training file '{train}' under another name: {why}")
                     )
                     break
+    for field, files in (("spec.data.train", spec.train_files), ("spec.data.validation", spec.validation_files)):
+        for i, name in enumerate(files):
+            twin = next((other for other in files[:i] if _same_file(name, other)), None)
+            if twin is not None:
+                why = LISTED_TWICE.removeprefix("is listed twice: ")
+                problems.append((field, f"'{name}' is '{twin}' under another name, listed twice: {why}"))
     if problems:
         raise SpecError(problems)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # a file that is not there: reading it says so
+        return False
 
 
 def read_splits(spec: DataSpec) -> tuple[list[str], list[str]]:

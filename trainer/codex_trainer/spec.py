@@ -108,6 +108,12 @@ VALIDATION_IS_TRAINING = (
 )
 
 
+LISTED_TWICE = (
+    "is listed twice: list each file once (a file listed twice is trained on twice, and the rows held out of it "
+    "for validation are trained on too)"
+)
+
+
 class DataSpec(SpecModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -160,6 +166,16 @@ class DataSpec(SpecModel):
         "restart at each one). When false, each example is truncated and padded.",
     )
 
+    @field_validator("train", "validation")
+    @classmethod
+    def _each_once(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        seen: set[str] = set()
+        for path in v:
+            if path in seen:
+                raise ValueError(f"'{path}' {LISTED_TWICE}")
+            seen.add(path)
+        return v
+
     @field_validator("validation")
     @classmethod
     def _not_a_training_file(cls, v: list[str], info: ValidationInfo) -> list[str]:
@@ -178,7 +194,26 @@ class DataSpec(SpecModel):
         return list(self.validation)
 
 
+SAVED_AND_TARGETED = (
+    "is also in targetModules: a module is either adapted (LoRA) or trained in full, not both; list it in one of "
+    "the two"
+)
+
+
 class PeftSpec(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.modulesToSave) || !has(self.targetModules) || "
+                    "self.modulesToSave.all(m, !(m in self.targetModules))",
+                    "message": f"a module in modulesToSave {SAVED_AND_TARGETED}",
+                    "fieldPath": ".modulesToSave",
+                }
+            ]
+        }
+    )
+
     method: Literal["lora", "none"] = Field(
         default="lora", description="'lora' trains low-rank adapters; 'none' trains every weight."
     )
@@ -206,6 +241,15 @@ class PeftSpec(SpecModel):
     def _all_linear_alone(cls, v: list[str]) -> list[str]:
         if ALL_LINEAR in v and len(v) > 1:
             raise ValueError(ALL_LINEAR_MESSAGE)
+        return v
+
+    @field_validator("modules_to_save")
+    @classmethod
+    def _not_also_targeted(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        targeted = set(info.data.get("target_modules") or ())
+        for name in v:
+            if name in targeted:
+                raise ValueError(f"'{name}' {SAVED_AND_TARGETED}")
         return v
 
     @property
