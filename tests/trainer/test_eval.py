@@ -172,6 +172,20 @@ def test_eval_refuses_the_runs_own_split_once_its_data_files_changed(run, tmp_pa
     assert evaluate(str(copy / "final"), "--data", str(grown))[0]["type"] == "summary"  # the way out works
 
 
+def test_a_run_whose_data_is_gone_says_where_it_looked_and_to_pass_data(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns("cache", "checkpoints"))
+    info = json.loads((copy / "run.json").read_text())
+    info["spec"]["data"]["train"] = ["data/gone.jsonl"]
+    (copy / "run.json").write_text(json.dumps(info))
+    line = fails_with_one_line(str(copy / "final"))
+    assert line.startswith(
+        "codex-train: the run's data, from which its validation split is rebuilt, cannot be read (from the "
+        "directory it ran in, nor from here): spec.data.train: file 'data/gone.jsonl' not found"
+    ), line
+    assert line.endswith("; pass --data FILE to evaluate on files of your own"), line
+
+
 def test_a_run_without_validation_sequences_says_to_pass_data(run, tmp_path):
     """No --data given: the message names no option the user did not pass, and says which one to pass."""
     copy = tmp_path / "run"

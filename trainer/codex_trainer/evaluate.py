@@ -355,7 +355,16 @@ def data_sources(
         update={"text_field": s.text_field, "max_seq_length": s.max_seq_length, "packing": s.packing}
     )
     fp = tokenizer_fingerprint(tokenizer)
-    ds = load_dataset(data_spec, tokenizer, fp, spec.training.seed, cache_dir=None)
+    try:
+        ds = load_dataset(data_spec, tokenizer, fp, spec.training.seed, cache_dir=None)
+    except SpecError as e:  # the run's files, read where it ran and from here: say so, and what else to do
+        raise SpecError(
+            "",
+            "the run's data, from which its validation split is rebuilt, cannot be read (from the directory it "
+            "ran in, nor from here): "
+            + "; ".join(f"{f}: {m}" if f else m for f, m in e.problems)
+            + "; pass --data FILE to evaluate on files of your own",
+        ) from None
     ran_on = _run_info(target.run_dir).get("data_sha256") if target.run_dir is not None else None
     if ran_on and ran_on != ds.digest:  # a run.json written before the digest was kept has none: not checked
         raise SpecError(  # the split drawn now would hold other rows, some of them trained on
