@@ -64,3 +64,24 @@ def test_a_failed_write_leaves_the_old_directory(tmp_path):
         raise RuntimeError("disk full")
     assert _contents(target) == {"weights": "old", "config.json": "old"}
     assert [p.name for p in tmp_path.iterdir()] == ["final"]
+
+
+def test_files_written_private_are_readable_as_any_other_file_once_in_place(tmp_path):
+    """safetensors writes its files 0600: a run directory on a shared volume would hold weights that a reader
+    of another uid cannot load, beside a config it can."""
+    import os
+
+    import torch
+    from safetensors.torch import save_file
+
+    with atomic_dir(tmp_path / "final") as tmp:
+        save_file({"w": torch.zeros(2)}, str(tmp / "adapter_model.safetensors"))
+        (tmp / "adapter_config.json").write_text("{}")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (tmp_path / "final").iterdir()}
+    assert modes["adapter_model.safetensors"] == modes["adapter_config.json"] == 0o666 & ~_umask(os)
+
+
+def _umask(os) -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -16,6 +16,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def _file_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _file_mode()  # what open() gives a new file under this process's umask
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path) -> Iterator[Path]:
     """Yield an empty temporary directory beside `target`; on success it replaces `target`. One already
@@ -30,6 +39,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         tmp.mkdir(parents=True)
         yield tmp
         for f in sorted(tmp.rglob("*")):
+            if f.is_file() and not f.is_symlink():
+                f.chmod(_FILE_MODE)  # safetensors writes its files 0600: others sharing the volume could not load them
             fsync(f)
         fsync(tmp)
         if not target.exists():
