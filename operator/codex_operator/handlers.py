@@ -524,7 +524,7 @@ class Operator(Timer):
                     st.refused = e.line()
                     self.post_event(body, "Warning", "Refused", e.line())
                 return
-            if not e.transient:
+            if not e.transient and not (isinstance(e, Refused) and e.until_edited):
                 try:
                     await self._fail(body, "Refused", e.line(), datetime.now(UTC))
                     st.backoff, st.retry_at = backoff, None

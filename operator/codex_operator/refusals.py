@@ -9,6 +9,7 @@ recovers, a name an earlier job's children still hold until the garbage collecto
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 
 from . import names
@@ -21,6 +22,7 @@ BACKOFF_MAX = 300.0
 _TRANSIENT_403 = ("exceeded quota", "cannot create resource", "cannot patch resource", "cannot get resource",
                   "cannot list resource", "cannot delete resource")  # fmt: skip
 REASON_LIMIT = 1024
+_LATER_ATTEMPT = re.compile(r"creating (?:Job|ConfigMap) .+-a(\d+)(?:-config)?")  # names.attempt_name, config_name
 
 
 @dataclass
@@ -39,11 +41,24 @@ class Refused(Exception):
             return not self.what.startswith("creating")  # gone between two calls; on a create: no namespace
         return self.code == 403 and any(t in self.reason for t in _TRANSIENT_403)
 
+    @property
+    def until_edited(self) -> bool:
+        """A lasting refusal of a later attempt's Job or job file: made from a spec edited since the job started
+        (a request above its limit, a bad nodeSelector key). Failing would lose nothing the edit did not, but
+        delete-and-apply would lose the checkpoints: the job waits for an edit instead."""
+        made = _LATER_ATTEMPT.fullmatch(self.what)
+        return not self.transient and made is not None and int(made.group(1)) >= 2
+
     def line(self) -> str:
         reason = self.reason if len(self.reason) <= REASON_LIMIT else self.reason[: REASON_LIMIT - 3] + "..."
         head = f"the API server refused {self.what} (HTTP {self.code}): {reason}"
         if self.transient:
             return f"{head}; retrying"
+        if self.until_edited:
+            return (
+                f"{head}; the job keeps its checkpoints and waits: fix what it names in the job (kubectl edit ctj), "
+                "and the next attempt is made from the edited spec"
+            )
         return f"{head}; not retried: fix what it names, then delete the job and apply it again"
 
 

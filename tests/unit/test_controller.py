@@ -243,6 +243,33 @@ def test_a_refused_attempt_job_is_shown_and_retried_or_failed_as_its_answer_says
     scenario(test)
 
 
+def test_a_later_attempt_refused_for_an_edited_spec_waits_for_the_next_edit_and_keeps_the_job():
+    """An edit the API server accepts (cpu request above its limit) makes the next attempt's Job invalid: the job
+    must not fail for good (delete-and-apply would lose its checkpoints); it says what to fix and waits."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.maxDisruptions=3")
+        await c.run(1)
+        said = 'Job.batch "tiny-cpu-a2" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value'
+        c.api.refuse("POST", "jobs", 422, said, times=None)
+        await c.edit("resources.limits.cpu=500m")
+        c.pod(1, 0, exit_code=143, disrupted=True)
+        await c.fail(1, "PodFailurePolicy", "Pod has condition DisruptionTarget matching FailJob rule at index 1")
+        st = c.status()
+        assert st["phase"] != "Failed" and c.attempt(2) is None, st
+        assert (
+            "(HTTP 422)" in st["message"]
+            and "the job keeps its checkpoints and waits: fix what it names" in st["message"]
+        )
+        await c.retry()
+        assert c.status()["phase"] != "Failed"  # retried, still refused
+        c.api.rules.clear()
+        await c.edit("resources.limits.cpu='2'")
+        assert c.attempt(2) is not None and c.status()["disruptions"] == 1
+
+    scenario(test)
+
+
 def test_a_refused_child_of_each_kind_is_named_in_the_message():
     async def test(c: Cluster) -> None:
         c.api.refuse("POST", "persistentvolumeclaims", 403, "exceeded quota: storage, requested: 10Gi", times=2)
