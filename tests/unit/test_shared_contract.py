@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from codex_operator import names
 from codex_trainer import checkpoint, contract
 from codex_trainer.cli import _final_numbers, _stopped_message
-from codex_trainer.errors import SpecError, write_termination_message
+from codex_trainer.errors import SpecError, TransientError, write_termination_message
 from codex_trainer.launch import Rendezvous, outcome
 from codex_trainer.metrics import Prometheus
 from codex_trainer.outdir import LOCK_FILE, output_lock
@@ -169,6 +169,11 @@ def test_the_lock_wait_is_read_from_the_contracts_name(tmp_path, monkeypatch):
         with output_lock(tmp_path):
             waited = time.monotonic() - start
         assert 0.2 < waited < 10
+        fcntl.flock(fd, fcntl.LOCK_EX)  # an earlier attempt's process that outlives the wait (its node lost)
+        monkeypatch.setenv(contract.ENV_LOCK_WAIT, "0.3")
+        retried = "an earlier attempt .* still holds .* exiting to be retried"
+        with pytest.raises(TransientError, match=retried), output_lock(tmp_path):
+            pass
     finally:
         release.cancel()
         if release.is_alive():

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from .contract import ENV_LOCK_WAIT
-from .errors import SpecError, disk_full, is_disk_full
+from .errors import SpecError, TransientError, disk_full, is_disk_full
 
 LOCK_FILE = ".codex-train.lock"
 
@@ -63,6 +63,13 @@ def _acquire(fd: int, out: Path, wait: float) -> None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
+            if time.monotonic() >= deadline and wait > 0:
+                # an attempt's pod (the operator gave it the wait): the holder is an earlier attempt's process that
+                # outlived its grace period (a node that stopped answering); it ends, so this is worth a retry
+                raise TransientError(
+                    f"an earlier attempt ({_holder(fd)}) still holds {out} after {wait:g} s (its node unreachable, "
+                    "or its process stopping late); exiting to be retried once it has let go"
+                ) from None
             if time.monotonic() >= deadline:
                 raise SpecError(
                     "",
