@@ -290,7 +290,8 @@ class Operator(Timer):
         attempts = [s.attempt for s in found if not s.deleting]
         latest = max(attempts, key=lambda a: a.number, default=None)
         if st.check_children or not bodies.children_current(status, job.generation):
-            await self.ensure_children(job, latest)
+            if await self.ensure_children(job, latest) and status.get("attempt"):
+                status = await self._volume_lost(body, job)
             st.check_children = False
         p = plan(
             job,
@@ -410,10 +411,25 @@ class Operator(Timer):
             log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
 
-    async def ensure_children(self, job: Job, latest: Attempt | None) -> None:
+    async def _volume_lost(self, body: dict[str, Any], job: Job) -> dict[str, Any]:
+        """The job's volume was deleted under it and is made again, empty: say so, and forget the checkpoint the
+        status names, so that nothing claims a resumption from it. The status as it is now."""
+        name = names.pvc_name(job.name)
+        said = (
+            f"PersistentVolumeClaim {name} was deleted and is made again, empty: the job's checkpoints are gone "
+            "and its next attempt trains from step 0"
+        )
+        meta, status = body["metadata"], body.get("status") or {}
+        patch = {"message": said, "checkpoint": None, "progress": None}
+        await self.patch_status(meta["namespace"], meta["name"], patch, status)
+        self.post_event(body, "Warning", "VolumeLost", said)
+        log.warning("%s/%s: %s", meta["namespace"], meta["name"], said)
+        return {k: v for k, v in status.items() if k not in patch} | {"message": said}
+
+    async def ensure_children(self, job: Job, latest: Attempt | None) -> bool:
         """The volume and, for several nodes, the rendezvous Service (and the live attempt's job file,
         deleted by hand): create what is missing, check that what exists is this job's, and keep or release
-        the volume as storage.retain says now."""
+        the volume as storage.retain says now. True if the volume was made here and now."""
         assert self.kube is not None
         claim = builders.checkpoint_claim(job)
         service = builders.headless_service(job) if builders.needs_service(job) else None
@@ -426,6 +442,7 @@ class Operator(Timer):
                 raise result
         if claim is not None and created[0] is False:
             await self._retain(job, claim["metadata"]["name"])
+        return claim is not None and created[0] is True
 
     async def _retain(self, job: Job, name: str) -> None:
         """storage.retain switched on: the volume loses its ownerReference (it outlives the job); off: gains

@@ -258,6 +258,8 @@ class Timer:
         why = waiting_reason(pods) or (await self._why_no_pods(body) if len(pods) < nodes else None)
         if why is None:
             return
+        if f'persistentvolumeclaim "{names.pvc_name(name)}" not found' in why:
+            st.check_children, st.retry_at = True, 0.0  # its volume was deleted: the next round makes it again
         attempt = status.get("attempt") or 1
         message = f"attempt {attempt} waiting: {why}"
         if message != status.get("message") and await self.timer_patch(body, {"message": message}):

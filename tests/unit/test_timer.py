@@ -380,3 +380,40 @@ def test_a_stall_at_the_backoff_limit_whose_attempt_cannot_be_deleted_says_so():
         assert c.attempt(1) is None and c.status()["phase"] == "Failed"
 
     scenario(test)
+
+
+def test_a_deleted_volume_is_made_again_with_a_warning_and_no_resumption_is_claimed():
+    """Its checkpoints are gone: the pods wait on a claim that is not there until the operator makes it again,
+    and from then on nothing says the next attempt resumes from the step the old volume held."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        assert c.status()["checkpoint"]["step"] == 40
+        claim = names.pvc_name(NAME)
+        c.api.delete("persistentvolumeclaims", NS, claim)
+        c.pod(1, 0, exit_code=143, disrupted=True)
+        await c.fail(1, "PodFailurePolicy", "Pod has condition DisruptionTarget matching FailJob rule at index 1")
+        assert c.attempt(2) is not None and c.api.get("persistentvolumeclaims", NS, claim) is None
+        pod = c.pod(2, 0)
+        waits = f'persistentvolumeclaim "{claim}" not found'
+        unscheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": waits}
+        pod["status"] = {"phase": "Pending", "conditions": [unscheduled]}
+        c.api.put("pods", pod)
+        await c.retry()
+        await c.retry()
+        st = c.status()
+        assert c.api.get("persistentvolumeclaims", NS, claim) is not None
+        assert "checkpoint" not in st and "progress" not in st
+        lost = [m for k, r, m in c.events if (k, r) == ("Warning", "VolumeLost")]
+        assert lost == [
+            f"PersistentVolumeClaim {claim} was deleted and is made again, empty: the job's checkpoints are gone "
+            "and its next attempt trains from step 0"
+        ]
+        await c.run(2)
+        resumed = [m for _, r, m in c.events if r in ("Resumed", "Running")][-1]
+        assert "step 40" not in resumed, resumed
+
+    scenario(test)
