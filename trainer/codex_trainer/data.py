@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import DataError, SpecError, disk_full, is_disk_full
+from .errors import DataError, SpecError, disk_full, is_disk_full, not_found
 from .files import atomic_file, sha256_file
 from .plugins import READERS, reader_extensions, reader_for
 from .spec import LISTED_TWICE, VALIDATION_IS_TRAINING, DataSpec, JobSpec
@@ -125,7 +125,7 @@ def check_data_path(name: str, field: str) -> None:
     if path.is_dir():
         raise SpecError(field, f"'{name}' is a directory; name the data files in it")
     if not path.is_file():
-        raise SpecError(field, f"file '{name}' not found (relative paths are read from {Path.cwd()})")
+        raise SpecError(field, not_found(name))
     if not os.access(path, os.R_OK):
         raise SpecError(field, f"'{name}' is not readable by uid {os.getuid()}")
 

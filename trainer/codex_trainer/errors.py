@@ -104,3 +104,10 @@ def read_worker_messages(directory: Path) -> dict[int, str]:
         with contextlib.suppress(OSError, ValueError):
             found[int(f.name.removeprefix("rank-"))] = f.read_text().strip()
     return found
+
+
+def not_found(name: str) -> str:
+    """The words for a data file that is not there: where a relative path was looked for, where that helps."""
+    if os.path.isabs(name):
+        return f"file '{name}' not found"
+    return f"file '{name}' not found (relative paths are read from {Path.cwd()})"

@@ -52,6 +52,7 @@ from .contract import (
 from .errors import (
     SpecError,
     TransientError,
+    not_found,
     read_worker_messages,
     write_termination_message,
 )
@@ -105,7 +106,7 @@ def check_data_files(spec: JobSpec) -> None:
     for field, name in files:
         path = Path(name)
         if not path.exists():
-            problems.append((field, f"file '{name}' not found (relative paths are read from {Path.cwd()})"))
+            problems.append((field, not_found(name)))
         elif not path.is_file():
             problems.append((field, f"'{name}' is not a file"))
         elif not os.access(path, os.R_OK):
