@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import memory, metrics, names, watched
@@ -192,7 +193,12 @@ class Timer:
             async with gate:
                 try:
                     await asyncio.wait_for(self.timer_patch(body, patch), timeout=limit)
-                except Exception:  # one job's failed write (deleted meanwhile, a server error) is not the others'
+                except ApiException as e:  # one job's failed write is not the others'
+                    if e.status == 404:  # deleted meanwhile: nothing to say
+                        log.debug("progress of %s/%s not written: the job is gone", *key)
+                    else:
+                        log.warning("progress of %s/%s not written this round: HTTP %s %s", *key, e.status, e.reason)
+                except Exception:  # a server that does not answer, say
                     log.warning("progress of %s/%s not written this round", *key, exc_info=True)
                 finally:  # its turn was spent either way: a write that keeps failing must not stay first
                     st.progress_written = time.monotonic()
