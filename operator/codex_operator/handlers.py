@@ -38,7 +38,17 @@ from .jobstate import JobState, Options
 from .kube import CONNECTIONS, Kube
 from .progress import ts
 from .refusals import Refused, Taken, holder, next_backoff, server_message
-from .status import TERMINAL, Plan, QueueSaid, Stall, deadline_left, plan, queue_words, set_condition
+from .status import (
+    TERMINAL,
+    Plan,
+    QueueSaid,
+    Stall,
+    deadline_left,
+    plan,
+    queue_words,
+    set_condition,
+    volume_lost_message,
+)
 from .timer import Timer
 from .watched import Key
 from .workqueue import WorkQueue
@@ -290,8 +300,9 @@ class Operator(Timer):
         attempts = [s.attempt for s in found if not s.deleting]
         latest = max(attempts, key=lambda a: a.number, default=None)
         if st.check_children or not bodies.children_current(status, job.generation):
-            if await self.ensure_children(job, latest) and status.get("attempt"):
-                status = await self._volume_lost(body, job)
+            made = await self.ensure_children(job, latest)
+            if made and status.get("attempt") and status.get("message") != volume_lost_message(job.name):
+                status = await self.volume_lost(body)  # made again by an edit before the timer saw it gone
             st.check_children = False
         p = plan(
             job,
@@ -411,15 +422,12 @@ class Operator(Timer):
             log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
 
-    async def _volume_lost(self, body: dict[str, Any], job: Job) -> dict[str, Any]:
+    async def volume_lost(self, body: dict[str, Any]) -> dict[str, Any]:
         """The job's volume was deleted under it and is made again, empty: say so, and forget the checkpoint the
-        status names, so that nothing claims a resumption from it. The status as it is now."""
-        name = names.pvc_name(job.name)
-        said = (
-            f"PersistentVolumeClaim {name} was deleted and is made again, empty: the job's checkpoints are gone "
-            "and its next attempt trains from step 0"
-        )
+        status names, so that nothing claims a resumption from it (written before the volume is made, so that a
+        stop in between cannot lose it). The status as it is now."""
         meta, status = body["metadata"], body.get("status") or {}
+        said = volume_lost_message(meta["name"])
         patch = {"message": said, "checkpoint": None, "progress": None}
         await self.patch_status(meta["namespace"], meta["name"], patch, status)
         self.post_event(body, "Warning", "VolumeLost", said)

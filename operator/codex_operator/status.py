@@ -42,6 +42,14 @@ class Plan:
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
 
 
+def volume_lost_message(job_name: str) -> str:
+    """status.message (and the VolumeLost Event) of a job whose volume was deleted under it."""
+    return (
+        f"PersistentVolumeClaim {names.pvc_name(job_name)} was deleted and is made again, empty: the job's "
+        "checkpoints are gone and its next attempt trains from step 0"
+    )
+
+
 def deadline_left(job: Job, status: dict[str, Any], now: datetime) -> int | None:
     """Seconds left of runPolicy.activeDeadlineSeconds, counted from the job's start (None: no deadline)."""
     limit = job.spec.run_policy.active_deadline_seconds

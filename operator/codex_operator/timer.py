@@ -24,7 +24,7 @@ from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
 from .progress import progress_changed, progress_from_metrics
-from .status import TERMINAL, Stall, condition_reason, queue_words, waiting_in_queue
+from .status import TERMINAL, Stall, condition_reason, queue_words, volume_lost_message, waiting_in_queue
 from .watched import Key
 
 log = logging.getLogger("codex_operator")
@@ -58,6 +58,8 @@ class Timer:
         async def timer_patch(self, body: dict[str, Any], patch: dict[str, Any]) -> bool: ...
 
         def _attempt_jobs(self, key: Key, uid: str) -> list[watched.Seen]: ...
+
+        async def volume_lost(self, body: dict[str, Any]) -> dict[str, Any]: ...
 
     async def tick(self, key: Key, st: JobState) -> None:
         body = st.body
@@ -264,8 +266,11 @@ class Timer:
         why = waiting_reason(pods) or (await self._why_no_pods(body) if len(pods) < nodes else None)
         if why is None:
             return
-        if f'persistentvolumeclaim "{names.pvc_name(name)}" not found' in why:
-            st.check_children, st.retry_at = True, 0.0  # its volume was deleted: the next round makes it again
+        if f'persistentvolumeclaim "{names.pvc_name(name)}" not found' in why:  # deleted: made again next round
+            if status.get("message") != volume_lost_message(name):
+                await self.volume_lost(body)
+            st.check_children, st.retry_at = True, 0.0
+            return
         attempt = status.get("attempt") or 1
         message = f"attempt {attempt} waiting: {why}"
         if message != status.get("message") and await self.timer_patch(body, {"message": message}):

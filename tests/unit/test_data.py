@@ -193,28 +193,29 @@ def test_a_validation_file_that_is_a_training_file_under_another_name_is_refused
     assert f"'{other}' is the training file 'd.jsonl' under another name" in str(e.value)
 
 
-def test_a_file_listed_twice_is_refused_under_one_name_or_two(tmp_path, jsonl, monkeypatch):
-    """Its held-out rows would be trained on through its twin, and its rows trained on twice."""
+def test_a_file_listed_twice_is_warned_of_under_one_name_or_two(tmp_path, jsonl, monkeypatch):
+    """Its held-out rows are trained on through its twin, and its rows twice: said, not refused (jobs and runs
+    made before must still load)."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValueError, match="'d.jsonl' is listed twice: list each file once"):
-        DataSpec(train=["d.jsonl", "d.jsonl"], max_seq_length=16)
-    spec = DataSpec(train=["d.jsonl", "./d.jsonl"], max_seq_length=16)
-    with pytest.raises(SpecError) as e:
-        load_dataset(spec, byte_tokenizer(), "fp", seed=0, cache_dir=None)
-    assert e.value.problems == [
-        (
-            "spec.data.train",
-            "'./d.jsonl' is 'd.jsonl' under another name, listed twice: list each file once (a file listed twice is "
-            "trained on twice, and the rows held out of it for validation are trained on too)",
-        )
+    said: list[str] = []
+    for twin in ("d.jsonl", "./d.jsonl"):
+        spec = DataSpec(train=["d.jsonl", twin], max_seq_length=16)
+        load_dataset(spec, byte_tokenizer(), "fp", seed=0, cache_dir=None, log=said.append)
+    assert said == [
+        "spec.data.train: 'd.jsonl' is listed twice: its rows are trained on twice, and those held out of it for "
+        "validation are trained on too; list each file once",
+        "spec.data.train: './d.jsonl' (as 'd.jsonl') is listed twice: its rows are trained on twice, and those held "
+        "out of it for validation are trained on too; list each file once",
     ]
 
 
-def test_a_module_both_adapted_and_trained_in_full_is_refused_naming_it():
+def test_lora_with_every_target_trained_in_full_is_refused_and_a_partial_overlap_is_peft_s():
     from codex_trainer.spec import PeftSpec
 
-    with pytest.raises(ValueError, match="'lm_head' is also in targetModules: a module is either adapted"):
-        PeftSpec(target_modules=["q_proj", "lm_head"], modules_to_save=["embed_tokens", "lm_head"])
+    with pytest.raises(ValueError, match="every module in targetModules is also in modulesToSave"):
+        PeftSpec(target_modules=["lm_head"], modules_to_save=["embed_tokens", "lm_head"])
+    shared = PeftSpec(target_modules=["q_proj", "lm_head"], modules_to_save=["lm_head"])  # lm_head trained in full
+    assert shared.modules_to_save == ["lm_head"]
     assert PeftSpec(target_modules=["all-linear"], modules_to_save=["lm_head"]).modules_to_save == ["lm_head"]
 
 

@@ -323,6 +323,9 @@ def load_dataset(
 
     A cache file that does not verify (torn, truncated, altered) is reported through `log` and rebuilt."""
     check_validation_is_not_training(spec)
+    if log is not None:
+        for line in listed_twice(spec):
+            log(line)
     digest = data_digest(spec)
     cache_file = None
     if cache_dir is not None:
@@ -355,8 +358,8 @@ def load_dataset(
 
 
 def check_validation_is_not_training(spec: DataSpec) -> None:
-    """No validation file is a training file under another name (./a.jsonl, a link), and no file is listed twice
-    under two names: the manifest's checks, like the API server's, compare names only."""
+    """No validation file is a training file under another name (./a.jsonl, a link): the manifest's check, like
+    the API server's, compares names only."""
     why = VALIDATION_IS_TRAINING.removeprefix("is also a training file: ")
     problems = []
     for name in spec.validation_files:
@@ -367,14 +370,21 @@ def check_validation_is_not_training(spec: DataSpec) -> None:
                         ("spec.data.validation", f"'{name}' is the training file '{train}' under another name: {why}")
                     )
                     break
-    for field, files in (("spec.data.train", spec.train_files), ("spec.data.validation", spec.validation_files)):
-        for i, name in enumerate(files):
-            twin = next((other for other in files[:i] if _same_file(name, other)), None)
-            if twin is not None:
-                why = LISTED_TWICE.removeprefix("is listed twice: ")
-                problems.append((field, f"'{name}' is '{twin}' under another name, listed twice: {why}"))
     if problems:
         raise SpecError(problems)
+
+
+def listed_twice(spec: DataSpec) -> list[str]:
+    """A warning for each file a list names twice, under one name or two (a.jsonl, ./a.jsonl, a link): not
+    refused, as jobs and runs made before this warning must still load."""
+    out = []
+    for field, files in (("spec.data.train", spec.train_files), ("spec.data.validation", spec.validation_files)):
+        for i, name in enumerate(files):
+            twin = next((other for other in files[:i] if other == name or _same_file(name, other)), None)
+            if twin is not None:
+                also = "" if twin == name else f" (as '{twin}')"
+                out.append(f"{field}: '{name}'{also} {LISTED_TWICE}")
+    return out
 
 
 def _same_file(a: str, b: str) -> bool:

@@ -358,6 +358,8 @@ def data_sources(
     try:
         ds = load_dataset(data_spec, tokenizer, fp, spec.training.seed, cache_dir=None)
     except SpecError as e:  # the run's files, read where it ran and from here: say so, and what else to do
+        if not all("not found" in m for _, m in e.problems):
+            raise
         raise SpecError(
             "",
             "the run's data, from which its validation split is rebuilt, cannot be read (from the directory it "

@@ -17,8 +17,12 @@ from pathlib import Path
 
 
 def _file_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """0o666 less the umask, read without setting it (os.umask would change it for every thread a moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            mask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = 0o022
     return 0o666 & ~mask
 
 
@@ -39,8 +43,10 @@ def atomic_dir(target: Path) -> Iterator[Path]:
         tmp.mkdir(parents=True)
         yield tmp
         for f in sorted(tmp.rglob("*")):
-            if f.is_file() and not f.is_symlink():
-                f.chmod(_FILE_MODE)  # safetensors writes its files 0600: others sharing the volume could not load them
+            if f.is_file() and not f.is_symlink() and f.stat().st_mode & 0o777 == 0o600:
+                # safetensors writes its files 0600: others sharing the volume could not load them
+                with contextlib.suppress(OSError):  # a mount that refuses chmod keeps what it gave
+                    f.chmod(_FILE_MODE)
             fsync(f)
         fsync(tmp)
         if not target.exists():

@@ -4,7 +4,8 @@ Two runs writing one directory corrupt each other (one deletes the other's tempo
 metrics.jsonl holds one run's rows). So rank 0 takes an exclusive flock on `<out>/.codex-train.lock`
 and writes its pid there; a second run exits 2 naming that pid. The kernel drops the lock when its
 process dies, so a lock left by a killed run is simply taken over. CODEX_LOCK_WAIT (seconds, default
-0) lets a new run wait for the old one to let go, e.g. while a replaced pod is still checkpointing.
+0) lets a new run wait for the old one to let go, e.g. while a replaced pod is still checkpointing; held
+longer than that (an earlier attempt's process on a node cut off), the run exits 1, to be retried.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ def prepare_output_dir(out: Path, field: str = "--output-dir") -> None:
 
 @contextlib.contextmanager
 def output_lock(out: Path, enabled: bool = True) -> Iterator[None]:
-    """Hold the directory's lock for the duration; SpecError when another live run holds it."""
+    """Hold the directory's lock for the duration; SpecError when another live run holds it (TransientError when
+    it still does after CODEX_LOCK_WAIT seconds: an earlier attempt's process, in a pod)."""
     if not enabled:
         yield
         return
