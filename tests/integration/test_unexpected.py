@@ -204,3 +204,41 @@ def test_max_steps_raised_while_it_runs_trains_to_the_new_end(operator, jobs, tr
     assert said and said[0].startswith("attempt 1 finished the 150 steps it was started with; the spec now"), said
     resumed = [json.loads(line) for line in jobs.logs("longer-a2").splitlines() if '"resumed"' in line]
     assert resumed and resumed[0]["step"] == 150, jobs.logs("longer-a2")[-2000:]
+
+
+LONGER = (*SHORT, "training.maxSteps=400", "checkpoint.everySteps=20")  # still training when its pod goes
+
+
+def test_an_edit_that_makes_the_next_attempt_invalid_waits_for_the_fix_and_loses_nothing(operator, jobs, trainer_image):
+    """The API server takes a cpu request above its limit on the job (a free-form field), but not on the next
+    attempt's Job: the job keeps its checkpoints and says what to fix; the fix starts that attempt."""
+    jobs.apply(manifest("edited", *LONGER))
+    wait_for(lambda: (jobs.status("edited").get("checkpoint") or {}).get("step"), "a first checkpoint", 300)
+    bad = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "3Gi"}}
+    jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps({"spec": {"resources": bad}}))
+    jobs.kubectl("delete", "pod", "-l", "codex.ml/job-name=edited", "--wait=false")  # attempt 1 ends
+    st = message_says(jobs, "edited", "the job keeps its checkpoints and waits: fix what it names", timeout=120)
+    assert st["phase"] != "Failed" and "(HTTP 422)" in st["message"] and "edited-a2" in st["message"], st
+    good = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "3Gi"}}
+    jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps({"spec": {"resources": good}}))
+    done = jobs.wait_phase("edited", "Succeeded", timeout=600)
+    assert done["attempt"] == 2 and done["progress"]["stepText"] == "400/400", done
+    resumed = [json.loads(line) for line in jobs.logs("edited-a2").splitlines() if '"resumed"' in line]
+    assert resumed and resumed[0]["step"] >= 20, jobs.logs("edited-a2")[-2000:]
+
+
+def test_a_deleted_checkpoint_volume_is_made_again_and_its_loss_is_said(operator, jobs, trainer_image):
+    """Deleted under a running job: the next attempt's pod waits for the claim, the operator makes it again
+    (Warning VolumeLost), and the job trains from step 0 with no Event claiming a resumption."""
+    jobs.apply(manifest("lost", *LONGER))
+    wait_for(lambda: (jobs.status("lost").get("checkpoint") or {}).get("step"), "a first checkpoint", 300)
+    jobs.kubectl("delete", "pvc", "lost-checkpoints", "--wait=false")
+    jobs.kubectl("delete", "pod", "-l", "codex.ml/job-name=lost", "--wait=false")  # lets the volume go
+    lost = wait_for(lambda: [e for e in jobs.events("lost") if e["reason"] == "VolumeLost"], "VolumeLost", 240)
+    assert lost[0]["type"] == "Warning" and "its next attempt trains from step 0" in lost[0]["message"], lost
+    done = jobs.wait_phase("lost", "Succeeded", timeout=600)
+    assert done["progress"]["stepText"] == "400/400", done
+    last = f"lost-a{done['attempt']}"
+    assert not [line for line in jobs.logs(last).splitlines() if '"resumed"' in line], jobs.logs(last)[-2000:]
+    claimed = [e["message"] for e in jobs.events("lost") if e["reason"] == "Resumed"]
+    assert not [m for m in claimed if "checkpoint (step" in m], claimed
