@@ -315,18 +315,24 @@ def test_a_write_budget_that_is_not_a_finite_number_of_zero_or_more_is_refused_a
     assert "--progress-writes-per-second" in capsys.readouterr().err
 
 
+async def stall_with(c: Cluster, limit: str, method: str, code: int, said: str, times: int | None = 1) -> None:
+    """Attempt 1 reads step 40, then makes no step for 61 s (the deadline 60 s) while the API server refuses
+    the next `method` on Jobs: the stall is acted on."""
+    await c.apply("runPolicy.progressDeadlineSeconds=60", limit)
+    await c.run(1)
+    rank0_at(c, 1, 40)
+    await c.retry()
+    c.api.refuse(method, "jobs", code, said, times=times)
+    quiet_for(c, 61)
+    await c.retry()
+
+
 def test_a_stall_restart_cut_short_by_a_refused_create_finishes_without_counting_a_disruption():
     """The stalled attempt is deleted, then the next one's create is refused: the job must not read that as
     its attempt deleted by someone else (maxDisruptions 0 would fail it)."""
 
     async def test(c: Cluster) -> None:
-        await c.apply("runPolicy.progressDeadlineSeconds=60", "runPolicy.maxDisruptions=0")
-        await c.run(1)
-        rank0_at(c, 1, 40)
-        await c.retry()
-        c.api.refuse("POST", "jobs", 403, "exceeded quota: count/jobs.batch, requested: 1", times=1)
-        quiet_for(c, 61)
-        await c.retry()
+        await stall_with(c, "runPolicy.maxDisruptions=0", "POST", 403, "exceeded quota: count/jobs.batch, requested: 1")
         assert any(r == "Refused" and "refused creating Job tiny-cpu-a2 (HTTP 403)" in m for _, r, m in c.events)
         await c.retry()
         st = c.status()
@@ -341,13 +347,7 @@ def test_a_stall_restart_cut_short_by_a_refused_create_finishes_without_counting
 
 def test_a_stall_at_the_backoff_limit_whose_delete_is_refused_ends_failed_with_no_pod_left():
     async def test(c: Cluster) -> None:
-        await c.apply("runPolicy.progressDeadlineSeconds=60", "runPolicy.backoffLimit=0")
-        await c.run(1)
-        rank0_at(c, 1, 40)
-        await c.retry()
-        c.api.refuse("DELETE", "jobs", 500, "etcdserver: leader changed", times=1)
-        quiet_for(c, 61)
-        await c.retry()
+        await stall_with(c, "runPolicy.backoffLimit=0", "DELETE", 500, "etcdserver: leader changed")
         await c.retry()
         st = c.status()
         assert st["phase"] == "Failed" and "runPolicy.backoffLimit 0 reached" in st["message"]
@@ -361,13 +361,8 @@ def test_a_stall_at_the_backoff_limit_whose_attempt_cannot_be_deleted_says_so():
     running: a Warning Event says why (not at every retry), and the delete is retried."""
 
     async def test(c: Cluster) -> None:
-        await c.apply("runPolicy.progressDeadlineSeconds=60", "runPolicy.backoffLimit=0")
-        await c.run(1)
-        rank0_at(c, 1, 40)
-        await c.retry()
-        c.api.refuse("DELETE", "jobs", 403, 'jobs.batch "tiny-cpu-a1" is forbidden: cannot delete resource', times=None)
-        quiet_for(c, 61)
-        await c.retry()
+        forbidden = 'jobs.batch "tiny-cpu-a1" is forbidden: cannot delete resource'
+        await stall_with(c, "runPolicy.backoffLimit=0", "DELETE", 403, forbidden, times=None)
         await c.retry()
         assert c.status()["phase"] == "Failed" and c.attempt(1) is not None
         refused = [m for k, r, m in c.events if (k, r) == ("Warning", "Refused")]
