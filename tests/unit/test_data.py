@@ -217,6 +217,7 @@ def test_lora_with_every_target_trained_in_full_is_refused_and_a_partial_overlap
     shared = PeftSpec(target_modules=["q_proj", "lm_head"], modules_to_save=["lm_head"])  # lm_head trained in full
     assert shared.modules_to_save == ["lm_head"]
     assert PeftSpec(target_modules=["all-linear"], modules_to_save=["lm_head"]).modules_to_save == ["lm_head"]
+    assert PeftSpec(method="none", target_modules=["lm_head"], modules_to_save=["lm_head"]).method == "none"
 
 
 def test_too_little_data_for_one_sequence_names_max_seq_length(tmp_path):

@@ -196,6 +196,7 @@ class PeftSpec(SpecModel):
             "x-kubernetes-validations": [
                 {  # a partial overlap is PEFT's: the shared module is trained in full, the others adapted
                     "rule": "!has(self.modulesToSave) || !has(self.targetModules) || "
+                    "(has(self.method) && self.method == 'none') || "
                     "!self.targetModules.all(t, t in self.modulesToSave)",
                     "message": SAVED_AND_TARGETED,
                     "fieldPath": ".modulesToSave",
@@ -237,7 +238,7 @@ class PeftSpec(SpecModel):
     @classmethod
     def _something_to_adapt(cls, v: list[str], info: ValidationInfo) -> list[str]:
         targeted = info.data.get("target_modules") or ()
-        if targeted and set(targeted) <= set(v):
+        if targeted and set(targeted) <= set(v) and info.data.get("method") != "none":
             raise ValueError(SAVED_AND_TARGETED)
         return v
 
