@@ -363,13 +363,11 @@ def check_validation_is_not_training(spec: DataSpec) -> None:
     why = VALIDATION_IS_TRAINING.removeprefix("is also a training file: ")
     problems = []
     for name in spec.validation_files:
-        for train in spec.train_files:
-            with contextlib.suppress(OSError):  # a file that is not there: reading it says so
-                if os.path.samefile(name, train):
-                    problems.append(
-                        ("spec.data.validation", f"'{name}' is the training file '{train}' under another name: {why}")
-                    )
-                    break
+        train = next((t for t in spec.train_files if _same_file(name, t)), None)
+        if train is not None:
+            problems.append(
+                ("spec.data.validation", f"'{name}' is the training file '{train}' under another name: {why}")
+            )
     if problems:
         raise SpecError(problems)
 
