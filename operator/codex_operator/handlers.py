@@ -559,7 +559,16 @@ class Operator(Timer):
             st.failed_generation = body["metadata"].get("generation")
             st.refused = e.line()
             if status.get("message") != e.line():
-                patch = {"message": e.line()} | ({} if status.get("phase") else {"phase": "Pending"})
+                patch: dict[str, Any] = {"message": e.line()}
+                if not status.get("phase"):
+                    patch["phase"] = "Pending"
+                elif status["phase"] == "Running" and isinstance(e, Refused) and (e.attempt or 0) >= 2:
+                    # the attempt that ran has ended and the next one is refused: nothing runs now
+                    patch["phase"] = "Restarting"
+                    patch["conditions"] = set_condition(
+                        status.get("conditions") or [], "Restarting", "Refused", e.line(), datetime.now(UTC),
+                        body["metadata"].get("generation", 1),
+                    )  # fmt: skip
                 await self.patch_status(*key, patch, status)
                 self.post_event(body, "Warning", "NameTaken" if isinstance(e, Taken) else "Refused", e.line())
         except Exception:

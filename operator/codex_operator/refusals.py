@@ -22,7 +22,7 @@ BACKOFF_MAX = 300.0
 _TRANSIENT_403 = ("exceeded quota", "cannot create resource", "cannot patch resource", "cannot get resource",
                   "cannot list resource", "cannot delete resource")  # fmt: skip
 REASON_LIMIT = 1024
-_LATER_ATTEMPT = re.compile(r"creating (?:Job|ConfigMap) .+-a(\d+)(?:-config)?")  # names.attempt_name, config_name
+_ATTEMPT_CHILD = re.compile(r"creating (?:Job|ConfigMap) .+-a(\d+)(?:-config)?")  # names.attempt_name, config_name
 
 
 @dataclass
@@ -42,12 +42,17 @@ class Refused(Exception):
         return self.code == 403 and any(t in self.reason for t in _TRANSIENT_403)
 
     @property
+    def attempt(self) -> int | None:
+        """The attempt whose Job or job file was refused; None for any other call."""
+        made = _ATTEMPT_CHILD.fullmatch(self.what)
+        return int(made.group(1)) if made else None
+
+    @property
     def until_edited(self) -> bool:
         """A lasting refusal of a later attempt's Job or job file: made from a spec edited since the job started
         (a request above its limit, a bad nodeSelector key). Failing would lose nothing the edit did not, but
         delete-and-apply would lose the checkpoints: the job waits for an edit instead."""
-        made = _LATER_ATTEMPT.fullmatch(self.what)
-        return not self.transient and made is not None and int(made.group(1)) >= 2
+        return not self.transient and (self.attempt or 0) >= 2
 
     def line(self) -> str:
         reason = self.reason if len(self.reason) <= REASON_LIMIT else self.reason[: REASON_LIMIT - 3] + "..."

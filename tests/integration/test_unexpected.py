@@ -218,7 +218,7 @@ def test_an_edit_that_makes_the_next_attempt_invalid_waits_for_the_fix_and_loses
     jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps({"spec": {"resources": bad}}))
     jobs.kubectl("delete", "pod", "-l", "codex.ml/job-name=edited", "--wait=false")  # attempt 1 ends
     st = message_says(jobs, "edited", "the job keeps its checkpoints and waits: fix what it names", timeout=120)
-    assert st["phase"] != "Failed" and "(HTTP 422)" in st["message"] and "edited-a2" in st["message"], st
+    assert st["phase"] == "Restarting" and "(HTTP 422)" in st["message"] and "edited-a2" in st["message"], st
     good = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "3Gi"}}
     jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps({"spec": {"resources": good}}))
     done = jobs.wait_phase("edited", "Succeeded", timeout=600)

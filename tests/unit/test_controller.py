@@ -256,16 +256,41 @@ def test_a_later_attempt_refused_for_an_edited_spec_waits_for_the_next_edit_and_
         c.pod(1, 0, exit_code=143, disrupted=True)
         await c.fail(1, "PodFailurePolicy", "Pod has condition DisruptionTarget matching FailJob rule at index 1")
         st = c.status()
-        assert st["phase"] != "Failed" and c.attempt(2) is None, st
+        # not Failed, and not the Running of the attempt that ended: nothing runs until the edit
+        assert st["phase"] == "Restarting" and c.attempt(2) is None, st
+        running = {x["type"]: x for x in st["conditions"]}
+        assert running["Running"]["status"] == "False" and running["Restarting"]["reason"] == "Refused", st
         assert (
             "(HTTP 422)" in st["message"]
             and "the job keeps its checkpoints and waits: fix what it names" in st["message"]
         )
         await c.retry()
-        assert c.status()["phase"] != "Failed"  # retried, still refused
+        assert c.status()["phase"] == "Restarting"  # retried, still refused
         c.api.rules.clear()
         await c.edit("resources.limits.cpu='2'")
         assert c.attempt(2) is not None and c.status()["disruptions"] == 1
+        st = c.status()
+        assert st["phase"] == "Restarting" and "starting attempt 2" in st["message"] and "waits" not in st["message"], (
+            st
+        )
+
+    scenario(test)
+
+
+def test_a_later_attempt_refused_for_now_is_restarting_not_running():
+    """Attempt 1 ended and a quota refuses attempt 2 for now: nothing runs, so the job must not say Running."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.backoffLimit=3")
+        await c.run(1)
+        c.api.refuse("POST", "jobs", 403, "exceeded quota: jobs, requested: count/jobs.batch=1", times=1)
+        c.pod(1, 0, exit_code=1)
+        await c.fail(1, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        st = c.status()
+        assert st["phase"] == "Restarting" and st["message"].endswith("; retrying") and c.attempt(2) is None, st
+        assert "creating Job tiny-cpu-a2 (HTTP 403)" in st["message"]
+        await c.retry()
+        assert c.attempt(2) is not None and c.status()["phase"] == "Restarting"
 
     scenario(test)
 
