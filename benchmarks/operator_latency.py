@@ -790,6 +790,17 @@ def machine() -> str:
     )
 
 
+def rounds_summary(rounds: list[dict[str, Any]]) -> str:
+    """One line per round: the operator's memory and CPU, and whether every job was right."""
+    lines = ["| round | RSS before | peak | after the delete | 30 s later | CPU per job | correct |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for i, res in enumerate(rounds, 1):
+        n, right = res["jobs"], res["jobs"] - len(set().union(*res["wrong"].values()))
+        mb = [f"{res['rss'][k] / 2**20:.0f} MB" for k in ("idle", "peak", "end", "settled")]
+        lines.append(f"| {i} | {' | '.join(mb)} | {1e3 * res['cpu_s']['total'] / n:.0f} ms | {right}/{n} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=100)
@@ -807,7 +818,12 @@ def main() -> None:
     ap.add_argument("--controller-qps", type=int, default=0, metavar="QPS",
                     help="raise the controller-manager's client limit (default 20 requests/s per controller) to QPS "
                     "for this run, e.g. 200 for 10,000 jobs; put back at the end")  # fmt: skip
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="create, run and delete the N jobs this many times against one operator, each round "
+                    "reported; shows whether what it holds after a mass delete is used again or grows")  # fmt: skip
     args = ap.parse_args()
+    if args.rounds > 1 and args.readme:
+        ap.error("--readme takes one round")
     command = "python benchmarks/operator_latency.py --jobs " + str(args.jobs)
     run = Run(args.jobs, args.nodes, args.progress_interval, args.image, args.concurrency, throttle=args.throttle,
               controller_qps=args.controller_qps)  # fmt: skip
@@ -823,10 +839,20 @@ def main() -> None:
         run.make_nodes()
         run.make_namespace()
         run.start_operator()
-        res = asyncio.run(measure(run, args.timeout or 120 + args.jobs * 0.6, args.profile))
+        rounds = []
+        for r in range(args.rounds):
+            if args.rounds > 1:
+                print(f"round {r + 1} of {args.rounds}", flush=True)
+            rounds.append(asyncio.run(measure(run, args.timeout or 120 + args.jobs * 0.6, args.profile and r == 0)))
+        res = rounds[0]
     finally:
         run.cleanup()
     where = machine()
+    if args.rounds > 1:
+        command += f" --rounds {args.rounds}"
+        for r, each in enumerate(rounds[1:], 2):
+            print(f"round {r}:\n" + report(each, command, where) + "\n")
+        print(rounds_summary(rounds))
     text = report(res, command, where)
     if args.profile:
         command += " --profile"
