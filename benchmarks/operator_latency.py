@@ -63,7 +63,8 @@ from operator_report import report, update_readme
 from process_cpu import cpu_by_process
 from pyspy_profile import PROFILE_RATE, profile, profile_report
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
 STATE = Path(os.environ.get("CODEX_CLUSTER_DIR", ROOT / ".cluster"))
 KUBECONFIG = Path(os.environ.get("KUBECONFIG") or STATE / "kubeconfig")
 KWOK = Path(os.environ.get("KWOK", STATE / "bin" / "kwok"))
@@ -139,6 +140,7 @@ class Run:
     throttle_made: bool = False
     controller_qps: int = 0  # the controller-manager's client limit for this run; 0: as the cluster has it
     controller_node: str | None = None  # the node whose controller-manager cleanup puts back
+    malloc_stats: bool = False  # sample the operator's allocators (benchmarks/malloc_stats)
 
     @property
     def namespace(self) -> str:
@@ -287,14 +289,25 @@ class Run:
             [sys.executable, "-m", "codex_operator.cli", "run", "--metrics-port", str(self.metrics_port),
              "--progress-via", "proxy", "--default-image", self.image, "--namespace", self.namespace,
              "--progress-interval", str(self.progress_interval)],
-            env={**os.environ, "KUBECONFIG": str(kubeconfig)}, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
+            env={**os.environ, "KUBECONFIG": str(kubeconfig), **self.malloc_env()}, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         deadline = time.monotonic() + 60
         while self.scrape() is None:
             if self.operator.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"the operator did not start; see {self.workdir / 'operator.log'}")
             time.sleep(0.2)
+
+    @property
+    def malloc_path(self) -> Path:
+        return self.workdir / "malloc-stats.txt"
+
+    def malloc_env(self) -> dict[str, str]:
+        """--malloc-stats: the sampler of benchmarks/malloc_stats/ in the operator process."""
+        if not self.malloc_stats:
+            return {}
+        path = os.pathsep.join(p for p in (str(HERE / "malloc_stats"), os.environ.get("PYTHONPATH", "")) if p)
+        return {"PYTHONPATH": path, "CODEX_BENCH_MALLOC_STATS": str(self.malloc_path)}
 
     def scrape(self) -> dict[tuple[str, str, str], float] | None:
         """The operator's API calls so far, by (verb, kind, outcome); also progress errors as ('progress', ...)."""
@@ -790,6 +803,25 @@ def machine() -> str:
     )
 
 
+def malloc_report(path: Path, since: float) -> str:
+    """Where the operator's RSS was (benchmarks/malloc_stats) at the round's first sample, at its highest, and at
+    its last: glibc's heap and CPython's arenas."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        t, *fields = line.split()
+        if float(t) >= since:
+            rows.append({k: int(v) for k, v in (f.split("=") for f in fields)})
+    if not rows:
+        return "malloc stats: no samples"
+    out = ["| moment | RSS | glibc heap in use | CPython arenas held (1 MiB) | CPython blocks in use |",
+           "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, row in (("idle", rows[0]), ("peak", max(rows, key=lambda r: r["rss"])), ("last", rows[-1])):
+        mb = lambda n: f"{n / 2**20:.0f} MB"  # noqa: E731
+        out.append(f"| {name} | {mb(row['rss'])} | {mb(row['glibc_in_use'])} | {row['py_arenas']} | "
+                   f"{mb(row['py_used'])} |")  # fmt: skip
+    return "\n".join(out)
+
+
 def rounds_summary(rounds: list[dict[str, Any]]) -> str:
     """One line per round: the operator's memory and CPU, and whether every job was right."""
     lines = ["| round | RSS before | peak | after the delete | 30 s later | CPU per job | correct |",
@@ -821,12 +853,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="create, run and delete the N jobs this many times against one operator, each round "
                     "reported; shows whether what it holds after a mass delete is used again or grows")  # fmt: skip
+    ap.add_argument("--malloc-stats", action="store_true",
+                    help="sample the operator's glibc heap and CPython arenas every 2 s and say where its RSS is at "
+                    "idle, at the peak and after the delete")  # fmt: skip
     args = ap.parse_args()
     if args.rounds > 1 and args.readme:
         ap.error("--readme takes one round")
     command = "python benchmarks/operator_latency.py --jobs " + str(args.jobs)
     run = Run(args.jobs, args.nodes, args.progress_interval, args.image, args.concurrency, throttle=args.throttle,
-              controller_qps=args.controller_qps)  # fmt: skip
+              controller_qps=args.controller_qps, malloc_stats=args.malloc_stats)  # fmt: skip
     if args.throttle:
         command += f" --throttle {args.throttle}"
     if args.controller_qps:
@@ -843,7 +878,10 @@ def main() -> None:
         for r in range(args.rounds):
             if args.rounds > 1:
                 print(f"round {r + 1} of {args.rounds}", flush=True)
+            started = time.time()
             rounds.append(asyncio.run(measure(run, args.timeout or 120 + args.jobs * 0.6, args.profile and r == 0)))
+            if args.malloc_stats:
+                print(malloc_report(run.malloc_path, started), flush=True)
         res = rounds[0]
     finally:
         run.cleanup()
