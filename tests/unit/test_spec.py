@@ -286,6 +286,27 @@ def test_job_names_leave_room_for_child_names(name, words):
     assert words in problems(raw)["metadata.name"]
 
 
+def test_metadata_the_api_server_would_refuse_is_refused_here_too():
+    """Labels, annotation keys and the namespace follow the API server's own rules (the CRD cannot state them),
+    so `validate` gives the answer `kubectl apply` would."""
+    raw = manifest()
+    raw["metadata"] |= {
+        "namespace": "Team_A",
+        "labels": {"team": "a b", "bad key!": "x", "example.com/ok": "fine", "empty": ""},
+        "annotations": {"a/b/c": "x", "UPPER.example.com/x": "y", "ok.example.com/fine": "any value at all"},
+    }
+    found = problems(raw)
+    assert "a namespace is at most 63 lowercase letters" in found["metadata.namespace"]
+    labels = found["metadata.labels"]
+    assert "label team: value 'a b'" in labels and "label key 'bad key!'" in labels and "example.com/ok" not in labels
+    notes = found["metadata.annotations"]
+    assert "'a/b/c' has more than one '/'" in notes and "'UPPER.example.com/x' its prefix" in notes
+    assert "ok.example.com/fine" not in notes
+    good = manifest()
+    good["metadata"] |= {"namespace": "team-a", "labels": {"app.kubernetes.io/name": "codex", "x": ""}}
+    assert parse_manifest(good).metadata.labels == {"app.kubernetes.io/name": "codex", "x": ""}
+
+
 def test_all_linear_becomes_the_peft_string_and_names_stay_a_list():
     spec = parse_manifest(manifest()).spec
     assert spec.peft.target_modules == ["all-linear"] and spec.peft.peft_target_modules == "all-linear"

@@ -51,6 +51,30 @@ LABEL_VALUE_PATTERN = r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"
 LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 MAX_LABEL_VALUE = 63
 
+# A label or annotation key (a qualified name: an optional DNS-subdomain prefix and '/', then a name), and a
+# namespace (a DNS label): the API server's own rules for metadata, which the CRD cannot state.
+QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
+DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+QUALIFIED_NAME_MESSAGE = (
+    "letters, digits, '-', '_' and '.', beginning and ending with a letter or digit, at most 63 characters, "
+    "after an optional DNS-subdomain prefix and '/' (e.g. example.com/team)"
+)
+
+
+def qualified_name_problem(key: str) -> str | None:
+    """Why `key` cannot be a label or annotation key (None: it can)."""
+    parts = key.split("/")
+    if len(parts) > 2:
+        return "has more than one '/'"
+    name, prefix = parts[-1], parts[0] if len(parts) == 2 else None
+    if prefix is not None and (len(prefix) > MAX_NAME or not DNS_SUBDOMAIN.fullmatch(prefix)):
+        return "its prefix (before '/') must be a DNS subdomain: lowercase letters, digits, '-' and '.'"
+    if len(name) > MAX_LABEL_VALUE or not QUALIFIED_NAME.fullmatch(name):
+        return f"must be {QUALIFIED_NAME_MESSAGE}"
+    return None
+
+
 ALL_LINEAR = "all-linear"
 ALL_LINEAR_MESSAGE = "'all-linear' must be the only item when given; otherwise list module names"
 

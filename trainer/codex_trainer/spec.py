@@ -26,8 +26,11 @@ from .cluster_spec import EnvVar, LocalObjectReference, ResourcesSpec, RunPolicy
 from .fields import (
     ALL_LINEAR,
     ALL_LINEAR_MESSAGE,
+    DNS_LABEL,
     HF_RULE,
     HIDDEN,
+    LABEL_VALUE,
+    MAX_LABEL_VALUE,
     MAX_LIST,
     MAX_NAME,
     MAX_NAME_LENGTH,
@@ -39,6 +42,7 @@ from .fields import (
     TrackingUri,
     cel,
     hf_form,
+    qualified_name_problem,
 )
 
 API_VERSION = "codex.ml/v1alpha1"
@@ -458,6 +462,40 @@ class Metadata(BaseModel):
         if len(v) > MAX_NAME_LENGTH or not re.fullmatch(NAME_PATTERN, v):
             too_long = f"; this one has {len(v)}" if len(v) > MAX_NAME_LENGTH else ""
             raise ValueError(NAME_MESSAGE + too_long)
+        return v
+
+    @field_validator("namespace")
+    @classmethod
+    def _namespace_form(cls, v: str | None) -> str | None:
+        if v is not None and (len(v) > MAX_LABEL_VALUE or not DNS_LABEL.fullmatch(v)):
+            raise ValueError(
+                f"a namespace is at most {MAX_LABEL_VALUE} lowercase letters, digits and '-', "
+                "beginning and ending with a letter or digit"
+            )
+        return v
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_form(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        problems = []
+        for key, value in (v or {}).items():
+            if (problem := qualified_name_problem(key)) is not None:
+                problems.append(f"label key {key!r} {problem}")
+            if value and (len(value) > MAX_LABEL_VALUE or not LABEL_VALUE.fullmatch(value)):
+                problems.append(
+                    f"label {key}: value {value!r} must be empty or at most {MAX_LABEL_VALUE} letters, digits, '-', "
+                    "'_' and '.', beginning and ending with a letter or digit"
+                )
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations_form(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        problems = [f"annotation key {k!r} {p}" for k in v or {} if (p := qualified_name_problem(k)) is not None]
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
 
