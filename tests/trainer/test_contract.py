@@ -461,6 +461,58 @@ def test_a_second_ctrl_c_stops_at_once_without_a_traceback(tmp_path):
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
 
 
+def _slow_run(out: pathlib.Path, ignore_hangup: bool = False) -> subprocess.Popen:
+    """A run of long steps (gradient accumulation 32), its output in files: a closed terminal's pipe is not read."""
+    slow = ["--set", "training.gradientAccumulation=32", "--set", "training.batchSize=16"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *QUICK, *slow],
+        cwd=ROOT,
+        stdout=(out.parent / "stdout").open("w"),
+        stderr=(out.parent / "stderr").open("w"),
+        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hangup else None,
+    )
+
+
+def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_nohup_keeps_it_going(tmp_path):
+    """SIGHUP (the terminal closed, an ssh session dropped) is a stop like SIGTERM: the step is finished and
+    checkpointed, exit 129. Under nohup (SIGHUP ignored) the run goes on."""
+    out = tmp_path / "out"
+    proc = _slow_run(out)
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text(), "a first step")
+    proc.send_signal(signal.SIGHUP)
+    assert proc.wait(timeout=120) == 129, (tmp_path / "stderr").read_text()[-2000:]
+    step = max(r["step"] for r in metrics(out) if "loss" in r)
+    assert (out / "checkpoints" / f"step-{step}" / "MANIFEST.json").is_file()
+    assert "Traceback" not in (tmp_path / "stderr").read_text()
+
+    kept = tmp_path / "nohup"
+    kept.mkdir()
+    proc = _slow_run(kept / "out", ignore_hangup=True)
+    wait_for(lambda: (kept / "out" / "metrics.jsonl").is_file(), "a first step")
+    proc.send_signal(signal.SIGHUP)
+    time.sleep(1)
+    assert proc.poll() is None  # still training
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 143
+
+
+def test_ctrl_c_while_the_process_exits_after_its_checkpoint_prints_no_traceback(tmp_path):
+    """Ctrl-C pressed again and again: the first stops the run at its step, a second stops at once, and any that
+    land while the process winds down (libraries' exit hooks) end it quietly, with 130 all the same."""
+    out = tmp_path / "out"
+    proc = _slow_run(out)
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text(), "a first step")
+    proc.send_signal(signal.SIGINT)
+    wait_for(lambda: '"event": "stopped"' in (tmp_path / "stdout").read_text(), "the stop", timeout=120)
+    while proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.01)
+    stderr = (tmp_path / "stderr").read_text()
+    # -2: killed by the SIGINT itself in the interpreter's last moments, which a shell shows as 130 too
+    assert proc.returncode in (130, -signal.SIGINT), stderr[-2000:]
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr and "Exception ignored" not in stderr, stderr
+
+
 def test_peft_merge_asked_of_a_finished_run_writes_the_merged_model_without_training_again(tmp_path, capsys):
     """peft.merge changes what is written, not what is trained: a finished run rerun with it keeps its steps
     and adapter, and gains final/merged, which gives the adapter's logits; asked again, there is nothing to do."""

@@ -6,15 +6,18 @@
     codex-train eval PATH [--data FILE ...] [--output FILE] [--max-batches N] [--prompts FILE]   # see evaluate.py
 
 Exit codes: 0 success; 2 invalid spec or data (permanent: the operator does not retry); 128+signal
-after a graceful stop with a checkpoint written (143 for SIGTERM, 130 for Ctrl-C); 1 when the Hub
-could not be reached, and anything else is a crash: both are retried from the last checkpoint.
+after a graceful stop with a checkpoint written (143 for SIGTERM, 130 for Ctrl-C, 129 for a closed
+terminal); 1 when the Hub could not be reached, and anything else is a crash: both are retried from
+the last checkpoint.
 With CODEX_TERMINATION_LOG naming a file, the message of a non-zero exit is written there too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -67,7 +70,11 @@ def main(argv: list[str] | None = None) -> int:
             from .launch import launch
 
             return launch(manifest, args)
-        return run_in_process(manifest, args)
+        try:
+            return run_in_process(manifest, args)
+        finally:
+            if argv is None:  # the program, not a call in a test or a notebook: from here it only exits
+                signal.signal(signal.SIGINT, _exit_at_once)
     except SpecError as e:
         lines = [f"invalid {path}: {msg}" if path else msg for path, msg in e.problems]
         for line in lines:
@@ -102,6 +109,25 @@ class _StopNow(KeyboardInterrupt):
     """A second Ctrl-C during a run: stop at once."""
 
 
+def _exit_at_once(signum: int, _frame: object) -> None:
+    """A Ctrl-C while the process winds down after a run (its work saved; libraries' exit hooks still running):
+    leave now, without their traceback."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(SIGNAL_EXIT_BASE + signum)
+
+
+def _hung_up(signum: int) -> None:
+    """SIGHUP: the terminal is gone. Its output goes nowhere from now on (a write to a closed terminal fails),
+    and the run stops as for SIGTERM, with a checkpoint."""
+    with contextlib.suppress(OSError):
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+
+
 def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
     """Train in this process (`codex-train run`, and `launch` with one process in all)."""
     from .train import StopRequest, train  # torch is imported only when training
@@ -111,6 +137,8 @@ def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
     def on_signal(signum, _frame):
         if stop.signum is not None and signum == signal.SIGINT:
             raise _StopNow  # a second Ctrl-C: stop now, the last checkpoint stays
+        if signum == signal.SIGHUP:
+            _hung_up(signum)
         stop.signum = signum
         print(
             f"codex-train: {signal.Signals(signum).name} received: finishing this step and checkpointing "
@@ -121,7 +149,11 @@ def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
 
     name = manifest.metadata.name
     out = Path(args.output_dir) if args.output_dir else Path("runs") / name
-    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP too (a closed terminal), unless ignored: nohup's runs go on
+    stopping = [signal.SIGTERM, signal.SIGINT]
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        stopping.append(signal.SIGHUP)
+    previous = {s: signal.signal(s, on_signal) for s in stopping}
     try:
         code = train(manifest.spec, name, out, stop, metrics_port=args.metrics_port)
         if code > SIGNAL_EXIT_BASE:
