@@ -264,6 +264,10 @@ def _after_failure(
 ) -> Decision:
     rp, latest = job.spec.run_policy, attempts[-1]
     kind, line = classify(latest, failed_pod), failure_line(latest, failed_pod)
+    if kind == "deadline" and rp.active_deadline_seconds is None:
+        # a deadline put on the attempt Job itself (kubectl patch job): the job has none; stopped from outside
+        kind = "disruption"
+        line = f"stopped by an activeDeadlineSeconds of its Job, which the job does not set ({latest.message or line})"
     counted = _count(p, attempts, kind)
     if kind == "user-error":
         decision = ("Failed", "InvalidJob", line)

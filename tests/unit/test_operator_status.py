@@ -144,12 +144,25 @@ def test_crashes_stop_after_the_backoff_limit_but_disruptions_do_not_count():
 
 
 def test_a_deadline_fails_the_job():
-    p = plan(make_job(), {"phase": "Running"}, attempts(job_obj(1, cond=DEADLINE)), NOW)
+    job = make_job("runPolicy.activeDeadlineSeconds=60")
+    started = {"phase": "Running", "startTime": "2026-11-28T11:59:30Z"}
+    p = plan(job, started, attempts(job_obj(1, cond=DEADLINE)), NOW)
     assert p.status["phase"] == "Failed" and "activeDeadlineSeconds" in p.status["message"]
     job = make_job("runPolicy.activeDeadlineSeconds=60")
     started = {"phase": "Running", "startTime": "2026-11-28T11:58:00Z"}
     p = plan(job, started, attempts(job_obj(1, cond=CRASH)), NOW)  # no time left for a retry
     assert p.status["phase"] == "Failed" and p.create_attempt is None
+
+
+def test_a_deadline_the_job_does_not_set_is_not_the_jobs_deadline():
+    """An attempt Job stopped by an activeDeadlineSeconds someone put on the Job itself (kubectl patch job):
+    the job has no deadline, so it must not end Failed with 'runPolicy.activeDeadlineSeconds reached'; the
+    attempt was stopped from outside, like a deleted one: retried, not counted against backoffLimit."""
+    p = plan(make_job(), {"phase": "Running"}, attempts(job_obj(1, cond=DEADLINE)), NOW)
+    assert p.status["phase"] == "Restarting" and p.create_attempt == 2, p.status
+    assert "runPolicy.activeDeadlineSeconds reached" not in p.status["message"]
+    assert "activeDeadlineSeconds of its Job" in p.status["message"] and p.status["disruptions"] == 1
+    assert p.events[-1][1] == "Disrupted"
 
 
 def test_suspend_and_resume_follow_run_policy():
