@@ -11,7 +11,7 @@ from typing import Any
 
 import kopf
 
-from . import names
+from . import informer, names
 from .handlers import Operator
 from .kube import Kube
 
@@ -32,9 +32,19 @@ class NoDiffBase(kopf.DiffBaseStorage):
         return None
 
 
+def kopf_scans(namespaces: Iterable[str]) -> bool:
+    """Whether kopf should watch the cluster's namespaces (and the CRD): for all of them, or patterns. For exact
+    names (the chart's watchNamespaces) there is nothing to discover, and a namespaced install may not list
+    namespaces: kopf would try nine times (about a minute of ERROR lines, no job served) at every start before
+    falling back to the names. Without the scan, a new version of the CRD is served after a restart."""
+    names_given = list(namespaces)
+    return not names_given or any(informer.is_pattern(n) for n in names_given)
+
+
 def register(op: Operator, registry: kopf.OperatorRegistry, namespaces: Iterable[str] = ()) -> None:
     """Register the handlers with kopf (the interval comes from the command line, so not at import); the
     children are watched in `namespaces` (all when none), as kopf watches the jobs."""
+    namespaces = list(namespaces)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -43,6 +53,7 @@ def register(op: Operator, registry: kopf.OperatorRegistry, namespaces: Iterable
         settings.posting.level = logging.WARNING  # Events are ours (Kube.post_event); log lines are not Events
         settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
+        settings.scanning.disabled = not kopf_scans(namespaces)
         op.kube = await Kube.connect()
         op.watch_children(namespaces)  # then the reconciles and the timer, once the children are listed
 

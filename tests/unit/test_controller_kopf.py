@@ -45,6 +45,7 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
         c.api.put("jobs", {"metadata": {"name": "earlier-a1", "labels": labels, "ownerReferences": owner}, "spec": {}})
         pod_lists = c.api_calls("list", "Pod")
         await startup(settings=settings)
+        assert settings.scanning.disabled  # exact namespaces: kopf lists none (a namespaced install may not)
         # no change handler (on.create, on.update, on.field): kopf keeps no diff-base, so copies no object
         assert not list(registry._changing.get_all_handlers())
         assert isinstance(settings.persistence.diffbase_storage, registration.NoDiffBase)
@@ -120,3 +121,10 @@ def test_the_command_line_runs_kopf_with_the_controller_it_describes(monkeypatch
     assert op.options.queue_owns_suspend and op.options.progress_interval == 3
     monkeypatch.setenv("CODEX_NAMESPACES", "")
     assert cli.main(["run", "--metrics-port=0"]) == 0 and ran["clusterwide"]
+
+
+def test_kopf_scans_the_cluster_only_where_there_is_something_to_discover():
+    from codex_operator.registration import kopf_scans
+
+    assert kopf_scans([]) and kopf_scans(["team-*"]) and kopf_scans(["a", "b*"])
+    assert not kopf_scans(["team-a"]) and not kopf_scans(["team-a", "team-b"])
