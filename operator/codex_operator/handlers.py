@@ -518,7 +518,8 @@ class Operator(Timer):
             meta["namespace"],
             meta["name"],
             {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": ts(now)}
-            | ({"stoppedAttempt": None} if "stoppedAttempt" in (body.get("status") or {}) else {}),
+            | ({"stoppedAttempt": None} if "stoppedAttempt" in (body.get("status") or {}) else {})
+            | ({"progress": {"eta": None}} if "eta" in ((body.get("status") or {}).get("progress") or {}) else {}),
             body.get("status") or {},
         )
         self.post_event(body, "Warning", reason, problem)

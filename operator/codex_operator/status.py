@@ -160,6 +160,7 @@ def plan(
         phase, reason, message = _live(job, p, latest, old, may_suspend, queue_said or QueueSaid())
     if phase == "Running":
         p.status["ranAttempt"] = current  # a later Running of this attempt is a resumption
+    _without_eta_when_final(p.status, phase)
 
     new = p.status
     same_attempt = new.get("attempt") == old.get("attempt")
@@ -179,6 +180,12 @@ def plan(
             mark_reason = "Stalled" if stalled_now else ("Progressing" if phase == "Running" else "PhaseChanged")
             new["conditions"] = mark(new["conditions"], "Stalled", stalled_now, mark_reason, why, now, job.generation)
     return p
+
+
+def _without_eta_when_final(status: dict[str, Any], phase: str) -> None:
+    """A finished job (Failed at a deadline, say) shows no ETA: nothing is left to run."""
+    if phase in TERMINAL and "eta" in (status.get("progress") or {}):
+        status["progress"] = {k: v for k, v in status["progress"].items() if k != "eta"}
 
 
 def _first_attempt(job: Job, p: Plan, left: int | None, now: datetime) -> Decision:

@@ -146,8 +146,10 @@ def test_crashes_stop_after_the_backoff_limit_but_disruptions_do_not_count():
 def test_a_deadline_fails_the_job():
     job = make_job("runPolicy.activeDeadlineSeconds=60")
     started = {"phase": "Running", "startTime": "2026-11-28T11:59:30Z"}
+    started["progress"] = {"step": 40, "totalSteps": 300, "eta": "4s"}
     p = plan(job, started, attempts(job_obj(1, cond=DEADLINE)), NOW)
     assert p.status["phase"] == "Failed" and "activeDeadlineSeconds" in p.status["message"]
+    assert p.status["progress"] == {"step": 40, "totalSteps": 300}  # no ETA for what will not run
     job = make_job("runPolicy.activeDeadlineSeconds=60")
     started = {"phase": "Running", "startTime": "2026-11-28T11:58:00Z"}
     p = plan(job, started, attempts(job_obj(1, cond=CRASH)), NOW)  # no time left for a retry
