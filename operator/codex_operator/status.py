@@ -373,9 +373,12 @@ def _live(
         return "Suspended", "Suspended", "suspended (runPolicy.suspend)"
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
     edited = 0 < latest.generation < job.generation  # an operator upgrade alone may change the fingerprint
-    if edited and not (latest.ready or latest.suspended or was_running) and latest.spec_sha256 != pod_fingerprint(job):
+    fingerprint = pod_fingerprint(job) if edited else latest.spec_sha256
+    if edited and not (latest.ready or latest.suspended or was_running) and latest.spec_sha256 != fingerprint:
         return _replace(job, p, latest)
     if latest.ready >= job.spec.num_nodes or was_running:
+        if edited and old.get("observedGeneration") != job.generation and latest.spec_sha256 not in ("", fingerprint):
+            p.events.append(("Normal", "SpecChanged", _edit_waits(job, latest)))
         # a rank that stops is not yet the end of the attempt: the Job's outcome says that
         message = f"attempt {latest.number}: {latest.ready} pod(s) running"
         return "Running", "Running", old.get("message", message) if was_running else message
@@ -390,6 +393,17 @@ def _live(
         queue = f"LocalQueue {rp.queue_name}" if rp.queue_name else "the queue"
         return "Pending", "Admitted", f"admitted by {queue}; waiting for the trainer pods to start"
     return "Pending", "Starting", "waiting for the trainer pods to start"
+
+
+def _edit_waits(job: Job, latest: Attempt) -> str:
+    """What an edit of a running attempt's spec does now: nothing until the next attempt (a restart would lose
+    the steps since the checkpoint), and how long the running one trains where the edit changed that."""
+    length = training_length(job)
+    longer = f" ({latest.length}; the job now asks for {length})" if latest.length and latest.length != length else ""
+    return (
+        f"the edit (generation {job.generation}) applies from the next attempt: attempt {latest.number} goes on "
+        f"with the spec it started with{longer}"
+    )
 
 
 def _replace(job: Job, p: Plan, latest: Attempt) -> Decision:

@@ -361,6 +361,25 @@ def test_a_replacement_the_operator_was_cut_short_in_is_finished_not_counted_as_
     assert "disruptions" not in late.status
 
 
+def test_an_edit_of_a_running_attempt_is_said_to_apply_from_the_next_attempt():
+    """A running attempt is not restarted for an edit (it would lose the steps since its checkpoint): the user is
+    told, once, that the edit waits for the next attempt, and how long the running one trains."""
+    before = dataclasses.replace(make_job("training.maxSteps=300"), generation=2)
+    edited = make_job("training.maxSteps=50")
+    running = {"phase": "Running", "attempt": 1, "observedGeneration": 2, "message": "attempt 1: 1 pod(s) running"}
+    p = plan(edited, running, [made_from(before, 1, ready=1)], NOW)
+    assert p.status["phase"] == "Running" and p.stop_attempt is None and p.create_attempt is None
+    ((kind, reason, message),) = p.events
+    assert (kind, reason) == ("Normal", "SpecChanged"), p.events
+    assert message == (
+        "the edit (generation 3) applies from the next attempt: attempt 1 goes on with the spec it started with "
+        "(300 steps; the job now asks for 50 steps)"
+    )
+    assert not plan(edited, p.status, [made_from(before, 1, ready=1)], NOW).events  # said once
+    same = dataclasses.replace(make_job("training.maxSteps=50"), generation=2)  # an edit the pods do not see
+    assert not plan(edited, running, [made_from(same, 1, ready=1)], NOW).events
+
+
 @pytest.mark.parametrize(
     "why",
     [
