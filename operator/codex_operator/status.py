@@ -144,7 +144,7 @@ def plan(
     elif latest is None:
         phase, reason, message = _not_there(job, p, attempts, current, old, now)
     elif latest.outcome == "Complete" and _trains_longer(job, latest, deadline_left(job, p.status, now)):
-        phase, reason, message = _train_on(job, p, latest)
+        phase, reason, message = _train_on(job, p, latest, final or {})
     elif latest.outcome == "Complete":
         phase, reason, message = _succeeded(p, current, final, now)
     elif latest.outcome == "Failed":
@@ -216,13 +216,19 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
         prog["totalSteps"] = step if final.get(contract.FINAL_STEP) else prog.get("totalSteps", step)
         prog.pop("eta", None)
         new["progress"] = with_step(prog, step)
+    _final_checkpoint(new, final)
+    return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
+
+
+def _final_checkpoint(status: dict[str, Any], final: dict[str, Any]) -> None:
+    """The newest checkpoint a finished attempt's trainer named in its termination message: written after the
+    last progress read, so newer than the one the status has."""
     ckpt = final.get(contract.FINAL_CHECKPOINT)
     if isinstance(ckpt, dict) and ckpt.get(contract.FINAL_CHECKPOINT_STEP):
         n = int(ckpt[contract.FINAL_CHECKPOINT_STEP])
-        new["checkpoint"] = {"step": n, "path": checkpoint_path(n)}
+        status["checkpoint"] = {"step": n, "path": checkpoint_path(n)}
         if ckpt.get(contract.FINAL_CHECKPOINT_SAVED_AT):
-            new["checkpoint"]["savedAt"] = ckpt[contract.FINAL_CHECKPOINT_SAVED_AT]
-    return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
+            status["checkpoint"]["savedAt"] = ckpt[contract.FINAL_CHECKPOINT_SAVED_AT]
 
 
 def _trains_longer(job: Job, latest: Attempt, left: int | None) -> bool:
@@ -235,10 +241,11 @@ def _trains_longer(job: Job, latest: Attempt, left: int | None) -> bool:
     return was_unit.rstrip("s") != unit.rstrip("s") or float(wants) > float(was)
 
 
-def _train_on(job: Job, p: Plan, latest: Attempt) -> Decision:
+def _train_on(job: Job, p: Plan, latest: Attempt, final: dict[str, Any]) -> Decision:
     """The attempt finished the training it was started with, and the spec has asked for another length since
     (training.maxSteps or epochs edited while it ran): the next attempt resumes from the newest checkpoint and
     trains to the new end (or, for a shorter one, ends at once with the result it has)."""
+    _final_checkpoint(p.status, final)  # its last one, which the next attempt resumes from
     nxt = _next_attempt(p, latest.number)
     return (
         "Restarting",
@@ -480,9 +487,14 @@ def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
 
 def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
     again = latest is not None and old.get("ranAttempt") == latest.number  # after a preemption or a suspension
-    if phase == "Running" and latest is not None and (latest.number > 1 or again):
-        ckpt = (old.get("checkpoint") or {}).get("step")
-        where = f"resumed from the newest checkpoint (step {ckpt} or later)" if ckpt else "resumed"
+    ckpt = (old.get("checkpoint") or {}).get("step")
+    ran = old.get("ranAttempt") is not None or bool(ckpt)  # not after a replaced attempt that never ran
+    if phase == "Running" and latest is not None and ran and (latest.number > 1 or again):
+        where = (
+            f"resumed from the newest checkpoint (step {ckpt} or later)"
+            if ckpt
+            else "from the newest checkpoint on its volume, if one was written (none was reported)"
+        )
         return "Normal", "Resumed", f"attempt {latest.number} running{' again' if again else ''}: {where}"
     warning = phase in ("Failed", "Restarting") and reason != "SpecChanged"  # the user's edit, taking effect
     return ("Warning" if warning else "Normal"), reason, message

@@ -195,6 +195,22 @@ def test_resumed_event_names_the_checkpoint():
     ]
 
 
+def test_a_first_run_after_a_replaced_attempt_is_running_and_a_resume_without_a_known_checkpoint_says_so():
+    # attempt 1 never ran (replaced for an edit): attempt 2 is the job's first run, from step 0
+    p = plan(make_job(), {"phase": "Restarting", "attempt": 2}, attempts(job_obj(2, ready=1)), NOW)
+    assert [e[1] for e in p.events] == ["Running"]
+    # attempt 1 ran, but no checkpoint was reported before it ended: no resumption is claimed or named
+    ran = {"phase": "Restarting", "attempt": 2, "ranAttempt": 1}
+    p = plan(make_job(), ran, attempts(job_obj(1, cond=CRASH), job_obj(2, ready=1)), NOW)
+    assert p.events == [
+        (
+            "Normal",
+            "Resumed",
+            "attempt 2 running: from the newest checkpoint on its volume, if one was written (none was reported)",
+        )
+    ]
+
+
 def test_pod_failure_reads_the_trainer_containers_end():
     pod = {
         "metadata": {"name": "tiny-cpu-a1-0-x"},
@@ -443,6 +459,11 @@ def test_an_attempt_that_finished_an_older_length_of_training_is_followed_by_one
         "(generation 3): attempt 2 trains on from the newest checkpoint"
     )
     assert [e[1] for e in p.events] == ["SpecChanged"] and "crashes" not in p.status
+    # the checkpoint attempt 2 resumes from is the one attempt 1 ended with, not the last one read while it ran
+    read = {**old, "checkpoint": {"step": 250, "path": "/checkpoints/checkpoints/step-250"}}
+    final = {"step": 300, "checkpoint": {"step": 300, "savedAt": "2026-11-28T11:59:00Z"}}
+    p = plan(raised, read, [first], NOW, final=final)
+    assert p.status["checkpoint"]["step"] == 300 and p.create_attempt == 2, p.status
     same = plan(make_job("resources.requests.cpu='2'"), old, [first], NOW, final={"step": 300})
     assert same.status["phase"] == "Succeeded" and same.create_attempt is None  # the length is unchanged
     lowered = plan(make_job("training.maxSteps=200"), old, [first], NOW, final={"step": 300})
