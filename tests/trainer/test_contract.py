@@ -513,6 +513,19 @@ def test_ctrl_c_while_the_process_exits_after_its_checkpoint_prints_no_traceback
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr and "Exception ignored" not in stderr, stderr
 
 
+def test_a_finished_run_asked_again_with_another_learning_rate_claims_no_change_applied(tmp_path, capsys):
+    """Nothing is left to train: no 'applied from this step on (recorded in run.json)', which neither happened."""
+    out = tmp_path / "out"
+    assert run(out) == 0
+    recorded = json.loads((out / "run.json").read_text())
+    capsys.readouterr()
+    assert run(out, "training.learningRate=0.0001") == 0
+    said = capsys.readouterr().out
+    assert '"event": "changed"' not in said and "applied from this step on" not in said
+    assert "nothing to do (changed since its checkpoint: training.learningRate; no step is left" in said, said
+    assert json.loads((out / "run.json").read_text()) == recorded
+
+
 def test_peft_merge_asked_of_a_finished_run_writes_the_merged_model_without_training_again(tmp_path, capsys):
     """peft.merge changes what is written, not what is trained: a finished run rerun with it keeps its steps
     and adapter, and gains final/merged, which gives the adapter's logits; asked again, there is nothing to do."""

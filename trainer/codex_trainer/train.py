@@ -201,7 +201,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         optimizer.load_state_dict(found.optimizer)
         scheduler.load_state_dict(found.scheduler)
         changes = _apply_training_settings(spec, optimizer, scheduler, found.state.get("training"))
-        if changes:
+        if changes and not (found.step >= total_steps and (out / "final").is_dir()):  # none applies to a done run
             sink.event(
                 "changed",
                 step=found.step,
@@ -249,7 +249,12 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     # a full fine-tune's final/ is the whole model, merge or not)
     merge_owed = spec.peft.merge and spec.peft.method == "lora" and not (out / "final/merged").is_dir()
     if step >= total_steps and (out / "final").is_dir() and not merge_owed:
-        sink.event("done", message=f"already complete at step {step}; nothing to do", output=str(out))
+        unused = (
+            f" (changed since its checkpoint: {', '.join(sorted(changes))}; no step is left to train)"
+            if changes
+            else ""
+        )
+        sink.event("done", message=f"already complete at step {step}; nothing to do{unused}", output=str(out))
         return EXIT_OK
 
     # ---- outputs
