@@ -132,6 +132,11 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     assert "does not exist" in fails_with_one_line(str(tmp_path / "nope"))
     assert "is a file" in fails_with_one_line(str(run / "run.json"))
     assert "holds no model" in fails_with_one_line(str(run / "cache"))
+    unfinished = tmp_path / "unfinished"  # a run stopped before its end: no final/, its checkpoints there
+    shutil.copytree(run / "checkpoints", unfinished / "checkpoints")
+    said = fails_with_one_line(str(unfinished))
+    newest = max(int(d.name.removeprefix("step-")) for d in (run / "checkpoints").iterdir())
+    assert f"the run has not finished: evaluate its newest checkpoint, {unfinished}/checkpoints/step-{newest}" in said
     assert "hf://org/name" in fails_with_one_line("hf://not a repo")
     lone = tmp_path / "lone" / "step-10"
     shutil.copytree(run / "checkpoints" / "step-10", lone)

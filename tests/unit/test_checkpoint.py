@@ -205,3 +205,15 @@ class _Torch:
 
     def __getattr__(self, name):
         return getattr(torch, name)
+
+
+def test_a_small_disk_full_message_tells_needed_from_free(tmp_path, monkeypatch):
+    """0.2 MiB needed with 0.24 MiB free read '0.2 MiB (0.2 MiB free)': sizes under 1 MiB are in KiB."""
+    import shutil
+    from collections import namedtuple
+
+    from codex_trainer.errors import disk_full
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(1 << 20, 0, 250_000))
+    assert "needed about 205 KiB (244 KiB free)" in str(disk_full("a checkpoint", tmp_path, 210_000))
