@@ -222,7 +222,8 @@ def root_schema() -> dict[str, Any]:
         "properties": {
             "apiVersion": {"type": "string", "description": f"{names.GROUP}/{names.VERSION}"},
             "kind": {"type": "string", "description": names.KIND},
-            "metadata": {"type": "object"},
+            # name declared so that the rules below can point at it (fieldPath): the only field a CRD may describe
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": spec_schema(),
             "status": {
                 "type": "object",
@@ -235,10 +236,12 @@ def root_schema() -> dict[str, Any]:
             {
                 "rule": f"self.metadata.name.size() <= {names.MAX_NAME_LENGTH}",
                 "message": f"metadata.name {S.NAME_MESSAGE}",
+                "fieldPath": ".metadata.name",
             },
             {
                 "rule": f"self.metadata.name.matches('{names.NAME_PATTERN}')",
                 "message": f"metadata.name {S.NAME_MESSAGE}",
+                "fieldPath": ".metadata.name",
             },
         ],
     }
