@@ -291,6 +291,17 @@ def test_a_later_attempt_refused_for_now_is_restarting_not_running():
         assert "creating Job tiny-cpu-a2 (HTTP 403)" in st["message"]
         await c.retry()
         assert c.attempt(2) is not None and c.status()["phase"] == "Restarting"
+        await c.run(2)
+        assert c.status()["phase"] == "Running"
+        # the running attempt's own job file deleted, and its re-create refused for now: it still runs
+        c.api.refuse("POST", "configmaps", 503, "the server is currently unable to handle the request", times=1)
+        c.api.delete("configmaps", NS, f"{NAME}-a2-config")
+        await c.settle()
+        st = c.status()
+        assert st["phase"] == "Running" and "creating ConfigMap tiny-cpu-a2-config (HTTP 503)" in st["message"], st
+        await c.retry()
+        assert c.status()["phase"] == "Running" and c.api.get("configmaps", NS, f"{NAME}-a2-config") is not None
+        assert not [e for e in c.events if e[1] == "Resumed" and "again" in e[2]], c.events
 
     scenario(test)
 

@@ -493,7 +493,9 @@ class Metadata(BaseModel):
     @field_validator("annotations")
     @classmethod
     def _annotations_form(cls, v: dict[str, str] | None) -> dict[str, str] | None:
-        problems = [f"annotation key {k!r} {p}" for k in v or {} if (p := qualified_name_problem(k)) is not None]
+        # the API server checks an annotation key in lower case (labels as written)
+        found = ((k, qualified_name_problem(k.lower())) for k in v or {})
+        problems = [f"annotation key {k!r} {p}" for k, p in found if p is not None]
         if problems:
             raise ValueError("; ".join(problems))
         return v
