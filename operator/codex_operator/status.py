@@ -273,15 +273,19 @@ def _count(p: Plan, attempts: list[Attempt], kind: FailureKind | None) -> int:
     return before + 1
 
 
+DEADLINE_SLACK = 30  # seconds: an attempt Job's deadline is the job's time left when it was made; clocks differ
+
+
 def _after_failure(
     job: Job, p: Plan, attempts: list[Attempt], failed_pod: PodFailure | None, left: int | None, now: datetime
 ) -> Decision:
     rp, latest = job.spec.run_policy, attempts[-1]
     kind, line = classify(latest, failed_pod), failure_line(latest, failed_pod)
-    if kind == "deadline" and rp.active_deadline_seconds is None:
-        # a deadline put on the attempt Job itself (kubectl patch job): the job has none; stopped from outside
+    if kind == "deadline" and (left is None or left > DEADLINE_SLACK):
+        # not the job's own deadline: one put on the attempt Job by hand (kubectl patch job), or the job's raised
+        # by an edit since the attempt was made; stopped from outside
         kind = "disruption"
-        line = f"stopped by an activeDeadlineSeconds of its Job, which the job does not set ({latest.message or line})"
+        line = f"stopped by an activeDeadlineSeconds of its Job, not the job's ({latest.message or line})"
     counted = _count(p, attempts, kind)
     if kind == "user-error":
         decision = ("Failed", "InvalidJob", line)
@@ -371,6 +375,12 @@ def _live(
     job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool, queue_said: QueueSaid
 ) -> Decision:
     rp = job.spec.run_policy
+    was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
+    edited = 0 < latest.generation < job.generation  # an operator upgrade alone may change the fingerprint
+    fingerprint = pod_fingerprint(job) if edited else latest.spec_sha256
+    kept = latest.ready or latest.suspended or was_running  # else, edited, it is replaced below: nothing to lose
+    if edited and kept and latest.spec_sha256 not in ("", fingerprint):
+        _say_edit_waits(job, p, latest, old)
     queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
     if not queued and latest.suspended != rp.suspend:
         p.set_suspend = rp.suspend
@@ -378,14 +388,9 @@ def _live(
         return _queued(job, p, latest, old, queue_said)
     if not queued and rp.suspend:
         return "Suspended", "Suspended", "suspended (runPolicy.suspend)"
-    was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
-    edited = 0 < latest.generation < job.generation  # an operator upgrade alone may change the fingerprint
-    fingerprint = pod_fingerprint(job) if edited else latest.spec_sha256
-    if edited and not (latest.ready or latest.suspended or was_running) and latest.spec_sha256 != fingerprint:
+    if edited and not kept and latest.spec_sha256 != fingerprint:
         return _replace(job, p, latest)
     if latest.ready >= job.spec.num_nodes or was_running:
-        if edited and old.get("observedGeneration") != job.generation and latest.spec_sha256 not in ("", fingerprint):
-            p.events.append(("Normal", "SpecChanged", _edit_waits(job, latest)))
         # a rank that stops is not yet the end of the attempt: the Job's outcome says that
         message = f"attempt {latest.number}: {latest.ready} pod(s) running"
         return "Running", "Running", old.get("message", message) if was_running else message
@@ -402,14 +407,20 @@ def _live(
     return "Pending", "Starting", "waiting for the trainer pods to start"
 
 
+def _say_edit_waits(job: Job, p: Plan, latest: Attempt, old: dict[str, Any]) -> None:
+    """Once per generation (the reconcile that first sees it): the attempt kept goes on with its own spec."""
+    if old.get("observedGeneration") != job.generation:
+        p.events.append(("Normal", "SpecChanged", _edit_waits(job, latest)))
+
+
 def _edit_waits(job: Job, latest: Attempt) -> str:
     """What an edit of a running attempt's spec does now: nothing until the next attempt (a restart would lose
     the steps since the checkpoint), and how long the running one trains where the edit changed that."""
     length = training_length(job)
     longer = f" ({latest.length}; the job now asks for {length})" if latest.length and latest.length != length else ""
     return (
-        f"the edit (generation {job.generation}) applies from the next attempt: attempt {latest.number} goes on "
-        f"with the spec it started with{longer}"
+        f"the spec (generation {job.generation}) differs from the one attempt {latest.number} was made from: "
+        f"attempt {latest.number} goes on with its own{longer}, and the difference applies from the next attempt"
     )
 
 
@@ -488,7 +499,9 @@ def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
 def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
     again = latest is not None and old.get("ranAttempt") == latest.number  # after a preemption or a suspension
     ckpt = (old.get("checkpoint") or {}).get("step")
-    ran = old.get("ranAttempt") is not None or bool(ckpt)  # not after a replaced attempt that never ran
+    # an attempt ran before (seen Running, a checkpoint read, or an ending counted, seen running or not); not so
+    # after attempts replaced before they ran (an edit), which count nothing: then this first run resumes nothing
+    ran = old.get("ranAttempt") is not None or bool(ckpt) or bool(old.get("crashes") or old.get("disruptions"))
     if phase == "Running" and latest is not None and ran and (latest.number > 1 or again):
         where = (
             f"resumed from the newest checkpoint (step {ckpt} or later)"

@@ -145,7 +145,7 @@ def test_crashes_stop_after_the_backoff_limit_but_disruptions_do_not_count():
 
 def test_a_deadline_fails_the_job():
     job = make_job("runPolicy.activeDeadlineSeconds=60")
-    started = {"phase": "Running", "startTime": "2026-11-28T11:59:30Z"}
+    started = {"phase": "Running", "startTime": "2026-11-28T11:58:55Z"}  # its 60 s ran out 5 s ago
     started["progress"] = {"step": 40, "totalSteps": 300, "eta": "4s"}
     p = plan(job, started, attempts(job_obj(1, cond=DEADLINE)), NOW)
     assert p.status["phase"] == "Failed" and "activeDeadlineSeconds" in p.status["message"]
@@ -163,8 +163,12 @@ def test_a_deadline_the_job_does_not_set_is_not_the_jobs_deadline():
     p = plan(make_job(), {"phase": "Running"}, attempts(job_obj(1, cond=DEADLINE)), NOW)
     assert p.status["phase"] == "Restarting" and p.create_attempt == 2, p.status
     assert "runPolicy.activeDeadlineSeconds reached" not in p.status["message"]
-    assert "activeDeadlineSeconds of its Job" in p.status["message"] and p.status["disruptions"] == 1
+    assert "activeDeadlineSeconds of its Job, not the job's" in p.status["message"] and p.status["disruptions"] == 1
     assert p.events[-1][1] == "Disrupted"
+    # the job has one, with time left (raised by an edit, or a shorter one patched onto the Job): the same
+    started = {"phase": "Running", "startTime": "2026-11-28T11:59:00Z"}
+    p = plan(make_job("runPolicy.activeDeadlineSeconds=3600"), started, attempts(job_obj(1, cond=DEADLINE)), NOW)
+    assert p.status["phase"] == "Restarting" and p.create_attempt == 2, p.status
 
 
 def test_suspend_and_resume_follow_run_policy():
@@ -197,8 +201,12 @@ def test_resumed_event_names_the_checkpoint():
 
 def test_a_first_run_after_a_replaced_attempt_is_running_and_a_resume_without_a_known_checkpoint_says_so():
     # attempt 1 never ran (replaced for an edit): attempt 2 is the job's first run, from step 0
-    p = plan(make_job(), {"phase": "Restarting", "attempt": 2}, attempts(job_obj(2, ready=1)), NOW)
+    p = plan(make_job(), {"phase": "Pending", "attempt": 2}, attempts(job_obj(2, ready=1)), NOW)
     assert [e[1] for e in p.events] == ["Running"]
+    # attempt 1 crashed before the operator saw it run (no ranAttempt, its crash counted): attempt 2 may resume
+    crashed = {"phase": "Restarting", "attempt": 2, "crashes": 1}
+    p = plan(make_job(), crashed, attempts(job_obj(1, cond=CRASH), job_obj(2, ready=1)), NOW)
+    assert [e[1] for e in p.events] == ["Resumed"]
     # attempt 1 ran, but no checkpoint was reported before it ended: no resumption is claimed or named
     ran = {"phase": "Restarting", "attempt": 2, "ranAttempt": 1}
     p = plan(make_job(), ran, attempts(job_obj(1, cond=CRASH), job_obj(2, ready=1)), NOW)
@@ -388,12 +396,17 @@ def test_an_edit_of_a_running_attempt_is_said_to_apply_from_the_next_attempt():
     ((kind, reason, message),) = p.events
     assert (kind, reason) == ("Normal", "SpecChanged"), p.events
     assert message == (
-        "the edit (generation 3) applies from the next attempt: attempt 1 goes on with the spec it started with "
-        "(300 steps; the job now asks for 50 steps)"
+        "the spec (generation 3) differs from the one attempt 1 was made from: attempt 1 goes on with its own "
+        "(300 steps; the job now asks for 50 steps), and the difference applies from the next attempt"
     )
     assert not plan(edited, p.status, [made_from(before, 1, ready=1)], NOW).events  # said once
     same = dataclasses.replace(make_job("training.maxSteps=50"), generation=2)  # an edit the pods do not see
     assert not plan(edited, running, [made_from(same, 1, ready=1)], NOW).events
+    # two nodes, one pod up (not Running yet, not replaced: it has a pod): said too
+    two = dataclasses.replace(make_job("numNodes=2", "training.maxSteps=300"), generation=2)
+    starting = {"phase": "Pending", "attempt": 1, "observedGeneration": 2}
+    p = plan(make_job("numNodes=2", "training.maxSteps=50"), starting, [made_from(two, 1, ready=1)], NOW)
+    assert [e[1] for e in p.events] == ["SpecChanged"] and p.stop_attempt is None, p.events
 
 
 @pytest.mark.parametrize(
