@@ -483,6 +483,12 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_nohup_keeps_it_go
     assert proc.wait(timeout=120) == 129, (tmp_path / "stderr").read_text()[-2000:]
     step = max(r["step"] for r in metrics(out) if "loss" in r)
     assert (out / "checkpoints" / f"step-{step}" / "MANIFEST.json").is_file()
+    # output to files stays there (only a terminal's is dropped): the stop is said, and nothing went wrong
+    assert "SIGHUP received: finishing this step and checkpointing" in (tmp_path / "stderr").read_text()
+    assert (
+        '"event": "stopped"' in (tmp_path / "stdout").read_text()
+        and '"signal": "SIGHUP"' in (tmp_path / "stdout").read_text()
+    )
     assert "Traceback" not in (tmp_path / "stderr").read_text()
 
     kept = tmp_path / "nohup"

@@ -132,6 +132,7 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     assert "does not exist" in fails_with_one_line(str(tmp_path / "nope"))
     assert "is a file" in fails_with_one_line(str(run / "run.json"))
     assert "holds no model" in fails_with_one_line(str(run / "cache"))
+    assert f"for this run's result give {run / 'final'}" in fails_with_one_line(str(run))  # the run, not its final/
     unfinished = tmp_path / "unfinished"  # a run stopped before its end: no final/, its checkpoints there
     shutil.copytree(run / "checkpoints", unfinished / "checkpoints")
     said = fails_with_one_line(str(unfinished))

@@ -19,8 +19,10 @@ import contextlib
 import json
 import os
 import signal
+import stat
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -51,6 +53,13 @@ from .spec import Manifest
 
 
 def main(argv: list[str] | None = None) -> int:
+    code = _main(argv)
+    if argv is None:  # the program, not a call in a test or a notebook: from here it only exits
+        signal.signal(signal.SIGINT, _exit_at_once(code))
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "eval":
@@ -70,11 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             from .launch import launch
 
             return launch(manifest, args)
-        try:
-            return run_in_process(manifest, args)
-        finally:
-            if argv is None:  # the program, not a call in a test or a notebook: from here it only exits
-                signal.signal(signal.SIGINT, _exit_at_once)
+        return run_in_process(manifest, args)
     except SpecError as e:
         lines = [f"invalid {path}: {msg}" if path else msg for path, msg in e.problems]
         for line in lines:
@@ -109,22 +114,27 @@ class _StopNow(KeyboardInterrupt):
     """A second Ctrl-C during a run: stop at once."""
 
 
-def _exit_at_once(signum: int, _frame: object) -> None:
+def _exit_at_once(code: int) -> Callable[[int, object], None]:
     """A Ctrl-C while the process winds down after a run (its work saved; libraries' exit hooks still running):
-    leave now, without their traceback."""
-    for stream in (sys.stdout, sys.stderr):
-        with contextlib.suppress(Exception):
-            stream.flush()
-    os._exit(SIGNAL_EXIT_BASE + signum)
+    leave now, without their traceback, with the run's own exit code."""
+
+    def handler(_signum: int, _frame: object) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)
+
+    return handler
 
 
 def _hung_up(signum: int) -> None:
-    """SIGHUP: the terminal is gone. Its output goes nowhere from now on (a write to a closed terminal fails),
-    and the run stops as for SIGTERM, with a checkpoint."""
+    """SIGHUP: the terminal is gone. What went to it goes nowhere from now on (a write to a closed terminal
+    fails); output to a file stays there. The run stops as for SIGTERM, with a checkpoint."""
     with contextlib.suppress(OSError):
         null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
+        for fd in (1, 2):
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.dup2(null, fd)
         os.close(null)
 
 

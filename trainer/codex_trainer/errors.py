@@ -75,6 +75,8 @@ def disk_full(what: str, where: Path, needed: int) -> DiskFullError:
 
 def _mib(n: int) -> str:
     """A size as a person reads it: KiB below 1 MiB (where 0.2 MiB needed and 0.2 MiB free could read alike)."""
+    if n < 2**10:
+        return f"{n} bytes"
     return f"{n / 2**10:.0f} KiB" if n < 2**20 else f"{n / 2**20:.1f} MiB"
 
 

@@ -145,7 +145,10 @@ def locate(path: str) -> Target:
         return Target("checkpoint", path, run_dir, spec, _checkpoint_step(p))
     done = (d for d in (p / CHECKPOINTS_DIR).glob(f"{STEP_DIR_PREFIX}*") if (d / CHECKPOINT_MANIFEST).is_file())
     steps = sorted(done, key=lambda d: _checkpoint_step(d) or -1)
-    unfinished = f"; the run has not finished: evaluate its newest checkpoint, {steps[-1]}" if steps else ""
+    if (p / "final").is_dir():
+        unfinished = f"; for this run's result give {p / 'final'}"
+    else:
+        unfinished = f"; the run has not finished: evaluate its newest checkpoint, {steps[-1]}" if steps else ""
     raise SpecError(
         "",
         f"'{path}' holds no model: expected adapter_config.json (a run's final/), config.json (a saved model) or "

@@ -201,7 +201,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         optimizer.load_state_dict(found.optimizer)
         scheduler.load_state_dict(found.scheduler)
         changes = _apply_training_settings(spec, optimizer, scheduler, found.state.get("training"))
-        if changes and not (found.step >= total_steps and (out / "final").is_dir()):  # none applies to a done run
+        if changes and found.step < total_steps:  # none applies where no step is left to train
             sink.event(
                 "changed",
                 step=found.step,
