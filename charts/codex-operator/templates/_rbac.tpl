@@ -65,7 +65,8 @@
 {{/* Cluster-scoped, read-only: always in the ClusterRole. */}}
 {{- define "codex-operator.clusterRules" -}}
 # kopf's resource observer: watches CRDs so it notices codextrainingjobs being installed or changed
-# after the operator started (without it kopf only scans them at start, and logs a warning)
+# after the operator started (without it kopf only scans them at start, and logs a warning); not used
+# with watchNamespaces names only, where kopf's discovery is off
 - apiGroups: [apiextensions.k8s.io]
   resources: [customresourcedefinitions]
   verbs: [list, watch]
