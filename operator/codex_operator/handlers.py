@@ -563,8 +563,10 @@ class Operator(Timer):
                 patch: dict[str, Any] = {"message": e.line()}
                 if not status.get("phase"):
                     patch["phase"] = "Pending"
-                elif status["phase"] == "Running" and isinstance(e, Refused) and (e.attempt or 0) > int(
-                    status.get("attempt") or 0
+                elif (
+                    status["phase"] == "Running"
+                    and isinstance(e, Refused)
+                    and (e.attempt or 0) > int(status.get("attempt") or 0)
                 ):
                     # the attempt that ran has ended and the next one is refused: nothing runs now (a refused
                     # re-create of the running attempt's own job file is not that)
