@@ -201,7 +201,9 @@ def test_max_steps_raised_while_it_runs_trains_to_the_new_end(operator, jobs, tr
     done = jobs.wait_phase("longer", "Succeeded", timeout=600)
     assert done["attempt"] == 2 and done["progress"]["stepText"] == "170/170", done
     said = [e["message"] for e in jobs.events("longer") if e["reason"] == "SpecChanged"]
-    assert said and said[0].startswith("attempt 1 finished the 150 steps it was started with; the spec now"), said
+    # the edit said when it was seen (attempt 1 goes on with its 150 steps), then acted on when attempt 1 ended
+    assert any(m.startswith("the spec (generation 2) differs from the one attempt 1 was made from") for m in said)
+    assert any(m.startswith("attempt 1 finished the 150 steps it was started with; the spec now") for m in said), said
     resumed = [json.loads(line) for line in jobs.logs("longer-a2").splitlines() if '"resumed"' in line]
     assert resumed and resumed[0]["step"] == 150, jobs.logs("longer-a2")[-2000:]
 

@@ -12,6 +12,9 @@ from codex_trainer import contract
 
 # ---------------------------------------------------------------- 5. retries are bounded and honest
 
+# a resume where no checkpoint was reported before (the Events name none)
+NO_CHECKPOINT_SAID = "from the newest checkpoint on its volume, if one was written (none was reported)"
+
 
 def test_disruptions_are_not_counted_against_backoff_limit_but_are_bounded():
     async def test(c: Cluster) -> None:
@@ -234,7 +237,7 @@ def test_a_preempted_job_is_suspended_not_failed_and_runs_again_in_the_same_atte
         st = c.status()
         assert st["phase"] == "Running" and st["attempt"] == 1 and st["restarts"] == 0
         resumed = [m for _, r, m in c.events if r == "Resumed"]
-        assert resumed == ["attempt 1 running again: resumed"], c.events
+        assert resumed == [f"attempt 1 running again: {NO_CHECKPOINT_SAID}"], c.events
         await c.complete(1, {contract.FINAL_STEP: 300})
         assert c.status()["phase"] == "Succeeded" and c.status()["preemptions"] == 1
 
@@ -256,7 +259,7 @@ def test_an_eviction_the_operator_did_not_see_running_and_a_later_attempt_readmi
         await set_suspend(c, 1, False, ready=1)
         await c.fail(1)  # a crash: attempt 2, queued again, admitted, preempted, admitted again
         await set_suspend(c, 2, False, ready=1)
-        assert [m for _, r, m in c.events if r == "Resumed"] == ["attempt 2 running: resumed"]
+        assert [m for _, r, m in c.events if r == "Resumed"] == [f"attempt 2 running: {NO_CHECKPOINT_SAID}"]
         workload(c, 2, Evicted=("True", EVICTED, "Preempted"))
         await set_suspend(c, 2, True)
         assert c.status()["phase"] == "Suspended" and c.status()["preemptions"] == 2
@@ -264,6 +267,6 @@ def test_an_eviction_the_operator_did_not_see_running_and_a_later_attempt_readmi
         await set_suspend(c, 2, False)
         assert c.status()["phase"] == "Pending" and not [e for e in c.events if e[0] == "Warning"], c.events
         await c.run(2)
-        assert [m for _, r, m in c.events if r == "Resumed"] == ["attempt 2 running again: resumed"]
+        assert [m for _, r, m in c.events if r == "Resumed"] == [f"attempt 2 running again: {NO_CHECKPOINT_SAID}"]
 
     scenario(test)
