@@ -129,3 +129,33 @@ def update_readme(n: int, block: str, throttled: bool = False) -> None:
         title = f"{n:,} jobs" + (", the operator throttled (429s)" if throttled else "")
         text = text.rstrip("\n") + f"\n\n### {title}\n\n{new}\n"
     README.write_text(text)
+
+
+def malloc_report(path: Path, since: float) -> str:
+    """Where the operator's RSS was (benchmarks/malloc_stats) at the round's first sample, at its highest, and at
+    its last: glibc's heap and CPython's arenas."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        t, *fields = line.split()
+        if float(t) >= since:
+            rows.append({k: int(v) for k, v in (f.split("=") for f in fields)})
+    if not rows:
+        return "malloc stats: no samples"
+    out = ["| moment | RSS | glibc heap in use | CPython arenas held (1 MiB) | CPython blocks in use |",
+           "| --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, row in (("idle", rows[0]), ("peak", max(rows, key=lambda r: r["rss"])), ("last", rows[-1])):
+        mb = lambda n: f"{n / 2**20:.0f} MB"  # noqa: E731
+        out.append(f"| {name} | {mb(row['rss'])} | {mb(row['glibc_in_use'])} | {row['py_arenas']} | "
+                   f"{mb(row['py_used'])} |")  # fmt: skip
+    return "\n".join(out)
+
+
+def rounds_summary(rounds: list[dict[str, Any]]) -> str:
+    """One line per round: the operator's memory and CPU, and whether every job was right."""
+    lines = ["| round | RSS before | peak | after the delete | 30 s later | CPU per job | correct |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for i, res in enumerate(rounds, 1):
+        n, right = res["jobs"], res["jobs"] - len(set().union(*res["wrong"].values()))
+        mb = [f"{res['rss'][k] / 2**20:.0f} MB" for k in ("idle", "peak", "end", "settled")]
+        lines.append(f"| {i} | {' | '.join(mb)} | {1e3 * res['cpu_s']['total'] / n:.0f} ms | {right}/{n} |")
+    return "\n".join(lines)

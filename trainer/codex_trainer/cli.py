@@ -127,7 +127,7 @@ def _exit_at_once(code: int) -> Callable[[int, object], None]:
     return handler
 
 
-def _hung_up(signum: int) -> None:
+def _hung_up() -> None:
     """SIGHUP: the terminal is gone. What went to it goes nowhere from now on (a write to a closed terminal
     fails); output to a file stays there. The run stops as for SIGTERM, with a checkpoint."""
     with contextlib.suppress(OSError):
@@ -148,7 +148,7 @@ def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
         if stop.signum is not None and signum == signal.SIGINT:
             raise _StopNow  # a second Ctrl-C: stop now, the last checkpoint stays
         if signum == signal.SIGHUP:
-            _hung_up(signum)
+            _hung_up()
         stop.signum = signum
         print(
             f"codex-train: {signal.Signals(signum).name} received: finishing this step and checkpointing "
