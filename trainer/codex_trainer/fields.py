@@ -52,8 +52,8 @@ LABEL_VALUE = re.compile(LABEL_VALUE_PATTERN)
 MAX_LABEL_VALUE = 63
 
 # A label or annotation key (a qualified name: an optional DNS-subdomain prefix and '/', then a name), and a
-# namespace (a DNS label): the API server's own rules for metadata, which the CRD cannot state.
-QUALIFIED_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
+# namespace (a DNS label): the API server's own rules for metadata, which the CRD cannot state. The name part
+# has a label value's form (LABEL_VALUE).
 DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?")
 DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?([.][a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 QUALIFIED_NAME_MESSAGE = (
@@ -70,7 +70,7 @@ def qualified_name_problem(key: str) -> str | None:
     name, prefix = parts[-1], parts[0] if len(parts) == 2 else None
     if prefix is not None and (len(prefix) > MAX_NAME or not DNS_SUBDOMAIN.fullmatch(prefix)):
         return "its prefix (before '/') must be a DNS subdomain: lowercase letters, digits, '-' and '.'"
-    if len(name) > MAX_LABEL_VALUE or not QUALIFIED_NAME.fullmatch(name):
+    if len(name) > MAX_LABEL_VALUE or not LABEL_VALUE.fullmatch(name):
         return f"must be {QUALIFIED_NAME_MESSAGE}"
     return None
 
