@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         queue_owns_suspend=args.queue_manages_all_jobs,
     )
     namespaces = args.namespace or [n for n in _env("CODEX_NAMESPACES").split(",") if n]
+    if not registration.kopf_scans(namespaces) and asyncio.run(registration.crd_missing(namespaces[0])):
+        logging.getLogger("codex_operator").error(registration.NO_CRD)
+        return 1
     registry = kopf.OperatorRegistry()
     registration.register(handlers.Operator(options), registry, namespaces)
     run = partial(

@@ -290,6 +290,22 @@ class Kube:
                 return None
             raise
 
+    async def serves_jobs(self, namespace: str) -> bool:
+        """Whether the API server serves CodexTrainingJobs in `namespace`: its CRD is installed (a list in a
+        namespace that does not exist is empty; the resource's absence is a 404)."""
+        try:
+            with metrics.api_call("list", names.KIND):
+                await _body(
+                    self.custom.list_namespaced_custom_object(
+                        names.GROUP, names.VERSION, namespace, names.PLURAL, limit=1, _preload_content=False
+                    )
+                )
+        except ApiException as e:
+            if e.status == 404:
+                return False
+            raise
+        return True
+
     async def patch_status(
         self,
         namespace: str,

@@ -9,13 +9,24 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
+import aiohttp
 import kopf
+from kubernetes_asyncio.client.rest import ApiException
+from kubernetes_asyncio.config import ConfigException
 
 from . import informer, names
 from .handlers import Operator
 from .kube import Kube
 
 log = logging.getLogger("codex_operator")
+
+
+NO_CRD = (
+    f"the API server does not serve {names.PLURAL}.{names.GROUP}/{names.VERSION}: the CodexTrainingJob CRD is not"
+    f" installed. Install it (kubectl apply -f crds/{names.CRD_NAME}.yaml, or the chart with its CRDs); with exact"
+    " namespaces to watch, the operator looks for it only when it starts: it stops here, and serves the jobs once"
+    " it is started again with the CRD in place"
+)
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -39,6 +50,22 @@ def kopf_scans(namespaces: Iterable[str]) -> bool:
     falling back to the names. Without the scan, a new version of the CRD is served after a restart."""
     names_given = list(namespaces)
     return not names_given or any(informer.is_pattern(n) for n in names_given)
+
+
+async def crd_missing(namespace: str) -> bool:
+    """Whether the API server says it serves no CodexTrainingJobs (False where it cannot be asked: kopf's own
+    retries take it from there). With exact namespaces kopf looks for the CRD only at start: without it, it would
+    serve nothing, say only a WARNING, and the pod would look healthy."""
+    try:
+        kube = await Kube.connect()
+    except (OSError, ValueError, ConfigException):
+        return False
+    try:
+        return not await kube.serves_jobs(namespace)
+    except (ApiException, aiohttp.ClientError, OSError, TimeoutError):
+        return False
+    finally:
+        await kube.close()
 
 
 def register(op: Operator, registry: kopf.OperatorRegistry, namespaces: Iterable[str] = ()) -> None:

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from controller_harness import KEY, NAME, NS, Cluster, manifest, scenario
 
 from codex_operator import names
@@ -100,10 +101,49 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
     scenario(test)
 
 
+def test_a_start_with_named_namespaces_and_no_crd_stops_saying_what_to_install(monkeypatch, caplog):
+    """With exact namespaces kopf looks for the CRD only at start: without it, it would serve nothing and say
+    only a WARNING, while the pod looks healthy. The start is refused instead, naming what to install."""
+    import kopf
+
+    from codex_operator import cli, registration
+
+    async def test(c: Cluster) -> None:
+        kube = c.op.kube
+        assert kube is not None
+        close = kube.close
+        kube.close = lambda: asyncio.sleep(0)  # type: ignore[method-assign]  # the scenario closes it itself
+
+        async def connect() -> Kube:
+            return kube
+
+        monkeypatch.setattr(registration.Kube, "connect", staticmethod(connect))
+        assert not await registration.crd_missing(NS)
+        c.api.refuse("GET", names.PLURAL, 404, "the server could not find the requested resource", times=None)
+        assert await registration.crd_missing(NS)
+        c.api.rules[:] = []
+        c.api.refuse("GET", names.PLURAL, 503, "the server is starting", times=None)
+        assert not await registration.crd_missing(NS)  # cannot tell: kopf's retries take it from there
+        kube.close = close  # type: ignore[method-assign]
+
+    scenario(test)
+
+    async def missing(namespace: str) -> bool:
+        return namespace == "team-a"
+
+    started: list[Any] = []
+    monkeypatch.setattr(registration, "crd_missing", missing)
+    monkeypatch.setattr(kopf, "operator", lambda **kwargs: started.append(kwargs))
+    assert cli.main(["run", "--metrics-port=0", "-n", "team-a"]) == 1 and not started
+    (line,) = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert "CodexTrainingJob CRD is not installed" in line.message
+    assert f"kubectl apply -f crds/{names.CRD_NAME}.yaml" in line.message
+
+
 def test_the_command_line_runs_kopf_with_the_controller_it_describes(monkeypatch):
     import kopf
 
-    from codex_operator import cli, handlers
+    from codex_operator import cli, handlers, registration
 
     ran: dict[str, Any] = {}
 
@@ -112,6 +152,8 @@ def test_the_command_line_runs_kopf_with_the_controller_it_describes(monkeypatch
 
     made: list[handlers.Operator] = []
     monkeypatch.setattr(kopf, "operator", operator)
+    # a pattern, or all namespaces: kopf watches for the CRD itself, and serves it once it is installed
+    monkeypatch.setattr(registration, "crd_missing", lambda namespace: pytest.fail("the CRD looked for"))
     real = handlers.Operator
     monkeypatch.setattr(handlers, "Operator", lambda options: made.append(real(options)) or made[-1])
     argv = ["run", "--metrics-port=0", "-n", "team-*", "--queue-manages-all-jobs", "--progress-interval=3"]
