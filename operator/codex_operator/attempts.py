@@ -26,6 +26,8 @@ class Attempt:
     uid: str = ""
     created: str = ""  # creationTimestamp
     suspended: bool = False
+    parallelism: int | None = None  # the Job's spec.parallelism (the operator sets it to completions)
+    completions: int | None = None  # one per node, fixed for an Indexed Job
     ready: int = 0
     active: int = 0
     outcome: Outcome | None = None
@@ -91,6 +93,8 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
         uid=meta.get("uid", ""),
         created=meta.get("creationTimestamp", ""),
         suspended=bool(spec.get("suspend")),
+        parallelism=spec.get("parallelism"),
+        completions=spec.get("completions"),
         ready=int(st.get("ready") or 0),
         active=int(st.get("active") or 0),
         outcome=outcome,

@@ -326,6 +326,10 @@ class Operator(Timer):
         if p.set_suspend is not None and latest is not None:
             what = f"{'suspending' if p.set_suspend else 'resuming'} Job {latest.name}"
             await _asking(what, self.kube.set_suspend(namespace, latest.name, p.set_suspend))
+        if p.set_parallelism is not None and latest is not None:
+            what = f"setting Job {latest.name}'s parallelism back to {p.set_parallelism}"
+            scaled = {"spec": {"parallelism": p.set_parallelism}}
+            await _asking(what, self.kube.patch("Job", namespace, latest.name, scaled))
         if p.stop_attempt is None:
             await self._write(body, p)
         st.refused = None

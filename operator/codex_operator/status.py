@@ -36,6 +36,7 @@ class Plan:
     status: dict[str, Any]
     create_attempt: int | None = None
     set_suspend: bool | None = None
+    set_parallelism: int | None = None  # put the latest attempt Job's parallelism back (edited by hand)
     stop_attempt: Attempt | None = None  # delete this live attempt's Job (its pods get their grace period)
     stalled: bool = False  # stop_attempt because it made no progress (the Stalled condition)
     reason: str = ""  # the reason of the phase decided
@@ -384,6 +385,11 @@ def _live(
     queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
     if not queued and latest.suspended != rp.suspend:
         p.set_suspend = rp.suspend
+        if latest.suspended and old.get("phase") != "Suspended":  # not a release of runPolicy.suspend
+            p.events.append(("Warning", "JobEdited", _hand_suspended(latest)))
+    if not queued and latest.completions and latest.parallelism != latest.completions:
+        p.set_parallelism = latest.completions
+        p.events.append(("Warning", "JobEdited", _hand_scaled(latest)))
     if queued and latest.suspended:
         return _queued(job, p, latest, old, queue_said)
     if not queued and rp.suspend:
@@ -405,6 +411,26 @@ def _live(
         queue = f"LocalQueue {rp.queue_name}" if rp.queue_name else "the queue"
         return "Pending", "Admitted", f"admitted by {queue}; waiting for the trainer pods to start"
     return "Pending", "Starting", "waiting for the trainer pods to start"
+
+
+PAUSE = "to pause the job, set spec.runPolicy.suspend: true on the CodexTrainingJob"
+
+
+def _hand_suspended(latest: Attempt) -> str:
+    """The attempt Job was suspended by an edit of the Job itself (not by runPolicy.suspend, nor a queue)."""
+    return (
+        f"Job {latest.name} was suspended by an edit of the Job, which stops its pods: resumed, since "
+        f"runPolicy.suspend is false; its pods start again from the newest checkpoint ({PAUSE})"
+    )
+
+
+def _hand_scaled(latest: Attempt) -> str:
+    """The attempt Job's parallelism was edited: its ranks run together or not at all."""
+    return (
+        f"Job {latest.name}'s parallelism was set to {latest.parallelism} by an edit of the Job: set back to "
+        f"{latest.completions}, one pod a node (numNodes), since its ranks train together or not at all; the pods "
+        f"it stopped start again from the newest checkpoint ({PAUSE})"
+    )
 
 
 def _say_edit_waits(job: Job, p: Plan, latest: Attempt, old: dict[str, Any]) -> None:

@@ -244,3 +244,25 @@ def test_a_deleted_checkpoint_volume_is_made_again_and_its_loss_is_said(operator
     assert not [line for line in jobs.logs(last).splitlines() if '"resumed"' in line], jobs.logs(last)[-2000:]
     claimed = [e["message"] for e in jobs.events("lost") if e["reason"] == "Resumed"]
     assert not [m for m in claimed if "checkpoint (step" in m], claimed
+
+
+def test_an_attempt_job_scaled_to_zero_or_suspended_by_hand_is_set_back_and_trains_to_the_end(
+    operator, jobs, trainer_image
+):
+    """Both stop the pods while the job would still say Running: the operator puts its Job back as it made it,
+    says so (and how to pause a job), and the pods train on from the checkpoint."""
+    jobs.apply(manifest("handy", *LONGER))
+    wait_for(lambda: (jobs.status("handy").get("checkpoint") or {}).get("step"), "a first checkpoint", 300)
+
+    def spec() -> dict:
+        return json.loads(jobs.kubectl("get", "job", "handy-a1", "-o", "json").stdout)["spec"]
+
+    jobs.kubectl("patch", "job", "handy-a1", "--type=merge", "-p", json.dumps({"spec": {"parallelism": 0}}))
+    wait_for(lambda: spec()["parallelism"] == 1, "parallelism set back", 60)
+    jobs.kubectl("patch", "job", "handy-a1", "--type=merge", "-p", json.dumps({"spec": {"suspend": True}}))
+    wait_for(lambda: spec()["suspend"] is False, "the Job resumed", 60)
+    done = jobs.wait_phase("handy", "Succeeded", timeout=600)
+    assert done["attempt"] == 1 and done["progress"]["stepText"] == "400/400", done
+    said = [e["message"] for e in jobs.events("handy") if e["reason"] == "JobEdited" and e["type"] == "Warning"]
+    assert any("parallelism was set to 0 by an edit of the Job: set back to 1" in m for m in said), said
+    assert any("was suspended by an edit of the Job, which stops its pods: resumed" in m for m in said), said

@@ -394,6 +394,37 @@ def test_a_deleted_job_file_or_service_is_recreated(plural, name):
     scenario(test)
 
 
+@pytest.mark.parametrize("edit", ["parallelism", "suspend"])
+def test_an_attempt_job_scaled_down_or_suspended_by_hand_is_set_back_and_said(edit):
+    """Both stop the attempt's pods, while the job would go on saying Running. The operator owns its attempt
+    Jobs: it puts them back as made, and says how to pause a job (runPolicy.suspend)."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("numNodes=2")
+        await c.run(1, ready=2)
+        job = c.attempt(1)
+        assert job is not None and job["spec"]["parallelism"] == 2
+        job["spec"] |= {"parallelism": 0} if edit == "parallelism" else {"suspend": True}
+        c.api.put("jobs", job)
+        await c.settle()
+        spec = c.attempt(1)["spec"]  # type: ignore[index]
+        assert spec["parallelism"] == 2 and not spec["suspend"]
+        (said,) = [(kind, m) for kind, r, m in c.events if r == "JobEdited"]
+        words = (
+            "parallelism was set to 0 by an edit of the Job: set back to 2"
+            if edit == "parallelism"
+            else ("was suspended by an edit of the Job, which stops its pods: resumed")
+        )
+        assert said[0] == "Warning" and f"Job {NAME}-a1" in said[1] and words in said[1], said
+        assert "set spec.runPolicy.suspend: true on the CodexTrainingJob" in said[1]
+        assert c.attempt(2) is None and c.status()["attempt"] == 1
+        await c.edit("runPolicy.suspend=true")  # the way to pause: suspended, and nothing said of it
+        await c.edit("runPolicy.suspend=false")
+        assert not c.attempt(1)["spec"]["suspend"] and reasons(c).count("JobEdited") == 1  # type: ignore[index]
+
+    scenario(test)
+
+
 # ---------------------------------------------------------------- the sequences a reviewer found
 
 
