@@ -385,8 +385,10 @@ def _live(
     queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
     if not queued and latest.suspended != rp.suspend:
         p.set_suspend = rp.suspend
-        if latest.suspended and old.get("phase") != "Suspended":  # not a release of runPolicy.suspend
-            p.events.append(("Warning", "JobEdited", _hand_suspended(latest)))
+        if latest.suspended == (old.get("phase") != "Suspended"):  # not runPolicy.suspend set or released
+            p.events.append(
+                ("Warning", "JobEdited", _hand_suspended(latest) if latest.suspended else _hand_resumed(latest))
+            )
     if not queued and latest.completions and latest.parallelism != latest.completions:
         p.set_parallelism = latest.completions
         p.events.append(("Warning", "JobEdited", _hand_scaled(latest)))
@@ -421,6 +423,14 @@ def _hand_suspended(latest: Attempt) -> str:
     return (
         f"Job {latest.name} was suspended by an edit of the Job, which stops its pods: resumed, since "
         f"runPolicy.suspend is false; its pods start again from the newest checkpoint ({PAUSE})"
+    )
+
+
+def _hand_resumed(latest: Attempt) -> str:
+    """The attempt Job of a job suspended by runPolicy.suspend was resumed by an edit of the Job itself."""
+    return (
+        f"Job {latest.name} was resumed by an edit of the Job while runPolicy.suspend is true: suspended again "
+        "(to resume the job, set spec.runPolicy.suspend: false on the CodexTrainingJob)"
     )
 
 

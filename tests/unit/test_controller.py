@@ -419,8 +419,16 @@ def test_an_attempt_job_scaled_down_or_suspended_by_hand_is_set_back_and_said(ed
         assert "set spec.runPolicy.suspend: true on the CodexTrainingJob" in said[1]
         assert c.attempt(2) is None and c.status()["attempt"] == 1
         await c.edit("runPolicy.suspend=true")  # the way to pause: suspended, and nothing said of it
+        assert c.attempt(1)["spec"]["suspend"] and reasons(c).count("JobEdited") == 1  # type: ignore[index]
+        job = c.attempt(1)
+        job["spec"]["suspend"] = False  # type: ignore[index]  # resumed by hand while the job says suspend
+        c.api.put("jobs", job)  # type: ignore[arg-type]
+        await c.settle()
+        assert c.attempt(1)["spec"]["suspend"] and c.status()["phase"] == "Suspended"  # type: ignore[index]
+        said = [m for _, r, m in c.events if r == "JobEdited"][-1]
+        assert "was resumed by an edit of the Job while runPolicy.suspend is true: suspended again" in said
         await c.edit("runPolicy.suspend=false")
-        assert not c.attempt(1)["spec"]["suspend"] and reasons(c).count("JobEdited") == 1  # type: ignore[index]
+        assert not c.attempt(1)["spec"]["suspend"] and reasons(c).count("JobEdited") == 2  # type: ignore[index]
 
     scenario(test)
 
