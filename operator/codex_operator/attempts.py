@@ -28,6 +28,7 @@ class Attempt:
     suspended: bool = False
     parallelism: int | None = None  # the Job's spec.parallelism (the operator sets it to completions)
     completions: int | None = None  # one per node, fixed for an Indexed Job
+    job_generation: int = 0  # the Job's own metadata.generation: 1 as made, one more for each edit of its spec
     ready: int = 0
     active: int = 0
     outcome: Outcome | None = None
@@ -95,6 +96,7 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
         suspended=bool(spec.get("suspend")),
         parallelism=spec.get("parallelism"),
         completions=spec.get("completions"),
+        job_generation=int(meta.get("generation") or 0),
         ready=int(st.get("ready") or 0),
         active=int(st.get("active") or 0),
         outcome=outcome,

@@ -56,9 +56,6 @@ def main(argv: list[str] | None = None) -> int:
         queue_owns_suspend=args.queue_manages_all_jobs,
     )
     namespaces = args.namespace or [n for n in _env("CODEX_NAMESPACES").split(",") if n]
-    if not registration.kopf_scans(namespaces) and asyncio.run(registration.crd_missing(namespaces[0])):
-        logging.getLogger("codex_operator").error(registration.NO_CRD)
-        return 1
     registry = kopf.OperatorRegistry()
     registration.register(handlers.Operator(options), registry, namespaces)
     run = partial(
@@ -70,14 +67,29 @@ def main(argv: list[str] | None = None) -> int:
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
     )
     if not args.leader_election:
+        if asyncio.run(_no_crd(namespaces)):
+            return 1
         metrics.LEADER.set(1)
         with contextlib.suppress(asyncio.CancelledError):  # as kopf.run does
             asyncio.run(run())
         return 0
-    return asyncio.run(_elected(run, args))
+    return asyncio.run(_elected(run, args, namespaces))
 
 
-async def _elected(run: Callable[..., Coroutine[Any, Any, None]], args: argparse.Namespace) -> int:
+async def _no_crd(namespaces: list[str]) -> bool:
+    """With exact namespaces kopf looks for the CRD once, as it starts: without it, say so and stop (the pod
+    restarts until the CRD is there) rather than serve nothing."""
+    from . import registration
+
+    if registration.kopf_scans(namespaces) or not await registration.crd_missing(namespaces[0]):
+        return False
+    logging.getLogger("codex_operator").error(registration.NO_CRD)
+    return True
+
+
+async def _elected(
+    run: Callable[..., Coroutine[Any, Any, None]], args: argparse.Namespace, namespaces: list[str]
+) -> int:
     """Stand by until this replica holds the Lease, then run the operator until it stops (a signal, or a
     crash: the Lease is handed back) or the Lease is lost (the process exits 1 at once: none of its
     handlers may act once a standby can take over; the container restarts as a standby)."""
@@ -101,6 +113,9 @@ async def _elected(run: Callable[..., Coroutine[Any, Any, None]], args: argparse
         finally:
             if health is not None:
                 await health.cleanup()  # kopf serves /healthz on the same port from now on
+        if await _no_crd(namespaces):  # looked for as this replica starts to act, as kopf would
+            await elector.release()
+            return 1
         metrics.LEADER.set(1)
         kopf_stop = asyncio.Event()
         operator = asyncio.create_task(run(stop_flag=kopf_stop))

@@ -44,6 +44,7 @@ class JobState:
     moved: Stall | None = None  # the running attempt's step, and when this operator first read it
     stalled: Stall | None = None  # found stalled by a tick: the next tick_once restarts it
     pending: watched.Pending = field(default_factory=watched.Pending)  # attempt Jobs the watch has not shown yet
+    job_written: tuple[str, int] | None = None  # (UID, metadata.generation) of the attempt Job as last patched here
     parsed: tuple[tuple[str, int], Job | str] | None = None  # the spec, parsed once per (uid, generation)
     children: int = 0  # attempt Job events seen: a reconcile's input changed
     settled: tuple[int, int] | None = None  # (generation, children) of the last reconcile that got through

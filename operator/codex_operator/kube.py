@@ -187,11 +187,11 @@ class Kube:
                 return None
             raise
 
-    async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> None:
-        """A JSON merge patch of a child (a Job's suspend, a volume's ownerReferences)."""
+    async def patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """A JSON merge patch of a child (a Job's suspend, a volume's ownerReferences); the object as patched."""
         call = self._calls(kind)["patch"]
         with metrics.api_call("patch", kind):
-            await _body(call(name, namespace, patch, _content_type=MERGE, _preload_content=False))
+            return orjson.loads(await _body(call(name, namespace, patch, _content_type=MERGE, _preload_content=False)))
 
     async def delete(self, kind: str, namespace: str, name: str, uid: str) -> None:
         """Delete a child and what it owns (an attempt's pods get their grace period to checkpoint); only the
@@ -241,8 +241,8 @@ class Kube:
             raise
         return orjson.loads(body)["items"]
 
-    async def set_suspend(self, namespace: str, name: str, suspend: bool) -> None:
-        await self.patch("Job", namespace, name, {"spec": {"suspend": suspend}})
+    async def set_suspend(self, namespace: str, name: str, suspend: bool) -> dict[str, Any]:
+        return await self.patch("Job", namespace, name, {"spec": {"suspend": suspend}})
 
     async def post_event(self, job: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """A core/v1 Event on the job, as `kubectl describe` shows it."""
@@ -297,7 +297,13 @@ class Kube:
             with metrics.api_call("list", names.KIND):
                 await _body(
                     self.custom.list_namespaced_custom_object(
-                        names.GROUP, names.VERSION, namespace, names.PLURAL, limit=1, _preload_content=False
+                        names.GROUP,
+                        names.VERSION,
+                        namespace,
+                        names.PLURAL,
+                        limit=1,
+                        _preload_content=False,
+                        _request_timeout=10,
                     )
                 )
         except ApiException as e:

@@ -52,16 +52,25 @@ def kopf_scans(namespaces: Iterable[str]) -> bool:
     return not names_given or any(informer.is_pattern(n) for n in names_given)
 
 
+CRD_TRIES = 4  # a CRD installed a moment ago (by the same helm install) is served within a few seconds
+CRD_PAUSE = 2.0  # seconds between them
+
+
 async def crd_missing(namespace: str) -> bool:
-    """Whether the API server says it serves no CodexTrainingJobs (False where it cannot be asked: kopf's own
-    retries take it from there). With exact namespaces kopf looks for the CRD only at start: without it, it would
-    serve nothing, say only a WARNING, and the pod would look healthy."""
+    """Whether the API server says it serves no CodexTrainingJobs, asked CRD_TRIES times (False where it cannot
+    be asked: kopf's own retries take it from there). With exact namespaces kopf looks for the CRD only at start:
+    without it, it would serve nothing, say only a WARNING, and the pod would look healthy."""
     try:
         kube = await Kube.connect()
     except (OSError, ValueError, ConfigException):
         return False
     try:
-        return not await kube.serves_jobs(namespace)
+        for attempt in range(CRD_TRIES):
+            if await kube.serves_jobs(namespace):
+                return False
+            if attempt < CRD_TRIES - 1:
+                await asyncio.sleep(CRD_PAUSE)
+        return True
     except (ApiException, aiohttp.ClientError, OSError, TimeoutError):
         return False
     finally:

@@ -116,12 +116,15 @@ def plan(
     may_suspend: bool = True,
     queue_said: QueueSaid | None = None,
     stalled: Stall | None = None,
+    job_written: int = 0,
 ) -> Plan:
     """Decide the job's status and next action from its attempts (this job's own: owned by its UID, not
     being deleted; sorted or not). `status.attempt` remembers the newest attempt started, so an attempt Job
     deleted by hand is noticed. `may_suspend` is False where a queue may own every Job's `suspend`;
     `queue_said` is what Kueue says of the latest attempt's Workload (`queue_words`); `stalled` says the
-    running attempt made no progress for its deadline."""
+    running attempt made no progress for its deadline; `job_written` is the latest attempt Job's generation
+    as this operator last patched it (0: not since it started), so a view of it from before is not taken
+    for an edit."""
     old = status or {}
     p = Plan(status=copy.deepcopy(old))
     phase_before = old.get("phase")
@@ -150,15 +153,9 @@ def plan(
         phase, reason, message = _succeeded(p, current, final, now)
     elif latest.outcome == "Failed":
         phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, p.status, now), now)
-    elif (
-        stalled
-        and job.spec.run_policy.progress_deadline_seconds
-        and stalled.attempt == current
-        and not latest.suspended
-    ):
-        phase, reason, message = _stalled(job, p, attempts, stalled, now)
     else:
-        phase, reason, message = _live(job, p, latest, old, may_suspend, queue_said or QueueSaid())
+        said = queue_said or QueueSaid()
+        phase, reason, message = _ongoing(job, p, attempts, latest, old, now, stalled, may_suspend, said, job_written)
     if phase == "Running":
         p.status["ranAttempt"] = current  # a later Running of this attempt is a resumption
     _without_eta_when_final(p.status, phase)
@@ -372,8 +369,33 @@ def _after_deletion(
     return _restart(p, current, "disruption", what + " (not counted against backoffLimit)")
 
 
+def _ongoing(
+    job: Job,
+    p: Plan,
+    attempts: list[Attempt],
+    latest: Attempt,
+    old: dict[str, Any],
+    now: datetime,
+    stalled: Stall | None,
+    may_suspend: bool,
+    queue_said: QueueSaid,
+    written: int,
+) -> Decision:
+    """The latest attempt has not ended: split by an edit of its Job, stalled, or live."""
+    if _split_by_hand(latest, may_suspend and not job.spec.run_policy.queue_name, written):
+        return _split(job, p, attempts, latest, now)
+    if (
+        stalled
+        and job.spec.run_policy.progress_deadline_seconds
+        and stalled.attempt == latest.number
+        and not latest.suspended
+    ):
+        return _stalled(job, p, attempts, stalled, now)
+    return _live(job, p, latest, old, may_suspend, queue_said, written)
+
+
 def _live(
-    job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool, queue_said: QueueSaid
+    job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool, queue_said: QueueSaid, written: int
 ) -> Decision:
     rp = job.spec.run_policy
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
@@ -383,15 +405,18 @@ def _live(
     if edited and kept and latest.spec_sha256 not in ("", fingerprint):
         _say_edit_waits(job, p, latest, old)
     queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
-    if not queued and latest.suspended != rp.suspend:
+    fresh = latest.job_generation >= written  # not a view from before this operator's own last patch
+    edited_by_hand = latest.job_generation > max(written, 1)  # its spec changed since it was made or patched here
+    if not queued and fresh and latest.suspended != rp.suspend:
         p.set_suspend = rp.suspend
-        if latest.suspended == (old.get("phase") != "Suspended"):  # not runPolicy.suspend set or released
+        if edited_by_hand and latest.suspended == (old.get("phase") != "Suspended"):  # not runPolicy.suspend's
             p.events.append(
                 ("Warning", "JobEdited", _hand_suspended(latest) if latest.suspended else _hand_resumed(latest))
             )
-    if not queued and latest.completions and latest.parallelism != latest.completions:
+    if not queued and fresh and latest.completions and latest.parallelism != latest.completions:
         p.set_parallelism = latest.completions
-        p.events.append(("Warning", "JobEdited", _hand_scaled(latest)))
+        if edited_by_hand:
+            p.events.append(("Warning", "JobEdited", _hand_scaled(latest)))
     if queued and latest.suspended:
         return _queued(job, p, latest, old, queue_said)
     if not queued and rp.suspend:
@@ -435,12 +460,46 @@ def _hand_resumed(latest: Attempt) -> str:
 
 
 def _hand_scaled(latest: Attempt) -> str:
-    """The attempt Job's parallelism was edited: its ranks run together or not at all."""
+    """The attempt Job's parallelism was edited (to 0 for all its ranks, or above their number)."""
+    stopped = (latest.parallelism or 0) < (latest.completions or 0)
+    then = "; the pods it stopped start again from the newest checkpoint" if stopped else ""
     return (
         f"Job {latest.name}'s parallelism was set to {latest.parallelism} by an edit of the Job: set back to "
-        f"{latest.completions}, one pod a node (numNodes), since its ranks train together or not at all; the pods "
-        f"it stopped start again from the newest checkpoint ({PAUSE})"
+        f"{latest.completions}, one pod a node (numNodes){then} ({PAUSE})"
     )
+
+
+def _split_by_hand(latest: Attempt | None, may_change: bool, written: int) -> bool:
+    """A multi-node attempt's Job scaled to some of its ranks by an edit of the Job (outside a queue): the ranks
+    left cannot train without the others, and a rank started again cannot join them."""
+    return (
+        may_change
+        and latest is not None
+        and latest.outcome is None
+        and (latest.completions or 0) > 1
+        and 0 < (latest.parallelism or 0) < (latest.completions or 0)
+        and latest.job_generation > max(written, 1)
+    )
+
+
+def _split(job: Job, p: Plan, attempts: list[Attempt], latest: Attempt, now: datetime) -> Decision:
+    """Stop the split attempt and start the next from the newest checkpoint: a disruption, as when its Job is
+    deleted by hand (counted against maxDisruptions, not backoffLimit)."""
+    rp = job.spec.run_policy
+    p.stop_attempt = latest
+    disruptions = _count(p, attempts, "disruption")
+    what = (
+        f"attempt {latest.number}'s Job {latest.name} was scaled to {latest.parallelism} of its "
+        f"{latest.completions} pods by an edit of the Job: its ranks train together or not at all, so it was "
+        f"stopped ({PAUSE})"
+    )
+    if disruptions > rp.max_disruptions:
+        p.status["completionTime"] = ts(now)
+        limit = f"(attempt {latest.number}; runPolicy.maxDisruptions {rp.max_disruptions} reached)"
+        return "Failed", "DisruptionLimitExceeded", f"{what} {limit}"
+    p.status["stoppedAttempt"] = latest.number
+    phase, _, message = _restart(p, latest.number, "disruption", what + "; not counted against backoffLimit")
+    return phase, "JobEdited", message
 
 
 def _say_edit_waits(job: Job, p: Plan, latest: Attempt, old: dict[str, Any]) -> None:
@@ -464,7 +523,8 @@ def _replace(job: Job, p: Plan, latest: Attempt) -> Decision:
     """An attempt whose pods never started, made from a spec edited since (a request no node can meet, an image
     that cannot be pulled: the fixes the README gives): it has nothing to lose, so it is stopped and the next
     starts with the edit, counted against neither backoffLimit nor maxDisruptions."""
-    p.stop_attempt, p.set_suspend = latest, None
+    p.stop_attempt, p.set_suspend, p.set_parallelism = latest, None, None  # it goes: nothing to set back on it
+    p.events = [e for e in p.events if e[1] != "JobEdited"]
     p.status["stoppedAttempt"] = latest.number
     nxt = _next_attempt(p, latest.number)
     return (

@@ -118,8 +118,12 @@ def test_a_start_with_named_namespaces_and_no_crd_stops_saying_what_to_install(m
             return kube
 
         monkeypatch.setattr(registration.Kube, "connect", staticmethod(connect))
+        monkeypatch.setattr(registration, "CRD_PAUSE", 0.0)
         assert not await registration.crd_missing(NS)
-        c.api.refuse("GET", names.PLURAL, 404, "the server could not find the requested resource", times=None)
+        gone = "the server could not find the requested resource"
+        c.api.refuse("GET", names.PLURAL, 404, gone, times=registration.CRD_TRIES - 1)
+        assert not await registration.crd_missing(NS)  # installed a moment ago, by the same helm install
+        c.api.refuse("GET", names.PLURAL, 404, gone, times=None)
         assert await registration.crd_missing(NS)
         c.api.rules[:] = []
         c.api.refuse("GET", names.PLURAL, 503, "the server is starting", times=None)
@@ -133,11 +137,16 @@ def test_a_start_with_named_namespaces_and_no_crd_stops_saying_what_to_install(m
 
     started: list[Any] = []
     monkeypatch.setattr(registration, "crd_missing", missing)
-    monkeypatch.setattr(kopf, "operator", lambda **kwargs: started.append(kwargs))
+
+    async def operator(**kwargs: Any) -> None:
+        started.append(kwargs)
+
+    monkeypatch.setattr(kopf, "operator", operator)
     assert cli.main(["run", "--metrics-port=0", "-n", "team-a"]) == 1 and not started
     (line,) = [r for r in caplog.records if r.levelname == "ERROR"]
     assert "CodexTrainingJob CRD is not installed" in line.message
     assert f"kubectl apply -f crds/{names.CRD_NAME}.yaml" in line.message
+    assert cli.main(["run", "--metrics-port=0", "-n", "team-b"]) == 0 and started  # served: kopf runs
 
 
 def test_the_command_line_runs_kopf_with_the_controller_it_describes(monkeypatch):

@@ -205,11 +205,44 @@ def test_the_elected_replica_runs_the_operator_until_a_signal_then_hands_the_lea
         args = cli._parser().parse_args(
             ["run", "--leader-election", "--lease-name=lease", "--lease-namespace=ns", f"--liveness-port={port}"]
         )
-        elected = asyncio.create_task(cli._elected(operator, args))
+        elected = asyncio.create_task(cli._elected(operator, args, []))
         await asyncio.wait_for(running.wait(), 10)
         assert fake.holder()
         signal.raise_signal(signal.SIGTERM)
         assert await asyncio.wait_for(elected, 10) == 0
         assert not fake.holder()
+
+    serving(fake.answer, scenario)
+
+
+def test_a_replica_elected_with_no_crd_to_serve_hands_the_lease_back_and_exits_1(monkeypatch):
+    """With exact namespaces kopf looks for the CRD as it starts, which for a standby is when it takes the Lease:
+    the CRD is looked for then, and its absence stops the replica (its pod restarts) instead of serving nothing."""
+    from codex_operator import cli, registration
+    from codex_operator.kube import Kube
+
+    fake = FakeLeases()
+    fake.lease = {"metadata": {"name": "lease", "namespace": "ns", "resourceVersion": "0"}} | lease(None)
+
+    async def scenario(kube: Kube) -> None:
+        async def connect() -> Kube:
+            return kube
+
+        async def keep_open() -> None:
+            return None  # the scenario closes the client itself
+
+        async def missing(namespace: str) -> bool:
+            assert fake.holder()  # looked for once this replica holds the Lease
+            return True
+
+        async def operator(stop_flag: asyncio.Event) -> None:
+            raise AssertionError("the operator ran without its CRD")
+
+        monkeypatch.setattr(Kube, "connect", staticmethod(connect))
+        monkeypatch.setattr(kube, "close", keep_open)
+        monkeypatch.setattr(registration, "crd_missing", missing)
+        args = cli._parser().parse_args(["run", "--leader-election", "--lease-name=lease", "--lease-namespace=ns"])
+        assert await asyncio.wait_for(cli._elected(operator, args, ["team-a"]), 10) == 1
+        assert not fake.holder()  # handed back: another replica may try at once
 
     serving(fake.answer, scenario)
