@@ -401,7 +401,9 @@ def _live(
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
     edited = 0 < latest.generation < job.generation  # an operator upgrade alone may change the fingerprint
     fingerprint = pod_fingerprint(job) if edited else latest.spec_sha256
-    kept = latest.ready or latest.suspended or was_running  # else, edited, it is replaced below: nothing to lose
+    # an attempt that runs, is held, or ran before (resumed after runPolicy.suspend or a preemption, its pods
+    # starting again) is kept; else, edited, it is replaced below: it never ran, so there is nothing to lose
+    kept = latest.ready or latest.suspended or was_running or old.get("ranAttempt") == latest.number
     if edited and kept and latest.spec_sha256 not in ("", fingerprint):
         _say_edit_waits(job, p, latest, old)
     queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it

@@ -441,6 +441,30 @@ def test_an_attempt_job_scaled_down_or_suspended_by_hand_is_set_back_and_said(ed
     scenario(test)
 
 
+def test_a_job_edited_then_suspended_and_resumed_goes_on_in_the_same_attempt():
+    """runPolicy.suspend false resumes the current attempt, edited or not: its pods starting again are not an
+    attempt that never ran (it would be replaced, a restart counted, and 'had started no pod' said)."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("training.maxSteps=1500")
+        await c.run(1)
+        await c.edit("training.maxSteps=1400")
+        await c.edit("runPolicy.suspend=true")
+        assert c.status()["phase"] == "Suspended"
+        job = c.attempt(1)
+        job["status"] = {}  # type: ignore[index]  # the Job controller deleted the pods
+        c.api.put("jobs", job)  # type: ignore[arg-type]
+        await c.edit("runPolicy.suspend=false")  # pods starting again: none ready yet
+        assert not c.attempt(1)["spec"]["suspend"]  # type: ignore[index]
+        st = c.status()
+        assert c.attempt(2) is None and st["attempt"] == 1 and st["restarts"] == 0, st
+        assert not [m for _, r, m in c.events if "had started no pod" in m]
+        await c.run(1)
+        assert c.status()["phase"] == "Running" and "Resumed" in reasons(c)
+
+    scenario(test)
+
+
 def test_a_view_of_the_attempt_job_from_before_the_operators_own_patch_is_not_taken_for_an_edit():
     """The watch may deliver a Job update written just before the operator's own suspend (the Job controller's
     status, say) after it: that older view says 'not suspended' while the job says Suspended. Nothing is said
