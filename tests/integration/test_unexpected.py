@@ -266,3 +266,23 @@ def test_an_attempt_job_scaled_to_zero_or_suspended_by_hand_is_set_back_and_trai
     said = [e["message"] for e in jobs.events("handy") if e["reason"] == "JobEdited" and e["type"] == "Warning"]
     assert any("parallelism was set to 0 by an edit of the Job: set back to 1" in m for m in said), said
     assert any("was suspended by an edit of the Job, which stops its pods: resumed" in m for m in said), said
+
+
+def test_an_edited_job_suspended_and_resumed_goes_on_in_the_same_attempt(operator, jobs, trainer_image):
+    """runPolicy.suspend false resumes the current attempt, edited or not (a new-user check found the edited one
+    replaced, a restart counted and 'had started no pod' said)."""
+    jobs.apply(manifest("paused", *LONGER))
+    wait_for(lambda: (jobs.status("paused").get("checkpoint") or {}).get("step"), "a first checkpoint", 300)
+    jobs.kubectl("patch", "ctj", "paused", "--type=merge", "-p", json.dumps({"spec": {"training": {"maxSteps": 420}}}))
+    jobs.kubectl("patch", "ctj", "paused", "--type=merge", "-p", json.dumps({"spec": {"runPolicy": {"suspend": True}}}))
+    jobs.wait_phase("paused", "Suspended", timeout=60)
+    jobs.kubectl(
+        "patch", "ctj", "paused", "--type=merge", "-p", json.dumps({"spec": {"runPolicy": {"suspend": False}}})
+    )
+    st = jobs.wait_phase("paused", "Running", timeout=120)
+    assert st["attempt"] == 1 and st["restarts"] == 0, st
+    said = [(e["reason"], e["message"]) for e in jobs.events("paused")]
+    assert any(r == "Resumed" and m.startswith("attempt 1 running again") for r, m in said), said
+    assert not any("had started no pod" in m for _, m in said), said
+    done = jobs.wait_phase("paused", "Succeeded", timeout=600)  # attempt 1 ends at its 400, attempt 2 at 420
+    assert done["attempt"] == 2 and done["progress"]["stepText"] == "420/420", done

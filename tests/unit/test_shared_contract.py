@@ -72,6 +72,22 @@ def test_a_figure_not_measured_yet_is_absent_not_0():
     assert served(prom)[contract.METRIC_EVAL_LOSS].value == 2.5
 
 
+def test_a_resumed_run_serves_its_checkpoints_step_and_eval_loss_before_its_next_evaluation():
+    """A pod started again in the same attempt (a suspend, a parallelism edit) resumes from a checkpoint: the
+    scraper sees that checkpoint's eval loss at once, not a blank EVAL column until the next evaluation."""
+    from codex_trainer.console import Console
+    from codex_trainer.metrics import Sink
+
+    prom = Prometheus(None, "job-a")
+    Sink(True, Console(False), prom).resumed_from(85, 2.25)
+    samples = served(prom)
+    assert samples[contract.METRIC_EVAL_LOSS].value == 2.25
+    assert (samples[contract.METRIC_STEP].value, samples[contract.METRIC_CHECKPOINT_STEP].value) == (85, 85)
+    fresh = Prometheus(None, "job-b")
+    Sink(True, Console(False), fresh).resumed_from(10, None)  # no evaluation before that checkpoint: still none
+    assert contract.METRIC_EVAL_LOSS not in served(fresh)
+
+
 # ---------------------------------------------------------------- the output directory
 
 

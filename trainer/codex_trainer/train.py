@@ -220,6 +220,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
                 f"{saved_world} processes to continue the same training"
             )
         sink.event("resumed", step=step, checkpoint=str(found.path))
+        sink.resumed_from(step, eval_loss)
         if step > total_steps:  # maxSteps (or epochs) lowered below what the run had done
             sink.warn(
                 f"the newest checkpoint, step {step}, is past the {total_steps} steps the job now asks for "
