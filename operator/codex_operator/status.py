@@ -22,7 +22,7 @@ from typing import Any
 
 from codex_trainer import contract
 
-from . import names
+from . import handedits, names
 from .attempts import Attempt, FailureKind, PodFailure, capped, classify
 from .builders import Job, pod_fingerprint, training_length
 from .progress import checkpoint_path, parse_ts, round4, ts, with_step
@@ -382,7 +382,7 @@ def _ongoing(
     written: int,
 ) -> Decision:
     """The latest attempt has not ended: split by an edit of its Job, stalled, or live."""
-    if _split_by_hand(latest, may_suspend and not job.spec.run_policy.queue_name, written):
+    if handedits.split(latest, may_suspend and not job.spec.run_policy.queue_name, written):
         return _split(job, p, attempts, latest, now)
     if (
         stalled
@@ -413,12 +413,12 @@ def _live(
         p.set_suspend = rp.suspend
         if edited_by_hand and latest.suspended == (old.get("phase") != "Suspended"):  # not runPolicy.suspend's
             p.events.append(
-                ("Warning", "JobEdited", _hand_suspended(latest) if latest.suspended else _hand_resumed(latest))
+                ("Warning", "JobEdited", handedits.suspended(latest) if latest.suspended else handedits.resumed(latest))
             )
     if not queued and fresh and latest.completions and latest.parallelism != latest.completions:
         p.set_parallelism = latest.completions
         if edited_by_hand:
-            p.events.append(("Warning", "JobEdited", _hand_scaled(latest)))
+            p.events.append(("Warning", "JobEdited", handedits.scaled(latest)))
     if queued and latest.suspended:
         return _queued(job, p, latest, old, queue_said)
     if not queued and rp.suspend:
@@ -442,48 +442,6 @@ def _live(
     return "Pending", "Starting", "waiting for the trainer pods to start"
 
 
-PAUSE = "to pause the job, set spec.runPolicy.suspend: true on the CodexTrainingJob"
-
-
-def _hand_suspended(latest: Attempt) -> str:
-    """The attempt Job was suspended by an edit of the Job itself (not by runPolicy.suspend, nor a queue)."""
-    return (
-        f"Job {latest.name} was suspended by an edit of the Job, which stops its pods: resumed, since "
-        f"runPolicy.suspend is false; its pods start again from the newest checkpoint ({PAUSE})"
-    )
-
-
-def _hand_resumed(latest: Attempt) -> str:
-    """The attempt Job of a job suspended by runPolicy.suspend was resumed by an edit of the Job itself."""
-    return (
-        f"Job {latest.name} was resumed by an edit of the Job while runPolicy.suspend is true: suspended again "
-        "(to resume the job, set spec.runPolicy.suspend: false on the CodexTrainingJob)"
-    )
-
-
-def _hand_scaled(latest: Attempt) -> str:
-    """The attempt Job's parallelism was edited (to 0 for all its ranks, or above their number)."""
-    stopped = (latest.parallelism or 0) < (latest.completions or 0)
-    then = "; the pods it stopped start again from the newest checkpoint" if stopped else ""
-    return (
-        f"Job {latest.name}'s parallelism was set to {latest.parallelism} by an edit of the Job: set back to "
-        f"{latest.completions}, one pod a node (numNodes){then} ({PAUSE})"
-    )
-
-
-def _split_by_hand(latest: Attempt | None, may_change: bool, written: int) -> bool:
-    """A multi-node attempt's Job scaled to some of its ranks by an edit of the Job (outside a queue): the ranks
-    left cannot train without the others, and a rank started again cannot join them."""
-    return (
-        may_change
-        and latest is not None
-        and latest.outcome is None
-        and (latest.completions or 0) > 1
-        and 0 < (latest.parallelism or 0) < (latest.completions or 0)
-        and latest.job_generation > max(written, 1)
-    )
-
-
 def _split(job: Job, p: Plan, attempts: list[Attempt], latest: Attempt, now: datetime) -> Decision:
     """Stop the split attempt and start the next from the newest checkpoint: a disruption, as when its Job is
     deleted by hand (counted against maxDisruptions, not backoffLimit)."""
@@ -493,7 +451,7 @@ def _split(job: Job, p: Plan, attempts: list[Attempt], latest: Attempt, now: dat
     what = (
         f"attempt {latest.number}'s Job {latest.name} was scaled to {latest.parallelism} of its "
         f"{latest.completions} pods by an edit of the Job: its ranks train together or not at all, so it was "
-        f"stopped ({PAUSE})"
+        f"stopped ({handedits.PAUSE})"
     )
     if disruptions > rp.max_disruptions:
         p.status["completionTime"] = ts(now)
