@@ -35,12 +35,11 @@ def scaled(latest: Attempt) -> str:
     )
 
 
-def split(latest: Attempt | None, may_change: bool, written: int) -> bool:
+def split(latest: Attempt, may_change: bool, written: int) -> bool:
     """A multi-node attempt's Job scaled to some of its ranks by an edit of the Job (outside a queue): the ranks
     left cannot train without the others, and a rank started again cannot join them."""
     return (
         may_change
-        and latest is not None
         and latest.outcome is None
         and (latest.completions or 0) > 1
         and 0 < (latest.parallelism or 0) < (latest.completions or 0)

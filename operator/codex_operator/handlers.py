@@ -313,9 +313,7 @@ class Operator(Timer):
             may_suspend=not self.options.queue_owns_suspend,
             queue_said=await self._queue_said(job, latest),
             stalled=stalled,
-            job_written=st.job_written[1]
-            if latest is not None and st.job_written and st.job_written[0] == latest.uid
-            else 0,
+            job_written=st.written_generation(latest.uid) if latest is not None else 0,
         )
         if p.stop_attempt is not None:
             # the status first: cut short after the delete, the next reconcile reads that the operator stopped
@@ -328,13 +326,11 @@ class Operator(Timer):
             await self._start_attempt(job, p, now)
         if p.set_suspend is not None and latest is not None:
             what = f"{'suspending' if p.set_suspend else 'resuming'} Job {latest.name}"
-            patched = await _asking(what, self.kube.set_suspend(namespace, latest.name, p.set_suspend))
-            st.job_written = (latest.uid, int(patched["metadata"].get("generation") or 0))
+            st.patched(await _asking(what, self.kube.set_suspend(namespace, latest.name, p.set_suspend)))
         if p.set_parallelism is not None and latest is not None:
             what = f"setting Job {latest.name}'s parallelism back to {p.set_parallelism}"
             scaled = {"spec": {"parallelism": p.set_parallelism}}
-            patched = await _asking(what, self.kube.patch("Job", namespace, latest.name, scaled))
-            st.job_written = (latest.uid, int(patched["metadata"].get("generation") or 0))
+            st.patched(await _asking(what, self.kube.patch("Job", namespace, latest.name, scaled)))
         if p.stop_attempt is None:
             await self._write(body, p)
         st.refused = None

@@ -54,6 +54,15 @@ class JobState:
     progress_patch: tuple[dict[str, Any], dict[str, Any]] | None = None  # this round's reading, to write
     progress_written: float = 0.0  # monotonic: when its progress was last written (0: never)
 
+    def patched(self, job: dict[str, Any]) -> None:
+        """Remember the attempt Job as this operator's own patch returned it."""
+        meta = job["metadata"]
+        self.job_written = (meta["uid"], int(meta.get("generation") or 0))
+
+    def written_generation(self, uid: str) -> int:
+        """The generation of attempt Job `uid` as last patched here (0: not since this operator started)."""
+        return self.job_written[1] if self.job_written and self.job_written[0] == uid else 0
+
     def explain_due(self, now: float, at_once: bool = False) -> bool:
         """Whether to look at why the job waits: WAIT_EXPLAIN_SECONDS after it was first seen waiting (pods
         take a while to start), or `at_once` (a queue: the queue's own words on why are worth showing
