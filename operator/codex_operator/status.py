@@ -213,6 +213,7 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
         # the step the run ended at is its last: maxSteps lowered below the step reached ends it there
         prog["totalSteps"] = step if final.get(contract.FINAL_STEP) else prog.get("totalSteps", step)
         prog.pop("eta", None)
+        prog["updatedAt"] = ts(now)  # the numbers are the run's last, known now
         new["progress"] = with_step(prog, step)
     _final_checkpoint(new, final)
     return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
@@ -227,6 +228,15 @@ def _final_checkpoint(status: dict[str, Any], final: dict[str, Any]) -> None:
         status["checkpoint"] = {"step": n, "path": checkpoint_path(n)}
         if ckpt.get(contract.FINAL_CHECKPOINT_SAVED_AT):
             status["checkpoint"]["savedAt"] = ckpt[contract.FINAL_CHECKPOINT_SAVED_AT]
+
+
+def _stopped_checkpoint(status: dict[str, Any], pod: PodFailure | None) -> None:
+    """The checkpoint a trainer stopped by a signal named as the newest on the volume ("stopped by SIGTERM after
+    checkpoint at step N": written in its grace period, after the last progress read), when newer than the
+    status's."""
+    n = contract.stopped_checkpoint_step(pod.message) if pod is not None else None
+    if n is not None and n > int((status.get("checkpoint") or {}).get("step") or 0):
+        status["checkpoint"] = {"step": n, "path": checkpoint_path(n)}
 
 
 def _trains_longer(job: Job, latest: Attempt, left: int | None) -> bool:
@@ -279,6 +289,7 @@ def _after_failure(
 ) -> Decision:
     rp, latest = job.spec.run_policy, attempts[-1]
     kind, line = classify(latest, failed_pod), failure_line(latest, failed_pod)
+    _stopped_checkpoint(p.status, failed_pod)
     if kind == "deadline" and (left is None or left > DEADLINE_SLACK):
         # not the job's own deadline: one put on the attempt Job by hand (kubectl patch job), or the job's raised
         # by an edit since the attempt was made; stopped from outside

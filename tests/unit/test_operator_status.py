@@ -88,10 +88,12 @@ def test_success_is_final_and_fills_the_progress():
 
 
 def test_success_takes_the_trainers_own_last_numbers():
-    status = {"phase": "Running", "progress": {"step": 290, "totalSteps": 300, "loss": 0.5, "evalLoss": 0.6}}
+    read = {"step": 290, "totalSteps": 300, "loss": 0.5, "evalLoss": 0.6, "updatedAt": "2026-11-28T11:59:50Z"}
+    status = {"phase": "Running", "progress": read}
     final = {"step": 300, "loss": 0.481234, "evalLoss": 0.47}
     p = plan(make_job(), status, attempts(job_obj(1, cond=COMPLETE)), NOW, final=final)
     assert p.status["progress"]["loss"] == 0.4812 and p.status["progress"]["evalLoss"] == 0.47
+    assert p.status["progress"]["updatedAt"] == "2026-11-28T12:00:00Z"  # when the numbers were taken, not before
     assert p.status["progress"]["stepText"] == "300/300"
     pod = {
         "metadata": {"name": "p"},
@@ -188,6 +190,30 @@ def test_a_queued_job_waits_for_kueue_and_is_never_unsuspended_by_us():
     assert "admission" in p.status["message"]
     p = plan(job, {"phase": "Suspended"}, attempts(job_obj(1, ready=1)), NOW)
     assert p.set_suspend is None and p.status["phase"] == "Running"
+
+
+def test_a_disrupted_trainer_that_checkpointed_as_it_stopped_is_resumed_from_that_step():
+    """The status last read step 400; the trainer, stopped by a drain, checkpointed at 453 in its grace period
+    and said so: the message, the status's checkpoint and the next attempt's Resumed event say 453, not 400."""
+    status = {"phase": "Running", "checkpoint": {"step": 400, "path": "/checkpoints/checkpoints/step-400"}}
+    pod = PodFailure("p", exit_code=143, message="stopped by SIGTERM after checkpoint at step 453", disrupted=True)
+    p = plan(make_job(), status, attempts(job_obj(1, cond=DISRUPTED)), NOW, pod)
+    assert p.status["phase"] == "Restarting" and p.create_attempt == 2
+    assert p.status["message"] == (
+        "attempt 1 disrupted (not counted against backoffLimit): trainer exited 143: stopped by SIGTERM after "
+        "checkpoint at step 453; attempt 2 resumes from the newest checkpoint (step 453 or later)"
+    )
+    assert p.status["checkpoint"] == {"step": 453, "path": "/checkpoints/checkpoints/step-453"}
+    resumed = plan(make_job(), p.status, attempts(job_obj(1, cond=DISRUPTED), job_obj(2, ready=1)), NOW)
+    assert resumed.events == [
+        ("Normal", "Resumed", "attempt 2 running: resumed from the newest checkpoint (step 453 or later)")
+    ]
+    # a message naming an older checkpoint than the status's (or none) changes nothing
+    for said in ("stopped by SIGTERM after checkpoint at step 300", "stopped by SIGTERM", "RuntimeError: step 999"):
+        again = plan(
+            make_job(), status, attempts(job_obj(1, cond=DISRUPTED)), NOW, dataclasses.replace(pod, message=said)
+        )
+        assert again.status["checkpoint"]["step"] == 400, said
 
 
 def test_resumed_event_names_the_checkpoint():

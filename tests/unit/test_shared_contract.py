@@ -104,6 +104,8 @@ def test_a_stopped_run_names_its_newest_checkpoint(tmp_path):
     save(tmp_path / contract.CHECKPOINTS_DIR, 12)
     message = _stopped_message(signal.SIGTERM, tmp_path / contract.CHECKPOINTS_DIR)
     assert message == "stopped by SIGTERM after checkpoint at step 12"
+    assert contract.stopped_checkpoint_step(f"some earlier line\n{message}") == 12  # what the operator reads of it
+    assert contract.stopped_checkpoint_step(_stopped_message(signal.SIGTERM, tmp_path / "none")) is None
 
 
 # ---------------------------------------------------------------- the termination message

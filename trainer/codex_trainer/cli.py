@@ -40,6 +40,7 @@ from .contract import (
     FINAL_STEP,
     SIGNAL_EXIT_BASE,
     STEP_DIR_PREFIX,
+    stopped_message,
 )
 from .errors import (
     SpecError,
@@ -202,9 +203,8 @@ def _final_numbers(out: Path) -> dict:
 
 def _stopped_message(signum: int, checkpoints: Path) -> str:
     """ "stopped by SIGTERM after checkpoint at step N": the newest complete checkpoint on disk."""
-    name = signal.Signals(signum).name
     newest = _newest_checkpoint(checkpoints)
-    return f"stopped by {name} after checkpoint at step {_step_of(newest)}" if newest else f"stopped by {name}"
+    return stopped_message(signal.Signals(signum).name, _step_of(newest) if newest else None)
 
 
 def _newest_checkpoint(checkpoints: Path) -> Path | None:

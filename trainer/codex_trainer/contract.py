@@ -77,3 +77,17 @@ FINAL_CHECKPOINT_STEP = "step"
 FINAL_CHECKPOINT_SAVED_AT = "savedAt"  # RFC 3339, UTC
 FINAL_KEYS = (FINAL_STEP, FINAL_LOSS, FINAL_EVAL_LOSS, FINAL_CHECKPOINT)
 TERMINATION_MESSAGE_LIMIT = 4096  # what the kubelet keeps of a termination message, in bytes
+
+
+def stopped_message(signal_name: str, checkpoint_step: int | None) -> str:
+    """The line of a trainer stopped by a signal: "stopped by SIGTERM after checkpoint at step N" (the newest
+    complete checkpoint on the volume when it stopped), or "stopped by SIGTERM" when there is none."""
+    after = f" after checkpoint at step {checkpoint_step}" if checkpoint_step is not None else ""
+    return f"stopped by {signal_name}{after}"
+
+
+def stopped_checkpoint_step(message: str) -> int | None:
+    """The checkpoint step a `stopped_message` names (its last line), None if it names none."""
+    last = (message.strip().splitlines() or [""])[-1].strip()
+    found = re.fullmatch(r"stopped by SIG[A-Z0-9]+ after checkpoint at step (\d+)", last)
+    return int(found.group(1)) if found else None
