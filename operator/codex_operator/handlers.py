@@ -314,6 +314,7 @@ class Operator(Timer):
             queue_said=await self._queue_said(job, latest),
             stalled=stalled,
             job_written=st.written_generation(latest.uid) if latest is not None else 0,
+            trainer_image=self.options.settings.default_image,
         )
         if p.stop_attempt is not None:
             # the status first: cut short after the delete, the next reconcile reads that the operator stopped

@@ -117,6 +117,7 @@ def plan(
     queue_said: QueueSaid | None = None,
     stalled: Stall | None = None,
     job_written: int = 0,
+    trainer_image: str = "",
 ) -> Plan:
     """Decide the job's status and next action from its attempts (this job's own: owned by its UID, not
     being deleted; sorted or not). `status.attempt` remembers the newest attempt started, so an attempt Job
@@ -124,7 +125,8 @@ def plan(
     `queue_said` is what Kueue says of the latest attempt's Workload (`queue_words`); `stalled` says the
     running attempt made no progress for its deadline; `job_written` is the latest attempt Job's generation
     as this operator last patched it (0: not since it started), so a view of it from before is not taken
-    for an edit."""
+    for an edit; `trainer_image` is the operator's default trainer image (the chart's trainer.image), which
+    an attempt of a job without spec.image is made with ("": not known)."""
     old = status or {}
     p = Plan(status=copy.deepcopy(old))
     phase_before = old.get("phase")
@@ -155,7 +157,9 @@ def plan(
         phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, p.status, now), now)
     else:
         said = queue_said or QueueSaid()
-        phase, reason, message = _ongoing(job, p, attempts, latest, old, now, stalled, may_suspend, said, job_written)
+        phase, reason, message = _ongoing(
+            job, p, attempts, latest, old, now, stalled, may_suspend, said, job_written, trainer_image
+        )
     if phase == "Running":
         p.status["ranAttempt"] = current  # a later Running of this attempt is a resumption
     _without_eta_when_final(p.status, phase)
@@ -391,6 +395,7 @@ def _ongoing(
     may_suspend: bool,
     queue_said: QueueSaid,
     written: int,
+    trainer_image: str,
 ) -> Decision:
     """The latest attempt has not ended: split by an edit of its Job, stalled, or live."""
     if handedits.split(latest, may_suspend and not job.spec.run_policy.queue_name, written):
@@ -402,11 +407,19 @@ def _ongoing(
         and not latest.suspended
     ):
         return _stalled(job, p, attempts, stalled, now)
-    return _live(job, p, latest, old, may_suspend, queue_said, written)
+    reimaged = bool(trainer_image) and not job.spec.image and latest.image not in ("", trainer_image)
+    return _live(job, p, latest, old, may_suspend, queue_said, written, trainer_image if reimaged else "")
 
 
 def _live(
-    job: Job, p: Plan, latest: Attempt, old: dict[str, Any], may_suspend: bool, queue_said: QueueSaid, written: int
+    job: Job,
+    p: Plan,
+    latest: Attempt,
+    old: dict[str, Any],
+    may_suspend: bool,
+    queue_said: QueueSaid,
+    written: int,
+    new_image: str,
 ) -> Decision:
     rp = job.spec.run_policy
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
@@ -436,6 +449,8 @@ def _live(
         return "Suspended", "Suspended", "suspended (runPolicy.suspend)"
     if edited and not kept and latest.spec_sha256 != fingerprint:
         return _replace(job, p, latest)
+    if new_image and not kept:
+        return _replace(job, p, latest, new_image)
     if latest.ready >= job.spec.num_nodes or was_running:
         # a rank that stops is not yet the end of the attempt: the Job's outcome says that
         message = f"attempt {latest.number}: {latest.ready} pod(s) running"
@@ -490,16 +505,26 @@ def _edit_waits(job: Job, latest: Attempt) -> str:
     )
 
 
-def _replace(job: Job, p: Plan, latest: Attempt) -> Decision:
+def _replace(job: Job, p: Plan, latest: Attempt, new_image: str = "") -> Decision:
     """An attempt whose pods never started, made from a spec edited since (a request no node can meet, an image
-    that cannot be pulled: the fixes the README gives): it has nothing to lose, so it is stopped and the next
-    starts with the edit, counted against neither backoffLimit nor maxDisruptions."""
+    that cannot be pulled: the fixes the README gives), or, for a job without spec.image, from the operator's
+    trainer image before it changed (the chart's trainer.image, the other fix): it has nothing to lose, so it is
+    stopped and the next starts with the edit or the image, counted against neither backoffLimit nor
+    maxDisruptions."""
     p.stop_attempt, p.set_suspend, p.set_parallelism = latest, None, None  # it goes: nothing to set back on it
     p.events = [e for e in p.events if e[1] != "JobEdited"]
     p.status["stoppedAttempt"] = latest.number
     nxt = _next_attempt(p, latest.number)
+    phase = "Restarting" if latest.number > 1 else "Pending"
+    if new_image:
+        return (
+            phase,
+            "ImageChanged",
+            f"attempt {latest.number} had started no pod when the operator's trainer image became {new_image} "
+            f"(it was made with {latest.image}): attempt {nxt} starts with {new_image}",
+        )
     return (
-        "Restarting" if latest.number > 1 else "Pending",
+        phase,
         "SpecChanged",
         f"attempt {latest.number} had started no pod when the spec was edited (generation {job.generation}): "
         f"attempt {nxt} starts with the edit",
@@ -576,7 +601,7 @@ def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: d
             else "from the newest checkpoint on its volume, if one was written (none was reported)"
         )
         return "Normal", "Resumed", f"attempt {latest.number} running{' again' if again else ''}: {where}"
-    warning = phase in ("Failed", "Restarting") and reason != "SpecChanged"  # the user's edit, taking effect
+    warning = phase in ("Failed", "Restarting") and reason not in ("SpecChanged", "ImageChanged")  # a fix applied
     return ("Warning" if warning else "Normal"), reason, message
 
 

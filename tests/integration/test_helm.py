@@ -143,6 +143,28 @@ def test_helm_uninstall_removes_the_operator_and_keeps_the_crd_and_the_jobs(clus
     jobs.wait_phase("outlives", "Succeeded", timeout=300)
 
 
+def test_a_job_stuck_pulling_the_charts_trainer_image_starts_once_helm_upgrade_sets_one_that_exists(operator, jobs):
+    """The README's fix for `ErrImagePull`, the chart's `trainer.image`: the job that waited on the old image
+    starts with the new one, in its next attempt, and trains to the end."""
+    if not hasattr(operator, "helm"):
+        pytest.skip("the operator runs as a process here (CODEX_OPERATOR=process), not from the chart")
+    good = operator.values["trainer"]["image"]
+    try:
+        operator.install(trainer={"image": "codex.local/codex-trainer:not-there"})
+        jobs.apply(manifest("pulls", *SHORT))
+        wait_for(lambda: "codex-trainer:not-there" in (jobs.status("pulls").get("message") or ""),
+                 "the pull failure in status.message", 180)  # fmt: skip
+        assert jobs.status("pulls")["phase"] == "Pending"
+        operator.install(trainer={"image": good})
+        done = jobs.wait_phase("pulls", "Succeeded", timeout=400)
+        assert done["attempt"] == 2 and not done.get("crashes") and not done.get("disruptions"), done
+        assert "ImageChanged" in {e["reason"] for e in jobs.events("pulls")}
+        (made,) = jobs.children("job", "pulls")
+        assert made["spec"]["template"]["spec"]["containers"][0]["image"] == good
+    finally:
+        operator.install(trainer={"image": good})
+
+
 def test_a_release_for_named_namespaces_serves_its_jobs_without_listing_namespaces(cluster, operator, jobs, namespace):
     """watchNamespaces (names, no pattern): the chart grants no namespace list, and the operator needs none. It
     serves the job with no ERROR line; before, kopf retried the refused list nine times (about a minute of ERROR

@@ -14,6 +14,7 @@ import pytest
 from controller_harness import KEY, NAME, NS, Cluster, manifest, reasons, scenario
 
 from codex_operator import metrics, names
+from codex_operator.builders import Settings
 from codex_operator.handlers import Operator, Options
 
 # ---------------------------------------------------------------- the happy path, as a baseline
@@ -509,6 +510,36 @@ def test_a_multi_node_attempt_scaled_to_some_of_its_ranks_by_hand_is_replaced_as
 
 
 # ---------------------------------------------------------------- the sequences a reviewer found
+
+
+def test_an_attempt_stuck_on_the_charts_trainer_image_is_made_again_when_the_operator_gets_a_new_one():
+    """The README's fix for an image that cannot be pulled, `helm upgrade --set trainer.image=...`: the operator
+    restarts with the new image, and the job's attempt that started no pod is replaced by one with it (found by
+    a new-user check on kind: it waited on the old image for good)."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        assert _image(c.attempt(1)) == "codex.local/codex-trainer:nope"
+        c.op = Operator(  # helm upgrade: a new operator pod, which lists what is there
+            Options(progress_via="proxy", settings=Settings(default_image="codex.local/codex-trainer:dev")),
+            c.op.kube,
+            post_event=lambda body, kind, reason, message: c.events.append((kind, reason, message)),
+        )
+        await c.op.on_child_event("ADDED", c.attempt(1))
+        await c.op.on_job_event("ADDED", c.job())
+        await c.settle()
+        st = c.status()
+        assert c.attempt(1) is None and _image(c.attempt(2)) == "codex.local/codex-trainer:dev"
+        assert st["phase"] == "Pending" and st["attempt"] == 2, st
+        assert ("Normal", "ImageChanged") in [e[:2] for e in c.events]
+        await c.run(2)
+        assert c.status()["phase"] == "Running"
+
+    scenario(test, settings=Settings(default_image="codex.local/codex-trainer:nope"))
+
+
+def _image(attempt_job: dict) -> str:
+    return attempt_job["spec"]["template"]["spec"]["containers"][0]["image"]
 
 
 def test_a_failed_job_whose_attempt_cannot_be_stopped_yet_is_not_marked_failed_until_it_is():

@@ -16,14 +16,16 @@ from codex_operator.status import plan
 NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
 
 
-def job_obj(n: int, *, cond: tuple[str, str, str] | None = None, ready: int = 0, suspend: bool = False) -> dict:
+def job_obj(
+    n: int, *, cond: tuple[str, str, str] | None = None, ready: int = 0, suspend: bool = False, image: str = ""
+) -> dict:
     status: dict = {"ready": ready, "active": ready}
     if cond:
         ctype, reason, message = cond
         status["conditions"] = [{"type": ctype, "status": "True", "reason": reason, "message": message}]
     return {
         "metadata": {"name": f"tiny-cpu-a{n}", "labels": {"codex.ml/attempt": str(n)}},
-        "spec": {"suspend": suspend},
+        "spec": {"suspend": suspend, "template": {"spec": {"containers": [{"name": "trainer", "image": image}]}}},
         "status": status,
     }
 
@@ -214,6 +216,30 @@ def test_a_disrupted_trainer_that_checkpointed_as_it_stopped_is_resumed_from_tha
             make_job(), status, attempts(job_obj(1, cond=DISRUPTED)), NOW, dataclasses.replace(pod, message=said)
         )
         assert again.status["checkpoint"]["step"] == 400, said
+
+
+def test_an_attempt_that_started_no_pod_is_made_again_with_the_operators_new_trainer_image():
+    """The README's fix for an image that cannot be pulled, the chart's trainer.image: an attempt of a job
+    without spec.image that started no pod is replaced by one with the new image; one that runs is not, nor
+    one of a job that names its own image."""
+    pulling = {"phase": "Pending", "attempt": 1, "message": "attempt 1 waiting: pod x: ImagePullBackOff: ..."}
+    stuck = attempts(job_obj(1, image="codex.local/codex-trainer:nope"))
+    p = plan(make_job(), pulling, stuck, NOW, trainer_image="codex.local/codex-trainer:dev")
+    assert p.stop_attempt is not None and p.stop_attempt.number == 1 and p.create_attempt == 2
+    assert p.status["phase"] == "Pending" and p.status["stoppedAttempt"] == 1
+    assert p.status["message"] == (
+        "attempt 1 had started no pod when the operator's trainer image became codex.local/codex-trainer:dev "
+        "(it was made with codex.local/codex-trainer:nope): attempt 2 starts with codex.local/codex-trainer:dev"
+    )
+    assert p.events == [("Normal", "ImageChanged", p.status["message"])]
+    for job, status, made, image in [
+        (make_job(), pulling, stuck, "codex.local/codex-trainer:nope"),  # the image it was made with
+        (make_job(), pulling, stuck, ""),  # the operator's image not known
+        (make_job("image=my/trainer:1"), pulling, stuck, "codex.local/codex-trainer:dev"),  # the job's own
+        (make_job(), {"phase": "Running", "attempt": 1}, attempts(job_obj(1, ready=1, image="old")), "new"),
+    ]:
+        kept = plan(job, status, made, NOW, trainer_image=image)
+        assert kept.stop_attempt is None and kept.create_attempt is None, (job.spec.image, image)
 
 
 def test_resumed_event_names_the_checkpoint():
