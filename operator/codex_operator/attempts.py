@@ -37,7 +37,7 @@ class Attempt:
     spec_sha256: str = ""  # builders.pod_fingerprint of the spec it was made from ("": made before the record)
     length: str = ""  # builders.training_length it was started with ("": made before the record)
     generation: int = 0  # the job's metadata.generation it was made from (0: made before the record)
-    image: str = ""  # its trainer container's image
+    image: str = ""  # the trainer image the operator chose for it ("": made before the record)
 
     @property
     def failure(self) -> FailureKind | None:
@@ -106,13 +106,8 @@ def attempt_from_job(obj: dict[str, Any]) -> Attempt:
         spec_sha256=notes.get(names.ANNOTATION_SPEC, ""),
         length=notes.get(names.ANNOTATION_LENGTH, ""),
         generation=int(notes.get(names.ANNOTATION_GENERATION) or 0),
-        image=_trainer_image(spec),
+        image=notes.get(names.ANNOTATION_IMAGE, ""),
     )
-
-
-def _trainer_image(job_spec: dict[str, Any]) -> str:
-    containers = (((job_spec.get("template") or {}).get("spec") or {}).get("containers")) or []
-    return next((c.get("image") or "" for c in containers if c.get("name") == names.CONTAINER), "")
 
 
 MESSAGE_LIMIT = 1024  # what of a pod's own words goes into status.message and an Event

@@ -347,6 +347,7 @@ def attempt_job(job: Job, attempt: int, settings: Settings, deadline_left: int |
         names.ANNOTATION_SPEC: pod_fingerprint(job),
         names.ANNOTATION_LENGTH: training_length(job),
         names.ANNOTATION_GENERATION: str(job.generation),
+        names.ANNOTATION_IMAGE: spec["template"]["spec"]["containers"][0]["image"],
     }
     return {"apiVersion": "batch/v1", "kind": "Job", "metadata": meta, "spec": spec}
 

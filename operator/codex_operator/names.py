@@ -33,6 +33,8 @@ ANNOTATION_JOB_UID = f"{GROUP}/job-uid"  # on the checkpoint volume: the job it 
 ANNOTATION_SPEC = f"{GROUP}/spec-sha256"  # on an attempt Job: what of the job's spec its pods were made from
 ANNOTATION_LENGTH = f"{GROUP}/training-length"  # on an attempt Job: training.maxSteps/epochs it was started with
 ANNOTATION_GENERATION = f"{GROUP}/generation"  # on an attempt Job: the job's metadata.generation it was made from
+# on an attempt Job: the trainer image the operator chose for it (admission may rewrite the pod template's)
+ANNOTATION_IMAGE = f"{GROUP}/image"
 
 CONTAINER = "trainer"
 CONFIG_MOUNT = "/etc/codex"

@@ -217,7 +217,8 @@ def _succeeded(p: Plan, n_attempts: int, final: dict[str, Any] | None, now: date
         # the step the run ended at is its last: maxSteps lowered below the step reached ends it there
         prog["totalSteps"] = step if final.get(contract.FINAL_STEP) else prog.get("totalSteps", step)
         prog.pop("eta", None)
-        prog["updatedAt"] = ts(now)  # the numbers are the run's last, known now
+        if final:
+            prog["updatedAt"] = ts(now)  # the trainer's own last numbers, known now
         new["progress"] = with_step(prog, step)
     _final_checkpoint(new, final)
     return "Succeeded", "Succeeded", f"training finished in {n_attempts} attempt(s)"
@@ -293,7 +294,8 @@ def _after_failure(
 ) -> Decision:
     rp, latest = job.spec.run_policy, attempts[-1]
     kind, line = classify(latest, failed_pod), failure_line(latest, failed_pod)
-    _stopped_checkpoint(p.status, failed_pod)
+    if p.status.get("message") != volume_lost_message(job.name):  # else the step is on the volume that was lost
+        _stopped_checkpoint(p.status, failed_pod)
     if kind == "deadline" and (left is None or left > DEADLINE_SLACK):
         # not the job's own deadline: one put on the attempt Job by hand (kubectl patch job), or the job's raised
         # by an edit since the attempt was made; stopped from outside

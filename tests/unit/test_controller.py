@@ -12,6 +12,7 @@ import copy
 
 import pytest
 from controller_harness import KEY, NAME, NS, Cluster, manifest, reasons, scenario
+from test_timer import rank0_at
 
 from codex_operator import metrics, names
 from codex_operator.builders import Settings
@@ -536,6 +537,56 @@ def test_an_attempt_stuck_on_the_charts_trainer_image_is_made_again_when_the_ope
         assert c.status()["phase"] == "Running"
 
     scenario(test, settings=Settings(default_image="codex.local/codex-trainer:nope"))
+
+
+def test_an_image_rewritten_by_admission_is_not_taken_for_a_new_trainer_image():
+    """A mutating webhook (an image-verifying policy pinning tags to digests, a registry mirror) rewrites the
+    attempt Job's image: the operator compares the image it chose, not the one stored, so it does not replace
+    the attempt again and again (found by a review: attempts 1 to 9 and an ImageChanged Event each)."""
+
+    async def test(c: Cluster) -> None:
+        create = c.api._create
+
+        def pinned(plural: str, ns: str, obj: dict):
+            if plural == "jobs":
+                for container in obj["spec"]["template"]["spec"]["containers"]:
+                    container["image"] += "@sha256:" + "a" * 64
+            return create(plural, ns, obj)
+
+        c.api._create = pinned  # type: ignore[method-assign]
+        await c.apply()
+        assert _image(c.attempt(1)).endswith("@sha256:" + "a" * 64)
+        assert c.status()["attempt"] == 1 and c.attempt(2) is None and "ImageChanged" not in reasons(c)
+
+    scenario(test, settings=Settings(default_image="codex.local/codex-trainer:dev"))
+
+
+def test_a_checkpoint_named_on_a_volume_since_deleted_is_not_taken_for_one_on_the_new_volume():
+    """The volume deleted while attempt 1 runs (pvc-protection holds it until its pods end), then drained: the
+    trainer names the checkpoint it wrote on the old volume as it stops. The volume made again is empty, so the
+    status names no checkpoint and attempt 2 resumes nothing (found by a review)."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        claim = names.pvc_name(NAME)
+        pvc = c.api.get("persistentvolumeclaims", NS, claim)
+        pvc["metadata"]["deletionTimestamp"] = "2026-12-01T10:00:00Z"  # kubectl delete pvc, held by its pods
+        c.api.put("persistentvolumeclaims", pvc)
+        await c.edit("runPolicy.backoffLimit=5")  # any edit: the next reconciles check the children
+        c.pod(1, 0, exit_code=143, message="stopped by SIGTERM after checkpoint at step 45", disrupted=True)
+        c.api.delete("persistentvolumeclaims", NS, claim)  # its pods ended: the claim goes
+        await c.fail(1, "PodFailurePolicy", "Pod has condition DisruptionTarget matching FailJob rule at index 1")
+        await c.retry()
+        await c.run(2)
+        st = c.status()
+        assert "checkpoint" not in st and "VolumeLost" in reasons(c), st
+        said = " ".join(message for _, _, message in c.events)
+        assert "checkpoint (step 45" not in said and "(none was reported)" in said, c.events
+
+    scenario(test)
 
 
 def _image(attempt_job: dict) -> str:

@@ -24,8 +24,12 @@ def job_obj(
         ctype, reason, message = cond
         status["conditions"] = [{"type": ctype, "status": "True", "reason": reason, "message": message}]
     return {
-        "metadata": {"name": f"tiny-cpu-a{n}", "labels": {"codex.ml/attempt": str(n)}},
-        "spec": {"suspend": suspend, "template": {"spec": {"containers": [{"name": "trainer", "image": image}]}}},
+        "metadata": {
+            "name": f"tiny-cpu-a{n}",
+            "labels": {"codex.ml/attempt": str(n)},
+            "annotations": {"codex.ml/image": image} if image else {},
+        },
+        "spec": {"suspend": suspend},
         "status": status,
     }
 
@@ -232,6 +236,11 @@ def test_an_attempt_that_started_no_pod_is_made_again_with_the_operators_new_tra
         "(it was made with codex.local/codex-trainer:nope): attempt 2 starts with codex.local/codex-trainer:dev"
     )
     assert p.events == [("Normal", "ImageChanged", p.status["message"])]
+    restarting = {"phase": "Restarting", "attempt": 2}  # a later attempt: a fix applied, not a failure either
+    later = plan(
+        make_job(), restarting, attempts(job_obj(1, cond=CRASH), job_obj(2, image="old")), NOW, trainer_image="new"
+    )
+    assert later.create_attempt == 3 and later.events == [("Normal", "ImageChanged", later.status["message"])]
     for job, status, made, image in [
         (make_job(), pulling, stuck, "codex.local/codex-trainer:nope"),  # the image it was made with
         (make_job(), pulling, stuck, ""),  # the operator's image not known
