@@ -418,7 +418,7 @@ def test_an_empty_validation_split_is_explained(tmp_path, jsonl):
     spec = DataSpec(train=[str(jsonl)], max_seq_length=64, validation_fraction=0.01)
     data = load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, None)
     assert data.validation.rows == 0
-    assert "validationFraction 0.01 holds out 1 examples" in no_validation_reason(spec, data)
+    assert "validationFraction 0.01 holds out 1 example, too few for one sequence" in no_validation_reason(spec, data)
     none = spec.model_copy(update={"validation_fraction": 0.0})
     assert "validationFraction is 0" in no_validation_reason(none, load_dataset(none, tok, "fp", 0, None))
 

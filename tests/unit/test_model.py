@@ -156,3 +156,27 @@ def test_the_result_records_what_its_scratch_base_was_made_from(tmp_path):
     peft = wrap_peft(model, PeftSpec(target_modules=["q_proj", "v_proj"]))
     write_final(peft, tok, lora=True, merge=False, final=tmp_path / "final", base_ref=(str(base_dir), None))
     assert (tmp_path / "final" / BASE_RECORD).read_text() == (base_dir / BASE_RECORD).read_text()
+
+
+def test_a_key_the_models_config_does_not_know_is_refused_naming_it_not_ignored():
+    """transformers keeps such a key and the model ignores it: `hiden_size` built Llama's default 4,096-wide
+    model, 690 times the example's, without a word (found by a new-user check). A config.json's own keys, some
+    of which transformers converts (rope_theta, torch_dtype), pass."""
+    from codex_trainer.model import scratch_config
+    from codex_trainer.spec import ModelSpec
+    from codex_trainer.tokenizer import load_tokenizer
+
+    tok = load_tokenizer("bytes")
+    typo = {k if k != "hidden_size" else "hiden_size": v for k, v in LLAMA.items()}
+    with pytest.raises(SpecError) as e:
+        scratch_config(ModelSpec(source="scratch", config=typo), tok)
+    assert e.value.problems[0][0] == "spec.model.config.hiden_size"
+    assert "not a setting of LlamaConfig (did you mean hidden_size?)" in str(e.value)
+    with pytest.raises(SpecError) as e:
+        scratch_config(ModelSpec(source="scratch", config=typo | {"use_sliding_window": False}), tok)
+    assert e.value.problems[0][
+        0
+    ] == "spec.model.config" and "hiden_size (did you mean hidden_size?), use_sliding_window" in str(e.value)
+    shipped = {"architectures": ["LlamaForCausalLM"], "torch_dtype": "float32", "rope_theta": 5e5}
+    as_shipped = LLAMA | shipped | {"transformers_version": "4.43.1", "tie_word_embeddings": False}
+    assert scratch_config(ModelSpec(source="scratch", config=as_shipped), tok).rope_parameters["rope_theta"] == 5e5

@@ -407,11 +407,15 @@ def read_splits(spec: DataSpec) -> tuple[list[str], list[str]]:
     return out[0], out[1]
 
 
+def _examples(n: int) -> str:
+    return f"{n} example" if n == 1 else f"{n} examples"
+
+
 def _no_training_sequence(spec: DataSpec, train_tokens: int, val_tokens: int, held_out: int) -> SpecError:
     if not spec.validation_files and held_out and train_tokens + val_tokens >= spec.max_seq_length:
         return SpecError(
             "spec.data.validationFraction",
-            f"{spec.validation_fraction} holds out {held_out} examples for validation, leaving {train_tokens} "
+            f"{spec.validation_fraction} holds out {_examples(held_out)} for validation, leaving {train_tokens} "
             f"training tokens, fewer than one sequence of maxSeqLength {spec.max_seq_length}; lower "
             "validationFraction or add data",
         )
@@ -428,7 +432,7 @@ def too_few_sequences(spec: JobSpec, data: Dataset, world: int) -> SpecError:
     if not d.validation_files and d.validation_fraction > 0 and data.train.rows + data.validation.rows >= need:
         return SpecError(
             "spec.data.validationFraction",
-            f"{d.validation_fraction} holds out {data.examples[1]} examples for validation, leaving "
+            f"{d.validation_fraction} holds out {_examples(data.examples[1])} for validation, leaving "
             f"{data.train.rows} training sequences, fewer than batchSize × processes = {need}; lower "
             "validationFraction or batchSize, or add data",
         )
@@ -469,7 +473,7 @@ def no_validation_reason(spec: DataSpec, data: Dataset) -> str | None:
     if spec.validation_fraction == 0:
         return "validationFraction is 0 and there is no data.validation"
     return (
-        f"validationFraction {spec.validation_fraction} holds out {data.examples[1]} examples, which make no "
+        f"validationFraction {spec.validation_fraction} holds out {_examples(data.examples[1])}, too few for one "
         f"sequence of maxSeqLength {spec.max_seq_length}; raise validationFraction or give data.validation"
     )
 

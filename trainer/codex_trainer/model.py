@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import difflib
 import hashlib
 import json
 import re
@@ -156,9 +157,37 @@ def scratch_config(spec: ModelSpec, tokenizer: PreTrainedTokenizerBase) -> PreTr
     ):
         cfg.setdefault(key, tok_id)
     try:
-        return AutoConfig.for_model(model_type, **cfg)
+        config = AutoConfig.for_model(model_type, **cfg)
     except Exception as e:  # noqa: BLE001 - the config is the user's: any refusal (e.g. a strict field) is theirs
         raise _unbuildable("spec.model.config", e) from None
+    _refuse_unknown_keys(config)
+    return config
+
+
+def _refuse_unknown_keys(config: PreTrainedConfig) -> None:
+    """transformers keeps a key its config class does not know and the model ignores it: `hiden_size` would
+    build Llama's default 4,096-wide model without a word. Keys it takes and converts (rope_theta into
+    rope_parameters, torch_dtype into dtype) are not in the difference."""
+    try:
+        known = set(type(config)().to_dict())
+    except Exception:  # noqa: BLE001 - a config class that needs arguments: nothing to compare with
+        return
+    unknown = sorted(set(config.to_dict()) - known)
+    if not unknown:
+        return
+
+    def hint(key: str) -> str:
+        close = difflib.get_close_matches(key, known, n=1)
+        return f" (did you mean {close[0]}?)" if close else ""
+
+    cls = type(config).__name__
+    if len(unknown) == 1:
+        key = unknown[0]
+        why = f"not a setting of {cls}{hint(key)}, which would ignore it; correct or remove it"
+        raise SpecError(f"spec.model.config.{key}", why)
+    keys = ", ".join(key + hint(key) for key in unknown)
+    why = f"{keys}: not settings of {cls}, which would ignore them; correct or remove them"
+    raise SpecError("spec.model.config", why)
 
 
 def new_model(config: PreTrainedConfig, spec: ModelSpec) -> PreTrainedModel:
