@@ -1,4 +1,4 @@
-"""codex-operator: run the CodexTrainingJob operator (kopf) against $KUBECONFIG or from inside a pod.
+"""codex-operator: run the CodexTrainingJob operator (on kopf) against $KUBECONFIG or from inside a pod.
 
     codex-operator run [--namespace NS ...] [--metrics-port N] [--default-image IMAGE]
                        [--progress-interval SECONDS] [--progress-via auto|pod-ip|proxy] [--liveness-port N]
@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         kopf.operator,
         registry=registry,
         standalone=True,  # no kopf peering objects: one replica acts (the Lease decides which, when several run)
-        clusterwide=not namespaces,
-        namespaces=namespaces,
+        clusterwide=True,  # kopf watches nothing (the informers do, in `namespaces`): no namespace of its own
         liveness_endpoint=f"http://0.0.0.0:{args.liveness_port}/healthz" if args.liveness_port else None,
     )
     if not args.leader_election:
@@ -77,11 +76,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _no_crd(namespaces: list[str]) -> bool:
-    """With exact namespaces kopf looks for the CRD once, as it starts: without it, say so and stop (the pod
-    restarts until the CRD is there) rather than serve nothing."""
+    """With exact namespaces, the CRD is looked for as the operator starts: without it, say so and stop (the pod
+    restarts until the CRD is there) rather than look healthy with nothing to serve."""
     from . import registration
 
-    if registration.kopf_scans(namespaces) or not await registration.crd_missing(namespaces[0]):
+    if registration.watches_patterns(namespaces) or not await registration.crd_missing(namespaces[0]):
         return False
     logging.getLogger("codex_operator").error(registration.NO_CRD)
     return True

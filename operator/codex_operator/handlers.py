@@ -1,20 +1,20 @@
 """The controller: observe, call the pure builders and the status function, apply, patch status.
 
 One level-triggered `reconcile` per CodexTrainingJob, run after events of the job and of its attempt
-Jobs, and again after an operator restart (kopf lists every job at start). kopf watches the jobs; the
-children are watched by the operator's own informers (informer.py), which cost a fraction of kopf's
-per-event work. A watch event only keeps
-what it says and queues its job; a fixed set of workers reconciles the queued jobs, each once however
-many events it had meanwhile, from the newest body (workqueue.py). It derives everything
+Jobs, and again after an operator restart (the jobs' informer lists every job at start). The jobs and
+their children are watched by the operator's own informers (informer.py), which cost a fraction of
+kopf's per-event work. A watch event only keeps what it says and queues its job; a fixed set of workers
+reconciles the queued jobs, each once however many events it had meanwhile, from the newest body
+(workqueue.py). It derives everything
 from what exists (attempt numbers from the Jobs, restarts from their count), so running it twice, or
 after a SIGKILL halfway, creates nothing twice: children have fixed names and "already exists" means
 adopt. One timer task (timer.py; not one per job) reads rank 0's progress while a job runs, says why
 pods wait, retries failed reconciles and deletes finished jobs after their TTL.
 
-kopf persistence (registration.py registers it): event handlers only, which keep no handler progress and no
-diff-base, so kopf writes nothing to the objects: no annotations, no status.kopf, and no finalizer (kopf puts one on
-every object that has a kopf timer or daemon, which would block `kubectl delete` while the operator
-is down; hence the one timer task of our own).
+kopf only runs the operator (registration.py): it has no resource handler, so it writes nothing to the
+objects: no annotations, no status.kopf, and no finalizer (kopf puts one on every object that has a kopf
+timer or daemon, which would block `kubectl delete` while the operator is down; hence the one timer task
+of our own).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ class Operator(Timer):
         self.jobs: dict[Key, JobState] = {}
         self.index = watched.Local()  # the attempt Jobs by job, fed by their watch events
         self.pods = watched.Pods()  # their pods, by attempt, fed by theirs
-        self.children: informer.Children | None = None  # the informers, on the cluster (started at startup)
+        self.watches: informer.Watches | None = None  # the informers, on the cluster (started at startup)
         self.http: aiohttp.ClientSession | None = None
         self.ticker: asyncio.Task | None = None
         self.gate = asyncio.Semaphore(RECONCILES_AT_ONCE)
@@ -114,24 +114,27 @@ class Operator(Timer):
             st = self.jobs[key] = JobState()
         return st
 
-    def watch_children(self, namespaces: Iterable[str]) -> None:
-        """Start the informers of the children; the workers and the timer start once the attempt Jobs have
-        been listed, so that a reconcile never sees a job without the attempts it has (restarts included)."""
+    def watch(self, namespaces: Iterable[str]) -> None:
+        """Start the informers of the jobs and their children; the workers and the timer start once the
+        attempt Jobs have been listed, so that a reconcile never sees a job without the attempts it has
+        (restarts included). A job's events before then only queue it."""
         assert self.kube is not None
-        self.children = informer.Children(self.kube.watch_client(), list(namespaces), self.take_watched)
-        self.children.start()
+        self.watches = informer.Watches(
+            self.kube.watch_client(), list(namespaces), jobs=self.take_job_watched, children=self.take_watched
+        )
+        self.watches.start()
         self.ticker = asyncio.create_task(self._after_listing(), name="codex-operator ticks")
 
     async def _after_listing(self) -> None:
-        assert self.children is not None
-        await self.children.listed()
+        assert self.watches is not None
+        await self.watches.listed()
         self.queue.start(RECONCILES_AT_ONCE)
         await self.tick_all()
 
     async def stop_watching(self) -> None:
-        if self.children is not None:
-            await self.children.stop()
-            await self.children.api.close()
+        if self.watches is not None:
+            await self.watches.stop()
+            await self.watches.api.close()
 
     async def _send_event(self, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         """An Event on the job, through the operator's API client (the EventLine posts it in the background)."""
@@ -184,6 +187,11 @@ class Operator(Timer):
         if body.get("kind") != "Job":
             return None  # a ConfigMap or Service changing is nothing to act on; only its deletion is
         return key, False
+
+    def take_job_watched(self, event_type: str, body: dict[str, Any]) -> None:
+        """A job's watch event, from its informer: the job is queued when a reconcile is due."""
+        if (key := self.take_job_event(event_type, body)) is not None:
+            self.queue.put(key)
 
     def take_watched(self, event_type: str, body: dict[str, Any]) -> None:
         """A child's watch event, from an informer: its job is queued when a reconcile is due."""

@@ -1,16 +1,17 @@
-"""The operator's children (attempt Jobs, job files, rendezvous Services) and their pods, watched without kopf.
+"""The CodexTrainingJobs, the operator's children (attempt Jobs, job files, rendezvous Services) and their
+pods, watched by the operator itself rather than by kopf.
 
-kopf hands each watch event to a worker of its object, with its causes, loggers and handler machinery,
-and the children bring most of a job's events (an attempt Job changes 4 to 6 times in its life) while
-the operator needs little of them: an attempt Job's few fields (watched.seen), of a pod what the timer
-reads (watched.pod_kept: rank 0's IP, why it waits) instead of a LIST each time, and of a job file or a
-Service only that it was deleted. So they are read here, as client-go's informers read: LIST, then
+kopf hands each watch event to a worker task of its object, with its causes, loggers and handler machinery,
+decoded by the standard library's json; the operator needs none of that: a job's event only queues its job
+(workqueue.py), an attempt Job's few fields are kept (watched.seen), of a pod what the timer reads
+(watched.pod_kept: rank 0's IP, why it waits) instead of a LIST each time, and of a job file or a Service
+only that it was deleted. So they are read here, as client-go's informers read: LIST, then
 WATCH from the list's resourceVersion with bookmarks; after the server ends a watch (every
 SERVER_TIMEOUT) it starts again from the last version seen, and when that version is too old (410
 Gone) it lists again and says DELETED for each object the new list lacks, so no deletion is missed.
 Job files and Services are watched as metadata only (PartialObjectMetadata): the server sends no job
-file. Only objects labelled with a job's name are asked for, and only in the namespaces the operator
-watches (a glob pattern is matched here, as kopf matches it for the jobs themselves).
+file. Of the children only objects labelled with a job's name are asked for; jobs and children only in the
+namespaces the operator watches (a glob pattern is matched here, with kopf's rules for `--namespace`).
 """
 
 from __future__ import annotations
@@ -48,8 +49,14 @@ class Source:
     prefix: str  # /apis/GROUP/VERSION or /api/v1
     plural: str
     metadata_only: bool  # only its deletion matters to the operator
+    selector: str | None = names.LABEL_JOB  # a label selector: a child names its job
+
+    @property
+    def api_version(self) -> str:
+        return self.prefix.split("/", 2)[2]  # /apis/GROUP/VERSION -> GROUP/VERSION, /api/v1 -> v1
 
 
+JOBS = Source(names.KIND, f"/apis/{names.GROUP}/{names.VERSION}", names.PLURAL, False, selector=None)
 CHILDREN = (
     Source("Job", "/apis/batch/v1", "jobs", False),
     Source("ConfigMap", "/api/v1", "configmaps", True),
@@ -131,12 +138,15 @@ class Informer:
                 self.version = None
             except (ApiException, aiohttp.ClientError, TimeoutError, ValueError) as e:
                 why = f"HTTP {e.status}: {_message(e)}" if isinstance(e, ApiException) else repr(e)
+                if isinstance(e, ApiException) and e.status == 404 and self.source == JOBS:
+                    why += f"; is the CodexTrainingJob CRD installed? kubectl apply -f crds/{names.CRD_NAME}.yaml"
                 log.warning("watching %s failed (%s); trying again in %.0f s", self.path, why, backoff)
                 await asyncio.sleep(backoff + random.uniform(0, backoff / 4))
                 backoff = min(backoff * 2, 60.0)
 
     def _take(self, event_type: str, obj: dict[str, Any]) -> None:
         obj["kind"] = self.source.kind  # a LIST's items name no kind; metadata-only ones say PartialObjectMetadata
+        obj.setdefault("apiVersion", self.source.api_version)
         meta = obj.get("metadata") or {}
         if self.patterns and not namespace_matches(meta.get("namespace", ""), self.patterns):
             return
@@ -149,7 +159,7 @@ class Informer:
 
     async def _list(self) -> None:
         listed: set[str] = set()
-        query: dict[str, Any] = {"labelSelector": names.LABEL_JOB, "limit": PAGE}
+        query: dict[str, Any] = {"limit": PAGE, **self._selector()}
         while True:  # page by page, each delivered before the next is read
             with metrics.api_call("list", self.source.kind):
                 page = orjson.loads(await self._get(query))
@@ -168,7 +178,7 @@ class Informer:
 
     async def _watch(self) -> None:
         query = {
-            "labelSelector": names.LABEL_JOB,
+            **self._selector(),
             "watch": "true",
             "allowWatchBookmarks": "true",
             "resourceVersion": self.version,
@@ -187,6 +197,9 @@ class Informer:
                         self._event(orjson.loads(line))
         finally:
             resp.release()
+
+    def _selector(self) -> dict[str, str]:
+        return {"labelSelector": self.source.selector} if self.source.selector else {}
 
     def _event(self, event: dict[str, Any]) -> None:
         kind, obj = event.get("type"), event.get("object") or {}
@@ -238,13 +251,15 @@ def _message(e: ApiException) -> str:
         return str(e.reason)
 
 
-class Children:
-    """The informers of every kind of child in every watched namespace, delivering to one function."""
+class Watches:
+    """The informers of the jobs and of every kind of child in every watched namespace: the jobs' events are
+    delivered to one function, the children's to another."""
 
-    def __init__(self, api: client.ApiClient, namespaces: Sequence[str], deliver: Deliver):
+    def __init__(self, api: client.ApiClient, namespaces: Sequence[str], jobs: Deliver, children: Deliver):
         self.api = api
-        self.informers = [
-            Informer(api, source, path, deliver, namespaces)
+        self.informers = [Informer(api, JOBS, path, jobs, namespaces) for path in collections(JOBS, namespaces)]
+        self.informers += [
+            Informer(api, source, path, children, namespaces)
             for source in CHILDREN
             for path in collections(source, namespaces)
         ]

@@ -1,6 +1,8 @@
-"""The controller registered with kopf: what kopf sets up at start (its settings, the API client, the children's
-informers), tears down at stop, and hands the controller (each CodexTrainingJob watch event, as a key to
-reconcile). Everything else, the children included, is the controller's own (handlers.Operator)."""
+"""The controller registered with kopf: what kopf sets up at start (its settings, the API client, the informers
+of the jobs and their children), and tears down at stop. kopf runs the operator (start-up and clean-up, the
+login, signals, the liveness probe); it watches nothing: the jobs and their children are the controller's own
+informers' (informer.py), each event only queueing its job (handlers.Operator), with none of kopf's per-object
+worker tasks and handler machinery."""
 
 from __future__ import annotations
 
@@ -24,30 +26,13 @@ log = logging.getLogger("codex_operator")
 NO_CRD = (
     f"the API server does not serve {names.PLURAL}.{names.GROUP}/{names.VERSION}: the CodexTrainingJob CRD is not"
     f" installed. Install it (kubectl apply -f crds/{names.CRD_NAME}.yaml, or the chart with its CRDs); with exact"
-    " namespaces to watch, the operator looks for it only when it starts: it stops here, and serves the jobs once"
-    " it is started again with the CRD in place"
+    " namespaces to watch, the operator stops here rather than wait with nothing to serve (its pod restarts until the"
+    " CRD is in place)"
 )
 
 
-class NoDiffBase(kopf.DiffBaseStorage):
-    """No diff-base: it serves change handlers (on.create, on.update, on.field), and this operator has
-    none; kopf would otherwise copy every object's essence on every watch event only to compare it."""
-
-    def build(self, *, body: kopf.Body, extra_fields: Any = None) -> Any:
-        return None
-
-    def fetch(self, *, body: kopf.Body) -> None:
-        return None
-
-    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: Any) -> None:
-        return None
-
-
-def kopf_scans(namespaces: Iterable[str]) -> bool:
-    """Whether kopf should watch the cluster's namespaces (and the CRD): for all of them, or patterns. For exact
-    names (the chart's watchNamespaces) there is nothing to discover, and a namespaced install may not list
-    namespaces: kopf would try nine times (about a minute of ERROR lines, no job served) at every start before
-    falling back to the names. Without the scan, a new version of the CRD is served after a restart."""
+def watches_patterns(namespaces: Iterable[str]) -> bool:
+    """Whether the operator watches every namespace, or patterns: the cluster's collections, matched here."""
     names_given = list(namespaces)
     return not names_given or any(informer.is_pattern(n) for n in names_given)
 
@@ -58,8 +43,8 @@ CRD_PAUSE = 2.0  # seconds between them
 
 async def crd_missing(namespace: str) -> bool:
     """Whether the API server says it serves no CodexTrainingJobs, asked CRD_TRIES times (False where it cannot
-    be asked: kopf's own retries take it from there). With exact namespaces kopf looks for the CRD only at start:
-    without it, it would serve nothing, say only a WARNING, and the pod would look healthy."""
+    be asked: the informers' retries take it from there). Without it, the operator would serve nothing while its
+    pod looked healthy, its only word a WARNING each time the jobs' informer tries again."""
     try:
         kube = await Kube.connect()
     except (OSError, ValueError, ConfigException):
@@ -78,20 +63,17 @@ async def crd_missing(namespace: str) -> bool:
 
 
 def register(op: Operator, registry: kopf.OperatorRegistry, namespaces: Iterable[str] = ()) -> None:
-    """Register the handlers with kopf (the interval comes from the command line, so not at import); the
-    children are watched in `namespaces` (all when none), as kopf watches the jobs."""
+    """Register the activities with kopf (the interval comes from the command line, so not at import); the jobs
+    and their children are watched in `namespaces` (all when none; glob patterns matched as kopf would)."""
     namespaces = list(namespaces)
 
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=names.GROUP)
-        settings.persistence.diffbase_storage = NoDiffBase()
         settings.posting.level = logging.WARNING  # Events are ours (Kube.post_event); log lines are not Events
-        settings.watching.server_timeout = 300
         settings.networking.request_timeout = 60
-        settings.scanning.disabled = not kopf_scans(namespaces)
+        settings.scanning.disabled = True  # kopf watches no resource: it need not discover CRDs or namespaces
         op.kube = await Kube.connect()
-        op.watch_children(namespaces)  # then the reconciles and the timer, once the children are listed
+        op.watch(namespaces)  # then the reconciles and the timer, once the attempt Jobs are listed
 
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
@@ -112,8 +94,3 @@ def register(op: Operator, registry: kopf.OperatorRegistry, namespaces: Iterable
     async def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # the same client library as the operator's own calls: in-cluster ServiceAccount, else kubeconfig
         return await kopf.login_via_async_client(**kwargs)
-
-    @kopf.on.event(group=names.GROUP, version=names.VERSION, plural=names.PLURAL, registry=registry)
-    async def job_event(event: kopf.RawEvent, **_: Any) -> None:
-        if (key := op.take_job_event(event.get("type"), dict(event["object"]))) is not None:
-            op.queue.put(key)

@@ -62,12 +62,13 @@ BASE = [
     ("ServiceAccount", NAMESPACE),
 ]
 PER_TEAM = [(kind, ns) for ns in ("team-a", "team-b") for kind in ("Role", "RoleBinding")]
+NAMED = [k for k in BASE if k[0] not in ("ClusterRole", "ClusterRoleBinding")] + PER_TEAM  # nothing cluster-wide
 EXPECTED = {
     "defaults": BASE,
-    "watch-namespaces": BASE + PER_TEAM,
+    "watch-namespaces": NAMED,
     "namespace-patterns": BASE,
     "monitors": BASE + [("PodMonitor", NAMESPACE), ("ServiceMonitor", NAMESPACE)],
-    "network-policy": BASE + PER_TEAM + [("NetworkPolicy", "team-a"), ("NetworkPolicy", "team-b")],
+    "network-policy": NAMED + [("NetworkPolicy", "team-a"), ("NetworkPolicy", "team-b")],
     "two-replicas": BASE,
     "dashboard": BASE + [("ConfigMap", NAMESPACE)],
 }

@@ -32,13 +32,9 @@ KIND_RESOURCES = {  # the kinds the operator's metrics.api_call names, as RBAC (
     "Workload": ("kueue.x-k8s.io", "workloads"),
 }
 
-# what kopf calls for the operator, and what the API server asks of it
-KOPF = {
-    (names.GROUP, names.PLURAL, "list"),  # @kopf.on.event: list + watch of the jobs (handlers.job_event)
-    (names.GROUP, names.PLURAL, "watch"),
+# what the API server asks of the operator beyond the calls it makes, and a call the search does not find
+BEYOND_CALLS = {
     ("", "events", "create"),  # Kube.post_event posts core/v1 Events
-    ("apiextensions.k8s.io", "customresourcedefinitions", "list"),  # kopf's resource observer
-    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"),
     # blockOwnerDeletion on the children (builders.owner_reference), where OwnerReferencesPermissionEnforcement runs
     (names.GROUP, f"{names.PLURAL}/finalizers", "update"),
 }
@@ -64,7 +60,7 @@ def _kinds(node: ast.expr, verb: str, func: ast.AST) -> list[str]:
     """The kinds an api_call names: a kind passed in (Kube.create, get, patch) is any kind whose client
     calls (Kube._calls) include that verb."""
     if isinstance(node, ast.Attribute) and ast.unparse(node) == "self.source.kind":  # an informer's
-        return [source.kind for source in informer.CHILDREN]
+        return [source.kind for source in (informer.JOBS, *informer.CHILDREN)]
     params = {a.arg for a in func.args.args} if isinstance(func, ast.FunctionDef | ast.AsyncFunctionDef) else set()
     dicts = any(isinstance(d, ast.Dict) for d in ast.walk(func))
     if isinstance(node, ast.Name) and (node.id in params or not dicts):
@@ -117,7 +113,7 @@ def test_the_operator_calls_are_found():
 
 
 def test_rbac_grants_exactly_what_the_operator_calls_cluster_wide():
-    needed = operator_calls() | KOPF
+    needed = operator_calls() | BEYOND_CALLS
     manifests = render({"progress": {"via": "proxy"}, "replicaCount": 2})
     leases = {c for c in needed if c[1] == "leases"}
     assert granted(manifests, "ClusterRole") == needed - leases
@@ -137,16 +133,15 @@ def test_pods_proxy_and_leases_only_when_used():
     manifests = render({"leaderElection": {"enabled": "auto"}})
     proxy = {("", "pods/proxy", "get")}
     leases = {c for c in operator_calls() if c[1] == "leases"}
-    assert granted(manifests, "ClusterRole") == (operator_calls() - proxy - leases) | KOPF
+    assert granted(manifests, "ClusterRole") == (operator_calls() - proxy - leases) | BEYOND_CALLS
     assert not [m for m in manifests if m["kind"] in ("Role", "RoleBinding")]
 
 
-def test_watch_namespaces_gets_a_role_in_each_and_only_crd_reads_cluster_wide():
+def test_watch_namespaces_gets_a_role_in_each_and_nothing_cluster_wide():
     manifests = render(VALUE_SETS["watch-namespaces"])
-    cluster_wide = granted(manifests, "ClusterRole")
-    assert cluster_wide == {c for c in KOPF if c[0] == "apiextensions.k8s.io"}
+    assert not [m for m in manifests if m["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     for ns in ("team-a", "team-b"):
-        assert granted(manifests, "Role", ns) == (operator_calls() | KOPF) - cluster_wide - {
+        assert granted(manifests, "Role", ns) == (operator_calls() | BEYOND_CALLS) - {
             ("", "pods/proxy", "get"),
             *(c for c in operator_calls() if c[1] == "leases"),
         }
@@ -157,12 +152,12 @@ def test_watch_namespaces_gets_a_role_in_each_and_only_crd_reads_cluster_wide():
     assert "--namespace=team-a" in args and "--namespace=team-b" in args
 
 
-def test_namespace_patterns_watch_through_a_cluster_role_that_also_follows_namespaces():
-    """A pattern matches namespaces the install cannot name, so no Role can be made for them."""
+def test_namespace_patterns_watch_through_a_cluster_role_that_reads_no_namespaces():
+    """A pattern matches namespaces the install cannot name, so no Role can be made for them; the operator
+    watches the cluster's jobs and keeps the matching ones, so it lists no namespaces."""
     manifests = render(VALUE_SETS["namespace-patterns"] | {"watchNamespaces": ["team-a"]})
-    follow = {("", "namespaces", "list"), ("", "namespaces", "watch")}
     no_proxy_or_leases = {("", "pods/proxy", "get"), *(c for c in operator_calls() if c[1] == "leases")}
-    assert granted(manifests, "ClusterRole") == (operator_calls() | KOPF | follow) - no_proxy_or_leases
+    assert granted(manifests, "ClusterRole") == (operator_calls() | BEYOND_CALLS) - no_proxy_or_leases
     assert {m["metadata"]["namespace"] for m in manifests if m["kind"] in ("Role", "RoleBinding")} == {NAMESPACE}
     args = container(manifests)["args"]
     assert [a for a in args if a.startswith("--namespace=")] == [

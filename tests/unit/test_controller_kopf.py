@@ -1,5 +1,5 @@
-"""What kopf hands the controller (the jobs' events, the informers' children's) and how the command line
-runs kopf with it."""
+"""What kopf runs of the controller (start-up, clean-up; the informers hand it the jobs' and the children's
+events) and how the command line runs kopf with it."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from controller_harness import KEY, NAME, NS, Cluster, manifest, scenario
 from codex_operator import names
 from codex_operator.kube import Kube
 
-# ---------------------------------------------------------------- kopf's side: what it hands the controller
+# ---------------------------------------------------------------- kopf's side: start-up and clean-up
 
 
-def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_controller(monkeypatch):
+def test_kopf_starts_the_informers_that_hand_the_jobs_and_their_childrens_events_to_the_controller(monkeypatch):
     import kopf
 
     from codex_operator import handlers, registration
@@ -46,16 +46,13 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
         c.api.put("jobs", {"metadata": {"name": "earlier-a1", "labels": labels, "ownerReferences": owner}, "spec": {}})
         pod_lists = c.api_calls("list", "Pod")
         await startup(settings=settings)
-        assert settings.scanning.disabled  # exact namespaces: kopf lists none (a namespaced install may not)
-        # no change handler (on.create, on.update, on.field): kopf keeps no diff-base, so copies no object
-        assert not list(registry._changing.get_all_handlers())
-        assert isinstance(settings.persistence.diffbase_storage, registration.NoDiffBase)
-        # kopf watches the jobs only; the children are the informers', only those labelled with a job's name
-        watchers = {h.id: h.fn for h in registry._watching.get_all_handlers()}
-        assert [i.rsplit(".", 1)[-1] for i in watchers] == ["job_event"]
-        assert not list(registry._indexing.get_all_handlers())
-        await until(lambda: len(c.api.watches) == 4, "a watch of each kind of child, and of their pods")
-        assert {w["labelSelector"] for w in c.api.watches} == {names.LABEL_JOB}
+        assert settings.scanning.disabled  # kopf watches nothing, so has no CRD or namespace to discover
+        for handlers_of in (registry._watching, registry._changing, registry._indexing, registry._spawning):
+            assert not list(handlers_of.get_all_handlers())  # no per-object worker, diff-base, index or finalizer
+        # the operator's informers: the jobs (all of them), and each kind of child labelled with a job's name
+        await until(lambda: len(c.api.watches) == 5, "a watch of the jobs, of each kind of child and of their pods")
+        assert sorted(w.get("labelSelector", "") for w in c.api.watches) == ["", *[names.LABEL_JOB] * 4]
+        assert [w["labelSelector"] for w in c.api.watches if w.get("labelSelector")] == [names.LABEL_JOB] * 4
         assert [s.attempt.name for s in c.op.index.values_of((NS, "earlier"))] == ["earlier-a1"]  # listed first
         pod_labels = labels | {
             "batch.kubernetes.io/job-name": "earlier-a1",
@@ -76,9 +73,10 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
             "spec" not in c.op.pods.of(NS, "earlier-a1", a1[0]["uid"])[0]
             and c.api_calls("list", "Pod") == pod_lists + 1
         )  # its informer's
-        job = c.api.put(names.PLURAL, manifest("numNodes=2"))
-        c.api.drain()
-        await next(iter(watchers.values()))(event={"type": "ADDED", "object": job})
+        # the job from before the restart, listed by the jobs' informer: reconciled with the attempt it has
+        await until(lambda: (c.api.get(names.PLURAL, NS, "earlier") or {}).get("status"), "the earlier job's status")
+        assert c.api.get("jobs", NS, "earlier-a2") is None
+        job = c.api.put(names.PLURAL, manifest("numNodes=2"))  # a new job, seen on the jobs' watch
         await until(lambda: c.attempt(1) is not None, "attempt 1 created by a worker")
         await asyncio.wait_for(c.op.queue.join(), 10)
         assert c.status()["phase"] == "Pending"
@@ -96,14 +94,14 @@ def test_kopf_hands_the_jobs_events_and_the_informers_the_childrens_to_the_contr
         await cleanup()
         await asyncio.sleep(0)
         assert ticker.cancelled() and all(task.cancelled() for task in c.op.queue.workers)
-        assert c.op.children is not None and all(t.done() for t in c.op.children.tasks)
+        assert c.op.watches is not None and all(t.done() for t in c.op.watches.tasks)
 
     scenario(test)
 
 
 def test_a_start_with_named_namespaces_and_no_crd_stops_saying_what_to_install(monkeypatch, caplog):
-    """With exact namespaces kopf looks for the CRD only at start: without it, it would serve nothing and say
-    only a WARNING, while the pod looks healthy. The start is refused instead, naming what to install."""
+    """With exact namespaces and no CRD the operator would serve nothing, its pod healthy, its only word a
+    WARNING at each of the informer's tries. The start is refused instead, naming what to install."""
     import kopf
 
     from codex_operator import cli, registration
@@ -127,7 +125,7 @@ def test_a_start_with_named_namespaces_and_no_crd_stops_saying_what_to_install(m
         assert await registration.crd_missing(NS)
         c.api.rules[:] = []
         c.api.refuse("GET", names.PLURAL, 503, "the server is starting", times=None)
-        assert not await registration.crd_missing(NS)  # cannot tell: kopf's retries take it from there
+        assert not await registration.crd_missing(NS)  # cannot tell: the informers' retries take it from there
         kube.close = close  # type: ignore[method-assign]
 
     scenario(test)
@@ -161,21 +159,21 @@ def test_the_command_line_runs_kopf_with_the_controller_it_describes(monkeypatch
 
     made: list[handlers.Operator] = []
     monkeypatch.setattr(kopf, "operator", operator)
-    # a pattern, or all namespaces: kopf watches for the CRD itself, and serves it once it is installed
+    # a pattern, or all namespaces: the jobs' informer tries again until the CRD is installed
     monkeypatch.setattr(registration, "crd_missing", lambda namespace: pytest.fail("the CRD looked for"))
     real = handlers.Operator
     monkeypatch.setattr(handlers, "Operator", lambda options: made.append(real(options)) or made[-1])
     argv = ["run", "--metrics-port=0", "-n", "team-*", "--queue-manages-all-jobs", "--progress-interval=3"]
     assert cli.main(argv) == 0
-    assert ran["namespaces"] == ["team-*"] and not ran["clusterwide"] and ran["standalone"]
+    assert ran["clusterwide"] and not ran.get("namespaces") and ran["standalone"]  # kopf watches nothing
     (op,) = made
     assert op.options.queue_owns_suspend and op.options.progress_interval == 3
     monkeypatch.setenv("CODEX_NAMESPACES", "")
     assert cli.main(["run", "--metrics-port=0"]) == 0 and ran["clusterwide"]
 
 
-def test_kopf_scans_the_cluster_only_where_there_is_something_to_discover():
-    from codex_operator.registration import kopf_scans
+def test_the_cluster_is_watched_only_for_all_namespaces_or_patterns():
+    from codex_operator.registration import watches_patterns
 
-    assert kopf_scans([]) and kopf_scans(["team-*"]) and kopf_scans(["a", "b*"])
-    assert not kopf_scans(["team-a"]) and not kopf_scans(["team-a", "team-b"])
+    assert watches_patterns([]) and watches_patterns(["team-*"]) and watches_patterns(["a", "b*"])
+    assert not watches_patterns(["team-a"]) and not watches_patterns(["team-a", "team-b"])

@@ -1,5 +1,5 @@
-"""The informers that watch the operator's children (codex_operator/informer.py), against a scripted API
-server: what the operator is told when a watch ends, when its version is too old, when the server
+"""The informers that watch the jobs and the operator's children (codex_operator/informer.py), against a
+scripted API server: what the operator is told when a watch ends, when its version is too old, when the server
 refuses, and which namespaces it hears of."""
 
 from __future__ import annotations
@@ -187,6 +187,49 @@ def test_with_namespace_patterns_the_clusters_children_are_watched_and_only_matc
     script = Script([{"items": items, "metadata": {"resourceVersion": "3"}}], [[]])
     got = run(script, path="/apis/batch/v1/jobs", patterns=("team-*, !*-pr-*",))
     assert got == [("ADDED", "x-a1")]
+
+
+def test_the_jobs_are_watched_whole_with_no_label_and_delivered_as_the_reconcile_reads_them(caplog, monkeypatch):
+    """The jobs' informer (kopf's watch before): every CodexTrainingJob, matched to the namespace patterns here;
+    a LIST's items name no kind or apiVersion, which the reconcile reads, so they are filled in."""
+    monkeypatch.setattr(informer.random, "uniform", lambda a, b: 0.0)
+    monkeypatch.setattr(informer.asyncio, "sleep", _fast_sleep)
+    path = f"/apis/{names.GROUP}/{names.VERSION}/{names.PLURAL}"
+    assert informer.collections(informer.JOBS, ["team-*"]) == [path]
+    assert informer.collections(informer.JOBS, ["team-a"]) == [
+        f"/apis/{names.GROUP}/{names.VERSION}/namespaces/team-a/{names.PLURAL}"
+    ]
+
+    def ctj(name: str, ns: str, version: int) -> dict[str, Any]:
+        return {"metadata": {"name": name, "namespace": ns, "uid": f"u-{name}", "resourceVersion": str(version)},
+                "spec": {"model": {"name": "m"}}}  # fmt: skip
+
+    added = ctj("later", "team-b", 4) | {"kind": names.KIND, "apiVersion": f"{names.GROUP}/{names.VERSION}"}
+    listed = {"items": [ctj("first", "team-a", 1), ctj("elsewhere", "other", 2)], "metadata": {"resourceVersion": "3"}}
+    script = Script(
+        [404, listed],
+        [[line("ADDED", added), line("DELETED", ctj("first", "team-a", 5))]],
+    )
+    got: list[dict[str, Any]] = []
+
+    async def main(kube: Kube) -> None:
+        inf = informer.Informer(kube.api, informer.JOBS, path, lambda t, o: got.append({"type": t, **o}), ["team-*"])
+        task = asyncio.create_task(inf.run())
+        await asyncio.wait_for(script.done.wait(), 20)
+        task.cancel()
+
+    with caplog.at_level(logging.WARNING, "codex_operator"):
+        asyncio.run(answering(script.answer, main))
+    assert [(g["type"], g["metadata"]["name"]) for g in got] == [
+        ("ADDED", "first"), ("ADDED", "later"), ("DELETED", "first")]  # fmt: skip
+    assert {(g["kind"], g["apiVersion"]) for g in got} == {(names.KIND, f"{names.GROUP}/{names.VERSION}")}
+    assert got[0]["spec"] == {"model": {"name": "m"}}  # the whole job, not a skeleton
+    assert all("labelSelector" not in q for _, q, _ in script.asked)
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said == (
+        f"watching {path} failed (HTTP 404: said 404; is the CodexTrainingJob CRD installed? kubectl apply -f"
+        f" crds/{names.CRD_NAME}.yaml); trying again in 1 s"
+    )
 
 
 @pytest.mark.parametrize(

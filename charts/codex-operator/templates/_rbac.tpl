@@ -5,8 +5,8 @@
 {{/* Rules in the namespaces where jobs live: one ClusterRole when all namespaces are watched, a Role
      in each of watchNamespaces otherwise. */}}
 {{- define "codex-operator.jobRules" -}}
-# kopf watches the jobs (handlers.job_event: list + watch); Kube.get_job reads one afresh; the TTL
-# (Operator._expire) deletes a finished job
+# the jobs' informer (informer.JOBS: list + watch; Kube.serves_jobs lists one at start to find the CRD);
+# Kube.get_job reads one afresh; the TTL (Operator._expire) deletes a finished job
 - apiGroups: [codex.ml]
   resources: [codextrainingjobs]
   verbs: [get, list, watch, delete]
@@ -19,8 +19,8 @@
 - apiGroups: [codex.ml]
   resources: [codextrainingjobs/finalizers]
   verbs: [update]
-# attempt Jobs: Kube.create, Kube.get (whose a taken name is; why no pods start), Kube.list_jobs, kopf's
-# watch of them (Operator.on_child_event), Kube.set_suspend (suspend/resume a job that is not Kueue's)
+# attempt Jobs: Kube.create, Kube.get (whose a taken name is; why no pods start), Kube.list_jobs, their
+# informer (Operator.take_watched), Kube.set_suspend (suspend/resume a job that is not Kueue's)
 # and Kube.delete_attempt (a failed job's live attempt is stopped)
 - apiGroups: [batch]
   resources: [jobs]
@@ -47,7 +47,7 @@
   resources: [persistentvolumeclaims]
   verbs: [create, get, patch]
 # the rendezvous Service and each attempt's job file (Operator.ensure_children, Operator._start_attempt:
-# create, read back whose a taken name is) and kopf's watch of them (their deletion is noticed)
+# create, read back whose a taken name is) and their informers (their deletion is noticed)
 - apiGroups: [""]
   resources: [services, configmaps]
   verbs: [create, get, list, watch]
@@ -60,16 +60,6 @@
 - apiGroups: [""]
   resources: [events]
   verbs: [create, list]
-{{- end }}
-
-{{/* Cluster-scoped, read-only: always in the ClusterRole. */}}
-{{- define "codex-operator.clusterRules" -}}
-# kopf's resource observer: watches CRDs so it notices codextrainingjobs being installed or changed
-# after the operator started (without it kopf only scans them at start, and logs a warning); not used
-# with watchNamespaces names only, where kopf's discovery is off
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
 {{- end }}
 
 {{/* The Lease of leader election (leader.Elector), in the release's namespace only. */}}
