@@ -409,6 +409,9 @@ def _ongoing(
         and not latest.suspended
     ):
         return _stalled(job, p, attempts, stalled, now)
+    left = deadline_left(job, p.status, now)
+    if left is not None and left <= 0:
+        return _past_deadline(p, latest, now)
     reimaged = bool(trainer_image) and not job.spec.image and latest.image not in ("", trainer_image)
     return _live(job, p, latest, old, may_suspend, queue_said, written, trainer_image if reimaged else "")
 
@@ -468,6 +471,15 @@ def _live(
         queue = f"LocalQueue {rp.queue_name}" if rp.queue_name else "the queue"
         return "Pending", "Admitted", f"admitted by {queue}; waiting for the trainer pods to start"
     return "Pending", "Starting", "waiting for the trainer pods to start"
+
+
+def _past_deadline(p: Plan, latest: Attempt, now: datetime) -> Decision:
+    """runPolicy.activeDeadlineSeconds passed while an attempt is live: one an edit added or lowered after the
+    attempt Job was made with the time then left (or with none), or one that passed while the job was suspended
+    or queued. Stop the attempt and fail the job, as the attempt Job's own deadline would have."""
+    p.stop_attempt = latest
+    p.status["completionTime"] = ts(now)
+    return "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
 
 
 def _split(job: Job, p: Plan, attempts: list[Attempt], latest: Attempt, now: datetime) -> Decision:

@@ -1,6 +1,6 @@
 """The timer: one task for all jobs (not one per job) that reads rank 0's progress while a job runs, says
-why its pods or its queue hold it, finds stalls, retries failed reconciles when their backoff is due and
-deletes finished jobs after their TTL.
+why its pods or its queue hold it, finds stalls, retries failed reconciles when their backoff is due, ends
+jobs whose deadline passed and deletes finished jobs after their TTL.
 
 `Timer` is the Operator's timer half (handlers.Operator inherits it); it acts through the reconcile's
 own writes (`timer_patch`, `reconcile`), so the two never disagree on what the job looks like.
@@ -23,7 +23,7 @@ from . import memory, metrics, names, watched
 from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
-from .progress import progress_changed, progress_from_metrics
+from .progress import parse_ts, progress_changed, progress_from_metrics
 from .status import TERMINAL, Stall, condition_reason, queue_words, volume_lost_message, waiting_in_queue
 from .watched import Key
 
@@ -32,6 +32,17 @@ log = logging.getLogger("codex_operator")
 # interval, then two, four..., at most this many seconds apart: a thousand silent pods must not fill every
 # timer round with reads that time out, delaying the progress, TTLs and retries of the others
 PROGRESS_BACKOFF_MAX = 30.0
+
+
+def deadline_passed(body: dict[str, Any] | None, now: datetime) -> bool:
+    """A job not finished past its runPolicy.activeDeadlineSeconds: its reconcile stops the live attempt, whose
+    Job was made with the time left then, or with none (a deadline added or lowered by an edit since)."""
+    status = (body or {}).get("status") or {}
+    limit = (((body or {}).get("spec") or {}).get("runPolicy") or {}).get("activeDeadlineSeconds")
+    start = parse_ts(status.get("startTime"))
+    if not isinstance(limit, int) or start is None or status.get("phase") in TERMINAL:
+        return False
+    return (now - start).total_seconds() >= limit
 
 
 class Timer:
@@ -99,7 +110,12 @@ class Timer:
                 except TimeoutError:
                     slow.append(key)
 
-        due = [k for k, st in self.jobs.items() if st.retry_at is not None and time.monotonic() >= st.retry_at]
+        now, clock = datetime.now(UTC), time.monotonic()
+
+        def reconcile_due(st: JobState) -> bool:  # its retry's backoff is over, or its deadline passed
+            return clock >= st.retry_at if st.retry_at is not None else deadline_passed(st.body, now)
+
+        due = {k for k, st in self.jobs.items() if reconcile_due(st)}
         # a retry is a whole reconcile: bounded by the API calls' own timeouts, not by the tick's
         await asyncio.gather(
             *(one(k, st) for k, st in list(self.jobs.items()) if k not in due), *(self.reconcile(*k) for k in due)

@@ -3,9 +3,10 @@ Kueue is never fought (suspend, admission, preemption as Kueue's Workloads say).
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
-from controller_harness import NS, Cluster, manifest, reasons, scenario
+from controller_harness import NAME, NS, Cluster, manifest, reasons, scenario
 
 from codex_operator import names
 from codex_trainer import contract
@@ -68,6 +69,32 @@ def test_the_start_time_survives_an_operator_stopped_right_after_the_first_creat
         st = c.status()
         assert st["startTime"] == started and st["phase"] == "Failed"
         assert st["message"] == "runPolicy.activeDeadlineSeconds reached" and c.attempt(2) is None
+
+    scenario(test)
+
+
+def test_a_deadline_added_to_a_running_job_ends_it_when_it_passes_with_no_other_event():
+    """Its attempt Job was made with no deadline: the timer finds the job's passed and its reconcile stops the
+    attempt; before, the job trained on for good, its new deadline never applied."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        started = datetime.now(UTC) - timedelta(seconds=40)
+        job = c.api.get(names.PLURAL, NS, NAME)
+        assert job is not None
+        job["status"]["startTime"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")  # the job has run 40 s
+        c.api.put(names.PLURAL, job)
+        await c.edit("runPolicy.activeDeadlineSeconds=42")  # 2 s left: its reconcile lets it run on
+        assert c.status()["phase"] == "Running" and c.attempt(1) is not None
+        await asyncio.sleep(2.5)  # it passes, and nothing else happens
+        await c.settle()
+        assert c.status()["phase"] == "Running"
+        await c.retry()  # the timer's next round
+        st = c.status()
+        assert (st["phase"], st["message"]) == ("Failed", "runPolicy.activeDeadlineSeconds reached")
+        assert c.attempt(1) is None  # stopped: its pods get their grace period, and no node is kept
+        assert reasons(c)[-1] == "DeadlineExceeded"
 
     scenario(test)
 

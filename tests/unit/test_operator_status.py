@@ -164,6 +164,32 @@ def test_a_deadline_fails_the_job():
     assert p.status["phase"] == "Failed" and p.create_attempt is None
 
 
+def test_a_deadline_added_or_lowered_while_an_attempt_is_live_stops_it_when_it_passes():
+    """The attempt Job carries the time left when it was made (none, without a deadline then): a deadline an edit
+    adds or lowers, or one that passed while the job was suspended or queued, is the operator's to keep: the
+    live attempt is stopped and the job fails as at its own deadline (found by a new-user check: the job ran
+    6 minutes past an activeDeadlineSeconds of 25 added while it ran, with no word)."""
+    started = {"phase": "Running", "attempt": 1, "startTime": "2026-11-28T11:59:00Z", "ranAttempt": 1}
+    running = attempts(job_obj(1, ready=1))
+    p = plan(make_job("runPolicy.activeDeadlineSeconds=25"), started, running, NOW)
+    assert (p.status["phase"], p.reason) == ("Failed", "DeadlineExceeded")
+    assert p.status["message"] == "runPolicy.activeDeadlineSeconds reached" and p.status["completionTime"]
+    assert p.stop_attempt is not None and p.stop_attempt.number == 1 and p.create_attempt is None
+    assert [e[:2] for e in p.events] == [("Warning", "DeadlineExceeded")]
+    # time left: the attempt goes on
+    p = plan(make_job("runPolicy.activeDeadlineSeconds=3600"), started, running, NOW)
+    assert p.status["phase"] == "Running" and p.stop_attempt is None
+    # created suspended, its deadline passed before it was resumed: not started only to be stopped
+    held = {"phase": "Suspended", "attempt": 1, "startTime": "2026-11-28T11:59:00Z"}
+    p = plan(make_job("runPolicy.activeDeadlineSeconds=40"), held, attempts(job_obj(1, suspend=True)), NOW)
+    assert (p.status["phase"], p.reason) == ("Failed", "DeadlineExceeded") and p.set_suspend is None
+    assert p.stop_attempt is not None
+    # waiting for a queue's admission: the same (its quota is handed back)
+    queued = make_job("runPolicy.queueName=q", "runPolicy.activeDeadlineSeconds=40")
+    p = plan(queued, {**held, "phase": "Pending"}, attempts(job_obj(1, suspend=True)), NOW)
+    assert (p.status["phase"], p.reason) == ("Failed", "DeadlineExceeded") and p.stop_attempt is not None
+
+
 def test_a_deadline_the_job_does_not_set_is_not_the_jobs_deadline():
     """An attempt Job stopped by an activeDeadlineSeconds someone put on the Job itself (kubectl patch job):
     the job has no deadline, so it must not end Failed with 'runPolicy.activeDeadlineSeconds reached'; the
