@@ -420,6 +420,11 @@ def test_round_trip_through_yaml_keeps_camel_case():
         "http://mlflow:5000/?X.Auth=s3cret-pw",
         "https://mlflow.example.com/#access_token=s3cret-pw",
         "https://mlflow.example.com/?team=a#state=x&id_token=s3cret-pw",
+        # a name written with %-escapes hides the word (?%74oken= is ?token=; found by a new-user check)
+        "https://mlflow.example.com/?%74oken=s3cret-pw",
+        "http://mlflow:5000/?team=a&access%5Ftoken=s3cret-pw",
+        "http://mlflow:5000/?jwt=s3cret-pw",
+        "http://mlflow:5000/?Bearer=s3cret-pw",
     ],
 )
 def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
@@ -439,6 +444,8 @@ def test_credentials_in_the_tracking_uri_are_refused_without_printing_them(uri):
         "http://h/?team=a",
         "http://h/?design=x&author=y&monkey=z",
         "http://h/#section-2",
+        "http://h/?q=100%25&path=a%2Fb",  # %-escapes in values are not names
+        "http://h/my%20runs/?team=a",
     ],
 )
 def test_tracking_uris_without_credentials_are_accepted(uri):

@@ -199,13 +199,17 @@ _SCHEME = "[A-Za-z][A-Za-z0-9+.-]{0,31}://"
 # design=, author= and monkey= are not credentials
 _SECRET_PARAM = (
     "[?&;#]([A-Za-z0-9_.-]{0,63}[_.-])?"
-    "(?i:token|secret|passwd|password|pwd|pass|key|apikey|auth|authorization|sig|signature|credential|credentials)="
+    "(?i:token|secret|passwd|password|pwd|pass|key|apikey|auth|authorization|sig|signature|credential|credentials"
+    "|jwt|bearer)="
 )
+# a parameter whose name is written with %-escapes (?%74oken= is ?token=): the words above cannot be seen in it
+_ENCODED_PARAM = "[?&;#][A-Za-z0-9_.%-]{0,63}%[A-Za-z0-9_.%-]{0,63}="
 # (?s:.*): a newline must not hide what follows it (no backslash: the pattern goes into a CEL string); a
 # fragment too: #access_token=, as OAuth gives
-CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|(?s:.*){_SECRET_PARAM})"
+CREDENTIALS_PATTERN = f"^{_SCHEME}([^/?#]*@|(?s:.*)({_SECRET_PARAM}|{_ENCODED_PARAM}))"
 CREDENTIALS_MESSAGE = (
-    "must not carry credentials (user:password@, token@, a ?token= query or #token= fragment): keep them in a "
+    "must not carry credentials (user:password@, token@, a ?token= query or #token= fragment, or a parameter name "
+    "written with %-escapes, which may spell one): keep them in a "
     "Secret and pass MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) "
     "through env valueFrom.secretKeyRef"
 )
@@ -218,7 +222,7 @@ def redact_credentials(text: str) -> str:
     """`text` with a URI's user:password@ shown as ***@ and its credential-like query values as ***, for error
     messages."""
     text = re.sub(f"({_SCHEME})[^/?#@\\s]*@", r"\1***@", text)
-    return re.sub(f"({_SECRET_PARAM})[^&#;\\s]*", r"\1***", text)
+    return re.sub(f"({_SECRET_PARAM}|{_ENCODED_PARAM})[^&#;\\s]*", r"\1***", text)
 
 
 def _no_credentials(v: str) -> str:

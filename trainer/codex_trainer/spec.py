@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from .cluster_spec import EnvVar, LocalObjectReference, ResourcesSpec, RunPolicySpec, StorageSpec, Toleration
+from .contract import DEFAULT_MASTER_PORT
 from .fields import (
     ALL_LINEAR,
     ALL_LINEAR_MESSAGE,
@@ -331,10 +332,35 @@ class TrackingSpec(SpecModel):
     )
 
 
+RENDEZVOUS_PORT_TAKEN = (
+    f"port {DEFAULT_MASTER_PORT} is the trainers' rendezvous port (MASTER_PORT) on a cluster, where rank 0 could not "
+    "serve metrics on it; choose another (9400 when unset)"
+)
+
+
 class MetricsSpec(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": f"!has(self.port) || self.port != {DEFAULT_MASTER_PORT}",
+                    "message": RENDEZVOUS_PORT_TAKEN,
+                    "fieldPath": ".port",
+                }
+            ]
+        }
+    )
+
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port (off when unset)."
     )
+
+    @field_validator("port")
+    @classmethod
+    def _not_the_rendezvous_port(cls, port: int | None) -> int | None:
+        if port == DEFAULT_MASTER_PORT:
+            raise ValueError(RENDEZVOUS_PORT_TAKEN)
+        return port
 
 
 class JobSpec(SpecModel):
