@@ -151,3 +151,26 @@ def test_ctrl_c_while_the_process_exits_after_its_checkpoint_prints_no_traceback
     # -2: killed by the SIGINT itself in the interpreter's last moments, which a shell shows as 130 too
     assert proc.returncode in (130, -signal.SIGINT), stderr[-2000:]
     assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_a_stop_signal_after_the_run_is_done_leaves_its_exit_code(monkeypatch, signum):
+    """SIGTERM (a pod deleted, a scheduler's timeout) that lands after `done`, while the process winds down
+    (MLflow's and the other libraries' exit hooks take seconds): the run finished and its result is written, so
+    the process leaves with the run's exit code, 0, not 143, which says it stopped early and makes the operator
+    start another attempt (found by a new-user check: `kill -TERM` after the done line gave 143)."""
+    from codex_trainer import cli
+
+    left: list[int] = []
+    monkeypatch.setattr(cli, "_main", lambda argv: 0)
+    monkeypatch.setattr(cli.os, "_exit", left.append)
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        assert cli.main() == 0  # the program (argv None): from here it only exits
+        handler = signal.getsignal(signum)
+        assert callable(handler)
+        handler(signum, None)
+        assert left == [0]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)

@@ -79,6 +79,22 @@ def test_codex_train_run_online_without_a_key_exits_2_before_loading_anything(mo
     assert not (out / "checkpoints").exists() and not (out / "wandb").exists()
 
 
+def test_validate_says_it_cannot_check_an_online_key_that_only_the_pod_may_have(monkeypatch, tmp_path, capsys):
+    """The job is valid (a pod gets the key from a Secret), but `run` here would refuse it: validate says so
+    instead of passing in silence (found by a new-user check)."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.delenv("WANDB_IDENTITY_TOKEN_FILE", raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    online = ["--set", "tracking.wandb.enabled=true", "--set", "tracking.wandb.mode=online"]
+    assert main(["validate", str(TINY), *online]) == 0
+    err = capsys.readouterr().err
+    assert "codex-train: not checked here: spec.tracking.wandb.mode: mode online needs a W&B API key" in err, err
+    assert "`run` here refuses it" in err
+    monkeypatch.setenv("WANDB_API_KEY", KEY)
+    assert main(["validate", str(TINY), *online]) == 0
+    assert "not checked here" not in capsys.readouterr().err
+
+
 def test_a_key_w_and_b_refuses_is_a_spec_error_that_does_not_show_it(tmp_path, monkeypatch):
     for name in ("WANDB_SILENT", "WANDB_ERROR_REPORTING", "WANDB_MODE"):
         monkeypatch.setenv(name, "online")

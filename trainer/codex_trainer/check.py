@@ -97,6 +97,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
         if not any(field == "spec.data.maxSeqLength" for field, _ in problems):  # said once is enough
             _collect(problems, lambda: check_positions(model, spec.data.max_seq_length, warn))
     unchecked.extend(_needs_a_gpu(spec))
+    unchecked.extend(_needs_a_wandb_key(spec))
     if problems:
         raise SpecError(problems)
     for line in notes:  # what the run would say of its settings, once nothing stops it
@@ -112,6 +113,22 @@ def _needs_a_gpu(spec: JobSpec) -> list[str]:
         return [
             "spec.training.precision: fp16 needs a GPU, which this machine has not: `run` here refuses it "
             "(use fp32 or bf16 on a CPU)"
+        ]
+    return []
+
+
+def _needs_a_wandb_key(spec: JobSpec) -> list[str]:
+    """W&B online needs a key where the job runs (a pod's env), which this machine may not have: said, not
+    refused (a new-user check: validate passed silently what `run` here then refused)."""
+    from .errors import SpecError
+    from .wandb_sink import check_credentials
+
+    try:
+        check_credentials(spec.tracking.wandb)
+    except SpecError as e:
+        return [
+            f"{path}: {message}; `run` here refuses it, a pod with the key in its env does not"
+            for path, message in e.problems
         ]
     return []
 

@@ -56,7 +56,9 @@ from .spec import Manifest
 def main(argv: list[str] | None = None) -> int:
     code = _main(argv)
     if argv is None:  # the program, not a call in a test or a notebook: from here it only exits
-        signal.signal(signal.SIGINT, _exit_at_once(code))
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a stop that comes after the run ended
+            if signum == signal.SIGINT or signal.getsignal(signum) is not signal.SIG_IGN:
+                signal.signal(signum, _exit_at_once(code))
     return code
 
 
@@ -116,8 +118,9 @@ class _StopNow(KeyboardInterrupt):
 
 
 def _exit_at_once(code: int) -> Callable[[int, object], None]:
-    """A Ctrl-C while the process winds down after a run (its work saved; libraries' exit hooks still running):
-    leave now, without their traceback, with the run's own exit code."""
+    """A Ctrl-C, SIGTERM or SIGHUP while the process winds down after a run (its work saved; libraries' exit hooks
+    still running): leave now, without their traceback, with the run's own exit code (a finished run's 0, not the
+    signal's 128+N, which says it stopped early)."""
 
     def handler(_signum: int, _frame: object) -> None:
         for stream in (sys.stdout, sys.stderr):

@@ -32,6 +32,7 @@ from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
 from .data import Split, check_sequences, load_dataset, micro_batches_per_epoch, no_validation_reason
 from .dropout import cheapen_lora_dropout
 from .errors import SpecError
+from .launch import check_data_files
 from .loss import LanguageModelLoss
 from .metrics import Prometheus, Sink, start_mlflow
 from .model import (
@@ -88,6 +89,7 @@ def train(
     console.enabled = console.enabled and is_main
     check_callbacks(spec.callbacks)  # on every rank: an unknown name stops them all alike (exit 2)
     check_credentials(spec.tracking.wandb)  # online W&B without a key: exit 2 before anything loads
+    check_data_files(spec)  # a missing data file: exit 2, before a Hub that cannot be reached says exit 1
     if spec.training.compile:  # no compiler: exit 2 before anything loads or is written
         _check_compiler(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if is_main:
