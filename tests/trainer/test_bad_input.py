@@ -114,7 +114,6 @@ def test_a_hub_model_that_cannot_be_fetched_is_retryable_not_a_spec_error(tmp_pa
     assert "Traceback" not in r.stderr
 
 
-
 @pytest.mark.spawns
 def test_a_missing_data_file_is_a_spec_error_even_when_the_hub_cannot_be_reached(tmp_path):
     """Exit 2 naming the file, not 1 for the Hub: a script that retries on 1 would retry a job that can never
@@ -124,6 +123,7 @@ def test_a_missing_data_file_is_a_spec_error_even_when_the_hub_cannot_be_reached
     assert r.returncode == 2, r.stderr
     assert "codex-train: invalid spec.data.train: file 'nope.jsonl' not found" in r.stderr, r.stderr
     assert "Hub" not in r.stderr and "Traceback" not in r.stderr
+
 
 @pytest.mark.parametrize(
     "override, line",
