@@ -81,5 +81,5 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     more = [*COMMON, "--set", "training.maxSteps=22", "--set", "training.batchSize=4"]
     r2 = run_cli("run", str(TINY), "--output-dir", str(two), *more)
     assert r2.returncode == 0, r2.stderr[-3000:]
-    said = "resuming on 1 processes, saved on 2: a step now trains 4 sequences instead of 8"
+    said = "resuming on 1 process, saved on 2: a step now trains 4 sequences instead of 8"
     assert said in r2.stdout and "resume on 2 processes to continue the same training" in r2.stdout

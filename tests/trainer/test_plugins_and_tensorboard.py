@@ -60,6 +60,13 @@ def test_a_csv_file_trains_through_the_plugin_reader_and_a_callback_gets_every_h
         (4, str(out / "checkpoints" / "step-4")),
     ]
     assert got[-1] == {"hook": "on_end", "status": "FINISHED", "step": 4}
+    # run again: complete, nothing to do; the callback still hears of the step it ended at (it heard null)
+    again = run_cli(
+        "run", str(TINY), "--output-dir", str(out), *QUICK, "--set", f"data.train=[{data}]",
+        "--set", "callbacks=[record]", env={"CODEX_TEST_PLUGIN_LOG": str(log)},
+    )  # fmt: skip
+    assert again.returncode == 0 and "already complete at step 4" in again.stdout, again.stderr[-3000:]
+    assert calls(log)[-1] == {"hook": "on_end", "status": "FINISHED", "step": 4}
 
 
 def test_a_callback_that_raises_is_logged_once_and_disabled_and_the_run_succeeds(tmp_path, test_plugin):

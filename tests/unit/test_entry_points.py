@@ -134,3 +134,36 @@ def test_a_wrong_option_is_one_line_naming_it(argv, said, capsys):
     err = capsys.readouterr().err
     assert e.value.code == 2 and len(err.strip().splitlines()) == 1, err
     assert err.startswith(f"codex-train: {said}") and "--help lists the options" in err, err
+
+
+def test_a_name_two_packages_register_is_refused_and_one_replacing_a_built_in_wins(monkeypatch, tmp_path):
+    """Which of two plugins registering one name would be used was their installation order, without a word
+    (found by a new-user check): now neither is, naming both. One plugin replacing a built-in reader is used."""
+    from importlib.metadata import EntryPoint
+
+    eps = {
+        plugins.READERS: [
+            EntryPoint("jsonl", "codex_trainer.data:read_jsonl", plugins.READERS),
+            EntryPoint("jsonl", "fast_readers:read_jsonl", plugins.READERS),
+            EntryPoint("csv", "pkg_a:read_csv", plugins.READERS),
+            EntryPoint("csv", "pkg_b:read_csv", plugins.READERS),
+        ],
+        plugins.CALLBACKS: [
+            EntryPoint("my-tracker", "pkg_a:Tracker", plugins.CALLBACKS),
+            EntryPoint("my-tracker", "pkg_b:Tracker", plugins.CALLBACKS),
+            EntryPoint("other", "pkg_a:Other", plugins.CALLBACKS),
+        ],
+    }
+    monkeypatch.setattr(plugins, "entry_points", lambda group: eps[group])
+    assert plugins._installed(plugins.READERS, {"jsonl": "codex_trainer.data:read_jsonl"})["jsonl"].value == (
+        "fast_readers:read_jsonl"
+    )
+    with pytest.raises(SpecError) as e:
+        plugins.reader_for(".csv", "spec.data.train")
+    ((field, msg),) = e.value.problems
+    assert field == "spec.data.train" and "the .csv reader is registered by 2 installed packages" in msg
+    assert "pkg_a:read_csv, pkg_b:read_csv" in msg and "uninstall all but one" in msg
+    with pytest.raises(SpecError) as e:
+        check_callbacks(["other", "my-tracker"])
+    assert "callback 'my-tracker' is registered by 2 installed packages" in str(e.value)
+    check_callbacks(["other"])

@@ -180,3 +180,18 @@ def test_a_key_the_models_config_does_not_know_is_refused_naming_it_not_ignored(
     shipped = {"architectures": ["LlamaForCausalLM"], "torch_dtype": "float32", "rope_theta": 5e5}
     as_shipped = LLAMA | shipped | {"transformers_version": "4.43.1", "tie_word_embeddings": False}
     assert scratch_config(ModelSpec(source="scratch", config=as_shipped), tok).rope_parameters["rope_theta"] == 5e5
+
+
+def test_a_local_folder_without_a_tokenizer_is_refused_naming_the_fix(tmp_path):
+    """A run's base-model/ (weights and config, no tokenizer) named as the model: the tokenizer defaults to the
+    same folder; transformers' words ran over several lines, cut to 'Couldn't instantiate the backend tokenizer
+    from one of: ' (found by a new-user check)."""
+    from codex_trainer.errors import SpecError
+    from codex_trainer.tokenizer import load_tokenizer
+
+    (tmp_path / "config.json").write_text('{"model_type": "llama"}')
+    with pytest.raises(SpecError) as e:
+        load_tokenizer(str(tmp_path))
+    ((field, message),) = e.value.problems
+    assert field == "spec.tokenizer" and "holds no tokenizer" in message
+    assert "'bytes' for the built-in byte tokenizer" in message

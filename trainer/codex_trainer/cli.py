@@ -154,9 +154,9 @@ def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
         if signum == signal.SIGHUP:
             _hung_up()
         stop.signum = signum
+        again = " (Ctrl-C again to stop at once)" if signum == signal.SIGINT else ""  # a second SIGTERM waits too
         print(
-            f"codex-train: {signal.Signals(signum).name} received: finishing this step and checkpointing "
-            "(Ctrl-C again to stop at once)",
+            f"codex-train: {signal.Signals(signum).name} received: finishing this step and checkpointing{again}",
             file=sys.stderr,
             flush=True,
         )

@@ -407,8 +407,13 @@ def read_splits(spec: DataSpec) -> tuple[list[str], list[str]]:
     return out[0], out[1]
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 example', '2 examples', '2 processes'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}{'es' if noun.endswith('s') else 's'}"
+
+
 def _examples(n: int) -> str:
-    return f"{n} example" if n == 1 else f"{n} examples"
+    return counted(n, "example")
 
 
 def _no_training_sequence(spec: DataSpec, train_tokens: int, val_tokens: int, held_out: int) -> SpecError:
@@ -433,12 +438,12 @@ def too_few_sequences(spec: JobSpec, data: Dataset, world: int) -> SpecError:
         return SpecError(
             "spec.data.validationFraction",
             f"{d.validation_fraction} holds out {_examples(data.examples[1])} for validation, leaving "
-            f"{data.train.rows} training sequences, fewer than batchSize × processes = {need}; lower "
+            f"{counted(data.train.rows, 'training sequence')}, fewer than batchSize × processes = {need}; lower "
             "validationFraction or batchSize, or add data",
         )
     return SpecError(
         "spec.training.batchSize",
-        f"the training data makes {data.train.rows} sequences, fewer than batchSize × processes "
+        f"the training data makes {counted(data.train.rows, 'sequence')}, fewer than batchSize × processes "
         f"= {need}; lower batchSize or maxSeqLength, or add data",
     )
 

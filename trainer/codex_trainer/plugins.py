@@ -34,9 +34,32 @@ _BUILTIN_READERS = {
 
 
 def _installed(group: str, builtin: dict[str, str] | None = None) -> dict[str, EntryPoint]:
+    """By name: this project's own entry points, then other packages', which replace them (a plugin's jsonl
+    reader is used rather than the built-in one)."""
     found = {name: EntryPoint(name, value, group) for name, value in (builtin or {}).items()}
-    found.update({ep.name.lower().lstrip("."): ep for ep in entry_points(group=group)})
+    eps = sorted(entry_points(group=group), key=lambda ep: not _own(ep))  # ours first: the others win
+    found.update({_name(ep): ep for ep in eps})
     return found
+
+
+def _name(ep: EntryPoint) -> str:
+    return ep.name.lower().lstrip(".")
+
+
+def _own(ep: EntryPoint) -> bool:
+    return ep.value.startswith("codex_trainer.")
+
+
+def _claimed_twice(group: str, name: str, field: str, what: str) -> None:
+    """SpecError when two other packages register `name`: which one would be used is the order of their
+    installation, so none is (a new-user check found the second one used without a word)."""
+    claims = sorted({ep.value for ep in entry_points(group=group) if _name(ep) == name and not _own(ep)})
+    if len(claims) > 1:
+        raise SpecError(
+            field,
+            f"{what} is registered by {len(claims)} installed packages ({', '.join(claims)}; entry point group "
+            f"{group}): uninstall all but one",
+        )
 
 
 def reader_extensions() -> list[str]:
@@ -49,6 +72,7 @@ def reader_for(extension: str, field: str) -> tuple[Callable[..., Any], str] | N
     ep = _installed(READERS, _BUILTIN_READERS).get(extension.lower().lstrip("."))
     if ep is None:
         return None
+    _claimed_twice(READERS, _name(ep), field, f"the {extension} reader")
     return _load(ep, field, f"the {extension} reader"), ep.value
 
 
@@ -63,6 +87,8 @@ def check_callbacks(names: list[str]) -> None:
             f"no callback named {', '.join(repr(n) for n in unknown)} is installed (installed: {have}); "
             f"install the package that provides it (entry point group {CALLBACKS}) or remove the name",
         )
+    for name in names:
+        _claimed_twice(CALLBACKS, name, "spec.callbacks", f"callback '{name}'")
 
 
 def load_callbacks(names: list[str], warn: Callable[[str], None]) -> list[Callbacks]:

@@ -61,6 +61,18 @@ def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
             f"'{source}' holds a PEFT adapter (adapter_config.json), not {what}: name the adapter's base model "
             "here, or a merged model (a run with peft.merge: true writes one to final/merged)",
         )
+    local = Path(source).expanduser()
+    if what == "a tokenizer" and not HF_SOURCE.match(source) and local.is_dir() and not _tokenizer_files(local):
+        # transformers' own words run over several lines and name no fix (a run's base-model/ has no tokenizer)
+        return SpecError(
+            field,
+            f"'{source}' holds no tokenizer (no tokenizer.json or tokenizer_config.json): set spec.tokenizer to one "
+            "that does (a Hub model, a folder, a run's final/), or 'bytes' for the built-in byte tokenizer",
+        )
     if not HF_SOURCE.match(source) or any(isinstance(c, permanent) for c in chain):
         return SpecError(field, f"cannot load {what} from '{source}': {str(e).splitlines()[0]}")
     return TransientError(f"could not fetch {what} '{source}' from the Hub (retryable): {str(e).splitlines()[0]}")
+
+
+def _tokenizer_files(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))

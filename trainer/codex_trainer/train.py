@@ -29,7 +29,7 @@ from . import checkpoint, evalloss
 from .batches import collate, label_tokens, micro_batch_rows, planned_steps, row_tokens, schedule_warnings, to_device
 from .console import Console
 from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
-from .data import Split, check_sequences, load_dataset, micro_batches_per_epoch, no_validation_reason
+from .data import Split, check_sequences, counted, load_dataset, micro_batches_per_epoch, no_validation_reason
 from .dropout import cheapen_lora_dropout
 from .errors import SpecError
 from .launch import check_data_files
@@ -217,9 +217,9 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         if saved_world != world:
             per = t.batch_size * t.gradient_accumulation  # sequences a process trains a step
             sink.warn(
-                f"resuming on {world} processes, saved on {saved_world}: a step now trains {per * world} sequences "
-                f"instead of {per * (saved_world or 1)}, in another order than the saved run's; resume on "
-                f"{saved_world} processes to continue the same training"
+                f"resuming on {counted(world, 'process')}, saved on {saved_world}: a step now trains "
+                f"{per * world} sequences instead of {per * (saved_world or 1)}, in another order than the saved "
+                f"run's; resume on {counted(saved_world or 1, 'process')} to continue the same training"
             )
         sink.event("resumed", step=step, checkpoint=str(found.path))
         sink.resumed_from(step, eval_loss)
@@ -257,6 +257,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             if changes
             else ""
         )
+        sink.last_step = step  # the step it ended at, for the callbacks' on_end
         sink.event("done", message=f"already complete at step {step}; nothing to do{unused}", output=str(out))
         return EXIT_OK
 
