@@ -149,6 +149,9 @@ class Operator(Timer):
         meta = body["metadata"]
         key = (meta["namespace"], meta["name"])
         if event_type == "DELETED":
+            kept = (self.jobs[key].body or {}).get("metadata", {}) if key in self.jobs else {}
+            if kept.get("uid") not in (None, meta.get("uid")):
+                return None  # an earlier job of that name, its deletion seen after the new one (a LIST after 410)
             metrics.set_phase(*key, None)
             self.jobs.pop(key, None)
             return None

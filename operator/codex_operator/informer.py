@@ -155,7 +155,11 @@ class Informer:
             self.known.pop(uid, None)
         else:
             self.known[uid] = skeleton(obj)
-        self.deliver(event_type, obj)
+        try:
+            self.deliver(event_type, obj)
+        except Exception:  # one object the operator cannot take must not end the watch of all the others
+            log.exception("%s %s/%s: its %s event could not be taken", self.source.kind,
+                          meta.get("namespace"), meta.get("name"), event_type)  # fmt: skip
 
     async def _list(self) -> None:
         listed: set[str] = set()

@@ -399,7 +399,10 @@ def _ongoing(
     written: int,
     trainer_image: str,
 ) -> Decision:
-    """The latest attempt has not ended: split by an edit of its Job, stalled, or live."""
+    """The latest attempt has not ended: past the job's deadline, split by an edit of its Job, stalled, or live."""
+    left = deadline_left(job, p.status, now)
+    if left is not None and left <= 0:  # first: nothing is started again past it
+        return _past_deadline(p, latest, now)
     if handedits.split(latest, may_suspend and not job.spec.run_policy.queue_name, written):
         return _split(job, p, attempts, latest, now)
     if (
@@ -409,9 +412,6 @@ def _ongoing(
         and not latest.suspended
     ):
         return _stalled(job, p, attempts, stalled, now)
-    left = deadline_left(job, p.status, now)
-    if left is not None and left <= 0:
-        return _past_deadline(p, latest, now)
     reimaged = bool(trainer_image) and not job.spec.image and latest.image not in ("", trainer_image)
     return _live(job, p, latest, old, may_suspend, queue_said, written, trainer_image if reimaged else "")
 

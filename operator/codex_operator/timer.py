@@ -40,7 +40,8 @@ def deadline_passed(body: dict[str, Any] | None, now: datetime) -> bool:
     status = (body or {}).get("status") or {}
     limit = (((body or {}).get("spec") or {}).get("runPolicy") or {}).get("activeDeadlineSeconds")
     start = parse_ts(status.get("startTime"))
-    if not isinstance(limit, int) or start is None or status.get("phase") in TERMINAL:
+    deleting = ((body or {}).get("metadata") or {}).get("deletionTimestamp")  # its reconcile does nothing
+    if not isinstance(limit, int) or start is None or status.get("phase") in TERMINAL or deleting:
         return False
     return (now - start).total_seconds() >= limit
 

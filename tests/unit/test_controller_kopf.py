@@ -177,3 +177,27 @@ def test_the_cluster_is_watched_only_for_all_namespaces_or_patterns():
 
     assert watches_patterns([]) and watches_patterns(["team-*"]) and watches_patterns(["a", "b*"])
     assert not watches_patterns(["team-a"]) and not watches_patterns(["team-a", "team-b"])
+
+
+def test_an_earlier_jobs_deletion_seen_after_the_new_one_of_that_name_leaves_the_new_one_known():
+    """A LIST after a 410 delivers the new job (deleted and applied again meanwhile), then says DELETED for the
+    old UID it lacks: that must not drop the new job's state (its lock, its pending attempt), or two reconciles
+    of it could run at once (found by a review)."""
+
+    async def test(c: Cluster) -> None:
+        from codex_operator import informer
+
+        old = c.api.put(names.PLURAL, manifest())
+        gone = informer.skeleton(old)
+        c.api.delete(names.PLURAL, NS, NAME)
+        c.api.drain()
+        new = manifest()
+        new["metadata"]["uid"] = "uid-of-the-new-one"
+        new = c.api.put(names.PLURAL, new)
+        c.op.take_job_watched("ADDED", new)
+        c.op.take_job_watched("DELETED", gone)
+        assert KEY in c.op.jobs and (c.op.jobs[KEY].body or {})["metadata"]["uid"] == "uid-of-the-new-one"
+        c.op.take_job_watched("DELETED", informer.skeleton(new))
+        assert KEY not in c.op.jobs
+
+    scenario(test)

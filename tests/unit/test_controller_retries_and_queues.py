@@ -80,14 +80,15 @@ def test_a_deadline_added_to_a_running_job_ends_it_when_it_passes_with_no_other_
     async def test(c: Cluster) -> None:
         await c.apply()
         await c.run(1)
-        started = datetime.now(UTC) - timedelta(seconds=40)
+        started = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=40)
         job = c.api.get(names.PLURAL, NS, NAME)
         assert job is not None
-        job["status"]["startTime"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")  # the job has run 40 s
+        job["status"]["startTime"] = started.strftime("%Y-%m-%dT%H:%M:%SZ")  # the job has run 40 to 41 s
         c.api.put(names.PLURAL, job)
-        await c.edit("runPolicy.activeDeadlineSeconds=42")  # 2 s left: its reconcile lets it run on
+        await c.edit("runPolicy.activeDeadlineSeconds=45")  # 4 s left or more: its reconcile lets it run on
         assert c.status()["phase"] == "Running" and c.attempt(1) is not None
-        await asyncio.sleep(2.5)  # it passes, and nothing else happens
+        await asyncio.sleep(max(0.0, (started + timedelta(seconds=45.2) - datetime.now(UTC)).total_seconds()))
+        # it passed, and nothing else happened
         await c.settle()
         assert c.status()["phase"] == "Running"
         await c.retry()  # the timer's next round

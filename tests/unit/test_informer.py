@@ -152,6 +152,30 @@ def test_a_pod_deleted_while_no_watch_was_open_leaves_the_timers_pods_and_rank_0
     assert sorted(p["metadata"]["name"] for p in pods.get(("team-a", "x-a1"), {}).values()) == ["x-a1-1-p"]
 
 
+def test_an_event_the_operator_cannot_take_is_logged_and_the_watch_goes_on(caplog):
+    """Before, kopf isolated a failing handler; an exception out of `deliver` would end the informer's task, and
+    with it every later event of every job, with /healthz still OK."""
+    a, b = job("x-a1", "u1", 5), job("y-a1", "u2", 6)
+    script = Script([{"items": [a], "metadata": {"resourceVersion": "10"}}], [[line("ADDED", b)]])
+    got: list[str] = []
+
+    def deliver(kind: str, obj: dict[str, Any]) -> None:
+        if obj["metadata"]["name"] == "x-a1":
+            raise KeyError("status")
+        got.append(obj["metadata"]["name"])
+
+    async def main(kube: Kube) -> None:
+        task = asyncio.create_task(informer.Informer(kube.api, JOBS, PATH, deliver).run())
+        await asyncio.wait_for(script.done.wait(), 20)
+        task.cancel()
+
+    with caplog.at_level(logging.ERROR, "codex_operator"):
+        asyncio.run(answering(script.answer, main))
+    assert got == ["y-a1"]
+    (said,) = [r.getMessage() for r in caplog.records]
+    assert said == "Job team-a/x-a1: its ADDED event could not be taken"
+
+
 def test_a_refusal_is_logged_with_the_servers_words_and_tried_again(caplog, monkeypatch):
     monkeypatch.setattr(informer.random, "uniform", lambda a, b: 0.0)
     monkeypatch.setattr(informer.asyncio, "sleep", _fast_sleep)

@@ -188,6 +188,13 @@ def test_a_deadline_added_or_lowered_while_an_attempt_is_live_stops_it_when_it_p
     queued = make_job("runPolicy.queueName=q", "runPolicy.activeDeadlineSeconds=40")
     p = plan(queued, {**held, "phase": "Pending"}, attempts(job_obj(1, suspend=True)), NOW)
     assert (p.status["phase"], p.reason) == ("Failed", "DeadlineExceeded") and p.stop_attempt is not None
+    # stalled past it too: failed at the deadline, no attempt 2 started only to be stopped, no crash counted
+    from codex_operator.status import Stall
+
+    stalled = make_job("runPolicy.activeDeadlineSeconds=25", "runPolicy.progressDeadlineSeconds=10")
+    p = plan(stalled, started, running, NOW, stalled=Stall(1, 40, NOW - timedelta(seconds=30)))
+    assert (p.status["phase"], p.reason) == ("Failed", "DeadlineExceeded") and p.create_attempt is None
+    assert not p.status.get("crashes")
 
 
 def test_a_deadline_the_job_does_not_set_is_not_the_jobs_deadline():

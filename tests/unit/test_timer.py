@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from controller_harness import KEY, NAME, NS, Cluster, manifest, reasons, scenario
@@ -412,3 +412,17 @@ def test_a_deleted_volume_is_made_again_with_a_warning_and_no_resumption_is_clai
         assert "step 40" not in resumed, resumed
 
     scenario(test)
+
+
+def test_the_timer_ends_a_job_past_its_deadline_but_not_a_finished_or_deleting_one():
+    from codex_operator.timer import deadline_passed
+
+    now = datetime(2026, 12, 5, 12, 0, 0, tzinfo=UTC)
+    body = {"spec": {"runPolicy": {"activeDeadlineSeconds": 60}},
+            "status": {"phase": "Running", "startTime": "2026-12-05T11:58:59Z"}, "metadata": {}}  # fmt: skip
+    assert deadline_passed(body, now)
+    assert not deadline_passed({**body, "status": {**body["status"], "startTime": "2026-12-05T11:59:30Z"}}, now)
+    assert not deadline_passed({**body, "status": {**body["status"], "phase": "Failed"}}, now)
+    # being deleted (a foreground delete, a foreign finalizer): its reconcile does nothing, so not every tick
+    assert not deadline_passed({**body, "metadata": {"deletionTimestamp": "2026-12-05T11:59:59Z"}}, now)
+    assert not deadline_passed({**body, "spec": {}}, now) and not deadline_passed(None, now)
