@@ -143,8 +143,8 @@ def test_a_name_two_packages_register_is_refused_and_one_replacing_a_built_in_wi
 
     eps = {
         plugins.READERS: [
+            EntryPoint("jsonl", "fast_readers:read_jsonl", plugins.READERS),  # found before this project's own
             EntryPoint("jsonl", "codex_trainer.data:read_jsonl", plugins.READERS),
-            EntryPoint("jsonl", "fast_readers:read_jsonl", plugins.READERS),
             EntryPoint("csv", "pkg_a:read_csv", plugins.READERS),
             EntryPoint("csv", "pkg_b:read_csv", plugins.READERS),
         ],

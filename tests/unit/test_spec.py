@@ -463,3 +463,15 @@ def test_an_env_value_is_shown_by_nothing_the_trainer_prints_or_writes(capsys):
     assert token not in out and '"value": "(set, not shown)"' in out and '"secretKeyRef"' in out
     spec = parse_manifest(manifest(env=[{"name": "HF_TOKEN", "value": token}])).spec
     assert token not in str(spec.shown()) and spec.env[0].value == token  # the pod still gets it
+
+
+def test_the_rendezvous_port_is_refused_for_metrics_only_where_processes_meet_on_it():
+    """Several processes meet on MASTER_PORT 29500, where rank 0 could not serve metrics (a new-user check:
+    the pod failed naming a command-line flag); one process alone binds no port, so a job that served metrics
+    there before is not refused now (an operator upgrade re-reads every stored job)."""
+    assert parse_manifest(manifest(metrics={"port": 29500})).spec.metrics.port == 29500
+    for world in ({"numNodes": 2}, {"processesPerNode": 2}):
+        found = problems(manifest(metrics={"port": 29500}, **world))
+        assert list(found) == ["spec.metrics.port"], found
+        assert "rendezvous port (MASTER_PORT)" in found["spec.metrics.port"]
+    assert parse_manifest(manifest(metrics={"port": 29501}, numNodes=2)).spec.metrics.port == 29501

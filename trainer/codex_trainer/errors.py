@@ -26,6 +26,15 @@ class SpecError(Exception):
         return "\n".join(f"{path}: {msg}" if path else msg for path, msg in self.problems)
 
 
+class FieldValueError(ValueError):
+    """A check of a whole model that is a problem of one of its fields (`field`, relative to the model): the
+    message names that field, not the model (spec.metrics.port, not spec)."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
 class DataError(ValueError):
     """A data file a reader cannot use; the message names the file and where in it. The loader reports it
     under the spec field that named the file (exit 2). Readers, plugins' included, raise it (or ValueError)."""

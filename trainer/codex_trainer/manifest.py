@@ -14,7 +14,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
-from .errors import SpecError
+from .errors import FieldValueError, SpecError
 from .fields import redact_credentials
 from .spec import Manifest
 
@@ -182,6 +182,8 @@ def _override_value(item: str, value: str) -> Any:
 
 def _explain(err: ErrorDetails) -> tuple[str, str]:
     loc = [str(p) for p in err["loc"] if not _is_union_tag(p)]
+    if isinstance(raised := (err.get("ctx") or {}).get("error"), FieldValueError):
+        loc.append(raised.field)  # a check of the whole model, about one of its fields
     path = ".".join(loc)
     kind = err["type"]
     got = err.get("input")

@@ -75,4 +75,6 @@ def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
 
 
 def _tokenizer_files(folder: Path) -> bool:
-    return any((folder / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"))
+    names = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt", "merges.txt",
+             "spiece.model", "sentencepiece.bpe.model")  # fmt: skip
+    return any((folder / name).is_file() for name in names)

@@ -24,6 +24,7 @@ from pydantic import (
 
 from .cluster_spec import EnvVar, LocalObjectReference, ResourcesSpec, RunPolicySpec, StorageSpec, Toleration
 from .contract import DEFAULT_MASTER_PORT
+from .errors import FieldValueError
 from .fields import (
     ALL_LINEAR,
     ALL_LINEAR_MESSAGE,
@@ -333,38 +334,33 @@ class TrackingSpec(SpecModel):
 
 
 RENDEZVOUS_PORT_TAKEN = (
-    f"port {DEFAULT_MASTER_PORT} is the trainers' rendezvous port (MASTER_PORT) on a cluster, where rank 0 could not "
-    "serve metrics on it; choose another (9400 when unset)"
+    f"port {DEFAULT_MASTER_PORT} is the rendezvous port (MASTER_PORT) of a job's processes when there are several, "
+    "where rank 0 could not serve metrics on it; choose another (9400 when unset)"
 )
 
 
 class MetricsSpec(SpecModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "x-kubernetes-validations": [
-                {
-                    "rule": f"!has(self.port) || self.port != {DEFAULT_MASTER_PORT}",
-                    "message": RENDEZVOUS_PORT_TAKEN,
-                    "fieldPath": ".port",
-                }
-            ]
-        }
-    )
-
     port: int | None = Field(
         default=None, ge=1, le=65535, description="Serve Prometheus metrics on this port (off when unset)."
     )
 
-    @field_validator("port")
-    @classmethod
-    def _not_the_rendezvous_port(cls, port: int | None) -> int | None:
-        if port == DEFAULT_MASTER_PORT:
-            raise ValueError(RENDEZVOUS_PORT_TAKEN)
-        return port
-
 
 class JobSpec(SpecModel):
     """What a CodexTrainingJob asks for."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    # several processes meet on MASTER_PORT; one process alone binds no port
+                    "rule": f"!has(self.metrics) || !has(self.metrics.port) || self.metrics.port != "
+                    f"{DEFAULT_MASTER_PORT} || self.numNodes * self.processesPerNode == 1",
+                    "message": RENDEZVOUS_PORT_TAKEN,
+                    "fieldPath": ".metrics.port",
+                }
+            ]
+        }
+    )
 
     model: ModelSpec = Field(description="The base model. Immutable once the job is created.")
     tokenizer: str | None = Field(
@@ -450,6 +446,12 @@ class JobSpec(SpecModel):
     @classmethod
     def _tokenizer_form(cls, v: str | None) -> str | None:
         return v if v is None else hf_form(v)
+
+    @model_validator(mode="after")
+    def _metrics_port_free(self) -> JobSpec:
+        if self.metrics.port == DEFAULT_MASTER_PORT and self.num_nodes * self.processes_per_node > 1:
+            raise FieldValueError("metrics.port", RENDEZVOUS_PORT_TAKEN)
+        return self
 
 
 NAME_MESSAGE = (
