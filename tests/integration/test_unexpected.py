@@ -6,6 +6,7 @@ runs; the in-process versions of these cases (tests/unit/test_controller.py) cov
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 from test_operator import SHORT, Jobs, manifest
@@ -209,6 +210,25 @@ def test_max_steps_raised_while_it_runs_trains_to_the_new_end(operator, jobs, tr
 
 
 LONGER = (*SHORT, "training.maxSteps=400", "checkpoint.everySteps=20")  # still training when its pod goes
+
+
+def test_a_deadline_added_to_a_running_job_stops_it_when_it_passes(operator, jobs, trainer_image):
+    """docs/jobs.md: an activeDeadlineSeconds edit applies at once. Its attempt Job was made without one: the
+    operator stops it when the job's deadline passes (before, it trained on to the end, the edit never applied;
+    found by a new-user check)."""
+    jobs.apply(manifest("timed", *LONGER))
+    wait_for(lambda: (jobs.status("timed").get("progress") or {}).get("step"), "a first step", 300)
+    started = jobs.status("timed")["startTime"]
+    ran = (datetime.now(UTC) - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
+    deadline = int(ran) + 15  # passes while it trains, with no event of its own: the operator's timer finds it
+    patch = {"spec": {"runPolicy": {"activeDeadlineSeconds": deadline}}}
+    jobs.kubectl("patch", "ctj", "timed", "--type=merge", "-p", json.dumps(patch))
+    assert jobs.status("timed")["phase"] == "Running"
+    done = jobs.wait_phase("timed", "Failed", "Succeeded", timeout=120)
+    assert (done["phase"], done["message"]) == ("Failed", "runPolicy.activeDeadlineSeconds reached"), done
+    assert done["startTime"] == started and done["progress"]["step"] < 400, done
+    assert "DeadlineExceeded" in {e["reason"] for e in jobs.events("timed")}
+    wait_for(lambda: not jobs.children("job", "timed"), "the attempt stopped", 60)
 
 
 def test_an_edit_that_makes_the_next_attempt_invalid_waits_for_the_fix_and_loses_nothing(operator, jobs, trainer_image):

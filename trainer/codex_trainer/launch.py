@@ -107,6 +107,8 @@ def check_data_files(spec: JobSpec) -> None:
         path = Path(name)
         if not path.exists():
             problems.append((field, not_found(name)))
+        elif path.is_dir():
+            problems.append((field, f"'{name}' is a directory; name the data files in it"))  # as the reader says
         elif not path.is_file():
             problems.append((field, f"'{name}' is not a file"))
         elif not os.access(path, os.R_OK):
