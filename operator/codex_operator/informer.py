@@ -93,9 +93,15 @@ def namespace_matches(namespace: str, patterns: Iterable[str]) -> bool:
     return False
 
 
+def cluster_wide(namespaces: Iterable[str]) -> bool:
+    """Whether the cluster's collections are watched (every namespace, or patterns matched here), not named ones."""
+    given = list(namespaces)
+    return not given or any(is_pattern(n) for n in given)
+
+
 def collections(source: Source, namespaces: Sequence[str]) -> list[str]:
     """The collection paths to watch: one per namespace named, else the cluster's (matched here)."""
-    if namespaces and not any(is_pattern(n) for n in namespaces):
+    if not cluster_wide(namespaces):
         return [f"{source.prefix}/namespaces/{ns}/{source.plural}" for ns in namespaces]
     return [f"{source.prefix}/{source.plural}"]
 

@@ -31,10 +31,7 @@ NO_CRD = (
 )
 
 
-def watches_patterns(namespaces: Iterable[str]) -> bool:
-    """Whether the operator watches every namespace, or patterns: the cluster's collections, matched here."""
-    names_given = list(namespaces)
-    return not names_given or any(informer.is_pattern(n) for n in names_given)
+watches_patterns = informer.cluster_wide  # every namespace, or patterns: no named namespace to look for the CRD in
 
 
 CRD_TRIES = 4  # a CRD installed a moment ago (by the same helm install) is served within a few seconds

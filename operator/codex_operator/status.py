@@ -53,10 +53,14 @@ def volume_lost_message(job_name: str) -> str:
 
 def deadline_left(job: Job, status: dict[str, Any], now: datetime) -> int | None:
     """Seconds left of runPolicy.activeDeadlineSeconds, counted from the job's start (None: no deadline)."""
-    limit = job.spec.run_policy.active_deadline_seconds
+    return seconds_left(job.spec.run_policy.active_deadline_seconds, status.get("startTime"), now)
+
+
+def seconds_left(limit: int | None, started: str | None, now: datetime) -> int | None:
+    """Seconds left of a deadline of `limit` seconds from `started` (not started yet: from now; None: none)."""
     if limit is None:
         return None
-    start = parse_ts(status.get("startTime")) or now
+    start = parse_ts(started) or now
     return int(limit - (now - start).total_seconds())
 
 

@@ -23,8 +23,16 @@ from . import memory, metrics, names, watched
 from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
-from .progress import parse_ts, progress_changed, progress_from_metrics
-from .status import TERMINAL, Stall, condition_reason, queue_words, volume_lost_message, waiting_in_queue
+from .progress import progress_changed, progress_from_metrics
+from .status import (
+    TERMINAL,
+    Stall,
+    condition_reason,
+    queue_words,
+    seconds_left,
+    volume_lost_message,
+    waiting_in_queue,
+)
 from .watched import Key
 
 log = logging.getLogger("codex_operator")
@@ -39,11 +47,11 @@ def deadline_passed(body: dict[str, Any] | None, now: datetime) -> bool:
     Job was made with the time left then, or with none (a deadline added or lowered by an edit since)."""
     status = (body or {}).get("status") or {}
     limit = (((body or {}).get("spec") or {}).get("runPolicy") or {}).get("activeDeadlineSeconds")
-    start = parse_ts(status.get("startTime"))
     deleting = ((body or {}).get("metadata") or {}).get("deletionTimestamp")  # its reconcile does nothing
-    if not isinstance(limit, int) or start is None or status.get("phase") in TERMINAL or deleting:
+    if not isinstance(limit, int) or not status.get("startTime") or status.get("phase") in TERMINAL or deleting:
         return False
-    return (now - start).total_seconds() >= limit
+    left = seconds_left(limit, status["startTime"], now)  # as the reconcile's plan counts it
+    return left is not None and left <= 0
 
 
 class Timer:
