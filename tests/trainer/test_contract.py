@@ -95,6 +95,33 @@ def test_a_changed_learning_rate_on_resume_is_applied_and_recorded(tmp_path, cap
     assert model.generate(ids, max_new_tokens=4, do_sample=False).shape[1] == ids.shape[1] + 4
 
 
+def test_a_resumed_run_serves_its_last_loss_before_its_first_step(tmp_path, capsys, monkeypatch):
+    """A pod started again resumes from a checkpoint: until its first step the operator reads the endpoint, and
+    a loss missing there would blank the LOSS column of `kubectl get ctj` for that while."""
+    from prometheus_client import generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from codex_trainer import contract
+
+    out = tmp_path / "out"
+    assert run(out) == 0
+    capsys.readouterr()
+    last = [r["loss"] for r in metrics(out) if "loss" in r][-1]
+    seen: dict = {}
+    resumed_from = metrics_module.Sink.resumed_from
+
+    def scraped(sink, *args):
+        resumed_from(sink, *args)
+        text = generate_latest(sink.prometheus.registry).decode()
+        seen.update({s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples})
+
+    monkeypatch.setattr(metrics_module.Sink, "resumed_from", scraped)
+    assert run(out, steps=4) == 0  # the default port: the trainer serves its endpoint as in a pod
+    assert seen[contract.METRIC_STEP] == 2 and seen[contract.METRIC_LOSS] == pytest.approx(last)
+    done = json.loads(next(line for line in capsys.readouterr().out.splitlines() if '"done"' in line))
+    assert done["step"] == 4 and done["loss"] != last
+
+
 @pytest.mark.parametrize("change", ["training.batchSize=4", "training.seed=7"])
 def test_a_changed_batch_size_or_seed_on_resume_is_refused_naming_its_field(tmp_path, capsys, change):
     out = tmp_path / "out"

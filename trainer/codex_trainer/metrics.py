@@ -127,14 +127,17 @@ class Sink:
         self._callbacks("on_eval", {"step": step, "eval_loss": loss, "perplexity": perplexity})
         self.console.event("eval", step=step, eval_loss=round(loss, 4), perplexity=round(perplexity, 2))
 
-    def resumed_from(self, step: int, eval_loss: float | None) -> None:
-        """Serve what the endpoint served before the restart, from the checkpoint: its step and the last evaluation's
-        loss (a scraper would otherwise see no eval loss until the next evaluation: a blank EVAL column)."""
+    def resumed_from(self, step: int, eval_loss: float | None, loss: float | None = None) -> None:
+        """Serve what the endpoint served before the restart, from the checkpoint: its step, its step's loss and
+        the last evaluation's loss (the operator would otherwise read none until the next step or evaluation: a
+        blank LOSS or EVAL column in `kubectl get ctj`)."""
         if self.enabled and self.prometheus:
             self.prometheus.step.set(step)
             self.prometheus.checkpoint_step.set(step)
             if eval_loss is not None:
                 self.prometheus.eval_loss.set(eval_loss)
+            if loss is not None:
+                self.prometheus.loss.set(loss)
 
     def checkpointed(self, step: int, path: Path) -> None:
         if not self.enabled:

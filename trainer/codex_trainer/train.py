@@ -198,6 +198,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
 
     # ---- resume
     step, tokens_seen, eval_loss, evaluated_at, changes = 0, 0, None, -1, {}
+    train_loss = None  # the last step's loss: a resumed run's is its checkpoint's until it trains a step
     if found is not None:
         load_trainable_state(model, found.weights)
         optimizer.load_state_dict(found.optimizer)
@@ -213,6 +214,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             )
         step, tokens_seen = found.step, found.state["tokens_seen"]
         eval_loss, evaluated_at = found.state.get("eval_loss"), found.state.get("evaluated_at", step)
+        train_loss = found.state.get("loss")
         saved_world = found.state.get("world_size")
         if saved_world != world:
             per = t.batch_size * t.gradient_accumulation  # sequences a process trains a step
@@ -222,7 +224,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
                 f"run's; resume on {counted(saved_world or 1, 'process')} to continue the same training"
             )
         sink.event("resumed", step=step, checkpoint=str(found.path))
-        sink.resumed_from(step, eval_loss)
+        sink.resumed_from(step, eval_loss, train_loss)
         if step > total_steps:  # maxSteps (or epochs) lowered below what the run had done
             sink.warn(
                 f"the newest checkpoint, step {step}, is past the {total_steps} steps the job now asks for "
@@ -296,7 +298,6 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     net.train()
     ga = t.gradient_accumulation
     loop_start, loop_start_step = time.perf_counter(), step
-    train_loss = None
 
     def eval_due(at: int) -> bool:
         if not data.validation.rows:  # nothing to evaluate (said once, above)
@@ -360,7 +361,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             stop_signal = stop_signal or _agreed_stop(stop, world, device)
         if last or stop_signal or step % spec.checkpoint.every_steps == 0:
             state = saved_with | {"tokens_seen": tokens_seen, "epoch": epoch}
-            state |= {"eval_loss": eval_loss, "evaluated_at": evaluated_at}
+            state |= {"eval_loss": eval_loss, "evaluated_at": evaluated_at, "loss": train_loss}
             _save_checkpoint(ckpt_dir, spec.checkpoint.keep_last, step, trained, accelerator, state, sink)
         if stop_signal:
             sink.event("stopped", step=step, signal=signal.Signals(stop_signal).name, checkpoint_step=step)
