@@ -320,6 +320,24 @@ def test_kubernetes_quantities_are_accepted(q):
     assert spec.resources.requests["cpu"] == q and spec.storage.size == q
 
 
+@pytest.mark.parametrize(
+    ("request_", "limit", "refused"),
+    [("1500m", "1", True), ("1Gi", "1024Mi", False), ("0.5", "500m", False), ("1e3", "999", True),
+     ("2G", "2Gi", False), ("2Gi", "2G", True), ("+1k", "1000", False)],
+)  # fmt: skip
+def test_a_request_above_its_limit_is_refused_naming_both_as_a_pod_would_be(request_, limit, refused):
+    """The API server takes such a job, then refuses its pods' Job (422): said at validate and apply instead."""
+    job = manifest(resources={"requests": {"cpu": request_}, "limits": {"cpu": limit}})
+    if not refused:
+        assert parse_manifest(job).spec.resources.limits == {"cpu": limit}
+        return
+    with pytest.raises(SpecError) as e:
+        parse_manifest(job)
+    [(field, message)] = e.value.problems
+    assert field == "spec.resources.requests.cpu"
+    assert message.startswith(f"{request_} is more than spec.resources.limits.cpu, {limit}: a pod may not request")
+
+
 def test_cluster_only_fields_parse_into_typed_values():
     spec = parse_manifest(
         manifest(

@@ -12,6 +12,7 @@ from pydantic import (
     model_validator,
 )
 
+from .errors import FieldValueError
 from .fields import (
     LABEL_VALUE,
     LABEL_VALUE_PATTERN,
@@ -22,13 +23,31 @@ from .fields import (
     Quantity,
     SpecModel,
     cel,
+    quantity_value,
 )
 
 TOLERATION_NO_KEY = "a toleration without a key must use operator Exists (it then tolerates every taint)"
 TOLERATION_EXISTS_VALUE = "a toleration with operator Exists matches any value: remove value"
 
 
+REQUEST_ABOVE_LIMIT = "a pod may not request more of a resource than its limit; lower the request or raise the limit"
+
+
 class ResourcesSpec(SpecModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!has(self.requests) || !has(self.limits) || self.requests.all(k, !(k in self.limits) "
+                    "|| !isQuantity(self.requests[k]) || !isQuantity(self.limits[k]) "
+                    "|| quantity(self.requests[k]).compareTo(quantity(self.limits[k])) <= 0)",
+                    "message": f"a request is more than its limit in spec.resources.limits: {REQUEST_ABOVE_LIMIT}",
+                    "fieldPath": ".requests",
+                }
+            ]
+        }
+    )
+
     requests: dict[str, Quantity] = Field(
         default_factory=dict,
         max_length=MAX_RESOURCES,
@@ -45,6 +64,15 @@ class ResourcesSpec(SpecModel):
         description="NVIDIA GPUs per pod: becomes the nvidia.com/gpu limit (and request). Usually equal "
         "to processesPerNode.",
     )
+
+    @model_validator(mode="after")
+    def _requests_within_limits(self) -> ResourcesSpec:
+        for name, request in self.requests.items():
+            limit = self.limits.get(name)
+            if limit is not None and quantity_value(request) > quantity_value(limit):
+                above = f"{request} is more than spec.resources.limits.{name}, {limit}"
+                raise FieldValueError(f"requests.{name}", f"{above}: {REQUEST_ABOVE_LIMIT}")
+        return self
 
 
 class StorageSpec(SpecModel):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+from decimal import Decimal
 from functools import cache
 from typing import Annotated, Any
 
@@ -94,6 +95,22 @@ def cel(rule: str, message: str) -> dict[str, Any]:
 
 QUANTITY_RULE = f"isQuantity(self) && self.matches('{QUANTITY_PATTERN}')"
 HF_RULE = cel(f"!self.startsWith('hf://') || self.matches('{HF_PATTERN}')", HF_FORM_MESSAGE)
+
+
+_SUFFIXES = {
+    **{s: Decimal(1024) ** (i + 1) for i, s in enumerate(("Ki", "Mi", "Gi", "Ti", "Pi", "Ei"))},
+    **{s: Decimal(10) ** e for s, e in (("n", -9), ("u", -6), ("m", -3), ("k", 3), ("M", 6), ("G", 9), ("T", 12))},
+    **{s: Decimal(10) ** e for s, e in (("P", 15), ("E", 18))},
+}
+
+
+_AMOUNT = re.compile(r"[+]?([0-9.]+(?:[eE][-+]?[0-9]+)?)(.*)")
+
+
+def quantity_value(v: str) -> Decimal:
+    """The amount a quantity stands for (2Gi: 2147483648, 500m: 0.5), exactly; the quantity matches QUANTITY."""
+    number, suffix = _AMOUNT.fullmatch(v).groups()  # type: ignore[union-attr]  # QUANTITY matched it
+    return Decimal(number) * _SUFFIXES.get(suffix, Decimal(1))
 
 
 def _quantity(v: str) -> str:
