@@ -232,17 +232,22 @@ def test_a_deadline_added_to_a_running_job_stops_it_when_it_passes(operator, job
 
 
 def test_an_edit_that_makes_the_next_attempt_invalid_waits_for_the_fix_and_loses_nothing(operator, jobs, trainer_image):
-    """The API server takes a cpu request above its limit on the job (a free-form field), but not on the next
-    attempt's Job: the job keeps its checkpoints and says what to fix; the fix starts that attempt."""
+    """The API server takes an affinity a Pod refuses on the job (a free-form field), but not on the next attempt's
+    Job: the job keeps its checkpoints and says what to fix; the fix starts that attempt. A cpu request above its
+    limit, which a Pod refuses too, is refused at the edit itself."""
     jobs.apply(manifest("edited", *LONGER))
     wait_for(lambda: (jobs.status("edited").get("checkpoint") or {}).get("step"), "a first checkpoint", 300)
-    bad = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "3Gi"}}
-    jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps({"spec": {"resources": bad}}))
+    above = {"requests": {"cpu": "1", "memory": "1Gi"}, "limits": {"cpu": "500m", "memory": "3Gi"}}
+    refused = jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps({"spec": {"resources": above}}),
+                           check=False)  # fmt: skip
+    assert refused.returncode != 0 and "a pod may not request more of a resource than its limit" in refused.stderr
+    no_terms = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}}
+    bad = {"spec": {"affinity": no_terms}}
+    jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps(bad))
     jobs.kubectl("delete", "pod", "-l", "codex.ml/job-name=edited", "--wait=false")  # attempt 1 ends
     st = message_says(jobs, "edited", "the job keeps its checkpoints and waits: fix what it names", timeout=120)
     assert st["phase"] == "Restarting" and "(HTTP 422)" in st["message"] and "edited-a2" in st["message"], st
-    good = {"requests": {"cpu": "500m", "memory": "1Gi"}, "limits": {"cpu": "1", "memory": "3Gi"}}
-    jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps({"spec": {"resources": good}}))
+    jobs.kubectl("patch", "ctj", "edited", "--type=merge", "-p", json.dumps({"spec": {"affinity": None}}))
     done = jobs.wait_phase("edited", "Succeeded", timeout=600)
     assert done["attempt"] == 2 and done["progress"]["stepText"] == "400/400", done
     resumed = [json.loads(line) for line in jobs.logs("edited-a2").splitlines() if '"resumed"' in line]

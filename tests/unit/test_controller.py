@@ -246,15 +246,16 @@ def test_a_refused_attempt_job_is_shown_and_retried_or_failed_as_its_answer_says
 
 
 def test_a_later_attempt_refused_for_an_edited_spec_waits_for_the_next_edit_and_keeps_the_job():
-    """An edit the API server accepts (an env name a Pod refuses) makes the next attempt's Job invalid: the job
+    """An edit the API server accepts (an affinity a Pod refuses) makes the next attempt's Job invalid: the job
     must not fail for good (delete-and-apply would lose its checkpoints); it says what to fix and waits."""
 
     async def test(c: Cluster) -> None:
         await c.apply("runPolicy.maxDisruptions=3")
         await c.run(1)
-        said = 'Job.batch "tiny-cpu-a2" is invalid: spec.template.spec.containers[0].env[0].name: Invalid value'
+        said = 'Job.batch "tiny-cpu-a2" is invalid: spec.template.spec.affinity.nodeAffinity: Required value'
         c.api.refuse("POST", "jobs", 422, said, times=None)
-        await c.edit("env=[{name: 'BAD=NAME', value: x}]")
+        no_terms = "{requiredDuringSchedulingIgnoredDuringExecution: {nodeSelectorTerms: []}}"
+        await c.edit(f"affinity={{nodeAffinity: {no_terms}}}")
         c.pod(1, 0, exit_code=143, disrupted=True)
         await c.fail(1, "PodFailurePolicy", "Pod has condition DisruptionTarget matching FailJob rule at index 1")
         st = c.status()
@@ -269,7 +270,7 @@ def test_a_later_attempt_refused_for_an_edited_spec_waits_for_the_next_edit_and_
         await c.retry()
         assert c.status()["phase"] == "Restarting"  # retried, still refused
         c.api.rules.clear()
-        await c.edit("env=[{name: GOOD_NAME, value: x}]")
+        await c.edit("affinity={}")
         assert c.attempt(2) is not None and c.status()["disruptions"] == 1
         st = c.status()
         assert st["phase"] == "Restarting" and "starting attempt 2" in st["message"] and "waits" not in st["message"], (

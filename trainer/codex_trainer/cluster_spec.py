@@ -3,6 +3,7 @@ checkpoint volume, the run policy (retries, deadlines, Kueue), tolerations and t
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -109,9 +110,9 @@ QUEUE_NAME_MESSAGE = _label_value_message("kueue.x-k8s.io/queue-name")
 PRIORITY_CLASS_MESSAGE = _label_value_message("kueue.x-k8s.io/priority-class")
 
 
-def _label_value(message: str) -> Any:
+def _matching(message: str, pattern: re.Pattern[str] = LABEL_VALUE) -> Any:
     def check(v: str) -> str:
-        if not LABEL_VALUE.fullmatch(v):
+        if not pattern.fullmatch(v):
             raise ValueError(message)
         return v
 
@@ -126,8 +127,8 @@ def _label_field(message: str) -> Any:
     )
 
 
-QueueName = Annotated[str, _label_field(QUEUE_NAME_MESSAGE), _label_value(QUEUE_NAME_MESSAGE)]
-PriorityClassName = Annotated[str, _label_field(PRIORITY_CLASS_MESSAGE), _label_value(PRIORITY_CLASS_MESSAGE)]
+QueueName = Annotated[str, _label_field(QUEUE_NAME_MESSAGE), _matching(QUEUE_NAME_MESSAGE)]
+PriorityClassName = Annotated[str, _label_field(PRIORITY_CLASS_MESSAGE), _matching(PRIORITY_CLASS_MESSAGE)]
 
 
 class RunPolicySpec(SpecModel):
@@ -207,8 +208,24 @@ class LocalObjectReference(SpecModel):
     name: Name = Field(description="The name of the Secret in the job's namespace.")
 
 
+# what a Pod takes as an environment variable's name (Kubernetes 1.32 on; earlier ones take only C identifiers)
+ENV_NAME_PATTERN = "^[ -<>-~]+$"
+ENV_NAME_MESSAGE = (
+    "must be printable ASCII characters other than '=' (a Pod refuses any other environment variable name)"
+)
+EnvName = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=MAX_NAME,
+        json_schema_extra=cel(f"self.matches('{ENV_NAME_PATTERN}')", ENV_NAME_MESSAGE),
+    ),
+    _matching(ENV_NAME_MESSAGE, re.compile(ENV_NAME_PATTERN)),
+]
+
+
 class EnvVar(SpecModel):
-    name: Name = Field(description="Name of the environment variable.")
+    name: EnvName = Field(description="Name of the environment variable.")
     value: str | None = Field(default=None, description="Its value.")
     value_from: dict[str, Any] | None = Field(
         default=None,

@@ -422,7 +422,9 @@ class JobSpec(SpecModel):
         default=None, min_length=1, description="PriorityClass of the trainer pods (cluster only)."
     )
     env: list[EnvVar] = Field(
-        default_factory=list, description="Extra environment variables for the trainer container (cluster only)."
+        default_factory=list,
+        max_length=MAX_LIST,
+        description="Extra environment variables for the trainer container (cluster only).",
     )
     env_from: list[dict[str, Any]] = Field(
         default_factory=list,
