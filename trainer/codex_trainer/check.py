@@ -98,6 +98,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
             _collect(problems, lambda: check_positions(model, spec.data.max_seq_length, warn))
     unchecked.extend(_needs_a_gpu(spec))
     unchecked.extend(_needs_a_wandb_key(spec))
+    _collect(problems, lambda: _mlflow_folder(spec))
     if problems:
         raise SpecError(problems)
     for line in notes:  # what the run would say of its settings, once nothing stops it
@@ -115,6 +116,20 @@ def _needs_a_gpu(spec: JobSpec) -> list[str]:
             "(use fp32 or bf16 on a CPU)"
         ]
     return []
+
+
+def _mlflow_folder(spec: JobSpec) -> None:
+    """A tracking URI naming a folder, which MLflow refuses unless MLFLOW_ALLOW_FILE_STORE is set here or in the
+    job's env (for a pod)."""
+    import os
+
+    from .errors import SpecError
+    from .metrics import mlflow_folder
+
+    uri = spec.tracking.mlflow.tracking_uri
+    env = {e.name: e.value or "" for e in spec.env} | dict(os.environ)
+    if spec.tracking.mlflow.enabled and uri and (folder := mlflow_folder(uri, env)):
+        raise SpecError("spec.tracking.mlflow.trackingUri", folder)
 
 
 def _needs_a_wandb_key(spec: JobSpec) -> list[str]:

@@ -11,7 +11,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +73,8 @@ class Sink:
         self.last_step = resume_step
         self.metrics = MetricsFile(metrics_file, resume_step)
         self.mlflow = mlflow()
+        if self.mlflow:
+            self.mlflow.warn = self.warn
         if tensorboard is not None:
             self.tensorboard = TensorBoard(tensorboard, resume_step)
         if wandb is not None:
@@ -345,10 +347,22 @@ class SystemStats:
 
 
 class Mlflow:
-    """One MLflow run per output directory; a resumed run logs into the same MLflow run."""
+    """One MLflow run per output directory; a resumed run logs into the same MLflow run.
+
+    With a tracking server (`remote`), a step the server does not take costs the training seconds, not
+    minutes: each call gets STEP_RETRIES, and a failure pauses MLflow logging (PAUSE_FIRST seconds, doubling
+    up to PAUSE_MAX) while the steps keep coming; the steps missed are sent once the server answers again
+    (the last BACKLOG of them). metrics.jsonl has every step either way."""
 
     def __init__(
-        self, uri: str, experiment: str, run_name: str, run_id_file: Path, params: dict[str, Any], resume: bool = True
+        self,
+        uri: str,
+        experiment: str,
+        run_name: str,
+        run_id_file: Path,
+        params: dict[str, Any],
+        resume: bool = True,
+        remote: bool = False,
     ):
         import logging
 
@@ -372,21 +386,95 @@ class Mlflow:
         # a resumed run: the last step of each metric MLflow already has. A run killed after its last checkpoint
         # logged the steps after it, which the resumed run does again (with the same figures): not logged twice
         self.logged: dict[str, int] = {}
+        self.client = mlflow.MlflowClient()
+        self.uri, self.remote = redact_credentials(uri), remote
+        self.warn: Callable[[str], None] = print  # the Sink's, once it holds this run
+        self.backlog: list[tuple[dict[str, float], int, int]] = []  # (metrics, step, ms): not taken yet
+        self.dropped = 0
+        self.pause, self.paused_until = 0.0, 0.0
 
     def log(self, metrics: dict[str, float], step: int) -> None:
-        if self.resumed:
-            metrics = {k: v for k, v in metrics.items() if step > self._last_logged(k)}
-        if metrics:
-            self.mlflow.log_metrics(metrics, step=step)
+        if not self.remote:  # the run's own database: a failure there (a full disk) is the run's
+            self._send([(metrics, step, int(time.time() * 1000))])
+            return
+        self.backlog.append((metrics, step, int(time.time() * 1000)))
+        if len(self.backlog) > BACKLOG:
+            self.dropped += len(self.backlog) - BACKLOG
+            del self.backlog[: len(self.backlog) - BACKLOG]
+        if time.monotonic() < self.paused_until:
+            return
+        try:
+            with _patient_for(STEP_RETRIES):
+                self._send(self.backlog)
+        except Exception as e:
+            if not self.pause:
+                self.warn(
+                    f"the MLflow tracking server at {self.uri} did not take step {step} ({_said(e)}): MLflow "
+                    f"logging pauses, and tries again in {PAUSE_FIRST:.0f} s and then less often; metrics.jsonl "
+                    "has every step, and the steps missed are sent when the server answers"
+                )
+            self.pause = min(PAUSE_MAX, max(PAUSE_FIRST, self.pause * 2))
+            self.paused_until = time.monotonic() + self.pause
+            return
+        if self.pause:
+            lost = f"; the {self.dropped} before them were not kept" if self.dropped else ""
+            again = f"the MLflow tracking server at {self.uri} answers again at step {step}"
+            self.warn(f"{again}: the steps missed are sent{lost}")
+        self.pause, self.dropped = 0.0, 0
+
+    def _send(self, rows: list[tuple[dict[str, float], int, int]]) -> None:
+        """Log `rows`, in batches of at most 1,000 figures (MLflow's limit); each batch's rows leave the list
+        once the server has taken them."""
+        from mlflow.entities import Metric
+
+        while rows:
+            batch, figures = 0, list[Any]()
+            for metrics, step, ms in rows:
+                if self.resumed:
+                    metrics = {k: v for k, v in metrics.items() if step > self._last_logged(k)}
+                if batch and len(figures) + len(metrics) > 1000:
+                    break
+                figures += [Metric(k, float(v), ms, step) for k, v in metrics.items()]
+                batch += 1
+            if figures:
+                self.client.log_batch(self.run_id, metrics=figures)
+            del rows[:batch]
 
     def _last_logged(self, key: str) -> int:
         if key not in self.logged:
-            history = self.mlflow.MlflowClient().get_metric_history(self.run_id, key)
+            history = self.client.get_metric_history(self.run_id, key)
             self.logged[key] = max((m.step for m in history), default=-1)
         return self.logged[key]
 
     def close(self, status: str = "FINISHED") -> None:
-        self.mlflow.end_run(status=status)
+        if not self.remote:
+            self.mlflow.end_run(status=status)
+            return
+        try:  # the run's end must not turn a finished training into a crash: said, and the exit code kept
+            with _patient_for(STEP_RETRIES):
+                self._send(self.backlog)
+                self.mlflow.end_run(status=status)
+        except Exception as e:
+            left = f"; {len(self.backlog)} steps not logged there" if self.backlog else ""
+            self.warn(
+                f"the MLflow tracking server at {self.uri} could not be told the run ended ({_said(e)}){left}: "
+                "metrics.jsonl has every step"
+            )
+            with contextlib.suppress(Exception):
+                self.mlflow.end_run(status=status)
+
+
+# a tracking server that does not take a step: one try of at most 5 s each time, so a server gone away costs
+# the training seconds per pause, not MLflow's default 7 retries backing off for minutes at every step
+STEP_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
+PAUSE_FIRST, PAUSE_MAX = 30.0, 600.0
+BACKLOG = 10_000  # steps kept for a server that is away
+
+
+def _said(e: Exception) -> str:
+    """A failure's gist in a few words, credentials masked."""
+    text = str(e).strip()
+    return _why(text) or redact_credentials(text.splitlines()[0][:200] if text else type(e).__name__)
 
 
 def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow | None:
@@ -404,19 +492,46 @@ def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow |
         # no run in it: left half-made by a full disk or a kill while MLflow built its tables (MLflow would
         # fail on it at every later start): made again, losing nothing
         db.unlink()
+    if cfg.tracking_uri and (folder := mlflow_folder(cfg.tracking_uri, os.environ)):
+        raise SpecError("spec.tracking.mlflow.trackingUri", folder)
     try:
         with _patient_for(START_RETRIES if cfg.tracking_uri else None):
-            return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed)
+            remote = bool(cfg.tracking_uri)
+            return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed, remote=remote)
     except Exception as e:
         if is_disk_full(e) and not cfg.tracking_uri:  # a tracking server's own full disk is not ours to free
             raise disk_full("the MLflow database (mlflow.db)", out, MLFLOW_DB_BYTES) from None
-        said = _why(str(e).strip()) if cfg.tracking_uri else ""
-        if not said:  # not the server out of reach (a refusal, a bug): as it is
+        text = str(e).strip()
+        refused = re.search(r"error code (401|403) != 200", text) if cfg.tracking_uri else None
+        if refused:
+            raise SpecError(
+                "spec.tracking.mlflow.trackingUri",
+                f"the MLflow tracking server at {redact_credentials(uri)} refused the credentials (HTTP "
+                f"{refused.group(1)}): check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+                "MLFLOW_TRACKING_TOKEN, in the environment (a pod's come from its env)",
+            ) from None
+        server = re.search(r"too many (5\d\d) error responses|error code (5\d\d) != 200", text)
+        said = _why(text) or (f"it answered HTTP {server.group(1) or server.group(2)}" if server else "")
+        if not cfg.tracking_uri or not said:  # not the server out of reach or failing (a bug): as it is
             raise
         raise TransientError(  # the server may be down for a while: a retry, not a traceback (nor a secret)
             f"the MLflow tracking server at {redact_credentials(uri)} cannot be used: {said}; check "
             "spec.tracking.mlflow.trackingUri and that the server answers from here (retryable)"
         ) from None
+
+
+def mlflow_folder(uri: str, env: Mapping[str, str]) -> str | None:
+    """What is wrong with a tracking URI that names a folder (MLflow's file store, which MLflow 3 refuses unless
+    MLFLOW_ALLOW_FILE_STORE is true in `env`); None for a database, a server or Databricks."""
+    if (not uri.startswith("file:") and "://" in uri) or uri.startswith("databricks"):
+        return None
+    if env.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
+        return None
+    return (
+        f"{redact_credentials(uri)} is a folder, which MLflow no longer writes runs to (its file store is in "
+        "maintenance mode): use a database, sqlite:///PATH/mlflow.db, or leave trackingUri unset for the run's "
+        "own mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)"
+    )
 
 
 def _why(text: str) -> str:
