@@ -193,6 +193,15 @@ def test_compile_trains_to_the_same_loss_and_without_a_compiler_is_one_line(tmp_
     assert run(tmp_path / "none", "training.compile=true") == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith("codex-train: invalid spec.training.compile: torch.compile needs a C++ compiler"), line
+    assert main(["validate", str(TINY), "--set", "training.compile=true"]) == 0  # a pod's image has one: said
+    assert "not checked here: spec.training.compile: torch.compile needs a C++ compiler" in capsys.readouterr().err
+
+    monkeypatch.undo()
+    monkeypatch.setenv("CXX", str(tmp_path / "no" / "g++"))  # a CXX naming nothing: said before any step
+    assert run(tmp_path / "bad-cxx", "training.compile=true") == 2
+    line = one_line(capsys.readouterr().err)
+    assert "torch.compile builds with $CXX" in line and "which is not a program here; fix or unset CXX" in line, line
+    assert not (tmp_path / "bad-cxx" / "checkpoints").exists()
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_the_rerun_resumes(tmp_path, capsys, monkeypatch):

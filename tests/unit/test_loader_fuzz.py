@@ -97,3 +97,11 @@ def test_a_set_value_that_is_not_yaml_exits_2_naming_it(override, words, capsys)
     assert main(["validate", str(TINY), "--set", override]) == 2
     err = capsys.readouterr().err
     assert err.startswith("codex-train: invalid --set: '") and words in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("around", [("", "\n---\n"), ("---\n", "\n---\n\n"), ("--- # the job\n", "\n...\n")])
+def test_empty_documents_around_the_job_are_nothing_as_kubectl_has_them(around, tmp_path, capsys):
+    """Generated YAML often ends with `---`; kubectl applies such a file, so validate takes it too."""
+    job = tmp_path / "job.yaml"
+    job.write_text(around[0] + MANIFEST + around[1])
+    assert main(["validate", str(job)]) == 0, capsys.readouterr().err

@@ -17,7 +17,9 @@ each.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+import shutil
+from collections.abc import Callable, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, TypeVar
 
@@ -97,6 +99,7 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
         if not any(field == "spec.data.maxSeqLength" for field, _ in problems):  # said once is enough
             _collect(problems, lambda: check_positions(model, spec.data.max_seq_length, warn))
     unchecked.extend(_needs_a_gpu(spec))
+    unchecked.extend(_needs_a_compiler(spec))
     unchecked.extend(_needs_a_wandb_key(spec))
     _collect(problems, lambda: _mlflow_folder(spec))
     if problems:
@@ -115,6 +118,35 @@ def _needs_a_gpu(spec: JobSpec) -> list[str]:
             "spec.training.precision: fp16 needs a GPU, which this machine has not: `run` here refuses it "
             "(use fp32 or bf16 on a CPU)"
         ]
+    return []
+
+
+def compiler_problem(device_type: str, env: Mapping[str, str] = os.environ) -> str | None:
+    """Why torch.compile cannot build its kernels here (no compiler on PATH, or a CXX that names no program);
+    None when it can."""
+    names = ("gcc", "cc", "clang") if device_type == "cuda" else ("g++", "c++", "clang++")
+    kind = "C" if device_type == "cuda" else "C++"
+    if cxx := env.get("CXX", "").strip():
+        program = cxx.split()[0]
+        if shutil.which(program):
+            return None
+        return f"torch.compile builds with $CXX, {program!r}, which is not a program here; fix or unset CXX"
+    if any(shutil.which(n) for n in names):
+        return None
+    return (
+        f"torch.compile needs a {kind} compiler ({', '.join(names)}) and none is on PATH here; set training.compile "
+        "to false, or run in an image that has one"
+    )
+
+
+def _needs_a_compiler(spec: JobSpec) -> list[str]:
+    """training.compile needs a compiler where the job runs (the trainer image has one), which this machine may
+    not have: said, not refused, as for fp16 without a GPU."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.training.compile and (problem := compiler_problem(device)) is not None:
+        return [f"spec.training.compile: {problem}; `run` here refuses it"]
     return []
 
 

@@ -89,14 +89,20 @@ EXPONENT_FLOAT_FIRST = list("-+.0123456789")
 _UniqueKeys.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, EXPONENT_FLOAT_FIRST)
 
 
+SEVERAL_DOCUMENTS = "it holds several documents; give one CodexTrainingJob per file"
+
+
 def parse_yaml(text: str, source: str) -> Any:
     """One YAML document, bounded in size and depth; SpecError with a one-line reason otherwise."""
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeys)  # a SafeLoader: plain data only
+    try:  # a SafeLoader: plain data only. Empty documents (a trailing ---) are nothing, as kubectl has them
+        documents = [d for d in yaml.load_all(text, Loader=_UniqueKeys) if d is not None]
     except yaml.YAMLError as e:
         raise SpecError(source, f"not valid YAML: {_yaml_problem(e)}") from None
     except RecursionError:
         raise SpecError(source, f"is nested more than {MAX_DEPTH} levels deep") from None
+    if len(documents) > 1:
+        raise SpecError(source, f"not valid YAML: {SEVERAL_DOCUMENTS}")
+    raw = documents[0] if documents else None
     _check_bounds(raw, source)
     return raw
 
@@ -105,7 +111,7 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     problem = getattr(e, "problem", None)
     mark = getattr(e, "problem_mark", None)
     if problem and "another document" in problem:
-        return "it holds several documents; give one CodexTrainingJob per file"
+        return SEVERAL_DOCUMENTS
     if problem is None:
         return _short(str(e).splitlines()[0] if str(e) else type(e).__name__)
     where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""

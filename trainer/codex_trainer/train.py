@@ -7,8 +7,6 @@ evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import time
 import warnings
@@ -27,6 +25,7 @@ from transformers.utils import logging as hf_logging
 
 from . import checkpoint, evalloss
 from .batches import collate, label_tokens, micro_batch_rows, planned_steps, row_tokens, schedule_warnings, to_device
+from .check import compiler_problem
 from .console import Console
 from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
 from .data import Split, check_sequences, counted, load_dataset, micro_batches_per_epoch, no_validation_reason
@@ -520,14 +519,8 @@ def _apply_training_settings(
 def _check_compiler(device: torch.device) -> None:
     """torch.compile builds its kernels with a C++ compiler on CPU (and Triton's launchers with a C compiler on
     a GPU): say so at the start, naming the field, instead of failing inside the first step."""
-    names = ("gcc", "cc", "clang") if device.type == "cuda" else ("g++", "c++", "clang++")
-    if os.environ.get("CXX") or any(shutil.which(n) for n in names):
-        return
-    raise SpecError(
-        "spec.training.compile",
-        f"torch.compile needs a {'C' if device.type == 'cuda' else 'C++'} compiler ({', '.join(names)}) and none is "
-        "on PATH here; set training.compile to false, or run in an image that has one",
-    )
+    if (problem := compiler_problem(device.type)) is not None:
+        raise SpecError("spec.training.compile", problem)
 
 
 def _mixed_precision(precision: str) -> str:
