@@ -55,7 +55,7 @@ def job_or_problem(body: dict[str, Any]) -> Job | str:
     meta = body["metadata"]
     raw = {"apiVersion": body["apiVersion"], "kind": body["kind"], "metadata": {"name": meta["name"]}}
     try:
-        manifest = parse_manifest({**raw, "spec": body.get("spec") or {}})
+        manifest = parse_manifest({**raw, "spec": body.get("spec") or {}}, stored=True)
     except SpecError as e:
         return "invalid job: " + "; ".join(f"{p}: {m}" if p else m for p, m in e.problems)
     return Job(meta["name"], meta["namespace"], meta["uid"], manifest.spec, meta.get("generation", 1))

@@ -55,26 +55,41 @@ def _scalar(v: Any) -> str:
     raise TypeError(f"not a JSON value: {type(v).__name__}")
 
 
+# a key written longer than this goes after `? ` (an explicit key): a reader takes an implicit key of at most
+# 1,024 characters, as PyYAML's writer knows (it switches at 128)
+LONG_KEY = 128
+
+
 def _block(value: dict[str, Any] | list[Any], indent: int, out: list[str]) -> None:
     pad = " " * indent
     if isinstance(value, dict):
         for k, v in value.items():
             if not isinstance(k, str):
                 raise TypeError(f"not a JSON key: {k!r}")
-            if isinstance(v, dict | list) and v:
-                out.append(f"{pad}{_string(k)}:")
+            key = _string(k)
+            if len(key) > LONG_KEY:
+                out.append(f"{pad}? {key}")
+                _item(":", v, indent, out)
+            elif isinstance(v, dict | list) and v:
+                out.append(f"{pad}{key}:")
                 _block(v, indent + 2 if isinstance(v, dict) else indent, out)  # a list under a key: not indented
             else:
-                out.append(f"{pad}{_string(k)}: {_scalar(v)}")
+                out.append(f"{pad}{key}: {_scalar(v)}")
         return
     for v in value:
-        if isinstance(v, dict | list) and v:
-            inner: list[str] = []
-            _block(v, indent + 2, inner)
-            out.append(f"{pad}- {inner[0][indent + 2 :]}")
-            out.extend(inner[1:])
-        else:
-            out.append(f"{pad}- {_scalar(v)}")
+        _item("-", v, indent, out)
+
+
+def _item(indicator: str, v: Any, indent: int, out: list[str]) -> None:
+    """`- v` (a list's item) or `: v` (an explicit key's value), a collection in the compact form."""
+    pad = " " * indent
+    if isinstance(v, dict | list) and v:
+        inner: list[str] = []
+        _block(v, indent + 2, inner)
+        out.append(f"{pad}{indicator} {inner[0][indent + 2 :]}")
+        out.extend(inner[1:])
+    else:
+        out.append(f"{pad}{indicator} {_scalar(v)}")
 
 
 def dump(value: dict[str, Any]) -> str:

@@ -280,6 +280,27 @@ def test_a_later_attempt_refused_for_an_edited_spec_waits_for_the_next_edit_and_
     scenario(test)
 
 
+MANY_ENV = "env=[" + ", ".join(f"{{name: V{i}}}" for i in range(257)) + "]"
+
+
+@pytest.mark.parametrize("edit", ["resources.limits.cpu=500m", "env=[{name: 'A=B', value: x}]", MANY_ENV])
+def test_a_job_stored_before_a_check_was_added_keeps_running_with_an_upgraded_operator(edit):
+    """A request above its limit, an env name a Pod refuses, more than 256 env variables: the API server took
+    them before its CRD had the rules (as the operator did). Read by the operator that has them, such a job must
+    not turn Failed with its running attempt deleted: it runs on, and a Pod refuses what it would, later, as
+    before."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        await c.edit(edit)  # the fake API server, like one with the earlier CRD, takes it
+        st = c.status()
+        assert st["phase"] == "Running" and "invalid" not in (st.get("message") or ""), st
+        assert c.attempt(1) is not None and not c.attempt(1)["metadata"].get("deletionTimestamp")
+
+    scenario(test)
+
+
 def test_a_later_attempt_refused_for_now_is_restarting_not_running():
     """Attempt 1 ended and a quota refuses attempt 2 for now: nothing runs, so the job must not say Running."""
 

@@ -279,6 +279,7 @@ def test_any_string_or_number_in_the_job_file_reads_back_as_it_was_stored(loader
         "numbers": [0, -1, 2**63, 0.1, -2.5, 1e-05, 3e20, 1.5e300, 5e-324, float("inf"), float("-inf")],
         "nested": [[], {}, [[1, "a"], {"k": [True, False, None]}], [{"a": 1, "b": [{"c": "d"}]}]],
         "empty": {"list": [], "map": {}},
+        "long keys": {"k" * 1100: 1, "\x01" * 171: [1, {"k" * 200: {"a": [2]}}], "é" * 1025: {"x" * 300: []}},
     }
     text = plain_yaml.dump(value)
     back = parse_yaml(text, "job file") if loader == "trainer" else yaml.safe_load(text)

@@ -10,6 +10,7 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     model_validator,
 )
 
@@ -23,6 +24,7 @@ from .fields import (
     Name,
     Quantity,
     SpecModel,
+    admitted_before,
     cel,
     quantity_value,
 )
@@ -67,10 +69,15 @@ class ResourcesSpec(SpecModel):
     )
 
     @model_validator(mode="after")
-    def _requests_within_limits(self) -> ResourcesSpec:
+    def _requests_within_limits(self, info: ValidationInfo) -> ResourcesSpec:
+        if admitted_before(info):  # a Pod refuses it later, as before this check (fields.STORED)
+            return self
         for name, request in self.requests.items():
             limit = self.limits.get(name)
-            if limit is not None and quantity_value(request) > quantity_value(limit):
+            if limit is None:
+                continue
+            asked, most = quantity_value(request), quantity_value(limit)
+            if asked is not None and most is not None and asked > most:
                 above = f"{request} is more than spec.resources.limits.{name}, {limit}"
                 raise FieldValueError(f"requests.{name}", f"{above}: {REQUEST_ABOVE_LIMIT}")
         return self
@@ -210,9 +217,18 @@ class LocalObjectReference(SpecModel):
 
 # what a Pod takes as an environment variable's name (Kubernetes 1.32 on; earlier ones take only C identifiers)
 ENV_NAME_PATTERN = "^[ -<>-~]+$"
+ENV_NAME = re.compile(ENV_NAME_PATTERN)
 ENV_NAME_MESSAGE = (
     "must be printable ASCII characters other than '=' (a Pod refuses any other environment variable name)"
 )
+
+
+def _env_name(v: str, info: ValidationInfo) -> str:
+    if not admitted_before(info) and not ENV_NAME.fullmatch(v):  # a Pod refuses it later (fields.STORED)
+        raise ValueError(ENV_NAME_MESSAGE)
+    return v
+
+
 EnvName = Annotated[
     str,
     Field(
@@ -220,7 +236,7 @@ EnvName = Annotated[
         max_length=MAX_NAME,
         json_schema_extra=cel(f"self.matches('{ENV_NAME_PATTERN}')", ENV_NAME_MESSAGE),
     ),
-    _matching(ENV_NAME_MESSAGE, re.compile(ENV_NAME_PATTERN)),
+    AfterValidator(_env_name),
 ]
 
 

@@ -15,7 +15,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import ErrorDetails
 
 from .errors import FieldValueError, SpecError
-from .fields import redact_credentials
+from .fields import STORED, redact_credentials
 from .spec import Manifest
 
 MAX_MANIFEST_BYTES = 1 << 20  # a Kubernetes object is at most about 1.5 MB; a job file is a few hundred bytes
@@ -139,9 +139,12 @@ def _short(text: str, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def parse_manifest(raw: dict[str, Any]) -> Manifest:
+def parse_manifest(raw: dict[str, Any], stored: bool = False) -> Manifest:
+    """The typed manifest, or a SpecError naming every problem. `stored`: a job the API server already holds
+    (the operator's read), which the checks added to admission since (fields.ADMISSION_ONLY) do not fail: a
+    job accepted before an upgrade must not turn Failed, its running attempt stopped, on the upgrade."""
     try:
-        return Manifest.model_validate(raw)
+        return Manifest.model_validate(raw, context={STORED: True} if stored else None)
     except ValidationError as e:
         problems = [_explain(err) for err in e.errors()]
         if len(problems) > MAX_PROBLEMS:

@@ -404,7 +404,7 @@ class Mlflow:
         if time.monotonic() < self.paused_until:
             return
         try:
-            with _patient_for(STEP_RETRIES):
+            with _patient_for(STEP_RETRIES, force=True):  # also over a user's setting for the start
                 self._send(self.backlog)
         except Exception as e:
             if not self.pause:
@@ -451,7 +451,7 @@ class Mlflow:
             self.mlflow.end_run(status=status)
             return
         try:  # the run's end must not turn a finished training into a crash: said, and the exit code kept
-            with _patient_for(STEP_RETRIES):
+            with _patient_for(STEP_RETRIES, force=True):
                 self._send(self.backlog)
                 self.mlflow.end_run(status=status)
         except Exception as e:
@@ -460,8 +460,8 @@ class Mlflow:
                 f"the MLflow tracking server at {self.uri} could not be told the run ended ({_said(e)}){left}: "
                 "metrics.jsonl has every step"
             )
-            with contextlib.suppress(Exception):
-                self.mlflow.end_run(status=status)
+            with contextlib.suppress(Exception), _patient_for(STEP_RETRIES, force=True):
+                self.mlflow.end_run(status=status)  # the run's own state, here, ended; one short try there
 
 
 # a tracking server that does not take a step: one try of at most 5 s each time, so a server gone away costs
@@ -496,7 +496,7 @@ def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow |
         raise SpecError("spec.tracking.mlflow.trackingUri", folder)
     try:
         with _patient_for(START_RETRIES if cfg.tracking_uri else None):
-            remote = bool(cfg.tracking_uri)
+            remote = (cfg.tracking_uri or "").startswith(("http://", "https://", "databricks"))
             return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed, remote=remote)
     except Exception as e:
         if is_disk_full(e) and not cfg.tracking_uri:  # a tracking server's own full disk is not ours to free
@@ -550,15 +550,19 @@ START_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_TI
 
 
 @contextlib.contextmanager
-def _patient_for(settings: dict[str, str] | None) -> Iterator[None]:
-    """The environment with `settings` where the user set none of them, restored afterwards."""
-    added = {k: v for k, v in (settings or {}).items() if k not in os.environ}
-    os.environ.update(added)
+def _patient_for(settings: dict[str, str] | None, force: bool = False) -> Iterator[None]:
+    """The environment with `settings` where the user set none of them (all of them with `force`), restored
+    afterwards."""
+    before = {k: os.environ.get(k) for k in settings or {} if force or k not in os.environ}
+    os.environ.update({k: (settings or {})[k] for k in before})
     try:
         yield
     finally:
-        for k in added:
-            os.environ.pop(k, None)
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _mlflow_runs(db: Path) -> int:

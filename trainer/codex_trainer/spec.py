@@ -42,6 +42,7 @@ from .fields import (
     Name,
     SpecModel,
     TrackingUri,
+    admitted_before,
     cel,
     hf_form,
     qualified_name_problem,
@@ -423,7 +424,7 @@ class JobSpec(SpecModel):
     )
     env: list[EnvVar] = Field(
         default_factory=list,
-        max_length=MAX_LIST,
+        json_schema_extra={"maxItems": MAX_LIST},  # the CEL rule on each name needs a bound; checked below
         description="Extra environment variables for the trainer container (cluster only).",
     )
     env_from: list[dict[str, Any]] = Field(
@@ -443,6 +444,13 @@ class JobSpec(SpecModel):
         if self.tokenizer is not None:
             return self.tokenizer
         return "bytes" if self.model.source == "scratch" else self.model.source
+
+    @field_validator("env")
+    @classmethod
+    def _env_bounded(cls, v: list[EnvVar], info: ValidationInfo) -> list[EnvVar]:
+        if len(v) > MAX_LIST and not admitted_before(info):  # a job stored with more keeps them (fields.STORED)
+            raise ValueError(f"at most {MAX_LIST} variables; put more in a ConfigMap or Secret and use envFrom")
+        return v
 
     @field_validator("tokenizer")
     @classmethod
