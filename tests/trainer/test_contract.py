@@ -593,6 +593,20 @@ def test_an_mlflow_folder_or_a_refusing_server_is_one_line_naming_the_field(tmp_
         assert "cannot be used: it answered HTTP 503" in line and "retryable" in line, line
 
 
+def test_a_config_key_mlflow_would_refuse_as_a_param_name_still_trains_and_is_logged(tmp_path):
+    """model.config takes any key (a label2id label 'C++', 'a: b # c'); MLflow's param names take fewer
+    characters: the run trains (it crashed at MLflow's start, every attempt), the param under a name MLflow takes."""
+    import sqlite3
+
+    out = tmp_path / "out"
+    labels = 'model.config.label2id={"a: b # c": 0, "C++": 1}'
+    args = ["run", str(TINY), "--output-dir", str(out), "--set", "training.maxSteps=1", "--set", labels]
+    assert main(args) == 0
+    with contextlib.closing(sqlite3.connect(out / "mlflow.db")) as db:
+        names = {row[0] for row in db.execute("SELECT key FROM params")}
+    assert {"model.config.label2id.a: b _ c", "model.config.label2id.C__"} <= names, sorted(names)[:20]
+
+
 def test_a_constant_rate_warms_up_and_each_step_reports_the_rate_it_trained_at(tmp_path):
     """warmupSteps applies to every scheduler (transformers' "constant" has none), and metrics.jsonl's
     learning_rate is the rate the step used, not the next step's: a linear warmup from 0 over 4 steps."""

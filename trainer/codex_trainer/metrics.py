@@ -381,7 +381,7 @@ class Mlflow:
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else run_name)
         if run_id is None:
             run_id_file.write_text(run.info.run_id)
-            mlflow.log_params(params)
+            mlflow.log_params(mlflow_params(params))
         self.run_id, self.resumed = run.info.run_id, run_id is not None
         # a resumed run: the last step of each metric MLflow already has. A run killed after its last checkpoint
         # logged the steps after it, which the resumed run does again (with the same figures): not logged twice
@@ -576,6 +576,12 @@ def _mlflow_runs(db: Path) -> int:
 
 
 MLFLOW_DB_BYTES = 2**21  # a new MLflow database is about 1 MiB once its tables are made; room for its first run
+
+
+def mlflow_params(params: dict[str, Any]) -> dict[str, Any]:
+    """The params with names MLflow takes (alphanumerics, _ - . space : /, at most 250 characters): a
+    model.config key such as label2id's 'C++' is written 'C__' there (run.json has the spec as it is)."""
+    return {re.sub(r"[^A-Za-z0-9_\-. :/]", "_", k)[:250]: v for k, v in params.items()}
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
