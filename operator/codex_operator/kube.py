@@ -16,7 +16,6 @@ from typing import Any, cast
 import aiohttp
 import orjson
 from kubernetes_asyncio import client, config
-from kubernetes_asyncio.client import rest
 from kubernetes_asyncio.client.rest import ApiException
 
 from . import metrics, names
@@ -107,24 +106,10 @@ def plain_bodies(api: client.ApiClient) -> None:
     api.sanitize_for_serialization = lambda obj: obj if isinstance(obj, dict) else walk(obj)  # type: ignore[method-assign]
 
 
-class _OrjsonEncoding:
-    """What the client's request code uses of the json module: `dumps`, here orjson's (bytes, which aiohttp sends
-    as they are). The standard library's encoder, in Python for the indentation-free case too, was 5% of the
-    operator's CPU at 1,000 jobs; orjson refuses what json would also refuse in a body (NaN aside)."""
-
-    dumps = staticmethod(orjson.dumps)
-
-
-def orjson_requests() -> None:
-    """Request bodies encoded by orjson: the client's request code names `json` for one call, `json.dumps`."""
-    rest.json = _OrjsonEncoding  # type: ignore[attr-defined]
-
-
 class Kube:
     def __init__(self, api: client.ApiClient):
         self.api = api
         plain_bodies(api)
-        orjson_requests()
         without_env_lookups(api.rest_client)
         api.rest_client.request = obeying_retry_after(api.rest_client.request)  # type: ignore[method-assign,assignment]  # one client, wrapped once
         self.core = client.CoreV1Api(api)

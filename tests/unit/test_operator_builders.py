@@ -270,7 +270,6 @@ NASTY = [  # strings a YAML reader could take for something else, or refuse, unl
 def test_any_string_or_number_in_the_job_file_reads_back_as_it_was_stored(loader):
     """model.config takes any keys and values a user stores: every string reads back as that string and every
     number as that number, by the trainer's loader (YAML 1.2's numbers) and by PyYAML's safe_load alike."""
-    from codex_operator import plain_yaml
     from codex_trainer.manifest import parse_yaml
 
     value = {
@@ -281,10 +280,10 @@ def test_any_string_or_number_in_the_job_file_reads_back_as_it_was_stored(loader
         "empty": {"list": [], "map": {}},
         "long keys": {"k" * 1100: 1, "\x01" * 171: [1, {"k" * 200: {"a": [2]}}], "é" * 1025: {"x" * 300: []}},
     }
-    text = plain_yaml.dump(value)
+    text = builders.yaml_text(value)
     back = parse_yaml(text, "job file") if loader == "trainer" else yaml.safe_load(text)
     assert back == value
-    nan = yaml.safe_load(plain_yaml.dump({"x": float("nan")}))["x"]
+    nan = yaml.safe_load(builders.yaml_text({"x": float("nan")}))["x"]
     assert nan != nan
 
 

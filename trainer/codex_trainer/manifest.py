@@ -82,8 +82,8 @@ _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _map
 # YAML 1.2's numbers with an exponent (1e-6, 1E+5, 1.5e6), which kubectl reads as numbers and PyYAML's 1.1 rules
 # (a dot and a signed exponent) as strings: a model.config copied from a config.json builds the same model here
 # as on the cluster. Checked after PyYAML's own rules, so what they read as a number or a date stays so.
-# The operator's writer of job files (operator/codex_operator/plain_yaml.py) quotes every string that could read
-# as anything else, so that a string such as "1e3" is read back as the string it is.
+# A writer of job files adds the same rule to its dumper (operator/codex_operator/builders.py), so that a string
+# such as "1e3" is quoted there and read back as the string it is.
 EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
 EXPONENT_FLOAT_FIRST = list("-+.0123456789")
 _UniqueKeys.add_implicit_resolver("tag:yaml.org,2002:float", EXPONENT_FLOAT, EXPONENT_FLOAT_FIRST)
