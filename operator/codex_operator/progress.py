@@ -25,10 +25,11 @@ def parse_ts(s: str | None) -> datetime | None:
 
 
 def progress_from_metrics(
-    samples: dict[str, float], now: datetime, previous: dict[str, Any] | None = None
+    samples: dict[str, float], now: datetime, previous: dict[str, Any] | None = None, fresh: float | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Turn rank 0's Prometheus gauges into status.progress and status.checkpoint; the ETA comes from
-    the pace since the previous reading."""
+    the pace since the previous reading, when that is at most `fresh` seconds old (one from before a
+    suspension or a restart would count the time nothing ran)."""
     step = int(samples.get(contract.METRIC_STEP, 0))
     total = int(samples.get(contract.METRIC_TOTAL_STEPS, 0))
     prog: dict[str, Any] = {"step": step, "totalSteps": total}
@@ -41,6 +42,8 @@ def progress_from_metrics(
         prog["tokensPerSecond"] = round(tps)
     prog = with_step(prog, step)
     before, when = (previous or {}).get("step"), parse_ts((previous or {}).get("updatedAt"))
+    if when is not None and fresh is not None and (now - when).total_seconds() > fresh:
+        when = None
     if before is not None and when is not None and before < step < total:
         pace = (now - when).total_seconds() / (step - before)
         prog["eta"] = duration((total - step) * pace)

@@ -189,8 +189,9 @@ def plan(
 
 
 def _without_eta_when_final(status: dict[str, Any], phase: str) -> None:
-    """A finished job (Failed at a deadline, say) shows no ETA: nothing is left to run."""
-    if phase in TERMINAL and "eta" in (status.get("progress") or {}):
+    """A job not Running shows no ETA: finished, nothing is left to run; suspended, restarting or waiting,
+    nothing runs, and the time left is not known until it does again."""
+    if phase != "Running" and "eta" in (status.get("progress") or {}):
         status["progress"] = {k: v for k, v in status["progress"].items() if k != "eta"}
 
 
@@ -263,6 +264,7 @@ def _train_on(job: Job, p: Plan, latest: Attempt, final: dict[str, Any]) -> Deci
     (training.maxSteps or epochs edited while it ran): the next attempt resumes from the newest checkpoint and
     trains to the new end (or, for a shorter one, ends at once with the result it has)."""
     _final_checkpoint(p.status, final)  # its last one, which the next attempt resumes from
+    _trained_to(p.status, final, job.spec.training.max_steps)  # not the last reading, a few steps before the end
     nxt = _next_attempt(p, latest.number)
     return (
         "Restarting",
@@ -270,6 +272,21 @@ def _train_on(job: Job, p: Plan, latest: Attempt, final: dict[str, Any]) -> Deci
         f"attempt {latest.number} finished the {latest.length} it was started with; the spec now asks for "
         f"{training_length(job)} (generation {job.generation}): attempt {nxt} trains on from the newest checkpoint",
     )
+
+
+def _trained_to(status: dict[str, Any], final: dict[str, Any], total: int | None) -> None:
+    """status.progress as an attempt that trained on to the end left it (its termination message): its step and
+    losses, out of the new length when the spec names it in steps."""
+    step = final.get(contract.FINAL_STEP)
+    if not isinstance(step, int):
+        return
+    prog = {k: v for k, v in (status.get("progress") or {}).items() if k != "eta"}
+    for key, name in ((contract.FINAL_LOSS, "loss"), (contract.FINAL_EVAL_LOSS, "evalLoss")):
+        if isinstance(final.get(key), int | float):
+            prog[name] = round4(final[key])
+    if total:
+        prog["totalSteps"] = total
+    status["progress"] = with_step(prog, step)
 
 
 COUNTED = {"crash": "crashes", "disruption": "disruptions"}  # the status keys that count each kind of ending

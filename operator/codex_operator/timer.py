@@ -185,7 +185,10 @@ class Timer:
             st.unread_until = now + min(self.options.progress_interval * 2 ** (st.unread - 1), PROGRESS_BACKOFF_MAX)
             return
         st.unread, st.unread_until = 0, 0.0
-        progress, checkpoint = progress_from_metrics(samples, datetime.now(UTC), status.get("progress"))
+        # the pace from a reading this recent: rounds whose writes the budget deferred (at thousands of jobs a
+        # job's progress is written every few rounds) still give one; one from before a suspension does not
+        fresh = max(10 * self.options.progress_interval, 120.0)
+        progress, checkpoint = progress_from_metrics(samples, datetime.now(UTC), status.get("progress"), fresh)
         if not progress.get("totalSteps"):
             return  # the endpoint is up but training has not started
         number, uid = int(status.get("attempt") or 1), rank0[0]

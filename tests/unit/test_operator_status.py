@@ -151,6 +151,14 @@ def test_crashes_stop_after_the_backoff_limit_but_disruptions_do_not_count():
     assert p.events[-1][1] == "Disrupted"
 
 
+def test_a_job_that_stops_running_shows_no_eta():
+    """Suspended or restarting, nothing runs: the ETA of the last reading is not shown (it was frozen there)."""
+    job = make_job()
+    running = {"phase": "Running", "attempt": 1, "progress": {"step": 40, "totalSteps": 300, "eta": "4m"}}
+    p = plan(job, running, attempts(job_obj(1, cond=CRASH)), NOW)
+    assert p.status["phase"] == "Restarting" and "eta" not in p.status["progress"], p.status
+
+
 def test_a_deadline_fails_the_job():
     job = make_job("runPolicy.activeDeadlineSeconds=60")
     started = {"phase": "Running", "startTime": "2026-11-28T11:58:55Z"}  # its 60 s ran out 5 s ago
@@ -349,6 +357,10 @@ def test_progress_from_rank_zero_metrics():
     assert ckpt == {"step": 100, "path": "/checkpoints/checkpoints/step-100", "savedAt": "2026-11-28T11:59:30Z"}
     assert not progress_changed(prog, dict(prog, updatedAt="later"))
     assert progress_changed(prog, dict(prog, step=127))
+    # the reading before was made before a suspension (10 min ago): its pace would count the time nothing ran
+    stale = dict(previous, updatedAt="2026-11-28T11:50:00Z")
+    assert "eta" not in progress_from_metrics(samples, NOW, stale, fresh=120)[0]
+    assert progress_from_metrics(samples, NOW, previous, fresh=120)[0]["eta"] == "2m54s"
 
 
 def test_a_pod_that_cannot_start_says_why():
@@ -571,6 +583,11 @@ def test_an_attempt_that_finished_an_older_length_of_training_is_followed_by_one
     final = {"step": 300, "checkpoint": {"step": 300, "savedAt": "2026-11-28T11:59:00Z"}}
     p = plan(raised, read, [first], NOW, final=final)
     assert p.status["checkpoint"]["step"] == 300 and p.create_attempt == 2, p.status
+    # and the STEP and LOSS columns say where attempt 1 ended, out of the new length, not its last reading
+    stale = {**old, "progress": {"step": 21, "totalSteps": 300, "loss": 3.67, "eta": "9m"}}
+    p = plan(raised, stale, [first], NOW, final={**final, "loss": 1.234567})
+    prog = p.status["progress"]
+    assert (prog["stepText"], prog["loss"], "eta" in prog) == ("300/320", 1.235, False), prog
     same = plan(make_job("resources.requests.cpu='2'"), old, [first], NOW, final={"step": 300})
     assert same.status["phase"] == "Succeeded" and same.create_attempt is None  # the length is unchanged
     lowered = plan(make_job("training.maxSteps=200"), old, [first], NOW, final={"step": 300})
