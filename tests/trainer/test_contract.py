@@ -123,6 +123,21 @@ def test_a_resumed_run_serves_its_last_loss_before_its_first_step(tmp_path, caps
     assert done["step"] == 4 and done["loss"] != last
 
 
+def test_another_jobs_run_on_the_same_volume_is_refused_not_taken_over(tmp_path, capsys):
+    """Two jobs on one existingClaim (or one --output-dir): the second resumed the first's checkpoints, or, the
+    first finished, said Succeeded with its numbers, having trained nothing (a new-user check on kind)."""
+    out = tmp_path / "out"
+    assert run(out) == 0
+    other = tmp_path / "other.yaml"
+    other.write_text(TINY.read_text().replace("name: tiny-cpu", "name: tiny-other", 1))
+    capsys.readouterr()
+    assert main(["run", str(other), "--output-dir", str(out), *QUICK, "--set", "training.maxSteps=4"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("codex-train: invalid metadata.name: ") and "holds the run of job 'tiny-cpu'" in line, line
+    assert "name it 'tiny-cpu' to continue that run" in line, line
+    assert max(r["step"] for r in metrics(out)) == 2  # nothing trained into it
+
+
 @pytest.mark.parametrize("change", ["training.batchSize=4", "training.seed=7"])
 def test_a_changed_batch_size_or_seed_on_resume_is_refused_naming_its_field(tmp_path, capsys, change):
     out = tmp_path / "out"

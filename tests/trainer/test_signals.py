@@ -5,8 +5,10 @@ traceback."""
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -175,3 +177,22 @@ def test_a_stop_signal_after_the_run_is_done_leaves_its_exit_code(monkeypatch, s
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+
+
+@pytest.mark.skipif(not shutil.which("unshare") or os.geteuid() != 0, reason="needs unshare and root")
+def test_a_stop_while_the_pods_program_starts_is_taken_as_its_first_process():
+    """In a pod, codex-train is PID 1, to which the kernel delivers no signal it has no handler for: a SIGTERM
+    (the job deleted, a preemption) that came while Python imported the trainer was lost, and the pod trained on
+    for its whole grace period. Here it is PID 1 of a PID namespace of its own, signalled while it starts."""
+    import psutil
+
+    program = pathlib.Path(sys.executable).parent / "codex-train"  # the script itself: Python is PID 1, no shim
+    outer = subprocess.Popen(["unshare", "--pid", "--fork", "--kill-child", str(program), "validate", str(TINY)],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        first = wait_for(lambda: psutil.Process(outer.pid).children(), "the namespace's first process", 10)[0]
+        time.sleep(0.3)  # Python is importing the trainer (a validate takes seconds in all)
+        first.send_signal(signal.SIGTERM)
+        assert outer.wait(timeout=30) == 128 + signal.SIGTERM, outer.stderr.read()[-2000:]
+    finally:
+        outer.kill()

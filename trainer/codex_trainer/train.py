@@ -7,6 +7,7 @@ evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 import warnings
@@ -147,6 +148,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             f"{base_dir} away",
         )
     if found is not None:
+        _check_same_name(out, name)
         as_saved = resume_identity(spec, saved_digest(found.state))  # the data as the checkpoint's, for now
         check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
 
@@ -521,6 +523,22 @@ def _check_compiler(device: torch.device) -> None:
     a GPU): say so at the start, naming the field, instead of failing inside the first step."""
     if (problem := compiler_problem(device.type)) is not None:
         raise SpecError("spec.training.compile", problem)
+
+
+def _check_same_name(out: Path, name: str) -> None:
+    """Checkpoints are resumed by the job that made them: another job on the same volume (existingClaim) or
+    output directory would take that run over as its own, and a finished one would report its results."""
+    try:
+        made_by = json.loads((out / "run.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return  # no run.json (a run from before it was written, or it was removed): nothing to compare
+    if isinstance(made_by, str) and made_by and made_by != name:
+        raise SpecError(
+            "metadata.name",
+            f"'{out}' holds the run of job '{made_by}' (its checkpoints, and its result when finished); job '{name}' "
+            f"would take it over as its own: give this job a volume (storage.existingClaim) or --output-dir of its "
+            f"own, or name it '{made_by}' to continue that run",
+        )
 
 
 def _mixed_precision(precision: str) -> str:
