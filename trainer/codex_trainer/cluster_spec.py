@@ -117,9 +117,9 @@ QUEUE_NAME_MESSAGE = _label_value_message("kueue.x-k8s.io/queue-name")
 PRIORITY_CLASS_MESSAGE = _label_value_message("kueue.x-k8s.io/priority-class")
 
 
-def _matching(message: str, pattern: re.Pattern[str] = LABEL_VALUE) -> Any:
+def _label_value(message: str) -> Any:
     def check(v: str) -> str:
-        if not pattern.fullmatch(v):
+        if not LABEL_VALUE.fullmatch(v):
             raise ValueError(message)
         return v
 
@@ -134,8 +134,8 @@ def _label_field(message: str) -> Any:
     )
 
 
-QueueName = Annotated[str, _label_field(QUEUE_NAME_MESSAGE), _matching(QUEUE_NAME_MESSAGE)]
-PriorityClassName = Annotated[str, _label_field(PRIORITY_CLASS_MESSAGE), _matching(PRIORITY_CLASS_MESSAGE)]
+QueueName = Annotated[str, _label_field(QUEUE_NAME_MESSAGE), _label_value(QUEUE_NAME_MESSAGE)]
+PriorityClassName = Annotated[str, _label_field(PRIORITY_CLASS_MESSAGE), _label_value(PRIORITY_CLASS_MESSAGE)]
 
 
 class RunPolicySpec(SpecModel):
