@@ -36,6 +36,13 @@ def wait_for(cond, what: str, timeout: float = 90, interval: float = 0.5):
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
+def one_line(err: str) -> str:
+    """The one line a command printed on stderr, with no traceback (the CLI's error contract)."""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+    return lines[0]
+
+
 def without_empties(value):
     """Empty lists and maps are left out of the CRD's defaults: absent means the same."""
     if isinstance(value, dict):
