@@ -153,9 +153,6 @@ def _needs_a_compiler(spec: JobSpec) -> list[str]:
 def _mlflow_folder(spec: JobSpec) -> None:
     """A tracking URI naming a folder, which MLflow refuses unless MLFLOW_ALLOW_FILE_STORE is set here or in the
     job's env (for a pod)."""
-    import os
-
-    from .errors import SpecError
     from .metrics import mlflow_folder
 
     uri = spec.tracking.mlflow.tracking_uri
