@@ -2,10 +2,11 @@
 
     codex-operator run [--namespace NS ...] [--metrics-port N] [--default-image IMAGE]
                        [--progress-interval SECONDS] [--progress-via auto|pod-ip|proxy] [--liveness-port N]
+                       [--crash-backoff-seconds SECONDS]
                        [--leader-election [--lease-name NAME] [--lease-namespace NS]] [--queue-manages-all-jobs]
 
 Each flag can also come from the environment (CODEX_NAMESPACES comma-separated, CODEX_METRICS_PORT,
-CODEX_DEFAULT_IMAGE, CODEX_PROGRESS_INTERVAL, CODEX_PROGRESS_VIA, CODEX_LIVENESS_PORT,
+CODEX_DEFAULT_IMAGE, CODEX_PROGRESS_INTERVAL, CODEX_PROGRESS_VIA, CODEX_CRASH_BACKOFF_SECONDS, CODEX_LIVENESS_PORT,
 CODEX_LEADER_ELECTION=true, CODEX_LEASE_NAME, CODEX_LEASE_NAMESPACE, CODEX_QUEUE_MANAGES_ALL_JOBS=true;
 CODEX_POD_NAME names this replica).
 
@@ -54,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         progress_writes_per_second=args.progress_writes_per_second,
         progress_via=args.progress_via,
         queue_owns_suspend=args.queue_manages_all_jobs,
+        crash_pause=args.crash_backoff_seconds,
     )
     namespaces = args.namespace or [n for n in _env("CODEX_NAMESPACES").split(",") if n]
     registry = kopf.OperatorRegistry()
@@ -161,14 +163,14 @@ def _env(name: str, default: str = "") -> str:
     return os.environ.get(name) or default
 
 
-def _rate(text: str) -> float:
-    """A finite number ≥ 0 (argparse's type for a per-second limit; 0: none)."""
+def _not_negative(text: str) -> float:
+    """A finite number ≥ 0 (argparse's type for a per-second limit or a pause; 0: none)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number, 0 or more (0: no limit)")
+        raise argparse.ArgumentTypeError(f"'{text}' must be a finite number, 0 or more (0: none)")
     return value
 
 
@@ -191,11 +193,14 @@ def _parser() -> argparse.ArgumentParser:
                      help=f"trainer image for jobs that name none (default {names.DEFAULT_IMAGE})")  # fmt: skip
     run.add_argument("--progress-interval", type=float, default=float(_env("CODEX_PROGRESS_INTERVAL", "10")),
                      help="seconds between reads of a running job's progress (default 10)")  # fmt: skip
-    run.add_argument("--progress-writes-per-second", type=_rate,
+    run.add_argument("--progress-writes-per-second", type=_not_negative,
                      default=_env("CODEX_PROGRESS_WRITES_PER_SECOND", "20"),
                      help="at most this many progress writes into the jobs' status a second, the jobs waiting "
                      "longest first (each is a CodexTrainingJob update for the API server; 0: no limit; "
                      "default 20)")  # fmt: skip
+    run.add_argument("--crash-backoff-seconds", type=_not_negative, default=_env("CODEX_CRASH_BACKOFF_SECONDS", "10"),
+                     help="after a crash, wait this long before the next attempt, twice as long after each "
+                     "further crash, at most 300 s (0: no wait; default 10)")  # fmt: skip
     run.add_argument("--progress-via", choices=["auto", "pod-ip", "proxy"], default=_env("CODEX_PROGRESS_VIA", "auto"),
                      help="reach rank 0's metrics by pod IP (in the cluster) or the API server's pods/proxy "
                      "(outside it); auto picks by where the operator runs")  # fmt: skip

@@ -69,6 +69,7 @@ OWNED = (
     "preemptions",
     "ranAttempt",
     "stoppedAttempt",
+    "nextAttemptAt",
     "startTime",
     "completionTime",
     "observedGeneration",
@@ -326,6 +327,7 @@ class Operator(Timer):
             stalled=stalled,
             job_written=st.written_generation(latest.uid) if latest is not None else 0,
             trainer_image=self.options.settings.default_image,
+            crash_pause=self.options.crash_pause,
         )
         if p.stop_attempt is not None:
             # the status first: cut short after the delete, the next reconcile reads that the operator stopped

@@ -7,7 +7,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from . import watched
+from . import retrydelay, watched
 from .builders import Job, Settings
 from .status import Stall
 
@@ -25,6 +25,7 @@ class Options:
     progress_via: str = "auto"  # auto | pod-ip | proxy
     # Kueue runs with manageJobsWithoutQueueName: it may own the suspend of every Job, labelled or not
     queue_owns_suspend: bool = False
+    crash_pause: float = retrydelay.FIRST_SECONDS  # seconds before the retry after a first crash, doubling; 0: none
 
 
 @dataclass

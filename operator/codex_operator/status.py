@@ -10,19 +10,20 @@ The trainer's exit-code contract (codex_trainer.contract) decides a failed attem
                                        -> a new attempt, not counted against backoffLimit; counted
                                           against runPolicy.maxDisruptions
   deadline reached                     -> Failed
-  anything else (crash, OOM, exit 1, a deleted pod) -> a new attempt, counted against backoffLimit
+  anything else (crash, OOM, exit 1, a deleted pod) -> a new attempt, counted against backoffLimit, after a
+                                          pause (retrydelay: 10 s, doubling with each crash, status.nextAttemptAt)
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from codex_trainer import contract
 
-from . import handedits, names
+from . import handedits, names, retrydelay
 from .attempts import Attempt, FailureKind, PodFailure, capped, classify
 from .builders import Job, pod_fingerprint, training_length
 from .progress import checkpoint_path, parse_ts, round4, ts, with_step
@@ -40,6 +41,7 @@ class Plan:
     stop_attempt: Attempt | None = None  # delete this live attempt's Job (its pods get their grace period)
     stalled: bool = False  # stop_attempt because it made no progress (the Stalled condition)
     reason: str = ""  # the reason of the phase decided
+    said: bool = False  # the Event for this phase and attempt was posted already (with the pause before it)
     events: list[tuple[str, str, str]] = field(default_factory=list)  # (Normal|Warning, reason, message)
 
 
@@ -122,6 +124,7 @@ def plan(
     stalled: Stall | None = None,
     job_written: int = 0,
     trainer_image: str = "",
+    crash_pause: float = retrydelay.FIRST_SECONDS,
 ) -> Plan:
     """Decide the job's status and next action from its attempts (this job's own: owned by its UID, not
     being deleted; sorted or not). `status.attempt` remembers the newest attempt started, so an attempt Job
@@ -130,7 +133,8 @@ def plan(
     running attempt made no progress for its deadline; `job_written` is the latest attempt Job's generation
     as this operator last patched it (0: not since it started), so a view of it from before is not taken
     for an edit; `trainer_image` is the operator's default trainer image (the chart's trainer.image), which
-    an attempt of a job without spec.image is made with ("": not known)."""
+    an attempt of a job without spec.image is made with ("": not known); `crash_pause` is the pause after
+    a first crash, in seconds (retrydelay.crash_pause; 0: none)."""
     old = status or {}
     p = Plan(status=copy.deepcopy(old))
     phase_before = old.get("phase")
@@ -158,7 +162,8 @@ def plan(
     elif latest.outcome == "Complete":
         phase, reason, message = _succeeded(p, current, final, now)
     elif latest.outcome == "Failed":
-        phase, reason, message = _after_failure(job, p, attempts, failed_pod, deadline_left(job, p.status, now), now)
+        left = deadline_left(job, p.status, now)
+        phase, reason, message = _after_failure(job, p, attempts, failed_pod, left, now, crash_pause)
     else:
         said = queue_said or QueueSaid()
         phase, reason, message = _ongoing(
@@ -169,7 +174,9 @@ def plan(
     _without_eta_when_final(p.status, phase)
 
     new = p.status
-    same_attempt = new.get("attempt") == old.get("attempt")
+    # a pause after a crash that begins is a transition of its own (the attempt paused for may be the one
+    # that was Restarting already: it crashed before it ran)
+    same_attempt = new.get("attempt") == old.get("attempt") and new.get("nextAttemptAt") == old.get("nextAttemptAt")
     if phase == phase_before and same_attempt and phase in ("Pending", "Restarting") and old.get("message"):
         message = old["message"]  # the timer may have said why the pods wait: keep that
     new["phase"] = phase
@@ -178,7 +185,7 @@ def plan(
     new["observedGeneration"] = job.generation
     if phase != phase_before or not same_attempt:
         new["conditions"] = set_condition(old.get("conditions") or [], phase, reason, message, now, job.generation)
-        if not (phase == "Pending" and not old.get("attempt")):  # the Created event has said it
+        if not (phase == "Pending" and not old.get("attempt")) and not p.said:  # the Created event has said it
             p.events.append(_event(phase, reason, message, latest, old))
         stalled_now = p.stalled  # the stall path: Restarting, or Failed at the backoff limit
         if stalled_now or _condition(old, "Stalled").get("status") == "True":
@@ -311,7 +318,13 @@ DEADLINE_SLACK = 30  # seconds: an attempt Job's deadline is the job's time left
 
 
 def _after_failure(
-    job: Job, p: Plan, attempts: list[Attempt], failed_pod: PodFailure | None, left: int | None, now: datetime
+    job: Job,
+    p: Plan,
+    attempts: list[Attempt],
+    failed_pod: PodFailure | None,
+    left: int | None,
+    now: datetime,
+    first_pause: float,
 ) -> Decision:
     rp, latest = job.spec.run_policy, attempts[-1]
     kind, line = classify(latest, failed_pod), failure_line(latest, failed_pod)
@@ -322,7 +335,8 @@ def _after_failure(
         # by an edit since the attempt was made; stopped from outside
         kind = "disruption"
         line = f"stopped by an activeDeadlineSeconds of its Job, not the job's ({latest.message or line})"
-    counted = _count(p, attempts, kind)
+    paused = "nextAttemptAt" in p.status  # this ending was counted when the pause began
+    counted = int(p.status.get(COUNTED["crash"]) or 0) if paused and kind == "crash" else _count(p, attempts, kind)
     if kind == "user-error":
         decision = ("Failed", "InvalidJob", line)
     elif kind == "deadline" or (left is not None and left <= 0):
@@ -335,14 +349,49 @@ def _after_failure(
         decision = ("Failed", "DisruptionLimitExceeded", f"attempt {latest.number} disrupted: {line} {limit}")
     else:
         why = "disrupted (not counted against backoffLimit)" if kind == "disruption" else "failed"
-        return _restart(p, latest.number, kind, f"attempt {latest.number} {why}: {line}")
+        what = f"attempt {latest.number} {why}: {line}"
+        if kind == "crash":
+            due = _pause_ends(job, p, latest, counted, failed_pod, now, first_pause)
+            if due is not None:
+                retry = f"retry {counted} of runPolicy.backoffLimit {rp.backoff_limit}"
+                return _pause(p, latest.number, retry, due, retrydelay.crash_pause(counted, first_pause), what)
+        p.said = paused  # the Event said so when the pause began
+        return _restart(p, latest.number, kind, what)
+    p.status.pop("nextAttemptAt", None)
     p.status["completionTime"] = ts(now)
     return decision
+
+
+def _pause_ends(
+    job: Job, p: Plan, latest: Attempt, crashes: int, pod: PodFailure | None, now: datetime, first: float
+) -> datetime | None:
+    """When the next attempt after a crash may start: the pause is counted from when the trainer ended,
+    and kept in status.nextAttemptAt (an operator restarted meanwhile waits out the same one). None: now
+    (the pause is over; or the spec was edited since the attempt was made, and the edit is tried at once)."""
+    if first <= 0 or (latest.generation and job.generation > latest.generation):
+        return None
+    due = retrydelay.paused_until(p.status)
+    if due is None:
+        ended = parse_ts(pod.finished_at) if pod is not None and pod.finished_at else None
+        start = min(ended, now) if ended is not None else now
+        due = start + timedelta(seconds=retrydelay.crash_pause(crashes, first))
+        due = due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0)  # as status says it
+    return due if due > now else None
+
+
+def _pause(p: Plan, number: int, retry: str, due: datetime, pause: int, what: str) -> Decision:
+    """Wait before attempt number + 1 (the timer starts it when status.nextAttemptAt is due)."""
+    p.status["nextAttemptAt"] = ts(due)
+    ckpt = (p.status.get("checkpoint") or {}).get("step")
+    resume = f"resumes from the newest checkpoint (step {ckpt} or later)" if ckpt else "starts"
+    nxt = f"attempt {number + 1} {resume} at {ts(due)}, after a {pause} s pause"
+    return "Restarting", "Retrying", f"{what}; {retry}: {nxt}"
 
 
 def _next_attempt(p: Plan, number: int) -> int:
     """Attempt number + 1 is to be started: the plan creates it and the status names it."""
     nxt = number + 1
+    p.status.pop("nextAttemptAt", None)
     p.create_attempt = p.status["attempt"] = nxt
     p.status["restarts"] = number
     return nxt

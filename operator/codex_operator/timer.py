@@ -19,7 +19,7 @@ import aiohttp
 from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
-from . import memory, metrics, names, watched
+from . import memory, metrics, names, retrydelay, watched
 from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
@@ -121,8 +121,10 @@ class Timer:
 
         now, clock = datetime.now(UTC), time.monotonic()
 
-        def reconcile_due(st: JobState) -> bool:  # its retry's backoff is over, or its deadline passed
-            return clock >= st.retry_at if st.retry_at is not None else deadline_passed(st.body, now)
+        def reconcile_due(st: JobState) -> bool:  # its retry's backoff is over, its deadline passed, its pause ended
+            if st.retry_at is not None:
+                return clock >= st.retry_at
+            return deadline_passed(st.body, now) or retrydelay.restart_due(st.body, now)
 
         due = {k for k, st in self.jobs.items() if reconcile_due(st)}
         # a retry is a whole reconcile: bounded by the API calls' own timeouts, not by the tick's
@@ -287,6 +289,8 @@ class Timer:
         ns, name = meta["namespace"], meta["name"]
         st = self.state((ns, name))
         now = time.monotonic()
+        if status.get("nextAttemptAt"):
+            return  # a pause after a crash: the message says when the next attempt starts; no pod is waited for
         if not st.explain_due(now):
             return  # pods that wait for a reason keep waiting a while: look again later, not every tick
         pods = self._live_pods(body)

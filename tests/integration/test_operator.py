@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from codex_operator.progress import parse_ts
 from codex_trainer.manifest import apply_overrides
 from support import TINY, wait_for
 
@@ -205,6 +206,29 @@ def test_a_missing_data_file_fails_at_once_with_the_trainers_message_and_is_dele
     # ttlSecondsAfterFinished: the job and, through its ownerReferences, its children go
     wait_for(lambda: jobs.kubectl("get", "ctj", "nodata", check=False).returncode != 0, "TTL deletion", 60)
     wait_for(lambda: not jobs.children("configmap", "nodata") and not jobs.children("job", "nodata"), "GC", 60)
+
+
+def test_a_crash_at_start_is_retried_after_a_pause_and_said_once(operator, jobs):
+    """The MLflow server is down (nothing listens at the URI): each attempt exits 1 at start. The second
+    waits out 10 s from the first's end, says when; then backoffLimit 1 fails the job. Before, the next
+    attempt was made the moment one failed, and an outage of a minute spent the whole backoffLimit."""
+    down = "tracking={mlflow: {trackingUri: 'http://127.0.0.1:9'}}"
+    jobs.apply(manifest("noserver", *SHORT, down, "runPolicy.backoffLimit=1"))
+    paused = jobs.wait_phase("noserver", "Restarting", timeout=240)
+    assert paused["attempt"] == 1 and paused["crashes"] == 1 and paused["nextAttemptAt"], paused
+    assert "spec.tracking.mlflow.trackingUri" in paused["message"] and "after a 10 s pause" in paused["message"]
+    failed = jobs.wait_phase("noserver", "Failed", timeout=240)
+    assert failed["crashes"] == 2 and "runPolicy.backoffLimit 1 reached" in failed["message"], failed
+    assert "nextAttemptAt" not in failed
+
+    pods = jobs.kubectl("get", "pod", "-l", "batch.kubernetes.io/job-name=noserver-a1", "-o", "json").stdout
+    (pod,) = json.loads(pods)["items"]
+    ended = pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+    (second,) = [j for j in jobs.children("job", "noserver") if j["metadata"]["name"] == "noserver-a2"]
+    waited = parse_ts(second["metadata"]["creationTimestamp"]) - parse_ts(ended)
+    assert waited.total_seconds() >= 10, (ended, second["metadata"]["creationTimestamp"])
+    retries = [e["message"] for e in jobs.events("noserver") if e["reason"] == "Retrying"]
+    assert len(retries) == 1 and f"attempt 2 starts at {paused['nextAttemptAt']}" in retries[0], retries
 
 
 def test_the_operator_killed_mid_job_creates_no_duplicates_and_the_status_converges(operator, jobs):

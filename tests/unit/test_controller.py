@@ -371,7 +371,7 @@ def test_a_reconcile_before_the_watch_shows_a_new_attempt_neither_repeats_nor_mi
         await c.settle()
         assert c.attempt(3) is None and c.status()["restarts"] == 1
 
-    scenario(test)
+    scenario(test, crash_pause=0)
 
 
 def test_pods_the_job_controller_cannot_create_are_explained():

@@ -34,6 +34,34 @@ def test_disruptions_are_not_counted_against_backoff_limit_but_are_bounded():
     scenario(test)
 
 
+def test_a_crash_waits_out_its_pause_then_the_timer_starts_the_next_attempt():
+    """Two crashes in a row: each is said once, with when the next attempt starts; nothing is created
+    before then (events and timer rounds meanwhile change nothing), and the second pause is twice the
+    first. Before, a crash started the next attempt at once: an outage of a minute spent backoffLimit."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.backoffLimit=2")
+        for n, pause in ((1, 1), (2, 2)):
+            await c.run(n)
+            ended = datetime.now(UTC)
+            c.pod(n, 0, exit_code=1, message="ConnectionError: tracking server down", finished="")
+            await c.fail(n)
+            st = c.status()
+            assert (st["phase"], st["attempt"], st["crashes"]) == ("Restarting", n, n), st
+            due = datetime.fromisoformat(st["nextAttemptAt"])
+            assert pause <= (due - ended).total_seconds() <= pause + 1.5, (due, ended)
+            assert f"retry {n} of runPolicy.backoffLimit 2: attempt {n + 1} starts at" in st["message"]
+            await c.retry()  # a timer round, and a reconcile of every job, before it is due
+            assert c.attempt(n + 1) is None and c.status()["crashes"] == n
+            await asyncio.sleep((due - datetime.now(UTC)).total_seconds() + 0.05)
+            await c.retry()
+            assert c.attempt(n + 1) is not None and c.status()["attempt"] == n + 1
+            assert "nextAttemptAt" not in c.status() and c.status()["crashes"] == n
+        assert reasons(c).count("Retrying") == 2
+
+    scenario(test, crash_pause=1)
+
+
 def test_a_failed_job_keeps_no_pods():
     """A live attempt, then the job fails for a reason of the cluster's (its suspension refused by a
     webhook): the attempt Job is deleted, so no pod keeps its node."""
@@ -297,4 +325,4 @@ def test_an_eviction_the_operator_did_not_see_running_and_a_later_attempt_readmi
         await c.run(2)
         assert [m for _, r, m in c.events if r == "Resumed"] == [f"attempt 2 running again: {NO_CHECKPOINT_SAID}"]
 
-    scenario(test)
+    scenario(test, crash_pause=0)

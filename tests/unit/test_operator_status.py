@@ -120,21 +120,68 @@ def test_exit_2_fails_at_once_with_the_trainers_message():
     assert p.events[-1][:2] == ("Warning", "InvalidJob")
 
 
-def test_a_crash_is_retried_from_the_checkpoint_and_counted():
-    status = {"phase": "Running", "checkpoint": {"step": 150}}
+def test_a_crash_is_retried_from_the_checkpoint_after_a_pause_and_counted_once():
+    status = {"phase": "Running", "attempt": 1, "checkpoint": {"step": 150}}
     pod = PodFailure("p", exit_code=1, message="RuntimeError: boom")
-    p = plan(make_job(), status, attempts(job_obj(1, cond=CRASH)), NOW, pod)
-    assert p.create_attempt == 2
-    assert p.status["phase"] == "Restarting" and p.status["restarts"] == 1 and p.status["attempt"] == 2
-    assert "resumes from the newest checkpoint (step 150 or later)" in p.status["message"]
-    assert "exited 1: RuntimeError: boom" in p.status["message"]
-    assert p.events[-1][:2] == ("Warning", "Retrying")
+    crashed = attempts(job_obj(1, cond=CRASH))
+    p = plan(make_job(), status, crashed, NOW, pod)
+    assert p.create_attempt is None and p.status["phase"] == "Restarting" and p.status["crashes"] == 1
+    assert p.status["nextAttemptAt"] == "2026-11-28T12:00:10Z"
+    assert p.status["message"] == (
+        "attempt 1 failed: trainer exited 1: RuntimeError: boom; retry 1 of runPolicy.backoffLimit 3: attempt 2 "
+        "resumes from the newest checkpoint (step 150 or later) at 2026-11-28T12:00:10Z, after a 10 s pause"
+    )
+    assert p.events == [("Warning", "Retrying", p.status["message"])]
+
+    waiting = plan(make_job(), p.status, crashed, NOW + timedelta(seconds=9), pod)
+    assert waiting.create_attempt is None and waiting.events == [] and waiting.status == p.status  # nothing to write
+
+    due = plan(make_job(), p.status, crashed, NOW + timedelta(seconds=10), pod)
+    assert due.create_attempt == 2 and due.status["attempt"] == 2 and due.status["restarts"] == 1
+    assert due.status["crashes"] == 1 and "nextAttemptAt" not in due.status
+    assert due.status["phase"] == "Restarting" and "attempt 2 resumes from the newest" in due.status["message"]
+    assert due.events == []  # said when the pause began
+
+
+def test_the_pause_doubles_with_each_crash_up_to_five_minutes_counted_from_when_the_trainer_ended():
+    job = make_job("runPolicy.backoffLimit=20")
+    ended = "2026-11-28T11:59:55Z"  # 5 s before the operator saw it
+    pauses = []
+    for crashes in (1, 2, 3, 6, 9):
+        objs = [job_obj(n, cond=CRASH) for n in range(1, crashes + 1)]
+        pod = PodFailure("p", exit_code=1, finished_at=ended)
+        p = plan(job, {"phase": "Running", "attempt": crashes}, attempts(*objs), NOW, pod)
+        assert p.status["crashes"] == crashes and p.create_attempt is None
+        pauses.append((datetime.fromisoformat(p.status["nextAttemptAt"]) - NOW).total_seconds() + 5)
+    assert pauses == [10, 20, 40, 300, 300]
+    at_once = plan(job, {"phase": "Running"}, attempts(job_obj(1, cond=CRASH)), NOW, crash_pause=0)
+    assert at_once.create_attempt == 2 and "nextAttemptAt" not in at_once.status
+
+
+def test_a_spec_edited_since_the_crashed_attempt_was_made_starts_the_next_at_once():
+    """The user's fix is tried now, not after the pause: the next attempt is made from the edited spec."""
+    edited = make_job()  # generation 3
+    crashed = job_obj(1, cond=CRASH)
+    crashed["metadata"]["annotations"]["codex.ml/generation"] = "2"
+    p = plan(edited, {"phase": "Running", "attempt": 1}, attempts(crashed), NOW)
+    assert attempts(crashed)[0].generation == 2
+    assert p.create_attempt == 2 and p.status["crashes"] == 1 and p.events[-1][1] == "Retrying"
+
+
+def test_the_deadline_passing_during_a_pause_fails_the_job():
+    job = make_job("runPolicy.activeDeadlineSeconds=60")
+    status = {"phase": "Running", "attempt": 1, "startTime": "2026-11-28T11:59:30Z"}
+    p = plan(job, status, attempts(job_obj(1, cond=CRASH)), NOW)
+    assert p.status["phase"] == "Restarting" and p.status["nextAttemptAt"]
+    late = plan(job, p.status, attempts(job_obj(1, cond=CRASH)), NOW + timedelta(seconds=40))
+    assert late.status["phase"] == "Failed" and "activeDeadlineSeconds" in late.status["message"]
+    assert late.create_attempt is None and "nextAttemptAt" not in late.status
 
 
 def test_an_oom_kill_says_so():
     pod = PodFailure("p", exit_code=137, reason="OOMKilled")
     p = plan(make_job(), {"phase": "Running"}, attempts(job_obj(1, cond=CRASH)), NOW, pod)
-    assert "more memory than its limit" in p.status["message"] and p.create_attempt == 2
+    assert "more memory than its limit" in p.status["message"] and p.status["nextAttemptAt"]
 
 
 def test_crashes_stop_after_the_backoff_limit_but_disruptions_do_not_count():
@@ -388,10 +435,13 @@ def test_a_waiting_message_set_by_the_timer_is_kept_while_the_phase_stays():
 
 def test_a_second_restart_in_a_row_is_a_transition_of_its_own():
     first = plan(make_job(), {"phase": "Running", "attempt": 1}, attempts(job_obj(1, cond=CRASH)), NOW)
-    assert first.status["phase"] == "Restarting" and first.create_attempt == 2
-    second = plan(make_job(), first.status, attempts(job_obj(1, cond=CRASH), job_obj(2, cond=CRASH)), NOW)
-    assert second.create_attempt == 3 and second.status["attempt"] == 3
-    assert second.status["message"].startswith("attempt 2 failed")
+    later = NOW + timedelta(seconds=10)
+    started = plan(make_job(), first.status, attempts(job_obj(1, cond=CRASH)), later)
+    assert started.status["phase"] == "Restarting" and started.create_attempt == 2
+    two = attempts(job_obj(1, cond=CRASH), job_obj(2, cond=CRASH))
+    second = plan(make_job(), started.status, two, later + timedelta(seconds=20))
+    assert second.create_attempt is None and second.status["attempt"] == 2 and second.status["crashes"] == 2
+    assert second.status["message"].startswith("attempt 2 failed") and "after a 20 s pause" in second.status["message"]
     assert second.events and second.events[-1][:2] == ("Warning", "Retrying")
     restarting = next(c for c in second.status["conditions"] if c["type"] == "Restarting")
     assert restarting["message"].startswith("attempt 2 failed")
