@@ -19,6 +19,7 @@ from codex_trainer.data import (
     read_texts,
     split_indices,
     truncate,
+    truncation_warning,
 )
 from codex_trainer.errors import SpecError
 from codex_trainer.spec import DataSpec
@@ -167,6 +168,28 @@ def test_tokenized_data_is_cached_and_the_cache_follows_the_data(tmp_path, jsonl
     assert not changed.from_cache
     other_len = load_dataset(spec.model_copy(update={"max_seq_length": 8}), tok, fp, 0, tmp_path / "cache")
     assert not other_len.from_cache and other_len.train.row(0).shape == (8,)
+
+
+def test_examples_cut_to_max_seq_length_without_packing_are_counted_and_said_even_from_the_cache(tmp_path):
+    """data.packing false cuts each example to maxSeqLength: the run says how much it never trains on (it
+    said nothing before); packed, nothing is cut."""
+    path = tmp_path / "d.jsonl"
+    texts = ["short"] * 6 + ["x" * 30] * 3 + ["y" * 99]  # 6, 31 and 100 tokens with their EOS
+    path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tok = byte_tokenizer()
+    spec = DataSpec(train=[str(path)], max_seq_length=16, validation_fraction=0.0, packing=False)
+    for cached in (False, True):
+        data = load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, tmp_path / "cache")
+        assert data.from_cache is cached and data.cut == (4, 3 * 15 + 84, 6 * 6 + 3 * 31 + 100)
+        assert truncation_warning(spec, data) == (
+            "4 training examples of 10 (40%) are longer than data.maxSeqLength 16 and are cut to it (data.packing "
+            "is false): 129 tokens (56% of the training tokens) are never trained on; raise maxSeqLength, or set "
+            "data.packing: true (a long example then continues in the next sequences)"
+        )
+    packed = load_dataset(spec.model_copy(update={"packing": True}), tok, tokenizer_fingerprint(tok), 0, None)
+    assert packed.cut == (0, 0, 0) and truncation_warning(spec, packed) is None
+    fits = load_dataset(spec.model_copy(update={"max_seq_length": 100}), tok, tokenizer_fingerprint(tok), 0, None)
+    assert truncation_warning(spec, fits) is None
 
 
 @pytest.mark.parametrize("spelling", ["dot", "double slash", "absolute", "symlink", "hard link"])

@@ -181,15 +181,17 @@ def _check_sequences(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> list[
     """The data made into sequences as `run` makes them: a batch for every process (SpecError); returns what
     `run` would warn of its training settings against them (batches.schedule_warnings)."""
     from .batches import schedule_warnings
-    from .data import check_sequences, listed_twice, load_dataset, no_validation_reason
+    from .data import check_sequences, listed_twice, load_dataset, no_validation_reason, truncation_warning
     from .tokenizer import tokenizer_fingerprint
 
     ds = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), spec.training.seed, cache_dir=None)
     world = spec.num_nodes * spec.processes_per_node
     check_sequences(spec, ds, world)
     no_validation = no_validation_reason(spec.data, ds)  # as `run` says it
+    cut = truncation_warning(spec.data, ds)
     return (
         listed_twice(spec.data)
+        + [cut] * bool(cut)
         + [f"no validation sequences, so evaluation will not run: {no_validation}"] * bool(no_validation)
         + schedule_warnings(spec.training, ds.train.rows, world)
     )

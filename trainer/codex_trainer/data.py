@@ -28,7 +28,7 @@ from .spec import LISTED_TWICE, VALIDATION_IS_TRAINING, DataSpec, JobSpec
 if TYPE_CHECKING:  # imported when needed: reading and packing the data needs neither
     from transformers import PreTrainedTokenizerBase
 
-CACHE_VERSION = 3
+CACHE_VERSION = 4  # 4: the cache holds what truncation cut (Dataset.cut)
 # How packed blocks are built; part of the cache key and of a packed run's identity (runinfo), so a
 # checkpoint trained the earlier way (documents attending to those before them in the block) is never
 # resumed under this one.
@@ -57,6 +57,9 @@ class Dataset:
     from_cache: bool = False
     digest: str = ""  # data_digest(): the data files' contents
     examples: tuple[int, int] = (0, 0)  # examples (texts) in the train and validation splits
+    # data.packing false: training examples longer than maxSeqLength, and the tokens cut from them (of the
+    # tokens before the cut): what the run never trains on
+    cut: tuple[int, int, int] = (0, 0, 0)
 
 
 # ---------------------------------------------------------------- reading
@@ -275,10 +278,36 @@ def pack(docs: list[np.ndarray], length: int) -> Split:
 
 
 def truncate(docs: list[np.ndarray], length: int) -> Split:
+    """One row per document, each cut to `length` tokens (what is cut is never trained on: `cut_by`)."""
     docs = [d[:length] for d in docs]
     offsets = np.zeros(len(docs) + 1, dtype=np.int64)
     np.cumsum([len(d) for d in docs], out=offsets[1:])
     return Split(np.concatenate(docs) if docs else np.zeros(0, np.int32), offsets)
+
+
+def cut_by(docs: list[np.ndarray], length: int) -> tuple[int, int, int]:
+    """(documents longer than `length`, tokens `truncate` cuts from them, tokens in all the documents)."""
+    lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))
+    over = lengths[lengths > length]
+    return int(len(over)), int((over - length).sum()), int(lengths.sum())
+
+
+def truncation_warning(spec: DataSpec, data: Dataset) -> str | None:
+    """What data.packing false cut from the training examples, said once at the start (None: nothing)."""
+    examples, cut, total = data.cut
+    if not examples:
+        return None
+    return (
+        f"{counted(examples, 'training example')} of {data.examples[0]} ({_share(examples, data.examples[0])}) "
+        f"are longer than data.maxSeqLength {spec.max_seq_length} and are cut to it (data.packing is false): "
+        f"{counted(cut, 'token')} ({_share(cut, total)} of the training tokens) are never trained on; raise "
+        "maxSeqLength, or set data.packing: true (a long example then continues in the next sequences)"
+    )
+
+
+def _share(part: int, whole: int) -> str:
+    pct = 100 * part / max(whole, 1)
+    return f"{pct:.0f}%" if pct >= 1 else "under 1%"
 
 
 # ---------------------------------------------------------------- the whole pipeline, cached
@@ -352,9 +381,10 @@ def load_dataset(
         raise _no_training_sequence(spec, sum(map(len, train_docs)), sum(map(len, val_docs)), len(val_texts))
 
     examples = (len(train_texts), len(val_texts))
+    cut = (0, 0, 0) if spec.packing else cut_by(train_docs, spec.max_seq_length)
     if cache_file is not None:
-        _write_cache(cache_file, train, val, examples)
-    return Dataset(train, val, from_cache=False, digest=digest, examples=examples)
+        _write_cache(cache_file, train, val, examples, cut)
+    return Dataset(train, val, from_cache=False, digest=digest, examples=examples, cut=cut)
 
 
 def check_validation_is_not_training(spec: DataSpec) -> None:
@@ -491,6 +521,7 @@ def _read_cache(path: Path, digest: str, log: Callable[[str], None] | None) -> D
             train = Split(z["train_tokens"], z["train_offsets"], z["train_starts"] if packed else None)
             val = Split(z["val_tokens"], z["val_offsets"], z["val_starts"] if packed else None)
             n_train, n_val = (int(x) for x in z["examples"])
+            cut_examples, cut_tokens, total = (int(x) for x in z["cut"])
         for split in (train, val):
             offs = split.offsets
             if len(offs) < 1 or offs[0] != 0 or offs[-1] != len(split.tokens) or np.any(np.diff(offs) < 0):
@@ -506,16 +537,20 @@ def _read_cache(path: Path, digest: str, log: Callable[[str], None] | None) -> D
         with contextlib.suppress(OSError):
             path.unlink()
         return None
-    return Dataset(train, val, from_cache=True, digest=digest, examples=(n_train, n_val))
+    cut = (cut_examples, cut_tokens, total)
+    return Dataset(train, val, from_cache=True, digest=digest, examples=(n_train, n_val), cut=cut)
 
 
-def _write_cache(cache_file: Path, train: Split, val: Split, examples: tuple[int, int]) -> None:
+def _write_cache(
+    cache_file: Path, train: Split, val: Split, examples: tuple[int, int], cut: tuple[int, int, int]
+) -> None:
     arrays = {
         "train_tokens": train.tokens,
         "train_offsets": train.offsets,
         "val_tokens": val.tokens,
         "val_offsets": val.offsets,
         "examples": np.asarray(examples, dtype=np.int64),
+        "cut": np.asarray(cut, dtype=np.int64),
     }
     if train.starts is not None and val.starts is not None:
         arrays |= {"train_starts": train.starts, "val_starts": val.starts}

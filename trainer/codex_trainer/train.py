@@ -29,7 +29,15 @@ from .batches import collate, label_tokens, micro_batch_rows, planned_steps, row
 from .check import compiler_problem
 from .console import Console
 from .contract import CHECKPOINTS_DIR, EXIT_OK, SIGNAL_EXIT_BASE
-from .data import Split, check_sequences, counted, load_dataset, micro_batches_per_epoch, no_validation_reason
+from .data import (
+    Split,
+    check_sequences,
+    counted,
+    load_dataset,
+    micro_batches_per_epoch,
+    no_validation_reason,
+    truncation_warning,
+)
 from .dropout import cheapen_lora_dropout
 from .errors import SpecError
 from .launch import check_data_files
@@ -162,7 +170,11 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         validation_sequences=data.validation.rows,
         train_tokens=int(data.train.offsets[-1]),
         cached=data.from_cache,
+        **({} if spec.data.packing else {"truncated_examples": data.cut[0], "truncated_tokens": data.cut[1]}),
     )
+    cut = truncation_warning(spec.data, data)
+    if cut:
+        sink.warn(cut)
     check_sequences(spec, data, world)  # a batch for every process; data.validation, when given, evaluates
     no_validation = no_validation_reason(spec.data, data)
     if no_validation:
