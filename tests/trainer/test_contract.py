@@ -59,6 +59,45 @@ def test_the_data_is_identified_by_content_not_by_path(tmp_path, capsys, monkeyp
     assert max(r["step"] for r in metrics(out)) == 4
 
 
+def test_a_local_base_model_is_identified_by_content_not_by_path(tmp_path, capsys, monkeypatch):
+    """Moved elsewhere, the same model files resume; other weights under the same path are refused (they
+    resumed before, the adapters put on weights they were not trained with); a checkpoint from before models
+    had a digest resumes as it did."""
+    from codex_trainer import train as train_module
+
+    for seed, made in ((42, "made-a"), (7, "made-b")):  # two tiny models of one shape, other weights
+        assert run(tmp_path / made, f"training.seed={seed}", steps=1) == 0
+    base, moved = tmp_path / "base", tmp_path / "moved"
+    shutil.copytree(tmp_path / "made-a" / "base-model", base)
+    out = tmp_path / "out"
+
+    def local(path):
+        return f"model={{source: '{path}'}}"
+
+    real = train_module.resume_identity
+    monkeypatch.setattr(train_module, "resume_identity", lambda spec, digest, model_digest="": real(spec, digest))
+    assert run(out, local(base)) == 0  # as a version before the digest wrote it: by path
+    monkeypatch.setattr(train_module, "resume_identity", real)
+    base.rename(moved)
+    assert run(out, local(moved), steps=3) == 2  # a checkpoint by path: the path counts, as it did
+    assert "changed: model.source" in one_line(capsys.readouterr().err)
+    moved.rename(base)
+    assert run(out, local(base), steps=3) == 0  # and it resumes where it is
+    assert '"resumed", "step": 2' in capsys.readouterr().out
+
+    base.rename(moved)  # step 3 was written with the model's digest: the same files, moved, resume
+    assert run(out, local(moved), steps=4) == 0
+    assert '"resumed", "step": 3' in capsys.readouterr().out
+
+    for weights in moved.glob("*.safetensors"):
+        shutil.copy(tmp_path / "made-b" / "base-model" / weights.name, weights)
+    assert run(out, local(moved), steps=6) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith(f"codex-train: invalid spec.model.source: the base model's files in '{moved}' differ"), line
+    assert "Use a new --output-dir, or restore the earlier model files" in line
+    assert max(r["step"] for r in metrics(out)) == 4
+
+
 def test_a_changed_learning_rate_on_resume_is_applied_and_recorded(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     fixed = ["training.scheduler=constant", "training.warmupSteps=0", "model.config.max_position_embeddings=64"]
@@ -165,8 +204,8 @@ def test_a_checkpoint_of_the_earlier_packing_is_refused_not_resumed(tmp_path, ca
 
     real = train_module.resume_identity
 
-    def earlier(spec, digest):
-        identity = real(spec, digest)
+    def earlier(spec, digest, model_digest=""):
+        identity = real(spec, digest, model_digest)
         del identity["data"]["packingScheme"]
         return identity
 

@@ -25,12 +25,15 @@ def spec_hash(spec: JobSpec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()
 
 
-def resume_identity(spec: JobSpec, data_digest: str) -> dict[str, Any]:
+def resume_identity(spec: JobSpec, data_digest: str, model_digest: str = "") -> dict[str, Any]:
     """The parts of a spec a checkpoint is tied to: change them and the old checkpoints no longer apply.
 
-    The data counts by its content (`data_digest`, sha256 of the files), not by the paths naming it; the
-    batch shape counts because it decides which rows each step sees."""
+    The data counts by its content (`data_digest`, sha256 of the files), not by the paths naming it; so does a
+    local base model (`model_digest`, modeldigest.model_digest; '' for scratch and Hub models, which count by
+    their config or name); the batch shape counts because it decides which rows each step sees."""
     d = spec.model_dump(mode="json", by_alias=True)
+    if model_digest:
+        d["model"]["sha256"] = model_digest
     data = {k: v for k, v in d["data"].items() if k not in ("train", "validation", "existingClaim")}
     if spec.data.packing:  # checkpoints of a packed run hold what its blocks taught (data.PACKING_SCHEME)
         data["packingScheme"] = PACKING_SCHEME
@@ -166,6 +169,25 @@ def saved_digest(state: dict) -> str:
     return str(((state.get("identity") or {}).get("data") or {}).get("sha256", ""))
 
 
+def saved_model_digest(state: dict) -> str:
+    """The local base model's digest a checkpoint's identity holds ('' where it has none)."""
+    return str(((state.get("identity") or {}).get("model") or {}).get("sha256", ""))
+
+
+def _comparable(saved: dict[str, Any], current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A local model identified by its contents on both sides is the same model wherever it is (its path may
+    differ); a checkpoint written before models had their digest compares by path, as it was written."""
+    was, now = saved.get("model") or {}, current.get("model") or {}
+    if "sha256" in now and "sha256" not in was:
+        return saved, current | {"model": {k: v for k, v in now.items() if k != "sha256"}}
+    if "sha256" in now and "sha256" in was:
+        return (
+            saved | {"model": {k: v for k, v in was.items() if k != "source"}},
+            current | {"model": {k: v for k, v in now.items() if k != "source"}},
+        )
+    return saved, current
+
+
 def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) -> None:
     """The checkpoint's run is this job: the same identity (resume_identity) and way of seeding."""
     if state.get("seed_scheme", 1) != SEED_SCHEME:
@@ -175,7 +197,11 @@ def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) 
             "resume it with the version that wrote it, or use a new --output-dir",
         )
     saved = state.get("identity")
-    if saved is None or saved in (current, legacy):
+    if saved is None or saved == legacy:
+        return
+    source = (current.get("model") or {}).get("source")
+    saved, current = _comparable(saved, current)
+    if saved == current:
         return
     changed = identity_changes(saved, current)
     if not changed:  # only output settings differ (runinfo.OUTPUT_ONLY)
@@ -188,6 +214,13 @@ def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) 
             "in its block; this version keeps documents apart (position ids restart at each one), and resuming "
             "would mix the two. Use a new --output-dir, or finish that run with the version that started it",
         )
+    if changed == ["model.sha256"]:
+        raise SpecError(
+            "spec.model.source",
+            f"the base model's files in '{source}' differ from those the run that wrote {path} "
+            "trained from; resuming would put its adapters on weights they were not trained with. Use a new "
+            "--output-dir, or restore the earlier model files to continue",
+        )
     if changed == ["data.sha256"]:
         raise SpecError(
             "spec.data",
@@ -196,6 +229,7 @@ def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) 
             "order, to continue",
         )
     names = [c.replace("data.sha256", "data (the files' contents)") for c in changed]
+    names = [c.replace("model.sha256", "model (the files' contents)") for c in names]
     if "data.packing" in changed:  # the scheme is not a field of the job: packing is what the user changed
         names = [n for n in names if n != "data.packingScheme"]
     raise SpecError(

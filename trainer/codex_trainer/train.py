@@ -54,6 +54,7 @@ from .model import (
     trainable_state,
     wrap_peft,
 )
+from .modeldigest import model_digest
 from .outdir import output_lock, prepare_output_dir
 from .plugins import check_callbacks, load_callbacks
 from .result import write_final
@@ -63,6 +64,7 @@ from .runinfo import (
     legacy_identity,
     resume_identity,
     saved_digest,
+    saved_model_digest,
     training_changes,
     write_run_json,
 )
@@ -157,7 +159,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         )
     if found is not None:
         _check_same_name(out, name)
-        as_saved = resume_identity(spec, saved_digest(found.state))  # the data as the checkpoint's, for now
+        # the data and a local model as the checkpoint's, for now: their contents are read below
+        as_saved = resume_identity(spec, saved_digest(found.state), saved_model_digest(found.state))
         check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
 
     # ---- data and model
@@ -185,7 +188,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         sink.warn(line)
 
     # ---- known before the model is made (a fresh start makes its scratch base anew)
-    identity = resume_identity(spec, data.digest)
+    with accelerator.main_process_first():  # rank 0 reads a local model's files; the others find its digests cached
+        identity = resume_identity(spec, data.digest, model_digest(spec.model.source, out / "cache"))
     if found is not None:
         check_same_job(found.state, identity, legacy_identity(spec), found.path)
 
