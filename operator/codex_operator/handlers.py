@@ -44,6 +44,7 @@ from .status import (
     QueueSaid,
     Stall,
     deadline_left,
+    finished_edit,
     plan,
     queue_words,
     set_condition,
@@ -370,6 +371,11 @@ class Operator(Timer):
         if not isinstance(job, str) and not job.spec.storage.existing_claim:
             await self._retain(job, names.pvc_name(job.name))
         await self.patch_status(meta["namespace"], meta["name"], {"observedGeneration": meta.get("generation")}, status)
+        storage = job.spec.storage if not isinstance(job, str) else None
+        retain, claim = (storage.retain, storage.existing_claim) if storage else (None, None)
+        said = finished_edit(status["phase"], meta.get("generation"), meta["name"], retain, claim)
+        self.post_event(body, "Warning", "NotApplied", said)  # else the edit looks taken, and nothing happens
+        log.info("%s/%s NotApplied: %s", meta["namespace"], meta["name"], said)
 
     async def _queue_said(self, job: Job, latest: Attempt | None) -> QueueSaid:
         """What Kueue says of a queued attempt that is suspended: why it waits, or why it was evicted."""

@@ -53,6 +53,21 @@ def volume_lost_message(job_name: str) -> str:
     )
 
 
+def finished_edit(phase: str, generation: int | None, name: str, retain: bool | None, claim: str | None) -> str:
+    """The NotApplied Event of an edit to a finished job: what it changed (storage.retain alone), and how to
+    train again (`retain` None: the edited spec is not valid)."""
+    if claim:
+        again = f"delete it and apply it again with storage.existingClaim {claim}: its checkpoints are there"
+    else:
+        pvc = names.pvc_name(name)
+        keep = "its volume is kept (storage.retain true)" if retain else "keep its volume (storage.retain: true)"
+        again = f"{keep}, delete it, and apply it again with storage.existingClaim {pvc}: it resumes from there"
+    return (
+        f"the job is {phase}, which is final: the edit of generation {generation} changes nothing but "
+        f"storage.retain; to train again, {again}"
+    )
+
+
 def deadline_left(job: Job, status: dict[str, Any], now: datetime) -> int | None:
     """Seconds left of runPolicy.activeDeadlineSeconds, counted from the job's start (None: no deadline)."""
     return seconds_left(job.spec.run_policy.active_deadline_seconds, status.get("startTime"), now)

@@ -521,6 +521,32 @@ def test_retain_switched_on_after_the_job_finished_keeps_the_volume():
     scenario(test)
 
 
+def test_an_edit_of_a_finished_job_says_it_changes_nothing_and_how_to_train_again():
+    """A raised maxSteps on a Succeeded job: before, observedGeneration moved and nothing else, as if taken."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        await c.complete(1, {"step": 300})
+        c.events.clear()
+        generation = c.job()["metadata"]["generation"] + 1
+        await c.edit("training.maxSteps=600")
+        assert c.status()["phase"] == "Succeeded" and c.attempt(2) is None
+        assert c.events == [
+            (
+                "Warning",
+                "NotApplied",
+                f"the job is Succeeded, which is final: the edit of generation {generation} changes nothing but "
+                "storage.retain; to train again, keep its volume (storage.retain: true), delete it, and apply it "
+                f"again with storage.existingClaim {NAME}-checkpoints: it resumes from there",
+            )
+        ]
+        await c.settle()
+        assert len(c.events) == 1  # once per edit
+
+    scenario(test)
+
+
 def test_a_volume_made_before_the_uid_annotation_stays_the_jobs_when_retained():
     async def test(c: Cluster) -> None:
         await c.apply()
