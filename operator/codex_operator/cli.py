@@ -200,7 +200,7 @@ def _parser() -> argparse.ArgumentParser:
                      "default 20)")  # fmt: skip
     run.add_argument("--crash-backoff-seconds", type=_not_negative, default=_env("CODEX_CRASH_BACKOFF_SECONDS", "10"),
                      help="after a crash, wait this long before the next attempt, twice as long after each "
-                     "further crash, at most 300 s (0: no wait; default 10)")  # fmt: skip
+                     "further crash, at most 300 s or SECONDS (0: no wait; default 10)")  # fmt: skip
     run.add_argument("--progress-via", choices=["auto", "pod-ip", "proxy"], default=_env("CODEX_PROGRESS_VIA", "auto"),
                      help="reach rank 0's metrics by pod IP (in the cluster) or the API server's pods/proxy "
                      "(outside it); auto picks by where the operator runs")  # fmt: skip

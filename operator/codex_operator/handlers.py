@@ -543,7 +543,7 @@ class Operator(Timer):
             meta["namespace"],
             meta["name"],
             {"phase": "Failed", "message": problem, "conditions": conditions, "completionTime": ts(now)}
-            | ({"stoppedAttempt": None} if "stoppedAttempt" in (body.get("status") or {}) else {})
+            | {k: None for k in ("stoppedAttempt", "nextAttemptAt") if k in (body.get("status") or {})}
             | ({"progress": {"eta": None}} if "eta" in ((body.get("status") or {}).get("progress") or {}) else {}),
             body.get("status") or {},
         )

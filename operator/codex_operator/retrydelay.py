@@ -15,7 +15,7 @@ MAX_SECONDS = 300.0  # no pause is longer
 
 def crash_pause(crashes: int, first: float = FIRST_SECONDS) -> int:
     """Seconds between crash number `crashes` (1 for the first) and the next attempt: `first`, doubling
-    with each crash counted, at most MAX_SECONDS (and never less than `first`; 0: no pause)."""
+    with each crash counted, at most MAX_SECONDS, or `first` where that is more (0: no pause)."""
     if first <= 0:
         return 0
     return int(min(first * 2 ** max(crashes - 1, 0), max(MAX_SECONDS, first)))
@@ -25,7 +25,8 @@ def restart_due(body: dict[str, Any] | None, now: datetime) -> bool:
     """A job that waits out its pause after a crash and whose pause is over: its reconcile starts the next
     attempt (the timer runs it; no watch event comes when a pause ends)."""
     status = (body or {}).get("status") or {}
-    if status.get("phase") != "Restarting" or not status.get("nextAttemptAt"):
+    deleting = ((body or {}).get("metadata") or {}).get("deletionTimestamp")  # its reconcile does nothing
+    if status.get("phase") != "Restarting" or not status.get("nextAttemptAt") or deleting:
         return False
     due = paused_until(status)
     return due is None or due <= now

@@ -160,6 +160,7 @@ def plan(
     latest = next((a for a in attempts if a.number == current), None)
     if latest is not None:
         p.status.pop("stoppedAttempt", None)  # the attempt that replaced it exists: done
+    _keep_own_pause(p, old, latest, current)
     p.status["attempt"] = current
     p.status["restarts"] = max(0, current - 1)
     created = [a.created for a in attempts if a.created]
@@ -210,9 +211,18 @@ def plan(
     return p
 
 
+def _keep_own_pause(p: Plan, old: dict[str, Any], latest: Attempt | None, current: int) -> None:
+    """A pause is the failed latest attempt's (status.attempt): one left by a status write that did not get
+    through is not a later attempt's."""
+    if not (latest is not None and latest.outcome == "Failed" and int(old.get("attempt") or 0) == current):
+        p.status.pop("nextAttemptAt", None)
+
+
 def _without_eta_when_final(status: dict[str, Any], phase: str) -> None:
     """A job not Running shows no ETA: finished, nothing is left to run; suspended, restarting or waiting,
-    nothing runs, and the time left is not known until it does again."""
+    nothing runs, and the time left is not known until it does again. A finished job waits for no pause."""
+    if phase in TERMINAL:
+        status.pop("nextAttemptAt", None)
     if phase != "Running" and "eta" in (status.get("progress") or {}):
         status["progress"] = {k: v for k, v in status["progress"].items() if k != "eta"}
 
@@ -350,7 +360,7 @@ def _after_failure(
         # by an edit since the attempt was made; stopped from outside
         kind = "disruption"
         line = f"stopped by an activeDeadlineSeconds of its Job, not the job's ({latest.message or line})"
-    paused = "nextAttemptAt" in p.status  # this ending was counted when the pause began
+    paused = "nextAttemptAt" in p.status  # this ending was counted when the pause began (plan keeps only its own)
     counted = int(p.status.get(COUNTED["crash"]) or 0) if paused and kind == "crash" else _count(p, attempts, kind)
     if kind == "user-error":
         decision = ("Failed", "InvalidJob", line)
@@ -429,6 +439,8 @@ def _not_there(
 ) -> Decision:
     """The attempt the status names has no Job: the operator's own replacement, cut short; else a deletion."""
     left = deadline_left(job, p.status, now)
+    if old.get("nextAttemptAt") and int(old.get("attempt") or 0) == current and (left is None or left > 0):
+        return _pause_goes_on(p, current, old, now)
     if old.get("stoppedAttempt") != current - 1:
         return _after_deletion(job, p, attempts, current, left, now)
     if left is None or left > 0:
@@ -438,6 +450,17 @@ def _not_there(
     p.status.pop("stoppedAttempt", None)
     p.status["completionTime"] = ts(now)
     return "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
+
+
+def _pause_goes_on(p: Plan, current: int, old: dict[str, Any], now: datetime) -> Decision:
+    """The crashed attempt's Job was deleted during the pause after it (by hand, or a TTL a cluster policy puts
+    on Jobs): its crash was counted when the pause began, so nothing more is; the pause goes on."""
+    due = retrydelay.paused_until(old)
+    if due is not None and due > now:
+        p.status["nextAttemptAt"] = old["nextAttemptAt"]
+        return "Restarting", "Retrying", old.get("message") or f"attempt {current + 1} starts at {ts(due)}"
+    p.said = True  # the Event said so when the pause began
+    return _restart(p, current, "crash", f"attempt {current} failed, its Job deleted since")
 
 
 def _start_after_stop(p: Plan, attempts: list[Attempt], current: int, old: dict[str, Any]) -> Decision:

@@ -168,6 +168,30 @@ def test_a_spec_edited_since_the_crashed_attempt_was_made_starts_the_next_at_onc
     assert p.create_attempt == 2 and p.status["crashes"] == 1 and p.events[-1][1] == "Retrying"
 
 
+def test_the_crashed_attempts_job_deleted_during_the_pause_counts_nothing_more_and_the_pause_goes_on():
+    """A TTL a cluster policy puts on Jobs, or a kubectl delete: the crash was counted when the pause began."""
+    job = make_job("runPolicy.maxDisruptions=0")
+    paused = plan(job, {"phase": "Running", "attempt": 1}, attempts(job_obj(1, cond=CRASH)), NOW).status
+    gone = plan(job, paused, [], NOW + timedelta(seconds=5))
+    assert gone.status == paused and gone.events == [] and gone.create_attempt is None
+    due = plan(job, paused, [], NOW + timedelta(seconds=10))
+    assert due.create_attempt == 2 and due.events == [] and "nextAttemptAt" not in due.status
+    assert (due.status["crashes"], due.status.get("disruptions")) == (1, None)
+
+
+def test_a_pause_left_in_the_status_is_not_taken_for_a_later_attempts():
+    """The status write after the pause's attempt was made did not get through: attempt 2 runs with attempt 1's
+    nextAttemptAt still there. It is dropped, and attempt 2's own crash is counted and paused for."""
+    paused = plan(make_job(), {"phase": "Running", "attempt": 1}, attempts(job_obj(1, cond=CRASH)), NOW).status
+    two = attempts(job_obj(1, cond=CRASH), job_obj(2, ready=1))
+    running = plan(make_job(), paused, two, NOW + timedelta(seconds=20))
+    assert running.status["phase"] == "Running" and "nextAttemptAt" not in running.status
+    crashed = attempts(job_obj(1, cond=CRASH), job_obj(2, cond=CRASH))
+    again = plan(make_job(), paused, crashed, NOW + timedelta(seconds=30))
+    assert again.status["crashes"] == 2 and again.create_attempt is None and again.events[-1][1] == "Retrying"
+    assert again.status["nextAttemptAt"] == "2026-11-28T12:00:50Z"
+
+
 def test_the_deadline_passing_during_a_pause_fails_the_job():
     job = make_job("runPolicy.activeDeadlineSeconds=60")
     status = {"phase": "Running", "attempt": 1, "startTime": "2026-11-28T11:59:30Z"}
