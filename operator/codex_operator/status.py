@@ -538,12 +538,13 @@ def _live(
     was_running = old.get("phase") == "Running" and old.get("attempt") == latest.number
     edited = 0 < latest.generation < job.generation  # an operator upgrade alone may change the fingerprint
     fingerprint = pod_fingerprint(job) if edited else latest.spec_sha256
-    # an attempt that runs, is held, or ran before (resumed after runPolicy.suspend or a preemption, its pods
-    # starting again) is kept; else, edited, it is replaced below: it never ran, so there is nothing to lose
-    kept = latest.ready or latest.suspended or was_running or old.get("ranAttempt") == latest.number
+    queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
+    # an attempt that runs, waits in a queue (its place there), or ran before (resumed after runPolicy.suspend
+    # or a preemption, its pods starting again) is kept; else, edited, it is replaced below: it never ran, so
+    # there is nothing to lose (one created with runPolicy.suspend is replaced when it resumes)
+    kept = latest.ready or (latest.suspended and queued) or was_running or old.get("ranAttempt") == latest.number
     if edited and kept and latest.spec_sha256 not in ("", fingerprint):
         _say_edit_waits(job, p, latest, old)
-    queued = bool(rp.queue_name) or not may_suspend  # a queue owns the Job's suspend: never change it
     fresh = latest.job_generation >= written  # not a view from before this operator's own last patch
     edited_by_hand = latest.job_generation > max(written, 1)  # its spec changed since it was made or patched here
     if not queued and fresh and latest.suspended != rp.suspend:
@@ -637,7 +638,8 @@ def _replace(job: Job, p: Plan, latest: Attempt, new_image: str = "") -> Decisio
     p.events = [e for e in p.events if e[1] != "JobEdited"]
     p.status["stoppedAttempt"] = latest.number
     nxt = _next_attempt(p, latest.number)
-    phase = "Restarting" if latest.number > 1 else "Pending"
+    ran = p.status.get("ranAttempt") is not None or p.status.get("crashes") or p.status.get("disruptions")
+    phase = "Restarting" if ran else "Pending"  # nothing restarts in a job that has not run yet
     if new_image:
         return (
             phase,

@@ -508,6 +508,26 @@ def test_limits_count_attempts_whose_jobs_were_deleted_since():
     scenario(test)
 
 
+def test_a_job_created_suspended_and_edited_starts_with_the_edit_and_says_so_once():
+    """Before, the edit was said to wait for a next attempt ("attempt 1 goes on with its own"), and on resume
+    a second SpecChanged said the opposite; a later edit before any pod ran made the job Restarting."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.suspend=true")
+        await c.edit("resources={requests: {cpu: 250m, memory: 1Gi}}")
+        assert c.status()["phase"] == "Suspended" and reasons(c) == ["Created", "Suspended"]
+        await c.edit("runPolicy.suspend=false")
+        assert c.attempt(2) is not None and c.status()["phase"] == "Pending"
+        said = [m for _, r, m in c.events if r == "SpecChanged"]
+        assert said == [
+            "attempt 1 had started no pod when the spec was edited (generation 3): attempt 2 starts with the edit"
+        ]
+        await c.edit("training.maxSteps=500")  # no pod has run yet: still nothing to restart
+        assert c.attempt(3) is not None and c.status()["phase"] == "Pending"
+
+    scenario(test)
+
+
 def test_retain_switched_on_after_the_job_finished_keeps_the_volume():
     async def test(c: Cluster) -> None:
         await c.apply()

@@ -594,7 +594,7 @@ def test_an_edit_of_a_running_attempt_is_said_to_apply_from_the_next_attempt():
     [
         "the same spec",
         "a pod running",
-        "suspended",
+        "suspended in a queue",
         "an edit the pods do not see",
         "made before the fingerprint",
         "the same generation, another fingerprint (an operator upgrade)",
@@ -605,20 +605,23 @@ def test_an_attempt_is_left_alone_when_replacing_it_would_lose_something_or_chan
     edited = {
         "the same spec": job,
         "a pod running": make_job("training.maxSteps=500"),
-        "suspended": make_job("training.maxSteps=500"),
+        "suspended in a queue": make_job("training.maxSteps=500"),
         "an edit the pods do not see": make_job("runPolicy.ttlSecondsAfterFinished=60"),
         "made before the fingerprint": make_job("training.maxSteps=500"),
         "the same generation, another fingerprint (an operator upgrade)": make_job("training.maxSteps=500"),
     }[why]
     latest = made_from(
-        dataclasses.replace(job, generation=2), 1, ready=int(why == "a pod running"), suspend=why == "suspended"
+        dataclasses.replace(job, generation=2),
+        1,
+        ready=int(why == "a pod running"),
+        suspend=why.startswith("suspended"),
     )
     if why == "made before the fingerprint":
         latest = attempts(job_obj(1))[0]
     if why.startswith("the same generation"):
         edited = dataclasses.replace(edited, generation=2)  # the attempt's own generation
     old = {"phase": "Running" if why == "a pod running" else "Pending", "attempt": 1}
-    p = plan(edited, old, [latest], NOW)
+    p = plan(edited, old, [latest], NOW, may_suspend=why != "suspended in a queue")
     assert p.stop_attempt is None and p.create_attempt is None, why
 
 
