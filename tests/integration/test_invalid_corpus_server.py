@@ -84,6 +84,21 @@ NOT_SOURCES = ["hf://", "hf://org/", "hf://-x/y", "hf://org/na me", "hf://a/b/c"
                "hf://org/name\n", "hf://org/name@re v"]  # fmt: skip
 
 
+GPU = "nvidia.com/gpu"
+RESOURCES = [
+    {"gpus": 2, "limits": {GPU: "2"}},
+    {"gpus": 2, "limits": {GPU: "4"}},
+    {"gpus": 1, "requests": {GPU: "1"}},
+    {"gpus": 1, "requests": {GPU: "1000m"}},
+    {"gpus": 2, "requests": {GPU: "1"}},
+    {"limits": {GPU: "1"}, "requests": {GPU: "1"}},
+    {"limits": {GPU: "2"}, "requests": {GPU: "1"}},
+    {"requests": {GPU: "1"}},
+    {"limits": {GPU: "1"}},
+    {"gpus": 1, "limits": {GPU: "1500m"}},
+]
+
+
 def locally_valid(manifest: dict) -> bool:
     try:
         parse_manifest(manifest)
@@ -96,11 +111,13 @@ def locally_valid(manifest: dict) -> bool:
     ("where", "value"),
     [("storage.size", q) for q in QUANTITIES + NOT_QUANTITIES]
     + [("model.source", s) for s in SOURCES + NOT_SOURCES]
-    + [("metadata.name", n) for n in ["a", "a-1", "x" * 40, "x" * 41, "1a", "a-", "a.b", "A", "a\n"]],
+    + [("metadata.name", n) for n in ["a", "a-1", "x" * 40, "x" * 41, "1a", "a-", "a.b", "A", "a\n"]]
+    + [("resources", r) for r in RESOURCES],
     ids=repr,
 )
 def test_the_api_server_and_the_trainer_agree(cluster, ns, where, value):
-    """The same verdict on each value, from both sides: a regex here, a CEL rule (isQuantity, matches) there."""
+    """The same verdict on each value, from both sides: a regex here, a CEL rule (isQuantity, matches, the
+    quantity library) there."""
     job = yaml.safe_load(TINY.read_text())
     if where == "storage.size":
         job["spec"]["storage"]["size"] = value
@@ -108,6 +125,8 @@ def test_the_api_server_and_the_trainer_agree(cluster, ns, where, value):
         job["spec"]["model"] = {"source": value}  # (no config: only scratch takes one)
         if value == "scratch":
             job["spec"]["model"]["config"] = {"model_type": "llama"}
+    elif where == "resources":
+        job["spec"]["resources"] = value
     else:
         job["metadata"]["name"] = value
     server_ok = apply(cluster, ns, job, "--dry-run=server").returncode == 0

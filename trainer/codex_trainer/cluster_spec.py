@@ -34,6 +34,14 @@ TOLERATION_EXISTS_VALUE = "a toleration with operator Exists matches any value: 
 
 
 REQUEST_ABOVE_LIMIT = "a pod may not request more of a resource than its limit; lower the request or raise the limit"
+GPU = "nvidia.com/gpu"
+GPU_LIMIT_NOT_GPUS = f"which sets the {GPU} request and limit: remove it, or make the two equal"
+GPU_REQUEST_NOT_LIMIT = (
+    f"a Pod's {GPU} request must equal its limit (GPUs are not shared): remove it and set spec.resources.gpus, "
+    "which sets both"
+)
+_REQ, _LIM = f"self.requests['{GPU}']", f"self.limits['{GPU}']"
+_GPUS = "(has(self.gpus) && self.gpus > 0)"
 
 
 class ResourcesSpec(SpecModel):
@@ -46,7 +54,21 @@ class ResourcesSpec(SpecModel):
                     "|| quantity(self.requests[k]).compareTo(quantity(self.limits[k])) <= 0)",
                     "message": f"a request is more than its limit in spec.resources.limits: {REQUEST_ABOVE_LIMIT}",
                     "fieldPath": ".requests",
-                }
+                },
+                {
+                    "rule": f"!{_GPUS} || !has(self.limits) || !('{GPU}' in self.limits) || !isQuantity({_LIM}) "
+                    f"|| (quantity({_LIM}).isInteger() && quantity({_LIM}).asInteger() == self.gpus)",
+                    "message": f"spec.resources.limits.{GPU} differs from spec.resources.gpus, {GPU_LIMIT_NOT_GPUS}",
+                    "fieldPath": ".limits",
+                },
+                {
+                    "rule": f"!has(self.requests) || !('{GPU}' in self.requests) || !isQuantity({_REQ}) || ({_GPUS} "
+                    f"? (quantity({_REQ}).isInteger() && quantity({_REQ}).asInteger() == self.gpus) : has(self.limits) "
+                    f"&& '{GPU}' in self.limits "
+                    f"&& (!isQuantity({_LIM}) || quantity({_REQ}).compareTo(quantity({_LIM})) == 0))",
+                    "message": f"spec.resources.requests.{GPU}: {GPU_REQUEST_NOT_LIMIT}",
+                    "fieldPath": ".requests",
+                },
             ]
         }
     )
@@ -80,6 +102,19 @@ class ResourcesSpec(SpecModel):
             if asked is not None and most is not None and asked > most:
                 above = f"{request} is more than spec.resources.limits.{name}, {limit}"
                 raise FieldValueError(f"requests.{name}", f"{above}: {REQUEST_ABOVE_LIMIT}")
+        return self._gpus_as_a_pod_takes_them()
+
+    def _gpus_as_a_pod_takes_them(self) -> ResourcesSpec:
+        """The GPU limit is spec.resources.gpus where it is set, and a GPU request is that limit: otherwise
+        gpus quietly overrode the limit, or the Job's pods were refused."""
+        asked = self.requests.get(GPU)
+        limit = str(self.gpus) if self.gpus else self.limits.get(GPU)
+        if self.gpus and GPU in self.limits and quantity_value(self.limits[GPU]) != self.gpus:
+            differs = f"{self.limits[GPU]} differs from spec.resources.gpus {self.gpus}"
+            raise FieldValueError(f"limits.{GPU}", f"{differs}, {GPU_LIMIT_NOT_GPUS}")
+        if asked is not None and (limit is None or quantity_value(asked) != quantity_value(limit)):
+            said = f"{asked}, with a limit of {limit or 'none'}"
+            raise FieldValueError(f"requests.{GPU}", f"{said}: {GPU_REQUEST_NOT_LIMIT}")
         return self
 
 
