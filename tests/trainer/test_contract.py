@@ -75,7 +75,7 @@ def test_a_local_base_model_is_identified_by_content_not_by_path(tmp_path, capsy
         return f"model={{source: '{path}'}}"
 
     real = train_module.resume_identity
-    monkeypatch.setattr(train_module, "resume_identity", lambda spec, digest, model_digest="": real(spec, digest))
+    monkeypatch.setattr(train_module, "resume_identity", lambda spec, digest, *model: real(spec, digest))
     assert run(out, local(base)) == 0  # as a version before the digest wrote it: by path
     monkeypatch.setattr(train_module, "resume_identity", real)
     base.rename(moved)
@@ -96,6 +96,45 @@ def test_a_local_base_model_is_identified_by_content_not_by_path(tmp_path, capsy
     assert line.startswith(f"codex-train: invalid spec.model.source: the base model's files in '{moved}' differ"), line
     assert "Use a new --output-dir, or restore the earlier model files" in line
     assert max(r["step"] for r in metrics(out)) == 4
+
+
+def test_a_hub_model_resumes_at_the_commit_it_started_on_when_its_branch_moves(tmp_path):
+    """hf://org/name names main, which moves when the repository is pushed to: a run resumed after a push
+    loaded the new weights under its adapters. It resumes at the commit it started on, and its adapter names
+    that commit. (A Hub cache made here, read offline.)"""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    repo = tmp_path / "hub" / "models--codex-test--tiny"
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=259)  # fmt: skip
+    first, pushed = "a" * 40, "b" * 40
+    for commit, seed in ((first, 1), (pushed, 2)):
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(first)
+    env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    out = tmp_path / "out"
+
+    def run_hub(steps: int):
+        args = ["--set", "model={source: 'hf://codex-test/tiny'}", "--set", "tokenizer=bytes", *QUICK]
+        r = run_cli("run", str(TINY), "--output-dir", str(out), *args, "--set", f"training.maxSteps={steps}", env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
+
+    assert next(e for e in run_hub(2) if e["event"] == "start")["base_commit"] == first
+    (repo / "refs" / "main").write_text(pushed)  # a push to main
+    events = run_hub(4)
+    assert next(e for e in events if e["event"] == "start")["base_commit"] == first
+    assert any(e["event"] == "resumed" and e["step"] == 2 for e in events)
+    adapter = json.loads((out / "final" / "adapter_config.json").read_text())
+    assert (adapter["base_model_name_or_path"], adapter["revision"]) == ("codex-test/tiny", first)
+
+    fresh = tmp_path / "fresh"  # a new run starts on main as it is now
+    r = run_cli("run", str(TINY), "--output-dir", str(fresh), "--set", "model={source: 'hf://codex-test/tiny'}",
+                "--set", "tokenizer=bytes", *QUICK, "--set", "training.maxSteps=1", env=env)  # fmt: skip
+    assert r.returncode == 0 and f'"base_commit": "{pushed}"' in r.stdout, r.stderr[-2000:]
 
 
 def test_a_changed_learning_rate_on_resume_is_applied_and_recorded(tmp_path, capsys, monkeypatch):
@@ -204,8 +243,8 @@ def test_a_checkpoint_of_the_earlier_packing_is_refused_not_resumed(tmp_path, ca
 
     real = train_module.resume_identity
 
-    def earlier(spec, digest, model_digest=""):
-        identity = real(spec, digest, model_digest)
+    def earlier(spec, digest, *model):
+        identity = real(spec, digest, *model)
         del identity["data"]["packingScheme"]
         return identity
 

@@ -25,15 +25,20 @@ def spec_hash(spec: JobSpec) -> str:
     return hashlib.sha256(json.dumps(spec.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()
 
 
-def resume_identity(spec: JobSpec, data_digest: str, model_digest: str = "") -> dict[str, Any]:
+def resume_identity(
+    spec: JobSpec, data_digest: str, model_digest: str = "", commit: str | None = None
+) -> dict[str, Any]:
     """The parts of a spec a checkpoint is tied to: change them and the old checkpoints no longer apply.
 
     The data counts by its content (`data_digest`, sha256 of the files), not by the paths naming it; so does a
     local base model (`model_digest`, modeldigest.model_digest; '' for scratch and Hub models, which count by
-    their config or name); the batch shape counts because it decides which rows each step sees."""
+    their config or name); a Hub model's `commit` is the one its files were loaded at (sources.hub_commit),
+    which a resumed run loads again; the batch shape counts because it decides which rows each step sees."""
     d = spec.model_dump(mode="json", by_alias=True)
     if model_digest:
         d["model"]["sha256"] = model_digest
+    if commit:
+        d["model"]["commit"] = commit
     data = {k: v for k, v in d["data"].items() if k not in ("train", "validation", "existingClaim")}
     if spec.data.packing:  # checkpoints of a packed run hold what its blocks taught (data.PACKING_SCHEME)
         data["packingScheme"] = PACKING_SCHEME
@@ -174,12 +179,20 @@ def saved_model_digest(state: dict) -> str:
     return str(((state.get("identity") or {}).get("model") or {}).get("sha256", ""))
 
 
+def saved_commit(state: dict | None) -> str | None:
+    """The Hub commit of the base model a checkpoint was trained on (None where it holds none)."""
+    return ((state or {}).get("identity") or {}).get("model", {}).get("commit") or None
+
+
 def _comparable(saved: dict[str, Any], current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """A local model identified by its contents on both sides is the same model wherever it is (its path may
-    differ); a checkpoint written before models had their digest compares by path, as it was written."""
+    differ); a checkpoint written before models had their digest (or Hub models their commit) compares by
+    path or name, as it was written."""
     was, now = saved.get("model") or {}, current.get("model") or {}
-    if "sha256" in now and "sha256" not in was:
-        return saved, current | {"model": {k: v for k, v in now.items() if k != "sha256"}}
+    newer = [k for k in ("sha256", "commit") if k in now and k not in was]
+    if newer:
+        now = {k: v for k, v in now.items() if k not in newer}
+        current = current | {"model": now}
     if "sha256" in now and "sha256" in was:
         return (
             saved | {"model": {k: v for k, v in was.items() if k != "source"}},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .errors import SpecError, TransientError
@@ -23,6 +24,29 @@ def resolve_source(source: str, field: str, what: str = "a model") -> tuple[str,
     if not path.exists():
         raise SpecError(field, f"'{source}' is neither hf://org/name[@revision] nor an existing local directory")
     return str(path), None
+
+
+COMMIT = re.compile(r"[0-9a-f]{40}")
+
+
+def hub_commit(source: str) -> str | None:
+    """The commit of a Hub model's files as loaded (from the local cache, where from_pretrained put them); None
+    for a local or scratch source, or where the cache does not say. A revision that is a branch or a tag (or
+    none: main) moves when the repository is pushed to; its commit does not."""
+    m = HF_SOURCE.match(source)
+    if m is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(m.group("repo"), "config.json", revision=m.group("rev"))
+    commit = Path(found).parent.name if isinstance(found, str) else ""
+    return commit if COMMIT.fullmatch(commit) else None
+
+
+def at_commit(source: str, commit: str | None) -> str:
+    """The Hub source pinned to `commit` (a run resumes on the base it started from); others as they are."""
+    m = HF_SOURCE.match(source)
+    return f"hf://{m.group('repo')}@{commit}" if m and commit else source
 
 
 def _probe_hub(repo: str, revision: str | None, source: str, field: str, what: str) -> None:

@@ -63,11 +63,13 @@ from .runinfo import (
     check_same_job,
     legacy_identity,
     resume_identity,
+    saved_commit,
     saved_digest,
     saved_model_digest,
     training_changes,
     write_run_json,
 )
+from .sources import at_commit, hub_commit
 from .spec import JobSpec
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 from .wandb_sink import check_credentials, start_wandb
@@ -157,14 +159,17 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
             f"beside it): this run would replace it with its scratch model; give another --output-dir, or move "
             f"{base_dir} away",
         )
+    pinned = saved_commit(found.state) if found is not None else None  # a Hub model's, as the run started on it
     if found is not None:
         _check_same_name(out, name)
         # the data and a local model as the checkpoint's, for now: their contents are read below
-        as_saved = resume_identity(spec, saved_digest(found.state), saved_model_digest(found.state))
+        as_saved = resume_identity(spec, saved_digest(found.state), saved_model_digest(found.state), pinned)
         check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
 
     # ---- data and model
-    tokenizer = load_tokenizer(spec.tokenizer_source, spec.model.trust_remote_code)
+    same_repo = spec.tokenizer_source == spec.model.source  # the tokenizer of the commit the model is loaded at
+    tokenizer_source = at_commit(spec.tokenizer_source, pinned) if same_repo else spec.tokenizer_source
+    tokenizer = load_tokenizer(tokenizer_source, spec.model.trust_remote_code)
     with accelerator.main_process_first():  # rank 0 tokenizes and caches; the others read the cache
         data = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), t.seed, out / "cache", sink.warn)
     sink.event(
@@ -189,7 +194,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
 
     # ---- known before the model is made (a fresh start makes its scratch base anew)
     with accelerator.main_process_first():  # rank 0 reads a local model's files; the others find its digests cached
-        identity = resume_identity(spec, data.digest, model_digest(spec.model.source, out / "cache"))
+        identity = resume_identity(spec, data.digest, model_digest(spec.model.source, out / "cache"), pinned)
     if found is not None:
         check_same_job(found.state, identity, legacy_identity(spec), found.path)
 
@@ -198,9 +203,14 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     # full (modulesToSave, or peft.method none) keep fp32 master weights
     frozen_base = spec.peft.method == "lora" and not spec.peft.modules_to_save
     base_dtype = torch.bfloat16 if accelerator.mixed_precision == "bf16" and frozen_base else None
-    base = load_base_model(spec.model, tokenizer, base_dir, base_dtype, is_main, seed=t.seed, fresh=found is None)
+    # resumed on a Hub model: at the commit the run started on, wherever its branch has moved since
+    model_spec = spec.model.model_copy(update={"source": at_commit(spec.model.source, pinned)})
+    base = load_base_model(model_spec, tokenizer, base_dir, base_dtype, is_main, seed=t.seed, fresh=found is None)
+    commit = pinned or hub_commit(spec.model.source)
+    if commit:
+        identity["model"]["commit"] = commit
     check_positions(base, spec.data.max_seq_length, sink.warn)
-    base_ref = adapter_base_reference(spec.model.source, base_dir)
+    base_ref = adapter_base_reference(at_commit(spec.model.source, commit), base_dir)
     model = wrap_peft(base, spec.peft)
     cheapen_lora_dropout(model)  # the same dropout, fewer random draws on a CPU (dropout.py)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -266,6 +276,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         parameters=n_total,
         output=str(out),
         **({"metrics_port": sink.prometheus.port} if sink.prometheus and sink.prometheus.port else {}),
+        **({"base_commit": commit} if commit else {}),
     )
     # complete, and its result as asked (peft.merge on a finished LoRA run: written below, nothing trained;
     # a full fine-tune's final/ is the whole model, merge or not)
