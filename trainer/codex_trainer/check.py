@@ -191,7 +191,7 @@ def _check_sequences(spec: JobSpec, tokenizer: PreTrainedTokenizerBase) -> list[
     cut = truncation_warning(spec.data, ds)
     return (
         listed_twice(spec.data)
-        + [cut] * bool(cut)
+        + ([cut] if cut else [])
         + [f"no validation sequences, so evaluation will not run: {no_validation}"] * bool(no_validation)
         + schedule_warnings(spec.training, ds.train.rows, world)
     )
