@@ -85,12 +85,17 @@ def failure_line(attempt: Attempt, pod: PodFailure | None) -> str:
     """One line on why an attempt failed, the trainer's own words first."""
     if pod is not None:
         what = f"exited {pod.exit_code}" if pod.exit_code is not None else "failed"
+        tail = pod.message.strip().splitlines()[-1] if pod.message.strip() else ""
         if pod.reason == "OOMKilled":
             what = f"was killed for using more memory than its limit ({what})"
-        tail = pod.message.strip().splitlines()[-1] if pod.message.strip() else ""
+        elif pod.exit_code == contract.EXIT_SIGKILL:  # the trainer wrote nothing: its log's last line is no cause
+            killed = "trainer was killed (SIGKILL, exited 137), not for its memory limit"
+            return killed + (f"; its last log line: {tail}" if tail else "")
         return f"trainer {what}" + (f": {tail}" if tail else "")
-    said = attempt.message or attempt.reason or "the attempt failed"
-    return f"its trainer pod is gone (deleted, or lost with its node); the Job controller said: {said}"
+    gone = "its trainer pod is gone (deleted, or lost with its node)"
+    if attempt.reason == "BackoffLimitExceeded":  # the attempt Job's own limit of 0, not runPolicy.backoffLimit
+        return gone
+    return f"{gone}; the Job controller said: {attempt.message or attempt.reason or 'the attempt failed'}"
 
 
 @dataclass(frozen=True)
@@ -376,10 +381,14 @@ def _after_failure(
         why = "disrupted (not counted against backoffLimit)" if kind == "disruption" else "failed"
         what = f"attempt {latest.number} {why}: {line}"
         if kind == "crash":
+            retry = f"retry {counted} of runPolicy.backoffLimit {rp.backoff_limit}"
+            said = p.status.get("message") or ""
+            if paused and said.startswith(f"attempt {latest.number} failed: ") and f"; {retry}" in said:
+                what = said.rsplit(f"; {retry}", 1)[0]  # as said when the pause began: its pod may be gone since
             due = _pause_ends(job, p, latest, counted, failed_pod, now, first_pause)
             if due is not None:
-                retry = f"retry {counted} of runPolicy.backoffLimit {rp.backoff_limit}"
                 return _pause(p, latest.number, retry, due, retrydelay.crash_pause(counted, first_pause), what)
+            what = f"{what}; {retry}"
         p.said = paused  # the Event said so when the pause began
         return _restart(p, latest.number, kind, what)
     p.status.pop("nextAttemptAt", None)
@@ -392,8 +401,10 @@ def _pause_ends(
 ) -> datetime | None:
     """When the next attempt after a crash may start: the pause is counted from when the trainer ended,
     and kept in status.nextAttemptAt (an operator restarted meanwhile waits out the same one). None: now
-    (the pause is over; or the spec was edited since the attempt was made, and the edit is tried at once)."""
-    if first <= 0 or (latest.generation and job.generation > latest.generation):
+    (the pause is over; or the spec was edited since the attempt was made, and the pods of the next attempt differ:
+    the edit may be the fix, and is tried at once; or the job is suspended: the next attempt is made held)."""
+    edited = 0 < latest.generation < job.generation and latest.spec_sha256 not in ("", pod_fingerprint(job))
+    if first <= 0 or edited or job.spec.run_policy.suspend:
         return None
     due = retrydelay.paused_until(p.status)
     if due is None:
@@ -460,7 +471,11 @@ def _pause_goes_on(p: Plan, current: int, old: dict[str, Any], now: datetime) ->
         p.status["nextAttemptAt"] = old["nextAttemptAt"]
         return "Restarting", "Retrying", old.get("message") or f"attempt {current + 1} starts at {ts(due)}"
     p.said = True  # the Event said so when the pause began
-    return _restart(p, current, "crash", f"attempt {current} failed, its Job deleted since")
+    said = old.get("message") or ""
+    what = (
+        said.rsplit("; retry ", 1)[0] if said.startswith(f"attempt {current} failed: ") else f"attempt {current} failed"
+    )
+    return _restart(p, current, "crash", f"{what} (its Job deleted since)")
 
 
 def _start_after_stop(p: Plan, attempts: list[Attempt], current: int, old: dict[str, Any]) -> Decision:

@@ -158,14 +158,49 @@ def test_the_pause_doubles_with_each_crash_up_to_five_minutes_counted_from_when_
     assert at_once.create_attempt == 2 and "nextAttemptAt" not in at_once.status
 
 
-def test_a_spec_edited_since_the_crashed_attempt_was_made_starts_the_next_at_once():
-    """The user's fix is tried now, not after the pause: the next attempt is made from the edited spec."""
-    edited = make_job()  # generation 3
-    crashed = job_obj(1, cond=CRASH)
-    crashed["metadata"]["annotations"]["codex.ml/generation"] = "2"
-    p = plan(edited, {"phase": "Running", "attempt": 1}, attempts(crashed), NOW)
-    assert attempts(crashed)[0].generation == 2
+def test_a_spec_edited_since_the_crashed_attempt_was_made_starts_the_next_at_once_if_its_pods_differ():
+    """The user's fix is tried now, not after the pause: the next attempt is made from the edited spec. An
+    edit its pods do not see (a TTL, storage.retain) fixes nothing: the pause stays."""
+    from codex_operator import builders
+
+    made = dataclasses.replace(make_job(), generation=2)
+    crashed = builders.attempt_job(made, 1, builders.Settings(), None)
+    crashed["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    running = {"phase": "Running", "attempt": 1}
+    fixed = dataclasses.replace(make_job("resources={limits: {memory: 8Gi}}"), generation=3)
+    p = plan(fixed, running, attempts(crashed), NOW)
     assert p.create_attempt == 2 and p.status["crashes"] == 1 and p.events[-1][1] == "Retrying"
+    assert "retry 1 of runPolicy.backoffLimit 3" in p.status["message"]  # said with or without a pause
+    for unseen in ("runPolicy.ttlSecondsAfterFinished=60", "storage.retain=true"):
+        p = plan(dataclasses.replace(make_job(unseen), generation=3), running, attempts(crashed), NOW)
+        assert p.create_attempt is None and p.status["nextAttemptAt"], unseen
+    held = plan(dataclasses.replace(make_job("runPolicy.suspend=true"), generation=3), running, attempts(crashed), NOW)
+    assert held.create_attempt == 2  # made held: it runs nothing until resumed
+
+
+def test_what_failed_is_kept_when_the_pause_ends_after_the_pod_is_gone():
+    """kubectl delete pod: the pod said SIGTERM; by the end of the pause it is gone, and the message said the
+    Job controller's words instead (its own backoff limit of 0, read as runPolicy.backoffLimit)."""
+    pod = PodFailure("p", exit_code=143, message="stopped by SIGTERM after checkpoint at step 271")
+    paused = plan(make_job(), {"phase": "Running", "attempt": 1}, attempts(job_obj(1, cond=CRASH)), NOW, pod).status
+    due = plan(make_job(), paused, attempts(job_obj(1, cond=CRASH)), NOW + timedelta(seconds=10))
+    assert due.create_attempt == 2
+    assert due.status["message"].startswith(
+        "attempt 1 failed: trainer exited 143: stopped by SIGTERM after checkpoint at step 271; retry 1 of "
+    ), due.status["message"]
+    gone = plan(make_job(), {"phase": "Running", "attempt": 1}, attempts(job_obj(1, cond=CRASH)), NOW)
+    assert "its trainer pod is gone (deleted, or lost with its node)" in gone.status["message"]
+    assert "backoff limit" not in gone.status["message"]
+
+
+def test_a_sigkill_that_is_not_the_oom_killer_is_not_blamed_on_the_last_log_line():
+    log_line = '{"time": 1.0, "event": "checkpoint", "step": 280}'
+    pod = PodFailure("p", exit_code=137, reason="Error", message=log_line)
+    p = plan(make_job(), {"phase": "Running"}, attempts(job_obj(1, cond=CRASH)), NOW, pod)
+    assert p.status["message"].startswith(
+        "attempt 1 failed: trainer was killed (SIGKILL, exited 137), not for its memory limit; its last "
+        f"log line: {log_line}; retry 1 of"
+    ), p.status["message"]
 
 
 def test_the_crashed_attempts_job_deleted_during_the_pause_counts_nothing_more_and_the_pause_goes_on():
@@ -176,6 +211,10 @@ def test_the_crashed_attempts_job_deleted_during_the_pause_counts_nothing_more_a
     assert gone.status == paused and gone.events == [] and gone.create_attempt is None
     due = plan(job, paused, [], NOW + timedelta(seconds=10))
     assert due.create_attempt == 2 and due.events == [] and "nextAttemptAt" not in due.status
+    assert due.status["message"].startswith(
+        "attempt 1 failed: its trainer pod is gone (deleted, or lost with its node) (its Job deleted since); "
+        "starting attempt 2"
+    ), due.status["message"]
     assert (due.status["crashes"], due.status.get("disruptions")) == (1, None)
 
 
