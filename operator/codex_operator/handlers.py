@@ -36,7 +36,7 @@ from .builders import Job
 from .eventline import EventLine
 from .jobstate import JobState, Options
 from .kube import CONNECTIONS, Kube
-from .progress import ts
+from .progress import parse_ts, ts
 from .refusals import Refused, Taken, holder, next_backoff, server_message
 from .status import (
     TERMINAL,
@@ -446,6 +446,16 @@ class Operator(Timer):
             self.post_event(body, kind, reason, message)
             log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
+        if p.status.get("nextAttemptAt") and p.status["nextAttemptAt"] != status.get("nextAttemptAt"):
+            self._wake((meta["namespace"], meta["name"]), p.status["nextAttemptAt"])
+
+    def _wake(self, key: Key, at: str) -> None:
+        """Reconcile the job when its pause after a crash ends, on time (the timer's round would be up to an
+        interval late; it still starts the attempt of a pause an earlier operator process began)."""
+        due = parse_ts(at)
+        if due is not None:
+            delay = max(0.0, (due - datetime.now(UTC)).total_seconds())
+            asyncio.get_running_loop().call_later(delay, self.queue.put, key)
 
     async def volume_lost(self, body: dict[str, Any]) -> dict[str, Any]:
         """The job's volume was deleted under it and is made again, empty: say so, and forget the checkpoint the
