@@ -23,7 +23,7 @@ from . import memory, metrics, names, retrydelay, watched
 from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
-from .progress import progress_changed, progress_from_metrics
+from .progress import parse_ts, progress_changed, progress_from_metrics
 from .status import (
     TERMINAL,
     Stall,
@@ -52,6 +52,21 @@ def deadline_passed(body: dict[str, Any] | None, now: datetime) -> bool:
         return False
     left = seconds_left(limit, status["startTime"], now)  # as the reconcile's plan counts it
     return left is not None and left <= 0
+
+
+def last_reading(status: dict[str, Any]) -> Stall | None:
+    """The stall clock from the status: its last progress reading, when the running attempt gave it (after
+    the attempt last went Running); None where it did not, and the clock starts at the next reading."""
+    progress, attempt = status.get("progress") or {}, int(status.get("attempt") or 1)
+    running = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
+    try:
+        read, since = parse_ts(progress.get("updatedAt")), parse_ts(running.get("lastTransitionTime"))
+    except (TypeError, ValueError):
+        return None
+    ran = status.get("ranAttempt") == attempt and running.get("status") == "True"
+    if read is None or since is None or read < since or not ran or not isinstance(progress.get("step"), int):
+        return None
+    return Stall(attempt, progress["step"], read)
 
 
 class Timer:
@@ -257,7 +272,11 @@ class Timer:
         slow data read is never a stall. A trainer that stops answering (frozen, its node cut off) moves no
         step either."""
         deadline = ((body.get("spec") or {}).get("runPolicy") or {}).get("progressDeadlineSeconds")
-        moved, status = st.moved, body.get("status") or {}
+        status = body.get("status") or {}
+        if deadline and st.moved is None and st.unread:
+            # no reading since this operator started, and rank 0 did not answer: a frozen trainer gives none
+            st.moved = last_reading(status)
+        moved = st.moved
         if not deadline or moved is None or moved.attempt != int(status.get("attempt") or 1):
             return
         if (datetime.now(UTC) - moved.since).total_seconds() < deadline:

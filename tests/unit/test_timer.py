@@ -33,6 +33,38 @@ def test_a_replaced_rank_0_pod_starts_the_stall_clock_again():
     scenario(test)
 
 
+def test_a_trainer_frozen_before_an_operator_restart_is_still_found_stalled():
+    """The stall clock started at the first reading; a new operator process (an upgrade) never gets one from
+    a frozen trainer, and the job ran on for good. It starts the clock at the status's last reading."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        assert c.status()["progress"]["step"] == 40
+        c.api.metrics_text.clear()  # frozen: rank 0 answers nothing more
+        job = c.job()
+        long_ago = datetime.now(UTC) - timedelta(seconds=120)
+        for cond in job["status"]["conditions"]:
+            if cond["type"] == "Running":
+                cond["lastTransitionTime"] = long_ago.strftime("%Y-%m-%dT%H:%M:%SZ")
+        read = datetime.now(UTC) - timedelta(seconds=61)
+        job["status"]["progress"]["updatedAt"] = read.strftime("%Y-%m-%dT%H:%M:%SZ")
+        c.api.put(names.PLURAL, job)
+        c.op.jobs.clear()  # a new operator process: it has read nothing of the attempt
+        await c.settle()
+        await c.retry()  # its first read of rank 0 gets no answer
+        assert c.status()["phase"] == "Running"
+        await c.retry()
+        st = c.status()
+        assert st["phase"] == "Restarting" and st["attempt"] == 2 and c.attempt(1) is None, st
+        stalled = next(x for x in st["conditions"] if x["type"] == "Stalled")
+        assert "its last step, 40, was read at" in stalled["message"]
+
+    scenario(test)
+
+
 def rank0_at(c: Cluster, n: int, step: int) -> None:
     """Rank 0 of attempt `n` serves its step (out of 300) and its newest checkpoint (every 10 steps)."""
     pod = c.pod(n, 0)
