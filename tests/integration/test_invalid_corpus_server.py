@@ -96,6 +96,9 @@ RESOURCES = [
     {"requests": {GPU: "1"}},
     {"limits": {GPU: "1"}},
     {"gpus": 1, "limits": {GPU: "1500m"}},
+    {"limits": {GPU: "500m"}},
+    {"limits": {GPU: "1000m"}},
+    {"limits": {GPU: "2"}, "requests": {GPU: "2000m"}},
 ]
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from codex_trainer.cli import main
-from support import TINY, run_cli
+from support import TINY, one_line, run_cli
 
 
 @pytest.fixture
@@ -105,13 +105,24 @@ def test_validate_prints_the_resolved_spec(capsys, in_root):
 
 @pytest.mark.spawns
 def test_a_hub_model_that_cannot_be_fetched_is_retryable_not_a_spec_error(tmp_path):
-    """Offline (HF_HUB_OFFLINE, so nothing leaves the machine): exit 1 and one line, so the operator
-    retries rather than failing the job for good."""
+    """The Hub does not answer (an endpoint where nothing listens, so nothing leaves the machine): exit 1 and
+    one line, so the operator retries rather than failing the job for good. Offline (HF_HUB_OFFLINE) with the
+    model not in the cache, no retry can help: exit 2 saying so."""
     overrides = ["--set", "model={source: hf://codex-test/absent}", "--set", "tokenizer=bytes"]
-    r = run_cli("run", str(TINY), "--output-dir", str(tmp_path), *overrides, env={"HF_HUB_OFFLINE": "1"})
+    down = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}
+    r = run_cli("run", str(TINY), "--output-dir", str(tmp_path), *overrides, env=down)
     assert r.returncode == 1, r.stderr
     assert "could not fetch a causal LM 'hf://codex-test/absent' from the Hub (retryable)" in r.stderr
     assert "Traceback" not in r.stderr
+    cache = tmp_path / "hub"
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    r = run_cli("run", str(TINY), "--output-dir", str(tmp_path / "o"), *overrides, env=offline)
+    assert r.returncode == 2, r.stderr
+    assert one_line(r.stderr) == (
+        f"codex-train: invalid spec.model.source: 'hf://codex-test/absent' is not in the Hugging Face cache "
+        f"({cache}) and HF_HUB_OFFLINE is set: put it in the cache (a resumed run needs the commit it started on, "
+        "after the @), or unset HF_HUB_OFFLINE where the Hub can be reached"
+    )
 
 
 @pytest.mark.spawns

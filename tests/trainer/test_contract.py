@@ -94,16 +94,27 @@ def test_a_local_base_model_is_identified_by_content_not_by_path(tmp_path, capsy
     assert run(out, local(moved), steps=6) == 2
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"codex-train: invalid spec.model.source: the base model's files in '{moved}' differ"), line
+    assert "(changed: model.safetensors)" in line, line
     assert "Use a new --output-dir, or restore the earlier model files" in line
     assert max(r["step"] for r in metrics(out)) == 4
 
 
+def lowercased(folder: pathlib.Path) -> None:
+    """A tokenizer saved in `folder`, made to lowercase its text: it encodes the same data otherwise."""
+    saved = json.loads((folder / "tokenizer.json").read_text())
+    saved["normalizer"] = {"type": "Lowercase"}
+    (folder / "tokenizer.json").write_text(json.dumps(saved))
+
+
 def test_a_hub_model_resumes_at_the_commit_it_started_on_when_its_branch_moves(tmp_path):
     """hf://org/name names main, which moves when the repository is pushed to: a run resumed after a push
-    loaded the new weights under its adapters. It resumes at the commit it started on, and its adapter names
-    that commit. (A Hub cache made here, read offline.)"""
+    loaded the new weights under its adapters, and the new tokenizer. It resumes at the commit it started on,
+    its tokenizer with it (the same repository however spelled), its adapter names that commit, and eval of a
+    checkpoint loads it there too. (A Hub cache made here, read offline.)"""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from codex_trainer.tokenizer import byte_tokenizer
 
     repo = tmp_path / "hub" / "models--codex-test--tiny"
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
@@ -112,29 +123,57 @@ def test_a_hub_model_resumes_at_the_commit_it_started_on_when_its_branch_moves(t
     for commit, seed in ((first, 1), (pushed, 2)):
         torch.manual_seed(seed)
         LlamaForCausalLM(config).save_pretrained(repo / "snapshots" / commit)
+        byte_tokenizer().save_pretrained(repo / "snapshots" / commit)
+    lowercased(repo / "snapshots" / pushed)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(first)
     env = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
     out = tmp_path / "out"
+    hub = ["--set", "model={source: 'hf://codex-test/tiny'}", "--set", "tokenizer=hf://codex-test/tiny@main"]
 
     def run_hub(steps: int):
-        args = ["--set", "model={source: 'hf://codex-test/tiny'}", "--set", "tokenizer=bytes", *QUICK]
-        r = run_cli("run", str(TINY), "--output-dir", str(out), *args, "--set", f"training.maxSteps={steps}", env=env)
+        args = [*hub, *QUICK, "--set", f"training.maxSteps={steps}"]
+        r = run_cli("run", str(TINY), "--output-dir", str(out), *args, env=env)
         assert r.returncode == 0, r.stderr[-2000:]
         return [json.loads(x) for x in r.stdout.splitlines() if x.startswith("{")]
 
+    def eval_loss(path) -> float:
+        r = run_cli("eval", str(path), "--max-batches", "2", env=env)
+        assert r.returncode == 0, r.stderr[-2000:]
+        return json.loads(r.stdout.splitlines()[-1])["loss"]
+
     assert next(e for e in run_hub(2) if e["event"] == "start")["base_commit"] == first
+    before = eval_loss(out / "checkpoints" / "step-2")
     (repo / "refs" / "main").write_text(pushed)  # a push to main
     events = run_hub(4)
     assert next(e for e in events if e["event"] == "start")["base_commit"] == first
+    assert next(e for e in events if e["event"] == "data")["cached"] is True  # the same tokenizer's tokens
     assert any(e["event"] == "resumed" and e["step"] == 2 for e in events)
     adapter = json.loads((out / "final" / "adapter_config.json").read_text())
     assert (adapter["base_model_name_or_path"], adapter["revision"]) == ("codex-test/tiny", first)
+    assert eval_loss(out / "checkpoints" / "step-2") == pytest.approx(before, abs=1e-6)
 
     fresh = tmp_path / "fresh"  # a new run starts on main as it is now
-    r = run_cli("run", str(TINY), "--output-dir", str(fresh), "--set", "model={source: 'hf://codex-test/tiny'}",
-                "--set", "tokenizer=bytes", *QUICK, "--set", "training.maxSteps=1", env=env)  # fmt: skip
+    r = run_cli("run", str(TINY), "--output-dir", str(fresh), *hub, *QUICK, "--set", "training.maxSteps=1", env=env)
     assert r.returncode == 0 and f'"base_commit": "{pushed}"' in r.stdout, r.stderr[-2000:]
+
+
+def test_a_tokenizer_counts_by_the_tokens_it_makes_not_by_where_it_is(tmp_path, capsys):
+    """A tokenizer folder moved resumes; one whose files changed (it lowercases now) made other tokens of the
+    same data, and resumed on them without a word before: refused, naming spec.tokenizer."""
+    from codex_trainer.tokenizer import byte_tokenizer
+
+    tok, moved, out = tmp_path / "tok", tmp_path / "moved", tmp_path / "out"
+    byte_tokenizer().save_pretrained(tok)
+    assert run(out, f"tokenizer={tok}") == 0
+    tok.rename(moved)
+    assert run(out, f"tokenizer={moved}", steps=3) == 0
+    assert '"resumed", "step": 2' in capsys.readouterr().out
+    lowercased(moved)
+    assert run(out, f"tokenizer={moved}", steps=4) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line.startswith("codex-train: invalid spec.tokenizer: the tokenizer makes other tokens of the same"), line
+    assert max(r["step"] for r in metrics(out)) == 3
 
 
 def test_a_changed_learning_rate_on_resume_is_applied_and_recorded(tmp_path, capsys, monkeypatch):

@@ -172,24 +172,39 @@ def test_tokenized_data_is_cached_and_the_cache_follows_the_data(tmp_path, jsonl
 
 def test_examples_cut_to_max_seq_length_without_packing_are_counted_and_said_even_from_the_cache(tmp_path):
     """data.packing false cuts each example to maxSeqLength: the run says how much it never trains on (it
-    said nothing before); packed, nothing is cut."""
-    path = tmp_path / "d.jsonl"
+    said nothing before), and how much of the validation examples is cut; packed, nothing is cut."""
+    path, held_out = tmp_path / "d.jsonl", tmp_path / "v.jsonl"
     texts = ["short"] * 6 + ["x" * 30] * 3 + ["y" * 99]  # 6, 31 and 100 tokens with their EOS
     path.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    held_out.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["z" * 15, "z" * 16, "v"]))  # 16, 17, 2
     tok = byte_tokenizer()
-    spec = DataSpec(train=[str(path)], max_seq_length=16, validation_fraction=0.0, packing=False)
+    spec = DataSpec(train=[str(path)], validation=[str(held_out)], max_seq_length=16, packing=False)
     for cached in (False, True):
         data = load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, tmp_path / "cache")
-        assert data.from_cache is cached and data.cut == (4, 3 * 15 + 84, 6 * 6 + 3 * 31 + 100)
+        assert data.from_cache is cached and data.cut == (4, 3 * 15 + 84, 6 * 6 + 3 * 31 + 100, 1, 1, 35)
         assert truncation_warning(spec, data) == (
-            "4 training examples of 10 (40%) are longer than data.maxSeqLength 16 and are cut to it (data.packing "
-            "is false): 129 tokens (56% of the training tokens) are never trained on; raise maxSeqLength, or set "
-            "data.packing: true (a long example then continues in the next sequences)"
+            "4 training examples of 10 (40%) are longer than data.maxSeqLength 16 with their end-of-text token "
+            "and are cut to it (data.packing is false): 129 tokens (56% of the training tokens) are never trained "
+            "on; 1 of 3 validation examples are cut too (3% of their tokens), and evaluated cut; raise "
+            "maxSeqLength, or set data.packing: true (a long example then continues in the next sequences)"
         )
     packed = load_dataset(spec.model_copy(update={"packing": True}), tok, tokenizer_fingerprint(tok), 0, None)
-    assert packed.cut == (0, 0, 0) and truncation_warning(spec, packed) is None
+    assert packed.cut == (0,) * 6 and truncation_warning(spec, packed) is None
     fits = load_dataset(spec.model_copy(update={"max_seq_length": 100}), tok, tokenizer_fingerprint(tok), 0, None)
     assert truncation_warning(spec, fits) is None
+
+
+def test_the_tokens_digest_follows_what_the_tokenizer_makes_of_the_data(tmp_path, jsonl):
+    """runinfo's `tokens`: the same data and tokenizer make the same digest, from the cache too; a tokenizer
+    that encodes differently makes another."""
+    tok = byte_tokenizer()
+    spec = DataSpec(train=[str(jsonl)], max_seq_length=16, validation_fraction=0.1)
+    first = load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, tmp_path / "cache")
+    again = load_dataset(spec, tok, tokenizer_fingerprint(tok), 0, tmp_path / "cache")
+    assert again.from_cache and again.tokens_sha256 == first.tokens_sha256 and len(first.tokens_sha256) == 64
+    other = byte_tokenizer()
+    other.eos_token = other.convert_ids_to_tokens(other.pad_token_id)  # each document ends in another token
+    assert load_dataset(spec, other, "other", 0, None).tokens_sha256 != first.tokens_sha256
 
 
 @pytest.mark.parametrize("spelling", ["dot", "double slash", "absolute", "symlink", "hard link"])

@@ -1,41 +1,64 @@
-"""A local base model's identity is its files' contents: what counts, and what a resumed start reads again."""
+"""A local base model's identity is what makes it: its weights, its config as JSON, its code; what a resumed
+start reads again; and folders as users have them (links, a loop, a pipe, an unreadable file)."""
 
 from __future__ import annotations
 
 import os
 
+import pytest
+
 from codex_trainer import modeldigest
-from codex_trainer.modeldigest import model_digest
+from codex_trainer.errors import SpecError
+from codex_trainer.modeldigest import changed_files, model_digests
 
 
 def make_model(folder, weights=b"w" * 1000):
     (folder / "sub").mkdir(parents=True)
-    (folder / "config.json").write_text('{"model_type": "llama"}')
+    (folder / "config.json").write_text('{"model_type": "llama", "hidden_size": 8}')
     (folder / "model.safetensors").write_bytes(weights)
-    (folder / "sub" / "tokenizer.json").write_text("{}")
+    (folder / "sub" / "modeling_x.py").write_text("class X: ...\n")
     return folder
 
 
-def test_the_digest_follows_the_files_not_their_folder_nor_the_documentation(tmp_path):
+def test_the_files_that_make_the_model_count_wherever_they_are_and_nothing_else(tmp_path):
     a = make_model(tmp_path / "a")
-    digest = model_digest(str(a))
-    assert len(digest) == 64 and model_digest("scratch") == "" and model_digest("hf://org/name@main") == ""
-    assert model_digest(str(make_model(tmp_path / "b"))) == digest  # the same files elsewhere
-    (a / "README.md").write_text("# notes")
-    (a / "LICENSE").write_text("terms")
-    (a / ".cache").mkdir()
-    (a / ".cache" / "lock").write_text("")
-    assert model_digest(str(a)) == digest
-    (a / "sub" / "tokenizer.json").write_text('{"added": 1}')  # the tokenizer read from the model's folder counts
-    assert model_digest(str(a)) != digest
-    assert model_digest(str(make_model(tmp_path / "c", weights=b"v" * 1000))) != digest
-    os.symlink(tmp_path / "b" / "model.safetensors", tmp_path / "link.safetensors")
-    linked = tmp_path / "d"
-    linked.mkdir()
-    for name in ("config.json", "sub"):  # a Hub cache's snapshot: links to its blobs
-        os.symlink(tmp_path / "b" / name, linked / name)
-    os.symlink(tmp_path / "link.safetensors", linked / "model.safetensors")
-    assert model_digest(str(linked)) == digest
+    files = model_digests(str(a))
+    assert sorted(files) == ["config.json", "model.safetensors", "sub/modeling_x.py"]
+    assert model_digests("scratch") == {} and model_digests("hf://org/name@main") == {}
+    assert model_digests(str(make_model(tmp_path / "b"))) == files  # the same files elsewhere
+    for name, text in (("README.md", "# notes"), ("LICENSE", "terms"), ("notes.txt", "mine"), ("tokenizer.json", "{}")):
+        (a / name).write_text(text)
+    (a / "config.json").write_text('{\n    "hidden_size": 8,\n    "model_type": "llama"\n}\n')  # saved again
+    assert model_digests(str(a)) == files
+    (a / "config.json").write_text('{"model_type": "llama", "hidden_size": 16}')
+    (a / "model-00002.safetensors").write_bytes(b"x")
+    assert changed_files(files, model_digests(str(a))) == "changed: config.json; new: model-00002.safetensors"
+
+
+def test_links_a_loop_a_pipe_and_a_dangling_link_are_walked_as_from_pretrained_sees_them(tmp_path):
+    b = make_model(tmp_path / "b")
+    files = model_digests(str(b))
+    snapshot = tmp_path / "snapshot"  # a Hub cache's snapshot: links to its blobs
+    snapshot.mkdir()
+    for name in ("config.json", "model.safetensors", "sub"):
+        os.symlink(b / name, snapshot / name)
+    os.symlink(snapshot, snapshot / "loop")  # a link back up the tree
+    os.mkfifo(snapshot / "pipe.bin")  # would block a read for good
+    os.symlink(tmp_path / "nowhere", snapshot / "model-00002.safetensors")  # half downloaded
+    got = model_digests(str(snapshot))
+    assert got == files | {"model-00002.safetensors": modeldigest.MISSING}
+
+
+def test_a_file_the_trainer_may_not_read_is_one_line_naming_it(tmp_path, monkeypatch):
+    model = make_model(tmp_path / "m")
+
+    def refused(path):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(modeldigest, "sha256_file", refused)
+    with pytest.raises(SpecError) as e:
+        model_digests(str(model))
+    assert f"'{model / 'model.safetensors'}' in the model folder cannot be read by the trainer" in str(e.value)
 
 
 def test_a_resumed_start_reads_only_the_files_changed_since(tmp_path, monkeypatch):
@@ -43,13 +66,13 @@ def test_a_resumed_start_reads_only_the_files_changed_since(tmp_path, monkeypatc
     read = []
     real = modeldigest.sha256_file
     monkeypatch.setattr(modeldigest, "sha256_file", lambda p: read.append(p.name) or real(p))
-    first = model_digest(str(model), cache)
-    assert sorted(read) == ["config.json", "model.safetensors", "tokenizer.json"]
+    first = model_digests(str(model), cache)
+    assert sorted(read) == ["model.safetensors", "modeling_x.py"]  # config.json is read as JSON
     read.clear()
-    assert model_digest(str(model), cache) == first and read == []
+    assert model_digests(str(model), cache) == first and read == []
     (model / "model.safetensors").write_bytes(b"x" * 1000)  # the same size, written again
-    assert model_digest(str(model), cache) != first and read == ["model.safetensors"]
+    assert model_digests(str(model), cache) != first and read == ["model.safetensors"]
     (cache / modeldigest.CACHE_FILE).write_text("not json")  # damaged: read everything again, no error
     read.clear()
-    model_digest(str(model), cache)
-    assert len(read) == 3
+    model_digests(str(model), cache)
+    assert len(read) == 2

@@ -40,6 +40,7 @@ GPU_REQUEST_NOT_LIMIT = (
     f"a Pod's {GPU} request must equal its limit (GPUs are not shared): remove it and set spec.resources.gpus, "
     "which sets both"
 )
+GPU_NOT_WHOLE = "GPUs are not shared: a Pod takes only a whole number of them"
 _REQ, _LIM = f"self.requests['{GPU}']", f"self.limits['{GPU}']"
 _GPUS = "(has(self.gpus) && self.gpus > 0)"
 
@@ -55,6 +56,15 @@ class ResourcesSpec(SpecModel):
                     "message": f"a request is more than its limit in spec.resources.limits: {REQUEST_ABOVE_LIMIT}",
                     "fieldPath": ".requests",
                 },
+                *(
+                    {
+                        "rule": f"!has(self.{where}) || !('{GPU}' in self.{where}) || "
+                        f"!isQuantity(self.{where}['{GPU}']) || quantity(self.{where}['{GPU}']).isInteger()",
+                        "message": f"spec.resources.{where}.{GPU}: {GPU_NOT_WHOLE}",
+                        "fieldPath": f".{where}",
+                    }
+                    for where in ("limits", "requests")
+                ),
                 {
                     "rule": f"!{_GPUS} || !has(self.limits) || !('{GPU}' in self.limits) || !isQuantity({_LIM}) "
                     f"|| (quantity({_LIM}).isInteger() && quantity({_LIM}).asInteger() == self.gpus)",
@@ -107,6 +117,10 @@ class ResourcesSpec(SpecModel):
     def _gpus_as_a_pod_takes_them(self) -> ResourcesSpec:
         """The GPU limit is spec.resources.gpus where it is set, and a GPU request is that limit: otherwise
         gpus quietly overrode the limit, or the Job's pods were refused."""
+        for where, given in (("limits", self.limits.get(GPU)), ("requests", self.requests.get(GPU))):
+            value = quantity_value(given) if given is not None else None
+            if value is not None and value != int(value):
+                raise FieldValueError(f"{where}.{GPU}", f"{given}: {GPU_NOT_WHOLE}")
         asked = self.requests.get(GPU)
         limit = str(self.gpus) if self.gpus else self.limits.get(GPU)
         if self.gpus and GPU in self.limits and quantity_value(self.limits[GPU]) != self.gpus:

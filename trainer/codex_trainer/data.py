@@ -57,9 +57,18 @@ class Dataset:
     from_cache: bool = False
     digest: str = ""  # data_digest(): the data files' contents
     examples: tuple[int, int] = (0, 0)  # examples (texts) in the train and validation splits
-    # data.packing false: training examples longer than maxSeqLength, and the tokens cut from them (of the
-    # tokens before the cut): what the run never trains on
-    cut: tuple[int, int, int] = (0, 0, 0)
+    # data.packing false: training examples longer than maxSeqLength, the tokens cut from them and the tokens
+    # before the cut (what the run never trains on); then the same of the validation examples
+    cut: tuple[int, int, int, int, int, int] = (0, 0, 0, 0, 0, 0)
+    tokens_sha256: str = ""  # the training split's tokens and rows: what the tokenizer made of the data
+
+
+def tokens_digest(split: Split) -> str:
+    """sha256 of a split's tokens and row boundaries (runinfo.resume_identity's `tokens`)."""
+    h = hashlib.sha256()
+    for a in (split.tokens, split.offsets):
+        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+    return h.hexdigest()
 
 
 # ---------------------------------------------------------------- reading
@@ -293,16 +302,25 @@ def cut_by(docs: list[np.ndarray], length: int) -> tuple[int, int, int]:
 
 
 def truncation_warning(spec: DataSpec, data: Dataset) -> str | None:
-    """What data.packing false cut from the training examples, said once at the start (None: nothing)."""
-    examples, cut, total = data.cut
-    if not examples:
+    """What data.packing false cut from the examples, said once at the start (None: nothing)."""
+    examples, cut, total, val_examples, val_cut, val_total = data.cut
+    if not examples and not val_examples:
         return None
-    return (
-        f"{counted(examples, 'training example')} of {data.examples[0]} ({_share(examples, data.examples[0])}) "
-        f"are longer than data.maxSeqLength {spec.max_seq_length} and are cut to it (data.packing is false): "
-        f"{counted(cut, 'token')} ({_share(cut, total)} of the training tokens) are never trained on; raise "
-        "maxSeqLength, or set data.packing: true (a long example then continues in the next sequences)"
-    )
+    said = []
+    if examples:
+        said.append(
+            f"{counted(examples, 'training example')} of {data.examples[0]} ({_share(examples, data.examples[0])}) "
+            f"are longer than data.maxSeqLength {spec.max_seq_length} with their end-of-text token and are cut to "
+            f"it (data.packing is false): {counted(cut, 'token')} ({_share(cut, total)} of the training tokens) "
+            "are never trained on"
+        )
+    if val_examples:
+        said.append(
+            f"{val_examples} of {data.examples[1]} validation examples are cut too ({_share(val_cut, val_total)} "
+            "of their tokens), and evaluated cut"
+        )
+    fix = "raise maxSeqLength, or set data.packing: true (a long example then continues in the next sequences)"
+    return "; ".join(said) + f"; {fix}"
 
 
 def _share(part: int, whole: int) -> str:
@@ -381,10 +399,12 @@ def load_dataset(
         raise _no_training_sequence(spec, sum(map(len, train_docs)), sum(map(len, val_docs)), len(val_texts))
 
     examples = (len(train_texts), len(val_texts))
-    cut = (0, 0, 0) if spec.packing else cut_by(train_docs, spec.max_seq_length)
+    length = spec.max_seq_length
+    cut = (0,) * 6 if spec.packing else (*cut_by(train_docs, length), *cut_by(val_docs, length))
+    tokens = tokens_digest(train)
     if cache_file is not None:
-        _write_cache(cache_file, train, val, examples, cut)
-    return Dataset(train, val, from_cache=False, digest=digest, examples=examples, cut=cut)
+        _write_cache(cache_file, train, val, examples, cut, tokens, log)
+    return Dataset(train, val, from_cache=False, digest=digest, examples=examples, cut=cut, tokens_sha256=tokens)
 
 
 def check_validation_is_not_training(spec: DataSpec) -> None:
@@ -521,7 +541,10 @@ def _read_cache(path: Path, digest: str, log: Callable[[str], None] | None) -> D
             train = Split(z["train_tokens"], z["train_offsets"], z["train_starts"] if packed else None)
             val = Split(z["val_tokens"], z["val_offsets"], z["val_starts"] if packed else None)
             n_train, n_val = (int(x) for x in z["examples"])
-            cut_examples, cut_tokens, total = (int(x) for x in z["cut"])
+            cut = tuple(int(x) for x in z["cut"])
+            tokens = str(z["tokens_sha256"])
+            if len(cut) != 6:
+                raise ValueError("the truncation counts are not those of this version")
         for split in (train, val):
             offs = split.offsets
             if len(offs) < 1 or offs[0] != 0 or offs[-1] != len(split.tokens) or np.any(np.diff(offs) < 0):
@@ -537,12 +560,17 @@ def _read_cache(path: Path, digest: str, log: Callable[[str], None] | None) -> D
         with contextlib.suppress(OSError):
             path.unlink()
         return None
-    cut = (cut_examples, cut_tokens, total)
-    return Dataset(train, val, from_cache=True, digest=digest, examples=(n_train, n_val), cut=cut)
+    return Dataset(train, val, from_cache=True, digest=digest, examples=(n_train, n_val), cut=cut, tokens_sha256=tokens)
 
 
 def _write_cache(
-    cache_file: Path, train: Split, val: Split, examples: tuple[int, int], cut: tuple[int, int, int]
+    cache_file: Path,
+    train: Split,
+    val: Split,
+    examples: tuple[int, int],
+    cut: tuple[int, ...],
+    tokens: str,
+    log: Callable[[str], None] | None,
 ) -> None:
     arrays = {
         "train_tokens": train.tokens,
@@ -551,6 +579,7 @@ def _write_cache(
         "val_offsets": val.offsets,
         "examples": np.asarray(examples, dtype=np.int64),
         "cut": np.asarray(cut, dtype=np.int64),
+        "tokens_sha256": np.asarray(tokens),
     }
     if train.starts is not None and val.starts is not None:
         arrays |= {"train_starts": train.starts, "val_starts": val.starts}
@@ -563,7 +592,10 @@ def _write_cache(
             raise disk_full(
                 "the tokenized data cache", cache_file.parent, sum(a.nbytes for a in arrays.values())
             ) from None
-        raise
+        if not isinstance(e, PermissionError):
+            raise
+        if log is not None:  # the cache saves the next start some time; a run can go on without it
+            log(f"the tokenized data is not cached: {cache_file.parent} is not writable ({e.strerror})")
 
 
 # ---------------------------------------------------------------- batch order

@@ -234,6 +234,7 @@ def load(target: Target, device: torch.device) -> tuple[Model, PreTrainedTokeniz
         tokenizer = _tokenizer_for(target, Path(target.path))
         model = load_adapter(Path(target.path))
     else:
+        target.spec = _as_the_checkpoint_trained(target)
         tokenizer = _tokenizer_for(target, None)
         model = _load_checkpoint(target, tokenizer)
     rows = embedding_rows(model)
@@ -262,6 +263,35 @@ def _tokenizer_for(target: Target, directory: Path | None) -> PreTrainedTokenize
     else:
         raise SpecError("", f"'{target.path}' holds no tokenizer and has no {RUN_JSON} beside it naming one")
     return tok
+
+
+def _as_the_checkpoint_trained(target: Target) -> JobSpec:
+    """The run's spec with its base as the checkpoint was trained on: a Hub model (and its tokenizer) at the
+    commit the run started on, wherever the branch has moved; a local model folder checked to hold the same
+    files (as `run` checks it before it resumes)."""
+    from . import checkpoint
+    from .modeldigest import changed_files, model_digests
+    from .runinfo import saved_commit, saved_model_files
+    from .sources import at_commit, tokenizer_at
+
+    spec, path = target.spec, Path(target.path)
+    assert spec is not None
+    try:
+        state = json.loads((path / checkpoint.STATE).read_text())
+    except (OSError, ValueError):
+        return spec  # checkpoint.verify says what is wrong with it
+    files, commit = saved_model_files(state), saved_commit(state)
+    now = model_digests(spec.model.source) if files else None
+    if files and now != files:
+        raise SpecError(
+            "spec.model.source",
+            f"the base model's files in '{spec.model.source}' differ from those checkpoint '{path}' was trained "
+            f"from ({changed_files(files, now or {})}): restore them to evaluate it",
+        )
+    if not commit:
+        return spec
+    model = spec.model.model_copy(update={"source": at_commit(spec.model.source, commit)})
+    return spec.model_copy(update={"model": model, "tokenizer": tokenizer_at(spec, commit)})
 
 
 def _from_pretrained(source: str) -> PreTrainedModel:

@@ -16,6 +16,7 @@ from typing import Any
 from .data import PACKING_SCHEME
 from .errors import SpecError
 from .files import write_text_atomically
+from .modeldigest import changed_files
 from .spec import JobSpec
 
 PACKAGES = ("codex-training-operator", "torch", "transformers", "peft", "accelerate", "tokenizers", "safetensors")
@@ -26,17 +27,23 @@ def spec_hash(spec: JobSpec) -> str:
 
 
 def resume_identity(
-    spec: JobSpec, data_digest: str, model_digest: str = "", commit: str | None = None
+    spec: JobSpec,
+    data_digest: str,
+    model_files: dict[str, str] | None = None,
+    commit: str | None = None,
+    tokens: str = "",
 ) -> dict[str, Any]:
     """The parts of a spec a checkpoint is tied to: change them and the old checkpoints no longer apply.
 
     The data counts by its content (`data_digest`, sha256 of the files), not by the paths naming it; so does a
-    local base model (`model_digest`, modeldigest.model_digest; '' for scratch and Hub models, which count by
+    local base model (`model_files`, modeldigest.model_digests; none for scratch and Hub models, which count by
     their config or name); a Hub model's `commit` is the one its files were loaded at (sources.hub_commit),
-    which a resumed run loads again; the batch shape counts because it decides which rows each step sees."""
+    which a resumed run loads again; the tokenizer counts by the `tokens` it makes of the data (data.Dataset
+    .tokens_sha256: a tokenizer changed in its files or its library is another); the batch shape counts
+    because it decides which rows each step sees."""
     d = spec.model_dump(mode="json", by_alias=True)
-    if model_digest:
-        d["model"]["sha256"] = model_digest
+    if model_files:
+        d["model"]["files"] = model_files
     if commit:
         d["model"]["commit"] = commit
     data = {k: v for k, v in d["data"].items() if k not in ("train", "validation", "existingClaim")}
@@ -46,7 +53,7 @@ def resume_identity(
     return {
         "model": d["model"],
         "tokenizer": d["tokenizer"],
-        "data": data | {"sha256": data_digest},
+        "data": data | {"sha256": data_digest} | ({"tokens": tokens} if tokens else {}),
         "peft": d["peft"],
         "seed": spec.training.seed,
         "training": batch,
@@ -174,9 +181,14 @@ def saved_digest(state: dict) -> str:
     return str(((state.get("identity") or {}).get("data") or {}).get("sha256", ""))
 
 
-def saved_model_digest(state: dict) -> str:
-    """The local base model's digest a checkpoint's identity holds ('' where it has none)."""
-    return str(((state.get("identity") or {}).get("model") or {}).get("sha256", ""))
+def saved_model_files(state: dict) -> dict[str, str] | None:
+    """The local base model's files a checkpoint's identity holds (None where it has none)."""
+    return ((state.get("identity") or {}).get("model") or {}).get("files")
+
+
+def saved_tokens(state: dict) -> str:
+    """The digest of the tokens a checkpoint's run trained on ('' where it has none)."""
+    return str(((state.get("identity") or {}).get("data") or {}).get("tokens", ""))
 
 
 def saved_commit(state: dict | None) -> str | None:
@@ -185,19 +197,19 @@ def saved_commit(state: dict | None) -> str | None:
 
 
 def _comparable(saved: dict[str, Any], current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A local model identified by its contents on both sides is the same model wherever it is (its path may
-    differ); a checkpoint written before models had their digest (or Hub models their commit) compares by
-    path or name, as it was written."""
-    was, now = saved.get("model") or {}, current.get("model") or {}
-    newer = [k for k in ("sha256", "commit") if k in now and k not in was]
-    if newer:
-        now = {k: v for k, v in now.items() if k not in newer}
-        current = current | {"model": now}
-    if "sha256" in now and "sha256" in was:
-        return (
-            saved | {"model": {k: v for k, v in was.items() if k != "source"}},
-            current | {"model": {k: v for k, v in now.items() if k != "source"}},
-        )
+    """What both sides identify by content counts by it alone: a local model by its files wherever they are
+    (its path may differ), the tokenizer by the tokens it made (its name or path may differ). A checkpoint
+    written before one of these was recorded compares by path or name there, as it was written."""
+    saved, current = dict(saved), dict(current)
+    for part, keys in (("model", ("files", "commit")), ("data", ("tokens",))):
+        was, now = saved.get(part) or {}, current.get(part) or {}
+        current[part] = {k: v for k, v in now.items() if k not in keys or k in was}
+    if "files" in (current.get("model") or {}):
+        saved["model"] = {k: v for k, v in saved["model"].items() if k != "source"}
+        current["model"] = {k: v for k, v in current["model"].items() if k != "source"}
+    if "tokens" in (current.get("data") or {}):
+        saved.pop("tokenizer", None)
+        current.pop("tokenizer", None)
     return saved, current
 
 
@@ -217,6 +229,8 @@ def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) 
     if saved == current:
         return
     changed = identity_changes(saved, current)
+    if "data.sha256" in changed:  # other data makes other tokens: the data is what changed
+        changed = [c for c in changed if c != "data.tokens"]
     if not changed:  # only output settings differ (runinfo.OUTPUT_ONLY)
         return
     saved_data = saved.get("data") or {}
@@ -227,12 +241,20 @@ def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) 
             "in its block; this version keeps documents apart (position ids restart at each one), and resuming "
             "would mix the two. Use a new --output-dir, or finish that run with the version that started it",
         )
-    if changed == ["model.sha256"]:
+    if changed == ["model.files"]:
+        which = changed_files(saved["model"]["files"], current["model"]["files"])
         raise SpecError(
             "spec.model.source",
-            f"the base model's files in '{source}' differ from those the run that wrote {path} "
-            "trained from; resuming would put its adapters on weights they were not trained with. Use a new "
+            f"the base model's files in '{source}' differ from those the run that wrote {path} trained from "
+            f"({which}); resuming would put its adapters on weights they were not trained with. Use a new "
             "--output-dir, or restore the earlier model files to continue",
+        )
+    if changed == ["data.tokens"]:
+        raise SpecError(
+            "spec.tokenizer",
+            f"the tokenizer makes other tokens of the same data than it made for the run that wrote {path} (its "
+            "files changed, or the tokenizers library that reads them); resuming would train on other token ids. "
+            "Use a new --output-dir, or restore the earlier tokenizer to continue",
         )
     if changed == ["data.sha256"]:
         raise SpecError(
@@ -242,7 +264,8 @@ def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) 
             "order, to continue",
         )
     names = [c.replace("data.sha256", "data (the files' contents)") for c in changed]
-    names = [c.replace("model.sha256", "model (the files' contents)") for c in names]
+    names = [c.replace("model.files", "model (the files' contents)") for c in names]
+    names = [c.replace("data.tokens", "tokenizer (the tokens it makes)") for c in names]
     if "data.packing" in changed:  # the scheme is not a field of the job: packing is what the user changed
         names = [n for n in names if n != "data.packingScheme"]
     raise SpecError(

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import SpecError, TransientError
 from .fields import HF_SOURCE
+
+if TYPE_CHECKING:
+    from .spec import JobSpec
 
 HUB_PROBE_TIMEOUT = 10.0  # seconds for the one look-up that tells whether the Hub answers at all
 _answered: set[tuple[str, str | None]] = set()
@@ -47,6 +51,17 @@ def at_commit(source: str, commit: str | None) -> str:
     """The Hub source pinned to `commit` (a run resumes on the base it started from); others as they are."""
     m = HF_SOURCE.match(source)
     return f"hf://{m.group('repo')}@{commit}" if m and commit else source
+
+
+def tokenizer_at(spec: JobSpec, commit: str | None) -> str:
+    """The tokenizer's source for a run whose Hub model is pinned to `commit`: from the same repository at the
+    same revision (hf://org/name and @main alike), at that commit too; else as the spec says."""
+    tok, model = HF_SOURCE.match(spec.tokenizer_source), HF_SOURCE.match(spec.model.source)
+    if not (tok and model and commit) or tok.group("repo") != model.group("repo"):
+        return spec.tokenizer_source
+    if (tok.group("rev") or "main") != (model.group("rev") or "main"):
+        return spec.tokenizer_source  # a revision of its own (its tokens are checked on resume all the same)
+    return at_commit(spec.tokenizer_source, commit)
 
 
 def _probe_hub(repo: str, revision: str | None, source: str, field: str, what: str) -> None:
@@ -95,6 +110,15 @@ def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
         )
     if not HF_SOURCE.match(source) or any(isinstance(c, permanent) for c in chain):
         return SpecError(field, f"cannot load {what} from '{source}': {str(e).splitlines()[0]}")
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:  # no retry reaches the Hub: the cache is all there is
+        return SpecError(
+            field,
+            f"'{source}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: "
+            "put it in the cache (a resumed run needs the commit it started on, after the @), or unset "
+            "HF_HUB_OFFLINE where the Hub can be reached",
+        )
     return TransientError(f"could not fetch {what} '{source}' from the Hub (retryable): {str(e).splitlines()[0]}")
 
 

@@ -54,7 +54,7 @@ from .model import (
     trainable_state,
     wrap_peft,
 )
-from .modeldigest import model_digest
+from .modeldigest import model_digests
 from .outdir import output_lock, prepare_output_dir
 from .plugins import check_callbacks, load_callbacks
 from .result import write_final
@@ -65,11 +65,12 @@ from .runinfo import (
     resume_identity,
     saved_commit,
     saved_digest,
-    saved_model_digest,
+    saved_model_files,
+    saved_tokens,
     training_changes,
     write_run_json,
 )
-from .sources import at_commit, hub_commit
+from .sources import at_commit, hub_commit, tokenizer_at
 from .spec import JobSpec
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 from .wandb_sink import check_credentials, start_wandb
@@ -163,12 +164,12 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     if found is not None:
         _check_same_name(out, name)
         # the data and a local model as the checkpoint's, for now: their contents are read below
-        as_saved = resume_identity(spec, saved_digest(found.state), saved_model_digest(found.state), pinned)
+        state = found.state
+        as_saved = resume_identity(spec, saved_digest(state), saved_model_files(state), pinned, saved_tokens(state))
         check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
 
     # ---- data and model
-    same_repo = spec.tokenizer_source == spec.model.source  # the tokenizer of the commit the model is loaded at
-    tokenizer_source = at_commit(spec.tokenizer_source, pinned) if same_repo else spec.tokenizer_source
+    tokenizer_source = tokenizer_at(spec, pinned)
     tokenizer = load_tokenizer(tokenizer_source, spec.model.trust_remote_code)
     with accelerator.main_process_first():  # rank 0 tokenizes and caches; the others read the cache
         data = load_dataset(spec.data, tokenizer, tokenizer_fingerprint(tokenizer), t.seed, out / "cache", sink.warn)
@@ -194,7 +195,8 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
 
     # ---- known before the model is made (a fresh start makes its scratch base anew)
     with accelerator.main_process_first():  # rank 0 reads a local model's files; the others find its digests cached
-        identity = resume_identity(spec, data.digest, model_digest(spec.model.source, out / "cache"), pinned)
+        files = model_digests(spec.model.source, out / "cache")
+        identity = resume_identity(spec, data.digest, files, pinned, data.tokens_sha256)
     if found is not None:
         check_same_job(found.state, identity, legacy_identity(spec), found.path)
 
