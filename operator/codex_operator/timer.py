@@ -58,7 +58,7 @@ def last_reading(status: dict[str, Any]) -> Stall | None:
     """The stall clock from the status: its last progress reading, when the running attempt gave it (after
     the attempt last went Running); None where it did not, and the clock starts at the next reading."""
     progress, attempt = status.get("progress") or {}, int(status.get("attempt") or 1)
-    running = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
+    running: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
     try:
         read, since = parse_ts(progress.get("updatedAt")), parse_ts(running.get("lastTransitionTime"))
     except (TypeError, ValueError):

@@ -10,6 +10,7 @@ from pydantic import (
     AfterValidator,
     ConfigDict,
     Field,
+    JsonValue,
     ValidationInfo,
     model_validator,
 )
@@ -42,6 +43,15 @@ GPU_REQUEST_NOT_LIMIT = (
 )
 GPU_NOT_WHOLE = "GPUs are not shared: a Pod takes only a whole number of them"
 _REQ, _LIM = f"self.requests['{GPU}']", f"self.limits['{GPU}']"
+GPU_WHOLE_RULES: list[JsonValue] = [
+    {
+        "rule": f"!has(self.{where}) || !('{GPU}' in self.{where}) || "
+        f"!isQuantity(self.{where}['{GPU}']) || quantity(self.{where}['{GPU}']).isInteger()",
+        "message": f"spec.resources.{where}.{GPU}: {GPU_NOT_WHOLE}",
+        "fieldPath": f".{where}",
+    }
+    for where in ("limits", "requests")
+]
 _GPUS = "(has(self.gpus) && self.gpus > 0)"
 
 
@@ -56,15 +66,7 @@ class ResourcesSpec(SpecModel):
                     "message": f"a request is more than its limit in spec.resources.limits: {REQUEST_ABOVE_LIMIT}",
                     "fieldPath": ".requests",
                 },
-                *(
-                    {
-                        "rule": f"!has(self.{where}) || !('{GPU}' in self.{where}) || "
-                        f"!isQuantity(self.{where}['{GPU}']) || quantity(self.{where}['{GPU}']).isInteger()",
-                        "message": f"spec.resources.{where}.{GPU}: {GPU_NOT_WHOLE}",
-                        "fieldPath": f".{where}",
-                    }
-                    for where in ("limits", "requests")
-                ),
+                *GPU_WHOLE_RULES,
                 {
                     "rule": f"!{_GPUS} || !has(self.limits) || !('{GPU}' in self.limits) || !isQuantity({_LIM}) "
                     f"|| (quantity({_LIM}).isInteger() && quantity({_LIM}).asInteger() == self.gpus)",

@@ -67,7 +67,7 @@ def tokens_digest(split: Split) -> str:
     """sha256 of a split's tokens and row boundaries (runinfo.resume_identity's `tokens`)."""
     h = hashlib.sha256()
     for a in (split.tokens, split.offsets):
-        h.update(memoryview(np.ascontiguousarray(a)).cast("B"))
+        h.update(np.ascontiguousarray(a).data)
     return h.hexdigest()
 
 
