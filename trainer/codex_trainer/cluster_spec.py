@@ -43,10 +43,18 @@ GPU_REQUEST_NOT_LIMIT = (
 )
 GPU_NOT_WHOLE = "GPUs are not shared: a Pod takes only a whole number of them"
 _REQ, _LIM = f"self.requests['{GPU}']", f"self.limits['{GPU}']"
+
+
+def _whole(q: str) -> str:
+    """CEL: the quantity `q` is a whole number (isInteger() is false for 1000m, which a Pod takes as 1)."""
+    near = f"{q}.asApproximateFloat()"
+    return f"({q}.compareTo(quantity('1e15')) >= 0 || double(int({near})) == {near})"
+
+
 GPU_WHOLE_RULES: list[JsonValue] = [
     {
         "rule": f"!has(self.{where}) || !('{GPU}' in self.{where}) || "
-        f"!isQuantity(self.{where}['{GPU}']) || quantity(self.{where}['{GPU}']).isInteger()",
+        f"!isQuantity(self.{where}['{GPU}']) || " + _whole(f"quantity(self.{where}['{GPU}'])"),
         "message": f"spec.resources.{where}.{GPU}: {GPU_NOT_WHOLE}",
         "fieldPath": f".{where}",
     }
@@ -69,13 +77,13 @@ class ResourcesSpec(SpecModel):
                 *GPU_WHOLE_RULES,
                 {
                     "rule": f"!{_GPUS} || !has(self.limits) || !('{GPU}' in self.limits) || !isQuantity({_LIM}) "
-                    f"|| (quantity({_LIM}).isInteger() && quantity({_LIM}).asInteger() == self.gpus)",
+                    f"|| quantity({_LIM}).asApproximateFloat() == double(self.gpus)",
                     "message": f"spec.resources.limits.{GPU} differs from spec.resources.gpus, {GPU_LIMIT_NOT_GPUS}",
                     "fieldPath": ".limits",
                 },
                 {
                     "rule": f"!has(self.requests) || !('{GPU}' in self.requests) || !isQuantity({_REQ}) || ({_GPUS} "
-                    f"? (quantity({_REQ}).isInteger() && quantity({_REQ}).asInteger() == self.gpus) : has(self.limits) "
+                    f"? quantity({_REQ}).asApproximateFloat() == double(self.gpus) : has(self.limits) "
                     f"&& '{GPU}' in self.limits "
                     f"&& (!isQuantity({_LIM}) || quantity({_REQ}).compareTo(quantity({_LIM})) == 0))",
                     "message": f"spec.resources.requests.{GPU}: {GPU_REQUEST_NOT_LIMIT}",
