@@ -382,9 +382,8 @@ def _after_failure(
         what = f"attempt {latest.number} {why}: {line}"
         if kind == "crash":
             retry = f"retry {counted} of runPolicy.backoffLimit {rp.backoff_limit}"
-            said = p.status.get("message") or ""
-            if paused and said.startswith(f"attempt {latest.number} failed: ") and f"; {retry}" in said:
-                what = said.rsplit(f"; {retry}", 1)[0]  # as said when the pause began: its pod may be gone since
+            if paused:  # as said when the pause began: its pod may be gone since
+                what = _failure_said(p.status, latest.number) or what
             due = _pause_ends(job, p, latest, counted, failed_pod, now, first_pause)
             if due is not None:
                 return _pause(p, latest.number, retry, due, retrydelay.crash_pause(counted, first_pause), what)
@@ -404,7 +403,8 @@ def _pause_ends(
     (the pause is over; or the spec was edited since the attempt was made, and the pods of the next attempt differ:
     the edit may be the fix, and is tried at once; or the job is suspended: the next attempt is made held)."""
     edited = 0 < latest.generation < job.generation and latest.spec_sha256 not in ("", pod_fingerprint(job))
-    if first <= 0 or edited or job.spec.run_policy.suspend:
+    held = job.spec.run_policy.suspend and not job.spec.run_policy.queue_name  # a queue owns suspend otherwise
+    if first <= 0 or edited or held:
         return None
     due = retrydelay.paused_until(p.status)
     if due is None:
@@ -451,7 +451,7 @@ def _not_there(
     """The attempt the status names has no Job: the operator's own replacement, cut short; else a deletion."""
     left = deadline_left(job, p.status, now)
     if old.get("nextAttemptAt") and int(old.get("attempt") or 0) == current and (left is None or left > 0):
-        return _pause_goes_on(p, current, old, now)
+        return _pause_goes_on(job, p, current, old, now)
     if old.get("stoppedAttempt") != current - 1:
         return _after_deletion(job, p, attempts, current, left, now)
     if left is None or left > 0:
@@ -463,7 +463,13 @@ def _not_there(
     return "Failed", "DeadlineExceeded", "runPolicy.activeDeadlineSeconds reached"
 
 
-def _pause_goes_on(p: Plan, current: int, old: dict[str, Any], now: datetime) -> Decision:
+def _failure_said(status: dict[str, Any], number: int) -> str:
+    """What the pause's message said attempt `number`'s failure was ('': it says something else now)."""
+    said = status.get("message") or ""
+    return said.rsplit("; retry ", 1)[0] if said.startswith(f"attempt {number} failed: ") else ""
+
+
+def _pause_goes_on(job: Job, p: Plan, current: int, old: dict[str, Any], now: datetime) -> Decision:
     """The crashed attempt's Job was deleted during the pause after it (by hand, or a TTL a cluster policy puts
     on Jobs): its crash was counted when the pause began, so nothing more is; the pause goes on."""
     due = retrydelay.paused_until(old)
@@ -471,11 +477,9 @@ def _pause_goes_on(p: Plan, current: int, old: dict[str, Any], now: datetime) ->
         p.status["nextAttemptAt"] = old["nextAttemptAt"]
         return "Restarting", "Retrying", old.get("message") or f"attempt {current + 1} starts at {ts(due)}"
     p.said = True  # the Event said so when the pause began
-    said = old.get("message") or ""
-    what = (
-        said.rsplit("; retry ", 1)[0] if said.startswith(f"attempt {current} failed: ") else f"attempt {current} failed"
-    )
-    return _restart(p, current, "crash", f"{what} (its Job deleted since)")
+    what = _failure_said(old, current) or f"attempt {current} failed"
+    retry = f"retry {p.status.get('crashes') or 1} of runPolicy.backoffLimit {job.spec.run_policy.backoff_limit}"
+    return _restart(p, current, "crash", f"{what} (its Job deleted since); {retry}")
 
 
 def _start_after_stop(p: Plan, attempts: list[Attempt], current: int, old: dict[str, Any]) -> Decision:

@@ -54,9 +54,14 @@ def deadline_passed(body: dict[str, Any] | None, now: datetime) -> bool:
     return left is not None and left <= 0
 
 
+STARTED = datetime.now(UTC)  # this operator process: no clock it starts from the status runs from before
+
+
 def last_reading(status: dict[str, Any]) -> Stall | None:
     """The stall clock from the status: its last progress reading, when the running attempt gave it (after
-    the attempt last went Running); None where it did not, and the clock starts at the next reading."""
+    the attempt last went Running), counted from this process's start at the earliest (the operator may have
+    been away longer than the deadline: the trainer gets the whole deadline to answer it); None where the
+    attempt gave no reading, and the clock starts at the next one."""
     progress, attempt = status.get("progress") or {}, int(status.get("attempt") or 1)
     running: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
     try:
@@ -66,7 +71,7 @@ def last_reading(status: dict[str, Any]) -> Stall | None:
     ran = status.get("ranAttempt") == attempt and running.get("status") == "True"
     if read is None or since is None or read < since or not ran or not isinstance(progress.get("step"), int):
         return None
-    return Stall(attempt, progress["step"], read)
+    return Stall(attempt, progress["step"], max(read, STARTED))
 
 
 class Timer:
@@ -158,6 +163,8 @@ class Timer:
 
     async def _restart_stalled(self, key: Key, st: JobState) -> None:
         stalled, st.stalled = st.stalled, None
+        if st.moved is not stalled:
+            return  # a reading in the same round moved the step (or replaced the clock): not stalled after all
         await self.reconcile(*key, stalled=stalled)
         if st.retry_at is None and st.moved is stalled:
             st.moved = None  # done (a failed restart keeps the clock: the next tick finds it stalled again)

@@ -76,3 +76,23 @@ def test_a_resumed_start_reads_only_the_files_changed_since(tmp_path, monkeypatc
     read.clear()
     model_digests(str(model), cache)
     assert len(read) == 2
+
+
+def test_a_model_folder_gone_empty_on_resume_is_refused_naming_the_files_not_a_crash(tmp_path):
+    """Mounted without its files (or gone), with the tokenizer named apart: a KeyError crash before, which a
+    cluster retried until backoffLimit."""
+    from pathlib import Path
+
+    from codex_trainer.manifest import load_manifest
+    from codex_trainer.runinfo import check_same_job, resume_identity
+    from support import TINY
+
+    model = make_model(tmp_path / "m")
+    spec = load_manifest(TINY).spec
+    spec = spec.model_copy(update={"model": spec.model.model_copy(update={"source": str(model), "config": None})})
+    state = {"identity": resume_identity(spec, "data", model_digests(str(model)))}
+    for f in model.rglob("*.*"):
+        f.unlink()
+    with pytest.raises(SpecError) as e:
+        check_same_job(state, resume_identity(spec, "data", model_digests(str(model))), None, Path("ckpt"))
+    assert "(gone: config.json, model.safetensors, sub/modeling_x.py)" in str(e.value)

@@ -213,7 +213,7 @@ def test_the_crashed_attempts_job_deleted_during_the_pause_counts_nothing_more_a
     assert due.create_attempt == 2 and due.events == [] and "nextAttemptAt" not in due.status
     assert due.status["message"].startswith(
         "attempt 1 failed: its trainer pod is gone (deleted, or lost with its node) (its Job deleted since); "
-        "starting attempt 2"
+        "retry 1 of runPolicy.backoffLimit 3; starting attempt 2"
     ), due.status["message"]
     assert (due.status["crashes"], due.status.get("disruptions")) == (1, None)
 

@@ -33,9 +33,11 @@ def test_a_replaced_rank_0_pod_starts_the_stall_clock_again():
     scenario(test)
 
 
-def test_a_trainer_frozen_before_an_operator_restart_is_still_found_stalled():
+def test_a_trainer_frozen_before_an_operator_restart_is_still_found_stalled(monkeypatch):
     """The stall clock started at the first reading; a new operator process (an upgrade) never gets one from
-    a frozen trainer, and the job ran on for good. It starts the clock at the status's last reading."""
+    a frozen trainer, and the job ran on for good. It starts the clock at the status's last reading, or at
+    the process's start where that is later (it may have been away longer than the deadline)."""
+    from codex_operator import timer
 
     async def test(c: Cluster) -> None:
         await c.apply("runPolicy.progressDeadlineSeconds=60")
@@ -53,14 +55,49 @@ def test_a_trainer_frozen_before_an_operator_restart_is_still_found_stalled():
         job["status"]["progress"]["updatedAt"] = read.strftime("%Y-%m-%dT%H:%M:%SZ")
         c.api.put(names.PLURAL, job)
         c.op.jobs.clear()  # a new operator process: it has read nothing of the attempt
+        monkeypatch.setattr(timer, "STARTED", datetime.now(UTC) - timedelta(seconds=30))
         await c.settle()
         await c.retry()  # its first read of rank 0 gets no answer
-        assert c.status()["phase"] == "Running"
+        await c.retry()
+        assert c.status()["phase"] == "Running"  # 30 s since it started: the trainer may answer yet
+        monkeypatch.setattr(timer, "STARTED", datetime.now(UTC) - timedelta(seconds=61))
+        c.op.jobs[KEY].moved = None  # (as if it had started 61 s ago)
         await c.retry()
         st = c.status()
         assert st["phase"] == "Restarting" and st["attempt"] == 2 and c.attempt(1) is None, st
         stalled = next(x for x in st["conditions"] if x["type"] == "Stalled")
         assert "its last step, 40, was read at" in stalled["message"]
+
+    scenario(test)
+
+
+def test_a_healthy_trainer_read_in_the_round_its_status_clock_ran_out_is_not_restarted(monkeypatch):
+    """An operator away for longer than the deadline, and its first read of rank 0 failed once: the clock from
+    the status says stalled, but the same round's read shows the step moved. Nothing is restarted."""
+    from codex_operator import timer
+
+    async def test(c: Cluster) -> None:
+        await c.apply("runPolicy.progressDeadlineSeconds=60")
+        await c.run(1)
+        rank0_at(c, 1, 40)
+        await c.retry()
+        saved = dict(c.api.metrics_text)
+        c.api.metrics_text.clear()  # one read that fails (a timeout, a 5xx through the proxy)
+        job = c.job()
+        long_ago = (datetime.now(UTC) - timedelta(seconds=300)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        for cond in job["status"]["conditions"]:
+            if cond["type"] == "Running":
+                cond["lastTransitionTime"] = long_ago
+        job["status"]["progress"]["updatedAt"] = long_ago
+        c.api.put(names.PLURAL, job)
+        c.op.jobs.clear()
+        monkeypatch.setattr(timer, "STARTED", datetime.now(UTC) - timedelta(seconds=120))
+        await c.settle()
+        await c.retry()
+        c.api.metrics_text.update(saved)
+        rank0_at(c, 1, 45)  # it answers, and has moved on
+        await c.retry()
+        assert c.status()["phase"] == "Running" and c.attempt(2) is None and c.status()["progress"]["step"] == 45
 
     scenario(test)
 

@@ -315,9 +315,10 @@ def truncation_warning(spec: DataSpec, data: Dataset) -> str | None:
             "are never trained on"
         )
     if val_examples:
+        cut_too = "are cut too" if examples else f"are longer than data.maxSeqLength {spec.max_seq_length} and cut"
         said.append(
-            f"{val_examples} of {data.examples[1]} validation examples are cut too ({_share(val_cut, val_total)} "
-            "of their tokens), and evaluated cut"
+            f"{val_examples} of {data.examples[1]} validation examples {cut_too} ({_share(val_cut, val_total)} "
+            "of their tokens), and evaluated cut" + ("" if examples else " (data.packing is false)")
         )
     fix = "raise maxSeqLength, or set data.packing: true (a long example then continues in the next sequences)"
     return "; ".join(said) + f"; {fix}"
@@ -592,10 +593,8 @@ def _write_cache(
             raise disk_full(
                 "the tokenized data cache", cache_file.parent, sum(a.nbytes for a in arrays.values())
             ) from None
-        if not isinstance(e, PermissionError):
-            raise
         if log is not None:  # the cache saves the next start some time; a run can go on without it
-            log(f"the tokenized data is not cached: {cache_file.parent} is not writable ({e.strerror})")
+            log(f"the tokenized data is not cached: {cache_file.parent} cannot be written ({e.strerror or e})")
 
 
 # ---------------------------------------------------------------- batch order

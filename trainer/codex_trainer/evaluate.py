@@ -281,7 +281,8 @@ def _as_the_checkpoint_trained(target: Target) -> JobSpec:
     except (OSError, ValueError):
         return spec  # checkpoint.verify says what is wrong with it
     files, commit = saved_model_files(state), saved_commit(state)
-    now = model_digests(spec.model.source) if files else None
+    cache = target.run_dir / "cache" if target.run_dir is not None else None  # the run's: read only what changed
+    now = model_digests(spec.model.source, cache) if files else None
     if files and now != files:
         raise SpecError(
             "spec.model.source",

@@ -193,7 +193,7 @@ def saved_tokens(state: dict) -> str:
 
 def saved_commit(state: dict | None) -> str | None:
     """The Hub commit of the base model a checkpoint was trained on (None where it holds none)."""
-    return ((state or {}).get("identity") or {}).get("model", {}).get("commit") or None
+    return (((state or {}).get("identity") or {}).get("model") or {}).get("commit") or None
 
 
 def _comparable(saved: dict[str, Any], current: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -241,8 +241,8 @@ def check_same_job(state: dict, current: dict, legacy: dict | None, path: Path) 
             "in its block; this version keeps documents apart (position ids restart at each one), and resuming "
             "would mix the two. Use a new --output-dir, or finish that run with the version that started it",
         )
-    if changed == ["model.files"]:
-        which = changed_files(saved["model"]["files"], current["model"]["files"])
+    if changed == ["model.files"]:  # none now: the folder is gone, or empty (mounted without its files)
+        which = changed_files(saved["model"]["files"], current["model"].get("files") or {})
         raise SpecError(
             "spec.model.source",
             f"the base model's files in '{source}' differ from those the run that wrote {path} trained from "

@@ -115,9 +115,9 @@ def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
     if constants.HF_HUB_OFFLINE:  # no retry reaches the Hub: the cache is all there is
         return SpecError(
             field,
-            f"'{source}' is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE is set: "
-            "put it in the cache (a resumed run needs the commit it started on, after the @), or unset "
-            "HF_HUB_OFFLINE where the Hub can be reached",
+            f"'{source}' cannot be read from the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE "
+            "is set: put it in the cache (a resumed run needs the commit it started on, after the @), or unset "
+            f"HF_HUB_OFFLINE where the Hub can be reached ({str(e).splitlines()[0][:200]})",
         )
     return TransientError(f"could not fetch {what} '{source}' from the Hub (retryable): {str(e).splitlines()[0]}")
 
