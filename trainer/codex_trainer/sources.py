@@ -112,12 +112,12 @@ def load_failure(e: Exception, source: str, field: str, what: str) -> Exception:
         return SpecError(field, f"cannot load {what} from '{source}': {str(e).splitlines()[0]}")
     from huggingface_hub import constants
 
-    if constants.HF_HUB_OFFLINE:  # no retry reaches the Hub: the cache is all there is
-        return SpecError(
-            field,
-            f"'{source}' cannot be read from the Hugging Face cache ({constants.HF_HUB_CACHE}) and HF_HUB_OFFLINE "
-            "is set: put it in the cache (a resumed run needs the commit it started on, after the @), or unset "
-            f"HF_HUB_OFFLINE where the Hub can be reached ({str(e).splitlines()[0][:200]})",
+    if constants.HF_HUB_OFFLINE:  # the cache is all there is: say what to put there (retried, as it may be)
+        return TransientError(
+            f"could not fetch {what} '{source}': HF_HUB_OFFLINE is set and the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}) does not hold it; put it there (a resumed run needs the commit it started "
+            f"on, after the @), or unset HF_HUB_OFFLINE where the Hub can be reached (retryable): "
+            f"{str(e).splitlines()[0][:200]}"
         )
     return TransientError(f"could not fetch {what} '{source}' from the Hub (retryable): {str(e).splitlines()[0]}")
 
