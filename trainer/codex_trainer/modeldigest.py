@@ -112,7 +112,7 @@ def _digest(f: Path) -> str:
             text = json.dumps(json.loads(f.read_text(encoding="utf-8")), sort_keys=True)
             return hashlib.sha256(text.encode()).hexdigest()
         except (UnicodeDecodeError, ValueError):
-            pass
+            pass  # not JSON: its bytes count, as any other file's
     return sha256_file(f)
 
 
