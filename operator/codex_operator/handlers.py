@@ -33,6 +33,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from . import bodies, builders, informer, metrics, names, watched
 from .attempts import Attempt, PodFailure, blame, final_numbers
 from .builders import Job
+from .conditions import set_condition
 from .eventline import EventLine
 from .jobstate import JobState, Options
 from .kube import CONNECTIONS, Kube
@@ -47,7 +48,6 @@ from .status import (
     finished_edit,
     plan,
     queue_words,
-    set_condition,
     volume_lost_message,
 )
 from .timer import Timer

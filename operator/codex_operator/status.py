@@ -26,6 +26,7 @@ from codex_trainer import contract
 from . import handedits, names, retrydelay
 from .attempts import Attempt, FailureKind, PodFailure, capped, classify
 from .builders import Job, pod_fingerprint, training_length
+from .conditions import condition, mark, set_condition
 from .progress import checkpoint_path, parse_ts, round4, ts, with_step
 
 PHASES = ("Pending", "Running", "Restarting", "Suspended", "Succeeded", "Failed")
@@ -209,7 +210,7 @@ def plan(
         if not (phase == "Pending" and not old.get("attempt")) and not p.said:  # the Created event has said it
             p.events.append(_event(phase, reason, message, latest, old))
         stalled_now = p.stalled  # the stall path: Restarting, or Failed at the backoff limit
-        if stalled_now or _condition(old, "Stalled").get("status") == "True":
+        if stalled_now or condition(old, "Stalled").get("status") == "True":
             why = message if stalled_now else f"the job is {phase} now"
             mark_reason = "Stalled" if stalled_now else ("Progressing" if phase == "Running" else "PhaseChanged")
             new["conditions"] = mark(new["conditions"], "Stalled", stalled_now, mark_reason, why, now, job.generation)
@@ -490,7 +491,7 @@ def _start_after_stop(p: Plan, attempts: list[Attempt], current: int, old: dict[
     p.stop_attempt = before  # still there if its delete was refused
     p.create_attempt = current
     phase = old.get("phase") or "Restarting"
-    said = _condition(old, phase)  # Restarting's says why; a replaced attempt 1 (Pending) has none
+    said = condition(old, phase)  # Restarting's says why; a replaced attempt 1 (Pending) has none
     return phase, said.get("reason") or "SpecChanged", said.get("message") or f"starting attempt {current}"
 
 
@@ -591,7 +592,7 @@ def _live(
     held = old.get("phase") == "Suspended"  # released by runPolicy.suspend or admitted by a queue
     starting = old.get("attempt") == latest.number and old.get("phase") in ("Suspended", "Pending")
     if latest.number > 1 and not starting:
-        cond = _condition(old, "Restarting")
+        cond = condition(old, "Restarting")
         if cond.get("status") != "True":
             cond = {}
         return "Restarting", cond.get("reason", "Retrying"), cond.get("message") or f"starting attempt {latest.number}"
@@ -685,7 +686,7 @@ def _queued(job: Job, p: Plan, latest: Attempt, old: dict[str, Any], said: Queue
     rp = job.spec.run_policy
     queue = f"LocalQueue {rp.queue_name}" if rp.queue_name else "the queue"
     same = old.get("attempt") == latest.number
-    held = _condition(old, "Suspended")
+    held = condition(old, "Suspended")
     if same and old.get("phase") == "Suspended" and held.get("reason") in EVICTED:
         return "Suspended", held["reason"], old.get("message") or held.get("message", "")
     if same and (old.get("phase") == "Running" or said.evicted):  # said.evicted: also one the operator missed
@@ -727,10 +728,6 @@ def _stalled(job: Job, p: Plan, attempts: list[Attempt], stall: Stall, now: date
     return phase, "Stalled", message
 
 
-def _condition(status: dict[str, Any], ctype: str) -> dict[str, Any]:
-    return next((c for c in status.get("conditions") or [] if c.get("type") == ctype), {})
-
-
 def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: dict) -> tuple[str, str, str]:
     again = latest is not None and old.get("ranAttempt") == latest.number  # after a preemption or a suspension
     ckpt = (old.get("checkpoint") or {}).get("step")
@@ -746,65 +743,3 @@ def _event(phase: str, reason: str, message: str, latest: Attempt | None, old: d
         return "Normal", "Resumed", f"attempt {latest.number} running{' again' if again else ''}: {where}"
     warning = phase in ("Failed", "Restarting") and reason not in ("SpecChanged", "ImageChanged")  # a fix applied
     return ("Warning" if warning else "Normal"), reason, message
-
-
-CONDITION_TYPES = ("Running", "Restarting", "Suspended", "Succeeded", "Failed")
-
-
-def set_condition(
-    conditions: list[dict[str, Any]],
-    phase: str,
-    reason: str,
-    message: str,
-    now: datetime,
-    generation: int,
-    created: bool = True,
-) -> list[dict[str, Any]]:
-    """metav1.Condition entries: the phase's own condition True, the other phase conditions False, and
-    `Created` once the children and the first attempt exist (`created`)."""
-    out = [dict(c) for c in conditions]
-    by_type = {c["type"]: c for c in out}
-    wanted = {t: t == phase for t in CONDITION_TYPES}
-    if created or "Created" in by_type:
-        wanted["Created"] = True
-    for ctype, on in wanted.items():
-        cur = by_type.get(ctype)
-        status = "True" if on else "False"
-        if cur is None:
-            if not on:
-                continue  # no need to say False for something that never happened
-            cur = {"type": ctype}
-            out.append(cur)
-        elif cur.get("status") == status and not on:
-            continue
-        if cur.get("status") != status:
-            cur["lastTransitionTime"] = ts(now)
-        cur["status"] = status
-        cur["observedGeneration"] = generation
-        if on and ctype == phase:
-            cur["reason"], cur["message"] = reason, message[:32768]
-        elif ctype == "Created":
-            cur.setdefault("reason", "Created")
-            made = "the volume, the job file (and for several nodes the Service) and the first attempt were created"
-            cur.setdefault("message", made)
-        elif not on:
-            cur["reason"], cur["message"] = "PhaseChanged", f"the job is {phase} now"
-    return out
-
-
-def mark(
-    conditions: list[dict[str, Any]], ctype: str, on: bool, reason: str, message: str, now: datetime, generation: int
-) -> list[dict[str, Any]]:
-    """Set one condition that is not a phase (Stalled): True or False, with its reason and message."""
-    out = [dict(c) for c in conditions if c.get("type") != ctype]
-    cur: dict[str, Any] = next((dict(c) for c in conditions if c.get("type") == ctype), {"type": ctype})
-    status = "True" if on else "False"
-    if cur.get("status") != status:
-        cur["lastTransitionTime"] = ts(now)
-    cur.update(status=status, reason=reason, message=message[:32768], observedGeneration=generation)
-    return [*out, cur]
-
-
-def condition_reason(status: dict[str, Any], ctype: str) -> str:
-    """The reason of the status's condition of that type ("" where it has none)."""
-    return next((c.get("reason", "") for c in status.get("conditions") or [] if c.get("type") == ctype), "")

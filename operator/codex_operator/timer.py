@@ -21,13 +21,13 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from . import memory, metrics, names, retrydelay, watched
 from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
+from .conditions import condition_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
 from .progress import parse_ts, progress_changed, progress_from_metrics
 from .status import (
     TERMINAL,
     Stall,
-    condition_reason,
     queue_words,
     seconds_left,
     volume_lost_message,
