@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from . import memory, metrics, names, retrydelay, watched
 from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
-from .conditions import condition_reason
+from .conditions import condition, condition_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
 from .progress import parse_ts, progress_changed, progress_from_metrics
@@ -63,7 +63,7 @@ def last_reading(status: dict[str, Any]) -> Stall | None:
     been away longer than the deadline: the trainer gets the whole deadline to answer it); None where the
     attempt gave no reading, and the clock starts at the next one."""
     progress, attempt = status.get("progress") or {}, int(status.get("attempt") or 1)
-    running: dict[str, Any] = next((c for c in status.get("conditions") or [] if c.get("type") == "Running"), {})
+    running = condition(status, "Running")
     try:
         read, since = parse_ts(progress.get("updatedAt")), parse_ts(running.get("lastTransitionTime"))
     except (TypeError, ValueError):
