@@ -28,7 +28,7 @@ from .spec import LISTED_TWICE, VALIDATION_IS_TRAINING, DataSpec, JobSpec
 if TYPE_CHECKING:  # imported when needed: reading and packing the data needs neither
     from transformers import PreTrainedTokenizerBase
 
-CACHE_VERSION = 4  # 4: the cache holds what truncation cut (Dataset.cut)
+CACHE_VERSION = 4  # 4: the cache holds what truncation cut (Dataset.cut) and the tokens' digest
 # How packed blocks are built; part of the cache key and of a packed run's identity (runinfo), so a
 # checkpoint trained the earlier way (documents attending to those before them in the block) is never
 # resumed under this one.
