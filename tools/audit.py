@@ -1,6 +1,7 @@
 """`make audit`: pip-audit over the locks; exit 1 on a known vulnerability not accepted in
 requirements/audit-ignore.toml, on a package it could not check, on one it could check only against
-its latest release's list unless accepted there too, or on an entry there that is expired or incomplete.
+its latest release's list unless accepted there too (a release out for less than a week only warns:
+lock it, see below), or on an entry there that is expired or incomplete.
 
     python3 tools/audit.py [LOCK ...] [--ignore-file FILE]   # default: every requirements/*.txt
 
@@ -11,6 +12,10 @@ PyPI publishes with the project's latest release instead: the same answer when t
 release; for an older pin, every vulnerability of the latest release is taken to affect it too, and
 the package is named as checked against the latest release only, since a vulnerability fixed in a
 newer release than ours is not on that list.
+
+A newer release out for less than GRACE_DAYS is named with the day it starts failing the audit,
+without failing it yet: a patch release of any of the locks' packages would otherwise fail the
+next landing at random, between a check before it and CI after it. Lock it before that day.
 """
 
 from __future__ import annotations
@@ -37,6 +42,22 @@ from pip_audit._service.interface import (
 
 REPO = Path(__file__).resolve().parents[1]
 IGNORE_FILE = REPO / "requirements" / "audit-ignore.toml"
+GRACE_DAYS = 7
+
+
+@dataclass(frozen=True)
+class LatestOnly:
+    """A package checked only against its latest release's list: "name version (latest X)", and the day
+    X was first uploaded (None when the page gives no upload time)."""
+
+    text: str
+    released: dt.date | None
+
+
+def _uploaded(files: list[dict]) -> dt.date | None:
+    """The day the first of a release's files was uploaded, from the project page's "urls"."""
+    days = [dt.datetime.fromisoformat(f["upload_time_iso_8601"]).date() for f in files if f.get("upload_time_iso_8601")]
+    return min(days, default=None)
 
 
 class PyPIOrLatestRelease(PyPIService):
@@ -44,7 +65,7 @@ class PyPIOrLatestRelease(PyPIService):
 
     def __init__(self, timeout: int = 30) -> None:
         super().__init__(timeout=timeout)
-        self.latest_only: dict[str, str] = {}  # name -> "name version (latest X)", checked against X's list
+        self.latest_only: dict[str, LatestOnly] = {}  # name -> checked against its latest release's list
 
     def query(self, spec: Dependency) -> tuple[Dependency, list[VulnerabilityResult]]:
         dep, vulns = super().query(spec)
@@ -59,7 +80,8 @@ class PyPIOrLatestRelease(PyPIService):
         page = response.json()
         latest = Version(page["info"]["version"])
         if latest != spec.version:
-            self.latest_only[spec.canonical_name] = f"{spec.canonical_name} {spec.version} (latest {latest})"
+            text = f"{spec.canonical_name} {spec.version} (latest {latest})"
+            self.latest_only[spec.canonical_name] = LatestOnly(text, _uploaded(page.get("urls") or []))
         listed = [
             VulnerabilityResult.create(
                 ids=[v["id"], *v.get("aliases", [])],
@@ -142,7 +164,7 @@ def audit(locks: list[Path], ignore_file: Path, today: dt.date) -> int:
     where = ", ".join(str(p.relative_to(REPO)) if p.is_relative_to(REPO) else str(p) for p in locks)
     counted = f"{len(packages)} package{'s' if len(packages) != 1 else ''}"
     print(f"pip-audit: {counted} in {where}: {found or 'no'} known vulnerabilit{'y' if found == 1 else 'ies'}")
-    partial = _report_partial(service.latest_only, [e for e in entries if e.table == "partial"])
+    partial = report_partial(service.latest_only, [e for e in entries if e.table == "partial"], today)
     return 1 if found or errors or unaudited or partial else 0
 
 
@@ -158,20 +180,26 @@ def _report(dep: Dependency, vuln: VulnerabilityResult, entries: list[Accepted])
     return 1
 
 
-def _report_partial(latest_only: dict[str, str], entries: list[Accepted]) -> int:
-    """Print the packages checked against their latest release's list only; the count not accepted."""
+def report_partial(latest_only: dict[str, LatestOnly], entries: list[Accepted], today: dt.date) -> int:
+    """Print the packages checked against their latest release's list only; the count that fails the
+    audit: not accepted, and their latest release out for GRACE_DAYS or more (or of an unknown day)."""
     if not latest_only:
         return 0
     accepted_names = {name for e in entries for name in e.packages}
     print(f"  {len(latest_only)} checked against their latest release's vulnerability list only (PyPI's per-version "
-          f"pages answered 404): {', '.join(latest_only[name] for name in sorted(latest_only))}")  # fmt: skip
-    refused = sorted(set(latest_only) - accepted_names)
-    for name in refused:
-        where = f"[[partial]] of {IGNORE_FILE.name}"
-        print(f"PARTIAL {latest_only[name]}: a vulnerability fixed after our version would not show; lock the "
-              f"latest release (python3 tools/lock.py --upgrade-package {name}), or accept {name} in {where} "
-              "with a reason and an expiry date")  # fmt: skip
-    return len(refused)
+          f"pages answered 404): {', '.join(latest_only[name].text for name in sorted(latest_only))}")  # fmt: skip
+    failed = 0
+    for name in sorted(set(latest_only) - accepted_names):
+        only = latest_only[name]
+        fix = (f"lock the latest release (python3 tools/lock.py --upgrade-package {name}), or accept {name} in "
+               f"[[partial]] of {IGNORE_FILE.name} with a reason and an expiry date")  # fmt: skip
+        fails_on = only.released + dt.timedelta(days=GRACE_DAYS) if only.released else None
+        if fails_on and today < fails_on:
+            print(f"NEW RELEASE {only.text}, out since {only.released}: the audit fails on it from {fails_on}; {fix}")
+            continue
+        failed += 1
+        print(f"PARTIAL {only.text}: a vulnerability fixed after our version would not show; {fix}")
+    return failed
 
 
 def main() -> None:

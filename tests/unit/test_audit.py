@@ -111,3 +111,19 @@ def test_the_committed_acceptances_are_complete_and_in_force():
     tables = tomllib.loads((REPO / "requirements" / "audit-ignore.toml").read_text())
     ok, errors = audit.accepted(tables, today=dt.date.today())
     assert errors == []
+
+
+def test_a_release_out_for_less_than_a_week_warns_with_the_day_it_starts_failing(capsys):
+    today = dt.date(2026, 12, 6)
+    only = {
+        "grpcio": audit.LatestOnly("grpcio 1.85.3 (latest 1.85.4)", dt.date(2026, 12, 1)),
+        "six": audit.LatestOnly("six 1.16.0 (latest 1.17.0)", dt.date(2026, 11, 29)),
+        "old": audit.LatestOnly("old 1.0 (latest 2.0)", None),
+    }
+    assert audit.report_partial(only, [], today) == 2
+    out = capsys.readouterr().out
+    assert ("NEW RELEASE grpcio 1.85.3 (latest 1.85.4), out since 2026-12-01: the audit fails on it from "
+            "2026-12-08; lock the latest release (python3 tools/lock.py --upgrade-package grpcio)") in out  # fmt: skip
+    assert "PARTIAL six 1.16.0 (latest 1.17.0): a vulnerability fixed after our version" in out
+    assert "PARTIAL old 1.0 (latest 2.0)" in out
+    assert audit.report_partial(only, [], dt.date(2026, 12, 8)) == 3
