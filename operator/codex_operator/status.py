@@ -386,8 +386,16 @@ def _after_failure(
             if paused:  # as said when the pause began: its pod may be gone since
                 what = _failure_said(p.status, latest.number) or what
             due = _pause_ends(job, p, latest, counted, failed_pod, now, first_pause)
+            pause = retrydelay.crash_pause(counted, first_pause)
+            if due is not None and left is not None and due >= now + timedelta(seconds=left):
+                # the next attempt could not start before the deadline: say so now, not at the deadline
+                end = ts(now + timedelta(seconds=left))
+                p.status.pop("nextAttemptAt", None)
+                p.status["completionTime"] = ts(now)
+                late = f"runPolicy.activeDeadlineSeconds is reached at {end}, before attempt {latest.number + 1}"
+                return "Failed", "DeadlineExceeded", f"{what}; {retry}, but {late} could start after a {pause} s pause"
             if due is not None:
-                return _pause(p, latest.number, retry, due, retrydelay.crash_pause(counted, first_pause), what)
+                return _pause(p, latest.number, retry, due, pause, what)
             what = f"{what}; {retry}"
         p.said = paused  # the Event said so when the pause began
         return _restart(p, latest.number, kind, what)
