@@ -397,6 +397,10 @@ def _after_failure(
             if due is not None:
                 return _pause(p, latest.number, retry, due, pause, what)
             what = f"{what}; {retry}"
+            due = retrydelay.paused_until(p.status) if paused else None
+            if due is not None and due > now:  # said when the pause began, but not that it ends early
+                paused = False
+                what = f"{what}; the pause is cut short ({_no_pause(job, latest, first_pause)})"
         p.said = paused  # the Event said so when the pause began
         return _restart(p, latest.number, kind, what)
     p.status.pop("nextAttemptAt", None)
@@ -411,9 +415,7 @@ def _pause_ends(
     and kept in status.nextAttemptAt (an operator restarted meanwhile waits out the same one). None: now
     (the pause is over; or the spec was edited since the attempt was made, and the pods of the next attempt differ:
     the edit may be the fix, and is tried at once; or the job is suspended: the next attempt is made held)."""
-    edited = 0 < latest.generation < job.generation and latest.spec_sha256 not in ("", pod_fingerprint(job))
-    held = job.spec.run_policy.suspend and not job.spec.run_policy.queue_name  # a queue owns suspend otherwise
-    if first <= 0 or edited or held:
+    if _no_pause(job, latest, first):
         return None
     due = retrydelay.paused_until(p.status)
     if due is None:
@@ -422,6 +424,19 @@ def _pause_ends(
         due = start + timedelta(seconds=retrydelay.crash_pause(crashes, first))
         due = due.replace(microsecond=0) + timedelta(seconds=1 if due.microsecond else 0)  # as status says it
     return due if due > now else None
+
+
+def _no_pause(job: Job, latest: Attempt, first: float) -> str:
+    """Why the next attempt after `latest`'s crash is not paused for ('': it is)."""
+    if (
+        latest.generation
+        and latest.generation < job.generation
+        and latest.spec_sha256 not in ("", pod_fingerprint(job))
+    ):
+        return f"the spec was edited since attempt {latest.number} was made: the edit is tried at once"
+    if job.spec.run_policy.suspend and not job.spec.run_policy.queue_name:  # a queue owns suspend otherwise
+        return f"runPolicy.suspend is set: attempt {latest.number + 1} is made held"
+    return "the operator's crash backoff is 0" if first <= 0 else ""
 
 
 def _pause(p: Plan, number: int, retry: str, due: datetime, pause: int, what: str) -> Decision:

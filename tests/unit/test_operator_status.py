@@ -178,6 +178,27 @@ def test_a_spec_edited_since_the_crashed_attempt_was_made_starts_the_next_at_onc
     assert held.create_attempt == 2  # made held: it runs nothing until resumed
 
 
+def test_an_edit_during_the_pause_starts_the_next_attempt_at_once_and_says_so():
+    from codex_operator import builders
+
+    made = dataclasses.replace(make_job(), generation=2)
+    crashed = builders.attempt_job(made, 1, builders.Settings(), None)
+    crashed["status"] = {"conditions": [{"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded"}]}
+    paused = plan(made, {"phase": "Running", "attempt": 1}, attempts(crashed), NOW)
+    assert paused.create_attempt is None and paused.status["nextAttemptAt"]
+    fixed = dataclasses.replace(make_job("resources={limits: {memory: 8Gi}}"), generation=3)
+    p = plan(fixed, paused.status, attempts(crashed), NOW + timedelta(seconds=4))
+    assert p.create_attempt == 2 and p.status["crashes"] == 1 and "nextAttemptAt" not in p.status
+    assert p.status["message"] == (
+        "attempt 1 failed: its trainer pod is gone (deleted, or lost with its node); retry 1 of runPolicy.backoffLimit "
+        "3; the pause is cut short (the spec was edited since attempt 1 was made: the edit is tried at once); "
+        "starting attempt 2"
+    )
+    assert p.events == [("Warning", "Retrying", p.status["message"])]
+    due = plan(made, paused.status, attempts(crashed), NOW + timedelta(seconds=10))  # no edit: said before
+    assert due.create_attempt == 2 and due.events == [] and "cut short" not in due.status["message"]
+
+
 def test_what_failed_is_kept_when_the_pause_ends_after_the_pod_is_gone():
     """kubectl delete pod: the pod said SIGTERM; by the end of the pause it is gone, and the message said the
     Job controller's words instead (its own backoff limit of 0, read as runPolicy.backoffLimit)."""
