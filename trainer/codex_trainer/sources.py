@@ -55,13 +55,14 @@ def at_commit(source: str, commit: str | None) -> str:
 
 def tokenizer_at(spec: JobSpec, commit: str | None) -> str:
     """The tokenizer's source for a run whose Hub model is pinned to `commit`: from the same repository at the
-    same revision (hf://org/name and @main alike), at that commit too; else as the spec says."""
+    same revision (hf://org/name and @main alike; the Hub's names are not case-sensitive), at that commit too,
+    spelled as the model is (the files the model's commit came with, in the same cache); else as the spec says."""
     tok, model = HF_SOURCE.match(spec.tokenizer_source), HF_SOURCE.match(spec.model.source)
-    if not (tok and model and commit) or tok.group("repo") != model.group("repo"):
+    if not (tok and model and commit) or tok.group("repo").lower() != model.group("repo").lower():
         return spec.tokenizer_source
     if (tok.group("rev") or "main") != (model.group("rev") or "main"):
         return spec.tokenizer_source  # a revision of its own (its tokens are checked on resume all the same)
-    return at_commit(spec.tokenizer_source, commit)
+    return at_commit(spec.model.source, commit)
 
 
 def _probe_hub(repo: str, revision: str | None, source: str, field: str, what: str) -> None:
