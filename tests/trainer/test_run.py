@@ -212,6 +212,28 @@ def test_a_finished_run_is_not_trained_again(straight, tmp_path):
     assert (out / "metrics.jsonl").read_bytes() == before_metrics  # no output opened
 
 
+def test_a_result_of_another_step_is_written_again_from_the_newest_checkpoint(straight, tmp_path):
+    """final/ from an earlier, shorter run of the directory (a longer run killed as it wrote its own final/, then
+    run again; or maxSteps lowered after a stopped run): a rerun said "already complete" over the old weights, and
+    eval named them the new step's. Now final/ is written again from the newest checkpoint, and says its step."""
+    from safetensors.torch import save_file
+
+    out = shutil.copytree(straight, tmp_path / "run")
+    final = out / "final"
+    save_file({k: v * 0 for k, v in adapter(out).items()}, final / "adapter_model.safetensors")
+    (final / "codex-result.json").write_text('{"step": 20}\n')
+    r = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "nothing to do" not in r.stdout
+    assert_same_weights(adapter(out), adapter(straight))
+    assert json.loads((final / "codex-result.json").read_text()) == {"step": 30}
+    ev = run_cli("eval", str(final), "--max-batches", "1")
+    lines = [json.loads(x) for x in ev.stdout.splitlines() if x.startswith("{")]
+    assert ev.returncode == 0 and [x["step"] for x in lines if x["type"] == "summary"] == [30], ev.stderr[-2000:]
+    again = run_cli("run", str(TINY), "--output-dir", str(out), *SHORT)
+    assert again.returncode == 0 and "already complete at step 30; nothing to do" in again.stdout
+
+
 def test_a_finished_runs_result_without_its_checkpoints_is_never_trained_over(straight, tmp_path):
     """Its checkpoints deleted (or another run's final/ in the directory): a run from step 0 would replace the
     result; it exits 2 saying so, before anything is loaded, and the result stays as it was."""

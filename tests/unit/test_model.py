@@ -154,7 +154,7 @@ def test_the_result_records_what_its_scratch_base_was_made_from(tmp_path):
     torch.manual_seed(0)
     model = load_base_model(ModelSpec(source="scratch", config=LLAMA), tok, base_dir, None, True, seed=0, fresh=True)
     peft = wrap_peft(model, PeftSpec(target_modules=["q_proj", "v_proj"]))
-    write_final(peft, tok, lora=True, merge=False, final=tmp_path / "final", base_ref=(str(base_dir), None))
+    write_final(peft, tok, lora=True, merge=False, final=tmp_path / "final", base_ref=(str(base_dir), None), step=1)
     assert (tmp_path / "final" / BASE_RECORD).read_text() == (base_dir / BASE_RECORD).read_text()
 
 

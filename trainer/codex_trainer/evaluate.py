@@ -201,10 +201,16 @@ def _checkpoint_step(p: Path) -> int | None:
 
 
 def _final_step(run_dir: Path | None, p: Path) -> int | None:
-    """The step a run's final/ (or final/merged/) was written at: its newest checkpoint's."""
+    """The step a run's final/ (or final/merged/) was written at: as it records it; one written before the record,
+    its newest checkpoint's."""
     if run_dir is None or "final" not in p.resolve().relative_to(run_dir.resolve()).parts[:1]:
         return None
     from .checkpoint import complete
+    from .result import result_step
+
+    recorded = result_step(run_dir / "final")
+    if recorded is not None:
+        return recorded
 
     done = complete(run_dir / CHECKPOINTS_DIR)
     return done[-1][0] if done else None

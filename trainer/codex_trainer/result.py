@@ -3,6 +3,7 @@ whole or not at all, and loadable the way Hugging Face users load adapters."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -13,6 +14,17 @@ from .errors import disk_full, is_disk_full
 from .files import atomic_dir
 from .model import BASE_RECORD
 
+RESULT_RECORD = "codex-result.json"  # in final/: the step it was written at
+
+
+def result_step(final: Path) -> int | None:
+    """The step final/ was written at (None: no final/, or one written before the record, or damaged)."""
+    try:
+        step = json.loads((final / RESULT_RECORD).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return step if isinstance(step, int) and not isinstance(step, bool) else None
+
 
 def write_final(
     model: PreTrainedModel | PeftModel,
@@ -21,13 +33,16 @@ def write_final(
     merge: bool,
     final: Path,
     base_ref: tuple[str, str | None],
+    step: int,
 ) -> None:
-    """final/: the adapter (or the full model when peft.method is none) and tokenizer; final/merged with peft.merge.
+    """final/: the adapter (or the full model when peft.method is none) and tokenizer; final/merged with peft.merge;
+    and the step it is the result of (RESULT_RECORD: a rerun rewrites a final/ of another step).
 
     The adapter names its base so that it loads from anywhere (model.adapter_base_reference)."""
     try:
         with atomic_dir(final) as tmp:
             _write_result(model, tokenizer, lora, merge, tmp, base_ref)
+            (tmp / RESULT_RECORD).write_text(json.dumps({"step": step}) + "\n")
     except BaseException as e:
         if is_disk_full(e):
             whole = not lora or merge  # final/ holds every tensor, else the trainable ones

@@ -57,7 +57,7 @@ from .model import (
 from .modeldigest import model_digests
 from .outdir import output_lock, prepare_output_dir
 from .plugins import check_callbacks, load_callbacks
-from .result import write_final
+from .result import result_step, write_final
 from .runinfo import (
     SEED_SCHEME,
     check_same_job,
@@ -283,7 +283,9 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     # complete, and its result as asked (peft.merge on a finished LoRA run: written below, nothing trained;
     # a full fine-tune's final/ is the whole model, merge or not)
     merge_owed = spec.peft.merge and spec.peft.method == "lora" and not (out / "final/merged").is_dir()
-    if step >= total_steps and (out / "final").is_dir() and not merge_owed:
+    # final/ of another step (a longer run stopped as it wrote final/, then resumed at its last step; maxSteps
+    # lowered below a stopped run's checkpoint) is written again, from this step's checkpoint
+    if step >= total_steps and result_step(out / "final") == step and not merge_owed:
         unused = (
             f" (changed since its checkpoint: {', '.join(sorted(changes))}; no step is left to train)"
             if changes
@@ -403,7 +405,7 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         eval_loss, evaluated_at = _evaluation(evaluate, step, eval_loss, evaluated_at, sink)
     if is_main:
         lora = spec.peft.method == "lora"
-        write_final(model, tokenizer, lora, spec.peft.merge, out / "final", base_ref)
+        write_final(model, tokenizer, lora, spec.peft.merge, out / "final", base_ref, step)
     accelerator.wait_for_everyone()
     sink.event(
         "done", step=step, loss=train_loss, eval_loss=eval_loss, tokens_seen=tokens_seen, final=str(out / "final")
