@@ -325,6 +325,10 @@ class Run:
                     out[("progress-error", "", "")] = s.value
                 elif s.name == "codex_operator_api_throttled_total":
                     out[("throttled", "", "")] = s.value
+                elif s.name == "codex_operator_reconcile_seconds_count":
+                    out[("reconciles", "", "")] = s.value
+                elif s.name == "codex_operator_reconcile_seconds_sum":
+                    out[("reconcile-seconds", "", "")] = s.value
                 elif s.name == "codex_operator_timer_round_seconds":
                     out[("timer-round", "", "")] = s.value
         return out
@@ -751,6 +755,8 @@ def _results(c: Clocks, names: list[str], ends: dict, spans: dict, rss_at: dict,
         "writes_total": delta(before, after),
         "reads_total": delta(before, after, verbs=("get", "list")),
         "progress_errors": after.get(("progress-error", "", ""), 0) - before.get(("progress-error", "", ""), 0),
+        "reconciles": after.get(("reconciles", "", ""), 0) - before.get(("reconciles", "", ""), 0),
+        "reconcile_s": after.get(("reconcile-seconds", "", ""), 0) - before.get(("reconcile-seconds", "", ""), 0),
         "events_ours": sum(int(e.get("count") or 1) for e in ours),
         "events_by_source": by_source,
         "events_ours_by_reason": _count(e.get("reason", "?") for e in ours),

@@ -69,6 +69,7 @@ def report(res: dict[str, Any], command: str, where: str) -> str:
         )
         + f"); progress reads that failed (kwok pods serve nothing): {res['progress_errors'] / n:.1f} per job",
         f"- CodexTrainingJob writes seen on the watch (MODIFIED, anyone's): {res['ctj_modified'] / n:.2f} per job",
+        *_reconcile_line(res, n),
         "- the timer's round (every job's progress read, wait explained, retry or TTL) with all "
         + (
             f"{n} running: median {_pct(res['rounds_all_running'], 50):.1f} s, "
@@ -93,6 +94,16 @@ def report(res: dict[str, Any], command: str, where: str) -> str:
         f"{res['others']['start']['codex_operator'] - 1} → {res['others']['end']['codex_operator'] - 1}",
     ]
     return "\n".join(lines)
+
+
+def _reconcile_line(res: dict[str, Any], n: int) -> list[str]:
+    """How many reconciles the jobs took, and their wall time (awaits included), from the operator's histogram."""
+    count = res.get("reconciles") or 0
+    if not count:
+        return []
+    mean = res["reconcile_s"] / count * 1000
+    return [f"- reconciles per job: {count / n:.1f} (the operator's `codex_operator_reconcile_seconds`), {mean:.1f} ms "
+            "of wall time each on average, its API calls' waits included"]  # fmt: skip
 
 
 def _burst_line(burst: dict[str, Any] | None) -> list[str]:
