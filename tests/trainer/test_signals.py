@@ -138,6 +138,33 @@ def test_a_closed_terminal_stops_the_run_with_a_checkpoint_and_nohup_keeps_it_go
     assert proc.wait(timeout=120) == 143
 
 
+def test_a_closed_output_pipe_stops_the_run_with_a_checkpoint_and_a_rerun_resumes(tmp_path):
+    """`codex-train run job.yaml | head -3`: the reader goes away. The run failed on its next line (a
+    BrokenPipeError traceback, exit 1, the steps since the last checkpoint lost). It stops as for a signal now:
+    the step finished and checkpointed, exit 141 (SIGPIPE's), and the rerun resumes there."""
+    out = tmp_path / "out"
+    args = [*QUICK, "--set", "checkpoint.everySteps=1000", "--set", "training.maxSteps=400"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "codex_trainer.cli", "run", str(TINY), "--output-dir", str(out), *args],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=(tmp_path / "stderr").open("w"),
+    )
+    assert proc.stdout is not None
+    for _ in range(3):  # head -3
+        proc.stdout.readline()
+    wait_for(lambda: (out / "metrics.jsonl").is_file() and (out / "metrics.jsonl").read_text(), "a first step")
+    proc.stdout.close()
+    assert proc.wait(timeout=120) == 141, (tmp_path / "stderr").read_text()[-2000:]
+    err = (tmp_path / "stderr").read_text()
+    assert "the output's reader is gone (a closed pipe): finishing this step and checkpointing" in err
+    assert "Traceback" not in err and "BrokenPipeError" not in err
+    step = max(r["step"] for r in metrics(out) if "loss" in r)
+    assert 0 < step < 400 and (out / "checkpoints" / f"step-{step}" / "MANIFEST.json").is_file()
+    rerun = run_cli("run", str(TINY), "--output-dir", str(out), *QUICK, "--set", f"training.maxSteps={step + 2}")
+    assert rerun.returncode == 0 and f'"event": "resumed", "step": {step}' in rerun.stdout, rerun.stderr[-2000:]
+
+
 def test_ctrl_c_while_the_process_exits_after_its_checkpoint_prints_no_traceback(tmp_path):
     """Ctrl-C pressed again and again: the first stops the run at its step, a second stops at once, and any that
     land while the process winds down (libraries' exit hooks) end it quietly, with 130 all the same."""

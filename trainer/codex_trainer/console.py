@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -17,6 +21,9 @@ class Console:
         self.interactive = sys.stderr.isatty() if interactive is None else interactive
         self._bar: tqdm | None = None
         self._last_line = 0.0
+        # called once when what the output goes to is gone (`codex-train run ... | head`, a tee stopped by Ctrl-C):
+        # the run stops as for a signal, with a checkpoint, instead of failing on its next line
+        self.on_closed: Callable[[], None] | None = None
 
     def event(self, event: str, **fields: Any) -> None:
         """A notable moment (start, resume, checkpoint, eval, end): always printed."""
@@ -26,7 +33,11 @@ class Console:
             text = " ".join(f"{k}={_fmt(v)}" for k, v in fields.items())
             self._write(f"[codex-train] {event} {text}".rstrip())
         else:
-            print(json.dumps({"time": round(time.time(), 3), "event": event, **fields}), flush=True)
+            line = json.dumps({"time": round(time.time(), 3), "event": event, **fields})
+            try:
+                print(line, flush=True)
+            except BrokenPipeError:
+                self._closed(sys.stdout)
 
     def progress(self, step: int, total: int, **fields: Any) -> None:
         """Per-step figures: the bar on a terminal; a JSON line at most every 2 s (and the last step) otherwise."""
@@ -52,10 +63,25 @@ class Console:
             self._bar = None
 
     def _write(self, line: str) -> None:
-        if self._bar is not None:
-            self._bar.write(line, file=sys.stderr)
-        else:
-            print(line, file=sys.stderr, flush=True)
+        try:
+            if self._bar is not None:
+                self._bar.write(line, file=sys.stderr)
+            else:
+                print(line, file=sys.stderr, flush=True)
+        except BrokenPipeError:
+            self._closed(sys.stderr)
+
+    def _closed(self, stream: Any) -> None:
+        """Its reader is gone: what goes to `stream` goes nowhere from now on (a pipe's unread lines too), once."""
+        with contextlib.suppress(OSError, ValueError):
+            fd = stream.fileno()
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                null = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(null, fd)
+                os.close(null)
+        callback, self.on_closed = self.on_closed, None
+        if callback is not None:
+            callback()
 
 
 def _fmt(v: Any) -> str:

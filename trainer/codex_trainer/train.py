@@ -7,8 +7,10 @@ evaluate, checkpoint, stop if asked → final evaluation, checkpoint and adapter
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -100,6 +102,7 @@ def train(
     is_main = accelerator.is_main_process
     console = console or Console(enabled=is_main)
     console.enabled = console.enabled and is_main
+    console.on_closed = partial(_output_closed, stop)
     check_callbacks(spec.callbacks)  # on every rank: an unknown name stops them all alike (exit 2)
     check_credentials(spec.tracking.wandb)  # online W&B without a key: exit 2 before anything loads
     check_data_files(spec)  # a missing data file: exit 2, before a Hub that cannot be reached says exit 1
@@ -118,6 +121,16 @@ def train(
             return code
         finally:
             sink.close(status)
+
+
+def _output_closed(stop: StopRequest) -> None:
+    """stdout's reader is gone (`| head`, a tee stopped with Ctrl-C): stop as for SIGPIPE, with a checkpoint
+    (exit 141), rather than fail on the next line with the steps since the last checkpoint lost."""
+    if stop.signum is None:
+        stop.signum = signal.SIGPIPE
+        with contextlib.suppress(OSError):
+            print("codex-train: the output's reader is gone (a closed pipe): finishing this step and checkpointing",
+                  file=sys.stderr, flush=True)  # fmt: skip
 
 
 def _warn(console: Console, message: str) -> None:
