@@ -67,6 +67,29 @@ def test_a_damaged_checkpoint_falls_back_to_the_previous_one(tmp_path, damage):
     assert seen and "step-20" in seen[-1]
 
 
+def test_each_skipped_checkpoint_says_why(tmp_path):
+    """A stopped write is incomplete; a checkpoint whose files changed since is damaged, naming the file; one
+    copied under another step's name (it would resume at the name's step, skipping or redoing steps) is refused."""
+    import shutil
+
+    save(tmp_path, 10)
+    truncated = save(tmp_path, 20)
+    (truncated / checkpoint.OPTIMIZER).write_bytes((truncated / checkpoint.OPTIMIZER).read_bytes()[:-4])
+    shutil.copytree(tmp_path / "step-10", tmp_path / "step-45")
+    (tmp_path / "step-50").mkdir()
+    (tmp_path / "step-60").write_text("not a checkpoint")
+    seen: list[str] = []
+    ck = checkpoint.load_latest(tmp_path, log=seen.append)
+    assert ck.step == 10
+    assert seen == [
+        f"ignoring damaged checkpoint {truncated}: {checkpoint.OPTIMIZER} is missing or truncated",
+        f"ignoring incomplete checkpoint {tmp_path / 'step-50'} (no MANIFEST.json: its write was stopped)",
+        f"ignoring {tmp_path / 'step-60'}: not a checkpoint directory",
+        f"ignoring damaged checkpoint {tmp_path / 'step-45'}: it holds step 10 (MANIFEST.json), not the step 45 its "
+        "name says: copied or renamed; rename it back to resume from it",
+    ]
+
+
 def test_prune_keeps_the_newest_and_removes_temp_dirs(tmp_path):
     for s in (1, 2, 3, 4):
         save(tmp_path, s)

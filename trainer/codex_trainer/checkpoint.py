@@ -119,7 +119,7 @@ def load_latest(root: Path, log: Callable[[str], None] = print) -> Checkpoint | 
     good = complete(root)
     for name in sorted(candidates - {p.name for _, p in good}):
         if STEP_DIR.match(name) or ".tmp" in name:
-            log(f"ignoring incomplete checkpoint {root / name}")
+            log(f"ignoring {_not_complete(root / name)}")
     for step, path in reversed(good):
         problem = _verified(path, again=True)  # at a start: hash them now, whatever was known
         if problem:
@@ -160,12 +160,28 @@ def _verified(path: Path, again: bool = False) -> str | None:
     return _checked[key]
 
 
+def _not_complete(path: Path) -> str:
+    """What a checkpoint left out of complete() is: a write that was stopped, or files damaged since."""
+    if ".tmp" in path.name:
+        return f"incomplete checkpoint {path} (its write was stopped)"
+    if not path.is_dir():
+        return f"{path}: not a checkpoint directory"
+    if not (path / MANIFEST).is_file():
+        return f"incomplete checkpoint {path} (no {MANIFEST}: its write was stopped)"
+    return f"damaged checkpoint {path}: {verify(path) or 'its files changed while it was read'}"
+
+
 def verify(path: Path) -> str | None:
-    """None if every file matches the manifest, else what is wrong."""
+    """None if every file matches the manifest and the manifest's step is the one the directory is named for,
+    else what is wrong."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         return f"unreadable manifest ({e})"
+    named = STEP_DIR.match(path.name)
+    if named and manifest.get("step") != int(named.group(1)):
+        return (f"it holds step {manifest.get('step')} ({MANIFEST}), not the step {named.group(1)} its name says: "
+                "copied or renamed; rename it back to resume from it")  # fmt: skip
     for name, meta in manifest["files"].items():
         f = path / name
         try:
