@@ -128,6 +128,25 @@ def test_prompts_write_greedy_completions(run, tmp_path):
     assert rows[0]["type"] == "summary" and rows[0]["batches"] == 1
 
 
+def test_prompts_come_from_stdin_or_a_pipe_and_an_empty_source_is_said_before_the_evaluation(run, tmp_path):
+    """`--prompts -` and `--prompts <(...)` were "not found"; /dev/null was too, after the whole evaluation."""
+    args = [sys.executable, "-m", "codex_trainer.cli", "eval", str(run / "final"), "--max-batches", "1"]
+    piped = subprocess.run([*args, "--prompts", "-"], input="def add(a, b):\n", capture_output=True, text=True,
+                           cwd=ROOT, timeout=300)  # fmt: skip
+    assert piped.returncode == 0, piped.stderr[-3000:]
+    rows = [json.loads(line) for line in piped.stdout.splitlines()]
+    assert [r["prompt"] for r in rows if r["type"] == "completion"] == ["def add(a, b):"]
+    fifo = tmp_path / "prompts.fifo"  # what <(printf ...) gives: a pipe, read once
+    os.mkfifo(fifo)
+    writer = subprocess.Popen(["sh", "-c", f"printf 'import os\\n' > '{fifo}'"])
+    rows = evaluate(str(run / "final"), "--prompts", str(fifo), "--max-batches", "1")
+    writer.wait(timeout=60)
+    assert [r["prompt"] for r in rows if r["type"] == "completion"] == ["import os"]
+    assert fails_with_one_line(str(run / "final"), "--prompts", "/dev/null") == (
+        "codex-train: invalid --prompts: '/dev/null' holds no prompts (one per line)"
+    )
+
+
 def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     assert "does not exist" in fails_with_one_line(str(tmp_path / "nope"))
     assert "is a file" in fails_with_one_line(str(run / "run.json"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pyarrow as pa
@@ -361,6 +362,16 @@ def test_a_directory_is_not_a_data_file(tmp_path, name):
         read_texts([str(tmp_path / name)], "text", "spec.data.validation")
     assert e.value.problems == [
         ("spec.data.validation", f"'{tmp_path / name}' is a directory; name the data files in it")
+    ]
+
+
+def test_a_pipe_is_not_a_data_file_and_says_so_not_that_it_is_missing(tmp_path):
+    os.mkfifo(tmp_path / "data.jsonl")  # what <(...) gives
+    name = str(tmp_path / "data.jsonl")
+    with pytest.raises(SpecError) as e:
+        read_texts([name], "text", "spec.data.train")
+    assert e.value.problems == [
+        ("spec.data.train", f"'{name}' is not a regular file (a pipe or a device); save its contents to a file")
     ]
 
 

@@ -136,8 +136,10 @@ def check_data_path(name: str, field: str) -> None:
     path = Path(name)
     if path.is_dir():
         raise SpecError(field, f"'{name}' is a directory; name the data files in it")
-    if not path.is_file():
+    if not path.exists():
         raise SpecError(field, not_found(name))
+    if not path.is_file():  # read more than once (its digest, its rows): a pipe would be empty the second time
+        raise SpecError(field, f"'{name}' is not a regular file (a pipe or a device); save its contents to a file")
     if not os.access(path, os.R_OK):
         raise SpecError(field, f"'{name}' is not readable by uid {os.getuid()}")
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -503,22 +504,39 @@ def metrics_of(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def complete_prompts(
-    model: Model, tokenizer: PreTrainedTokenizerBase, prompts_file: str, max_new_tokens: int, device: torch.device
-) -> list[dict[str, Any]]:
-    import torch
-
+def read_prompts(name: str) -> list[str]:
+    """The prompts, one per non-blank line, of a file, a pipe (`<(...)`) or stdin ("-"); read before the model
+    loads, so that a wrong --prompts is said before the evaluation, not after it."""
     from .data import check_data_path
 
-    check_data_path(prompts_file, "--prompts")
+    shown = "stdin" if name == "-" else f"'{name}'"
     try:
-        text = Path(prompts_file).read_text(encoding="utf-8")
+        if name == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            path = Path(name)
+            if not (path.exists() and not path.is_dir()):
+                check_data_path(name, "--prompts")  # says what it is instead
+            if not os.access(path, os.R_OK):
+                raise SpecError("--prompts", f"'{name}' is not readable by uid {os.getuid()}")
+            raw = path.read_bytes()  # a regular file, a pipe or a device alike
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise SpecError("--prompts", f"'{prompts_file}' is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        raise SpecError("--prompts", f"{shown} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except OSError as e:
+        raise SpecError("--prompts", f"{shown} cannot be read ({e.strerror or e})") from None
     text = text.removeprefix("\ufeff")  # the byte-order mark some editors put first, as the data readers drop it
     prompts = [line for line in text.replace("\r\n", "\n").split("\n") if line.strip()]
     if not prompts:
-        raise SpecError("--prompts", f"'{prompts_file}' holds no prompts (one per line)")
+        raise SpecError("--prompts", f"{shown} holds no prompts (one per line)")
+    return prompts
+
+
+def complete_prompts(
+    model: Model, tokenizer: PreTrainedTokenizerBase, prompts: list[str], max_new_tokens: int, device: torch.device
+) -> list[dict[str, Any]]:
+    import torch
+
     out = []
     with torch.no_grad():
         for prompt in prompts:
@@ -570,6 +588,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.output and Path(args.output).is_dir():
         raise SpecError("--output", f"'{args.output}' is a directory; name a file")
     args.path, args.data = path_and_data(args.path, args.data)
+    prompts = read_prompts(args.prompts) if args.prompts else []
     target = locate(args.path)
     device, autocast = _device_and_autocast(target.spec)
     model, tokenizer = load(target, device)
@@ -592,7 +611,7 @@ def run_eval(args: argparse.Namespace) -> int:
         for k in total:
             total[k] += t[k]
         per_file.append({"type": "file", **what, **metrics_of(t), "batches": t["batches"]})
-    completions = complete_prompts(model, tokenizer, args.prompts, args.max_new_tokens, device) if args.prompts else []
+    completions = complete_prompts(model, tokenizer, prompts, args.max_new_tokens, device) if prompts else []
 
     summary: dict[str, Any] = {"type": "summary", "model": args.path, "kind": target.kind}
     if target.step is not None:
