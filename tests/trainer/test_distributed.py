@@ -4,6 +4,7 @@ equals one process with the same global batch."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -83,3 +84,55 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     assert r2.returncode == 0, r2.stderr[-3000:]
     said = "resuming on 1 process, saved on 2: a step now trains 4 sequences instead of 8"
     assert said in r2.stdout and "resume on 2 processes to continue the same training" in r2.stdout
+
+
+def hub_cache(root, main: str, commits: dict[str, int]):
+    """A Hub cache of codex-test/tiny (read offline): a tiny Llama at each commit, its weights from the seed
+    given, refs/main at `main`."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from codex_trainer.tokenizer import byte_tokenizer
+
+    repo = root / "models--codex-test--tiny"
+    config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=259)  # fmt: skip
+    for commit, seed in commits.items():
+        torch.manual_seed(seed)
+        LlamaForCausalLM(config).save_pretrained(repo / "snapshots" / commit)
+        byte_tokenizer().save_pretrained(repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(main)
+    return root
+
+
+def test_ranks_whose_caches_hold_other_commits_of_a_branch_train_on_rank_0s(tmp_path):
+    """hf://org/name on a fresh multi-node start: each node resolves main in its own cache (or downloads it), and a
+    push between them gave the ranks other weights under one adapter. The rank that differs loads rank 0's commit
+    again and says so: the result equals one process on rank 0's commit. (Rank 1's cache is another folder.)"""
+    first, pushed = "a" * 40, "b" * 40
+    cache0 = hub_cache(tmp_path / "hub0", first, {first: 1, pushed: 2})
+    cache1 = hub_cache(tmp_path / "hub1", pushed, {first: 1, pushed: 2})
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(
+        "import os\nif os.environ.get('RANK') == '1':\n    os.environ['HF_HUB_CACHE'] = os.environ['RANK1_CACHE']\n"
+    )
+    path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache0), "RANK1_CACHE": str(cache1)}
+    hub = ["--set", "model={source: 'hf://codex-test/tiny'}", "--set", "training.maxSteps=4", *COMMON[2:]]
+    two, one = tmp_path / "two", tmp_path / "one"
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m",
+         "codex_trainer.cli", "run", str(TINY), "--output-dir", str(two), *hub, "--set", "training.batchSize=4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": path},
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    said = f"rank 1 loaded hf://codex-test/tiny at commit {pushed}, rank 0 at {first}: loading {first}"
+    assert said in r.stderr, r.stderr[-3000:]
+    r1 = run_cli("run", str(TINY), "--output-dir", str(one), *hub, "--set", "training.batchSize=8", env=env)
+    assert r1.returncode == 0, r1.stderr[-3000:]
+    a = load_file(two / "final" / "adapter_model.safetensors")
+    b = load_file(one / "final" / "adapter_model.safetensors")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+    assert json.loads((two / "final" / "adapter_config.json").read_text())["revision"] == first

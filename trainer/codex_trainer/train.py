@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from torch.optim.lr_scheduler import LambdaLR
 from transformers import get_scheduler
 from transformers.utils import logging as hf_logging
@@ -42,6 +43,7 @@ from .data import (
 )
 from .dropout import cheapen_lora_dropout
 from .errors import SpecError
+from .fields import HF_SOURCE
 from .launch import check_data_files
 from .loss import LanguageModelLoss
 from .metrics import Prometheus, Sink, start_mlflow
@@ -222,6 +224,16 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     model_spec = spec.model.model_copy(update={"source": at_commit(spec.model.source, pinned)})
     base = load_base_model(model_spec, tokenizer, base_dir, base_dtype, is_main, seed=t.seed, fresh=found is None)
     commit = pinned or hub_commit(spec.model.source)
+    if pinned is None and world > 1 and HF_SOURCE.match(spec.model.source):
+        # a fresh start on a branch: each node's cache (or download) may hold another commit of it, the
+        # repository pushed to meanwhile. Every rank trains on rank 0's: another loads it again at that commit
+        agreed = broadcast_object_list([commit])[0]
+        if agreed and commit != agreed:
+            said = f"rank {rank} loaded {spec.model.source} at commit {commit}, rank 0 at {agreed}: loading {agreed}"
+            print(f"codex-train: warning: {said}", file=sys.stderr, flush=True)  # not rank 0's: its own stderr
+            at = spec.model.model_copy(update={"source": at_commit(spec.model.source, agreed)})
+            base = load_base_model(at, tokenizer, base_dir, base_dtype, is_main, seed=t.seed, fresh=True)
+            commit = agreed
     if commit:
         identity["model"]["commit"] = commit
     check_positions(base, spec.data.max_seq_length, sink.warn)
