@@ -88,7 +88,7 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
 
 def hub_cache(root, main: str, commits: dict[str, int]):
     """A Hub cache of codex-test/tiny (read offline): a tiny Llama at each commit, its weights from the seed
-    given, refs/main at `main`."""
+    given, refs/main at `main`; the tokenizer of each commit but the first lowercases its text."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -97,19 +97,25 @@ def hub_cache(root, main: str, commits: dict[str, int]):
     repo = root / "models--codex-test--tiny"
     config = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                          num_key_value_heads=1, vocab_size=259)  # fmt: skip
-    for commit, seed in commits.items():
+    for n, (commit, seed) in enumerate(commits.items()):
         torch.manual_seed(seed)
-        LlamaForCausalLM(config).save_pretrained(repo / "snapshots" / commit)
-        byte_tokenizer().save_pretrained(repo / "snapshots" / commit)
+        snapshot = repo / "snapshots" / commit
+        LlamaForCausalLM(config).save_pretrained(snapshot)
+        byte_tokenizer().save_pretrained(snapshot)
+        if n:  # other tokens of the same data (every row of the example's data has capitals)
+            saved = json.loads((snapshot / "tokenizer.json").read_text())
+            saved["normalizer"] = {"type": "Lowercase"}
+            (snapshot / "tokenizer.json").write_text(json.dumps(saved))
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(main)
     return root
 
 
 def test_ranks_whose_caches_hold_other_commits_of_a_branch_train_on_rank_0s(tmp_path):
-    """hf://org/name on a fresh multi-node start: each node resolves main in its own cache (or downloads it), and a
-    push between them gave the ranks other weights under one adapter. The rank that differs loads rank 0's commit
-    again and says so: the result equals one process on rank 0's commit. (Rank 1's cache is another folder.)"""
+    """hf://org/name on a fresh multi-node start: each node resolved main in its own cache (or downloaded it), and a
+    push between them gave the ranks other weights and tokens under one adapter. Every rank loads the model and its
+    tokenizer at rank 0's commit, and one whose cache says otherwise says so: the result equals one process on rank
+    0's commit. (Rank 1's cache is another folder.)"""
     first, pushed = "a" * 40, "b" * 40
     cache0 = hub_cache(tmp_path / "hub0", first, {first: 1, pushed: 2})
     cache1 = hub_cache(tmp_path / "hub1", pushed, {first: 1, pushed: 2})
@@ -120,7 +126,8 @@ def test_ranks_whose_caches_hold_other_commits_of_a_branch_train_on_rank_0s(tmp_
     )
     path = os.pathsep.join(p for p in (str(site), os.environ.get("PYTHONPATH", "")) if p)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache0), "RANK1_CACHE": str(cache1)}
-    hub = ["--set", "model={source: 'hf://codex-test/tiny'}", "--set", "training.maxSteps=4", *COMMON[2:]]
+    hub = ["--set", "model={source: 'hf://codex-test/tiny'}", "--set", "tokenizer=hf://codex-test/tiny",
+           "--set", "training.maxSteps=4", *COMMON[2:]]  # fmt: skip
     two, one = tmp_path / "two", tmp_path / "one"
     r = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone", "-m",
@@ -128,7 +135,7 @@ def test_ranks_whose_caches_hold_other_commits_of_a_branch_train_on_rank_0s(tmp_
         cwd=ROOT, capture_output=True, text=True, timeout=300, env={**env, "PYTHONPATH": path},
     )  # fmt: skip
     assert r.returncode == 0, r.stderr[-3000:]
-    said = f"rank 1 loaded hf://codex-test/tiny at commit {pushed}, rank 0 at {first}: loading {first}"
+    said = f"rank 1 finds hf://codex-test/tiny at commit {pushed}, rank 0 at {first}: every rank loads {first}"
     assert said in r.stderr, r.stderr[-3000:]
     r1 = run_cli("run", str(TINY), "--output-dir", str(one), *hub, "--set", "training.batchSize=8", env=env)
     assert r1.returncode == 0, r1.stderr[-3000:]

@@ -47,6 +47,26 @@ def hub_commit(source: str) -> str | None:
     return commit if COMMIT.fullmatch(commit) else None
 
 
+def branch_commit(source: str) -> str | None:
+    """The commit a Hub model's revision (a branch or a tag; none: main) names now: the Hub's answer, or offline
+    (or with the Hub not answering) the local cache's; None for a local or scratch source, or where neither says."""
+    m = HF_SOURCE.match(source)
+    if m is None:
+        return None
+    if COMMIT.fullmatch(m.group("rev") or ""):
+        return m.group("rev")
+    from huggingface_hub import HfApi, constants
+
+    if not constants.HF_HUB_OFFLINE:
+        try:
+            sha = HfApi().model_info(m.group("repo"), revision=m.group("rev"), timeout=HUB_PROBE_TIMEOUT).sha
+        except Exception:  # noqa: BLE001 - the load that follows says what is wrong, as without this look-up
+            sha = None
+        if sha and COMMIT.fullmatch(sha):
+            return sha
+    return hub_commit(source)
+
+
 def at_commit(source: str, commit: str | None) -> str:
     """The Hub source pinned to `commit` (a run resumes on the base it started from); others as they are."""
     m = HF_SOURCE.match(source)

@@ -74,7 +74,7 @@ from .runinfo import (
     training_changes,
     write_run_json,
 )
-from .sources import at_commit, hub_commit, tokenizer_at
+from .sources import at_commit, branch_commit, hub_commit, tokenizer_at
 from .spec import JobSpec
 from .tokenizer import load_tokenizer, tokenizer_fingerprint
 from .wandb_sink import check_credentials, start_wandb
@@ -123,6 +123,18 @@ def train(
             return code
         finally:
             sink.close(status)
+
+
+def _one_commit(source: str, rank: int) -> str | None:
+    """A fresh start of several processes on a Hub branch: the commit every rank loads the model and its tokenizer
+    at, rank 0's. Each node resolves the branch in its own cache (or downloads it), and a push between them
+    gave the ranks other weights or tokens under one adapter."""
+    own = branch_commit(source)
+    agreed = broadcast_object_list([own])[0]
+    if own and agreed and own != agreed:  # not rank 0's: said on this rank's own stderr
+        said = f"rank {rank} finds {source} at commit {own}, rank 0 at {agreed}: every rank loads {agreed}"
+        print(f"codex-train: warning: {said}", file=sys.stderr, flush=True)
+    return agreed
 
 
 def _output_closed(stop: StopRequest) -> None:
@@ -183,6 +195,9 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
         as_saved = resume_identity(spec, saved_digest(state), saved_model_files(state), pinned, saved_tokens(state))
         check_same_job(found.state, as_saved, legacy_identity(spec), found.path)
 
+    if pinned is None and world > 1 and HF_SOURCE.match(spec.model.source):
+        pinned = _one_commit(spec.model.source, rank)
+
     # ---- data and model
     tokenizer_source = tokenizer_at(spec, pinned)
     tokenizer = load_tokenizer(tokenizer_source, spec.model.trust_remote_code)
@@ -224,16 +239,6 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     model_spec = spec.model.model_copy(update={"source": at_commit(spec.model.source, pinned)})
     base = load_base_model(model_spec, tokenizer, base_dir, base_dtype, is_main, seed=t.seed, fresh=found is None)
     commit = pinned or hub_commit(spec.model.source)
-    if pinned is None and world > 1 and HF_SOURCE.match(spec.model.source):
-        # a fresh start on a branch: each node's cache (or download) may hold another commit of it, the
-        # repository pushed to meanwhile. Every rank trains on rank 0's: another loads it again at that commit
-        agreed = broadcast_object_list([commit])[0]
-        if agreed and commit != agreed:
-            said = f"rank {rank} loaded {spec.model.source} at commit {commit}, rank 0 at {agreed}: loading {agreed}"
-            print(f"codex-train: warning: {said}", file=sys.stderr, flush=True)  # not rank 0's: its own stderr
-            at = spec.model.model_copy(update={"source": at_commit(spec.model.source, agreed)})
-            base = load_base_model(at, tokenizer, base_dir, base_dtype, is_main, seed=t.seed, fresh=True)
-            commit = agreed
     if commit:
         identity["model"]["commit"] = commit
     check_positions(base, spec.data.max_seq_length, sink.warn)
@@ -310,7 +315,10 @@ def _train(  # noqa: C901 - the training loop, kept in one piece to read top to 
     merge_owed = spec.peft.merge and spec.peft.method == "lora" and not (out / "final/merged").is_dir()
     # final/ of another step (a longer run stopped as it wrote final/, then resumed at its last step; maxSteps
     # lowered below a stopped run's checkpoint) is written again, from this step's checkpoint
-    if step >= total_steps and result_step(out / "final") == step and not merge_owed:
+    complete = step >= total_steps and result_step(out / "final") == step and not merge_owed
+    if world > 1:  # rank 0's answer: another rank reading final/ as rank 0 rewrites it would leave it waiting
+        complete = broadcast_object_list([complete])[0]
+    if complete:
         unused = (
             f" (changed since its checkpoint: {', '.join(sorted(changes))}; no step is left to train)"
             if changes
