@@ -388,12 +388,7 @@ def _after_failure(
             due = _pause_ends(job, p, latest, counted, failed_pod, now, first_pause)
             pause = retrydelay.crash_pause(counted, first_pause)
             if due is not None and left is not None and due >= now + timedelta(seconds=left):
-                # the next attempt could not start before the deadline: say so now, not at the deadline
-                end = ts(now + timedelta(seconds=left))
-                p.status.pop("nextAttemptAt", None)
-                p.status["completionTime"] = ts(now)
-                late = f"runPolicy.activeDeadlineSeconds is reached at {end}, before attempt {latest.number + 1}"
-                return "Failed", "DeadlineExceeded", f"{what}; {retry}, but {late} could start after a {pause} s pause"
+                return _too_late(p, latest.number, f"{what}; {retry}", left, now, f"after a {pause} s pause")
             if due is not None:
                 return _pause(p, latest.number, retry, due, pause, what)
             what = f"{what}; {retry}"
@@ -439,6 +434,16 @@ def _no_pause(job: Job, latest: Attempt, first: float) -> str:
     return "the operator's crash backoff is 0" if first <= 0 else ""
 
 
+def _too_late(p: Plan, number: int, what: str, left: int, now: datetime, start: str) -> Decision:
+    """The pause after attempt `number` ends at or past the job's deadline: fail now, saying so, rather than name a
+    start the deadline never lets come."""
+    p.status.pop("nextAttemptAt", None)
+    p.status["completionTime"] = ts(now)
+    end = ts(now + timedelta(seconds=left))
+    late = f"runPolicy.activeDeadlineSeconds is reached at {end}, before attempt {number + 1} could start {start}"
+    return "Failed", "DeadlineExceeded", f"{what}, but {late}"
+
+
 def _pause(p: Plan, number: int, retry: str, due: datetime, pause: int, what: str) -> Decision:
     """Wait before attempt number + 1 (the timer starts it when status.nextAttemptAt is due)."""
     p.status["nextAttemptAt"] = ts(due)
@@ -475,7 +480,7 @@ def _not_there(
     """The attempt the status names has no Job: the operator's own replacement, cut short; else a deletion."""
     left = deadline_left(job, p.status, now)
     if old.get("nextAttemptAt") and int(old.get("attempt") or 0) == current and (left is None or left > 0):
-        return _pause_goes_on(job, p, current, old, now)
+        return _pause_goes_on(job, p, current, old, left, now)
     if old.get("stoppedAttempt") != current - 1:
         return _after_deletion(job, p, attempts, current, left, now)
     if left is None or left > 0:
@@ -493,10 +498,14 @@ def _failure_said(status: dict[str, Any], number: int) -> str:
     return said.rsplit("; retry ", 1)[0] if said.startswith(f"attempt {number} failed: ") else ""
 
 
-def _pause_goes_on(job: Job, p: Plan, current: int, old: dict[str, Any], now: datetime) -> Decision:
+def _pause_goes_on(job: Job, p: Plan, current: int, old: dict[str, Any], left: int | None, now: datetime) -> Decision:
     """The crashed attempt's Job was deleted during the pause after it (by hand, or a TTL a cluster policy puts
-    on Jobs): its crash was counted when the pause began, so nothing more is; the pause goes on."""
+    on Jobs): its crash was counted when the pause began, so nothing more is; the pause goes on (unless the
+    deadline, lowered since, comes first)."""
     due = retrydelay.paused_until(old)
+    if due is not None and due > now and left is not None and due >= now + timedelta(seconds=left):
+        what = _failure_said(old, current) or f"attempt {current} failed"
+        return _too_late(p, current, f"{what} (its Job deleted since)", left, now, f"at {ts(due)}")
     if due is not None and due > now:
         p.status["nextAttemptAt"] = old["nextAttemptAt"]
         return "Restarting", "Retrying", old.get("message") or f"attempt {current + 1} starts at {ts(due)}"

@@ -239,6 +239,20 @@ def test_the_crashed_attempts_job_deleted_during_the_pause_counts_nothing_more_a
     assert (due.status["crashes"], due.status.get("disruptions")) == (1, None)
 
 
+def test_a_deadline_lowered_under_a_pause_whose_job_was_deleted_fails_the_job_then():
+    paused = plan(make_job(), {"phase": "Running", "attempt": 1, "startTime": "2026-11-28T11:59:00Z"},
+                  attempts(job_obj(1, cond=CRASH)), NOW).status  # fmt: skip
+    lowered = make_job("runPolicy.activeDeadlineSeconds=65")  # ends at 12:00:05, the pause at 12:00:10
+    p = plan(lowered, paused, [], NOW + timedelta(seconds=2))
+    assert p.status["phase"] == "Failed" and p.create_attempt is None and "nextAttemptAt" not in p.status
+    assert p.status["message"] == (
+        "attempt 1 failed: its trainer pod is gone (deleted, or lost with its node) (its Job deleted since), but "
+        "runPolicy.activeDeadlineSeconds is reached at 2026-11-28T12:00:05Z, before attempt 2 could start at "
+        "2026-11-28T12:00:10Z"
+    )
+    assert (p.status["crashes"], p.status.get("disruptions")) == (1, None)
+
+
 def test_a_pause_left_in_the_status_is_not_taken_for_a_later_attempts():
     """The status write after the pause's attempt was made did not get through: attempt 2 runs with attempt 1's
     nextAttemptAt still there. It is dropped, and attempt 2's own crash is counted and paused for."""
