@@ -100,7 +100,8 @@ async def _elected(
     log = logging.getLogger("codex_operator")
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):  # kopf puts its own handlers in once it runs; both stop it
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    for sig in previous:  # kopf puts its own handlers in once it runs; both stop it
         loop.add_signal_handler(sig, stopping.set)
     kube = await Kube.connect()
     elector = leader.Elector(
@@ -142,6 +143,10 @@ async def _elected(
         return 0
     finally:
         await kube.close()
+        for sig, handler in previous.items():  # as found: asyncio would leave SIGINT at Python's default (a
+            loop.remove_signal_handler(sig)  # background job's SIG_IGN lost), in a test or a notebook
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 async def _standby_health(port: int) -> Any:

@@ -105,7 +105,8 @@ def _slow_run(out: pathlib.Path, ignore_hangup: bool = False) -> subprocess.Pope
         cwd=ROOT,
         stdout=(out.parent / "stdout").open("w"),
         stderr=(out.parent / "stderr").open("w"),
-        preexec_fn=(lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN)) if ignore_hangup else None,
+        # SIGHUP as a terminal's run has it, whatever the tests' own (a suite run under nohup ignores it)
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN if ignore_hangup else signal.SIG_DFL),
     )
 
 
