@@ -145,6 +145,9 @@ def test_prompts_come_from_stdin_or_a_pipe_and_an_empty_source_is_said_before_th
     assert fails_with_one_line(str(run / "final"), "--prompts", "/dev/null") == (
         "codex-train: invalid --prompts: '/dev/null' holds no prompts (one per line)"
     )
+    assert fails_with_one_line(str(run / "final"), "--prompts", "/dev/zero") == (
+        "codex-train: invalid --prompts: '/dev/zero' is a device; give a file, a pipe (<(...)) or - for stdin"
+    )
 
 
 def test_bad_paths_exit_2_with_one_line(run, tmp_path):

@@ -83,11 +83,12 @@ def test_each_skipped_checkpoint_says_why(tmp_path):
     assert ck.step == 10
     assert seen == [
         f"ignoring damaged checkpoint {truncated}: {checkpoint.OPTIMIZER} is missing or truncated",
-        f"ignoring incomplete checkpoint {tmp_path / 'step-50'} (no MANIFEST.json: its write was stopped)",
-        f"ignoring {tmp_path / 'step-60'}: not a checkpoint directory",
         f"ignoring damaged checkpoint {tmp_path / 'step-45'}: it holds step 10 (MANIFEST.json), not the step 45 its "
         "name says: copied or renamed; rename it back to resume from it",
+        f"ignoring incomplete checkpoint {tmp_path / 'step-50'} (no MANIFEST.json: its write was stopped)",
+        f"ignoring {tmp_path / 'step-60'}: not a checkpoint directory",
     ]
+    assert [step for step, _ in checkpoint.complete(tmp_path)] == [10]
 
 
 def test_prune_keeps_the_newest_and_removes_temp_dirs(tmp_path):

@@ -210,10 +210,14 @@ def prune(root: Path, keep_last: int) -> None:
 
 
 def _sizes_match(path: Path) -> bool:
+    """Its manifest names the step its directory is named for, and its files have the sizes it gives."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
+        named = STEP_DIR.match(path.name)
+        if named is None or manifest.get("step") != int(named.group(1)):
+            return False
         return all(
             (path / n).is_file() and (path / n).stat().st_size == m["bytes"] for n, m in manifest["files"].items()
         )
-    except (OSError, json.JSONDecodeError, KeyError, TypeError):
+    except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return False

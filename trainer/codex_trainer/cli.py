@@ -39,6 +39,7 @@ from .contract import (
     FINAL_LOSS,
     FINAL_STEP,
     SIGNAL_EXIT_BASE,
+    STEP_DIR,
     STEP_DIR_PREFIX,
     stopped_message,
 )
@@ -149,8 +150,8 @@ def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:
     stop = StopRequest()
 
     def on_signal(signum, _frame):
-        if stop.signum is not None and signum == signal.SIGINT:
-            raise _StopNow  # a second Ctrl-C: stop now, the last checkpoint stays
+        if stop.signum not in (None, signal.SIGPIPE) and signum == signal.SIGINT:
+            raise _StopNow  # a second stop, by Ctrl-C: stop now, the last checkpoint stays (a closed pipe was none)
         if signum == signal.SIGHUP:
             _hung_up()
         stop.signum = signum
@@ -211,12 +212,22 @@ def _stopped_message(signum: int, checkpoints: Path) -> str:
 
 
 def _newest_checkpoint(checkpoints: Path) -> Path | None:
-    complete = [d for d in checkpoints.glob(f"{STEP_DIR_PREFIX}*") if (d / CHECKPOINT_MANIFEST).is_file()]
+    """The newest checkpoint whose manifest is there and names the step of its directory (one copied under
+    another step's name is no checkpoint a rerun resumes from)."""
+    complete = [d for d in checkpoints.glob(f"{STEP_DIR_PREFIX}*") if _manifest_step(d) == _step_of(d)]
     return max(complete, key=_step_of, default=None)
 
 
+def _manifest_step(checkpoint: Path) -> int | None:
+    try:
+        return json.loads((checkpoint / CHECKPOINT_MANIFEST).read_text()).get("step")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
 def _step_of(checkpoint: Path) -> int:
-    return int(checkpoint.name.removeprefix(STEP_DIR_PREFIX))
+    named = STEP_DIR.match(checkpoint.name)
+    return int(named.group(1)) if named else -1
 
 
 class _Parser(argparse.ArgumentParser):

@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
+import stat
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -512,14 +514,20 @@ def read_prompts(name: str) -> list[str]:
     shown = "stdin" if name == "-" else f"'{name}'"
     try:
         if name == "-":
+            if sys.stdin is None:
+                raise SpecError("--prompts", "stdin is closed; give the prompts' file, or pipe them in")
+            if sys.stdin.isatty():
+                print("codex-train: reading prompts from the terminal, one per line; Ctrl-D ends them", file=sys.stderr)
             raw = sys.stdin.buffer.read()
         else:
             path = Path(name)
             if not (path.exists() and not path.is_dir()):
                 check_data_path(name, "--prompts")  # says what it is instead
+            if stat.S_ISCHR(path.stat().st_mode) and not path.samefile(os.devnull):
+                raise SpecError("--prompts", f"'{name}' is a device; give a file, a pipe (<(...)) or - for stdin")
             if not os.access(path, os.R_OK):
                 raise SpecError("--prompts", f"'{name}' is not readable by uid {os.getuid()}")
-            raw = path.read_bytes()  # a regular file, a pipe or a device alike
+            raw = path.read_bytes()  # a regular file or a pipe
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise SpecError("--prompts", f"{shown} is not UTF-8 text ({e.reason} at byte {e.start})") from None
@@ -635,6 +643,12 @@ def run_eval(args: argparse.Namespace) -> int:
         except OSError as e:
             raise SpecError("--output", f"cannot write '{args.output}': {e.strerror or e}") from None
     else:
-        sys.stdout.write(text)
-        sys.stdout.flush()
+        try:
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        except BrokenPipeError:  # `| head -1`: the reader took what it wanted; end quietly, as other tools do
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, sys.stdout.fileno())  # what is left in the buffer goes nowhere at exit
+            os.close(null)
+            return 128 + signal.SIGPIPE
     return 0
