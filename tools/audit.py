@@ -13,7 +13,7 @@ release; for an older pin, every vulnerability of the latest release is taken to
 the package is named as checked against the latest release only, since a vulnerability fixed in a
 newer release than ours is not on that list.
 
-A newer release out for less than GRACE_DAYS is named with the day it starts failing the audit,
+A pin whose first newer release is out for less than GRACE_DAYS is named with the day it starts failing the audit,
 without failing it yet: a patch release of any of the locks' packages would otherwise fail the
 next landing at random, between a check before it and CI after it. Lock it before that day.
 """
@@ -47,17 +47,33 @@ GRACE_DAYS = 7
 
 @dataclass(frozen=True)
 class LatestOnly:
-    """A package checked only against its latest release's list: "name version (latest X)", and the day
-    X was first uploaded (None when the page gives no upload time)."""
+    """A package checked only against its latest release's list: "name version (latest X)", and the day the
+    first release newer than ours came out (None when the page gives no upload time)."""
 
     text: str
     released: dt.date | None
 
 
-def _uploaded(files: list[dict]) -> dt.date | None:
-    """The day the first of a release's files was uploaded, from the project page's "urls"."""
-    days = [dt.datetime.fromisoformat(f["upload_time_iso_8601"]).date() for f in files if f.get("upload_time_iso_8601")]
+def first_newer(page: dict, ours: Version) -> dt.date | None:
+    """The day the first release newer than ours came out (not the latest's: each new patch release would
+    start the grace again for a pin long out of date), from the project page's "releases"; pre-releases and
+    yanked files left out. None where the page gives no upload times."""
+    days = []
+    for version, files in (page.get("releases") or {}).items():
+        try:
+            v = Version(version)
+        except ValueError:
+            continue
+        if v <= ours or v.is_prerelease:
+            continue
+        days += [_day(f) for f in files if not f.get("yanked") and f.get("upload_time_iso_8601")]
+    if not days:  # a page without the releases: the latest's own files
+        days = [_day(f) for f in page.get("urls") or [] if f.get("upload_time_iso_8601")]
     return min(days, default=None)
+
+
+def _day(file: dict) -> dt.date:
+    return dt.datetime.fromisoformat(file["upload_time_iso_8601"]).date()
 
 
 class PyPIOrLatestRelease(PyPIService):
@@ -81,7 +97,7 @@ class PyPIOrLatestRelease(PyPIService):
         latest = Version(page["info"]["version"])
         if latest != spec.version:
             text = f"{spec.canonical_name} {spec.version} (latest {latest})"
-            self.latest_only[spec.canonical_name] = LatestOnly(text, _uploaded(page.get("urls") or []))
+            self.latest_only[spec.canonical_name] = LatestOnly(text, first_newer(page, spec.version))
         listed = [
             VulnerabilityResult.create(
                 ids=[v["id"], *v.get("aliases", [])],
@@ -182,7 +198,7 @@ def _report(dep: Dependency, vuln: VulnerabilityResult, entries: list[Accepted])
 
 def report_partial(latest_only: dict[str, LatestOnly], entries: list[Accepted], today: dt.date) -> int:
     """Print the packages checked against their latest release's list only; the count that fails the
-    audit: not accepted, and their latest release out for GRACE_DAYS or more (or of an unknown day)."""
+    audit: not accepted, and their first newer release out for GRACE_DAYS or more (or of an unknown day)."""
     if not latest_only:
         return 0
     accepted_names = {name for e in entries for name in e.packages}
@@ -195,7 +211,7 @@ def report_partial(latest_only: dict[str, LatestOnly], entries: list[Accepted], 
                f"[[partial]] of {IGNORE_FILE.name} with a reason and an expiry date")  # fmt: skip
         fails_on = only.released + dt.timedelta(days=GRACE_DAYS) if only.released else None
         if fails_on and today < fails_on:
-            print(f"NEW RELEASE {only.text}, out since {only.released}: the audit fails on it from {fails_on}; {fix}")
+            print(f"NEW RELEASE {only.text}, newer since {only.released}: the audit fails on it from {fails_on}; {fix}")
             continue
         failed += 1
         print(f"PARTIAL {only.text}: a vulnerability fixed after our version would not show; {fix}")

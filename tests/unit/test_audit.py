@@ -122,8 +122,32 @@ def test_a_release_out_for_less_than_a_week_warns_with_the_day_it_starts_failing
     }
     assert audit.report_partial(only, [], today) == 2
     out = capsys.readouterr().out
-    assert ("NEW RELEASE grpcio 1.85.3 (latest 1.85.4), out since 2026-12-01: the audit fails on it from "
+    assert ("NEW RELEASE grpcio 1.85.3 (latest 1.85.4), newer since 2026-12-01: the audit fails on it from "
             "2026-12-08; lock the latest release (python3 tools/lock.py --upgrade-package grpcio)") in out  # fmt: skip
     assert "PARTIAL six 1.16.0 (latest 1.17.0): a vulnerability fixed after our version" in out
     assert "PARTIAL old 1.0 (latest 2.0)" in out
     assert audit.report_partial(only, [], dt.date(2026, 12, 8)) == 3
+
+
+def test_the_grace_counts_from_the_first_release_newer_than_ours_not_the_latest():
+    """A pin a month behind does not pass again for a week each time another release comes out."""
+    from packaging.version import Version
+
+    def files(day: str, yanked: bool = False) -> list[dict]:
+        return [{"upload_time_iso_8601": f"{day}T10:00:00.000000Z", "yanked": yanked}]
+
+    page = {
+        "releases": {
+            "1.0": files("2026-01-01"),
+            "1.1": files("2026-11-01"),
+            "1.2rc1": files("2026-10-01"),  # a pre-release: not a release to lock
+            "1.2": files("2026-12-04"),
+            "bogus": files("2020-01-01"),
+        },
+        "urls": files("2026-12-04"),
+    }
+    assert audit.first_newer(page, Version("1.0")) == dt.date(2026, 11, 1)
+    assert audit.first_newer(page, Version("1.1")) == dt.date(2026, 12, 4)
+    page["releases"]["1.1"] = files("2026-11-01", yanked=True)
+    assert audit.first_newer(page, Version("1.0")) == dt.date(2026, 12, 4)
+    assert audit.first_newer({"urls": files("2026-12-04")}, Version("1.0")) == dt.date(2026, 12, 4)
