@@ -446,12 +446,14 @@ class Operator(Timer):
             self.post_event(body, kind, reason, message)
             log.info("%s/%s %s: %s", meta["namespace"], meta["name"], reason, message)
         metrics.set_phase(meta["namespace"], meta["name"], p.status.get("phase"))
-        if p.status.get("nextAttemptAt") and p.status["nextAttemptAt"] != status.get("nextAttemptAt"):
-            self._wake((meta["namespace"], meta["name"]), p.status["nextAttemptAt"])
+        due, st = p.status.get("nextAttemptAt"), self.state((meta["namespace"], meta["name"]))
+        if due and due != st.wake_at:  # a new pause, or one an earlier operator process began: on time too
+            st.wake_at = due
+            self._wake((meta["namespace"], meta["name"]), due)
 
     def _wake(self, key: Key, at: str) -> None:
         """Reconcile the job when its pause after a crash ends, on time (the timer's round would be up to an
-        interval late; it still starts the attempt of a pause an earlier operator process began)."""
+        interval late; it still catches a wake-up lost with the event loop)."""
         due = parse_ts(at)
         if due is not None:
             delay = max(0.0, (due - datetime.now(UTC)).total_seconds())

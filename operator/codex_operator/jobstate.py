@@ -54,6 +54,7 @@ class JobState:
     unread_until: float = 0.0  # monotonic: no progress read before this (a backoff after failed reads)
     progress_patch: tuple[dict[str, Any], dict[str, Any]] | None = None  # this round's reading, to write
     progress_written: float = 0.0  # monotonic: when its progress was last written (0: never)
+    wake_at: str | None = None  # the status.nextAttemptAt this process has a wake-up set for
 
     def patched(self, job: dict[str, Any]) -> None:
         """Remember the attempt Job as this operator's own patch returned it."""

@@ -64,6 +64,37 @@ def test_a_crash_waits_out_its_pause_then_the_next_attempt_starts_on_time():
     scenario(test, crash_pause=1)
 
 
+def test_a_pause_an_earlier_operator_process_began_ends_on_time_too():
+    """The operator restarted during a pause (a new leader, an upgrade): the new process sees the pause in the
+    status and starts the next attempt when it is due, not at its timer's next round (up to an interval late)."""
+    import copy
+
+    from codex_operator.handlers import Operator
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        c.pod(1, 0, exit_code=1, message="ConnectionError: tracking server down", finished="")
+        await c.fail(1)
+        due = datetime.fromisoformat(c.status()["nextAttemptAt"])
+        old = c.op
+        c.op = Operator(old.options, old.kube, post_event=lambda body, kind, reason, message: None)
+        c.op.queue.start(2)
+        c.api.drain()  # the new process lists what there is
+        found = sorted(c.api.objects.values(), key=lambda o: o["kind"] == names.KIND)  # the job last
+        for obj in found:
+            on = c.op.on_job_event if obj["kind"] == names.KIND else c.op.on_child_event
+            await on("ADDED", copy.deepcopy(obj))
+        await c.settle()
+        assert c.attempt(2) is None
+        await asyncio.sleep((due - datetime.now(UTC)).total_seconds() + 0.3)  # no timer round
+        await c.settle()
+        assert c.attempt(2) is not None and c.status()["attempt"] == 2
+        c.op.queue.stop()
+
+    scenario(test, crash_pause=1)
+
+
 def test_a_failed_job_keeps_no_pods():
     """A live attempt, then the job fails for a reason of the cluster's (its suspension refused by a
     webhook): the attempt Job is deleted, so no pod keeps its node."""
