@@ -388,7 +388,7 @@ def _after_failure(
             due = _pause_ends(job, p, latest, counted, failed_pod, now, first_pause)
             pause = retrydelay.crash_pause(counted, first_pause)
             if due is not None and left is not None and due >= now + timedelta(seconds=left):
-                return _too_late(p, latest.number, f"{what}; {retry}", left, now, f"after a {pause} s pause")
+                return _too_late(p, job, latest.number, f"{what}; {retry}", left, now, f"after a {pause} s pause")
             if due is not None:
                 return _pause(p, latest.number, retry, due, pause, what)
             what = f"{what}; {retry}"
@@ -434,12 +434,14 @@ def _no_pause(job: Job, latest: Attempt, first: float) -> str:
     return "the operator's crash backoff is 0" if first <= 0 else ""
 
 
-def _too_late(p: Plan, number: int, what: str, left: int, now: datetime, start: str) -> Decision:
+def _too_late(p: Plan, job: Job, number: int, what: str, left: int, now: datetime, start: str) -> Decision:
     """The pause after attempt `number` ends at or past the job's deadline: fail now, saying so, rather than name a
     start the deadline never lets come."""
     p.status.pop("nextAttemptAt", None)
     p.status["completionTime"] = ts(now)
-    end = ts(now + timedelta(seconds=left))
+    started, limit = parse_ts(p.status.get("startTime")), job.spec.run_policy.active_deadline_seconds
+    # from the start itself: `left` is whole seconds, rounded down
+    end = ts(started + timedelta(seconds=limit) if started and limit else now + timedelta(seconds=left))
     late = f"runPolicy.activeDeadlineSeconds is reached at {end}, before attempt {number + 1} could start {start}"
     return "Failed", "DeadlineExceeded", f"{what}, but {late}"
 
@@ -505,7 +507,7 @@ def _pause_goes_on(job: Job, p: Plan, current: int, old: dict[str, Any], left: i
     due = retrydelay.paused_until(old)
     if due is not None and due > now and left is not None and due >= now + timedelta(seconds=left):
         what = _failure_said(old, current) or f"attempt {current} failed"
-        return _too_late(p, current, f"{what} (its Job deleted since)", left, now, f"at {ts(due)}")
+        return _too_late(p, job, current, f"{what} (its Job deleted since)", left, now, f"at {ts(due)}")
     if due is not None and due > now:
         p.status["nextAttemptAt"] = old["nextAttemptAt"]
         return "Restarting", "Retrying", old.get("message") or f"attempt {current + 1} starts at {ts(due)}"

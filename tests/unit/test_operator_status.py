@@ -280,14 +280,15 @@ def test_a_pause_that_would_end_past_the_deadline_fails_the_job_now_and_says_why
     """Not a Retrying Event naming a start time the deadline never lets come."""
     job = make_job("runPolicy.activeDeadlineSeconds=60", "runPolicy.backoffLimit=5")
     status = {"phase": "Running", "attempt": 2, "crashes": 1, "startTime": "2026-11-28T11:59:15Z"}
-    p = plan(job, status, attempts(job_obj(1, cond=CRASH), job_obj(2, cond=CRASH)), NOW)  # 15 s left, a 20 s pause
+    now = NOW + timedelta(microseconds=500_000)  # 14.5 s left: the deadline said as it is, not rounded down
+    p = plan(job, status, attempts(job_obj(1, cond=CRASH), job_obj(2, cond=CRASH)), now)  # a 20 s pause
     assert p.status["phase"] == "Failed" and p.create_attempt is None
     assert p.status["message"] == (
         "attempt 2 failed: its trainer pod is gone (deleted, or lost with its node); retry 2 of runPolicy.backoffLimit "
         "5, but runPolicy.activeDeadlineSeconds is reached at 2026-11-28T12:00:15Z, before attempt 3 could start "
         "after a 20 s pause"
     )
-    assert "nextAttemptAt" not in p.status and p.status["completionTime"] == "2026-11-28T12:00:00Z"
+    assert "nextAttemptAt" not in p.status and p.status["completionTime"].startswith("2026-11-28T12:00:00")
     assert [e[1] for e in p.events] == ["DeadlineExceeded"]
 
 
