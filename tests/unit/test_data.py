@@ -375,6 +375,23 @@ def test_a_pipe_is_not_a_data_file_and_says_so_not_that_it_is_missing(tmp_path):
     ]
 
 
+def test_a_run_checks_its_data_files_first_and_says_the_same_of_a_pipe(tmp_path):
+    import yaml
+
+    from codex_trainer.launch import check_data_files
+    from codex_trainer.manifest import apply_overrides, parse_manifest
+    from support import TINY
+
+    os.mkfifo(tmp_path / "data.jsonl")
+    name = str(tmp_path / "data.jsonl")
+    spec = parse_manifest(apply_overrides(yaml.safe_load(TINY.read_text()), [f"data.train=[{name}]"])).spec
+    with pytest.raises(SpecError) as e:
+        check_data_files(spec)
+    assert e.value.problems == [
+        ("spec.data.train", f"'{name}' is not a regular file (a pipe or a device); save its contents to a file")
+    ]
+
+
 def test_unicode_line_separators_inside_json_strings_stay_in_the_row(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "a\u2028b\x0cc"}, ensure_ascii=False) + "\r\n", encoding="utf-8")

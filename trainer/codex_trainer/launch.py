@@ -109,8 +109,9 @@ def check_data_files(spec: JobSpec) -> None:
             problems.append((field, not_found(name)))
         elif path.is_dir():
             problems.append((field, f"'{name}' is a directory; name the data files in it"))  # as the reader says
-        elif not path.is_file():
-            problems.append((field, f"'{name}' is not a file"))
+        elif not path.is_file():  # as the reader says (data.check_data_path)
+            what = "is not a regular file (a pipe or a device); save its contents to a file"
+            problems.append((field, f"'{name}' {what}"))
         elif not os.access(path, os.R_OK):
             problems.append((field, f"'{name}' is not readable by uid {os.getuid()}"))
     if problems:
