@@ -178,10 +178,9 @@ def verify(path: Path) -> str | None:
         manifest = json.loads((path / MANIFEST).read_text())
     except (OSError, json.JSONDecodeError) as e:
         return f"unreadable manifest ({e})"
-    named = STEP_DIR.match(path.name)
-    if named and manifest.get("step") != int(named.group(1)):
-        return (f"it holds step {manifest.get('step')} ({MANIFEST}), not the step {named.group(1)} its name says: "
-                "copied or renamed; rename it back to resume from it")  # fmt: skip
+    if STEP_DIR.match(path.name) and not _named_for(path, manifest):
+        return (f"it holds step {manifest.get('step')} ({MANIFEST}), not the step {path.name.removeprefix('step-')} "
+                "its name says: copied or renamed; rename it back to resume from it")  # fmt: skip
     for name, meta in manifest["files"].items():
         f = path / name
         try:
@@ -213,11 +212,16 @@ def _sizes_match(path: Path) -> bool:
     """Its manifest names the step its directory is named for, and its files have the sizes it gives."""
     try:
         manifest = json.loads((path / MANIFEST).read_text())
-        named = STEP_DIR.match(path.name)
-        if named is None or manifest.get("step") != int(named.group(1)):
+        if not _named_for(path, manifest):
             return False
         return all(
             (path / n).is_file() and (path / n).stat().st_size == m["bytes"] for n, m in manifest["files"].items()
         )
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError):
         return False
+
+
+def _named_for(path: Path, manifest: dict[str, Any]) -> bool:
+    """The checkpoint's directory is named for the step its manifest holds (step-N)."""
+    named = STEP_DIR.match(path.name)
+    return named is not None and manifest.get("step") == int(named.group(1))

@@ -19,7 +19,6 @@ import contextlib
 import json
 import os
 import signal
-import stat
 import sys
 import time
 from collections.abc import Callable
@@ -135,12 +134,10 @@ def _exit_at_once(code: int) -> Callable[[int, object], None]:
 def _hung_up() -> None:
     """SIGHUP: the terminal is gone. What went to it goes nowhere from now on (a write to a closed terminal
     fails); output to a file stays there. The run stops as for SIGTERM, with a checkpoint."""
+    from .console import to_nowhere
+
     with contextlib.suppress(OSError):
-        null = os.open(os.devnull, os.O_WRONLY)
-        for fd in (1, 2):
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                os.dup2(null, fd)
-        os.close(null)
+        to_nowhere(1, 2)
 
 
 def run_in_process(manifest: Manifest, args: argparse.Namespace) -> int:

@@ -74,14 +74,22 @@ class Console:
     def _closed(self, stream: Any) -> None:
         """Its reader is gone: what goes to `stream` goes nowhere from now on (a pipe's unread lines too), once."""
         with contextlib.suppress(OSError, ValueError):
-            fd = stream.fileno()
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                null = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(null, fd)
-                os.close(null)
+            to_nowhere(stream.fileno())
         callback, self.on_closed = self.on_closed, None
         if callback is not None:
             callback()
+
+
+def to_nowhere(*fds: int) -> None:
+    """What is written to these file descriptors goes nowhere from now on, unless one is a regular file (output
+    to a file stays there): a closed terminal or pipe would fail every write, and the interpreter's at exit."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in fds:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                os.dup2(null, fd)
+    finally:
+        os.close(null)
 
 
 def _fmt(v: Any) -> str:

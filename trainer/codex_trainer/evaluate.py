@@ -647,8 +647,8 @@ def run_eval(args: argparse.Namespace) -> int:
             sys.stdout.write(text)
             sys.stdout.flush()
         except BrokenPipeError:  # `| head -1`: the reader took what it wanted; end quietly, as other tools do
-            null = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(null, sys.stdout.fileno())  # what is left in the buffer goes nowhere at exit
-            os.close(null)
+            from .console import to_nowhere
+
+            to_nowhere(sys.stdout.fileno())  # what is left in the buffer goes nowhere at exit
             return 128 + signal.SIGPIPE
     return 0
