@@ -160,6 +160,9 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     said = fails_with_one_line(str(unfinished))
     newest = max(int(d.name.removeprefix("step-")) for d in (run / "checkpoints").iterdir())
     assert f"the run has not finished: evaluate its newest checkpoint, {unfinished}/checkpoints/step-{newest}" in said
+    # a checkpoint copied under a later step's name is none: a rerun would not resume from it, eval not suggest it
+    shutil.copytree(unfinished / "checkpoints" / f"step-{newest}", unfinished / "checkpoints" / f"step-{newest + 90}")
+    assert f"its newest checkpoint, {unfinished}/checkpoints/step-{newest}" in fails_with_one_line(str(unfinished))
     assert "hf://org/name" in fails_with_one_line("hf://not a repo")
     lone = tmp_path / "lone" / "step-10"
     shutil.copytree(run / "checkpoints" / "step-10", lone)

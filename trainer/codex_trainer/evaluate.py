@@ -145,12 +145,13 @@ def locate(path: str) -> Target:
                 "model, tokenizer and data settings the checkpoint belongs to",
             )
         return Target("checkpoint", path, run_dir, spec, _checkpoint_step(p))
-    done = (d for d in (p / CHECKPOINTS_DIR).glob(f"{STEP_DIR_PREFIX}*") if (d / CHECKPOINT_MANIFEST).is_file())
-    steps = sorted(done, key=lambda d: _checkpoint_step(d) or -1)
     if (p / "final").is_dir():
         unfinished = f"; for this run's result give {p / 'final'}"
     else:
-        unfinished = f"; the run has not finished: evaluate its newest checkpoint, {steps[-1]}" if steps else ""
+        from .checkpoint import complete  # the checkpoints a rerun would resume from
+
+        done = complete(p / CHECKPOINTS_DIR)
+        unfinished = f"; the run has not finished: evaluate its newest checkpoint, {done[-1][1]}" if done else ""
     raise SpecError(
         "",
         f"'{path}' holds no model: expected adapter_config.json (a run's final/), config.json (a saved model) or "
