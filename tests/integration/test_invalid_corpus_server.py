@@ -102,6 +102,20 @@ RESOURCES = [
 ]
 
 
+ALLOW = "MLFLOW_ALLOW_FILE_STORE"
+TRACKING = [  # what the spec's env may allow: MLflow's file store (a folder) where the pod's env says so
+    {"tracking": {"mlflow": {"trackingUri": uri}}} | where
+    for uri in ("file:///data/mlruns", "/data/mlruns", "mlruns", "sqlite:///data/m.db", "https://mlflow", "databricks")
+    for where in (
+        {},
+        {"env": [{"name": ALLOW, "value": "true"}]},
+        {"env": [{"name": ALLOW, "value": "no"}]},
+        {"env": [{"name": ALLOW, "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},
+        {"envFrom": [{"configMapRef": {"name": "tracking"}}]},
+    )
+] + [{"tracking": {"mlflow": {"trackingUri": "/data/mlruns", "enabled": False}}}]
+
+
 def locally_valid(manifest: dict) -> bool:
     try:
         parse_manifest(manifest)
@@ -115,12 +129,14 @@ def locally_valid(manifest: dict) -> bool:
     [("storage.size", q) for q in QUANTITIES + NOT_QUANTITIES]
     + [("model.source", s) for s in SOURCES + NOT_SOURCES]
     + [("metadata.name", n) for n in ["a", "a-1", "x" * 40, "x" * 41, "1a", "a-", "a.b", "A", "a\n"]]
-    + [("resources", r) for r in RESOURCES],
+    + [("resources", r) for r in RESOURCES]
+    + [("spec", t) for t in TRACKING],
     ids=repr,
 )
-def test_the_api_server_and_the_trainer_agree(cluster, ns, where, value):
+def test_the_api_server_and_the_trainer_agree(cluster, ns, where, value, monkeypatch):
     """The same verdict on each value, from both sides: a regex here, a CEL rule (isQuantity, matches, the
     quantity library) there."""
+    monkeypatch.delenv(ALLOW, raising=False)  # the trainer's own env would allow a folder; the server knows none
     job = yaml.safe_load(TINY.read_text())
     if where == "storage.size":
         job["spec"]["storage"]["size"] = value
@@ -130,6 +146,8 @@ def test_the_api_server_and_the_trainer_agree(cluster, ns, where, value):
             job["spec"]["model"]["config"] = {"model_type": "llama"}
     elif where == "resources":
         job["spec"]["resources"] = value
+    elif where == "spec":
+        job["spec"] |= value
     else:
         job["metadata"]["name"] = value
     server_ok = apply(cluster, ns, job, "--dry-run=server").returncode == 0

@@ -495,3 +495,29 @@ def test_the_rendezvous_port_is_refused_for_metrics_only_where_processes_meet_on
         assert list(found) == ["spec.metrics.port"], found
         assert "rendezvous port (MASTER_PORT)" in found["spec.metrics.port"]
     assert parse_manifest(manifest(metrics={"port": 29501}, numNodes=2)).spec.metrics.port == 29501
+
+
+@pytest.mark.parametrize("uri", ["file:///data/mlruns", "/data/mlruns", "mlruns"])
+def test_a_tracking_uri_that_is_a_folder_is_refused_before_the_run_unless_an_env_allows_it(uri, monkeypatch):
+    """MLflow's file store, which the trainer refuses at its start: `kubectl apply` accepted it and the pod then
+    failed. Refused at the spec, as by the CRD's rule, unless MLFLOW_ALLOW_FILE_STORE may be true where it runs."""
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    tracking = {"mlflow": {"trackingUri": uri}}
+    found = problems(manifest(tracking=tracking))
+    assert list(found) == ["spec.tracking.mlflow.trackingUri"], found
+    assert f"{uri} is a folder, which MLflow no longer writes runs to" in found["spec.tracking.mlflow.trackingUri"]
+    assert problems(manifest(tracking=tracking, env=[{"name": "MLFLOW_ALLOW_FILE_STORE", "value": "no"}]))
+    allowed = [
+        {"env": [{"name": "MLFLOW_ALLOW_FILE_STORE", "value": "True"}]},  # the pod's env
+        {"env": [{"name": "MLFLOW_ALLOW_FILE_STORE", "valueFrom": {"configMapKeyRef": {"name": "c", "key": "k"}}}]},
+        {"envFrom": [{"configMapRef": {"name": "tracking"}}]},  # what it holds is known only in the pod
+        {"tracking": {"mlflow": {"trackingUri": uri, "enabled": False}}},
+    ]
+    for other in allowed:
+        assert parse_manifest(manifest(**{"tracking": tracking, **other})).spec.tracking.mlflow.tracking_uri == uri
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "1")  # a run on this machine, allowed in its shell
+    assert parse_manifest(manifest(tracking=tracking)).spec.tracking.mlflow.tracking_uri == uri
+    for uri in ("sqlite:///data/mlflow.db", "http://mlflow:5000", "databricks", "postgresql://db/mlflow"):
+        monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
+        assert parse_manifest(manifest(tracking={"mlflow": {"trackingUri": uri}}))
+        monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")

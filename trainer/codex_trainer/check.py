@@ -101,7 +101,6 @@ def check_job(spec: JobSpec, warn: Callable[[str], None]) -> list[str]:
     unchecked.extend(_needs_a_gpu(spec))
     unchecked.extend(_needs_a_compiler(spec))
     unchecked.extend(_needs_a_wandb_key(spec))
-    _collect(problems, lambda: _mlflow_folder(spec))
     if problems:
         raise SpecError(problems)
     for line in notes:  # what the run would say of its settings, once nothing stops it
@@ -148,17 +147,6 @@ def _needs_a_compiler(spec: JobSpec) -> list[str]:
     if spec.training.compile and (problem := compiler_problem(device)) is not None:
         return [f"spec.training.compile: {problem}; `run` here refuses it"]
     return []
-
-
-def _mlflow_folder(spec: JobSpec) -> None:
-    """A tracking URI naming a folder, which MLflow refuses unless MLFLOW_ALLOW_FILE_STORE is set here or in the
-    job's env (for a pod)."""
-    from .metrics import mlflow_folder
-
-    uri = spec.tracking.mlflow.tracking_uri
-    env = {e.name: e.value or "" for e in spec.env} | dict(os.environ)
-    if spec.tracking.mlflow.enabled and uri and (folder := mlflow_folder(uri, env)):
-        raise SpecError("spec.tracking.mlflow.trackingUri", folder)
 
 
 def _needs_a_wandb_key(spec: JobSpec) -> list[str]:

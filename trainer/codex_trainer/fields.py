@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import types
 import typing
+from collections.abc import Mapping
 from decimal import ROUND_UP, Context, Decimal, InvalidOperation, Overflow
 from functools import cache
 from typing import Annotated, Any
@@ -265,6 +266,26 @@ def _no_credentials(v: str) -> str:
     if re.match(CREDENTIALS_PATTERN, v):
         raise ValueError(CREDENTIALS_MESSAGE)
     return v
+
+
+ALLOW_FILE_STORE = "MLFLOW_ALLOW_FILE_STORE"
+MLFLOW_FOLDER_MESSAGE = (
+    "is a folder, which MLflow no longer writes runs to (its file store is in maintenance mode): use a database, "
+    f"sqlite:///PATH/mlflow.db, a tracking server, or leave trackingUri unset for the run's own mlflow.db (or set "
+    f"{ALLOW_FILE_STORE}=true in env)"
+)
+# a folder: file:... or a path; not a database, a server or Databricks (what mlflow_folder reads, in CEL)
+MLFLOW_NOT_A_FOLDER = "{uri}.startsWith('databricks') || ({uri}.contains('://') && !{uri}.startsWith('file:'))"
+
+
+def mlflow_folder(uri: str, env: Mapping[str, str]) -> str | None:
+    """What is wrong with a tracking URI that names a folder (MLflow's file store, which MLflow 3 refuses unless
+    MLFLOW_ALLOW_FILE_STORE is true in `env`); None for a database, a server or Databricks."""
+    if (not uri.startswith("file:") and "://" in uri) or uri.startswith("databricks"):
+        return None
+    if env.get(ALLOW_FILE_STORE, "").lower() in ("true", "1"):
+        return None
+    return f"{redact_credentials(uri)} {MLFLOW_FOLDER_MESSAGE}"
 
 
 TrackingUri = Annotated[

@@ -11,7 +11,7 @@ import os
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -30,7 +30,7 @@ from .contract import (
     METRIC_TOTAL_STEPS,
 )
 from .errors import SpecError, TransientError, disk_full, is_disk_full
-from .fields import redact_credentials
+from .fields import mlflow_folder, redact_credentials
 from .files import atomic_file, write_text_atomically
 from .plugins import Callbacks
 from .spec import JobSpec
@@ -518,20 +518,6 @@ def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow |
             f"the MLflow tracking server at {redact_credentials(uri)} cannot be used: {said}; check "
             "spec.tracking.mlflow.trackingUri and that the server answers from here (retryable)"
         ) from None
-
-
-def mlflow_folder(uri: str, env: Mapping[str, str]) -> str | None:
-    """What is wrong with a tracking URI that names a folder (MLflow's file store, which MLflow 3 refuses unless
-    MLFLOW_ALLOW_FILE_STORE is true in `env`); None for a database, a server or Databricks."""
-    if (not uri.startswith("file:") and "://" in uri) or uri.startswith("databricks"):
-        return None
-    if env.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("true", "1"):
-        return None
-    return (
-        f"{redact_credentials(uri)} is a folder, which MLflow no longer writes runs to (its file store is in "
-        "maintenance mode): use a database, sqlite:///PATH/mlflow.db, or leave trackingUri unset for the run's "
-        "own mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)"
-    )
 
 
 def _why(text: str) -> str:

@@ -10,6 +10,7 @@ strictness every model shares are in fields.py; the fields only a cluster uses i
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ from .errors import FieldValueError
 from .fields import (
     ALL_LINEAR,
     ALL_LINEAR_MESSAGE,
+    ALLOW_FILE_STORE,
     DNS_LABEL,
     HF_RULE,
     HIDDEN,
@@ -37,6 +39,8 @@ from .fields import (
     MAX_NAME,
     MAX_NAME_LENGTH,
     MAX_SOURCE,
+    MLFLOW_FOLDER_MESSAGE,
+    MLFLOW_NOT_A_FOLDER,
     NAME_PATTERN,
     DataPath,
     Name,
@@ -45,6 +49,7 @@ from .fields import (
     admitted_before,
     cel,
     hf_form,
+    mlflow_folder,
     qualified_name_problem,
 )
 
@@ -358,7 +363,19 @@ class JobSpec(SpecModel):
                     f"{DEFAULT_MASTER_PORT} || self.numNodes * self.processesPerNode == 1",
                     "message": RENDEZVOUS_PORT_TAKEN,
                     "fieldPath": ".metrics.port",
-                }
+                },
+                {
+                    # MLflow's file store, refused by the trainer unless the pod's env allows it (JobSpec below)
+                    "rule": "!has(self.tracking) || !has(self.tracking.mlflow) || "
+                    "!has(self.tracking.mlflow.trackingUri) || "
+                    "(has(self.tracking.mlflow.enabled) && !self.tracking.mlflow.enabled) || "
+                    + MLFLOW_NOT_A_FOLDER.format(uri="self.tracking.mlflow.trackingUri")
+                    + " || (has(self.envFrom) && size(self.envFrom) > 0) || (has(self.env) && self.env.exists(e, "
+                    f"e.name == '{ALLOW_FILE_STORE}' && (has(e.valueFrom) || "
+                    "(has(e.value) && e.value in ['true', 'True', 'TRUE', '1']))))",
+                    "message": f"the tracking URI (file:... or a path) {MLFLOW_FOLDER_MESSAGE}",
+                    "fieldPath": ".tracking.mlflow.trackingUri",
+                },
             ]
         }
     )
@@ -461,6 +478,24 @@ class JobSpec(SpecModel):
     def _metrics_port_free(self) -> JobSpec:
         if self.metrics.port == DEFAULT_MASTER_PORT and self.num_nodes * self.processes_per_node > 1:
             raise FieldValueError("metrics.port", RENDEZVOUS_PORT_TAKEN)
+        return self
+
+    @model_validator(mode="after")
+    def _mlflow_not_a_folder(self, info: ValidationInfo) -> JobSpec:
+        """A folder as the tracking URI is refused here rather than at the run's start (in a pod, after its image
+        was pulled), unless an env allows it: the job's (a pod's), or this process's (a run on this machine);
+        one from envFrom or a valueFrom cannot be read here, and the trainer checks its own env again."""
+        mlflow = self.tracking.mlflow
+        if not (mlflow.enabled and mlflow.tracking_uri) or self.env_from or admitted_before(info):
+            return self
+        env = dict(os.environ)
+        for e in self.env:
+            if e.name == ALLOW_FILE_STORE and e.value_from is not None:
+                return self
+            if e.name == ALLOW_FILE_STORE and env.get(e.name, "").lower() not in ("true", "1"):
+                env[e.name] = e.value or ""
+        if folder := mlflow_folder(mlflow.tracking_uri, env):
+            raise FieldValueError("tracking.mlflow.trackingUri", folder)
         return self
 
 
