@@ -304,7 +304,8 @@ class MlflowSpec(SpecModel):
         default=None,
         description="MLflow tracking URI. Default: a local store under the output directory (no server). "
         "Credentials go in environment variables from a Secret (MLFLOW_TRACKING_USERNAME/PASSWORD/TOKEN), "
-        "never in the URI.",
+        "never in the URI. A folder (file:... or a path), MLflow's file store, needs MLFLOW_ALLOW_FILE_STORE=true "
+        "in env.",
     )
     experiment: str = Field(default="codex", min_length=1, description="MLflow experiment name.")
 
