@@ -259,6 +259,8 @@ class Operator(Timer):
         st = self.state((namespace, name))
         uid = ((st.body or {}).get("metadata") or {}).get("uid")
         written = await self.kube.patch_status(namespace, name, patch, resource_version, uid)
+        if patch.get("phase"):  # every phase written, a refusal's Pending or Restarting too, is the gauge's
+            metrics.set_phase(namespace, name, patch["phase"])
         if isinstance(written, dict) and "metadata" in written:
             # no GET needed before the next reconcile
             st.body, st.written = bodies.kept(written), written.get("status") or {}
@@ -599,7 +601,7 @@ class Operator(Timer):
             if status.get("message") != e.line():
                 patch: dict[str, Any] = {"message": e.line()}
                 if not status.get("phase"):
-                    patch["phase"] = "Pending"
+                    patch |= {"phase": "Pending", "restarts": 0}  # kubectl get ctj: RESTARTS 0, as for any new job
                 elif (
                     status["phase"] == "Running"
                     and isinstance(e, Refused)

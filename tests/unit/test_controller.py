@@ -666,15 +666,16 @@ def test_events_are_posted_from_the_timer_too_as_core_events_on_the_job():
     scenario(test)
 
 
-def test_the_jobs_by_phase_gauge_follows_each_job_to_its_end():
-    def gauge() -> dict[str, float]:
-        return {
-            s.labels["phase"]: s.value
-            for family in metrics.registry.collect()
-            if family.name == "codex_operator_jobs"
-            for s in family.samples
-        }
+def gauge() -> dict[str, float]:
+    return {
+        s.labels["phase"]: s.value
+        for family in metrics.registry.collect()
+        if family.name == "codex_operator_jobs"
+        for s in family.samples
+    }
 
+
+def test_the_jobs_by_phase_gauge_follows_each_job_to_its_end():
     async def test(c: Cluster) -> None:
         metrics.set_phase(NS, NAME, None)  # an earlier test's job of the same name, as if deleted
         before = gauge()
@@ -685,5 +686,30 @@ def test_the_jobs_by_phase_gauge_follows_each_job_to_its_end():
         c.api.delete(names.PLURAL, NS, NAME)
         await c.settle()
         assert gauge() == before
+
+    scenario(test)
+
+
+def test_the_jobs_by_phase_gauge_counts_the_jobs_stuck_behind_a_taken_name_or_a_refusal():
+    """The jobs a dashboard is for: Pending behind a name left by someone else (a new-user check: the gauge said 0
+    with such a job), and Restarting when the next attempt is refused."""
+
+    async def test(c: Cluster) -> None:
+        metrics.set_phase(NS, NAME, None)
+        before = gauge()
+        c.api.put("configmaps", {"metadata": {"name": f"{NAME}-a1-config", "namespace": NS}, "data": {}})
+        await c.apply("runPolicy.backoffLimit=3")
+        assert c.status()["phase"] == "Pending" and "exists and is not this job's" in c.status()["message"]
+        assert gauge()["Pending"] == before["Pending"] + 1
+        assert c.status()["restarts"] == 0  # kubectl get ctj's RESTARTS column: 0, not empty
+        c.api.delete("configmaps", NS, f"{NAME}-a1-config")
+        await c.retry()
+        await c.run(1)
+        assert gauge()["Running"] == before["Running"] + 1 and gauge()["Pending"] == before["Pending"]
+        c.api.refuse("POST", "jobs", 403, "exceeded quota: jobs, requested: count/jobs.batch=1", times=1)
+        c.pod(1, 0, exit_code=1)
+        await c.fail(1, "BackoffLimitExceeded", "Job has reached the specified backoff limit")
+        assert c.status()["phase"] == "Restarting" and "exceeded quota" in c.status()["message"]
+        assert gauge()["Restarting"] == before["Restarting"] + 1 and gauge()["Running"] == before["Running"]
 
     scenario(test)
