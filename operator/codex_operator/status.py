@@ -55,7 +55,7 @@ def volume_lost_message(job_name: str) -> str:
 
 
 def finished_edit(phase: str, generation: int | None, name: str, retain: bool | None, claim: str | None) -> str:
-    """The NotApplied Event of an edit to a finished job: what it changed (storage.retain alone), and how to
+    """The NotApplied Event of an edit to a finished job: what it can change (storage.retain and the TTL), and how to
     train again (`retain` None: the edited spec is not valid)."""
     if claim:
         again = f"delete it and apply it again with storage.existingClaim {claim}: its checkpoints are there"
@@ -65,7 +65,7 @@ def finished_edit(phase: str, generation: int | None, name: str, retain: bool | 
         again = f"{keep}, delete it, and apply it again with storage.existingClaim {pvc}: it resumes from there"
     return (
         f"the job is {phase}, which is final: the edit of generation {generation} changes nothing but "
-        f"storage.retain; to train again, {again}"
+        f"storage.retain and runPolicy.ttlSecondsAfterFinished; to train again, {again}"
     )
 
 
