@@ -38,7 +38,7 @@ from .eventline import EventLine
 from .jobstate import JobState, Options
 from .kube import CONNECTIONS, Kube
 from .progress import parse_ts, ts
-from .refusals import Refused, Taken, holder, next_backoff, server_message
+from .refusals import Leftover, Refused, Taken, holder, next_backoff, server_message
 from .status import (
     TERMINAL,
     Plan,
@@ -185,6 +185,9 @@ class Operator(Timer):
         if event_type == "DELETED":
             known = (self.jobs[key].body or {}) if key in self.jobs else {}
             uid = (known.get("metadata") or {}).get("uid")
+            if uid and meta.get("name") in self.jobs[key].taken:  # a leftover it waits for is gone: try now
+                self.jobs[key].backoff = 0.0
+                return key, True
             if not uid or not builders.owned_by(body, uid):
                 return None  # the job is gone (its children go with it), or it was another job's child
             self.state(key).check_children = True
@@ -228,7 +231,7 @@ class Operator(Timer):
             try:
                 with metrics.reconcile_timer():
                     await self._reconcile(key, st, body, stalled)
-                st.retry_at, st.backoff = None, 0.0
+                st.retry_at, st.backoff, st.taken = None, 0.0, frozenset()
             except Exception as e:
                 await self._failed(key, st, e)
         if st.body is None and st.retry_at is None and not st.lock.locked():
@@ -425,13 +428,35 @@ class Operator(Timer):
         there = await _asking(f"reading {kind} {name}", self.kube.get(kind, job.namespace, name))
         if there is None:
             raise Refused(f"creating {kind} {name}", 409, "it was being deleted")
-        if not builders.owned_by(there, job.uid):
-            raise Taken(kind, name, holder(there))
-        if there["metadata"].get("deletionTimestamp"):
+        if there["metadata"].get("deletionTimestamp"):  # whoever's: it goes (a volume once no pod uses it)
             raise Refused(f"creating {kind} {name}", 409, "the earlier one is still being deleted")
+        if not builders.owned_by(there, job.uid):
+            raise Taken(kind, name, holder(there), job.namespace, await self._leftovers(job, name))
         if kind == "Job":
             self.state((job.namespace, job.name)).pending.created(there)
         return False
+
+    async def _leftovers(self, job: Job, besides: str) -> tuple[Leftover, ...]:
+        """The other objects of the job's names that are not its (an earlier job's of this name, after an
+        orphaning delete), said all at once rather than one a retry: its attempt Jobs with their pods, as
+        watched; its job files, Service and volume, read (this is a rare path)."""
+        assert self.kube is not None
+        key, found = (job.namespace, job.name), []
+        seen = sorted(self.index.values_of(key), key=lambda s: s.attempt.number)
+        for s in seen:
+            if not s.owned_by(job.uid) and s.attempt.name != besides:
+                pods = self.pods.of(job.namespace, s.attempt.name, s.attempt.uid)
+                found.append(Leftover("Job", s.attempt.name, tuple(p["metadata"]["name"] for p in pods)))
+        numbers = sorted({1, *(s.attempt.number for s in seen)})
+        others = [("ConfigMap", names.config_name(job.name, n)) for n in numbers]
+        others.append(("Service", names.service_name(job.name)))
+        if not job.spec.storage.existing_claim:
+            others.append(("PersistentVolumeClaim", names.pvc_name(job.name)))
+        for kind, name in others:
+            there = await self.kube.get(kind, job.namespace, name) if name != besides else None
+            if there is not None and not builders.owned_by(there, job.uid):
+                found.append(Leftover(kind, name))
+        return tuple(found)
 
     async def _write(self, body: dict[str, Any], p: Plan) -> None:
         """The status keys that changed, then the Events."""
@@ -598,6 +623,7 @@ class Operator(Timer):
                     e = stopping
             st.failed_generation = body["metadata"].get("generation")
             st.refused = e.line()
+            st.taken = e.blocking if isinstance(e, Taken) else frozenset()
             if status.get("message") != e.line():
                 patch: dict[str, Any] = {"message": e.line()}
                 if not status.get("phase"):

@@ -42,6 +42,7 @@ class JobState:
     check_children: bool = False  # a child was deleted: look at every child, whatever the generation says
     failed_generation: int | None = None  # the spec generation the last failed reconcile saw
     refused: str | None = None  # the line the last failed reconcile wrote into status.message
+    taken: frozenset[str] = frozenset()  # the names of others' objects it waits to be deleted (refusals.Taken)
     moved: Stall | None = None  # the running attempt's step, and when this operator first read it
     stalled: Stall | None = None  # found stalled by a tick: the next tick_once restarts it
     pending: watched.Pending = field(default_factory=watched.Pending)  # attempt Jobs the watch has not shown yet

@@ -74,15 +74,45 @@ class Taken(Exception):
     kind: str
     name: str
     holder: str  # who holds it, as far as its metadata says
+    namespace: str = ""
+    others: tuple[Leftover, ...] = ()  # the other objects of the job's names that are not its, all said at once
 
     transient = True  # an earlier job's children go when the garbage collector gets to them
 
+    @property
+    def blocking(self) -> frozenset[str]:
+        """The names whose deletion the job waits for."""
+        return frozenset({self.name, *(o.name for o in self.others)})
+
     def line(self) -> str:
-        return (
-            f"{self.kind} {self.name} exists and is not this job's ({self.holder}): it is never adopted or "
-            f"overwritten; delete it (kubectl delete {self.kind.lower()} {self.name}) or give the job another "
-            "name; retrying"
+        first = (
+            f"{self.kind} {self.name} exists and is not this job's ({self.holder}): it is never adopted or overwritten"
         )
+        if not self.others:
+            command = f"kubectl delete {self.kind.lower()} {self.name}"
+            return f"{first}; delete it ({command}) or give the job another name; retrying"
+        also = ", ".join(o.said() for o in self.others)
+        # the Jobs first: their pods go with them, and a volume is deleted only once no pod uses it
+        every = sorted([*self.others, Leftover(self.kind, self.name)], key=lambda o: o.kind != "Job")
+        command = " ".join(f"{o.kind.lower()}/{o.name}" for o in every)
+        return (
+            f"{first}; the earlier job also left {also}: delete them (kubectl delete -n {self.namespace} {command}) or "
+            "give the job another name; retrying"
+        )
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Another object of a job's names that is not the job's (an earlier job's, after an orphaning delete)."""
+
+    kind: str
+    name: str
+    pods: tuple[str, ...] = ()  # an attempt Job's pods still there: they may hold the volume
+
+    def said(self) -> str:
+        if not self.pods:
+            return f"{self.kind} {self.name}"
+        return f"{self.kind} {self.name} (its pods {', '.join(self.pods)} are still there and may hold the volume)"
 
 
 def holder(obj: dict) -> str:

@@ -104,6 +104,40 @@ def test_a_job_recreated_under_the_same_name_starts_fresh_never_adopting_its_nam
     scenario(test)
 
 
+def test_a_job_recreated_over_a_running_orphan_names_every_leftover_at_once_and_starts_when_they_go():
+    """kubectl delete ctj --cascade=orphan while it trains, then apply it again (the new-user cluster check): the
+    message named one leftover a retry, 5 minutes apart, and not the pod that kept the volume from being deleted."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        await c.run(1)
+        pod = c.pod(1, 0)["metadata"]["name"]
+        c.api.delete(names.PLURAL, NS, NAME, propagation="Orphan")
+        await c.settle()
+        await c.apply()
+        st = c.status()
+        assert st["phase"] == "Pending" and st["restarts"] == 0, st
+        assert f"PersistentVolumeClaim {NAME}-checkpoints exists and is not this job's" in st["message"]
+        assert (
+            f"the earlier job also left Job {NAME}-a1 (its pods {pod} are still there and may hold the volume), "
+            f"ConfigMap {NAME}-a1-config: delete them (kubectl delete -n {NS} job/{NAME}-a1 "
+            f"configmap/{NAME}-a1-config persistentvolumeclaim/{NAME}-checkpoints) or give the job another name"
+        ) in st["message"], st["message"]
+        c.op.jobs[KEY].backoff = 300.0  # long retried by now
+        c.api.delete("persistentvolumeclaims", NS, f"{NAME}-checkpoints")  # as the user is told (not watched)
+        c.api.delete("configmaps", NS, f"{NAME}-a1-config")
+        await c.settle()  # its deletion seen: tried at once, not after the backoff
+        st = c.status()
+        assert f"Job {NAME}-a1 exists and is not this job's" in st["message"] and "also left" not in st["message"]
+        assert c.op.jobs[KEY].backoff == 5.0  # the next try soon: the volume goes once the pod has
+        c.api.delete("jobs", NS, f"{NAME}-a1")
+        await c.settle()
+        new = c.job()["metadata"]["uid"]
+        assert c.attempt(1)["metadata"]["ownerReferences"][0]["uid"] == new and c.status()["attempt"] == 1
+
+    scenario(test)
+
+
 def test_delete_then_reapply_before_the_garbage_collector_waits_for_it_then_starts_attempt_one():
     async def test(c: Cluster) -> None:
         await c.apply()
