@@ -173,7 +173,7 @@ def test_the_rendezvous_is_read_from_the_contracts_names():
         Rendezvous.from_env({contract.ENV_NNODES: "2", contract.ENV_NODE_RANK: "2"})
 
 
-def test_the_lock_wait_is_read_from_the_contracts_name(tmp_path, monkeypatch):
+def test_the_lock_wait_is_read_from_the_contracts_name(tmp_path, monkeypatch, capsys):
     fd = os.open(tmp_path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     fcntl.flock(fd, fcntl.LOCK_EX)  # a previous attempt's pod, still checkpointing
     release = threading.Timer(0.3, fcntl.flock, [fd, fcntl.LOCK_UN])  # ... lets go a moment later
@@ -187,11 +187,18 @@ def test_the_lock_wait_is_read_from_the_contracts_name(tmp_path, monkeypatch):
         with output_lock(tmp_path):
             waited = time.monotonic() - start
         assert 0.2 < waited < 10
+        # the pod's log says at once what it waits for, not only when the wait is over
+        assert f"waiting up to 30 s for {tmp_path}: another run (pid unknown) holds it" in capsys.readouterr().err
         fcntl.flock(fd, fcntl.LOCK_EX)  # an earlier attempt's process that outlives the wait (its node lost)
         monkeypatch.setenv(contract.ENV_LOCK_WAIT, "0.3")
-        retried = "an earlier attempt .* still holds .* exiting to be retried"
+        # ... or another job given the same volume (storage.existingClaim)
+        retried = "still holds .* an earlier attempt .* or another job using the same volume .*existingClaim.* retried"
         with pytest.raises(TransientError, match=retried), output_lock(tmp_path):
             pass
+        for bad in ("abc", "-5", "nan", "inf"):
+            monkeypatch.setenv(contract.ENV_LOCK_WAIT, bad)
+            with pytest.raises(SpecError, match=f"CODEX_LOCK_WAIT.*a number of seconds.*{bad}"), output_lock(tmp_path):
+                pass
     finally:
         release.cancel()
         if release.is_alive():

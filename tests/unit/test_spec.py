@@ -521,3 +521,23 @@ def test_a_tracking_uri_that_is_a_folder_is_refused_before_the_run_unless_an_env
         monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE")
         assert parse_manifest(manifest(tracking={"mlflow": {"trackingUri": uri}}))
         monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "")
+
+
+def test_a_field_left_empty_or_set_to_null_takes_its_default_as_the_api_server_prunes_it(tmp_path):
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump(manifest(training={"maxSteps": 4, "warmupSteps": None, "learningRate": 1e-3})))
+    job.write_text(job.read_text().replace("warmupSteps: null", "warmupSteps:"))
+    assert "warmupSteps:\n" in job.read_text()
+    spec = load_manifest(job, ["eval=null", "metadata.labels=null", "peft.r=~"]).spec
+    defaults = parse_manifest(manifest()).spec
+    assert spec.training.warmup_steps == defaults.training.warmup_steps
+    assert spec.eval == defaults.eval and spec.peft.r == 8
+    assert spec.training.max_steps == 4 and spec.training.learning_rate == 1e-3
+
+
+def test_a_null_where_a_value_is_required_is_refused_naming_the_field():
+    found = problems(manifest(data={"train": ["d.jsonl", None]}, model=None))
+    assert found["spec.model"] == "required field is missing"
+    assert "spec.data.train.1" in found
+    config = {"model_type": "llama", "rope_scaling": None}  # free-form: a null there is the model's own setting
+    assert parse_manifest(manifest(model={"source": "scratch", "config": config})).spec.model.config == config

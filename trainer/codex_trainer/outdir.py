@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,7 +51,7 @@ def output_lock(out: Path, enabled: bool = True) -> Iterator[None]:
         return
     fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        _acquire(fd, out, float(os.environ.get(ENV_LOCK_WAIT) or 0))
+        _acquire(fd, out, lock_wait(os.environ.get(ENV_LOCK_WAIT, "")))
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} {socket.gethostname()}\n".encode())
         yield
@@ -58,19 +59,40 @@ def output_lock(out: Path, enabled: bool = True) -> Iterator[None]:
         os.close(fd)  # closing drops the flock; the file stays (deleting it would race a waiting run)
 
 
+def lock_wait(raw: str) -> float:
+    """CODEX_LOCK_WAIT's seconds (unset or empty: 0); SpecError naming it for anything else."""
+    try:
+        wait = float(raw.strip() or 0)
+    except ValueError:
+        wait = -1.0
+    if not 0 <= wait < float("inf"):  # nan fails this too
+        raise SpecError(f"env {ENV_LOCK_WAIT}", f"must be a number of seconds, 0 or more (got {raw.strip()!r})")
+    return wait
+
+
 def _acquire(fd: int, out: Path, wait: float) -> None:
     deadline = time.monotonic() + wait
+    said = False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             return
         except BlockingIOError:
+            if wait > 0 and not said:  # a pod that only waits shows why in its log, not an empty one
+                print(
+                    f"codex-train: waiting up to {wait:g} s for {out}: another run ({_holder(fd)}) holds it",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                said = True
             if time.monotonic() >= deadline and wait > 0:
                 # an attempt's pod (the operator gave it the wait): the holder is an earlier attempt's process that
-                # outlived its grace period (a node that stopped answering); it ends, so this is worth a retry
+                # outlived its grace period (a node that stopped answering), which ends, so this is worth a retry;
+                # or another job's pod that was given the same volume, whose name the holder's host is
                 raise TransientError(
-                    f"an earlier attempt ({_holder(fd)}) still holds {out} after {wait:g} s (its node unreachable, "
-                    "or its process stopping late); exiting to be retried once it has let go"
+                    f"another run ({_holder(fd)}) still holds {out} after {wait:g} s: an earlier attempt (its node "
+                    "unreachable, or its process stopping late), or another job using the same volume "
+                    "(spec.storage.existingClaim: give each job its own); exiting to be retried once it has let go"
                 ) from None
             if time.monotonic() >= deadline:
                 raise SpecError(
