@@ -171,6 +171,8 @@ def test_the_rendezvous_is_read_from_the_contracts_names():
     assert Rendezvous.from_env({}).master_port == names.MASTER_PORT
     with pytest.raises(SpecError, match=contract.ENV_NODE_RANK):
         Rendezvous.from_env({contract.ENV_NNODES: "2", contract.ENV_NODE_RANK: "2"})
+    with pytest.raises(SpecError, match=f"{contract.ENV_MASTER_PORT}: must be at most 65535 .got 99999"):
+        Rendezvous.from_env({contract.ENV_NPROC_PER_NODE: "2", contract.ENV_MASTER_PORT: "99999"})
 
 
 def test_the_lock_wait_is_read_from_the_contracts_name(tmp_path, monkeypatch, capsys):

@@ -74,7 +74,7 @@ class Rendezvous:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Rendezvous:
-        def number(name: str, default: int, low: int) -> int:
+        def number(name: str, default: int, low: int, high: int | None = None) -> int:
             raw = env.get(name, "").strip()
             if not raw:
                 return default
@@ -84,6 +84,8 @@ class Rendezvous:
                 raise SpecError(f"env {name}", f"must be an integer (got {raw!r})") from None
             if value < low:
                 raise SpecError(f"env {name}", f"must be at least {low} (got {value})")
+            if high is not None and value > high:
+                raise SpecError(f"env {name}", f"must be at most {high} (got {value})")
             return value
 
         r = cls(
@@ -91,7 +93,7 @@ class Rendezvous:
             nproc_per_node=number(ENV_NPROC_PER_NODE, 1, 1),
             node_rank=number(ENV_NODE_RANK, 0, 0),
             master_addr=env.get(ENV_MASTER_ADDR, "").strip() or "localhost",
-            master_port=number(ENV_MASTER_PORT, DEFAULT_MASTER_PORT, 1),
+            master_port=number(ENV_MASTER_PORT, DEFAULT_MASTER_PORT, 1, 65535),  # a TCP port
         )
         if r.node_rank >= r.nnodes:
             raise SpecError(f"env {ENV_NODE_RANK}", f"must be below {ENV_NNODES}={r.nnodes} (got {r.node_rank})")
