@@ -186,6 +186,23 @@ def test_bad_paths_exit_2_with_one_line(run, tmp_path):
     assert "damaged" in fails_with_one_line(str(damaged / "checkpoints" / "step-20"))
 
 
+def test_an_output_that_would_replace_an_input_or_a_file_of_the_run_is_refused_and_left_as_it_was(run, tmp_path):
+    data = tmp_path / "mine.jsonl"
+    data.write_text('{"text": "x = 1"}\n' * 50)
+    before = {p: p.read_bytes() for p in [data, run / "run.json", run / "final" / "adapter_config.json"]}
+    said = fails_with_one_line(str(run / "final"), "--data", str(data), "--output", str(data))
+    assert said == f"codex-train: invalid --output: '{data}' is a --data file; writing there would replace it: " + (
+        "name another file"
+    )
+    assert "inside the model evaluated" in fails_with_one_line(
+        str(run / "final"), "--output", str(run / "final" / "adapter_config.json")
+    )
+    assert "a data file of the run" in fails_with_one_line(
+        str(run / "final"), "--output", str(ROOT / "configs/data/tiny-code.jsonl")
+    )
+    assert all(p.read_bytes() == b for p, b in before.items())
+
+
 def test_eval_refuses_the_runs_own_split_once_its_data_files_changed(run, tmp_path):
     """The split drawn from other contents would hold other rows, some of them trained on: said, not evaluated."""
     copy = tmp_path / "run"

@@ -506,6 +506,35 @@ def metrics_of(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+RUN_FILES = ("run.json", "metrics.jsonl", "mlflow.db", "mlflow_run_id", "wandb_run_id", ".codex-train.lock")
+RUN_DIRS = (CHECKPOINTS_DIR, "final", "base-model", "cache", "tensorboard", "wandb")
+
+
+def _overwritten_by(output: Path, args: argparse.Namespace, target: Target) -> str | None:
+    """What of the user's `--output` would replace: a data or prompts file, a file of the model evaluated or of its
+    run (None: nothing; a new file beside the run's, e.g. RUN/eval.jsonl, is fine)."""
+    out = output.resolve()
+    inputs = [("a --data file", name) for name in args.data or []]
+    inputs += [("the --prompts file", args.prompts)] if args.prompts else []
+    if target.spec is not None:
+        inputs += [
+            ("a data file of the run", n) for n in target.spec.data.train_files + target.spec.data.validation_files
+        ]
+    for what, name in inputs:
+        if Path(name).resolve() == out:
+            return what
+    model = Path(target.path).resolve() if target.kind != "hub" else None
+    if model is not None and model.is_dir() and out.is_relative_to(model):
+        return "inside the model evaluated"
+    if target.run_dir is not None:
+        run = target.run_dir.resolve()
+        if out.parent == run and out.name in RUN_FILES:
+            return f"the run's own {out.name}"
+        if any(out.is_relative_to(run / d) for d in RUN_DIRS):
+            return f"inside the run's {out.relative_to(run).parts[0]}/"
+    return None
+
+
 def _device_and_autocast(spec: JobSpec | None) -> tuple[torch.device, Autocast]:
     import contextlib
 
@@ -533,6 +562,8 @@ def run_eval(args: argparse.Namespace) -> int:
     args.path, args.data = path_and_data(args.path, args.data)
     prompts = read_prompts(args.prompts) if args.prompts else []
     target = locate(args.path)
+    if args.output and (mine := _overwritten_by(Path(args.output), args, target)):
+        raise SpecError("--output", f"'{args.output}' is {mine}; writing there would replace it: name another file")
     device, autocast = _device_and_autocast(target.spec)
     model, tokenizer = load(target, device)
     s = settings(args, target, model)
