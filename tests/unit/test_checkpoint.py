@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -219,6 +220,26 @@ def test_a_full_disk_leaves_no_temporary_directory_and_the_last_good_checkpoint_
     assert "MiB free" in message and "\n" not in message
     assert sorted(p.name for p in tmp_path.iterdir()) == ["step-5"]  # no .step-10.tmp*
     assert checkpoint.load_latest(tmp_path).step == 5
+
+
+def test_torchs_own_write_failure_on_a_nearly_full_disk_is_the_disk_full_line(tmp_path, monkeypatch):
+    """torch.save's stream drops the errno: the late optimizer file failed with basic_ios::clear, and once the
+    partial checkpoint was removed the disk had about what the tensors need (the new-user CLI check saw 30 lines
+    of traceback and 'crashed: RuntimeError')."""
+    from codex_trainer.errors import DiskFullError
+
+    def write_failed(*args, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:659] . unexpected pos 64 vs 0; basic_ios::clear")
+
+    monkeypatch.setattr(checkpoint, "torch", _Torch(write_failed))
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=(1 << 20) + 4096))
+    with pytest.raises(DiskFullError, match="disk full: writing checkpoint step-10 .* needed about 1.0 MiB"):
+        save(tmp_path, 10, size=1 << 18)
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda p: usage._replace(free=100 << 30))
+    with pytest.raises(RuntimeError, match="basic_ios"):  # with room to spare, not a full disk: said as it is
+        save(tmp_path, 10, size=1 << 18)
 
 
 class _Torch:

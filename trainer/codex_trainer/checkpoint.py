@@ -63,11 +63,24 @@ def save(
             _checked[_stats(final)] = None  # its hashes were taken from these very files as they were written
     except BaseException as e:
         needed = _tensor_bytes(weights) + _tensor_bytes(optimizer)
-        # torch.save reports a full disk as a RuntimeError ("file write failed"): judge by the space left too
-        if is_disk_full(e) or (isinstance(e, Exception) and shutil.disk_usage(root).free < needed):
+        if is_disk_full(e) or (isinstance(e, Exception) and _short_of_space(e, root, needed)):
             raise disk_full(f"checkpoint {final.name}", root, needed) from None
         raise
     return final
+
+
+# torch.save's stream loses the errno of a full disk: "file write failed", or "basic_ios::clear: iostream error"
+TORCH_WRITE_FAILED = ("file write failed", "basic_ios::clear", "PytorchStreamWriter failed writing")
+
+
+def _short_of_space(e: Exception, root: Path, needed: int) -> bool:
+    """A failure that a full disk explains, judged by the space left once the partial checkpoint is gone: less
+    than the tensors need; or torch's writer failing with less than twice that (plus a margin) free, as the files
+    take more than their tensors (pickled state, alignment, the filesystem's blocks)."""
+    free = shutil.disk_usage(root).free
+    if free < needed:
+        return True
+    return any(w in str(e) for w in TORCH_WRITE_FAILED) and free < 2 * needed + (64 << 20)
 
 
 def _write_files(
