@@ -3,8 +3,8 @@ from __future__ import annotations
 import importlib
 import os
 import signal
-import subprocess
 import sys
+import tomllib
 
 import pytest
 
@@ -36,15 +36,29 @@ TEST_PLUGIN = ROOT / "tests" / "plugins" / "codex_test_plugin"
 
 
 @pytest.fixture(scope="session")
-def test_plugin():
-    """tests/plugins/codex_test_plugin (a .csv reader; callbacks `record` and `explode`), installed editable
-    into this environment once per session, so its entry points are seen by this process and by codex-train
-    subprocesses alike. The callbacks append to the file named by CODEX_TEST_PLUGIN_LOG."""
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation"]
-    env = {**os.environ, "PIP_ROOT_USER_ACTION": "ignore", "PIP_DISABLE_PIP_VERSION_CHECK": "1"}
-    r = subprocess.run([*pip, "-e", str(TEST_PLUGIN)], capture_output=True, text=True, env=env)
-    assert r.returncode == 0, f"installing the test plugin failed:\n{r.stdout}{r.stderr}"
-    if str(TEST_PLUGIN) not in sys.path:  # an editable install's path hook is read at start-up, not now
-        sys.path.append(str(TEST_PLUGIN))
+def test_plugin(tmp_path_factory):
+    """tests/plugins/codex_test_plugin (a .csv reader; callbacks `record` and `explode`), on this process's path
+    and on PYTHONPATH for the session, with a dist-info holding its pyproject's entry points, so that they are
+    seen by this process and by codex-train subprocesses alike, and by nothing after the tests: the environment
+    is left as it was (installing it left `explode` among the user's callbacks). The callbacks append to the
+    file named by CODEX_TEST_PLUGIN_LOG."""
+    project = tomllib.loads((TEST_PLUGIN / "pyproject.toml").read_text())["project"]
+    site = tmp_path_factory.mktemp("plugin-site")
+    (site / "codex_test_plugin").symlink_to(TEST_PLUGIN / "codex_test_plugin", target_is_directory=True)
+    dist = site / f"codex_test_plugin-{project['version']}.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {project['name']}\nVersion: {project['version']}\n")
+    groups = project["entry-points"]
+    (dist / "entry_points.txt").write_text(
+        "".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n" for g, eps in groups.items())
+    )
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(site), before) if p)
+    sys.path.append(str(site))
     importlib.invalidate_caches()
-    return TEST_PLUGIN
+    yield TEST_PLUGIN
+    sys.path.remove(str(site))
+    if before is None:
+        os.environ.pop("PYTHONPATH", None)
+    else:
+        os.environ["PYTHONPATH"] = before
