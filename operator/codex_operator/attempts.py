@@ -215,6 +215,19 @@ def failed_create(events: list[dict[str, Any]]) -> str | None:
     return f"the Job controller cannot create the pods: {capped(newest.get('message'))}"
 
 
+UNBOUND_CLAIMS = "unbound immediate PersistentVolumeClaims"  # the scheduler's words for a volume not provisioned
+
+
+def provisioning_failed(events: list[dict[str, Any]]) -> str | None:
+    """Why a claim stays unbound, from its newest ProvisioningFailed Event (a StorageClass that does not exist,
+    a provisioner's refusal): None if nothing has said."""
+    failed = [e for e in events if e.get("reason") == "ProvisioningFailed" and e.get("type") == "Warning"]
+    if not failed:
+        return None
+    newest = max(failed, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+    return capped(newest.get("message"))
+
+
 def final_numbers(pod: dict[str, Any]) -> dict[str, Any] | None:
     """What rank 0 said when it finished: {"step", "loss", "evalLoss"} (its termination message)."""
     for cs in (pod.get("status") or {}).get("containerStatuses") or []:

@@ -20,7 +20,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from prometheus_client.parser import text_string_to_metric_families
 
 from . import memory, metrics, names, retrydelay, watched
-from .attempts import Attempt, failed_create, waiting_kind, waiting_reason
+from .attempts import UNBOUND_CLAIMS, Attempt, failed_create, provisioning_failed, waiting_kind, waiting_reason
 from .conditions import condition, condition_reason
 from .jobstate import JobState, Options
 from .kube import Kube, read_limited
@@ -329,6 +329,8 @@ class Timer:
                 await self.volume_lost(body)
             st.check_children, st.retry_at = True, 0.0
             return
+        if UNBOUND_CLAIMS in why:
+            why += await self._why_unbound(body)
         attempt = status.get("attempt") or 1
         message = f"attempt {attempt} waiting: {why}"
         if message != status.get("message") and await self.timer_patch(body, {"message": message}):
@@ -336,6 +338,36 @@ class Timer:
             if st.waiting_said != said:  # once per attempt and kind of wait, not for every count the scheduler gives
                 st.waiting_said = said
                 self.post_event(body, "Warning", "Waiting", message)  # `kubectl describe ctj` shows it too
+
+    async def _why_unbound(self, body: dict[str, Any]) -> str:
+        """What the provisioner said of the job's claims that are still unbound ("" if nothing): the scheduler
+        names no claim and no cause, and a StorageClass misspelt waits for ever. The job's own volume's class
+        cannot change (checkpoints are written there), so its way out is a new job: nothing is lost, no pod ran."""
+        assert self.kube is not None
+        meta, spec = body["metadata"], body.get("spec") or {}
+        ours = names.pvc_name(meta["name"])
+        claims = [
+            (spec.get("storage") or {}).get("existingClaim") or ours,
+            (spec.get("data") or {}).get("existingClaim"),
+        ]
+        for claim in filter(None, claims):
+            pvc = await self.kube.get("PersistentVolumeClaim", meta["namespace"], claim)
+            if pvc is None or (pvc.get("status") or {}).get("phase") not in (None, "Pending"):
+                continue
+            events = await self.kube.list_events(
+                meta["namespace"], "PersistentVolumeClaim", claim, pvc["metadata"]["uid"]
+            )
+            said = provisioning_failed(events)
+            if said is None:
+                continue
+            fix = (
+                " (storage.storageClassName cannot change: delete the job and create it again with a class from "
+                "kubectl get storageclass; no pod has run, so nothing is lost)"
+                if claim == ours
+                else ""
+            )
+            return f"; volume {claim}: {said}{fix}"
+        return ""
 
     async def _why_no_pods(self, body: dict[str, Any]) -> str | None:
         """The Job controller's own words when it cannot create (some of) an attempt's pods (its FailedCreate

@@ -483,6 +483,33 @@ def test_a_deleted_volume_is_made_again_with_a_warning_and_no_resumption_is_clai
     scenario(test)
 
 
+def test_a_volume_no_storage_class_serves_says_why_in_the_wait_and_the_way_out():
+    """A storageClassName typo: the scheduler says only 'unbound immediate PersistentVolumeClaims'; the claim's
+    ProvisioningFailed Event says which class is missing. The class is immutable, so the fix is a new job."""
+
+    async def test(c: Cluster) -> None:
+        await c.apply()
+        claim = c.api.get("persistentvolumeclaims", NS, names.pvc_name(NAME))
+        pod = c.pod(1, 0)
+        waits = "0/3 nodes are available: pod has unbound immediate PersistentVolumeClaims. preemption: 0/3 nodes"
+        unscheduled = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": waits}
+        pod["status"] = {"phase": "Pending", "conditions": [unscheduled]}
+        c.api.put("pods", pod)
+        involved = {"kind": "PersistentVolumeClaim", "name": claim["metadata"]["name"], "uid": claim["metadata"]["uid"]}
+        said = 'storageclass.storage.k8s.io "fsat" not found'
+        event = {"metadata": {"name": "pvc-e", "namespace": NS}, "involvedObject": involved}
+        c.api.put("events", event | {"reason": "ProvisioningFailed", "type": "Warning", "message": said})
+        await c.retry()
+        message = c.status()["message"]
+        assert message.startswith(f"attempt 1 waiting: pod {NAME}-a1-0-x cannot be scheduled: {waits}"), message
+        assert message.endswith(
+            f"; volume {names.pvc_name(NAME)}: {said} (storage.storageClassName cannot change: delete the job and "
+            "create it again with a class from kubectl get storageclass; no pod has run, so nothing is lost)"
+        ), message
+
+    scenario(test)
+
+
 def test_the_timer_ends_a_job_past_its_deadline_but_not_a_finished_or_deleting_one():
     from codex_operator.timer import deadline_passed
 
