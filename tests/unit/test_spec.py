@@ -541,3 +541,11 @@ def test_a_null_where_a_value_is_required_is_refused_naming_the_field():
     assert "spec.data.train.1" in found
     config = {"model_type": "llama", "rope_scaling": None}  # free-form: a null there is the model's own setting
     assert parse_manifest(manifest(model={"source": "scratch", "config": config})).spec.model.config == config
+
+
+def test_an_unquoted_date_is_the_string_written_as_kubectl_reads_it(tmp_path):
+    job = tmp_path / "job.yaml"
+    text = yaml.safe_dump(manifest(runPolicy={"queueName": "QUEUE"}, data={"train": ["DATA"]}))
+    job.write_text(text.replace("QUEUE", "2026-12-01").replace("DATA", "2026-12-01 10:00:00"))
+    spec = load_manifest(job).spec
+    assert spec.run_policy.queue_name == "2026-12-01" and spec.data.train == ["2026-12-01 10:00:00"]

@@ -79,6 +79,8 @@ def _mapping_once(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = Fals
 
 
 _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
+# an unquoted date (`queueName: 2026-12-01`) is the string written, as kubectl reads it, not a datetime.date
+_UniqueKeys.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
 # YAML 1.2's numbers with an exponent (1e-6, 1E+5, 1.5e6), which kubectl reads as numbers and PyYAML's 1.1 rules
 # (a dot and a signed exponent) as strings: a model.config copied from a config.json builds the same model here
 # as on the cluster. Checked after PyYAML's own rules, so what they read as a number or a date stays so.
