@@ -406,6 +406,34 @@ def test_an_mlflow_database_left_half_made_is_made_again_and_a_full_disk_there_i
         assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
 
 
+def test_a_disk_that_fills_under_mlflow_mid_run_is_one_line_naming_the_database(tmp_path, capfd, monkeypatch):
+    """The new-user CLI check filled the disk at step 9: MLflow's logger printed SQLAlchemy's tracebacks three
+    times, then 'disk full: (raised as a result of Query-invoked autoflush; ...)'."""
+    import sqlalchemy
+
+    def full(session, *a, **k):
+        raise sqlalchemy.exc.OperationalError(
+            "INSERT INTO metrics", {}, sqlite3.OperationalError("database or disk is full")
+        )
+
+    real_log = metrics_module.Mlflow.log
+
+    def log(self, figures, step):
+        if step == 2:  # from here on, no write to mlflow.db succeeds, the run's end included
+            monkeypatch.setattr(sqlalchemy.orm.Session, "commit", full)
+        return real_log(self, figures, step)
+
+    monkeypatch.setattr(metrics_module.Mlflow, "log", log)
+    out = tmp_path / "out"
+    assert run(out, "tracking.mlflow.enabled=true", steps=4) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "SQLAlchemy" not in err, err
+    line = one_line(err)
+    assert line.startswith(f"codex-train: disk full: writing the MLflow database (mlflow.db) in {out} needed about"), (
+        line
+    )
+
+
 def test_steps_a_killed_run_logged_after_its_last_checkpoint_are_in_mlflow_once_after_the_resume(tmp_path):
     import mlflow
 

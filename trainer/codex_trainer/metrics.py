@@ -363,12 +363,15 @@ class Mlflow:
         params: dict[str, Any],
         resume: bool = True,
         remote: bool = False,
+        own_db: Path | None = None,
     ):
         import logging
 
         import mlflow
 
         logging.getLogger("mlflow").setLevel(logging.WARNING)
+        # it logs a database error with its traceback, then raises it: said once, by the one line that handles it
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         logging.getLogger("alembic").setLevel(logging.WARNING)
         self.mlflow = mlflow
         mlflow.set_tracking_uri(uri)
@@ -388,6 +391,7 @@ class Mlflow:
         self.logged: dict[str, int] = {}
         self.client = mlflow.MlflowClient()
         self.uri, self.remote = redact_credentials(uri), remote
+        self.own_db = own_db  # the run's directory, where mlflow.db is the run's own (no trackingUri)
         self.warn: Callable[[str], None] = print  # the Sink's, once it holds this run
         self.backlog: list[tuple[dict[str, float], int, int]] = []  # (metrics, step, ms): not taken yet
         self.dropped = 0
@@ -395,7 +399,8 @@ class Mlflow:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         if not self.remote:  # the run's own database: a failure there (a full disk) is the run's
-            self._send([(metrics, step, int(time.time() * 1000))])
+            with self._full_disk_said():
+                self._send([(metrics, step, int(time.time() * 1000))])
             return
         self.backlog.append((metrics, step, int(time.time() * 1000)))
         if len(self.backlog) > BACKLOG:
@@ -446,9 +451,25 @@ class Mlflow:
             self.logged[key] = max((m.step for m in history), default=-1)
         return self.logged[key]
 
+    @contextlib.contextmanager
+    def _full_disk_said(self) -> Iterator[None]:
+        """A full disk under the run's own database is the one disk-full line naming it, not SQLAlchemy's words."""
+        try:
+            yield
+        except Exception as e:
+            if self.own_db is not None and is_disk_full(e):
+                raise disk_full("the MLflow database (mlflow.db)", self.own_db, MLFLOW_DB_BYTES) from None
+            raise
+
     def close(self, status: str = "FINISHED") -> None:
         if not self.remote:
-            self.mlflow.end_run(status=status)
+            try:
+                self.mlflow.end_run(status=status)
+            except Exception as e:
+                if status != "FINISHED" and is_disk_full(e):
+                    return  # a run ending on an error (this same full disk, most often): that error is the one said
+                with self._full_disk_said():
+                    raise
             return
         try:  # the run's end must not turn a finished training into a crash: said, and the exit code kept
             with _patient_for(STEP_RETRIES, force=True):
@@ -497,7 +518,8 @@ def start_mlflow(spec: JobSpec, name: str, out: Path, resumed: bool) -> Mlflow |
     try:
         with _patient_for(START_RETRIES if cfg.tracking_uri else None):
             remote = (cfg.tracking_uri or "").startswith(("http://", "https://", "databricks"))
-            return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resume=resumed, remote=remote)
+            own = None if cfg.tracking_uri else out
+            return Mlflow(uri, cfg.experiment, name, run_id, flatten(spec.shown()), resumed, remote, own)
     except Exception as e:
         if is_disk_full(e) and not cfg.tracking_uri:  # a tracking server's own full disk is not ours to free
             raise disk_full("the MLflow database (mlflow.db)", out, MLFLOW_DB_BYTES) from None
