@@ -146,7 +146,7 @@ def parse_manifest(raw: dict[str, Any], stored: bool = False) -> Manifest:
     (the operator's read), which the checks added to admission since (fields.ADMISSION_ONLY) do not fail: a
     job accepted before an upgrade must not turn Failed, its running attempt stopped, on the upgrade."""
     try:
-        return Manifest.model_validate(without_nulls(raw, Manifest), context={STORED: True} if stored else None)
+        return Manifest.model_validate(without_nulls(raw), context={STORED: True} if stored else None)
     except ValidationError as e:
         problems = [_explain(err) for err in e.errors()]
         if len(problems) > MAX_PROBLEMS:
@@ -156,23 +156,16 @@ def parse_manifest(raw: dict[str, Any], stored: bool = False) -> Manifest:
         raise SpecError("", f"the manifest is nested more than {MAX_DEPTH} levels deep") from None
 
 
-def without_nulls(node: Any, model: type[BaseModel] | None) -> Any:
-    """`node` less the nulls of the fields `model` knows, as the API server prunes them from a job (the CRD
-    has no nullable field): `warmupSteps:` left empty, or `--set eval=null`, means the default, in a run here
-    as on the cluster. A null list item stays (the API server refuses it too), as does a null inside a
-    free-form mapping (model.config, affinity: kept as written there as well)."""
+def without_nulls(node: Any) -> Any:
+    """`node` less every null in a mapping, as the API server prunes them from a job (the CRD has no nullable
+    field; a free-form mapping such as model.config or affinity loses its nulls too): `warmupSteps:` left empty,
+    or `--set eval=null`, means the default, in a run here as on the cluster. A null list item stays: the API
+    server refuses it (`spec.data.train[1] ... must be of type string`), and so does the spec here."""
     if isinstance(node, list):
-        return [without_nulls(item, model) for item in node]
-    if not isinstance(node, dict) or model is None:
-        return node
-    kept = {}
-    for key, value in node.items():
-        field = _field_by_alias(model, key) if isinstance(key, str) else None
-        if field is None:
-            kept[key] = value
-        elif value is not None:
-            kept[key] = without_nulls(value, model_of(field.annotation))
-    return kept
+        return [without_nulls(item) for item in node]
+    if isinstance(node, dict):
+        return {key: without_nulls(value) for key, value in node.items() if value is not None}
+    return node
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
