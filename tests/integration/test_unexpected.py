@@ -92,6 +92,15 @@ def test_pods_a_quota_keeps_the_job_controller_from_creating_are_explained(opera
     assert st["phase"] == "Pending" and "exceeded quota: no-pods" in st["message"]
 
 
+def test_a_misspelt_storage_class_says_what_the_provisioner_said_and_the_way_out(operator, jobs):
+    """README, Troubleshooting: the scheduler says only 'unbound immediate PersistentVolumeClaims'; the job's
+    message adds the claim's ProvisioningFailed words, and the class being immutable, says to make a new job."""
+    jobs.apply(manifest("typo", "storage.storageClassName=fsat"))
+    st = message_says(jobs, "typo", 'volume typo-checkpoints: storageclass.storage.k8s.io "fsat" not found', 180)
+    assert st["phase"] == "Pending" and "unbound immediate PersistentVolumeClaims" in st["message"], st
+    assert "delete the job and create it again" in st["message"], st
+
+
 def test_an_admission_policy_that_refuses_the_attempt_fails_the_job_with_its_message(operator, jobs, cluster):
     policy = {
         "apiVersion": "admissionregistration.k8s.io/v1",

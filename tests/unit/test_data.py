@@ -392,6 +392,30 @@ def test_a_run_checks_its_data_files_first_and_says_the_same_of_a_pipe(tmp_path)
     ]
 
 
+def test_a_missing_file_of_a_job_with_a_data_claim_says_it_was_looked_for_there_or_where_its_files_are(in_root):
+    import yaml
+
+    from codex_trainer.launch import check_data_files
+    from codex_trainer.manifest import apply_overrides, parse_manifest
+    from support import TINY
+
+    sets = ["data.existingClaim=corpus", "data.train=[/data/nope.jsonl]", "data.validation=[nope.jsonl]"]
+    spec = parse_manifest(apply_overrides(yaml.safe_load(TINY.read_text()), sets)).spec
+    with pytest.raises(SpecError) as e:
+        check_data_files(spec)
+    assert e.value.problems == [
+        (
+            "spec.data.train",
+            "file '/data/nope.jsonl' not found on data.existingClaim 'corpus' (mounted read-only at /data/)",
+        ),
+        (
+            "spec.data.validation",
+            f"file 'nope.jsonl' not found (relative paths are read from {in_root}); "
+            "the files of data.existingClaim 'corpus' are under /data/",
+        ),
+    ]
+
+
 def test_unicode_line_separators_inside_json_strings_stay_in_the_row(tmp_path):
     path = tmp_path / "d.jsonl"
     path.write_text(json.dumps({"text": "a\u2028b\x0cc"}, ensure_ascii=False) + "\r\n", encoding="utf-8")

@@ -118,8 +118,14 @@ def read_worker_messages(directory: Path) -> dict[int, str]:
     return found
 
 
-def not_found(name: str) -> str:
-    """The words for a data file that is not there: where a relative path was looked for, where that helps."""
-    if os.path.isabs(name):
-        return f"file '{name}' not found"
-    return f"file '{name}' not found (relative paths are read from {Path.cwd()})"
+def not_found(name: str, claim: str | None = None) -> str:
+    """The words for a data file that is not there: where a relative path was looked for, where that helps; with
+    data.existingClaim (`claim`, in a pod: mounted at /data), that the file is looked for on it, or that its
+    files are under /data/."""
+    from .contract import DATA_DIR
+
+    on_claim = claim and (name == DATA_DIR or name.startswith(DATA_DIR + "/"))
+    if on_claim:
+        return f"file '{name}' not found on data.existingClaim '{claim}' (mounted read-only at {DATA_DIR}/)"
+    said = f"file '{name}' not found" + ("" if os.path.isabs(name) else f" (relative paths are read from {Path.cwd()})")
+    return said + (f"; the files of data.existingClaim '{claim}' are under {DATA_DIR}/" if claim else "")

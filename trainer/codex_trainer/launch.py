@@ -108,7 +108,7 @@ def check_data_files(spec: JobSpec) -> None:
     for field, name in files:
         path = Path(name)
         if not path.exists():
-            problems.append((field, not_found(name)))
+            problems.append((field, not_found(name, spec.data.existing_claim)))
         elif path.is_dir():
             problems.append((field, f"'{name}' is a directory; name the data files in it"))  # as the reader says
         elif not path.is_file():  # as the reader says (data.check_data_path)
