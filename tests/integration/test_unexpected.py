@@ -6,6 +6,7 @@ runs; the in-process versions of these cases (tests/unit/test_controller.py) cov
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -50,8 +51,12 @@ def test_a_job_recreated_after_an_orphaning_delete_adopts_nothing_of_its_namesak
     assert st["phase"] == "Pending" and "retrying" in st["message"]
     warnings = [e for e in jobs.events("orphan") if e["reason"] == "NameTaken"]
     assert warnings and warnings[-1]["type"] == "Warning"
-    for kind in ("job", "configmap", "service", "pvc"):  # the user clears the earlier job's children
-        jobs.kubectl("delete", kind, "-l", "codex.ml/job-name=orphan", "--wait=true")
+    # every leftover named at once, with the one command that clears them, which the user runs as given
+    command = re.search(r"\(kubectl delete -n (\S+) ([^)]*)\)", st["message"])
+    assert command and command.group(1) == jobs.ns, st["message"]
+    leftovers = command.group(2).split()
+    assert set(leftovers) == {"job/orphan-a1", "configmap/orphan-a1-config", "persistentvolumeclaim/orphan-checkpoints"}
+    jobs.kubectl("delete", *leftovers, "--wait=true")
     st = jobs.wait_phase("orphan", "Suspended", timeout=120)  # the backoff's next try
     new = jobs.get("orphan")["metadata"]["uid"]
     assert st["attempt"] == 1 and new != old
