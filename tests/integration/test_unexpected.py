@@ -325,3 +325,20 @@ def test_an_edited_job_suspended_and_resumed_goes_on_in_the_same_attempt(operato
     assert not any("had started no pod" in m for _, m in said), said
     done = jobs.wait_phase("paused", "Succeeded", timeout=600)  # attempt 1 ends at its 400, attempt 2 at 420
     assert done["attempt"] == 2 and done["progress"]["stepText"] == "420/420", done
+
+
+def test_two_jobs_given_one_volume_the_second_says_whose_lock_it_waits_for(operator, jobs, trainer_image):
+    """storage.existingClaim shared by two jobs (the new-user cluster check): the second's pod showed Running
+    with an empty log until its wait ran out. It says at once what it waits for, naming the first job's pod."""
+    claim = {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "shared"},
+             "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "200Mi"}}}}  # fmt: skip
+    jobs.apply(json.dumps(claim))
+    jobs.apply(manifest("first", *SHORT, "training.maxSteps=5000", "storage.existingClaim=shared"))
+    wait_for(lambda: (jobs.status("first").get("progress") or {}).get("step"), "the first job training", 300)
+    jobs.apply(manifest("second", *SHORT, "storage.existingClaim=shared"))
+    said = wait_for(
+        lambda: "waiting up to" in (log := jobs.logs("second-a1")) and log, "the second's waiting line", 180
+    )
+    assert "s for /checkpoints: another run (pid " in said and " on first-a1-0) holds it" in said, said
+    assert jobs.status("second").get("phase") == "Running"
+    jobs.kubectl("delete", "ctj", "first", "second", "--wait=false")
