@@ -591,7 +591,8 @@ def test_an_edit_of_a_finished_job_says_it_changes_nothing_and_how_to_train_agai
                 "Warning",
                 "NotApplied",
                 f"the job is Succeeded, which is final: the edit of generation {generation} changes nothing but "
-                "storage.retain and runPolicy.ttlSecondsAfterFinished; to train again, keep its volume (storage.retain: true), delete it, and apply it "
+                "storage.retain and runPolicy.ttlSecondsAfterFinished; to train again, keep its volume "
+                "(storage.retain: true), delete it, and apply it "
                 f"again with storage.existingClaim {NAME}-checkpoints: it resumes from there",
             )
         ]

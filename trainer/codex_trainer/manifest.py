@@ -79,11 +79,17 @@ def _mapping_once(loader: _UniqueKeys, node: yaml.MappingNode, deep: bool = Fals
 
 
 _UniqueKeys.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_once)
-# an unquoted date (`queueName: 2026-12-01`) is the string written, as kubectl reads it, not a datetime.date
-_UniqueKeys.add_constructor("tag:yaml.org,2002:timestamp", yaml.SafeLoader.construct_scalar)
+
+
+def _as_written(loader: _UniqueKeys, node: yaml.ScalarNode) -> str:
+    """An unquoted date (`queueName: 2026-12-01`): the string written, as kubectl reads it, not a datetime.date."""
+    return str(loader.construct_scalar(node))
+
+
+_UniqueKeys.add_constructor("tag:yaml.org,2002:timestamp", _as_written)
 # YAML 1.2's numbers with an exponent (1e-6, 1E+5, 1.5e6), which kubectl reads as numbers and PyYAML's 1.1 rules
 # (a dot and a signed exponent) as strings: a model.config copied from a config.json builds the same model here
-# as on the cluster. Checked after PyYAML's own rules, so what they read as a number or a date stays so.
+# as on the cluster. Checked after PyYAML's own rules, so what they read as a number (or a date: a string) stays so.
 # A writer of job files adds the same rule to its dumper (operator/codex_operator/builders.py), so that a string
 # such as "1e3" is quoted there and read back as the string it is.
 EXPONENT_FLOAT = re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$")
