@@ -194,6 +194,10 @@ def test_an_output_that_would_replace_an_input_or_a_file_of_the_run_is_refused_a
     assert said == f"codex-train: invalid --output: '{data}' is a --data file; writing there would replace it: " + (
         "name another file"
     )
+    os.link(data, tmp_path / "hard-link.jsonl")  # another name of the same file (the new-user check's wipe)
+    assert "is a --data file" in fails_with_one_line(
+        str(run / "final"), "--data", str(data), "--output", str(tmp_path / "hard-link.jsonl")
+    )
     assert "inside the model evaluated" in fails_with_one_line(
         str(run / "final"), "--output", str(run / "final" / "adapter_config.json")
     )

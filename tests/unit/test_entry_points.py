@@ -32,6 +32,38 @@ def test_a_csv_file_is_read_by_the_plugin_reader(tmp_path, test_plugin):
     assert field == "spec.data.train" and "codex_test_plugin:read_csv" in msg and "no column 'body'" in msg
 
 
+def test_a_plugin_reader_that_raises_anything_on_a_file_is_one_line_naming_it(tmp_path, monkeypatch):
+    """The reader trainer.md shows (`row[text_field]` on a CSV without that column): a KeyError traceback and
+    exit 1, which a cluster retries as a crash, before (the new-user CLI check)."""
+    from importlib.metadata import EntryPoint
+
+    import codex_trainer.data as data
+
+    ep = EntryPoint("csv", "my_reader:read_csv", plugins.READERS)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep] if group == plugins.READERS else [])
+    monkeypatch.setattr(EntryPoint, "load", lambda self: lambda path, field: [row[field] for row in [{"body": "x"}]])
+    path = tmp_path / "d.csv"
+    path.write_text("body\nx\n")
+    with pytest.raises(SpecError) as e:
+        data.read_texts([str(path)], "text", "spec.data.train")
+    assert e.value.problems == [
+        ("spec.data.train", f"'{path}' could not be read by my_reader:read_csv: KeyError: 'text'")
+    ]
+
+
+def test_a_callback_whose_module_cannot_be_imported_is_refused_by_the_check_validate_makes(monkeypatch):
+    """validate passed it, then run and launch refused it (the new-user CLI check)."""
+    from importlib.metadata import EntryPoint
+
+    ep = EntryPoint("mytracker", "no_such_module_here:Tracker", plugins.CALLBACKS)
+    monkeypatch.setattr(plugins, "entry_points", lambda group: [ep] if group == plugins.CALLBACKS else [])
+    with pytest.raises(SpecError) as e:
+        check_callbacks(["mytracker"])
+    ((field, msg),) = e.value.problems
+    assert field == "spec.callbacks"
+    assert msg.startswith("callback 'mytracker' (no_such_module_here:Tracker) could not be loaded: ModuleNotFoundError")
+
+
 def test_an_extension_without_a_reader_lists_the_installed_ones(tmp_path, test_plugin):
     path = tmp_path / "d.arrow"
     path.write_text("x")
@@ -166,4 +198,5 @@ def test_a_name_two_packages_register_is_refused_and_one_replacing_a_built_in_wi
     with pytest.raises(SpecError) as e:
         check_callbacks(["other", "my-tracker"])
     assert "callback 'my-tracker' is registered by 2 installed packages" in str(e.value)
-    check_callbacks(["other"])
+    with pytest.raises(SpecError, match=r"callback 'other' \(pkg_a:Other\) could not be loaded"):
+        check_callbacks(["other"])  # registered once, so imported: pkg_a is not installed here

@@ -116,8 +116,9 @@ def _read_file(name: str, text_field: str, field: str) -> list[str]:
 
 
 def _read_with(found: tuple, path: Path, text_field: str, field: str) -> list[str]:
-    """Call a reader: DataError (or any ValueError) becomes a SpecError under `field`; a plugin's texts are
-    checked to be strings."""
+    """Call a reader: DataError, or any exception of a plugin's reader (the file is what differs from a run that
+    worked: a deterministic failure a retry does not cure), becomes a SpecError under `field`; a plugin's texts
+    are checked to be strings."""
     reader, origin = found
     try:
         got = list(reader(path, text_field))
@@ -125,6 +126,9 @@ def _read_with(found: tuple, path: Path, text_field: str, field: str) -> list[st
         raise SpecError(field, str(e)) from None
     except ValueError as e:
         raise SpecError(field, f"'{path}' could not be read by {origin}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - a plugin's reader failing on this file (a column it expects, say)
+        said = " ".join(str(e).split())[:200]
+        raise SpecError(field, f"'{path}' could not be read by {origin}: {type(e).__name__}: {said}") from None
     for i, text in enumerate(got):
         if not isinstance(text, str):
             raise SpecError(field, f"'{path}': {origin} returned {type(text).__name__} for example {i}, not a string")

@@ -521,7 +521,7 @@ def _overwritten_by(output: Path, args: argparse.Namespace, target: Target) -> s
             ("a data file of the run", n) for n in target.spec.data.train_files + target.spec.data.validation_files
         ]
     for what, name in inputs:
-        if Path(name).resolve() == out:
+        if Path(name).resolve() == out or _same_file(Path(name), out):  # a hard link is the same file too
             return what
     model = Path(target.path).resolve() if target.kind != "hub" else None
     if model is not None and model.is_dir() and out.is_relative_to(model):
@@ -533,6 +533,13 @@ def _overwritten_by(output: Path, args: argparse.Namespace, target: Target) -> s
         if any(out.is_relative_to(run / d) for d in RUN_DIRS):
             return f"inside the run's {out.relative_to(run).parts[0]}/"
     return None
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:  # one of them is not there: not the same
+        return False
 
 
 def _device_and_autocast(spec: JobSpec | None) -> tuple[torch.device, Autocast]:

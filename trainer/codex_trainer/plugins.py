@@ -89,6 +89,8 @@ def check_callbacks(names: list[str]) -> None:
         )
     for name in names:
         _claimed_twice(CALLBACKS, name, "spec.callbacks", f"callback '{name}'")
+    for name in names:
+        _load(installed[name], "spec.callbacks", f"callback '{name}'")  # imported: validate says what run would
 
 
 def load_callbacks(names: list[str], warn: Callable[[str], None]) -> list[Callbacks]:
