@@ -222,6 +222,9 @@ def test_eval_refuses_the_runs_own_split_once_its_data_files_changed(run, tmp_pa
     assert line.startswith("codex-train: the run's data files changed since it ran (sha256 "), line
     assert line.endswith("pass --data FILE to evaluate on files of your own"), line
     assert evaluate(str(copy / "final"), "--data", str(grown))[0]["type"] == "summary"  # the way out works
+    grown.write_text('{"type": "summary", "loss": 1.5}\n')  # changed so that it no longer parses as the run's data
+    line = fails_with_one_line(str(copy / "final"))
+    assert line.startswith("codex-train: the run's data files changed since it ran (sha256 "), line  # not textField
 
 
 def test_a_run_whose_data_is_gone_says_where_it_looked_and_to_pass_data(run, tmp_path):

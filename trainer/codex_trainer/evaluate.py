@@ -368,7 +368,7 @@ def data_sources(
     args: argparse.Namespace, target: Target, tokenizer: PreTrainedTokenizerBase, s: Settings
 ) -> list[tuple[dict[str, Any], Split]]:
     """[(what it is, Split)]: each --data file tokenized and packed on its own, or the run's validation split."""
-    from .data import load_dataset, pack, read_texts, tokenize, truncate
+    from .data import data_digest, load_dataset, pack, read_texts, tokenize, truncate
     from .tokenizer import tokenizer_fingerprint
 
     if args.data:
@@ -401,6 +401,10 @@ def data_sources(
         update={"text_field": s.text_field, "max_seq_length": s.max_seq_length, "packing": s.packing}
     )
     fp = tokenizer_fingerprint(tokenizer)
+    ran_on = _run_info(target.run_dir).get("data_sha256") if target.run_dir is not None else None
+    files = data_spec.train_files + data_spec.validation_files
+    if ran_on and all(Path(f).is_file() for f in files) and (now := data_digest(data_spec)) != ran_on:
+        raise _data_changed(ran_on, now)  # before reading them: a file changed so that it no longer parses too
     try:
         ds = load_dataset(data_spec, tokenizer, fp, spec.training.seed, cache_dir=None)
     except SpecError as e:  # the run's files, read where it ran and from here: say so, and what else to do
@@ -413,13 +417,8 @@ def data_sources(
             + "; ".join(f"{f}: {m}" if f else m for f, m in e.problems)
             + "; pass --data FILE to evaluate on files of your own",
         ) from None
-    ran_on = _run_info(target.run_dir).get("data_sha256") if target.run_dir is not None else None
     if ran_on and ran_on != ds.digest:  # a run.json written before the digest was kept has none: not checked
-        raise SpecError(  # the split drawn now would hold other rows, some of them trained on
-            "",
-            f"the run's data files changed since it ran (sha256 {ran_on[:12]}… then, {ds.digest[:12]}… now): its "
-            "validation split cannot be rebuilt as it was; pass --data FILE to evaluate on files of your own",
-        )
+        raise _data_changed(ran_on, ds.digest)
     if (
         ds.validation.rows == 0
         and (args.max_seq_length or 0) > spec.data.max_seq_length
@@ -448,6 +447,15 @@ def data_sources(
         f"{f} (validationFraction {spec.data.validation_fraction})" for f in spec.data.train
     ]
     return [({"split": "validation", "files": origin}, ds.validation)]
+
+
+def _data_changed(then: str, now: str) -> SpecError:
+    """The split drawn now would hold other rows, some of them trained on: said, not evaluated."""
+    return SpecError(
+        "",
+        f"the run's data files changed since it ran (sha256 {then[:12]}… then, {now[:12]}… now): its "
+        "validation split cannot be rebuilt as it was; pass --data FILE to evaluate on files of your own",
+    )
 
 
 # ---------------------------------------------------------------- evaluation
