@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -28,6 +27,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from .contract import CHECKPOINT_MANIFEST, CHECKPOINTS_DIR, STEP_DIR_PREFIX
 from .errors import SpecError
+from .evaloutput import refuse_overwriting, write_lines
 from .fields import HF_SOURCE
 from .prompts import complete_prompts, read_prompts
 from .spec import DataSpec, JobSpec
@@ -514,42 +514,6 @@ def metrics_of(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-RUN_FILES = ("run.json", "metrics.jsonl", "mlflow.db", "mlflow_run_id", "wandb_run_id", ".codex-train.lock")
-RUN_DIRS = (CHECKPOINTS_DIR, "final", "base-model", "cache", "tensorboard", "wandb")
-
-
-def _overwritten_by(output: Path, args: argparse.Namespace, target: Target) -> str | None:
-    """What of the user's `--output` would replace: a data or prompts file, a file of the model evaluated or of its
-    run (None: nothing; a new file beside the run's, e.g. RUN/eval.jsonl, is fine)."""
-    out = output.resolve()
-    inputs = [("a --data file", name) for name in args.data or []]
-    inputs += [("the --prompts file", args.prompts)] if args.prompts else []
-    if target.spec is not None:
-        inputs += [
-            ("a data file of the run", n) for n in target.spec.data.train_files + target.spec.data.validation_files
-        ]
-    for what, name in inputs:
-        if Path(name).resolve() == out or _same_file(Path(name), out):  # a hard link is the same file too
-            return what
-    model = Path(target.path).resolve() if target.kind != "hub" else None
-    if model is not None and model.is_dir() and out.is_relative_to(model):
-        return "inside the model evaluated"
-    if target.run_dir is not None:
-        run = target.run_dir.resolve()
-        if out.parent == run and out.name in RUN_FILES:
-            return f"the run's own {out.name}"
-        if any(out.is_relative_to(run / d) for d in RUN_DIRS):
-            return f"inside the run's {out.relative_to(run).parts[0]}/"
-    return None
-
-
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.samefile(b)
-    except OSError:  # one of them is not there: not the same
-        return False
-
-
 def _device_and_autocast(spec: JobSpec | None) -> tuple[torch.device, Autocast]:
     import contextlib
 
@@ -577,8 +541,15 @@ def run_eval(args: argparse.Namespace) -> int:
     args.path, args.data = path_and_data(args.path, args.data)
     prompts = read_prompts(args.prompts) if args.prompts else []
     target = locate(args.path)
-    if args.output and (mine := _overwritten_by(Path(args.output), args, target)):
-        raise SpecError("--output", f"'{args.output}' is {mine}; writing there would replace it: name another file")
+    if args.output:
+        inputs = [("a --data file", name) for name in args.data or []]
+        inputs += [("the --prompts file", args.prompts)] if args.prompts else []
+        if target.spec is not None:
+            inputs += [
+                ("a data file of the run", n) for n in target.spec.data.train_files + target.spec.data.validation_files
+            ]
+        model_dir = Path(target.path) if target.kind != "hub" else None
+        refuse_overwriting(Path(args.output), inputs, model_dir, target.run_dir)
     device, autocast = _device_and_autocast(target.spec)
     model, tokenizer = load(target, device)
     s = settings(args, target, model)
@@ -618,18 +589,4 @@ def run_eval(args: argparse.Namespace) -> int:
     )
     lines = [json.dumps(row) for row in (summary, *per_file, *completions)]
     text = "\n".join(lines) + "\n"
-    if args.output:
-        try:
-            Path(args.output).write_text(text, encoding="utf-8")
-        except OSError as e:
-            raise SpecError("--output", f"cannot write '{args.output}': {e.strerror or e}") from None
-    else:
-        try:
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        except BrokenPipeError:  # `| head -1`: the reader took what it wanted; end quietly, as other tools do
-            from .console import to_nowhere
-
-            to_nowhere(sys.stdout.fileno())  # what is left in the buffer goes nowhere at exit
-            return 128 + signal.SIGPIPE
-    return 0
+    return write_lines(text, args.output)
