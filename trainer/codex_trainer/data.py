@@ -124,6 +124,8 @@ def _read_with(found: tuple, path: Path, text_field: str, field: str) -> list[st
         got = list(reader(path, text_field))
     except DataError as e:
         raise SpecError(field, str(e)) from None
+    except SpecError:  # a reader's own words, naming its field (the built-in ones: textField)
+        raise
     except ValueError as e:
         raise SpecError(field, f"'{path}' could not be read by {origin}: {e}") from None
     except Exception as e:  # noqa: BLE001 - a plugin's reader failing on this file (a column it expects, say)
