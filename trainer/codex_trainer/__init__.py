@@ -1,5 +1,6 @@
 """The Codex trainer: fine-tunes a causal LM from a CodexTrainingJob spec, on one machine or in a pod."""
 
+import contextlib
 import os
 import signal
 import sys
@@ -8,7 +9,13 @@ __version__ = "0.1.0"
 
 
 def _stopped_while_starting(signum: int, _frame: object) -> None:
-    raise SystemExit(128 + signum)  # contract.SIGNAL_EXIT_BASE: stopped before anything was trained
+    """Exit at once, 128 + signum (contract.SIGNAL_EXIT_BASE): nothing is trained or written while the program
+    starts. Not by SystemExit: raised while `import torch` runs, it leaves torch half made, and the interpreter's
+    shutdown can crash on that (SIGSEGV, exit -11, once in the fresh-clone suite); os._exit skips the shutdown."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed or gone stream: nothing more to say there
+            stream.flush()
+    os._exit(128 + signum)
 
 
 # A container's first process (the trainer pod's `codex-train launch`) gets no signal it has no handler for: the
