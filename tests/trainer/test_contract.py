@@ -18,7 +18,7 @@ import time
 import pytest
 from transformers import PreTrainedModel
 
-from codex_trainer import checkpoint
+from codex_trainer import checkpoint, mlflow_sink
 from codex_trainer import metrics as metrics_module
 from codex_trainer.cli import main
 from support import ROOT, TINY, one_line, run_cli
@@ -389,18 +389,18 @@ def test_an_mlflow_database_left_half_made_is_made_again_and_a_full_disk_there_i
         assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
 
     again = tmp_path / "again"
-    real_start = metrics_module.Mlflow.__init__
+    real_start = mlflow_sink.Mlflow.__init__
 
     def full(self, *a, **k):
         (again / "mlflow.db").write_bytes(b"SQLite format 3\0half")
         raise RuntimeError("(sqlite3.OperationalError) database or disk is full")
 
-    monkeypatch.setattr(metrics_module.Mlflow, "__init__", full)
+    monkeypatch.setattr(mlflow_sink.Mlflow, "__init__", full)
     capsys.readouterr()
     assert run(again, "tracking.mlflow.enabled=true") == 1
     line = one_line(capsys.readouterr().err)
     assert line.startswith(f"codex-train: disk full: writing the MLflow database (mlflow.db) in {again}"), line
-    monkeypatch.setattr(metrics_module.Mlflow, "__init__", real_start)
+    monkeypatch.setattr(mlflow_sink.Mlflow, "__init__", real_start)
     assert run(again, "tracking.mlflow.enabled=true") == 0  # the half-made database, with no run in it, made again
     with sqlite3.connect(again / "mlflow.db") as db:
         assert db.execute("SELECT count(*) FROM runs").fetchone() == (1,)
@@ -416,14 +416,14 @@ def test_a_disk_that_fills_under_mlflow_mid_run_is_one_line_naming_the_database(
             "INSERT INTO metrics", {}, sqlite3.OperationalError("database or disk is full")
         )
 
-    real_log = metrics_module.Mlflow.log
+    real_log = mlflow_sink.Mlflow.log
 
     def log(self, figures, step):
         if step == 2:  # from here on, no write to mlflow.db succeeds, the run's end included
             monkeypatch.setattr(sqlalchemy.orm.Session, "commit", full)
         return real_log(self, figures, step)
 
-    monkeypatch.setattr(metrics_module.Mlflow, "log", log)
+    monkeypatch.setattr(mlflow_sink.Mlflow, "log", log)
     out = tmp_path / "out"
     assert run(out, "tracking.mlflow.enabled=true", steps=4) == 1
     err = capfd.readouterr().err

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from codex_trainer import metrics as metrics_module
+from codex_trainer import mlflow_sink
 from codex_trainer.cli import main
 from support import TINY, one_line
 
@@ -78,7 +79,7 @@ def test_an_mlflow_server_gone_mid_run_pauses_its_logging_and_gets_the_steps_mis
         port = s.getsockname()[1]
     db = tmp_path / "server.db"
     servers = [_mlflow_server(db, port)]
-    monkeypatch.setattr(metrics_module, "PAUSE_FIRST", 0.01)  # try again at the next step, not after 30 s
+    monkeypatch.setattr(mlflow_sink, "PAUSE_FIRST", 0.01)  # try again at the next step, not after 30 s
     step = metrics_module.Sink.step
 
     def around(sink, row, total):

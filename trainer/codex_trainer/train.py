@@ -46,7 +46,8 @@ from .errors import SpecError
 from .fields import HF_SOURCE
 from .launch import check_data_files
 from .loss import LanguageModelLoss
-from .metrics import Prometheus, Sink, start_mlflow
+from .metrics import Prometheus, Sink
+from .mlflow_sink import start_mlflow
 from .model import (
     BASE_MODEL_DIR,
     BASE_RECORD,
