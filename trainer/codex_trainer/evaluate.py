@@ -403,8 +403,10 @@ def data_sources(
     fp = tokenizer_fingerprint(tokenizer)
     ran_on = _run_info(target.run_dir).get("data_sha256") if target.run_dir is not None else None
     files = data_spec.train_files + data_spec.validation_files
+    # before reading them (a file changed so that it no longer parses too); a file not there is said by the read.
+    # A run.json written before the digest was kept has none: not checked
     if ran_on and all(Path(f).is_file() for f in files) and (now := data_digest(data_spec)) != ran_on:
-        raise _data_changed(ran_on, now)  # before reading them: a file changed so that it no longer parses too
+        raise _data_changed(ran_on, now)
     try:
         ds = load_dataset(data_spec, tokenizer, fp, spec.training.seed, cache_dir=None)
     except SpecError as e:  # the run's files, read where it ran and from here: say so, and what else to do
@@ -417,8 +419,6 @@ def data_sources(
             + "; ".join(f"{f}: {m}" if f else m for f, m in e.problems)
             + "; pass --data FILE to evaluate on files of your own",
         ) from None
-    if ran_on and ran_on != ds.digest:  # a run.json written before the digest was kept has none: not checked
-        raise _data_changed(ran_on, ds.digest)
     if (
         ds.validation.rows == 0
         and (args.max_seq_length or 0) > spec.data.max_seq_length
